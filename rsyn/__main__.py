@@ -1,0 +1,3 @@
+from rsyn.cli import main
+
+main()

@@ -1,0 +1,423 @@
+"""What every command shares: its options, the run context (input, output, stats, errors), the summary.
+
+A command is a function `fn(run: Run, ...own options...)` decorated with
+`@rsyn_command`. The decorator adds the shared options (defined once, here),
+opens a `Run`, and turns bad input into the one-line `rsyn: error: FILE:LINE:
+...` message with exit status 2.
+
+Inside, a stage reads with `run.records()` (or `run.input_paths()` for
+non-JSONL inputs), drops with `run.drop(record, reason)`, reports bad input
+with `run.error(where, message, record=...)` and writes with
+`run.write(records)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import orjson
+import typer
+
+from rsyn import __version__
+from rsyn.stream import (
+    STDIO,
+    RecordWriter,
+    StreamError,
+    TruncatedStream,
+    expand_inputs,
+    iter_lines,
+    write_bytes_atomic,
+)
+
+
+class RsynError(Exception):
+    """A user-facing failure: printed as one line `rsyn: error: ...`, exit status 2."""
+
+
+class OnError(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value in (None, ""):
+        return None
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not K/N (e.g. 0/8)") from None
+    if n < 1 or not 0 <= k < n:
+        raise typer.BadParameter(f"{value!r}: need 0 <= K < N")
+    return k, n
+
+
+# Shared options, defined once. The decorator appends them to every command's signature.
+_COMMON = [
+    ("inputs", Annotated[Optional[list[str]], typer.Argument(
+        help="Input files or quoted globs; '-' or nothing reads stdin.", show_default=False)], None),
+    ("output", Annotated[Optional[str], typer.Option(
+        "-o", "--output", help="Output file ('-' = stdout). Written to a temporary name, renamed when complete.",
+        rich_help_panel="Common options")], None),
+    ("shard", Annotated[Optional[str], typer.Option(
+        "--shard", metavar="K/N", help="Process the K-th of N disjoint slices of the input (record position mod N).",
+        rich_help_panel="Common options")], None),
+    ("on_error", Annotated[OnError, typer.Option(
+        "--on-error", help="fail: stop at the first bad input (exit 2); skip: count it, log it to --rejects, go on.",
+        rich_help_panel="Common options")], OnError.fail),
+    ("rejects", Annotated[Optional[str], typer.Option(
+        "--rejects", metavar="PATH", help="JSONL of dropped and rejected records with their reason and place.",
+        rich_help_panel="Common options")], None),
+    ("stats", Annotated[Optional[str], typer.Option(
+        "--stats", metavar="PATH", help="Write the run summary (in, out, dropped per reason, seconds) as JSON.",
+        rich_help_panel="Common options")], None),
+    ("seed", Annotated[int, typer.Option("--seed", help="Seed for every random choice.",
+                                         rich_help_panel="Common options")], 0),
+    ("device", Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.",
+                                           rich_help_panel="Common options")], "auto"),
+    ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stderr.",
+                                           rich_help_panel="Common options")], False),
+]
+COMMON_NAMES = [name for name, _, _ in _COMMON]
+
+
+class Run:
+    """One command invocation: shared options, input/output, counters, rejects, summary."""
+
+    PROGRESS_EVERY = 8192
+
+    def __init__(self, command: str, inputs=None, output=None, shard=None, on_error=OnError.fail,
+                 rejects=None, stats=None, seed=0, device="auto", quiet=False):
+        self.command = command
+        self.inputs = list(inputs or [])
+        self.output = output
+        self.shard = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
+        self.skip_errors = OnError(on_error) == OnError.skip
+        self.rejects_path = rejects
+        self.stats_path = stats
+        self.seed = seed
+        self.device_option = device
+        self.quiet = quiet
+        self.n_in = 0
+        self.n_out = 0
+        self.dropped: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.extra: dict[str, Any] = {}  # stage-specific numbers for --stats
+        self.where_file = ""  # the place of the record last read by records()
+        self.where_line = 0
+        self._device = None
+        self._writer: RecordWriter | None = None
+        self._rejects: RecordWriter | None = None
+        self._start = time.perf_counter()
+        self._progress = None
+        self._task = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Run:
+        if not self.quiet and sys.stderr.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("[bold]rsyn {task.description}"),
+                                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                      console=_stderr_console(), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self.command, status="")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._progress is not None:
+            self._progress.stop()
+        if exc_type is None:
+            if self._writer is not None:
+                self._writer.close()
+            if self._rejects is not None:
+                self._rejects.close()
+            self._finish()
+        else:
+            for w in (self._writer, self._rejects):
+                if w is not None:
+                    w.abort()
+        return False
+
+    def _finish(self) -> None:
+        summary = self.summary()
+        if self.stats_path:
+            write_bytes_atomic(self.stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        if not self.quiet:
+            print(self.summary_line(summary), file=sys.stderr)
+
+    def summary(self) -> dict:
+        return {
+            "command": self.command,
+            "version": __version__,
+            "in": self.n_in,
+            "out": self.n_out,
+            "dropped": dict(self.dropped),
+            "errors": dict(self.errors),
+            "seconds": round(time.perf_counter() - self._start, 3),
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            "seed": self.seed,
+            "device": self._device,
+            **({"stage": self.extra} if self.extra else {}),
+        }
+
+    @staticmethod
+    def summary_line(s: dict) -> str:
+        def part(counts: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+
+        line = f"rsyn {s['command']}: {s['in']} in, {s['out']} out"
+        n_drop = sum(s["dropped"].values())
+        if n_drop:
+            line += f", {n_drop} dropped ({part(s['dropped'])})"
+        n_err = sum(s["errors"].values())
+        if n_err:
+            line += f", {n_err} skipped errors ({part(s['errors'])})"
+        return line + f", {s['seconds']:.1f}s"
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> str:
+        """The torch device to use ('cpu', 'cuda:0', ...), resolved once and announced on stderr."""
+        if self._device is None:
+            from rsyn.models.device import resolve_device
+
+            self._device = resolve_device(self.device_option)
+            self.note(f"device {self._device}")
+        return self._device
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            if self._progress is not None:
+                self._progress.console.print(f"rsyn {self.command}: {message}")
+            else:
+                print(f"rsyn {self.command}: {message}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ input
+    def input_paths(self) -> list[str]:
+        """Expanded inputs (globs expanded here so quoted globs work)."""
+        try:
+            paths = expand_inputs(self.inputs)
+        except StreamError as exc:
+            raise RsynError(str(exc)) from None
+        if any(glob_has_magic(i) for i in self.inputs):
+            self.note(f"{len(paths)} input file{'s' if len(paths) != 1 else ''} matched")
+        return paths
+
+    def in_shard(self, items: Iterable) -> Iterator:
+        """The K-th of every N items, by position (for inputs that are not JSONL records)."""
+        if self.shard is None:
+            yield from items
+            return
+        k, n = self.shard
+        for i, item in enumerate(items):
+            if i % n == k:
+                yield item
+
+    def records(self) -> Iterator[dict]:
+        """All input records of this shard, in input order; bad lines handled per --on-error."""
+        k, n = self.shard or (0, 1)
+        position = -1
+        loads = orjson.loads
+        progress_every = self.PROGRESS_EVERY if self._progress is not None else 0
+        for path in self.input_paths():
+            name = "<stdin>" if path == STDIO else path
+            self.where_file = name
+            lines = iter_lines(path)
+            while True:
+                try:
+                    for lineno, line in lines:
+                        if not line or line.isspace():
+                            continue
+                        position += 1
+                        if n > 1 and position % n != k:
+                            continue
+                        try:
+                            record = loads(line)
+                        except orjson.JSONDecodeError as exc:
+                            self.error(f"{name}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json")
+                            continue
+                        if type(record) is not dict:
+                            self.error(f"{name}:{lineno}",
+                                       f"record is a JSON {type(record).__name__}, not an object",
+                                       raw=line, reason="not_an_object")
+                            continue
+                        self.n_in += 1
+                        self.where_line = lineno
+                        if progress_every and self.n_in % progress_every == 0:
+                            self._tick()
+                        yield record
+                except TruncatedStream as exc:
+                    self.error(exc.where, exc.message, reason="corrupt_stream")
+                break
+
+    def _tick(self) -> None:
+        self._progress.update(self._task, status=f"{self.n_in:,} in, {self.n_out:,} out")
+
+    # ------------------------------------------------------------------ output
+    def writer(self) -> RecordWriter:
+        if self._writer is None:
+            self._writer = RecordWriter(self.output)
+        return self._writer
+
+    def write(self, records: Iterable[dict]) -> None:
+        """Write records to the output, counting them; `| head` ends quietly."""
+        writer = self.writer()
+        try:
+            for record in records:
+                writer.write(record)
+                self.n_out += 1
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+
+    def emit(self, record: dict) -> None:
+        self.writer().write(record)
+        self.n_out += 1
+
+    # ------------------------------------------------------------------ drops and errors
+    @property
+    def where(self) -> str:
+        """FILE:LINE of the record last read (a batching stage should save it with each record)."""
+        return f"{self.where_file}:{self.where_line}"
+
+    def drop(self, record: dict, reason: str, where: str | None = None, **details) -> None:
+        """A record removed on purpose (a filter, a duplicate): counted, logged to --rejects.
+
+        `where` defaults to the place of the record last read; a stage that
+        batches records passes the place it saved for this one.
+        """
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        if self.rejects_path:
+            self._reject_line({"reason": reason, "kind": "drop", "where": where or self.where, **details,
+                               "record": record})
+
+    def error(self, where: str, message: str, *, record: dict | None = None, raw: bytes | None = None,
+              reason: str = "bad_input") -> None:
+        """Bad input: raise (exit 2, one line) or, with --on-error skip, count and log it."""
+        if not self.skip_errors:
+            raise RsynError(f"{where}: {message}")
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+        if self.rejects_path:
+            entry = {"reason": reason, "kind": "error", "where": str(where), "message": message}
+            if record is not None:
+                entry["record"] = record
+            if raw is not None:
+                entry["raw"] = raw.decode("utf-8", "replace")
+            self._reject_line(entry)
+
+    def _reject_line(self, entry: dict) -> None:
+        if self._rejects is None:
+            self._rejects = RecordWriter(self.rejects_path)
+        self._rejects.write(entry)
+
+    def declare_reasons(self, reasons: Iterable[str]) -> None:
+        """Fix the order of drop reasons in the summary (e.g. the filter order, for a funnel)."""
+        for reason in reasons:
+            self.dropped.setdefault(reason, 0)
+
+
+def glob_has_magic(s: str) -> bool:
+    import glob
+
+    return glob.has_magic(s)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`| head`): stop writing and exit without a traceback.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    raise _PipeClosed()
+
+
+class _PipeClosed(Exception):
+    pass
+
+
+def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) -> Callable:
+    """Register `fn(run, **options)` as `rsyn NAME` with the shared options appended."""
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "run"]
+        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+                  for n, a, d in _COMMON]
+        # inputs is positional: put it first so Typer treats it as the argument list
+        params = [common[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common[1:]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            shared = {n: kwargs.pop(n) for n in COMMON_NAMES}
+            try:
+                shared["shard"] = parse_shard(shared["shard"])
+            except typer.BadParameter as exc:
+                fail(f"--shard {exc}")
+            run_command(name, lambda run: fn(run, **kwargs), **shared)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        doc = (fn.__doc__ or summary).strip()
+        app.command(name, help=doc, short_help=summary, **command_kwargs)(wrapper)
+        return fn
+
+    return decorate
+
+
+def run_command(name: str, body: Callable[[Run], None], **shared) -> None:
+    try:
+        with Run(name, **shared) as run:
+            body(run)
+    except RsynError as exc:
+        fail(str(exc))
+    except StreamError as exc:
+        fail(str(exc))
+    except _PipeClosed:
+        raise typer.Exit(0) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(0) from None
+    except KeyboardInterrupt:
+        print(f"rsyn {name}: interrupted; no output was left behind", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except MemoryError:
+        fail(f"{name}: out of memory")
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def fail(message: str, status: int = 2):
+    print(f"rsyn: error: {message}", file=sys.stderr)
+    raise typer.Exit(status)
+
+
+def stable_hash(text: str) -> int:
+    """A process-independent hash (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def not_built(name: str, issue: int) -> Callable[[Run], None]:
+    def body(run: Run) -> None:
+        raise RsynError(f"`rsyn {name}` is not built yet (issue {issue})")
+
+    return body

@@ -1,0 +1,327 @@
+"""Reading and writing record streams: JSONL, zstd / gzip / plain, stdin / files / globs.
+
+Every command reads and writes through this module. Compression is detected
+from the first bytes (stdin has no name). Files are written under a temporary
+name and renamed into place when complete, so a killed run never leaves a file
+that looks done.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+import zstandard
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 20
+STDIO = "-"
+
+
+class StreamError(Exception):
+    """Bad input at a known place: `where` is "FILE:LINE"."""
+
+    def __init__(self, where: str, message: str, raw: bytes | None = None):
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+        self.raw = raw
+
+
+class TruncatedStream(StreamError):
+    """A compressed stream that is corrupt or ends mid-frame: nothing after it can be read."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def expand_inputs(inputs: Iterable[str] | None) -> list[str]:
+    """Expand globs (rsyn does it, so quoted globs work); '-' or nothing means stdin."""
+    paths: list[str] = []
+    for item in inputs or [STDIO]:
+        if item == STDIO:
+            paths.append(STDIO)
+        elif glob.has_magic(item):
+            matched = sorted(glob.glob(item, recursive=True))
+            if not matched:
+                raise StreamError(item, "no file matches this pattern")
+            paths.extend(matched)
+        elif not os.path.exists(item):
+            raise StreamError(item, "no such file")
+        else:
+            paths.append(item)
+    return paths
+
+
+def _open_binary(path: str) -> BinaryIO:
+    if path == STDIO:
+        return sys.stdin.buffer
+    return open(path, "rb")
+
+
+class _Plain:
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> None:
+        pass
+
+
+class _Zstd:
+    """zstd frames one after another (as `cat a.zst b.zst` makes); detects a truncated last frame."""
+
+    def __init__(self) -> None:
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._mid_frame = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._mid_frame = True
+            out.append(self._obj.decompress(data))
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data
+            self._obj = self._dctx.decompressobj()
+            self._mid_frame = False
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._mid_frame:
+            raise ValueError("zstd stream is truncated (ends inside a frame)")
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(wbits=31)
+        self._mid_member = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._mid_member = True
+            out.append(self._obj.decompress(data))
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data
+            self._obj = zlib.decompressobj(wbits=31)
+            self._mid_member = False
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._mid_member:
+            raise ValueError("gzip stream is truncated (ends inside a member)")
+
+
+def _decoder_for(head: bytes):
+    if head.startswith(ZSTD_MAGIC):
+        return _Zstd(), "zstd"
+    if head.startswith(GZIP_MAGIC):
+        return _Gzip(), "gzip"
+    return _Plain(), "plain"
+
+
+def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, raw line) of one input, decompressing as the first bytes say.
+
+    Raises TruncatedStream for a corrupt or truncated compressed stream, after
+    yielding every complete line before the damage.
+    """
+    fh = _open_binary(path)
+    name = "<stdin>" if path == STDIO else path
+    lineno = 0
+    try:
+        first = fh.read(CHUNK)
+        decoder, kind = _decoder_for(first)
+        pending = b""
+        chunk = first
+        while chunk:
+            try:
+                data = decoder.feed(chunk)
+            except (zstandard.ZstdError, zlib.error) as exc:
+                raise TruncatedStream(f"{name}:{lineno + 1}", f"corrupt {kind} stream: {exc}") from None
+            if data:
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    lineno += 1
+                    yield lineno, line
+            chunk = fh.read(CHUNK)
+        try:
+            decoder.finish()
+        except ValueError as exc:
+            if pending:
+                lineno += 1
+            raise TruncatedStream(f"{name}:{lineno + (0 if pending else 1)}", str(exc)) from None
+        if pending:
+            lineno += 1
+            yield lineno, pending
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
+
+
+def parse_line(line: bytes, where_file: str, lineno: int) -> dict:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise StreamError(f"{where_file}:{lineno}", f"invalid JSON: {exc}", raw=line) from None
+    if type(record) is not dict:
+        raise StreamError(f"{where_file}:{lineno}", f"record is a JSON {type(record).__name__}, not an object", raw=line)
+    return record
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def compression_for(path: str | None, plain: bool = False) -> str:
+    """Stdout gets zstd unless it is a terminal; a file by its suffix (.jsonl plain, .gz gzip, else zstd)."""
+    if plain:
+        return "plain"
+    if path in (None, STDIO):
+        return "plain" if sys.stdout.isatty() else "zstd"
+    name = str(path)
+    if name.endswith(".gz"):
+        return "gzip"
+    if name.endswith(".jsonl") or name.endswith(".json"):
+        return "plain"
+    return "zstd"
+
+
+class AtomicFile:
+    """A file written under a hidden temporary name and renamed into place by commit()."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.rsyn-tmp-{os.getpid()}")
+        self.fh = open(self.tmp, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+
+    def commit(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    out = AtomicFile(path)
+    try:
+        out.write(data)
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
+
+
+class _StdoutSink:
+    def __init__(self) -> None:
+        self.fh = sys.stdout.buffer
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+
+    def commit(self) -> None:
+        self.fh.flush()
+
+    def discard(self) -> None:
+        pass
+
+
+class RecordWriter:
+    """Writes records as JSONL (zstd by default). Call close() on success, abort() on failure."""
+
+    BATCH = 2048
+
+    def __init__(self, path: str | None, compression: str | None = None, level: int = 3):
+        self.path = path
+        self.compression = compression or compression_for(path)
+        self.sink = _StdoutSink() if path in (None, STDIO) else AtomicFile(path)
+        if self.compression == "zstd":
+            # single-threaded zstd keeps the output byte-identical run to run
+            self._comp = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+            self._encode = self._comp.compress
+        elif self.compression == "gzip":
+            self._comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+            self._encode = self._comp.compress
+        else:
+            self._comp = None
+            self._encode = None
+        self._buf: list[bytes] = []
+        self.count = 0
+        self.closed = False
+
+    def write(self, record: dict) -> None:
+        self._buf.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY))
+        if len(self._buf) >= self.BATCH:
+            self._flush_buffer()
+
+    def write_many(self, records: Iterable[dict]) -> None:
+        dumps = orjson.dumps
+        opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+        buf = self._buf
+        batch = self.BATCH
+        for record in records:
+            buf.append(dumps(record, option=opt))
+            if len(buf) >= batch:
+                self._flush_buffer()
+
+    def _flush_buffer(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self.count += len(self._buf)
+        self._buf.clear()
+        self.sink.write(self._encode(data) if self._encode else data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._flush_buffer()
+        if self._comp is not None:
+            self.sink.write(self._comp.flush())
+        self.sink.commit()
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+        self.sink.discard()
+
+
+def read_records(paths: Iterable[str]) -> Iterator[dict]:
+    """Plain record reader for library use (no sharding, errors raise StreamError)."""
+    for path in expand_inputs(paths):
+        name = "<stdin>" if path == STDIO else path
+        for lineno, line in iter_lines(path):
+            if line.strip():
+                yield parse_line(line, name, lineno)
+
+
+def write_records(path: str, records: Iterable[dict]) -> int:
+    writer = RecordWriter(path)
+    try:
+        writer.write_many(records)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.count

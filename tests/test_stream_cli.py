@@ -1,0 +1,215 @@
+"""The stream contract through the real `rsyn` command line: cat, errors, shards, atomic output."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn
+from rsyn.stream import RecordWriter, StreamError, TruncatedStream, iter_lines, read_records
+
+RECORDS = [{"id": f"{i:05d}", "kind": "text", "doc": f"d{i // 10}", "pos": i % 10, "text": f"sentence number {i} é ✓"}
+           for i in range(10_000)]
+
+
+def test_help_lists_the_nine_commands():
+    out = rsyn("--help", check=True).stdout.decode()
+    for name in ["extract", "dedup", "embed", "index", "retrieve", "caption", "balance", "pack", "cat"]:
+        assert f" {name} " in out, name
+    assert rsyn("--version", check=True).stdout.decode().startswith("rsyn ")
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip", "plain"])
+def test_cat_round_trips_every_compression_through_stdin(kind):
+    proc = rsyn("cat", input=compress(jsonl(RECORDS), kind), check=True)
+    assert proc.stdout[:4] == b"\x28\xb5\x2f\xfd"  # zstd out
+    assert decode_stream(proc.stdout) == RECORDS
+    assert "10000 in, 10000 out" in proc.stderr.decode()
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip", "plain"])
+def test_cat_reads_files_by_content_not_name(tmp_path, kind):
+    path = tmp_path / "misnamed.txt"  # the name says nothing about the compression
+    path.write_bytes(compress(jsonl(RECORDS[:100]), kind))
+    out = tmp_path / "out.jsonl.zst"
+    rsyn("cat", path, "-o", out, "--quiet", check=True)
+    assert read_stream_file(out) == RECORDS[:100]
+
+
+def test_cat_concatenates_globs_and_multi_frame_streams(tmp_path):
+    a, b = RECORDS[:50], RECORDS[50:120]
+    (tmp_path / "a.jsonl.zst").write_bytes(compress(jsonl(a), "zstd"))
+    # two zstd frames back to back, as `cat x.zst y.zst` makes
+    (tmp_path / "b.jsonl.zst").write_bytes(compress(jsonl(b[:30]), "zstd") + compress(jsonl(b[30:]), "zstd"))
+    proc = rsyn("cat", str(tmp_path / "*.jsonl.zst"), check=True)
+    assert decode_stream(proc.stdout) == a + b
+    assert "2 input files matched" in proc.stderr.decode()
+
+
+def test_plain_and_limit():
+    proc = rsyn("cat", "--plain", "--limit", "7", input=jsonl(RECORDS), check=True)
+    assert proc.stdout.splitlines()[0] == orjson.dumps(RECORDS[0])
+    assert decode_stream(proc.stdout) == RECORDS[:7]
+
+
+def _with_bad_line_7(kind="plain"):
+    lines = [orjson.dumps(r) for r in RECORDS[:20]]
+    lines[6] = b'{"id": "broken", '
+    return compress(b"\n".join(lines) + b"\n", kind)
+
+
+def test_malformed_line_fails_with_one_line_naming_it():
+    proc = rsyn("cat", input=_with_bad_line_7())
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert err.startswith("rsyn: error: <stdin>:7: invalid JSON")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_an_object_names_the_file(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"id": 1}\n[1, 2]\n')
+    proc = rsyn("cat", path)
+    assert proc.returncode == 2
+    assert f"{path}:2: record is a JSON list, not an object" in proc.stderr.decode()
+
+
+def test_skip_counts_and_logs_the_bad_line(tmp_path):
+    rejects, stats = tmp_path / "rejects.jsonl", tmp_path / "stats.json"
+    proc = rsyn("cat", "--on-error", "skip", "--rejects", rejects, "--stats", stats, input=_with_bad_line_7("zstd"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(decode_stream(proc.stdout)) == 19
+    summary = orjson.loads(stats.read_bytes())
+    assert summary["in"] == 19 and summary["out"] == 19 and summary["errors"] == {"invalid_json": 1}
+    (entry,) = read_stream_file(rejects)
+    assert entry["where"] == "<stdin>:7" and entry["raw"] == '{"id": "broken", '
+    assert "1 skipped errors" in proc.stderr.decode()
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip"])
+def test_truncated_stream_is_an_error_not_silent_loss(tmp_path, kind):
+    data = compress(jsonl(RECORDS), kind)
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(data[: len(data) // 2])
+    proc = rsyn("cat", path)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert err.startswith(f"rsyn: error: {path}:") and "truncated" in err and "Traceback" not in err
+    proc = rsyn("cat", path, "--on-error", "skip", "--rejects", tmp_path / "r.jsonl")
+    assert proc.returncode == 0
+    got = decode_stream(proc.stdout)
+    assert 0 < len(got) < len(RECORDS) and got == RECORDS[: len(got)]
+    assert read_stream_file(tmp_path / "r.jsonl")[0]["reason"] == "corrupt_stream"
+
+
+def test_corrupt_zstd_bytes(tmp_path):
+    data = bytearray(compress(jsonl(RECORDS[:3000]), "zstd"))
+    for i in range(200, 260):
+        data[i] ^= 0xFF
+    path = tmp_path / "bad.zst"
+    path.write_bytes(bytes(data))
+    with pytest.raises(StreamError):
+        list(read_records([str(path)]))
+    proc = rsyn("cat", path)
+    assert proc.returncode == 2 and "corrupt zstd stream" in proc.stderr.decode()
+
+
+def test_shards_are_disjoint_and_complete(tmp_path):
+    src = tmp_path / "in.jsonl.zst"
+    src.write_bytes(compress(jsonl(RECORDS[:1000]), "zstd"))
+    parts = [decode_stream(rsyn("cat", src, "--shard", f"{k}/3", check=True).stdout) for k in range(3)]
+    ids = [{r["id"] for r in p} for p in parts]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert sorted(r["id"] for p in parts for r in p) == [r["id"] for r in RECORDS[:1000]]
+    assert rsyn("cat", src, "--shard", "3/3").returncode == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 60), st.integers(1, 7))
+def test_shard_partition_property(n_records, n_shards):
+    from rsyn.command import Run
+
+    records = [{"id": str(i)} for i in range(n_records)]
+    seen = []
+    for k in range(n_shards):
+        run = Run("cat", shard=(k, n_shards), quiet=True)
+        seen.append([r["id"] for r in run.in_shard(records)])
+    flat = [i for part in seen for i in part]
+    assert sorted(flat, key=int) == [r["id"] for r in records]
+    assert len(set(flat)) == len(flat)
+
+
+def test_identical_input_gives_identical_bytes(tmp_path):
+    src = compress(jsonl(RECORDS), "gzip")
+    a = rsyn("cat", input=src, check=True).stdout
+    b = rsyn("cat", input=src, check=True).stdout
+    assert a == b
+    rsyn("cat", "-o", tmp_path / "a.zst", input=src, check=True)
+    rsyn("cat", "-o", tmp_path / "b.zst", input=src, check=True)
+    assert (tmp_path / "a.zst").read_bytes() == (tmp_path / "b.zst").read_bytes() == a
+
+
+def test_killed_write_leaves_no_output_file(tmp_path):
+    out = tmp_path / "out.jsonl.zst"
+    proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    proc.stdin.write(jsonl(RECORDS))  # keep stdin open: the run is mid-stream
+    proc.stdin.flush()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_interrupted_write_removes_its_temporary(tmp_path):
+    out = tmp_path / "out.jsonl.zst"
+    proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdin.write(jsonl(RECORDS))
+    proc.stdin.flush()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and b"Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_head_ends_quietly():
+    src = compress(jsonl(RECORDS * 5), "zstd")
+    proc = subprocess.run(f"{sys.executable} -m rsyn cat --plain | head -n 3", shell=True, input=src,
+                          capture_output=True)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+
+
+def test_unbuilt_stage_says_so():
+    proc = rsyn("report", input=b"")
+    assert proc.returncode == 2 and "not built yet" in proc.stderr.decode()
+
+
+def test_missing_input_file():
+    proc = rsyn("cat", "/nonexistent/x.jsonl")
+    assert proc.returncode == 2 and proc.stderr.decode().startswith("rsyn: error: /nonexistent/x.jsonl: no such file")
+
+
+def test_library_reader_and_writer(tmp_path):
+    path = tmp_path / "x.jsonl.gz"
+    w = RecordWriter(str(path))
+    for r in RECORDS[:10]:
+        w.write(r)
+    assert not path.exists()  # not there until complete
+    w.close()
+    assert list(read_records([str(path)])) == RECORDS[:10]
+    assert [n for n, _ in iter_lines(str(path))] == list(range(1, 11))
+
+
+def test_blank_lines_are_ignored_and_crlf_tolerated():
+    proc = rsyn("cat", input=b'{"a": 1}\r\n\n  \n{"a": 2}', check=True)
+    assert decode_stream(proc.stdout) == [{"a": 1}, {"a": 2}]

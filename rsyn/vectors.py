@@ -28,7 +28,7 @@ def use_faiss_gpu(device: str) -> bool:
 
 
 def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, device: str = "cpu",
-                 max_points_per_centroid: int = 256, spherical: bool = True) -> np.ndarray:
+                 max_points_per_centroid: int = 256, spherical: bool = True, nredo: int = 1) -> np.ndarray:
     """k-means centroids (k, d) float32 of unit vectors (spherical: centroids re-normalised).
 
     faiss samples at most k * max_points_per_centroid training points itself,
@@ -41,7 +41,7 @@ def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     k = max(1, min(int(k), n))
     km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
                       max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
-                      gpu=use_faiss_gpu(device), verbose=False)
+                      nredo=nredo, gpu=use_faiss_gpu(device), verbose=False)
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 

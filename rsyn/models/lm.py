@@ -1,0 +1,185 @@
+"""Causal language models (Hugging Face transformers): loading, perplexity, a tiny GPT-2 for tests.
+
+Used by `rsyn extract` (the perplexity filter, paper default `gpt2-large`) and by
+`rsyn caption` (the CPU LLM backend). Models load through transformers' normal
+loaders, so a Hugging Face id works when it is in the local cache and a local
+directory always works (offline machines).
+
+Perplexity of a text is exp of the mean negative log-likelihood (natural log) of
+its tokens, each predicted from the ones before it. The tokenizer's BOS token
+(`<|endoftext|>` for GPT-2) is put in front, so the first word is scored too and
+a one-word text still has a perplexity; a text with no tokens gets NaN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_CACHE: dict[tuple[str, str, str], tuple] = {}
+
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+def _torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if not device.startswith("cuda"):
+            return torch.float32  # half precision on CPU is slow and imprecise
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return getattr(torch, _DTYPE_NAMES[dtype.lower()])
+    except KeyError:
+        from rsyn.command import RsynError
+
+        raise RsynError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
+
+
+def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
+    """(model, tokenizer) for a Hugging Face id or a local directory, cached per process.
+
+    The model is in eval mode on `device`; bf16 (or fp16) on CUDA, fp32 on CPU
+    for dtype "auto". The tokenizer always has a pad token (EOS when it had none).
+    Raises RsynError (one line) when the model cannot be found, e.g. offline.
+    """
+    key = (str(name_or_path), device, dtype)
+    if key in _CACHE:
+        return _CACHE[key]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from rsyn.command import RsynError
+
+    hf_logging.disable_progress_bar()  # rsyn reports progress itself; keep stderr to one line per event
+
+    torch_dtype = _torch_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if Path(name_or_path).is_dir() else "Hugging Face id"
+        reason = str(exc).strip().splitlines()[0].rstrip(". ") if str(exc).strip() else type(exc).__name__
+        raise RsynError(
+            f"cannot load causal LM {name_or_path!r} ({where}): {reason[:200]}; "
+            "offline, pass a local model directory (made e.g. with `hf download`)"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    model.to(device)
+    model.eval()
+    _CACHE[key] = (model, tokenizer)
+    return model, tokenizer
+
+
+def _max_positions(model) -> int:
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1024
+
+
+def perplexities(texts: list[str], model, tokenizer, batch_size: int = 32) -> np.ndarray:
+    """Perplexity of each text (float64 array, input order); NaN for a text with no tokens.
+
+    Texts are tokenized once, sorted by length so a batch pads little, run in
+    batches with the padding masked out of the loss, and put back in input order.
+    Texts longer than the model's context are cut to it.
+    """
+    import torch
+
+    result = np.full(len(texts), np.nan, dtype=np.float64)
+    if not texts:
+        return result
+    bos = tokenizer.bos_token_id
+    limit = _max_positions(model) - (1 if bos is not None else 0)
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
+    if bos is not None:
+        ids = [[bos, *row] for row in ids]
+    lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory shows up at once
+    order = order[lengths[order] >= 2]  # fewer than 2 tokens: nothing is predicted
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = int(lengths[batch[0]])
+            tokens = np.full((len(batch), width), pad, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, index in enumerate(batch):
+                n = lengths[index]
+                tokens[row, :n] = ids[index]
+                mask[row, :n] = 1
+            input_ids = torch.from_numpy(tokens).to(device)
+            attention = torch.from_numpy(mask).to(device)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+            targets = input_ids[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            target_mask = attention[:, 1:].to(nll.dtype)
+            mean_nll = (nll * target_mask).sum(1) / target_mask.sum(1)
+            result[batch] = torch.exp(mean_nll).double().cpu().numpy()
+    return result
+
+
+# --------------------------------------------------------------------------- a tiny random GPT-2 for tests
+
+_TRAINING_SENTENCES = [
+    "A dog runs across the green field in the morning.",
+    "Two children are playing with a red ball on the beach.",
+    "The chef cooks pasta in a large kitchen.",
+    "A woman rides her bicycle through the busy city street.",
+    "Snow covers the mountains behind the small wooden house.",
+    "The cat sleeps on a sofa next to the window.",
+    "People walk along the river while the sun sets.",
+    "An old man reads a newspaper at the train station.",
+    "Birds fly over the lake and the trees move in the wind.",
+    "The team celebrates after winning the football match.",
+    "Visit our website for more information about prices and offers.",
+    "Click here to download the free guide, 100% guaranteed!",
+]
+
+
+def build_tiny_gpt2(directory, seed: int = 0) -> str:
+    """Save a tiny GPT-2 (random weights, labelled as such) and a locally trained BPE tokenizer.
+
+    Nothing is downloaded: the tokenizer is a byte-level BPE trained with
+    `tokenizers` on a dozen built-in sentences, wrapped as a GPT2TokenizerFast.
+    Returns the directory, loadable with `load_causal_lm(directory, ...)` or
+    `--ppl-model DIRECTORY`. Its perplexities are meaningless but deterministic.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    special = "<|endoftext|>"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[special], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_TRAINING_SENTENCES, trainer=trainer)
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=special, eos_token=special,
+                                  unk_token=special, pad_token=special)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(directory)
+
+    special_id = tokenizer.convert_tokens_to_ids(special)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=special_id, eos_token_id=special_id, pad_token_id=special_id,
+                        name_or_path="rsyn-tiny-gpt2-random-weights")
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(directory)
+    (directory / "README.md").write_text("Tiny GPT-2 with RANDOM weights, built by rsyn for tests. "
+                                         "Its perplexities mean nothing.\n")
+    return str(directory)

@@ -34,7 +34,7 @@ from rsyn.stream import (
     StreamError,
     TruncatedStream,
     expand_inputs,
-    iter_lines,
+    iter_line_blocks,
     write_bytes_atomic,
 )
 
@@ -92,8 +92,6 @@ COMMON_NAMES = [name for name, _, _ in _COMMON]
 class Run:
     """One command invocation: shared options, input/output, counters, rejects, summary."""
 
-    PROGRESS_EVERY = 8192
-
     def __init__(self, command: str, inputs=None, output=None, shard=None, on_error=OnError.fail,
                  rejects=None, stats=None, seed=0, device="auto", quiet=False):
         self.command = command
@@ -107,7 +105,6 @@ class Run:
         self.device_option = device
         self.quiet = quiet
         self.n_in = 0
-        self.n_out = 0
         self.dropped: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.extra: dict[str, Any] = {}  # stage-specific numbers for --stats
@@ -227,22 +224,29 @@ class Run:
         k, n = self.shard or (0, 1)
         position = -1
         loads = orjson.loads
-        progress_every = self.PROGRESS_EVERY if self._progress is not None else 0
+        JSONDecodeError = orjson.JSONDecodeError
+        progress = self._progress is not None
         for path in self.input_paths():
             name = "<stdin>" if path == STDIO else path
             self.where_file = name
-            lines = iter_lines(path)
-            while True:
-                try:
-                    for lineno, line in lines:
-                        if not line or line.isspace():
-                            continue
-                        position += 1
-                        if n > 1 and position % n != k:
-                            continue
+            try:
+                for first, lines in iter_line_blocks(path):
+                    if progress:
+                        self._tick()
+                    lineno = first - 1
+                    for line in lines:
+                        lineno += 1
+                        if n > 1:
+                            if not line.strip():
+                                continue
+                            position += 1
+                            if position % n != k:
+                                continue
                         try:
                             record = loads(line)
-                        except orjson.JSONDecodeError as exc:
+                        except JSONDecodeError as exc:
+                            if not line.strip():  # blank lines are allowed and not records
+                                continue
                             self.error(f"{name}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json")
                             continue
                         if type(record) is not dict:
@@ -252,12 +256,9 @@ class Run:
                             continue
                         self.n_in += 1
                         self.where_line = lineno
-                        if progress_every and self.n_in % progress_every == 0:
-                            self._tick()
                         yield record
-                except TruncatedStream as exc:
-                    self.error(exc.where, exc.message, reason="corrupt_stream")
-                break
+            except TruncatedStream as exc:
+                self.error(exc.where, exc.message, reason="corrupt_stream")
 
     def _tick(self) -> None:
         self._progress.update(self._task, status=f"{self.n_in:,} in, {self.n_out:,} out")
@@ -268,19 +269,22 @@ class Run:
             self._writer = RecordWriter(self.output)
         return self._writer
 
+    @property
+    def n_out(self) -> int:
+        return self._writer.n_written if self._writer is not None else 0
+
     def write(self, records: Iterable[dict]) -> None:
-        """Write records to the output, counting them; `| head` ends quietly."""
-        writer = self.writer()
+        """Write records to the output; `| head` ends quietly."""
         try:
-            for record in records:
-                writer.write(record)
-                self.n_out += 1
+            self.writer().write_many(records)
         except BrokenPipeError:
             _quiet_broken_pipe()
 
     def emit(self, record: dict) -> None:
-        self.writer().write(record)
-        self.n_out += 1
+        try:
+            self.writer().write(record)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
 
     # ------------------------------------------------------------------ drops and errors
     @property

@@ -129,15 +129,16 @@ def _decoder_for(head: bytes):
     return _Plain(), "plain"
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, raw line) of one input, decompressing as the first bytes say.
+def iter_line_blocks(path: str) -> Iterator[tuple[int, list[bytes]]]:
+    """Yield (number of the block's first line, lines) of one input, decompressing as the first bytes say.
 
-    Raises TruncatedStream for a corrupt or truncated compressed stream, after
-    yielding every complete line before the damage.
+    Lines come in blocks (one per ~1 MiB read) because a generator step per
+    line costs as much as parsing it. Raises TruncatedStream for a corrupt or
+    truncated compressed stream, after yielding every complete line before the damage.
     """
     fh = _open_binary(path)
     name = "<stdin>" if path == STDIO else path
-    lineno = 0
+    lineno = 0  # lines yielded so far
     try:
         first = fh.read(CHUNK)
         decoder, kind = _decoder_for(first)
@@ -151,22 +152,25 @@ def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
             if data:
                 lines = (pending + data).split(b"\n")
                 pending = lines.pop()
-                for line in lines:
-                    lineno += 1
-                    yield lineno, line
+                if lines:
+                    yield lineno + 1, lines
+                    lineno += len(lines)
             chunk = fh.read(CHUNK)
         try:
             decoder.finish()
         except ValueError as exc:
-            if pending:
-                lineno += 1
-            raise TruncatedStream(f"{name}:{lineno + (0 if pending else 1)}", str(exc)) from None
+            raise TruncatedStream(f"{name}:{lineno + 1}", str(exc)) from None
         if pending:
-            lineno += 1
-            yield lineno, pending
+            yield lineno + 1, [pending]
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()
+
+
+def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of one input; see iter_line_blocks."""
+    for first, lines in iter_line_blocks(path):
+        yield from enumerate(lines, first)
 
 
 def parse_line(line: bytes, where_file: str, lineno: int) -> dict:
@@ -269,6 +273,10 @@ class RecordWriter:
         self._buf: list[bytes] = []
         self.count = 0
         self.closed = False
+
+    @property
+    def n_written(self) -> int:
+        return self.count + len(self._buf)
 
     def write(self, record: dict) -> None:
         self._buf.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY))

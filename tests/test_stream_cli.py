@@ -213,3 +213,11 @@ def test_library_reader_and_writer(tmp_path):
 def test_blank_lines_are_ignored_and_crlf_tolerated():
     proc = rsyn("cat", input=b'{"a": 1}\r\n\n  \n{"a": 2}', check=True)
     assert decode_stream(proc.stdout) == [{"a": 1}, {"a": 2}]
+
+
+def test_cat_kind_splits_a_mixed_stream(tmp_path):
+    mixed = [{"id": str(i), "kind": "image" if i % 3 == 0 else "text"} for i in range(30)]
+    stats = tmp_path / "s.json"
+    proc = rsyn("cat", "--kind", "image", "--stats", stats, input=jsonl(mixed), check=True)
+    assert [r["id"] for r in decode_stream(proc.stdout)] == [str(i) for i in range(0, 30, 3)]
+    assert orjson.loads(stats.read_bytes())["dropped"] == {"kind_not_image": 20}

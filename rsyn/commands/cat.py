@@ -12,14 +12,29 @@ def cat(
     run: Run,
     plain: Annotated[bool, typer.Option("--plain", help="Write uncompressed JSONL.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N records.")] = None,
+    kind: Annotated[Optional[str], typer.Option(
+        "--kind", help="Keep only records of this kind (image or text); the others are counted as dropped.")] = None,
 ) -> None:
-    """Concatenate and convert record streams: zstd, gzip or plain JSONL in (detected from the bytes), zstd out."""
+    """Concatenate and convert record streams: zstd, gzip or plain JSONL in (detected from the bytes), zstd out.
+
+    With --kind, split a mixed stream (e.g. `rsyn extract` output) into its images and its sentences.
+    """
     if plain:
         run._writer = RecordWriter(run.output, compression="plain")
     records = run.records()
+    if kind is not None:
+        records = _of_kind(run, records, kind)
     if limit is not None:
         records = _take(records, limit)
     run.write(records)
+
+
+def _of_kind(run: Run, records, kind: str):
+    for record in records:
+        if record.get("kind") == kind:
+            yield record
+        else:
+            run.drop(record, f"kind_not_{kind}")
 
 
 def _take(records, limit):

@@ -1,0 +1,263 @@
+"""CLIP models through open_clip: one loader for every stage, and a tiny random model for tests.
+
+A model is named by one *spec* string, the form written to records'
+`emb_model` and accepted back by `load_clip`:
+
+- `local-dir:/abs/dir`   open_clip's folder form (open_clip_config.json + weights);
+- `hf-hub:org/repo`      a Hugging Face Hub repository in open_clip's format;
+- `NAME@PRETRAINED`      a built-in open_clip architecture with a pretrained tag
+                         (`EVA02-E-14-plus@laion2b_s9b_b144k`), a checkpoint file
+                         (`ViT-B-32@/abs/ckpt.pt`), or `random` (seeded random weights,
+                         labelled as such so nobody mistakes them for a trained model).
+
+`load_clip(model, pretrained, device)` also takes the two halves apart, as
+the command line does (`--model ViT-B-32 --pretrained laion2b_s34b_b79k`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL = "EVA02-E-14-plus"
+DEFAULT_PRETRAINED = "laion2b_s9b_b144k"
+RANDOM = "random"  # the --pretrained value for seeded random weights
+RANDOM_SEED = 0
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+# A few small layers: big enough to be a real CLIP (both towers, projection,
+# the standard BPE tokenizer), small enough to load and run in a test in well
+# under a second.
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random-weight open_clip model to `directory`; return the spec that loads it.
+
+    The folder is open_clip's `local-dir:` format, so the model loads through
+    the same path as any downloaded model, from a fresh process and from the
+    command line (`rsyn embed --model local-dir:DIR`). Same seed, same weights.
+    """
+    import open_clip
+    import torch
+
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": TINY_CONFIG,
+        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
+        "rsyn_note": f"tiny CLIP with RANDOM weights (seed {seed}) for tests; its embeddings mean nothing",
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**TINY_CONFIG)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save(state, directory / "open_clip_pytorch_model.bin")
+    return LOCAL_DIR + str(directory)
+
+
+# --------------------------------------------------------------------------- the loaded model
+
+
+class Clip:
+    """A loaded open_clip model: unit-norm float32 embeddings of images and texts."""
+
+    def __init__(self, name: str, model: Any, preprocess: Any, tokenizer: Any, device: str, dtype: Any):
+        import torch
+
+        self.name = name
+        self.model = model
+        self.preprocess = preprocess  # PIL image -> float32 tensor (C, H, W)
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.image_size = _image_size(model)
+        with torch.inference_mode():
+            self.dim = int(self.encode_texts([""]).shape[1])
+
+    def __repr__(self) -> str:
+        return f"Clip({self.name!r}, dim={self.dim}, device={self.device!r})"
+
+    def tokenize(self, texts: list[str]):
+        """Token ids (n, context_length) for a batch of texts (long texts are truncated)."""
+        return self.tokenizer(list(texts))
+
+    def encode_images(self, batch) -> np.ndarray:
+        """A (n, 3, H, W) tensor of preprocessed images, or a list of PIL images -> (n, dim) unit rows."""
+        import torch
+
+        if isinstance(batch, (list, tuple)):
+            batch = torch.stack([self.preprocess(image) for image in batch])
+        with torch.inference_mode():
+            pixels = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+            return _unit_rows(self.model.encode_image(pixels))
+
+    def encode_tokens(self, tokens) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return _unit_rows(self.model.encode_text(tokens.to(self.device, non_blocking=True)))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, dim) unit rows, tokenized as one batch."""
+        if not texts:
+            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+        return self.encode_tokens(self.tokenize(texts))
+
+
+def _unit_rows(features) -> np.ndarray:
+    import torch
+
+    features = features.float()
+    # normalise in float32: half-precision norms would leave rows visibly off unit length
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _image_size(model) -> int:
+    size = getattr(getattr(model, "visual", None), "image_size", 224)
+    if isinstance(size, (tuple, list)):
+        return int(max(size))
+    return int(size)
+
+
+# --------------------------------------------------------------------------- loading
+
+_CACHE: dict[tuple, Clip] = {}
+_LOCK = threading.Lock()
+
+
+def model_spec(model: str, pretrained: str | None = None) -> str:
+    """The canonical spec of (model, pretrained): the string records carry as `emb_model`.
+
+    Raises ValueError for a combination that names no model.
+    """
+    model = (model or "").strip()
+    pretrained = (pretrained or "").strip() or None
+    if not model:
+        raise ValueError("empty --model")
+    if model.startswith(LOCAL_DIR):
+        path = model[len(LOCAL_DIR):]
+        if pretrained:
+            raise ValueError(f"--pretrained {pretrained} cannot be used with {model} (the folder holds the weights)")
+        return LOCAL_DIR + str(Path(path).expanduser().resolve())
+    if model.startswith(HF_HUB):
+        if pretrained:
+            raise ValueError(f"--pretrained {pretrained} cannot be used with {model} (the repository holds the weights)")
+        return model
+    if os.path.isdir(model):  # a folder in open_clip's format, given as a plain path
+        if pretrained:
+            raise ValueError(f"--pretrained {pretrained} cannot be used with the model folder {model}")
+        return LOCAL_DIR + str(Path(model).expanduser().resolve())
+    if "@" in model:
+        name, _, inline = model.partition("@")
+        if pretrained and pretrained != inline:
+            raise ValueError(f"--model {model} already names its weights; drop --pretrained {pretrained}")
+        model, pretrained = name, inline
+    if not pretrained:
+        raise ValueError(f"--model {model} needs --pretrained: a tag (see `python -m open_clip.pretrained`), "
+                         f"a checkpoint file, or '{RANDOM}' for random weights")
+    if pretrained != RANDOM and os.path.exists(os.path.expanduser(pretrained)):
+        pretrained = str(Path(pretrained).expanduser().resolve())
+    return f"{model}@{pretrained}"
+
+
+def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "cpu",
+              precision: str = "auto") -> Clip:
+    """Load (once per process) the CLIP model a spec names, on `device`.
+
+    precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16. Failures
+    (unknown name, weights not on disk while offline, a bad checkpoint) raise
+    RsynError with one line that says what to do.
+    """
+    from rsyn.command import RsynError
+
+    if model == DEFAULT_MODEL and not pretrained:
+        pretrained = DEFAULT_PRETRAINED
+    try:
+        spec = model_spec(model, pretrained)
+    except ValueError as exc:
+        raise RsynError(str(exc)) from None
+    precision = _resolve_precision(precision, device)
+    key = (spec, device, precision)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load(spec, device, precision)
+        return _CACHE[key]
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    from rsyn.command import RsynError
+
+    precision = (precision or "auto").lower()
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise RsynError(f"--precision {precision!r}: expected auto, fp32, fp16 or bf16")
+    on_cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "fp16" if on_cuda else "fp32"
+    if not on_cuda and precision != "fp32":
+        raise RsynError(f"--precision {precision} needs a CUDA device (CPU runs in fp32)")
+    return precision
+
+
+def _load(spec: str, device: str, precision: str) -> Clip:
+    import logging
+
+    import open_clip
+    import torch
+
+    from rsyn.command import RsynError
+
+    if spec.startswith((LOCAL_DIR, HF_HUB)):
+        model_name, pretrained = spec, None
+    else:
+        model_name, _, pretrained = spec.partition("@")
+    random_weights = pretrained == RANDOM
+    if pretrained is not None and model_name.replace("/", "-") not in open_clip.list_models():
+        raise RsynError(f"cannot load CLIP model {spec}: {model_name!r} is not an open_clip architecture "
+                        f"(see open_clip.list_models()); a model folder is --model local-dir:DIR")
+    # open_clip logs warnings (random init, missing weights) on the root logger; our
+    # summary and errors say it in one line instead
+    root = logging.getLogger()
+    saved_level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)  # random weights, when asked for, are the same in every run
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=None if random_weights else pretrained, device=device,
+                precision=precision, load_weights=not random_weights)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as exc:  # open_clip raises many types; all mean "cannot load this model"
+        raise RsynError(_load_failure(spec, exc)) from None
+    finally:
+        root.setLevel(saved_level)
+    model.eval()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    return Clip(spec, model, preprocess, tokenizer, device, dtype)
+
+
+def _load_failure(spec: str, exc: Exception) -> str:
+    reason = " ".join(str(exc).split())
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    message = f"cannot load CLIP model {spec}: {reason or type(exc).__name__}"
+    if any(word in reason.lower() for word in ("offline", "download", "hub", "connection")):
+        message += ("; the weights are not on this machine: download them once and pass "
+                    "--model NAME --pretrained /path/to/open_clip_pytorch_model.bin, or --model local-dir:DIR")
+    return message

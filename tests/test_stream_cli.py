@@ -190,8 +190,10 @@ def test_head_ends_quietly():
 
 
 def test_unbuilt_stage_says_so():
-    proc = rsyn("report", input=b"")
-    assert proc.returncode == 2 and "not built yet" in proc.stderr.decode()
+    from rsyn.command import RsynError, Run, not_built
+
+    with pytest.raises(RsynError, match="not built yet"):
+        not_built("x", 1)(Run("x", quiet=True))
 
 
 def test_missing_input_file():

@@ -1,7 +1,35 @@
+from typing import Annotated, Optional
+
+import typer
+
 from rsyn.cli import app
-from rsyn.command import Run, not_built, rsyn_command
+from rsyn.command import Run, rsyn_command
 
 
 @rsyn_command(app, "pack", "Write the RealSyn release format (parquet shards or webdataset tars).")
-def pack(run: Run) -> None:
-    not_built("pack", 8)(run)
+def pack(
+    run: Run,
+    fmt: Annotated[str, typer.Option(
+        "--format", metavar="parquet|webdataset",
+        help="parquet: the released RealSyn columns, for img2dataset; webdataset: tars of KEY.jpg, KEY.txt "
+             "(text1), KEY.json (text2, text3, syn_text, provenance), from each record's local image `path`.")] = "parquet",
+    rows_per_shard: Annotated[Optional[int], typer.Option(
+        "--rows-per-shard", min=1, help="Rows per shard (default 100000 for parquet, 10000 for webdataset).")] = None,
+    extra_columns: Annotated[bool, typer.Option(
+        "--extra-columns", help="Add provenance: id, doc, text1..3_id, text1..3_score, caption, tags, cluster, "
+                                "sim.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a non-empty output directory (swapped in only when the new one is "
+                            "complete).")] = False,
+) -> None:
+    """Pack image records into the RealSyn release format: -o DIR gets zero-padded shards and stats.json.
+
+    parquet rows are exactly raw_image_url, text1, text2, text3, syn_text (strings; text1..3 the retrieved texts,
+    best first; a missing one is null). Fetch the images with img2dataset --input_format parquet
+    --url_col raw_image_url --caption_col text1 --save_additional_columns '["text2","text3","syn_text"]'.
+    stats.json (rows, texts per image, mean tokens per text) is written last: it marks the directory complete,
+    and the directory appears under its name only then. Non-image records are dropped (counted as not_image).
+    """
+    from rsyn.stages.pack import run_pack
+
+    run_pack(run, fmt=fmt, rows_per_shard=rows_per_shard, extra_columns=extra_columns, overwrite=overwrite)

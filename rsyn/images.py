@@ -1,0 +1,473 @@
+"""Getting the pixels of an image record, whatever the web did to them.
+
+Sources, tried in this order for each record:
+
+1. `path`: a local file;
+2. `--images DIR`: an img2dataset output folder (webdataset tars or plain
+   files, with their parquet/json metadata), looked up by the record's `url`;
+3. `url`: fetched over http(s) with timeouts, a byte cap, bounded retries.
+
+Decoding survives truncated and corrupt files, non-image bytes, pixel bombs,
+odd modes (CMYK, palette, alpha, 16-bit), animations (first frame) and EXIF
+rotation, and returns an RGB image plus the size the picture really has.
+Everything that goes wrong raises `ImageError(reason, detail)`; the stage turns
+it into a counted drop. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The paper's image quality rule (RealSyn §3.1): shorter side >= 100 px, 1/3 <= w/h <= 3.
+MIN_SIDE = 100
+MAX_ASPECT = 3.0
+
+DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; larger is a bomb or a scan, not a web photo
+DEFAULT_MAX_BYTES = 25_000_000
+DEFAULT_TIMEOUT = 10.0  # seconds, for connecting and for each read
+DEFAULT_DEADLINE = 30.0  # seconds for a whole download, retries included
+DEFAULT_RETRIES = 2
+# Many image hosts refuse library user agents; this is what a current desktop browser sends.
+DEFAULT_USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                      "Chrome/124.0 Safari/537.36")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+
+# We enforce our own pixel cap before decoding; PIL's warning about big images is noise then.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+class ImageError(Exception):
+    """An image that cannot be had; `reason` is the drop reason (fetch_failed, http_404, decode_failed...)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- the size rule
+
+
+def size_rule(width: int, height: int) -> tuple[bool, int, float]:
+    """(passes, shorter side, aspect w/h) under the paper's rule."""
+    min_side = min(width, height)
+    aspect = width / height if height else float("inf")
+    ok = min_side >= MIN_SIDE and 1 / MAX_ASPECT <= aspect <= MAX_ASPECT
+    return ok, min_side, aspect
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # RGB, upright; may be smaller than width x height (see decode_image's draft)
+    width: int  # the picture's real size, upright
+    height: int
+
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: int | None = None) -> Decoded:
+    """Bytes -> upright RGB image and its real size. Raises ImageError.
+
+    draft_side: when the image will be shrunk to about this many pixels on its
+    shorter side anyway, let libjpeg decode at 1/2, 1/4 or 1/8 scale (never
+    below draft_side): several times faster on large photos, the same pixels
+    to within resampling noise.
+    """
+    if not data:
+        raise ImageError("not_an_image", "empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", f"unrecognised bytes {data[:8]!r}") from None
+    except Exception as exc:  # a corrupt header can raise almost anything inside a PIL plugin
+        raise ImageError("decode_failed", _short(exc)) from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError("decode_failed", f"image has size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError("too_many_pixels", f"{width}x{height} is over the cap of {max_pixels:,} pixels")
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block is common and harmless: ignore the rotation
+        orientation = 1
+    if orientation in _TRANSPOSED:
+        width, height = height, width
+    try:
+        if draft_side and image.format == "JPEG":
+            image.draft("RGB", (draft_side, draft_side))
+        image.load()  # first frame of an animation; raises on truncated or corrupt data
+        if orientation != 1:
+            image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", str(exc)) from None
+    except Exception as exc:
+        raise ImageError("decode_failed", _short(exc)) from None
+    return Decoded(image, width, height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency over white, 16/32-bit and float scaled to 8 bits."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        # transparent pixels keep whatever colour they stored (often black); show them on white,
+        # as a browser would on a white page
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    array = array.astype(np.float64)
+    top = float(np.nanmax(array)) if array.size else 0.0
+    if top <= 255:
+        scale = 1.0 if top > 1.0 or array.dtype.kind != "f" else 255.0
+    elif top <= 65535:
+        scale = 255.0 / 65535.0  # 16-bit data
+    else:
+        scale = 255.0 / top
+    return np.clip(np.nan_to_num(array * scale), 0, 255).astype(np.uint8)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+# --------------------------------------------------------------------------- http(s)
+
+
+class Fetcher:
+    """Thread-safe http(s) downloads: connection pooling, timeouts, a byte cap, bounded retries."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, deadline: float = DEFAULT_DEADLINE,
+                 retries: int = DEFAULT_RETRIES, max_bytes: int = DEFAULT_MAX_BYTES,
+                 user_agent: str = DEFAULT_USER_AGENT, pool_size: int = 16):
+        import urllib3
+
+        self.deadline = deadline
+        self.max_bytes = max_bytes
+        self._urllib3 = urllib3
+        retry = urllib3.Retry(
+            total=retries, connect=retries, read=retries, status=retries, redirect=5,
+            status_forcelist=(429, 500, 502, 503, 504), backoff_factor=0.5, backoff_max=4.0,
+            # a server's Retry-After can ask for hours: we use our own short backoff instead
+            respect_retry_after_header=False, raise_on_status=False, raise_on_redirect=False)
+        self._http = urllib3.PoolManager(
+            num_pools=64, maxsize=pool_size, block=False, retries=retry,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            headers={"User-Agent": user_agent, "Accept": "image/avif,image/webp,image/*,*/*;q=0.8"})
+
+    def fetch(self, url: str) -> bytes:
+        """The bytes at `url`, or ImageError (http_NNN, fetch_timeout, fetch_failed, too_large, bad_url)."""
+        exc_mod = self._urllib3.exceptions
+        start = time.monotonic()
+        try:
+            response = self._http.request("GET", url, preload_content=False, decode_content=True)
+        except exc_mod.MaxRetryError as exc:
+            raise _fetch_error(exc.reason, exc_mod) from None
+        except (exc_mod.LocationValueError, exc_mod.LocationParseError, ValueError) as exc:
+            raise ImageError("bad_url", _short(exc)) from None
+        except exc_mod.HTTPError as exc:
+            raise _fetch_error(exc, exc_mod) from None
+        try:
+            if response.status >= 400 or response.status < 200:
+                raise ImageError(f"http_{response.status}", url)
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise ImageError("too_large", f"Content-Length {int(declared):,} bytes > {self.max_bytes:,}")
+            chunks, size = [], 0
+            while True:
+                # read1 returns what has arrived: a server that drips bytes cannot hold us past the deadline
+                chunk = response.read1(1 << 16)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise ImageError("too_large", f"more than {self.max_bytes:,} bytes")
+                chunks.append(chunk)
+                if time.monotonic() - start > self.deadline:
+                    raise ImageError("fetch_timeout", f"download took more than {self.deadline:g}s")
+            data = b"".join(chunks)
+        except BaseException as exc:
+            # the body was not read to its end: this connection cannot serve another request
+            response.close()
+            response.release_conn()
+            if isinstance(exc, exc_mod.HTTPError):
+                raise _fetch_error(exc, exc_mod) from None
+            if isinstance(exc, OSError):
+                raise ImageError("fetch_failed", _short(exc)) from None
+            raise
+        response.release_conn()
+        return data
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+def _fetch_error(exc, exc_mod) -> ImageError:
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2, so ask for it first
+    if isinstance(exc, exc_mod.NewConnectionError) and "timed out" not in str(exc).lower():
+        return ImageError("fetch_failed", _short(exc))
+    if isinstance(exc, exc_mod.TimeoutError) or "timed out" in str(exc).lower():
+        return ImageError("fetch_timeout", _short(exc))
+    if isinstance(exc, exc_mod.ResponseError):  # too many 5xx/429 answers
+        text = str(exc)
+        for code in ("429", "500", "502", "503", "504"):
+            if f"{code} error" in text:
+                return ImageError(f"http_{code}", _short(exc))
+    if isinstance(exc, exc_mod.ProtocolError) and "IncompleteRead" in str(exc):
+        return ImageError("fetch_failed", "connection closed before the whole body arrived")
+    return ImageError("fetch_failed", _short(exc))
+
+
+# --------------------------------------------------------------------------- img2dataset folders
+
+
+@dataclass(frozen=True)
+class _Stored:
+    source: int  # index into ImageFolder.sources (a tar file or None for plain files)
+    location: str | int  # file path, or byte offset in the tar
+    size: int
+    original_width: int | None = None  # img2dataset's size before it resized, when it says
+    original_height: int | None = None
+
+
+class ImageFolder:
+    """An img2dataset output folder, indexed by URL: `*.tar` (webdataset) or `SHARD/KEY.jpg` files.
+
+    The URL of each image comes from the shard's parquet (`url`, `key`,
+    `status`, `error_message` columns) when there is one, else from the
+    `KEY.json` next to the image. Images are read straight from the tar at
+    their offset (os.pread, safe from many threads). Failed downloads listed in
+    the parquet are remembered so the drop can say why.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"--images {root}: no such folder")
+        self.sources: list[str] = []
+        self.index: dict[str, _Stored] = {}
+        self.failed: dict[str, str] = {}  # url -> img2dataset's error message
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._build()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    # ---- index
+    def _build(self) -> None:
+        tars = sorted(self.root.rglob("*.tar"))
+        for tar_path in tars:
+            self._index_tar(tar_path)
+        for json_path in sorted(self.root.rglob("*.json")):
+            self._index_file(json_path)
+
+    def _parquet_meta(self, shard: Path) -> dict[str, dict] | None:
+        """key -> {url, status, error_message, original_width, original_height} from SHARD.parquet."""
+        parquet = shard.with_suffix(".parquet")
+        if not parquet.exists():
+            return None
+        import pyarrow.parquet as pq
+
+        try:
+            names = set(pq.read_schema(parquet).names)
+            if not {"key", "url"} <= names:
+                return None
+            wanted = [c for c in ("key", "url", "status", "error_message", "original_width", "original_height")
+                      if c in names]
+            table = pq.read_table(parquet, columns=wanted).to_pydict()
+        except Exception:  # an unreadable parquet: fall back to the json files
+            return None
+        rows = {}
+        for i, key in enumerate(table["key"]):
+            row = {c: table[c][i] for c in wanted}
+            rows[str(key)] = row
+            if row.get("status") not in (None, "success") and row.get("url"):
+                self.failed.setdefault(row["url"], row.get("error_message") or str(row.get("status")))
+        return rows
+
+    def _index_tar(self, tar_path: Path) -> None:
+        meta = self._parquet_meta(tar_path)
+        source = len(self.sources)
+        self.sources.append(str(tar_path))
+        images: dict[str, tarfile.TarInfo] = {}
+        jsons: dict[str, tarfile.TarInfo] = {}
+        try:
+            tar = tarfile.open(tar_path, "r:")
+        except (tarfile.TarError, OSError):
+            return
+        with tar:
+            try:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    stem, suffix = os.path.splitext(member.name)
+                    suffix = suffix.lower()
+                    if suffix in IMAGE_SUFFIXES:
+                        images[stem] = member
+                    elif suffix == ".json" and meta is None:
+                        jsons[stem] = member
+            except (tarfile.TarError, OSError):
+                pass  # a truncated last shard (img2dataset killed mid-write): keep the members before the cut
+            json_meta = {}
+            for stem, member in jsons.items():  # small files, read while the tar is open
+                if stem in images:
+                    try:
+                        json_meta[stem] = orjson.loads(tar.extractfile(member).read())
+                    except (orjson.JSONDecodeError, OSError, tarfile.TarError):
+                        continue
+        size = tar_path.stat().st_size
+        for stem, member in images.items():
+            key = os.path.basename(stem)
+            info = (meta or {}).get(key) if meta is not None else json_meta.get(stem)
+            if not info or not isinstance(info, dict) or not isinstance(info.get("url"), str):
+                continue
+            if member.offset_data + member.size > size:
+                continue  # cut off by the truncation
+            self.index[info["url"]] = _Stored(source, member.offset_data, member.size,
+                                              _int_or_none(info.get("original_width")),
+                                              _int_or_none(info.get("original_height")))
+
+    def _index_file(self, json_path: Path) -> None:
+        # plain-files layout: SHARD/KEY.json beside SHARD/KEY.jpg (tars were handled above)
+        stem = json_path.with_suffix("")
+        image_path = next((stem.with_suffix(s) for s in IMAGE_SUFFIXES if stem.with_suffix(s).exists()), None)
+        if image_path is None:
+            return
+        try:
+            info = orjson.loads(json_path.read_bytes())
+        except (orjson.JSONDecodeError, OSError):
+            return
+        if isinstance(info, dict) and isinstance(info.get("url"), str):
+            self.index.setdefault(info["url"], _Stored(-1, str(image_path), image_path.stat().st_size,
+                                                       _int_or_none(info.get("original_width")),
+                                                       _int_or_none(info.get("original_height"))))
+
+    # ---- lookup
+    def get(self, url: str) -> tuple[bytes, _Stored]:
+        stored = self.index.get(url)
+        if stored is None:
+            detail = self.failed.get(url, "URL not in the --images folder")
+            raise ImageError("not_downloaded", detail)
+        try:
+            if stored.source < 0:
+                with open(stored.location, "rb") as fh:
+                    return fh.read(), stored
+            data = os.pread(self._fd(stored.source), stored.size, stored.location)
+        except OSError as exc:
+            raise ImageError("read_failed", _short(exc)) from None
+        if len(data) != stored.size:
+            raise ImageError("read_failed", "the tar is shorter than its index says")
+        return data, stored
+
+    def _fd(self, source: int) -> int:
+        fd = self._fds.get(source)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(source)
+                if fd is None:
+                    fd = self._fds[source] = os.open(self.sources[source], os.O_RDONLY)
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- one record -> pixels
+
+
+@dataclass
+class Loaded:
+    image: Image.Image  # upright RGB
+    width: int  # the picture's real size (before any img2dataset resize, when known)
+    height: int
+    source: str  # "path", "images" or "url"
+
+
+class ImageLoader:
+    """Record -> Loaded, from `path`, the --images folder or `url`. Thread-safe; raises ImageError."""
+
+    def __init__(self, images: ImageFolder | None = None, fetcher: Fetcher | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                 draft_side: int | None = None):
+        self.images = images
+        self.fetcher = fetcher
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.draft_side = draft_side
+
+    def load(self, record: dict) -> Loaded:
+        data, source, original = self.read_bytes(record)
+        decoded = decode_image(data, self.max_pixels, self.draft_side)
+        width, height = decoded.width, decoded.height
+        if original and original[0] and original[1]:
+            width, height = original
+        return Loaded(decoded.image, width, height, source)
+
+    def read_bytes(self, record: dict) -> tuple[bytes, str, tuple | None]:
+        path = record.get("path")
+        url = record.get("url")
+        if isinstance(path, str) and path:
+            if os.path.isfile(path) or not isinstance(url, str) or not url:
+                return self._read_file(path), "path", None
+        if not isinstance(url, str) or not url:
+            raise ImageError("no_source", "the record has no url or path")
+        if self.images is not None:
+            data, stored = self.images.get(url)
+            return data, "images", (stored.original_width, stored.original_height)
+        if not url.startswith(("http://", "https://")):
+            raise ImageError("unsupported_url", url[:200])
+        if self.fetcher is None:
+            raise ImageError("fetch_failed", "fetching is switched off")
+        return self.fetcher.fetch(url), "url", None
+
+    def _read_file(self, path: str) -> bytes:
+        try:
+            size = os.path.getsize(path)
+            if size > self.max_bytes:
+                raise ImageError("too_large", f"{path}: {size:,} bytes > {self.max_bytes:,}")
+            with open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise ImageError("file_not_found", path) from None
+        except OSError as exc:
+            raise ImageError("read_failed", f"{path}: {_short(exc)}") from None

@@ -1,0 +1,384 @@
+"""Image loading (rsyn.images) against real files, real tars and a real HTTP server on 127.0.0.1."""
+
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsyn.images import (
+    Fetcher,
+    ImageError,
+    ImageFolder,
+    ImageLoader,
+    decode_image,
+    size_rule,
+)
+
+# --------------------------------------------------------------------------- fixtures shared with test_embed
+
+
+def jpeg_bytes(width, height, color=(200, 40, 40), quality=90, exif_orientation=None, mode="RGB"):
+    image = Image.new(mode, (width, height), color)
+    # a gradient, so the picture is not flat and a rotation is visible
+    pixels = np.asarray(image.convert("RGB")).copy()
+    pixels[:, : width // 2] //= 2
+    image = Image.fromarray(pixels).convert(mode)
+    out = io.BytesIO()
+    kwargs = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif.tobytes()
+    image.save(out, "JPEG", quality=quality, **kwargs)
+    return out.getvalue()
+
+
+def png_bytes(image):
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+class ImageServer:
+    """A real HTTP server on 127.0.0.1 serving good, missing, slow, dripping, cut, junk and huge answers."""
+
+    def __init__(self):
+        self.files = {}  # path -> bytes (200 image/jpeg)
+        self.hits = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                try:
+                    server.answer(self, self.path)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def url(self, path):
+        return self.base + path
+
+    def answer(self, h, path):
+        if path in self.files:
+            return self._send(h, 200, self.files[path])
+        if path.startswith("/status/"):
+            return self._send(h, int(path.split("/")[2]), b"no")
+        if path == "/flaky":  # fails once, then works: retries must get it
+            if self.hits[path] == 1:
+                return self._send(h, 503, b"busy")
+            return self._send(h, 200, jpeg_bytes(150, 120))
+        if path == "/slow":  # headers later than any read timeout
+            time.sleep(3)
+            return self._send(h, 200, jpeg_bytes(150, 120))
+        if path == "/drip":  # headers at once, then a byte now and then: only a deadline ends it
+            h.send_response(200)
+            h.send_header("Content-Length", "100000")
+            h.end_headers()
+            for _ in range(200):
+                h.wfile.write(b"\xff")
+                h.wfile.flush()
+                time.sleep(0.05)
+            return None
+        if path == "/truncated":
+            data = jpeg_bytes(400, 300, quality=95)
+            return self._send(h, 200, data[: len(data) // 2])
+        if path == "/garbage":
+            return self._send(h, 200, b"<html><body>Not an image, a web page</body></html>", "text/html")
+        if path == "/huge":  # declares more than the cap
+            h.send_response(200)
+            h.send_header("Content-Length", str(50_000_000))
+            h.end_headers()
+            h.wfile.write(b"\0" * 65536)
+            return None
+        if path == "/huge-undeclared":  # no Content-Length: the cap must count
+            h.send_response(200)
+            h.send_header("Connection", "close")
+            h.end_headers()
+            for _ in range(40):
+                h.wfile.write(b"\0" * 65536)
+            return None
+        if path == "/redirect":
+            h.send_response(302)
+            h.send_header("Location", "/img/a.jpg")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return None
+        return self._send(h, 404, b"missing")
+
+    @staticmethod
+    def _send(h, status, body, content_type="image/jpeg"):
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ImageServer()
+    s.files["/img/a.jpg"] = jpeg_bytes(300, 200)
+    yield s
+    s.close()
+
+
+def write_img2dataset_tar(folder, shard, samples, with_parquet=False, failed=()):
+    """samples: list of (url, image bytes, original (w, h) or None). Written as img2dataset does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
+        for i, (url, data, original) in enumerate(samples):
+            key = f"{shard:05d}{i:04d}"
+            meta = {"url": url, "key": key, "status": "success", "error_message": None,
+                    "original_width": original[0] if original else None,
+                    "original_height": original[1] if original else None}
+            rows.append(meta)
+            for suffix, payload in ((".jpg", data), (".txt", b"caption"), (".json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    for j, (url, message) in enumerate(failed):
+        rows.append({"url": url, "key": f"{shard:05d}{len(samples) + j:04d}", "status": "failed_to_download",
+                     "error_message": message, "original_width": None, "original_height": None})
+    if with_parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{shard:05d}.parquet")
+
+
+# --------------------------------------------------------------------------- the size rule
+
+
+@pytest.mark.parametrize("w,h,ok", [(100, 100, True), (99, 500, False), (300, 100, True), (301, 100, False),
+                                    (100, 300, True), (100, 301, False), (4000, 3000, True), (1, 1, False)])
+def test_size_rule_matches_the_paper(w, h, ok):
+    passes, min_side, aspect = size_rule(w, h)
+    assert passes is ok and min_side == min(w, h) and aspect == pytest.approx(w / h)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_decodes_jpeg_with_real_size():
+    d = decode_image(jpeg_bytes(640, 480))
+    assert (d.width, d.height) == (640, 480) and d.image.mode == "RGB" and d.image.size == (640, 480)
+
+
+def test_draft_decodes_big_jpegs_smaller_but_reports_the_real_size():
+    d = decode_image(jpeg_bytes(1600, 1200), draft_side=224)
+    assert (d.width, d.height) == (1600, 1200)
+    assert min(d.image.size) >= 224 and d.image.size[0] < 1600  # decoded at a reduced scale
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_rotation_is_applied_and_swaps_the_size(orientation):
+    d = decode_image(jpeg_bytes(300, 120, exif_orientation=orientation))
+    assert (d.width, d.height) == (120, 300) and d.image.size == (120, 300)
+
+
+def test_exif_mirror_keeps_the_size():
+    d = decode_image(jpeg_bytes(300, 120, exif_orientation=2))
+    assert (d.width, d.height) == (300, 120)
+
+
+def test_modes_become_rgb():
+    rgba = Image.new("RGBA", (120, 110), (255, 0, 0, 0))  # fully transparent red
+    d = decode_image(png_bytes(rgba))
+    assert d.image.mode == "RGB" and d.image.getpixel((5, 5)) == (255, 255, 255)  # shown on white
+    palette = Image.new("P", (120, 110), 3)
+    assert decode_image(png_bytes(palette)).image.mode == "RGB"
+    la = Image.new("LA", (120, 110), (10, 255))
+    assert decode_image(png_bytes(la)).image.getpixel((0, 0)) == (10, 10, 10)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (120, 110), (0, 255, 255, 0)).save(cmyk, "JPEG")
+    r, g, b = decode_image(cmyk.getvalue()).image.getpixel((3, 3))
+    assert r > 200 and g < 60 and b < 60  # CMYK red stays red
+    sixteen = Image.fromarray(np.full((110, 120), 65535 // 2, dtype=np.uint16))
+    d = decode_image(png_bytes(sixteen))
+    assert d.image.mode == "RGB" and abs(d.image.getpixel((0, 0))[0] - 127) <= 1  # scaled, not clipped
+    gray_one_bit = Image.new("1", (120, 110), 1)
+    assert decode_image(png_bytes(gray_one_bit)).image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_animation_gives_the_first_frame():
+    frames = [Image.new("RGB", (120, 120), c) for c in ((255, 0, 0), (0, 0, 255))]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    r, g, b = decode_image(out.getvalue()).image.getpixel((60, 60))
+    assert r > 200 and b < 50
+    webp = io.BytesIO()
+    frames[0].save(webp, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    r, g, b = decode_image(webp.getvalue()).image.getpixel((60, 60))
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "not_an_image"),
+    (b"<html>hello</html>", "not_an_image"),
+    (os.urandom(5000), "not_an_image"),
+    (jpeg_bytes(400, 300)[:600], "decode_failed"),  # header intact, scan data cut
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not_an_image"),  # a PNG signature, then nonsense
+    (png_bytes(Image.new("RGB", (300, 200), "red"))[:-40] + b"\1" * 40, "decode_failed"),  # corrupt data
+])
+def test_broken_bytes_raise_a_reason_not_a_crash(data, reason):
+    with pytest.raises(ImageError) as err:
+        decode_image(data)
+    assert err.value.reason == reason
+
+
+def test_pixel_bomb_is_refused_before_decoding():
+    bomb = png_bytes(Image.new("L", (6000, 6000), 0))  # ~36 MP that compress to a few KB
+    assert len(bomb) < 200_000
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as err:
+        decode_image(bomb, max_pixels=10_000_000)
+    assert err.value.reason == "too_many_pixels" and time.perf_counter() - start < 0.5
+
+
+# --------------------------------------------------------------------------- http
+
+
+@pytest.fixture(scope="module")
+def fetcher():
+    f = Fetcher(timeout=0.5, deadline=2.0, retries=1, max_bytes=1_000_000)
+    yield f
+    f.close()
+
+
+def test_fetch_ok_redirect_and_retry(server, fetcher):
+    assert fetcher.fetch(server.url("/img/a.jpg")) == server.files["/img/a.jpg"]
+    assert fetcher.fetch(server.url("/redirect")) == server.files["/img/a.jpg"]
+    assert decode_image(fetcher.fetch(server.url("/flaky"))).width == 150
+    assert server.hits["/flaky"] == 2
+
+
+@pytest.mark.parametrize("path,reason", [
+    ("/status/404", "http_404"),
+    ("/status/403", "http_403"),
+    ("/status/500", "http_500"),
+    ("/slow", "fetch_timeout"),
+    ("/drip", "fetch_timeout"),
+    ("/huge", "too_large"),
+    ("/huge-undeclared", "too_large"),
+])
+def test_fetch_failures_have_reasons_and_end_in_time(server, fetcher, path, reason):
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as err:
+        fetcher.fetch(server.url(path))
+    assert err.value.reason == reason, err.value
+    assert time.perf_counter() - start < 5  # never stalls: timeouts, deadline, byte cap
+
+
+def test_fetch_refused_connection_and_bad_urls(fetcher):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(ImageError) as err:
+        fetcher.fetch(f"http://127.0.0.1:{port}/x.jpg")
+    assert err.value.reason == "fetch_failed"
+    with pytest.raises(ImageError) as err:
+        ImageLoader(fetcher=fetcher).load({"url": "ftp://example.com/x.jpg"})
+    assert err.value.reason == "unsupported_url"
+
+
+def test_loader_decodes_served_garbage_and_truncation_as_drops(server, fetcher):
+    loader = ImageLoader(fetcher=fetcher)
+    assert loader.load({"url": server.url("/img/a.jpg")}).width == 300
+    for path, reason in (("/garbage", "not_an_image"), ("/truncated", "decode_failed")):
+        with pytest.raises(ImageError) as err:
+            loader.load({"url": server.url(path)})
+        assert err.value.reason == reason
+
+
+# --------------------------------------------------------------------------- local files and img2dataset folders
+
+
+def test_local_path_first_then_url(tmp_path, server, fetcher):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(jpeg_bytes(210, 200))
+    loader = ImageLoader(fetcher=fetcher)
+    assert loader.load({"path": str(path), "url": server.url("/img/a.jpg")}).width == 210
+    # a missing local copy falls back to the URL; with no URL it is a drop
+    assert loader.load({"path": str(tmp_path / "gone.jpg"), "url": server.url("/img/a.jpg")}).width == 300
+    with pytest.raises(ImageError) as err:
+        loader.load({"path": str(tmp_path / "gone.jpg")})
+    assert err.value.reason == "file_not_found"
+
+
+@pytest.mark.parametrize("with_parquet", [False, True])
+def test_img2dataset_tars_are_found_by_url(tmp_path, with_parquet):
+    samples = [(f"https://example.com/{i}.jpg", jpeg_bytes(120 + i, 130), None) for i in range(5)]
+    samples.append(("https://example.com/resized.jpg", jpeg_bytes(256, 256), (1024, 2000)))
+    write_img2dataset_tar(tmp_path / "dl", 0, samples[:3], with_parquet,
+                          failed=[("https://example.com/dead.jpg", "HTTP Error 410: Gone")])
+    write_img2dataset_tar(tmp_path / "dl", 1, samples[3:], with_parquet)
+    folder = ImageFolder(tmp_path / "dl")
+    assert len(folder) == 6
+    loader = ImageLoader(images=folder)
+    for url, data, _ in samples[:5]:
+        loaded = loader.load({"url": url})
+        assert loaded.source == "images" and loaded.width == Image.open(io.BytesIO(data)).width
+    # img2dataset resized this one: the size rule must see the original size
+    loaded = loader.load({"url": "https://example.com/resized.jpg"})
+    assert (loaded.width, loaded.height) == (1024, 2000)
+    with pytest.raises(ImageError) as err:
+        loader.load({"url": "https://example.com/dead.jpg"})
+    assert err.value.reason == "not_downloaded"
+    if with_parquet:
+        assert "410" in err.value.detail
+    folder.close()
+
+
+def test_img2dataset_files_layout(tmp_path):
+    shard = tmp_path / "dl" / "00000"
+    shard.mkdir(parents=True)
+    (shard / "000000001.jpg").write_bytes(jpeg_bytes(150, 140))
+    (shard / "000000001.json").write_text(json.dumps({"url": "https://example.com/f.jpg"}))
+    (shard / "000000002.json").write_text(json.dumps({"url": "https://example.com/no-image.jpg"}))
+    folder = ImageFolder(tmp_path / "dl")
+    assert ImageLoader(images=folder).load({"url": "https://example.com/f.jpg"}).width == 150
+    assert "https://example.com/no-image.jpg" not in folder.index
+
+
+def test_truncated_tar_keeps_what_it_can(tmp_path):
+    samples = [(f"https://example.com/{i}.jpg", jpeg_bytes(150, 140), None) for i in range(4)]
+    write_img2dataset_tar(tmp_path / "dl", 0, samples)
+    tar = tmp_path / "dl" / "00000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) * 2 // 3])  # killed mid-write
+    folder = ImageFolder(tmp_path / "dl")
+    loader = ImageLoader(images=folder)
+    got = 0
+    for url, _, _ in samples:
+        try:
+            loader.load({"url": url})
+            got += 1
+        except ImageError as exc:
+            assert exc.reason in ("not_downloaded", "read_failed", "decode_failed")
+    assert got >= 1

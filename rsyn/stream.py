@@ -8,7 +8,9 @@ that looks done.
 
 from __future__ import annotations
 
+import functools
 import glob
+import itertools
 import os
 import sys
 import zlib
@@ -284,14 +286,15 @@ class RecordWriter:
             self._flush_buffer()
 
     def write_many(self, records: Iterable[dict]) -> None:
-        dumps = orjson.dumps
-        opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
-        buf = self._buf
-        batch = self.BATCH
-        for record in records:
-            buf.append(dumps(record, option=opt))
-            if len(buf) >= batch:
-                self._flush_buffer()
+        # batches of records serialised by map() keep the per-record cost in C
+        dumps = functools.partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+        it = iter(records)
+        while True:
+            chunk = list(itertools.islice(it, self.BATCH))
+            if not chunk:
+                return
+            self._buf.extend(map(dumps, chunk))
+            self._flush_buffer()
 
     def _flush_buffer(self) -> None:
         if not self._buf:

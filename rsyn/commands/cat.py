@@ -21,6 +21,10 @@ def cat(
     """
     if plain:
         run._writer = RecordWriter(run.output, compression="plain")
+    if kind is None and limit is None:
+        for block in run.record_blocks():  # the plain pass-through: no per-record Python work
+            run.write(block)
+        return
     records = run.records()
     if kind is not None:
         records = _of_kind(run, records, kind)

@@ -1,0 +1,296 @@
+"""`rsyn extract`: documents in, filtered image and sentence records out (DESIGN.md §1 steps 1, 2, 4, 5).
+
+Flow: read documents (rsyn.documents) -> candidate records in reading order
+(images; paragraphs split into sentences by Punkt) -> a window of candidates
+goes through the filters (rsyn.filters) in the paper's order -> survivors are
+written in document order. Windows keep memory bounded and let the spaCy and
+language-model filters run batched.
+
+Entropy needs corpus-wide word counts. With file inputs a first pass counts
+the words of every document of every input (all shards, so that every shard
+scores with the same p(w)); stdin can be read only once, so it takes a counts
+file made by an earlier `--save-word-counts` run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from rsyn.command import Run, RsynError
+from rsyn.documents import Document, DocumentError, ImagePart, parse_document, raw_documents
+from rsyn.filters import (
+    LOG_BASES,
+    CatFilter,
+    EmojiFilter,
+    EntropyFilter,
+    Filter,
+    ImageSizeFilter,
+    PerplexityFilter,
+    UrlFilter,
+    WordCountFilter,
+    count_words,
+    load_word_counts,
+    save_word_counts,
+)
+from rsyn.records import image_id, text_id
+from rsyn.stream import STDIO, TruncatedStream
+
+FILTER_NAMES = ("size", "emoji", "url", "words", "cat", "entropy", "ppl")
+REPEATED_IMAGE = "image_repeated_in_doc"
+
+
+@dataclass
+class ExtractOptions:
+    fmt: str = "auto"
+    disable: set[str] = field(default_factory=set)
+    min_side: int = 100
+    max_aspect: float = 3.0
+    min_words: int = 3
+    max_words: int = 81
+    min_complexity: int = 1
+    require_action: bool = True
+    spacy_model: str = "auto"
+    spacy_processes: int = 1
+    spacy_batch_size: int = 256
+    min_entropy: float = 0.3
+    entropy_log_base: str = "e"
+    word_counts: str | None = None
+    save_word_counts: str | None = None
+    count_only: bool = False
+    ppl_model: str = "gpt2-large"
+    min_ppl: float = 30.0
+    max_ppl: float = 200.0
+    ppl_batch_size: int = 32
+    ppl_dtype: str = "auto"
+    window: int = 4096  # sentences filtered together
+    parquet_batch_rows: int = 512
+
+
+def run_extract(run: Run, opts: ExtractOptions) -> None:
+    _check_options(opts)
+    paths = run.input_paths()
+    enabled = [name for name in FILTER_NAMES if name not in opts.disable]
+    counts = _word_counts(run, paths, opts, needed="entropy" in enabled)
+    if opts.count_only or (opts.save_word_counts and STDIO in paths):
+        return
+
+    filters = _build_filters(run, opts, enabled, counts)
+    run.declare_reasons([REPEATED_IMAGE] + [r for f in filters if f.kind == "image" for r in f.reasons]
+                        + [r for f in filters if f.kind == "text" for r in f.reasons])
+    stats = run.extra
+    stats.update(documents=0, images_in=0, images_out=0, sentences_in=0, sentences_out=0, paragraphs=0,
+                 end_markers_removed=0, filters=[f.name for f in filters])
+    try:
+        run.write(_extract(run, paths, opts, filters))
+    finally:
+        for f in filters:
+            f.close()
+
+
+def _check_options(opts: ExtractOptions) -> None:
+    unknown = sorted(set(opts.disable) - set(FILTER_NAMES))
+    if unknown:
+        raise RsynError(f"--disable {','.join(unknown)}: unknown filter (known: {', '.join(FILTER_NAMES)})")
+    if opts.fmt not in ("auto", "obelics", "mmc4"):
+        raise RsynError(f"--format {opts.fmt!r}: expected auto, obelics or mmc4")
+    if opts.entropy_log_base not in LOG_BASES:
+        raise RsynError(f"--entropy-log-base {opts.entropy_log_base!r}: expected e, 2 or 10")
+    if opts.count_only and not opts.save_word_counts:
+        raise RsynError("--count-only needs --save-word-counts FILE")
+    if opts.word_counts and opts.save_word_counts:
+        raise RsynError("--word-counts loads counts and --save-word-counts makes them: use one of them")
+    if opts.ppl_model.strip().lower() == "none":
+        opts.disable.add("ppl")
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _documents(run: Run, paths: list[str], opts: ExtractOptions, *, sharded: bool = True,
+               report_errors: bool = True) -> Iterator[Document]:
+    """Documents of the inputs, in order; this shard's only when `sharded`; bad ones per --on-error."""
+    k, n = (run.shard or (0, 1)) if sharded else (0, 1)
+    position = -1
+    for path in paths:
+        try:
+            for where, raw, fmt in raw_documents(path, opts.fmt, opts.parquet_batch_rows):
+                position += 1
+                if position % n != k:
+                    continue
+                try:
+                    document = parse_document(raw, fmt)
+                except DocumentError as exc:
+                    if report_errors:
+                        run.error(where, exc.message, reason=exc.reason,
+                                  raw=raw if isinstance(raw, bytes) else None,
+                                  record=raw if isinstance(raw, dict) else None)
+                    continue
+                document.where = where
+                yield document
+        except DocumentError as exc:  # a whole input is unreadable
+            if report_errors:
+                run.error(exc.where or path, exc.message, reason=exc.reason)
+        except TruncatedStream as exc:
+            if report_errors:
+                run.error(exc.where, exc.message, reason="corrupt_stream")
+
+
+def _word_counts(run: Run, paths: list[str], opts: ExtractOptions, needed: bool):
+    """Corpus word counts for the entropy filter: loaded, or counted in a first pass over the inputs."""
+    if opts.word_counts:
+        counts = load_word_counts(opts.word_counts)
+        run.extra["word_counts"] = {"source": opts.word_counts, "vocabulary": len(counts),
+                                    "words": sum(counts.values())}
+        return counts
+    if not needed and not opts.save_word_counts:
+        return None
+    from_stdin = STDIO in paths
+    if from_stdin and not opts.save_word_counts:
+        raise RsynError("the entropy filter needs corpus word counts and stdin can be read only once: make them "
+                        "with `rsyn extract --save-word-counts FILE` over the same documents, then pass "
+                        "--word-counts FILE (or --disable entropy)")
+    count_only = opts.count_only or from_stdin
+    # In a two-pass run the second pass reports bad documents; counting reports them only when it is the run.
+    documents = _documents(run, paths, opts, sharded=False, report_errors=count_only)
+    counts = count_words(p for d in documents for p in d.parts if type(p) is str)
+    source = "first pass over the inputs"
+    if opts.save_word_counts:
+        n = save_word_counts(opts.save_word_counts, counts)
+        run.note(f"{n} word counts written to {opts.save_word_counts}")
+        source = opts.save_word_counts
+        if count_only:
+            run.note("counted words only (stdin can be read once); extract with --word-counts "
+                     f"{opts.save_word_counts}" if from_stdin else "counted words only (--count-only)")
+    run.extra["word_counts"] = {"source": source, "vocabulary": len(counts), "words": sum(counts.values())}
+    return counts
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _build_filters(run: Run, opts: ExtractOptions, enabled: list[str], counts) -> list[Filter]:
+    filters: list[Filter] = []
+    for name in enabled:
+        if name == "size":
+            filters.append(ImageSizeFilter(opts.min_side, opts.max_aspect))
+        elif name == "emoji":
+            filters.append(EmojiFilter())
+        elif name == "url":
+            filters.append(UrlFilter())
+        elif name == "words":
+            filters.append(WordCountFilter(opts.min_words, opts.max_words))
+        elif name == "cat":
+            # before the language model is loaded: the workers fork from a process without torch threads
+            cat = CatFilter(opts.spacy_model, opts.min_complexity, opts.require_action, opts.spacy_processes,
+                            opts.spacy_batch_size)
+            run.extra["cat"] = {"spacy_model": cat.model, "processes": cat.processes}
+            filters.append(cat)
+        elif name == "entropy":
+            entropy = EntropyFilter(counts, opts.min_entropy, opts.entropy_log_base)
+            run.extra["entropy_log_base"] = opts.entropy_log_base
+            filters.append(entropy)
+        elif name == "ppl":
+            model = _load_lm(run, opts)  # now, so a missing model fails before any work
+            run.extra["ppl_model"] = opts.ppl_model
+            filters.append(PerplexityFilter(lambda: model, opts.min_ppl, opts.max_ppl, opts.ppl_batch_size))
+    return filters
+
+
+def _load_lm(run: Run, opts: ExtractOptions):
+    from rsyn.models.lm import load_causal_lm
+
+    try:
+        return load_causal_lm(opts.ppl_model, run.device, opts.ppl_dtype)
+    except RsynError as exc:
+        raise RsynError(f"perplexity filter: {exc}, or turn the filter off with --ppl-model none") from None
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _sentence_splitter():
+    import nupunkt
+
+    tokenizer = nupunkt.load_default_model()  # Punkt parameters shipped with nupunkt: works offline
+    return tokenizer.tokenize
+
+
+def _candidates(document: Document, split) -> Iterator[tuple[dict, bool]]:
+    """(record, is a repeated image) for each item of the document, in reading order.
+
+    `pos` counts every candidate of the document from 0 (images, including
+    repeats, and sentences), before any filter, so it does not move when a
+    threshold changes.
+    """
+    doc = document.doc
+    seen: set[str] = set()
+    pos = 0
+    for part in document.parts:
+        if type(part) is ImagePart:
+            record = {"id": image_id(part.url), "kind": "image", "doc": doc, "pos": pos, "url": part.url}
+            if part.width is not None and part.height is not None:
+                record["width"] = part.width
+                record["height"] = part.height
+            record["alt"] = part.alt
+            record["scores"] = {}
+            yield record, part.url in seen
+            seen.add(part.url)
+            pos += 1
+            continue
+        for sentence in split(part):
+            text = " ".join(sentence.split())  # a sentence may span lines of its paragraph
+            if text:
+                yield {"id": text_id(text), "kind": "text", "doc": doc, "pos": pos, "text": text, "scores": {}}, False
+                pos += 1
+
+
+def _extract(run: Run, paths: list[str], opts: ExtractOptions, filters: list[Filter]) -> Iterator[dict]:
+    split = _sentence_splitter()
+    stats = run.extra
+    window: list[tuple[dict, str]] = []
+    sentences = 0
+    for document in _documents(run, paths, opts):
+        stats["documents"] += 1
+        stats["end_markers_removed"] += document.markers_removed
+        for record, repeated in _candidates(document, split):
+            run.n_in += 1
+            if record["kind"] == "image":
+                stats["images_in"] += 1
+                if repeated:
+                    run.drop(record, REPEATED_IMAGE, document.where)
+                    continue
+            else:
+                stats["sentences_in"] += 1
+                sentences += 1
+            window.append((record, document.where))
+        stats["paragraphs"] += sum(1 for p in document.parts if type(p) is str)
+        if sentences >= opts.window:
+            yield from _filter_window(run, window, filters)
+            window, sentences = [], 0
+            _progress(run)
+    yield from _filter_window(run, window, filters)
+
+
+def _filter_window(run: Run, window: list[tuple[dict, str]], filters: list[Filter]) -> list[dict]:
+    """The records of the window that pass every filter, in window order; the others are dropped."""
+    alive = [True] * len(window)
+    for f in filters:
+        chosen = [i for i, (record, _) in enumerate(window) if alive[i] and record["kind"] == f.kind]
+        if not chosen:
+            continue
+        reasons = f.apply([window[i][0] for i in chosen])
+        for i, reason in zip(chosen, reasons):
+            if reason is not None:
+                alive[i] = False
+                record, where = window[i]
+                run.drop(record, reason, where)
+    survivors = [record for (record, _), keep in zip(window, alive) if keep]
+    for record in survivors:
+        run.extra["images_out" if record["kind"] == "image" else "sentences_out"] += 1
+    return survivors
+
+
+def _progress(run: Run) -> None:
+    if run._progress is not None:  # the shared frame has no public hook for stages that count input themselves
+        run._tick()

@@ -1,0 +1,153 @@
+"""Each filter unit of `rsyn extract` at its boundaries, with the real components (regex, spaCy, numpy)."""
+
+import math
+from collections import Counter
+
+import pytest
+
+from rsyn.filters import (
+    CatFilter,
+    EmojiFilter,
+    EntropyFilter,
+    ImageSizeFilter,
+    UrlFilter,
+    WordCountFilter,
+    count_words,
+    load_word_counts,
+    save_word_counts,
+    words_of,
+)
+
+
+def image(width=None, height=None):
+    record = {"kind": "image", "url": "http://x/y.jpg", "scores": {}}
+    if width is not None:
+        record.update(width=width, height=height)
+    return record
+
+
+def text(sentence):
+    return {"kind": "text", "text": sentence, "scores": {}}
+
+
+def test_image_size_boundaries():
+    f = ImageSizeFilter()
+    records = [image(100, 100), image(99, 500), image(300, 100), image(301, 100), image(100, 300), image(100, 301),
+               image(3000, 1000), image()]
+    assert f.apply(records) == [None, "image_too_small", None, "image_bad_aspect", None, "image_bad_aspect",
+                                None, None]
+    assert records[0]["scores"] == {"min_side": 100, "aspect": 1.0}
+    assert records[3]["scores"]["aspect"] == pytest.approx(3.01)
+    assert records[-1]["scores"] == {"size": "unknown"} and "width" not in records[-1]
+
+
+def test_image_size_is_tunable():
+    assert ImageSizeFilter(min_side=50, max_aspect=4).apply([image(60, 240), image(49, 100)]) == [
+        None, "image_too_small"]
+
+
+def test_word_count_boundaries():
+    def sentence(n):
+        return " ".join(["word"] * n) + "."
+
+    records = [text(sentence(n)) for n in (2, 3, 81, 82)]
+    assert WordCountFilter().apply(records) == ["too_few_words", None, None, "too_many_words"]
+    assert [r["scores"]["words"] for r in records] == [2, 3, 81, 82]
+    # punctuation, symbols and emoji are not words; inner apostrophes are part of one
+    assert words_of("Don't stop — it's 5 o'clock! 😀") == ["don't", "stop", "it's", "5", "o'clock"]
+
+
+@pytest.mark.parametrize("sentence,has", [
+    ("A dog plays in the garden 😀", True),
+    ("Flags 🇫🇷 on the wall", True),
+    ("A heart ❤️ drawn on sand", True),
+    ("Press 1️⃣ to continue", True),
+    ("Copyright © 2020 and ™ and ✓ are text symbols", False),
+    ("A plain sentence with numbers 123 and #tags", False),
+])
+def test_emoji(sentence, has):
+    record = text(sentence)
+    assert EmojiFilter().apply([record]) == ["has_emoji" if has else None]
+    assert ("emoji" in record["scores"]) is has
+
+
+@pytest.mark.parametrize("sentence,url", [
+    ("See https://example.org/a?b=1 for details", "https://example.org/a?b=1"),
+    ("Visit www.shop.example now", "www.shop.example"),
+    ("Buy it on amazon.com today", "amazon.com"),
+    ("Mail us at info@photos.co.uk please", "photos.co.uk"),
+    ("The dog ran e.g. to the park at 5 p.m.", None),
+    ("A file named photo.jpg on a desk", None),
+])
+def test_url(sentence, url):
+    record = text(sentence)
+    assert UrlFilter().apply([record]) == ["has_url" if url else None]
+    assert record["scores"].get("url") == url
+
+
+@pytest.fixture(scope="module")
+def cat():
+    f = CatFilter("auto")
+    yield f
+    f.close()
+
+
+def test_cat_complexity_and_action(cat):
+    records = [text(s) for s in [
+        "A dog runs on the beach.",            # dog -runs-> (on) beach: complexity 1, one action
+        "Two children play football in the park.",
+        "A red car parked near the station.",  # a verb in a reduced relative clause
+        "A red car.",                          # no verb
+        "The view from the top of the mountain at sunset.",  # objects and relations, no verb
+        "It runs.",                            # an action but no object
+        "Buy now and save big on shoes",       # imperative: no subject, no relation
+    ]]
+    assert cat.apply(records) == [None, None, None, "cat_no_action", "cat_no_action", "cat_low_complexity",
+                                  "cat_low_complexity"]
+    assert records[0]["scores"]["cat"] == {"complexity": 1, "actions": 1}
+    assert records[1]["scores"]["cat"]["complexity"] >= 2
+    assert records[3]["scores"]["cat"] == {"complexity": 1, "actions": 0}
+
+
+def test_cat_is_tunable(cat):
+    lenient = CatFilter("auto", min_complexity=0, require_action=False)
+    strict = CatFilter("auto", min_complexity=2)
+    sentences = ["A red car.", "It runs.", "A dog runs on the beach."]
+    assert lenient.apply([text(s) for s in sentences]) == [None, None, None]
+    assert strict.apply([text(s) for s in sentences]) == ["cat_low_complexity"] * 3
+
+
+def test_cat_results_do_not_depend_on_processes(cat):
+    sentences = [f"A man number {i} rides a horse along the river." if i % 3 else "A red car." for i in range(120)]
+    pooled = CatFilter("auto", processes=2, batch_size=8)
+    try:
+        assert pooled.scores(sentences) == cat.scores(sentences)
+    finally:
+        pooled.close()
+
+
+def test_entropy_definition_and_log_base():
+    counts = Counter({"the": 50, "dog": 25, "runs": 20, "rare": 5})
+    f = EntropyFilter(counts, min_entropy=0.3)
+    records = [text("The dog runs."), text("Rare rare."), text("Unseen words only.")]
+    assert f.apply(records) == [None, "low_entropy", "low_entropy"]
+
+    def term(word, base=math.e):
+        p = counts[word] / 100
+        return -p * math.log(p, base)
+
+    assert records[0]["scores"]["entropy"] == pytest.approx(term("the") + term("dog") + term("runs"))
+    assert records[1]["scores"]["entropy"] == pytest.approx(2 * term("rare"))  # each occurrence counts
+    assert records[2]["scores"]["entropy"] == 0.0  # words missing from the counts add nothing
+    in_bits = EntropyFilter(counts, min_entropy=0.3, log_base="2")
+    record = text("The dog runs.")
+    in_bits.apply([record])
+    assert record["scores"]["entropy"] == pytest.approx(sum(term(w, 2) for w in ("the", "dog", "runs")))
+
+
+def test_word_counts_round_trip(tmp_path):
+    counts = count_words(["The dog and the cat.", "THE end, l'eau."])
+    assert counts == Counter({"the": 3, "dog": 1, "and": 1, "cat": 1, "end": 1, "l'eau": 1})
+    path = tmp_path / "counts.jsonl.zst"
+    assert save_word_counts(str(path), counts) == 6
+    assert load_word_counts(str(path)) == counts

@@ -1,0 +1,270 @@
+"""rsyn retrieve: hierarchical retrieval of the realistic texts of each image (DESIGN.md section 1, step 8).
+
+For each image embedding: the `nprobe` nearest text semantic clusters first
+(inter-cluster, over the k-means centroids), then the nearest sentences inside
+them (intra-cluster). This is exactly a faiss IVF search whose coarse
+quantizer holds the centroids. With PQ lists the candidates are re-scored
+exactly from the float16 vectors on disk, so every score is a true cosine.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from rsyn.command import Run, RsynError
+from rsyn.records import decode_embeddings
+from rsyn.stages.index import CENTROIDS, FORMAT, IVF, META, SENTENCES, VECTORS, unit_rows
+from rsyn.vectors import use_faiss_gpu
+
+BATCH = 4096  # images searched per faiss call
+SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 keeps ties visible
+DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
+
+
+class IndexDirectory:
+    """An index directory opened for search; refuses one that is incomplete or corrupt with one line."""
+
+    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
+        import faiss
+
+        self.path = Path(path)
+        self.meta = self._read_meta()
+        self.model: str = self.meta["model"]
+        self.dim: int = self.meta["dim"]
+        self.count: int = self.meta["count"]
+        self.index_type: str = self.meta["index_type"]
+        for name, size in self.meta["files"].items():
+            file = self.path / name
+            if not file.exists():
+                self._corrupt(f"{name} is missing")
+            if file.stat().st_size != size:
+                self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
+        try:
+            index = faiss.read_index(str(self.path / IVF))
+        except RuntimeError as exc:
+            self._corrupt(f"{IVF} cannot be read by faiss ({_first_line(exc)})")
+        if index.ntotal != self.count or index.d != self.dim or index.nlist != self.meta["clusters"]:
+            self._corrupt(f"{IVF} holds {index.ntotal} vectors of dim {index.d} in {index.nlist} lists, "
+                          f"meta.json says {self.count} of dim {self.dim} in {self.meta['clusters']}")
+        self.cpu_index = index
+        self.index = index
+        if use_faiss_gpu(device):
+            from rsyn.stages.index import _to_gpu
+
+            self.index = _to_gpu(index, device)
+        self.vectors = None
+        if self.index_type == "ivf_pq":
+            try:
+                self.vectors = np.load(self.path / VECTORS, mmap_mode="r")
+            except (ValueError, OSError) as exc:
+                self._corrupt(f"{VECTORS} cannot be read ({_first_line(exc)})")
+            if self.vectors.shape != (self.count, self.dim):
+                self._corrupt(f"{VECTORS} has shape {self.vectors.shape}, expected {(self.count, self.dim)}")
+        self.db = self._open_sentences()
+
+    # ------------------------------------------------------------------ opening
+    def _read_meta(self) -> dict:
+        if not self.path.is_dir():
+            raise RsynError(f"{self.path}: no such index directory (build one with rsyn index -o DIR)")
+        try:
+            meta = orjson.loads((self.path / META).read_bytes())
+        except FileNotFoundError:
+            self._corrupt(f"{META} is missing: the index is incomplete (its build did not finish)")
+        except orjson.JSONDecodeError as exc:
+            self._corrupt(f"{META} is not valid JSON ({exc})")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            self._corrupt(f"{META} is not an rsyn index description")
+        missing = [key for key in ("model", "dim", "count", "clusters", "index_type", "files") if key not in meta]
+        if missing:
+            self._corrupt(f"{META} lacks {', '.join(missing)}")
+        if meta["index_type"] not in ("ivf_flat", "ivf_pq"):
+            self._corrupt(f"{META}: unknown index type {meta['index_type']!r}")
+        for name in (IVF, CENTROIDS, SENTENCES) + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ()):
+            if name not in meta["files"]:
+                self._corrupt(f"{META} does not list {name}")
+        return meta
+
+    def _open_sentences(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(f"file:{self.path / SENTENCES}?mode=ro", uri=True, check_same_thread=False)
+            (rows,) = db.execute("SELECT count(*) FROM sentences").fetchone()
+        except sqlite3.Error as exc:
+            self._corrupt(f"{SENTENCES} cannot be read ({exc})")
+        if rows != self.count:
+            self._corrupt(f"{SENTENCES} has {rows} sentences, meta.json says {self.count}")
+        return db
+
+    def _corrupt(self, message: str):
+        raise RsynError(f"{self.path}: not a usable index: {message}")
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int, *, nprobe: int, rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the k best sentences per query, best first; rows are -1 where fewer exist.
+
+        Scores are exact cosines: ivf_flat lists hold the vectors themselves; ivf_pq candidates
+        (max(k, rerank) of them) are re-scored from the float16 vectors on disk.
+        """
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nprobe = min(nprobe, self.meta["clusters"])
+        pool = max(k, rerank) if self.vectors is not None else k
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        if self.index is self.cpu_index:
+            scores, rows = self.index.search(queries, pool, params=params)
+        else:
+            faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
+            scores, rows = self.index.search(queries, pool)
+        if self.vectors is not None:
+            scores, rows = self._rescore(queries, rows, k)
+        return scores, rows
+
+    def _rescore(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        exact = np.einsum("qd,qkd->qk", queries, self.sentence_vectors(rows))
+        exact[rows < 0] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
+
+    def sentence_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of `rows` (any shape; -1 gives zeros), read in row order for locality."""
+        flat = rows.reshape(-1)
+        unique, inverse = np.unique(flat, return_inverse=True)
+        valid = unique >= 0
+        table = np.zeros((len(unique), self.dim), dtype=np.float32)
+        if self.vectors is not None:
+            table[valid] = unit_rows(np.asarray(self.vectors[unique[valid]], dtype=np.float32))
+        else:
+            if not getattr(self, "_direct_map", False):
+                self.cpu_index.make_direct_map()
+                self._direct_map = True
+            table[valid] = self.cpu_index.reconstruct_batch(unique[valid])
+        return table[inverse].reshape(*rows.shape, self.dim)
+
+    def sentences(self, rows: np.ndarray) -> dict[int, tuple[str, str]]:
+        """row -> (id, text) for the given faiss rows."""
+        wanted = np.unique(rows[rows >= 0]).tolist()
+        found: dict[int, tuple[str, str]] = {}
+        for start in range(0, len(wanted), 30000):  # below SQLite's bound on query parameters
+            chunk = wanted[start:start + 30000]
+            marks = ",".join("?" * len(chunk))
+            for row, sid, text in self.db.execute(f"SELECT row, id, text FROM sentences WHERE row IN ({marks})",
+                                                  chunk):
+                found[row] = (sid, text)
+        if len(found) != len(wanted):
+            self._corrupt(f"{SENTENCES} lacks rows that {IVF} returns")
+        return found
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def distinct_choice(scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int,
+                    max_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy, best first: skip a candidate whose cosine to a text already taken is >= max_similarity."""
+    pair = np.einsum("qid,qjd->qij", vectors, vectors)  # candidate-to-candidate cosines per query
+    out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    out_rows = np.full((len(rows), k), -1, dtype=np.int64)
+    for q in range(len(rows)):
+        taken: list[int] = []
+        for j in range(rows.shape[1]):
+            if rows[q, j] < 0:
+                break
+            if all(rows[q, t] != rows[q, j] and pair[q, j, t] < max_similarity for t in taken):
+                taken.append(j)
+                if len(taken) == k:
+                    break
+        out_rows[q, :len(taken)] = rows[q, taken]
+        out_scores[q, :len(taken)] = scores[q, taken]
+    return out_scores, out_rows
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None) -> None:
+    index = IndexDirectory(index_dir, device=run.device)
+    run.note(f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "
+             f"({index.index_type}), model {index.model}, nprobe {min(nprobe, index.meta['clusters'])}")
+    run.extra.update({"nprobe": nprobe, "k": k, "images": 0, "passed_through": 0})
+    pending: list[dict | None] = []  # every record in input order; images wait for their batch's search
+    queries: list[tuple[int, str, str]] = []  # (position in pending, emb, where)
+    try:
+        for record in run.records():
+            if record.get("kind") != "image":
+                pending.append(record)
+                run.extra["passed_through"] += 1
+                continue
+            emb, model = record.get("emb"), record.get("emb_model")
+            if type(emb) is not str or type(model) is not str:
+                run.error(run.where, "image record has no embedding 'emb' with its 'emb_model' (run rsyn embed first)",
+                          record=record, reason="missing_emb")
+                continue
+            if model != index.model:
+                run.error(run.where, f"image embedding from model {model!r}, but the index {index_dir} was built "
+                                     f"with {index.model!r}: embed both with the same model",
+                          record=record, reason="model_mismatch")
+                continue
+            queries.append((len(pending), emb, run.where))
+            pending.append(record)
+            if len(queries) >= BATCH:
+                _search_batch(run, index, pending, queries, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct)
+                run.write(r for r in pending if r is not None)
+                pending.clear()
+                queries.clear()
+        _search_batch(run, index, pending, queries, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct)
+        run.write(r for r in pending if r is not None)
+    finally:
+        index.close()
+
+
+def _search_batch(run: Run, index: IndexDirectory, pending: list, queries: list, *, k: int, nprobe: int,
+                  rerank: int, distinct: float | None) -> None:
+    if not queries:
+        return
+    matrix, queries = _decode_queries(run, index, pending, queries)
+    if not queries:
+        return
+    pool = k * DISTINCT_POOL if distinct is not None else k
+    scores, rows = index.search(matrix, pool, nprobe=nprobe, rerank=rerank)
+    if distinct is not None:
+        scores, rows = distinct_choice(scores, rows, index.sentence_vectors(rows), k, distinct)
+    found = index.sentences(rows)
+    rounded = np.round(scores.astype(np.float64), SCORE_DECIMALS).tolist()
+    for (position, _, _), q_rows, q_scores in zip(queries, rows.tolist(), rounded):
+        pending[position]["texts"] = [{"id": found[r][0], "text": found[r][1], "score": s}
+                                      for r, s in zip(q_rows, q_scores) if r >= 0]
+    run.extra["images"] += len(queries)
+
+
+def _decode_queries(run: Run, index: IndexDirectory, pending: list, queries: list) -> tuple[np.ndarray, list]:
+    """Decode the batch's embeddings at once; on failure report the bad ones by place and drop them."""
+    try:
+        return _unit(decode_embeddings([q[1] for q in queries], index.dim)), queries
+    except ValueError:
+        pass
+    good = []
+    for q in queries:
+        try:
+            decode_embeddings([q[1]], index.dim)
+            good.append(q)
+        except ValueError as exc:
+            run.error(q[2], f"bad image embedding: {exc}", record=pending[q[0]], reason="bad_emb")
+            pending[q[0]] = None
+    if not good:
+        return np.zeros((0, index.dim), np.float32), good
+    return _unit(decode_embeddings([q[1] for q in good], index.dim)), good
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    # f16 rounding leaves norms of 1 +- 1e-3; re-normalise so scores are exact cosines
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1)

@@ -1,0 +1,347 @@
+"""rsyn caption: image semantic augmented generation (DESIGN.md section 1, step 9).
+
+For each image record from `rsyn retrieve`, in batches:
+1. semantic tags: zero-shot, the record's image embedding against the CLIP
+   text embeddings of the tag vocabulary (rsyn.tags);
+2. a brief caption of the image file at `path` (rsyn.models.captioner);
+3. an LLM merges the best realistic text (`texts[0]`), the caption and the
+   tags into `syn_text` (rsyn.prompts, rsyn.llm), cleaned.
+Records of other kinds pass through untouched; output order is input order.
+
+A record that cannot be processed (no retrieved texts, a bad embedding, an
+unreadable image, an empty or failed generation) is bad input under the
+shared rules: one line naming file and line and exit 2, or with
+--on-error skip a count in the summary and the record in --rejects.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsyn.command import Run, RsynError, stable_hash
+from rsyn.records import decode_embeddings
+
+NONE = "none"
+
+
+@dataclass
+class CaptionOptions:
+    # tags
+    tags_file: str | None = None
+    mine_tags_from: str | None = None
+    mined_tags: int = 4000
+    mine_sample: int = 200_000
+    mine_min_count: int = 3
+    save_tags: str | None = None
+    max_tags: int = 10
+    tag_threshold: float = 0.25
+    tag_template: str = "a photo of {}."
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    # caption
+    captioner: str = "Salesforce/blip-image-captioning-base"
+    caption_max_tokens: int = 30
+    caption_beams: int = 3
+    # fusion
+    llm_backend: str = "hf"
+    llm_model: str | None = None
+    llm_url: str | None = None
+    llm_api: str = "auto"
+    llm_concurrency: int = 16
+    llm_timeout: float = 60.0
+    llm_retries: int = 3
+    llm_max_tokens: int = 160
+    temperature: float = 0.0
+    top_p: float = 1.0
+    llm_batch_size: int = 16
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    prompt_file: str | None = None
+    max_syn_words: int = 80
+    # run
+    batch_size: int = 64
+    cache_dir: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
+class Item:
+    """One image record on its way through a batch."""
+
+    record: dict
+    where: str
+    raw_text: str = ""
+    embedding: np.ndarray | None = None
+    image: object = None
+    caption: str | None = None
+
+
+class CaptionStage:
+    """Holds the models (loaded on first use) and processes batches of image records."""
+
+    def __init__(self, run: Run, opts: CaptionOptions):
+        from rsyn.prompts import PromptTemplate
+        from rsyn.tags import default_cache_dir
+
+        self.run = run
+        self.opts = opts
+        self.cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+        self.template = PromptTemplate.from_file(opts.prompt_file)
+        self.use_captioner = opts.captioner.strip().lower() != NONE
+        self.vocabulary = self._vocabulary() if opts.max_tags > 0 else []
+        self._taggers: dict[str, object] = {}
+        self._captioner = None
+        self._llm = None
+        self.seconds = {"tags": 0.0, "caption": 0.0, "llm": 0.0}
+        self.counts = {"images": 0, "captioned": 0, "with_tags": 0, "tags": 0}
+
+    # ------------------------------------------------------------------ vocabulary and models
+    def _vocabulary(self) -> list[str]:
+        from rsyn.tags import mine_tags, read_tag_file, unique_tags
+
+        opts = self.opts
+        if not opts.tags_file and not opts.mine_tags_from:
+            raise RsynError("no tag vocabulary: give --tags FILE (one tag per line, e.g. the RAM++ list) and/or "
+                            "--mine-tags-from INDEX_DIR, or --max-tags 0 to write no tags")
+        given = read_tag_file(opts.tags_file) if opts.tags_file else []
+        mined = []
+        if opts.mine_tags_from:
+            mined = mine_tags(opts.mine_tags_from, n_tags=opts.mined_tags, sample=opts.mine_sample,
+                              min_count=opts.mine_min_count, seed=self.run.seed, exclude=set(given),
+                              cache_dir=self.cache_dir, note=self.run.note)
+        vocabulary = unique_tags(given + mined)
+        if not vocabulary:
+            raise RsynError(f"--mine-tags-from {opts.mine_tags_from}: no noun phrase occurs "
+                            f"{opts.mine_min_count} times; lower --mine-min-count or give --tags FILE")
+        self.run.extra["tag_vocabulary"] = {"given": len(given), "mined": len(mined), "total": len(vocabulary)}
+        self.run.note(f"{len(vocabulary):,} tags ({len(given):,} given, {len(mined):,} mined)")
+        if opts.save_tags:
+            from rsyn.stream import write_bytes_atomic
+
+            write_bytes_atomic(opts.save_tags, "".join(f"{t}\n" for t in vocabulary).encode("utf-8"))
+        return vocabulary
+
+    def tagger(self, emb_model: str):
+        """The tagger for records embedded by `emb_model` (or the --model override), loaded once."""
+        key = emb_model if self.opts.clip_model is None else "--model"
+        if key not in self._taggers:
+            from rsyn.models.clip import load_clip
+            from rsyn.tags import ZeroShotTagger
+
+            if self.opts.clip_model is None:
+                clip = load_clip(emb_model, None, self.run.device)
+            else:
+                clip = load_clip(self.opts.clip_model, self.opts.clip_pretrained, self.run.device)
+                if emb_model != clip.name:
+                    self.run.note(f"tagging with --model {clip.name}; records say emb_model {emb_model}: "
+                                  "the scores mean something only if both are the same model")
+            self._taggers[key] = ZeroShotTagger(self.vocabulary, clip, self.opts.tag_template, self.cache_dir)
+        return self._taggers[key]
+
+    @property
+    def captioner(self):
+        if self._captioner is None:
+            from rsyn.models.captioner import load_captioner
+
+            _quiet_transformers()
+            self._captioner = load_captioner(self.opts.captioner, self.run.device)
+            self.run.note(f"captioner {self._captioner.name}")
+        return self._captioner
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            from rsyn.llm import Sampling, open_backend
+
+            _quiet_transformers()
+            o = self.opts
+            sampling = Sampling(max_tokens=o.llm_max_tokens, temperature=o.temperature, top_p=o.top_p)
+            device = self.run.device if o.llm_backend != "openai" else "cpu"
+            self._llm = open_backend(o.llm_backend, o.llm_model, sampling, api=o.llm_api, url=o.llm_url,
+                                     device=device, seed=self.run.seed, concurrency=o.llm_concurrency,
+                                     timeout=o.llm_timeout, retries=o.llm_retries, batch_size=o.llm_batch_size,
+                                     api_key=o.api_key, tensor_parallel_size=o.tensor_parallel_size,
+                                     gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
+            self.run.note(f"LLM {self._llm.backend}:{self._llm.model} ({self._llm.api} prompts)")
+        return self._llm
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self.run.extra["llm"] = self._llm.stats.as_dict()
+            self._llm.close()
+        self.run.extra["counts"] = dict(self.counts)
+        self.run.extra["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, batch: list[tuple[dict, str]]) -> list[dict]:
+        """The batch's output records in input order (records that failed under --on-error skip left out)."""
+        items = [self._validate(record, where) for record, where in batch if record.get("kind") == "image"]
+        items = [item for item in items if item is not None]
+        if items:
+            self.counts["images"] += len(items)
+            items = self._tag(items)
+            items = self._caption(items)
+            items = self._fuse(items)
+        done = {id(item.record) for item in items}
+        return [record for record, _ in batch if record.get("kind") != "image" or id(record) in done]
+
+    def _validate(self, record: dict, where: str) -> Item | None:
+        texts = record.get("texts")
+        first = texts[0] if isinstance(texts, list) and texts else None
+        raw = first.get("text") if isinstance(first, dict) else None
+        if not isinstance(raw, str) or not raw.strip():
+            return self._fail(where, "image record has no retrieved text (`texts`, from `rsyn retrieve`)", record,
+                              "missing_texts")
+        item = Item(record, where, raw_text=raw)
+        if self.vocabulary:
+            if not isinstance(record.get("emb"), str) or not isinstance(record.get("emb_model"), str):
+                return self._fail(where, "image record has no embedding (`emb` and `emb_model`, from `rsyn embed`)",
+                                  record, "missing_embedding")
+        if self.use_captioner:
+            path = record.get("path")
+            if not isinstance(path, str) or not path:
+                return self._fail(where, "image record has no local image file (`path`); the captioner needs one "
+                                  "(or use --captioner none)", record, "missing_image")
+            item.image = _open_image(path)
+            if isinstance(item.image, str):
+                return self._fail(where, f"cannot read image {path}: {item.image}", record, "bad_image")
+        return item
+
+    def _fail(self, where: str, message: str, record: dict, reason: str) -> None:
+        self.run.error(where, message, record=record, reason=reason)
+        return None
+
+    def _tag(self, items: list[Item]) -> list[Item]:
+        if not self.vocabulary:
+            return items
+        start = time.perf_counter()
+        groups: dict[str, list[Item]] = {}
+        for item in items:
+            groups.setdefault(item.record["emb_model"], []).append(item)
+        failed = set()
+        for emb_model, group in groups.items():
+            tagger = self.tagger(emb_model)
+            matrix, good = self._embeddings(group, tagger.dim)
+            decoded = {id(item) for item in good}
+            failed.update(id(item) for item in group if id(item) not in decoded)
+            tags, scores = tagger.top(matrix, self.opts.max_tags, self.opts.tag_threshold)
+            for item, item_tags, item_scores in zip(good, tags, scores):
+                item.record["tags"] = item_tags
+                item.record["tag_scores"] = item_scores
+                item.record["tag_model"] = tagger.model
+                self.counts["tags"] += len(item_tags)
+                self.counts["with_tags"] += bool(item_tags)
+        self.seconds["tags"] += time.perf_counter() - start
+        return [item for item in items if id(item) not in failed]
+
+    def _embeddings(self, group: list[Item], dim: int) -> tuple[np.ndarray, list[Item]]:
+        try:
+            return decode_embeddings([item.record["emb"] for item in group], dim), group
+        except ValueError:
+            pass  # find the bad ones one by one; the rest go on
+        rows, good = [], []
+        for item in group:
+            try:
+                rows.append(decode_embeddings([item.record["emb"]], dim)[0])
+                good.append(item)
+            except ValueError as exc:
+                self._fail(item.where, f"bad `emb` for the tag model: {exc}", item.record, "bad_embedding")
+        return (np.stack(rows) if rows else np.zeros((0, dim), np.float32)), good
+
+    def _caption(self, items: list[Item]) -> list[Item]:
+        if not self.use_captioner:
+            return items
+        start = time.perf_counter()
+        captioner = self.captioner
+        captions = captioner.caption([item.image for item in items], max_new_tokens=self.opts.caption_max_tokens,
+                                     num_beams=self.opts.caption_beams)
+        kept = []
+        for item, caption in zip(items, captions):
+            item.image = None  # decoded pixels are not needed any more
+            if not caption:
+                self._fail(item.where, f"the captioner {captioner.name} returned an empty caption", item.record,
+                           "empty_caption")
+                continue
+            item.caption = caption
+            item.record["caption"] = caption
+            item.record["caption_model"] = captioner.name
+            kept.append(item)
+        self.counts["captioned"] += len(kept)
+        self.seconds["caption"] += time.perf_counter() - start
+        return kept
+
+    def _fuse(self, items: list[Item]) -> list[Item]:
+        from rsyn.llm import clean_generation
+
+        if not items:
+            return items
+        start = time.perf_counter()
+        llm = self.llm
+        prompts = [self.template.render(item.raw_text, item.caption, item.record.get("tags", [])) for item in items]
+        seeds = [stable_hash(f"{self.run.seed}\x1f{item.record.get('id', item.raw_text)}") for item in items]
+        generations = llm.generate(prompts, seeds)
+        kept = []
+        for item, prompt, generation in zip(items, prompts, generations):
+            if generation.error is not None:
+                self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
+                           "llm_failed")
+                continue
+            text = clean_generation(generation.text, prompt, self.opts.max_syn_words)
+            if not text:
+                self._fail(item.where, f"LLM {llm.backend}:{llm.model} returned no usable text "
+                           f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
+                continue
+            item.record["syn_text"] = text
+            item.record["llm_model"] = llm.model
+            item.record["llm_backend"] = llm.backend
+            kept.append(item)
+        self.seconds["llm"] += time.perf_counter() - start
+        return kept
+
+
+def _open_image(path: str):
+    """A decoded RGB PIL image, or a string saying why it could not be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        return "no such file"
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _quiet_transformers() -> None:
+    # transformers draws a progress bar per model load on stderr; our own notes say what loads
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def run_caption(run: Run, opts: CaptionOptions) -> None:
+    stage = CaptionStage(run, opts)
+    try:
+        run.write(_batches(run, stage))
+    finally:
+        stage.close()
+
+
+def _batches(run: Run, stage: CaptionStage):
+    batch: list[tuple[dict, str]] = []
+    images = 0
+    size = max(1, stage.opts.batch_size)
+    for record in run.records():
+        batch.append((record, run.where))
+        images += record.get("kind") == "image"
+        if images >= size:
+            yield from stage.process(batch)
+            batch, images = [], 0
+    if batch:
+        yield from stage.process(batch)

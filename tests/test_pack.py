@@ -1,0 +1,180 @@
+"""`rsyn pack` through the real command line: the RealSyn parquet schema, webdataset tars, a real img2dataset run."""
+
+import glob
+import http.server
+import io
+import os
+import subprocess
+import sys
+import threading
+from functools import partial
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from conftest import jsonl, rsyn
+
+RELEASE = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
+
+
+def image_record(i, n_texts=3, url="http://example.org", **extra):
+    texts = [{"id": f"t{i}-{j}", "text": f"retrieved text {j} of image {i}", "score": round(0.5 - 0.1 * j, 2)}
+             for j in range(n_texts)]
+    return {"id": f"img{i:04d}", "kind": "image", "doc": f"https://doc/{i // 3}", "url": f"{url}/{i}.jpg",
+            "texts": texts, "caption": f"a photo number {i}", "tags": ["photo", "test"],
+            "syn_text": f"a synthetic caption for image {i} with seven words", "sim": 0.55, "cluster": i % 4, **extra}
+
+
+def pack(*args, records, check=True):
+    return rsyn("pack", *args, input=jsonl(records), check=check)
+
+
+def read_rows(directory):
+    return pa.concat_tables(pq.read_table(p) for p in sorted(glob.glob(f"{directory}/*.parquet"))).to_pylist()
+
+
+def test_parquet_has_exactly_the_release_columns(tmp_path):
+    records = [image_record(i, n_texts=i % 5) for i in range(25)]
+    out = tmp_path / "release"
+    proc = pack("-o", out, "--rows-per-shard", "10", records=records + [{"id": "t", "kind": "text", "text": "x"}])
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00001.parquet", "00002.parquet", "stats.json"]
+    schema = pq.read_schema(out / "00000.parquet")
+    assert schema.names == RELEASE and all(t == pa.string() for t in schema.types)
+    rows = read_rows(out)
+    assert len(rows) == 25
+    for record, row in zip(records, rows):
+        texts = [t["text"] for t in record["texts"][:3]]
+        assert row == {"raw_image_url": record["url"], "syn_text": record["syn_text"],
+                       **{f"text{j + 1}": texts[j] if j < len(texts) else None for j in range(3)}}
+    stats = orjson.loads((out / "stats.json").read_bytes())
+    assert stats["rows"] == 25 and [s["rows"] for s in stats["shards"]] == [10, 10, 5]
+    real = sum(min(i % 5, 3) for i in range(25))
+    assert stats["realistic_texts_per_image"] == round(real / 25, 4)
+    assert stats["texts_per_image"] == round((real + 25) / 25, 4)
+    assert stats["mean_tokens"]["syn_text"] == 9.0 and stats["mean_tokens"]["text1"] == 6.0
+    assert "26 in, 25 out, 1 dropped (not_image 1)" in proc.stderr.decode()
+
+
+def test_extra_columns_add_provenance(tmp_path):
+    out = tmp_path / "release"
+    pack("-o", out, "--extra-columns", records=[image_record(1), image_record(2, n_texts=1)])
+    table = pq.read_table(out / "00000.parquet")
+    assert table.schema.names[:5] == RELEASE
+    row = table.to_pylist()[1]
+    assert row["id"] == "img0002" and row["doc"] == "https://doc/0" and row["text1_id"] == "t2-0"
+    assert row["text1_score"] == pytest.approx(0.5) and row["text2_id"] is None and row["text2_score"] is None
+    assert row["cluster"] == 2 and row["sim"] == pytest.approx(0.55) and row["tags"] == ["photo", "test"]
+
+
+def test_same_input_gives_identical_bytes(tmp_path):
+    records = [image_record(i) for i in range(30)]
+    pack("-o", tmp_path / "a", records=records)
+    pack("-o", tmp_path / "b", records=records)
+    for name in ["00000.parquet", "stats.json"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bad_record_fails_with_its_line_and_leaves_no_directory(tmp_path):
+    records = [image_record(i) for i in range(5)]
+    del records[3]["url"]
+    out = tmp_path / "release"
+    proc = pack("-o", out, "--rows-per-shard", "2", records=records, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.strip() == "rsyn: error: <stdin>:4: image record has no `url`"
+    assert os.listdir(tmp_path) == []  # neither the directory nor its temporary twin
+    proc = pack("-o", out, "--on-error", "skip", records=records)
+    assert len(read_rows(out)) == 4 and "1 skipped errors (bad_record 1)" in proc.stderr.decode()
+
+
+def test_existing_directory_is_replaced_only_with_overwrite(tmp_path):
+    out = tmp_path / "release"
+    pack("-o", out, records=[image_record(i) for i in range(3)])
+    proc = pack("-o", out, records=[image_record(9)], check=False)
+    assert proc.returncode == 2 and "not empty (use --overwrite" in proc.stderr.decode()
+    pack("-o", out, "--overwrite", records=[image_record(9)])
+    assert [r["raw_image_url"] for r in read_rows(out)] == ["http://example.org/9.jpg"]
+    assert sorted(os.listdir(tmp_path)) == ["release"]
+
+
+def _jpeg(width, height, value):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), value, dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_webdataset_from_local_images(tmp_path):
+    records = []
+    for i in range(5):
+        path = tmp_path / f"img{i}.{'png' if i == 4 else 'jpg'}"
+        if i == 4:  # not a JPEG: re-encoded
+            Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path, format="PNG")
+        else:
+            path.write_bytes(_jpeg(32, 24, 40 * i))
+        records.append(image_record(i, path=str(path)))
+    out = tmp_path / "wds"
+    pack("-o", out, "--format", "webdataset", "--rows-per-shard", "3", "--extra-columns", records=records)
+    assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "stats.json"]
+    samples = list(wds.WebDataset(str(out / "{00000..00001}.tar"), shardshuffle=False)
+                   .decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
+    assert [s[0] for s in samples] == ["000000000", "000000001", "000000002", "000010000", "000010001"]
+    for record, (_, image, text1, meta) in zip(records, samples):
+        assert text1 == record["texts"][0]["text"]
+        assert meta["text2"] == record["texts"][1]["text"] and meta["syn_text"] == record["syn_text"]
+        assert meta["id"] == record["id"] and meta["raw_image_url"] == record["url"]
+    assert samples[0][1].size == (32, 24) and samples[4][1].size == (30, 20)
+    assert orjson.loads((out / "stats.json").read_bytes())["reencoded_to_jpeg"] == 1
+    del records[2]["path"]
+    proc = pack("-o", tmp_path / "w2", "--format", "webdataset", records=records, check=False)
+    assert proc.returncode == 2 and "<stdin>:3: no local image (`path`)" in proc.stderr.decode()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving generated JPEGs."""
+    root = tmp_path / "www"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(_jpeg(64 + 8 * i, 48, 30 * i))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_img2dataset_downloads_a_packed_release(tmp_path, image_server):
+    records = [image_record(i, url=image_server) for i in range(6)]
+    records[5]["texts"] = records[5]["texts"][:1]  # text2, text3 missing: null in parquet
+    release = tmp_path / "release"
+    pack("-o", release, records=records)
+    downloaded = tmp_path / "downloaded"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    img2dataset = os.path.join(os.path.dirname(sys.executable), "img2dataset")
+    proc = subprocess.run(
+        [img2dataset, "--url_list", str(release), "--input_format", "parquet", "--url_col", "raw_image_url",
+         "--caption_col", "text1", "--save_additional_columns", '["text2","text3","syn_text"]',
+         "--output_format", "webdataset", "--output_folder", str(downloaded), "--processes_count", "1",
+         "--thread_count", "4", "--resize_mode", "no", "--timeout", "5", "--enable_wandb", "False"],
+        capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    samples = list(wds.WebDataset(sorted(glob.glob(f"{downloaded}/*.tar")), shardshuffle=False)
+                   .decode("pil").to_tuple("jpg", "txt", "json"))
+    assert len(samples) == 6
+    by_url = {meta["url"]: (image, text1, meta) for image, text1, meta in samples}
+    for i, record in enumerate(records):
+        image, text1, meta = by_url[record["url"]]
+        assert image.size == (64 + 8 * i, 48)
+        assert text1 == record["texts"][0]["text"] and meta["syn_text"] == record["syn_text"]
+        texts = [t["text"] for t in record["texts"]] + [None, None]
+        assert (meta["text2"], meta["text3"]) == (texts[1], texts[2])

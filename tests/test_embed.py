@@ -1,8 +1,5 @@
 """`rsyn embed` and the CLIP loader, with a tiny random-weight open_clip model loaded by path."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -29,16 +26,15 @@ def test_tiny_clip_loads_by_its_spec_and_gives_unit_rows(tiny_clip):
     assert load_clip(clip.name, None, "cpu") is clip  # cached per process
 
 
-def test_tiny_clip_is_seeded_and_reloads_in_a_fresh_process(tiny_clip, tmp_path):
-    again = build_tiny_clip(tmp_path / "again", seed=0)
-    assert (tmp_path / "again" / "open_clip_pytorch_model.bin").exists()
-    here = load_clip(again, None, "cpu").encode_texts(["a photo of a cat"])
-    code = ("import sys, numpy as np; from rsyn.models.clip import load_clip; "
-            f"np.save(sys.argv[1], load_clip({again!r}, None, 'cpu').encode_texts(['a photo of a cat']))")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], check=True)
-    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), here)
-    other = load_clip(build_tiny_clip(tmp_path / "other", seed=1), None, "cpu").encode_texts(["a photo of a cat"])
-    assert not np.allclose(other, here)
+def test_tiny_clip_is_seeded(tiny_clip, tmp_path):
+    # (loading in a fresh process, from the command line, is what test_embed_mixed_stream_end_to_end does)
+    again = load_clip(build_tiny_clip(tmp_path / "again", seed=0), None, "cpu")
+    other = load_clip(build_tiny_clip(tmp_path / "other", seed=1), None, "cpu")
+    first = load_clip(tiny_clip, None, "cpu")
+    assert again is not first and again.name != first.name
+    texts = ["a photo of a cat"]
+    np.testing.assert_array_equal(again.encode_texts(texts), first.encode_texts(texts))
+    assert not np.allclose(other.encode_texts(texts), first.encode_texts(texts))
 
 
 def test_model_specs_round_trip(tmp_path):
@@ -60,3 +56,137 @@ def test_default_model_offline_fails_with_one_helpful_line(monkeypatch):
         load_clip(device="cpu")
     message = str(err.value)
     assert "EVA02-E-14-plus@laion2b_s9b_b144k" in message and "local-dir:DIR" in message and "\n" not in message
+
+
+# --------------------------------------------------------------------------- rsyn embed, through the command line
+
+import io  # noqa: E402
+
+import orjson  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from conftest import jsonl, read_stream_file, rsyn  # noqa: E402
+from rsyn.images import decode_image  # noqa: E402
+from rsyn.records import decode_embeddings  # noqa: E402
+from test_images import ImageServer, jpeg_bytes, png_bytes, write_img2dataset_tar  # noqa: E402
+
+FAST_NET = ["--timeout", "0.5", "--deadline", "2", "--retries", "1", "--max-bytes", "1000000"]
+
+
+def rsyn_here(*args):
+    """The same command line, in this process (the model stays loaded between calls)."""
+    from rsyn.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stderr
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ImageServer()
+    yield s
+    s.close()
+
+
+def _image(i, **fields):
+    return {"id": f"img{i:03d}", "kind": "image", "doc": "d1", "pos": i, **fields}
+
+
+def _text(i, text):
+    return {"id": f"txt{i:03d}", "kind": "text", "doc": "d1", "pos": i, "text": text, "scores": {"words": 5}}
+
+
+@pytest.fixture(scope="module")
+def mixed_stream(tmp_path_factory, server):
+    """Image records (local files and loopback URLs, some broken) and text records, with what each must become."""
+    root = tmp_path_factory.mktemp("mixed")
+    photo = jpeg_bytes(300, 200)
+    (root / "photo.jpg").write_bytes(photo)
+    (root / "small.jpg").write_bytes(jpeg_bytes(50, 200))
+    (root / "wide.jpg").write_bytes(jpeg_bytes(600, 150))
+    (root / "rotated.jpg").write_bytes(jpeg_bytes(300, 120, exif_orientation=6))
+    server.files["/img/photo.jpg"] = photo
+    server.files["/img/logo.png"] = png_bytes(__import__("PIL.Image", fromlist=["Image"]).new("RGBA", (160, 120)))
+    for i in range(24):
+        server.files[f"/img/many{i}.jpg"] = jpeg_bytes(120 + 7 * i, 110 + 5 * i, color=(10 * i, 100, 200 - 5 * i))
+    unknown = {"scores": {"size": "unknown"}}
+    records, expect = [], []  # expect: None = kept (with emb), or the drop reason
+    plan = [
+        (_image(0, path=str(root / "photo.jpg"), **unknown), None),
+        (_text(1, "A brown dog is carrying a kite near the harbour."), None),
+        (_image(2, url=server.url("/slow")), "fetch_timeout"),  # early and slow: order must still hold
+        (_image(3, url=server.url("/img/photo.jpg")), None),
+        (_image(4, url=server.url("/status/404")), "http_404"),
+        (_image(5, path=str(root / "small.jpg")), "size_rule"),
+        (_image(6, path=str(root / "wide.jpg"), **unknown), "size_rule"),
+        (_image(7, path=str(root / "rotated.jpg")), None),
+        ({"id": "doc1", "kind": "document", "url": "https://example.com/page"}, None),  # passes untouched
+        (_image(9, url=server.url("/garbage")), "not_an_image"),
+        (_image(10, url=server.url("/truncated")), "decode_failed"),
+        (_image(11, url=server.url("/huge")), "too_large"),
+        (_image(12, url=server.url("/img/photo.jpg"), width=640, height=480), None),  # known size: no rule
+        (_image(13, path=str(root / "missing.jpg")), "file_not_found"),
+        (_image(14, url=server.url("/img/logo.png")), None),
+        (_text(15, "Two hikers climbed the snowy hill before the rain started."), None),
+    ]
+    plan += [(_image(100 + i, url=server.url(f"/img/many{i}.jpg")), None) for i in range(24)]
+    plan += [(_text(200 + i, f"The baker sold {i} loaves of bread in the village square."), None) for i in range(9)]
+    for record, outcome in plan:
+        records.append(record)
+        expect.append(outcome)
+    path = root / "in.jsonl"
+    path.write_bytes(jsonl(records))
+    return path, records, expect, root
+
+
+def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
+    path, records, expect, root = mixed_stream
+    out, rejects, stats = tmp_path / "out.jsonl.zst", tmp_path / "rejects.jsonl", tmp_path / "stats.json"
+    args = ["embed", path, "--model", tiny_clip, "--batch-size", "4", "-o", out, "--rejects", rejects,
+            "--stats", stats, *FAST_NET]
+    proc = rsyn(*args, check=True)  # the real command line, in a fresh process
+    err = proc.stderr.decode()
+    assert "rsyn embed: device cpu" in err and f"model {tiny_clip}, 32 dims" in err
+    got = read_stream_file(out)
+
+    # order is input order, minus the drops
+    kept = [r for r, outcome in zip(records, expect) if outcome is None]
+    assert [r["id"] for r in got] == [r["id"] for r in kept]
+    by_id = {r["id"]: r for r in got}
+    embedded = [r for r in got if r.get("kind") in ("image", "text")]
+    matrix = decode_embeddings([r["emb"] for r in embedded], dim=32)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, atol=2e-3)
+    assert {r["emb_model"] for r in embedded} == {tiny_clip}
+    assert by_id["doc1"] == records[8]  # another kind: untouched
+
+    # the size rule, applied where the size was unknown, filled in where it passed
+    assert (by_id["img000"]["width"], by_id["img000"]["height"]) == (300, 200)
+    assert by_id["img000"]["scores"] == {"size": "ok", "min_side": 200, "aspect": 1.5}
+    assert (by_id["img007"]["width"], by_id["img007"]["height"]) == (120, 300)  # EXIF rotation
+    assert by_id["img012"]["width"] == 640 and "scores" not in by_id["img012"]  # known size: left alone
+
+    # the same picture from a file and from a URL gives the same embedding
+    assert by_id["img000"]["emb"] == by_id["img003"]["emb"] == by_id["img012"]["emb"]
+    # ... which is what the model gives when called directly
+    clip = load_clip(tiny_clip, None, "cpu")
+    direct_image = clip.encode_images([decode_image((root / "photo.jpg").read_bytes()).image])
+    np.testing.assert_allclose(decode_embeddings([by_id["img000"]["emb"]]), direct_image, atol=2e-3)
+    direct_text = clip.encode_texts([records[1]["text"]])
+    np.testing.assert_allclose(decode_embeddings([by_id["txt001"]["emb"]]), direct_text, atol=2e-3)
+
+    # drops: counted by reason, in --rejects with the record and its place
+    summary = orjson.loads(stats.read_bytes())
+    reasons = [o for o in expect if o]
+    assert summary["dropped"] == {r: reasons.count(r) for r in set(reasons)}
+    assert summary["in"] == len(records) and summary["out"] == len(kept)
+    assert summary["stage"]["images"] == sum(1 for r in kept if r.get("kind") == "image")
+    assert summary["stage"]["texts"] == sum(1 for r in kept if r.get("kind") == "text")
+    logged = {e["record"]["id"]: e for e in read_stream_file(rejects)}
+    assert logged["img004"]["reason"] == "http_404" and logged["img004"]["where"] == f"{path}:5"
+    assert logged["img005"]["record"]["scores"] == {"min_side": 50, "aspect": 0.25, "size": "fail"}
+
+    # same input, same bytes: again, in this process this time
+    out2 = tmp_path / "again.jsonl.zst"
+    code, err2 = rsyn_here(*args[:7], out2, *args[8:])
+    assert code == 0, err2
+    assert out2.read_bytes() == out.read_bytes()

@@ -1,7 +1,82 @@
+from typing import Annotated, Optional
+
+import typer
+
 from rsyn.cli import app
-from rsyn.command import Run, not_built, rsyn_command
+from rsyn.command import Run, rsyn_command
+from rsyn.images import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_USER_AGENT,
+)
+
+_MODEL = "Model"
+_IMAGES = "Images"
 
 
 @rsyn_command(app, "embed", "Add CLIP embeddings to image and text records.")
-def embed(run: Run) -> None:
-    not_built("embed", 4)(run)
+def embed(
+    run: Run,
+    model: Annotated[str, typer.Option(
+        "--model", "-m", rich_help_panel=_MODEL,
+        help="open_clip model name (with --pretrained), NAME@PRETRAINED, hf-hub:ORG/REPO, local-dir:DIR "
+             "or a model folder.")] = "EVA02-E-14-plus",
+    pretrained: Annotated[Optional[str], typer.Option(
+        "--pretrained", rich_help_panel=_MODEL,
+        help="Pretrained tag, checkpoint file, or 'random' (seeded random weights). "
+             "Default: laion2b_s9b_b144k for the default model.")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", rich_help_panel=_MODEL, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=0, rich_help_panel=_MODEL, help="Records per model call; 0: 256 on GPU, 32 on CPU.")] = 0,
+    text_field: Annotated[str, typer.Option(
+        "--text-field", rich_help_panel=_MODEL,
+        help="Text field to embed. Another field than 'text' (e.g. syn_text) embeds that field of every "
+             "record and loads no image.")] = "text",
+    emb_field: Annotated[Optional[str], typer.Option(
+        "--emb-field", rich_help_panel=_MODEL,
+        help="Field for the embedding; default emb for text, syn_emb for syn_text, FIELD_emb otherwise. "
+             "The model goes in EMB_FIELD_model (emb_model, syn_emb_model).")] = None,
+    kinds: Annotated[str, typer.Option(
+        "--kinds", rich_help_panel=_MODEL,
+        help="Comma-separated record kinds to embed; other records pass through untouched.")] = "image,text",
+    images: Annotated[Optional[str], typer.Option(
+        "--images", metavar="DIR", rich_help_panel=_IMAGES,
+        help="img2dataset output folder (webdataset tars or files): images are found there by URL, "
+             "never fetched.")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, rich_help_panel=_IMAGES,
+        help="Threads fetching and decoding images; 0: 4 per CPU core, 8 to 64.")] = 0,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.01, rich_help_panel=_IMAGES, help="Seconds to connect and for each read.")
+    ] = DEFAULT_TIMEOUT,
+    deadline: Annotated[float, typer.Option(
+        "--deadline", min=0.01, rich_help_panel=_IMAGES, help="Seconds for one whole download.")] = DEFAULT_DEADLINE,
+    retries: Annotated[int, typer.Option(
+        "--retries", min=0, rich_help_panel=_IMAGES,
+        help="Retries (with backoff) after a connection error, a timeout or a 429/5xx answer.")] = DEFAULT_RETRIES,
+    max_bytes: Annotated[int, typer.Option(
+        "--max-bytes", min=1, rich_help_panel=_IMAGES, help="Largest image file accepted.")] = DEFAULT_MAX_BYTES,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, rich_help_panel=_IMAGES,
+        help="Largest width x height decoded (bigger: dropped as too_many_pixels).")] = DEFAULT_MAX_PIXELS,
+    user_agent: Annotated[str, typer.Option(
+        "--user-agent", rich_help_panel=_IMAGES, help="User-Agent header for downloads.")] = DEFAULT_USER_AGENT,
+    draft: Annotated[bool, typer.Option(
+        "--draft/--no-draft", rich_help_panel=_IMAGES,
+        help="Decode large JPEGs at a reduced scale (never below the model's input size).")] = True,
+) -> None:
+    """Add an L2-normalised CLIP embedding (`emb`, base64 float16) and the model spec (`emb_model`) to
+    every image and text record. Images come from `path`, an img2dataset folder (--images) or their
+    `url`; an image that cannot be had is dropped with its reason. Images whose size was unknown get the
+    paper's size rule (shorter side >= 100 px, 1/3 <= w/h <= 3) and their width/height filled in."""
+    from rsyn.stages.embed import EmbedOptions, run_embed
+
+    run_embed(run, EmbedOptions(
+        model=model, pretrained=pretrained, precision=precision, batch_size=batch_size, text_field=text_field,
+        emb_field=emb_field, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), images=images,
+        workers=workers, timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
+        max_pixels=max_pixels, user_agent=user_agent, draft=draft))

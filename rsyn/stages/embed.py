@@ -1,0 +1,298 @@
+"""rsyn embed: CLIP embeddings for image and text records (DESIGN.md §1 steps 3 and 7, §3).
+
+The records are read in chunks of a few batches. As soon as a chunk is read,
+its images go to a thread pool (fetch or read, decode, preprocess) and an
+assembler thread stacks them into batches and tokenizes the chunk's texts;
+the main thread only runs the model, on the oldest ready chunk, while the
+next chunks load. Output order is input order; a chunk's batches are the same
+from run to run, so the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rsyn.command import Run, RsynError
+from rsyn.images import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_USER_AGENT,
+    Fetcher,
+    ImageError,
+    ImageFolder,
+    ImageLoader,
+    size_rule,
+)
+from rsyn.records import encode_embeddings
+
+CHUNK_BATCHES = 4  # batches per chunk: partial batches only at chunk ends
+PREFETCH_CHUNKS = 2  # chunks loading while one is on the model
+
+
+@dataclass
+class EmbedOptions:
+    model: str
+    pretrained: str | None = None
+    precision: str = "auto"
+    batch_size: int = 0  # 0: by device
+    text_field: str = "text"
+    emb_field: str | None = None
+    kinds: tuple[str, ...] = ("image", "text")
+    images: str | None = None
+    workers: int = 0  # 0: by CPU count
+    timeout: float = DEFAULT_TIMEOUT
+    deadline: float = DEFAULT_DEADLINE
+    retries: int = DEFAULT_RETRIES
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    user_agent: str = DEFAULT_USER_AGENT
+    draft: bool = True
+
+
+def emb_field_for(text_field: str) -> str:
+    """Default embedding field: text -> emb, syn_text -> syn_emb, other -> other_emb."""
+    if text_field == "text":
+        return "emb"
+    if text_field.endswith("_text"):
+        return text_field[: -len("_text")] + "_emb"
+    return text_field + "_emb"
+
+
+def model_field_for(emb_field: str) -> str:
+    """emb -> emb_model (DESIGN.md §3); syn_emb -> syn_emb_model."""
+    return emb_field + "_model"
+
+
+# --------------------------------------------------------------------------- one chunk
+
+
+@dataclass
+class Item:
+    record: dict
+    where: str
+    image: Future | None = None  # -> (tensor, width, height) or ImageError
+    text: str | None = None
+
+
+@dataclass
+class Chunk:
+    items: list[Item]
+    image_batches: list = field(default_factory=list)  # (positions, tensor)
+    text_batches: list = field(default_factory=list)  # (positions, tokens)
+    failures: dict = field(default_factory=dict)  # position -> ImageError
+    sizes: dict = field(default_factory=dict)  # position -> (width, height)
+
+
+def run_embed(run: Run, opts: EmbedOptions) -> None:
+    from rsyn.models.clip import load_clip
+
+    emb_field = opts.emb_field or emb_field_for(opts.text_field)
+    model_field = model_field_for(emb_field)
+    text_only = opts.text_field != "text"  # embedding another text field: no images at all
+    device = run.device
+    started = time.perf_counter()
+    clip = load_clip(opts.model, opts.pretrained, device, opts.precision)
+    load_seconds = time.perf_counter() - started
+    on_cuda = device.startswith("cuda")
+    batch_size = opts.batch_size or (256 if on_cuda else 32)
+    workers = opts.workers or max(8, min(64, 4 * (os.cpu_count() or 1)))
+    random_note = " (RANDOM weights: embeddings mean nothing)" if clip.name.endswith("@random") else ""
+    run.note(f"model {clip.name}, {clip.dim} dims, {str(clip.dtype).replace('torch.', '')}, "
+             f"batch {batch_size}, {workers} image workers{random_note}")
+
+    loader = None
+    folder = None
+    if not text_only and "image" in opts.kinds:
+        if opts.images:
+            try:
+                folder = ImageFolder(opts.images)
+            except FileNotFoundError as exc:
+                raise RsynError(str(exc)) from None
+            run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
+        fetcher = None if folder else Fetcher(opts.timeout, opts.deadline, opts.retries, opts.max_bytes,
+                                              opts.user_agent, pool_size=workers)
+        loader = ImageLoader(folder, fetcher, opts.max_pixels, opts.max_bytes,
+                             draft_side=clip.image_size if opts.draft else None)
+
+    counts = {"images": 0, "texts": 0, "size_checked": 0}
+    compute_seconds = 0.0
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="rsyn-image")
+    # one assembler: it waits on the pool's futures, so it must not be a pool thread itself
+    assembler = ThreadPoolExecutor(1, thread_name_prefix="rsyn-batch")
+    pending: deque[Future] = deque()
+    stage_start = time.perf_counter()
+    finished = False
+    try:
+        chunk_size = batch_size * CHUNK_BATCHES
+        for items in _read_chunks(run, opts, loader, pool, clip, chunk_size, text_only):
+            pending.append(assembler.submit(_assemble, items, batch_size, clip, on_cuda))
+            while len(pending) > PREFETCH_CHUNKS:
+                compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts)
+        while pending:
+            compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts)
+        finished = True
+    finally:
+        for future in pending:
+            future.cancel()
+        # on an error or Ctrl-C, do not wait for downloads in flight (each ends by its deadline anyway)
+        pool.shutdown(wait=finished, cancel_futures=True)
+        assembler.shutdown(wait=finished, cancel_futures=True)
+        if folder is not None:
+            folder.close()
+        if loader is not None and loader.fetcher is not None:
+            loader.fetcher.close()
+    seconds = time.perf_counter() - stage_start
+    run.extra.update({
+        "model": clip.name, "dim": clip.dim, "device": device, "dtype": str(clip.dtype).replace("torch.", ""),
+        "batch_size": batch_size, "workers": workers, "emb_field": emb_field, "text_field": opts.text_field,
+        "images": counts["images"], "texts": counts["texts"], "size_rule_applied": counts["size_checked"],
+        "model_load_seconds": round(load_seconds, 3), "embed_seconds": round(seconds, 3),
+        "model_seconds": round(compute_seconds, 3),
+        "images_per_second": round(counts["images"] / seconds, 2) if seconds and counts["images"] else 0,
+        "texts_per_second": round(counts["texts"] / seconds, 2) if seconds and counts["texts"] else 0,
+    })
+
+
+def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: int, text_only: bool):
+    """Chunks of input items, image loads already submitted; bad input reported here, in input order."""
+    kinds = set(opts.kinds)
+    text_field = opts.text_field
+    preprocess = clip.preprocess
+    items: list[Item] = []
+    for record in run.records():
+        kind = record.get("kind")
+        item = Item(record, run.where)
+        if kind in kinds:
+            if text_only or kind != "image":
+                text = record.get(text_field)
+                if not isinstance(text, str):
+                    run.error(item.where, f"{kind} record {record.get('id', '?')} has no string `{text_field}`",
+                              record=record, reason="missing_field")
+                    continue
+                item.text = text
+            else:
+                if not (isinstance(record.get("url"), str) and record["url"]) and not (
+                        isinstance(record.get("path"), str) and record["path"]):
+                    run.error(item.where, f"image record {record.get('id', '?')} has no `url` or `path`",
+                              record=record, reason="missing_field")
+                    continue
+                item.image = pool.submit(_load_image, loader, preprocess, record)
+        items.append(item)
+        if len(items) >= chunk_size:
+            yield items
+            items = []
+    if items:
+        yield items
+
+
+def _load_image(loader: ImageLoader, preprocess, record: dict):
+    """Runs in a worker thread: record -> (preprocessed tensor, width, height). Never raises."""
+    try:
+        loaded = loader.load(record)
+        return preprocess(loaded.image), loaded.width, loaded.height
+    except ImageError as exc:
+        return exc
+    except Exception as exc:  # a decoder bug on one image must not end the run
+        return ImageError("decode_failed", f"{type(exc).__name__}: {exc}"[:200])
+
+
+def _assemble(items: list[Item], batch_size: int, clip, pin: bool) -> Chunk:
+    """Runs in the assembler thread: stack the chunk's images into batches, tokenize its texts."""
+    import torch
+
+    chunk = Chunk(items)
+    tensors, positions = [], []
+
+    def flush_images():
+        if tensors:
+            batch = torch.stack(tensors)
+            chunk.image_batches.append((list(positions), batch.pin_memory() if pin else batch))
+            tensors.clear()
+            positions.clear()
+
+    texts, text_positions = [], []
+    for position, item in enumerate(items):
+        if item.image is not None:
+            result = item.image.result()
+            item.image = None  # the tensor lives on in the batch only
+            if isinstance(result, ImageError):
+                chunk.failures[position] = result
+                continue
+            tensor, width, height = result
+            chunk.sizes[position] = (width, height)
+            tensors.append(tensor)
+            positions.append(position)
+            if len(tensors) == batch_size:
+                flush_images()
+        elif item.text is not None:
+            texts.append(item.text)
+            text_positions.append(position)
+    flush_images()
+    for start in range(0, len(texts), batch_size):
+        chunk.text_batches.append((text_positions[start:start + batch_size],
+                                   clip.tokenize(texts[start:start + batch_size])))
+    return chunk
+
+
+def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, counts: dict) -> float:
+    """Run the model on a chunk, apply the size rule, write its records in input order. Returns model seconds."""
+    start = time.perf_counter()
+    embeddings: dict[int, str] = {}
+    for positions, batch in chunk.image_batches:
+        for position, emb in zip(positions, encode_embeddings(clip.encode_images(batch)), strict=True):
+            embeddings[position] = emb
+    for positions, tokens in chunk.text_batches:
+        for position, emb in zip(positions, encode_embeddings(clip.encode_tokens(tokens)), strict=True):
+            embeddings[position] = emb
+    model_seconds = time.perf_counter() - start
+    out = []
+    for position, item in enumerate(chunk.items):
+        record = item.record
+        failure = chunk.failures.get(position)
+        if failure is not None:
+            run.drop(record, failure.reason, where=item.where, detail=failure.detail)
+            continue
+        emb = embeddings.get(position)
+        if emb is None:  # a kind we do not embed: passes through untouched
+            out.append(record)
+            continue
+        if position in chunk.sizes:
+            if not _size_ok(run, record, item.where, *chunk.sizes[position], counts):
+                continue
+            counts["images"] += 1
+        else:
+            counts["texts"] += 1
+        record[emb_field] = emb
+        record[model_field] = clip.name
+        out.append(record)
+    run.write(out)
+    return model_seconds
+
+
+def _size_ok(run: Run, record: dict, where: str, width: int, height: int, counts: dict) -> bool:
+    """The paper's size rule, for images whose size was unknown upstream; fills width/height."""
+    scores = record.get("scores")
+    known = isinstance(record.get("width"), int) and isinstance(record.get("height"), int)
+    unknown = not known or (isinstance(scores, dict) and scores.get("size") == "unknown")
+    if not unknown:
+        return True
+    counts["size_checked"] += 1
+    ok, min_side, aspect = size_rule(width, height)
+    if not isinstance(scores, dict):
+        scores = record["scores"] = {}
+    record["width"], record["height"] = width, height
+    scores["min_side"] = min_side
+    scores["aspect"] = round(aspect, 4)
+    scores["size"] = "ok" if ok else "fail"
+    if not ok:
+        run.drop(record, "size_rule", where=where, width=width, height=height)
+    return ok

@@ -190,3 +190,70 @@ def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
     code, err2 = rsyn_here(*args[:7], out2, *args[8:])
     assert code == 0, err2
     assert out2.read_bytes() == out.read_bytes()
+
+
+def test_embed_images_from_an_img2dataset_folder(tmp_path, tiny_clip):
+    nowhere = "http://127.0.0.1:9"  # nothing listens: a fetch would fail, --images must not fetch
+    samples = [(f"{nowhere}/{i}.jpg", jpeg_bytes(150 + i, 140), None) for i in range(6)]
+    samples.append((f"{nowhere}/resized-ok.jpg", jpeg_bytes(256, 256), (1024, 2000)))
+    samples.append((f"{nowhere}/resized-thin.jpg", jpeg_bytes(256, 256), (1000, 200)))
+    write_img2dataset_tar(tmp_path / "dl", 0, samples[:4], with_parquet=True,
+                          failed=[(f"{nowhere}/dead.jpg", "HTTP Error 404")])
+    write_img2dataset_tar(tmp_path / "dl", 1, samples[4:])
+    records = [_image(i, url=url) for i, (url, _, _) in enumerate(samples)]
+    records.insert(3, _image(50, url=f"{nowhere}/dead.jpg"))
+    records.insert(5, _text(51, "The gardener is building a stone wall beside the old church."))
+    (tmp_path / "in.jsonl").write_bytes(jsonl(records))
+    out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--images", tmp_path / "dl",
+                          "-o", out, "--rejects", rejects)
+    assert code == 0, err
+    assert "8 images indexed by URL" in err
+    got = {r["id"]: r for r in read_stream_file(out)}
+    assert set(got) == {r["id"] for r in records} - {"img050", "img007"}
+    assert (got["img006"]["width"], got["img006"]["height"]) == (1024, 2000)  # img2dataset's original size
+    assert all(len(decode_embeddings([r["emb"]], dim=32)) == 1 for r in got.values())
+    logged = {e["record"]["id"]: e for e in read_stream_file(rejects)}
+    assert logged["img050"]["reason"] == "not_downloaded" and "404" in logged["img050"]["detail"]
+    assert logged["img007"]["reason"] == "size_rule" and logged["img007"]["width"] == 1000
+
+
+def test_embed_another_text_field(tmp_path, tiny_clip):
+    records = [_image(i, url=f"http://127.0.0.1:9/{i}.jpg", syn_text=f"A cyclist rode {i} miles along the river.",
+                      emb="keep-me") for i in range(5)]
+    records.append(_text(9, "not this field"))
+    records[-1]["syn_text"] = "A street musician is holding a big drum."
+    (tmp_path / "in.jsonl").write_bytes(jsonl(records))
+    out = tmp_path / "out.jsonl"
+    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--text-field", "syn_text",
+                          "-o", out)
+    assert code == 0, err
+    got = read_stream_file(out)
+    assert [r["id"] for r in got] == [r["id"] for r in records]
+    clip = load_clip(tiny_clip, None, "cpu")
+    expected = clip.encode_texts([r["syn_text"] for r in records])
+    np.testing.assert_allclose(decode_embeddings([r["syn_emb"] for r in got]), expected, atol=2e-3)
+    assert all(r["syn_emb_model"] == tiny_clip and r["emb"] == "keep-me" for r in got[:5])
+    assert "emb" not in got[5]
+
+
+def test_bad_input_is_one_line_naming_file_and_line(tmp_path, tiny_clip):
+    records = [_text(0, "A tall man opened the red door."), {"id": "t1", "kind": "text", "txt": "typo"},
+               _image(2), _text(3, "The pilot caught a kite.")]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(records))
+    code, err = rsyn_here("embed", src, "--model", tiny_clip, "-o", tmp_path / "out.jsonl")
+    assert code == 2 and err.strip().splitlines()[-1] == f"rsyn: error: {src}:2: text record t1 has no string `text`"
+    assert not (tmp_path / "out.jsonl").exists()
+    code, err = rsyn_here("embed", src, "--model", tiny_clip, "-o", tmp_path / "out.jsonl", "--on-error", "skip",
+                          "--stats", tmp_path / "stats.json")
+    assert code == 0, err
+    assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["txt000", "txt003"]
+    assert orjson.loads((tmp_path / "stats.json").read_bytes())["errors"] == {"missing_field": 2}
+
+
+def test_model_errors_are_one_line(tmp_path):
+    code, err = rsyn_here("embed", "--model", "ViT-B-32", "-o", tmp_path / "out.jsonl")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("rsyn: error: --model ViT-B-32 needs --pretrained")
+    code, err = rsyn_here("embed", "--model", f"local-dir:{tmp_path}/none", "-o", tmp_path / "out.jsonl")
+    assert code == 2 and "cannot load CLIP model" in err and "Traceback" not in err

@@ -1,0 +1,329 @@
+"""Near-duplicate sentences: word n-gram shingles, MinHash LSH candidates, exact Jaccard check, union-find.
+
+Everything runs on whole batches with numpy; there is no per-sentence Python
+in the hashing, banding or verification.
+
+- Shingles: the word n-grams of the sentence's match form (exact.match_form);
+  a sentence shorter than n words is one shingle (all its words), so 1- to
+  3-word sentences still have a set to compare. Each shingle is a 64-bit hash;
+  the set per sentence is kept (sorted, unique) for the exact Jaccard check.
+- MinHash: datasketch's "affine32" scheme (its default since 2.0) with the
+  permutations of `datasketch.MinHash(num_perm, seed)`, applied to the low
+  32 bits of the shingle hashes: the signatures are the ones
+  `datasketch.MinHash.bulk` computes for those hashes (tested), only vectorised
+  over a batch of sentences.
+- LSH: `b` bands of `r` rows, chosen so that a pair at the threshold is a
+  candidate with probability >= 0.995 (false candidates cost one exact
+  Jaccard each; missed pairs are duplicates left in). Candidates are the
+  pairs that share a band bucket.
+- Verify: every candidate pair gets its exact Jaccard; only pairs at or above
+  the threshold become edges, so a stray bucket collision never links two
+  groups. Groups are the connected components of the edges; the first record
+  of a group in input order is kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Pairs within a band bucket of at most this many records are all checked; a
+# larger bucket (thousands of copies of a boilerplate line) is checked as a
+# star from its first member plus a chain of neighbours, which is linear and
+# still connects a bucket of true duplicates.
+ALL_PAIRS_BUCKET = 32
+# A pair exactly at the threshold must become a candidate at least this often.
+RECALL_AT_THRESHOLD = 0.995
+VERIFY_CHUNK = 1 << 22  # shingles compared at once in the exact Jaccard check
+
+_U64 = np.uint64
+_FMIX64 = (_U64(33), _U64(0xFF51AFD7ED558CCD), _U64(0xC4CEB9FE1A85EC53))
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
+_POLY = _U64(0x100000001B3)  # odd: invertible mod 2^64
+_POLY_INV = _U64(pow(0x100000001B3, -1, 1 << 64))
+_POSITION = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                      0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
+                     dtype=np.uint64)
+_PAD = _U64(0x5BD1E9955BD1E995)  # the missing words of a sentence shorter than n
+
+
+def fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: spreads every input bit over the output (wrapping uint64)."""
+    s, m1, m2 = _FMIX64
+    x = x ^ (x >> s)
+    x = x * m1
+    x = x ^ (x >> s)
+    x = x * m2
+    return x ^ (x >> s)
+
+
+def fmix32(x: np.ndarray) -> np.ndarray:
+    s1, m1, s2, m2 = _FMIX32
+    x = x ^ (x >> s1)
+    x = x * m1
+    x = x ^ (x >> s2)
+    x = x * m2
+    return x ^ (x >> s1)
+
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    out = np.full(n, base, dtype=np.uint64)
+    out[0] = 1
+    return np.multiply.accumulate(out)
+
+
+def shingle_sets(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values uint64, offsets int64): the sorted unique shingle hashes of each text.
+
+    `texts` are match forms (words separated by single spaces). Word hashes come
+    from a polynomial hash over the utf-8 bytes of the whole batch at once
+    (prefix sums, made position-free with the inverse power), then mixed.
+    """
+    n = len(texts)
+    if n == 0:
+        return np.zeros(0, np.uint64), np.zeros(1, np.int64)
+    buf = np.frombuffer(("\n".join(texts) + "\n").encode("utf-8"), dtype=np.uint8)
+    size = len(buf)
+    with np.errstate(over="ignore"):
+        powers = _powers(_POLY, size)
+        prefix = np.zeros(size + 1, dtype=np.uint64)
+        np.cumsum((buf.astype(np.uint64) + _U64(1)) * powers, out=prefix[1:])
+        separator = (buf == 0x20) | (buf == 0x0A)
+        ends = np.flatnonzero(separator)
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        # sentence of each token: newlines before it
+        newline_before = np.zeros(len(ends), dtype=np.int64)
+        np.cumsum(buf[ends[:-1]] == 0x0A, out=newline_before[1:])
+        nonempty = ends > starts
+        starts, ends, sentence = starts[nonempty], ends[nonempty], newline_before[nonempty]
+        words = fmix64((prefix[ends] - prefix[starts]) * _powers(_POLY_INV, size)[starts]
+                       + (ends - starts).astype(np.uint64))
+    counts = np.bincount(sentence, minlength=n)
+    first_word = np.zeros(n, dtype=np.int64)
+    np.cumsum(counts[:-1], out=first_word[1:])
+    n_shingles = np.where(counts > 0, np.maximum(counts - ngram + 1, 1), 0)
+    owner = np.repeat(np.arange(n), n_shingles)
+    start_of_owner = np.zeros(n, dtype=np.int64)
+    np.cumsum(n_shingles[:-1], out=start_of_owner[1:])
+    start = first_word[owner] + np.arange(len(owner)) - start_of_owner[owner]
+    length = np.minimum(counts[owner], ngram)
+    with np.errstate(over="ignore"):
+        acc = np.zeros(len(owner), dtype=np.uint64)
+        last = max(len(words) - 1, 0)
+        for k in range(ngram):
+            word = np.where(k < length, words[np.minimum(start + k, last)] if len(words) else _PAD, _PAD)
+            acc += fmix64(word ^ _POSITION[k % len(_POSITION)]) * _POSITION[(k + 3) % len(_POSITION)]
+        shingles = fmix64(acc)
+    order = np.lexsort((shingles, owner))
+    owner, shingles = owner[order], shingles[order]
+    fresh = np.ones(len(owner), dtype=bool)
+    fresh[1:] = (owner[1:] != owner[:-1]) | (shingles[1:] != shingles[:-1])
+    owner, shingles = owner[fresh], shingles[fresh]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=n), out=offsets[1:])
+    return shingles, offsets
+
+
+class MinHasher:
+    """Vectorised datasketch MinHash ("affine32" scheme) over 32-bit shingle hashes."""
+
+    def __init__(self, num_perm: int = 128, seed: int = 1):
+        from datasketch import MinHash
+
+        template = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
+        a, b = template.permutations
+        self.a = np.asarray(a, dtype=np.uint32)
+        self.b = np.asarray(b, dtype=np.uint32)
+        self.num_perm = num_perm
+        self.seed = seed
+
+    def signatures(self, values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(n, num_perm) uint32 signatures; rows of empty sets are all 0xFFFFFFFF (datasketch's empty value)."""
+        n = len(offsets) - 1
+        out = np.full((n, self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        sizes = np.diff(offsets)
+        nonempty = np.flatnonzero(sizes > 0)
+        if len(nonempty) == 0:
+            return out
+        hashed = fmix32((values & _U64(0xFFFFFFFF)).astype(np.uint32))
+        # bounded memory: a few thousand sentences' shingles x num_perm at a time
+        step = max(1, (1 << 21) // self.num_perm)
+        i = 0
+        while i < len(nonempty):
+            j = int(np.searchsorted(offsets[nonempty + 1], offsets[nonempty[i]] + step, side="right"))
+            j = max(j, i + 1)
+            rows = nonempty[i:j]
+            lo, hi = offsets[rows[0]], offsets[rows[-1] + 1]
+            with np.errstate(over="ignore"):
+                permuted = hashed[lo:hi, None] * self.a[None, :] + self.b[None, :]
+            out[rows] = np.minimum.reduceat(permuted, offsets[rows] - lo, axis=0)
+            i = j
+        return out
+
+
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows): the banding that finds a pair at exactly the threshold with probability >= 0.995
+    and, among those, makes the fewest candidates below the threshold.
+
+    A pair of Jaccard s shares a bucket with probability 1 - (1 - s^rows)^bands.
+    datasketch's MinHashLSH balances false positives and false negatives
+    instead; with an exact check after it, a false positive costs one
+    comparison while a false negative is a duplicate left in, so we favour
+    recall (measured in bin/bench_dedup.py).
+    """
+    s = np.linspace(0.0, threshold, 401)
+    best = None
+    for rows in range(1, num_perm + 1):
+        for bands in range(1, num_perm // rows + 1):
+            if 1 - (1 - threshold ** rows) ** bands < RECALL_AT_THRESHOLD:
+                continue
+            false_area = float(np.mean(1 - (1 - s ** rows) ** bands)) * threshold
+            if best is None or false_area < best[0]:
+                best = (false_area, bands, rows)
+            break  # more bands with the same rows only add false candidates
+    if best is None:  # too few permutations for that recall: use them all in one-row bands
+        return num_perm, 1
+    return best[1], best[2]
+
+
+def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: one hash of each band's `rows` signature values."""
+    n = len(signatures)
+    out = np.empty((n, bands), dtype=np.uint64)
+    multipliers = fmix64(np.arange(1, rows + 1, dtype=np.uint64) * _POSITION[0]) | _U64(1)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            block = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
+            out[:, band] = fmix64((block * multipliers[None, :]).sum(axis=1, dtype=np.uint64) + _U64(band))
+    return out
+
+
+def candidate_pairs(bands: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Unique (i, j), i < j, of positions into `members` that share a bucket in some band: (m, 2) int64."""
+    n = len(members)
+    found = []
+    for band in range(bands.shape[1]):
+        h = bands[members, band]
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        new_run = np.ones(n, dtype=bool)
+        new_run[1:] = hs[1:] != hs[:-1]
+        run_start = np.flatnonzero(new_run)
+        run_size = np.diff(np.append(run_start, n))
+        # small buckets: every pair
+        for size in np.unique(run_size[(run_size >= 2) & (run_size <= ALL_PAIRS_BUCKET)]):
+            base = run_start[run_size == size]
+            ti, tj = np.triu_indices(int(size), 1)
+            found.append(np.stack([order[(base[:, None] + ti[None, :]).ravel()],
+                                   order[(base[:, None] + tj[None, :]).ravel()]], axis=1))
+        # big buckets: star from the first member plus the chain of neighbours
+        big = run_size > ALL_PAIRS_BUCKET
+        if big.any():
+            run_id = np.cumsum(new_run) - 1
+            in_big = big[run_id]
+            pos = np.flatnonzero(in_big & ~new_run)
+            found.append(np.stack([order[run_start[run_id[pos]]], order[pos]], axis=1))
+            found.append(np.stack([order[pos - 1], order[pos]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.concatenate(found).astype(np.int64)
+    pairs.sort(axis=1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    keys = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([keys // n, keys % n], axis=1)
+
+
+def _gather(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Element indices of the sets of `rows` (CSR) and the set sizes."""
+    sizes = offsets[rows + 1] - offsets[rows]
+    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.repeat(offsets[rows], sizes) + within, sizes
+
+
+def jaccard(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of the sets of records a[k] and b[k] (sorted unique CSR sets), float64."""
+    out = np.empty(len(a), dtype=np.float64)
+    ends = np.cumsum((offsets[a + 1] - offsets[a]) + (offsets[b + 1] - offsets[b]))
+    start = 0
+    while start < len(a):
+        done = ends[start - 1] if start else 0
+        stop = max(int(np.searchsorted(ends, done + VERIFY_CHUNK, side="right")), start + 1)
+        ia, na = _gather(offsets, a[start:stop])
+        ib, nb = _gather(offsets, b[start:stop])
+        k = stop - start
+        pair = np.concatenate([np.repeat(np.arange(k), na), np.repeat(np.arange(k), nb)])
+        vals = np.concatenate([values[ia], values[ib]])
+        order = np.lexsort((vals, pair))
+        pair, vals = pair[order], vals[order]
+        shared = (pair[1:] == pair[:-1]) & (vals[1:] == vals[:-1])
+        inter = np.bincount(pair[1:][shared], minlength=k)
+        union = na + nb - inter
+        out[start:stop] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        start = stop
+    return out
+
+
+class NearIndex:
+    """Shingle sets and LSH band hashes of a stream's sentences, filled batch by batch."""
+
+    def __init__(self, threshold: float = 0.8, ngram: int = 2, num_perm: int = 128, seed: int = 1):
+        self.threshold = threshold
+        self.ngram = ngram
+        self.hasher = MinHasher(num_perm, seed)
+        self.bands, self.rows = lsh_params(threshold, num_perm)
+        self._values: list[np.ndarray] = []
+        self._sizes: list[np.ndarray] = []
+        self._bands: list[np.ndarray] = []
+
+    def add(self, texts: list[str]) -> None:
+        values, offsets = shingle_sets(texts, self.ngram)
+        signatures = self.hasher.signatures(values, offsets)
+        self._values.append(values)
+        self._sizes.append(np.diff(offsets))
+        self._bands.append(band_hashes(signatures, self.bands, self.rows))
+
+    def finish(self) -> None:
+        self.values = np.concatenate(self._values) if self._values else np.zeros(0, np.uint64)
+        sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
+        self.offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self.offsets[1:])
+        self.band_table = (np.concatenate(self._bands) if self._bands
+                           else np.zeros((0, self.bands), dtype=np.uint64))
+        self._values, self._sizes, self._bands = [], [], []
+
+    def groups(self, members: np.ndarray) -> dict:
+        """Near-duplicate groups among `members` (indices into the added sentences, ascending).
+
+        Returns arrays over `members`: `keep_as` (position of the kept record of
+        the group; itself when kept), `best` (highest exact Jaccard with any
+        candidate, 0 when none), `to_kept` (Jaccard with the kept record), and
+        counts for the summary.
+        """
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
+        m = len(members)
+        has_set = self.offsets[members + 1] > self.offsets[members]
+        active = np.flatnonzero(has_set)  # empty match forms (only punctuation) have nothing to compare
+        pairs_local = candidate_pairs(self.band_table, members[active]) if len(active) > 1 else np.zeros((0, 2), np.int64)
+        pairs = active[pairs_local] if len(pairs_local) else pairs_local
+        sims = jaccard(self.values, self.offsets, members[pairs[:, 0]], members[pairs[:, 1]]) if len(pairs) else np.zeros(0)
+        best = np.zeros(m, dtype=np.float64)
+        if len(pairs):
+            np.maximum.at(best, pairs[:, 0], sims)
+            np.maximum.at(best, pairs[:, 1], sims)
+        edges = pairs[sims >= self.threshold]
+        graph = sp.coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(m, m))
+        _, component = connected_components(graph, directed=False)
+        first = np.full(int(component.max()) + 1 if m else 0, m, dtype=np.int64)
+        np.minimum.at(first, component, np.arange(m, dtype=np.int64))
+        keep_as = first[component] if m else np.zeros(0, np.int64)
+        to_kept = np.ones(m, dtype=np.float64)
+        dropped = np.flatnonzero(keep_as != np.arange(m))
+        if len(dropped):
+            to_kept[dropped] = jaccard(self.values, self.offsets, members[keep_as[dropped]], members[dropped])
+        sizes = np.bincount(component) if m else np.zeros(0, np.int64)
+        return {"keep_as": keep_as, "best": best, "to_kept": to_kept,
+                "candidate_pairs": int(len(pairs)), "verified_pairs": int(len(edges)),
+                "largest_group": int(sizes.max()) if m else 0}

@@ -7,11 +7,12 @@
    balancing applied to clusters. t is given, or derived from a target size.
 
 Two passes over any input, stdin included: pass 1 validates each record,
-computes its sim, spills the record (zstd JSONL) and its image embedding
-(float16 memmap, rsyn.vectors.VectorSpill) to a temporary directory and
-keeps ~30 bytes per record in memory; the decisions are then made on numpy
-arrays; pass 2 re-reads the spill and writes the survivors in input order
-with `sim` and `cluster` added.
+computes its sim, spills its image embedding (float16 memmap,
+rsyn.vectors.VectorSpill) to a temporary directory, and keeps ~40 bytes per
+record in memory; stdin and pipes are also copied to the spill (zstd JSONL),
+regular files are simply read again. The decisions are made on numpy
+arrays; pass 2 writes the survivors in input order with `sim` and `cluster`
+spliced onto their JSON line (no re-serialisation).
 
 Every random choice is keyed by a hash of (seed, record id), never by a
 position: the k-means training sample and which records a full cluster keeps
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ import orjson
 
 from rsyn.command import RsynError, Run
 from rsyn.records import decode_embeddings
-from rsyn.stream import RecordWriter, iter_line_blocks, write_bytes_atomic
+from rsyn.stream import STDIO, RecordWriter, StreamError, expand_inputs, iter_line_blocks, write_bytes_atomic
 from rsyn.vectors import VectorSpill, flat_ip_index, to_float32, train_kmeans
 
 PAPER_MODEL = "EVA02-E-14-plus"
@@ -146,12 +148,13 @@ def is_paper_model(emb_model: str | None) -> bool:
 class _FirstPass:
     """Validates image records, computes sim, spills records and image embeddings to disk."""
 
-    def __init__(self, run: Run, window: SimRange, spill_dir: str | None):
+    def __init__(self, run: Run, window: SimRange, spill_dir: str | None, spill_records: bool):
         self.run = run
         self.window = window
         self._tmp = tempfile.TemporaryDirectory(prefix="rsyn-balance-", dir=spill_dir)
-        self.records_path = str(Path(self._tmp.name) / "records.jsonl.zst")
-        self._records = RecordWriter(self.records_path, compression="zstd", level=1)
+        # Regular files are simply read again in pass 2; stdin and pipes are copied here.
+        self.records_path = str(Path(self._tmp.name) / "records.jsonl.zst") if spill_records else None
+        self._records = RecordWriter(self.records_path, compression="zstd", level=1) if spill_records else None
         self.vectors = VectorSpill(directory=self._tmp.name)
         self.emb_model: str | None = None
         self._model_where = ""
@@ -173,14 +176,12 @@ class _FirstPass:
             if problem:
                 run.error(run.where, problem, record=record, reason="missing_field")
                 continue
-            # balance sets these itself; a stale copy (a re-run) would make the spliced output invalid JSON
-            record.pop("sim", None)
-            record.pop("cluster", None)
             self._pending.append((record, self._file_number(run.where_file), run.where_line))
             if len(self._pending) >= BATCH:
                 self._flush()
         self._flush()
-        self._records.close()
+        if self._records is not None:
+            self._records.close()
 
     def _file_number(self, name: str) -> int:
         number = self._file_index.get(name)
@@ -241,7 +242,8 @@ class _FirstPass:
         self._sims.append(np.round(np.clip(sims.astype(np.float64), -1.0, 1.0), SIM_DECIMALS))
         self._places.append(np.array([(f, line) for _, f, line in batch], dtype=np.int64).reshape(-1, 2))
         self.vectors.add(images)
-        self._records.write_many(r for r, _, _ in batch)
+        if self._records is not None:
+            self._records.write_many(r for r, _, _ in batch)
 
     def _decode(self, batch):
         """(image matrix, syn matrix, records) of a batch; a record whose embeddings do not decode is an error."""
@@ -279,7 +281,7 @@ class _FirstPass:
         return np.concatenate(self._sims), keys[:, 0].copy(), keys[:, 1].copy(), np.concatenate(self._places)
 
     def close(self) -> None:
-        if not self._records.closed:
+        if self._records is not None and not self._records.closed:
             self._records.abort()
         self.vectors.close()
         self._tmp.cleanup()
@@ -386,7 +388,13 @@ def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None 
     window, run.inputs = parse_sim_range(sim_range, run.inputs)
     run.declare_reasons(REASONS)
 
-    first = _FirstPass(run, window, spill_dir)
+    try:
+        paths = expand_inputs(run.inputs)
+    except StreamError as exc:
+        raise RsynError(str(exc)) from None
+    # pass 2 finds records again by (file, line): only distinct regular files can be read twice
+    rereadable = {path: _file_identity(path) for path in paths if _is_regular_file(path)}
+    first = _FirstPass(run, window, spill_dir, spill_records=len(rereadable) < len(paths))
     try:
         first.read()
         sims, keep_keys, train_keys, places = first.arrays()
@@ -397,6 +405,10 @@ def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None 
                                         save_centroids=save_centroids)
         stage["emb_model"] = first.emb_model
         run.extra.update(stage)
+        if first.records_path is None:
+            for path, identity in rereadable.items():
+                if _file_identity(path) != identity:
+                    raise RsynError(f"{path}: changed while balance was reading it")
         _second_pass(run, first, status, labels, sims, places)
     finally:
         first.close()
@@ -469,35 +481,70 @@ def _npy_bytes(matrix: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _is_regular_file(path: str) -> bool:
+    return path != STDIO and stat.S_ISREG(os.stat(path).st_mode)
+
+
+def _file_identity(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _pass_two_lines(first: _FirstPass, places: np.ndarray):
+    """The raw JSON line of every record pass 1 accepted, in the same order.
+
+    From the spill when there is one, otherwise from the input files again,
+    picking the accepted lines by (file, line number), block by block.
+    """
+    if first.records_path is not None:
+        for _, lines in iter_line_blocks(first.records_path):
+            yield from lines
+        return
+    for number, path in enumerate(first.files):
+        wanted = places[places[:, 0] == number, 1]  # ascending: pass 1 read them in this order
+        j = 0
+        for start, lines in iter_line_blocks(path):
+            stop = start + len(lines)
+            end = int(np.searchsorted(wanted, stop, side="left"))
+            for lineno in wanted[j:end].tolist():
+                yield lines[lineno - start]
+            j = end
+            if j == len(wanted):
+                break
+
+
+def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
+    """The record's JSON with sim and cluster set, spliced onto the line when it is safe."""
+    line = line.rstrip()
+    if line.endswith(b"}") and b'"sim"' not in line and b'"cluster"' not in line:
+        return b'%s,"sim":%s,"cluster":%d}' % (line[:-1], orjson.dumps(sim), cluster)
+    record = orjson.loads(line)  # a re-run (the fields exist already) or an unusual layout
+    record["sim"], record["cluster"] = sim, cluster
+    return orjson.dumps(record)
+
+
 def _second_pass(run: Run, first: _FirstPass, status, labels, sims, places) -> None:
-    """Re-read the spill; write survivors with sim and cluster spliced onto their JSON, in input order."""
-    dumps = orjson.dumps
+    """Write the survivors with sim and cluster added, in input order; log drops when asked."""
     fragment = orjson.Fragment
     log_drops = bool(run.rejects_path)
-    if not log_drops:  # count without parsing
-        for code, reason in ((_BELOW, "sim_below_window"), (_ABOVE, "sim_above_window"),
-                             (_CAPPED, "over_cluster_cap")):
-            run.dropped[reason] += int((status == code).sum())
     reason_of = {_BELOW: "sim_below_window", _ABOVE: "sim_above_window", _CAPPED: "over_cluster_cap"}
+    if not log_drops:  # count without reading the dropped records again
+        for code, reason in reason_of.items():
+            run.dropped[reason] += int((status == code).sum())
     status_list, sim_list, label_list = status.tolist(), sims.tolist(), labels.tolist()
 
     def survivors():
-        i = 0
-        for _, lines in iter_line_blocks(first.records_path):
-            for line in lines:
-                code = status_list[i]
-                if code == _KEEP:
-                    # the spilled JSON is a compact object ending in "}" with no sim/cluster keys (pass 1
-                    # removed them), so the two fields can be spliced on without parsing the record again
-                    yield fragment(b'%s,"sim":%s,"cluster":%d}' % (line[:-1], dumps(sim_list[i]), label_list[i]))
-                elif log_drops:
-                    file_number, lineno = places[i]
-                    details = {"sim": sim_list[i]}
-                    if label_list[i] >= 0:
-                        details["cluster"] = label_list[i]
-                    run.drop(orjson.loads(line), reason_of[code], where=f"{first.files[file_number]}:{lineno}",
-                             **details)
-                i += 1
+        for i, line in enumerate(_pass_two_lines(first, places)):
+            code = status_list[i]
+            if code == _KEEP:
+                yield fragment(_with_sim_and_cluster(line, sim_list[i], label_list[i]))
+            elif log_drops:
+                file_number, lineno = places[i]
+                details = {"sim": sim_list[i]}
+                if label_list[i] >= 0:
+                    details["cluster"] = label_list[i]
+                run.drop(orjson.loads(line), reason_of[code], where=f"{first.files[file_number]}:{lineno}",
+                         **details)
 
     run.write(survivors())
 

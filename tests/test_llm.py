@@ -32,6 +32,7 @@ class LoopbackLLMServer:
 
     mode: ok | slow (first `fail_first` requests sleep `slow_s`) | 500 | flaky (first `fail_first` requests get
     500) | 429 (first `fail_first`, with Retry-After) | malformed | empty | 404. `latency` delays every reply.
+    A prompt that contains "[500]", "[malformed]" or "[empty]" gets that fault whatever the mode.
     """
 
     def __init__(self, mode="ok", latency=0.0, fail_first=0, slow_s=2.0, model="loopback-llm"):
@@ -82,6 +83,10 @@ class LoopbackLLMServer:
             def _answer(self, number, body):
                 time.sleep(server.latency)
                 mode, early = server.mode, number < server.fail_first
+                text = json.dumps(body.get("messages") or body.get("prompt"))
+                for trigger in ("500", "malformed", "empty"):  # a fault for one record: its text says which
+                    if f"[{trigger}]" in text:
+                        mode = trigger
                 if mode == "404" or self.path not in ("/v1/chat/completions", "/v1/completions"):
                     return self._send(404, b'{"error": {"message": "The model does not exist."}}')
                 if mode == "500" or (mode == "flaky" and early):

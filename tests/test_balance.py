@@ -204,6 +204,7 @@ def test_bad_records_name_their_line_or_are_counted(tmp_path, clustered):
     records, _ = make_records([6])
     del records[3]["syn_emb"]
     records[4]["emb"] = "not base64!"
+    records[5]["syn_emb_model"] = "another-model"
     text = {"id": "t", "kind": "text", "doc": "d", "text": "a sentence"}
     stream = jsonl(records[:2] + [text] + records[2:])
     args = ["--sim-range", "0.5", "0.6", "--centroids", centres, "--per-cluster", "9"]
@@ -214,9 +215,10 @@ def test_bad_records_name_their_line_or_are_counted(tmp_path, clustered):
         "(run `rsyn embed --text-field syn_text --emb-field syn_emb`)")
     stats = tmp_path / "stats.json"
     proc = rsyn("balance", "--device", "cpu", *args, "--on-error", "skip", "--stats", stats, input=stream, check=True)
-    assert len(decode_stream(proc.stdout)) == 4
+    assert len(decode_stream(proc.stdout)) == 3
     s = stage_stats(stats)
-    assert s["errors"] == {"missing_field": 1, "bad_embedding": 1} and s["dropped"]["not_image"] == 1
+    assert s["errors"] == {"missing_field": 1, "bad_embedding": 1, "model_mismatch": 1}
+    assert s["dropped"]["not_image"] == 1
 
 
 def test_rerun_on_its_own_output_is_stable(clustered):

@@ -33,15 +33,16 @@ def balance(
     save_centroids: Annotated[Optional[str], typer.Option(
         "--save-centroids", metavar="NPY", help="Write the centroids used to this .npy file.")] = None,
     spill_dir: Annotated[Optional[str], typer.Option(
-        "--spill-dir", metavar="DIR", help="Where the two-pass spill goes (default: $TMPDIR). Needs about the "
-                                           "compressed input size plus 2 bytes per embedding dimension per image.")] = None,
+        "--spill-dir", metavar="DIR", help="Where the spill goes (default: $TMPDIR): 2 bytes per embedding "
+                                           "dimension per image, plus a zstd copy of stdin or pipe input.")] = None,
 ) -> None:
     """Semantic balance sampling (RealSyn step 10).
 
     Computes sim = cosine(image emb, syn_emb) and keeps the pairs inside the --sim-range window; clusters their
-    image embeddings with faiss k-means (on the GPU when present) and keeps at most T pairs per cluster. Which
-    pairs a full cluster keeps is drawn from a hash of (--seed, record id): the same for any input order or split.
-    Reads its input twice through a disk spill, so stdin works and memory stays small. Survivors gain `sim` and
+    image embeddings with faiss k-means (on the GPU with faiss-gpu and a CUDA device) and keeps at most T pairs per
+    cluster. Which pairs a full cluster keeps is drawn from a hash of (--seed, record id): the same for any input
+    order or split. Reads its input twice (files directly, stdin and pipes through a disk spill) with the
+    embeddings in a float16 spill file, so memory stays small. Survivors gain `sim` and
     `cluster`; non-image records are dropped (counted as not_image). The summary gives the cluster-size
     distribution before and after (max share, Gini, singletons).
     """

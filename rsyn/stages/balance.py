@@ -174,7 +174,8 @@ class _FirstPass:
                 continue
             problem = self._check(record)
             if problem:
-                run.error(run.where, problem, record=record, reason="missing_field")
+                reason, message = problem
+                run.error(run.where, message, record=record, reason=reason)
                 continue
             self._pending.append((record, self._file_number(run.where_file), run.where_line))
             if len(self._pending) >= BATCH:
@@ -190,17 +191,19 @@ class _FirstPass:
             self.files.append(name)
         return number
 
-    def _check(self, record: dict) -> str | None:
+    def _check(self, record: dict) -> tuple[str, str] | None:
+        """(reason, message) when the record cannot be balanced, else None."""
         if not isinstance(record.get("id"), str) or not record["id"]:
-            return "image record has no `id`"
+            return "missing_field", "image record has no `id`"
         if not isinstance(record.get("emb"), str):
-            return "image record has no `emb` (run `rsyn embed` first)"
+            return "missing_field", "image record has no `emb` (run `rsyn embed` first)"
         if not isinstance(record.get("syn_emb"), str):
-            return "image record has no `syn_emb` (run `rsyn embed --text-field syn_text --emb-field syn_emb`)"
+            return "missing_field", ("image record has no `syn_emb` "
+                                     "(run `rsyn embed --text-field syn_text --emb-field syn_emb`)")
         model = record.get("emb_model")
         syn_model = record.get("syn_emb_model", model)
         if syn_model != model:
-            return f"`syn_emb` is from {syn_model!r} but `emb` from {model!r}: cosine needs one model"
+            return "model_mismatch", f"`syn_emb` is from {syn_model!r} but `emb` from {model!r}: cosine needs one model"
         if self.emb_model is None:
             self.emb_model = model
             self._model_where = self.run.where
@@ -212,7 +215,8 @@ class _FirstPass:
                     f"are from {model!r}; give --sim-range LO HI, or --sim-range auto (the observed "
                     f"{q_lo:.1%}..{q_hi:.1%} quantiles)")
         elif model != self.emb_model:
-            return f"embeddings from {model!r}, but {self._model_where} has {self.emb_model!r}: one model per run"
+            return "model_mismatch", (f"embeddings from {model!r}, but {self._model_where} has {self.emb_model!r}: "
+                                      "one model per run")
         return None
 
     def _flush(self) -> None:

@@ -194,10 +194,20 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
         yield items
 
 
+class FailsSizeRule(ImageError):
+    """Decoded, but too small or too elongated: not worth a model call."""
+
+    def __init__(self, width: int, height: int):
+        super().__init__("size_rule", f"{width}x{height}")
+        self.width, self.height = width, height
+
+
 def _load_image(loader: ImageLoader, preprocess, record: dict):
     """Runs in a worker thread: record -> (preprocessed tensor, width, height). Never raises."""
     try:
         loaded = loader.load(record)
+        if _size_unknown(record) and not size_rule(loaded.width, loaded.height)[0]:
+            return FailsSizeRule(loaded.width, loaded.height)
         return preprocess(loaded.image), loaded.width, loaded.height
     except ImageError as exc:
         return exc
@@ -258,6 +268,9 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
     for position, item in enumerate(chunk.items):
         record = item.record
         failure = chunk.failures.get(position)
+        if isinstance(failure, FailsSizeRule):
+            _size_ok(run, record, item.where, failure.width, failure.height, counts)  # records scores, drops
+            continue
         if failure is not None:
             run.drop(record, failure.reason, where=item.where, detail=failure.detail)
             continue
@@ -278,13 +291,17 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
     return model_seconds
 
 
-def _size_ok(run: Run, record: dict, where: str, width: int, height: int, counts: dict) -> bool:
-    """The paper's size rule, for images whose size was unknown upstream; fills width/height."""
+def _size_unknown(record: dict) -> bool:
     scores = record.get("scores")
     known = isinstance(record.get("width"), int) and isinstance(record.get("height"), int)
-    unknown = not known or (isinstance(scores, dict) and scores.get("size") == "unknown")
-    if not unknown:
+    return not known or (isinstance(scores, dict) and scores.get("size") == "unknown")
+
+
+def _size_ok(run: Run, record: dict, where: str, width: int, height: int, counts: dict) -> bool:
+    """The paper's size rule, for images whose size was unknown upstream; fills width/height."""
+    if not _size_unknown(record):
         return True
+    scores = record.get("scores")
     counts["size_checked"] += 1
     ok, min_side, aspect = size_rule(width, height)
     if not isinstance(scores, dict):

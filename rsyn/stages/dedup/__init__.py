@@ -20,6 +20,7 @@ output is the input minus the duplicates, and reruns are byte-identical.
 from __future__ import annotations
 
 import base64
+import bisect
 import binascii
 import hashlib
 import os
@@ -103,13 +104,12 @@ class _Collector:
         self.spill = RecordWriter(self.spill_path, compression="zstd", level=1)
         self.n = 0
         self.kind = bytearray()  # 0 text, 1 image
-        self.files: list[str] = []
-        self._file_index: dict[str, int] = {}
-        self.where_file = array("I")
+        self.n_images = 0
+        self.files: list[str] = []  # input files, and the index of the first record read from each
+        self.file_starts = array("q")
         self.where_line = array("Q")
         self.ids = bytearray()
         self.id_end = array("Q")
-        self.rows = {kind: array("q") for kind in KINDS}  # global index of each record of a kind
         self.text_keys = bytearray()
         self.url_keys = bytearray()
         self.content_rows = array("q")  # image-local positions with a content hash
@@ -162,7 +162,7 @@ class _Collector:
                 if content is False:
                     continue
                 if content:
-                    self.content_rows.append(len(self.rows["image"]))
+                    self.content_rows.append(self.n_images)
                     self.content_keys += key_of(b"image-content", content)
                 self.url_keys += key_of(b"image-url", url.strip())
             elif kind == "text" and need_forms:
@@ -183,16 +183,17 @@ class _Collector:
 
     def _accept(self, record: dict, rid: str, kind: str) -> None:
         run = self.run
-        index = self._file_index.get(run.where_file)
-        if index is None:
-            index = self._file_index[run.where_file] = len(self.files)
+        if not self.files or run.where_file != self.files[-1]:
             self.files.append(run.where_file)
-        self.where_file.append(index)
+            self.file_starts.append(self.n)
         self.where_line.append(run.where_line)
         self.ids += rid.encode("utf-8", "surrogatepass")
         self.id_end.append(len(self.ids))
-        self.kind.append(0 if kind == "text" else 1)
-        self.rows[kind].append(self.n)
+        if kind == "text":
+            self.kind.append(0)
+        else:
+            self.kind.append(1)
+            self.n_images += 1
         self.spill.write(record)
         self.n += 1
 
@@ -273,7 +274,8 @@ class _Collector:
         return self.ids[start:self.id_end[index]].decode("utf-8", "surrogatepass")
 
     def where(self, index: int) -> str:
-        return f"{self.files[self.where_file[index]]}:{self.where_line[index]}"
+        file = bisect.bisect_right(self.file_starts, index) - 1
+        return f"{self.files[file]}:{self.where_line[index]}"
 
     def close(self) -> None:
         if not self.spill.closed:
@@ -299,8 +301,8 @@ def _decide(run: Run, stream: _Collector, options: DedupOptions) -> _Decision:
     d = _Decision(reason=np.zeros(n, np.int8), dup_of=np.full(n, -1, np.int64),
                   similarity=np.full(n, np.nan, np.float64), near_best=np.full(n, np.nan, np.float64),
                   semantic_best=np.full(n, np.nan, np.float64))
-    rows = {kind: np.frombuffer(stream.rows[kind], dtype=np.int64) if len(stream.rows[kind]) else
-            np.zeros(0, np.int64) for kind in KINDS}
+    kind_of = np.frombuffer(bytes(stream.kind), dtype=np.uint8)
+    rows = {kind: np.flatnonzero(kind_of == code) for code, kind in enumerate(KINDS)}
     stage: dict = {"modes": list(options.modes)}
 
     if "exact" in options.modes:

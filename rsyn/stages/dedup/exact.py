@@ -9,12 +9,28 @@ the connected components of the record-key graph (scipy's union-find).
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 
 import numpy as np
 
-_NOT_WORD = re.compile(r"[^\w\s]|_")
+
+
+class _Punctuation(dict):
+    """str.translate table: punctuation and symbols -> space, everything else kept.
+
+    Filled lazily, one entry per distinct character seen, so the lookup runs
+    in C after the first sight of a character. Letters, digits, combining
+    marks (Thai, Devanagari vowel signs) and white space are kept.
+    """
+
+    def __missing__(self, code: int) -> int:
+        ch = chr(code)
+        word = ch != "_" and (ch.isalnum() or ch.isspace() or unicodedata.category(ch)[0] == "M")
+        self[code] = value = code if word else 0x20
+        return value
+
+
+_PUNCTUATION = _Punctuation()
 
 KEY_DTYPE = np.dtype("V16")
 
@@ -26,8 +42,7 @@ def match_form(text: str) -> str:
     folds case (ß = ss), punctuation and symbols become spaces (so "well-known"
     matches "well known"), runs of white space become one space.
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_NOT_WORD.sub(" ", folded).split())
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION).split())
 
 
 def key_of(namespace: bytes, value: str) -> bytes:

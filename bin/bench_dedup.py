@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""Benchmarks of `rsyn dedup` (not run by CI).
+
+    .venv/bin/python bin/bench_dedup.py [--sentences 200000] [--semantic-n 1000000] [--repeat 2]
+                                        [--only near,speed,semantic]
+
+near      Real LAION captions (../shared/data/laion-10k.parquet) plus planted
+          edits of known Jaccard. Ground truth: brute-force exact Jaccard of
+          every pair (sparse shingle-incidence product), groups by union-find,
+          first of each group kept. Reports precision and recall of the
+          records `rsyn dedup --mode near` drops (targets >= 0.99 / >= 0.95 at
+          0.8), and the share of planted pairs grouped, per Jaccard bin.
+speed     `rsyn dedup --mode near` end to end (process start, zstd JSONL in and
+          out) against datasketch's own `MinHash.bulk` on the same word-bigram
+          shingles (shingling not timed for datasketch), sentences/s, best of
+          --repeat, alternating (target ratio >= 0.75). Also peak RSS.
+semantic  Synthetic unit 512-d embeddings (topics plus planted duplicates at
+          known cosine). Time of the k-means + within-cluster pass on all of
+          them, and on a subsample against brute-force all pairs (same
+          keep-first rule, one cluster): time, agreement, and what union-find
+          grouping would have done on the same threshold graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import zstandard
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "laion-10k.parquet"
+if not DATA.exists():
+    DATA = Path("/work/shared/data/laion-10k.parquet")
+
+from rsyn.records import text_id  # noqa: E402
+from rsyn.stages.dedup.exact import match_form  # noqa: E402
+
+THRESHOLD = 0.8
+NGRAM = 2
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def captions() -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(DATA, columns=["TEXT"]).column("TEXT").to_pylist()
+    return [t for t in texts if t and t.strip()]
+
+
+def shingles(text: str) -> set:
+    """Reference shingles, independent of rsyn's hashing: word bigrams of the match form."""
+    words = match_form(text).split()
+    if not words:
+        return set()
+    if len(words) < NGRAM:
+        return {tuple(words)}
+    return set(zip(*(words[k:] for k in range(NGRAM))))
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def plant_edits(texts: list[str], n_planted: int, rng) -> list[tuple[int, str]]:
+    """Edits of random captions: replace, delete or insert 1-3 words (a wide range of Jaccard)."""
+    vocabulary = [w for t in texts[:2000] for w in t.split()]
+    candidates = [i for i, t in enumerate(texts) if len(t.split()) >= 6]
+    planted = []
+    for i in rng.choice(candidates, size=n_planted, replace=False):
+        words = texts[i].split()
+        k = int(rng.integers(1, 4))
+        for _ in range(k):
+            op = rng.integers(3)
+            at = int(rng.integers(len(words)))
+            if op == 0:
+                words[at] = vocabulary[rng.integers(len(vocabulary))]
+            elif op == 1 and len(words) > 4:
+                del words[at]
+            else:
+                words.insert(at, vocabulary[rng.integers(len(vocabulary))])
+        planted.append((int(i), " ".join(words)))
+    return planted
+
+
+def truth_pairs(sets: list[set], threshold: float) -> np.ndarray:
+    """Every pair (i < j) with exact Jaccard >= threshold: sparse incidence product, chunked."""
+    import scipy.sparse as sp
+
+    vocab: dict = {}
+    rows, cols = [], []
+    for i, s in enumerate(sets):
+        for g in s:
+            rows.append(i)
+            cols.append(vocab.setdefault(g, len(vocab)))
+    m = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, cols)), shape=(len(sets), len(vocab)))
+    sizes = np.array([len(s) for s in sets])
+    mt = m.T.tocsr()
+    found = []
+    for lo in range(0, len(sets), 2000):
+        inter = (m[lo:lo + 2000] @ mt).tocoo()
+        i, j, v = inter.row + lo, inter.col, inter.data
+        keep = i < j
+        i, j, v = i[keep], j[keep], v[keep]
+        jac = v / (sizes[i] + sizes[j] - v)
+        ok = jac >= threshold
+        found.append(np.stack([i[ok], j[ok]], axis=1))
+    return np.concatenate(found)
+
+
+def first_of_components(n: int, pairs: np.ndarray) -> np.ndarray:
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    g = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    first = np.full(comp.max() + 1, n)
+    np.minimum.at(first, comp, np.arange(n))
+    return first[comp]
+
+
+def write_records(path: Path, texts: list[str]) -> None:
+    with open(path, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as out:
+        for i, t in enumerate(texts):
+            out.write(orjson.dumps({"id": text_id(t) + f"-{i}", "kind": "text", "doc": f"d{i // 20}", "pos": i % 20,
+                                    "text": t}) + b"\n")
+
+
+def run_cli(args: list) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS (KiB) of one `rsyn` process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "rsyn", *map(str, args)], stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"rsyn {' '.join(map(str, args))} failed:\n{err}")
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def read_zst(path: Path) -> list[dict]:
+    with open(path, "rb") as fh:
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(fh.read())
+    return [orjson.loads(x) for x in data.splitlines() if x]
+
+
+# --------------------------------------------------------------------------- near: precision / recall
+
+
+def bench_near(tmp: Path, rng) -> None:
+    texts = captions()
+    planted = plant_edits(texts, 3000, rng)
+    corpus = texts + [t for _, t in planted]
+    sets = [shingles(t) for t in corpus]
+    t0 = time.perf_counter()
+    truth = truth_pairs(sets, THRESHOLD)
+    brute_s = time.perf_counter() - t0
+    n = len(corpus)
+    truth_first = first_of_components(n, truth)
+    truth_drop = set(np.flatnonzero(truth_first != np.arange(n)).tolist())
+
+    src, out, rejects, stats = tmp / "near.jsonl.zst", tmp / "near-out.jsonl.zst", tmp / "near-rej.jsonl", tmp / "s.json"
+    write_records(src, corpus)
+    seconds, _, _ = run_cli(["dedup", src, "--mode", "near", "-o", out, "--rejects", rejects, "--stats", stats, "-q"])
+    index_of = {}
+    for i, t in enumerate(corpus):
+        index_of[text_id(t) + f"-{i}"] = i
+    dropped_entries = [orjson.loads(x) for x in rejects.read_bytes().splitlines()] if rejects.exists() else []
+    got_drop = {index_of[e["record"]["id"]] for e in dropped_entries}
+    hit = len(got_drop & truth_drop)
+    precision = hit / len(got_drop) if got_drop else 1.0
+    recall = hit / len(truth_drop) if truth_drop else 1.0
+    group_of = {index_of[e["record"]["id"]]: index_of[e["dup_of"]] for e in dropped_entries}
+
+    def rep(i):
+        return group_of.get(i, i)
+
+    pair_recall = np.mean([rep(i) == rep(j) for i, j in truth]) if len(truth) else 1.0
+    stage = orjson.loads(stats.read_bytes())["stage"]["near"]
+    print(f"\n## near: {len(texts)} real captions + {len(planted)} planted edits = {n} sentences, threshold {THRESHOLD}, "
+          f"word {NGRAM}-grams, {stage['num_perm']} permutations, {stage['bands']} bands x {stage['rows']} rows")
+    print("| measure | value | target |\n|---|---|---|")
+    print(f"| pairs with exact Jaccard >= {THRESHOLD} (brute force, {brute_s:.1f}s) | {len(truth)} | |")
+    print(f"| records to drop (truth, union-find) | {len(truth_drop)} | |")
+    print(f"| records dropped by rsyn | {len(got_drop)} | |")
+    print(f"| precision (records) | {precision:.4f} | >= 0.99 |")
+    print(f"| recall (records) | {recall:.4f} | >= 0.95 |")
+    print(f"| truth pairs put in one group | {pair_recall:.4f} | |")
+    print(f"| LSH candidate pairs / verified | {stage['candidate_pairs']} / {stage['verified_pairs']} | |")
+    print(f"| rsyn dedup --mode near, end to end | {seconds:.2f}s | |")
+    print("\nplanted pairs (source, edit) grouped together, by exact Jaccard:")
+    print("| Jaccard | pairs | grouped | should be |\n|---|---|---|---|")
+    bins = [(0.0, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 1.0001)]
+    js = np.array([jaccard(sets[i], sets[len(texts) + k]) for k, (i, _) in enumerate(planted)])
+    together = np.array([rep(i) == rep(len(texts) + k) for k, (i, _) in enumerate(planted)])
+    for lo, hi in bins:
+        sel = (js >= lo) & (js < hi)
+        if sel.any():
+            print(f"| [{lo:.2f}, {min(hi, 1):.2f}{']' if hi > 1 else ')'} | {sel.sum()} | {together[sel].mean():.3f} | "
+                  f"{'1.0' if lo >= THRESHOLD else '0 (unless linked through others)'} |")
+
+
+# --------------------------------------------------------------------------- speed vs datasketch
+
+
+def speed_corpus(n: int, rng) -> list[str]:
+    """The real captions, then variants of them up to n: each word replaced with probability 1/2 by a
+    word drawn from the captions' own word stream (real lengths and word frequencies, few duplicates)."""
+    texts = captions()
+    stream = np.array([w for t in texts for w in t.split()], dtype=object)
+    out = list(texts)
+    while len(out) < n:
+        words = np.array(texts[rng.integers(len(texts))].split(), dtype=object)
+        swap = rng.random(len(words)) < 0.5
+        words[swap] = stream[rng.integers(len(stream), size=int(swap.sum()))]
+        out.append(" ".join(words))
+    return out[:n]
+
+
+def datasketch_bulk(tokens: list[list[bytes]]) -> tuple[float, float]:
+    """(wall, CPU) seconds of datasketch's MinHash.bulk."""
+    from datasketch import MinHash
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    MinHash.bulk(tokens, num_perm=128)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_speed(tmp: Path, n: int, repeat: int, rng) -> None:
+    corpus = speed_corpus(n, rng)
+    src, out = tmp / "speed.jsonl.zst", tmp / "speed-out.jsonl.zst"
+    write_records(src, corpus)
+    tokens = [[" ".join(g).encode() for g in shingles(t)] for t in corpus]
+    runs = {"datasketch": [], "near": [], "default": []}
+    rss = {}
+    for _ in range(repeat):
+        runs["datasketch"].append(datasketch_bulk(tokens))
+        for name, mode in (("near", "near"), ("default", "exact,near")):
+            wall, cpu, peak = run_cli(["dedup", src, "--mode", mode, "-o", out, "-q"])
+            runs[name].append((wall, cpu))
+            rss[name] = max(rss.get(name, 0), peak)
+    best = {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
+    ds_wall, ds_cpu = best["datasketch"]
+    print(f"\n## speed: {n} sentences (real captions and word-swapped variants, mean "
+          f"{np.mean([len(t.split()) for t in corpus]):.1f} words), best of {repeat}; CPU seconds are the fair "
+          "number on a shared machine")
+    print("| what | wall s | CPU s | sentences/CPU-s | ratio to datasketch (CPU) | ratio (wall) | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| datasketch MinHash.bulk, 128 perm (hashing only, no I/O) | {ds_wall:.2f} | {ds_cpu:.2f} | "
+          f"{n / ds_cpu:,.0f} | 1.00 | 1.00 | |")
+    for name, label in (("near", "rsyn dedup --mode near, end to end"), ("default", "rsyn dedup (exact,near), end to end")):
+        wall, cpu = best[name]
+        print(f"| {label} | {wall:.2f} | {cpu:.2f} | {n / cpu:,.0f} | {ds_cpu / cpu:.2f} | {ds_wall / wall:.2f} | "
+              f"{rss[name] / 1024:.0f} MiB |")
+
+
+# --------------------------------------------------------------------------- semantic
+
+
+def synthetic_embeddings(path: Path, n: int, d: int, rng, chunk: int = 100_000):
+    """Topic structure plus planted duplicates of known cosine; written as a float16 memmap.
+
+    Returns (memmap, planted: dict kind -> (copy rows, source rows, cosine)).
+    """
+    n_topics = max(1, n // 200)
+    centers = rng.normal(size=(n_topics, d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype="<f2", shape=(n, d))
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        x = 0.45 * centers[rng.integers(n_topics, size=hi - lo)] + 0.89 * rng.normal(size=(hi - lo, d)) / np.sqrt(d)
+        out[lo:hi] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("<f2")
+    # replace 9% of the rows by copies of earlier rows at a known cosine
+    bands = {"perceptual": (0.955, 0.995), "semantic": (0.905, 0.945), "near miss": (0.80, 0.88)}
+    copies = rng.choice(np.arange(n // 10, n), size=int(0.09 * n), replace=False)
+    planted = {}
+    for k, (name, (lo_c, hi_c)) in enumerate(bands.items()):
+        rows = np.sort(copies[k::3])
+        sources = rng.integers(0, n // 10, size=len(rows))
+        cos = rng.uniform(lo_c, hi_c, size=len(rows)).astype(np.float32)
+        u = out[sources].astype(np.float32)
+        w = rng.normal(size=u.shape).astype(np.float32)
+        w -= (w * u).sum(1, keepdims=True) * u
+        w /= np.linalg.norm(w, axis=1, keepdims=True)
+        out[rows] = (cos[:, None] * u + np.sqrt(1 - cos[:, None] ** 2) * w).astype("<f2")
+        planted[name] = (rows, sources, cos)
+    out.flush()
+    return np.load(path, mmap_mode="r"), planted
+
+
+def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from rsyn.stages.dedup.semantic import dedup_cluster, semantic_groups
+
+    d, threshold, cluster_size = 512, 0.90, 1000
+    t0 = time.perf_counter()
+    vectors, planted = synthetic_embeddings(tmp / "emb.npy", n, d, rng)
+    gen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = semantic_groups(vectors, np.arange(n), threshold, cluster_size, seed=0, device="cpu")
+    full_s = time.perf_counter() - t0
+    dropped = result["keep_as"] != np.arange(n)
+    print(f"\n## semantic: {n:,} synthetic unit {d}-d embeddings (generated in {gen_s:.0f}s), threshold {threshold}, "
+          f"{result['clusters']} k-means clusters (largest {result['largest_cluster']}), CPU")
+    print(f"k-means + within-cluster dedup: {full_s:.1f}s ({n / full_s:,.0f} vectors/s), {dropped.sum():,} dropped")
+    print("| planted copies | count | dropped |\n|---|---|---|")
+    for name, (rows, _, _) in planted.items():
+        print(f"| {name} | {len(rows):,} | {dropped[rows].mean():.3f} |")
+
+    # subsample: clustered vs brute force all pairs, same keep-first rule
+    sub = np.sort(rng.choice(n, size=min(subsample, n), replace=False))
+    x = np.asarray(vectors[sub], dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # make the subsample hold duplicates: add the sources' planted copies
+    t0 = time.perf_counter()
+    kept_bf, _, _, _ = dedup_cluster(x, threshold)
+    brute_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sub_result = semantic_groups(vectors, sub, threshold, cluster_size, seed=0, device="cpu")
+    clustered_s = time.perf_counter() - t0
+    kept_cl = sub_result["keep_as"] == np.arange(len(sub))
+    drop_bf, drop_cl = ~kept_bf, ~kept_cl
+    both = (drop_bf & drop_cl).sum()
+    # union-find on the same threshold graph
+    sims = x @ x.T
+    np.fill_diagonal(sims, -1)
+    i, j = np.nonzero(np.triu(sims >= threshold))
+    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(sub), len(sub))), directed=False)
+    sizes = np.bincount(comp)
+    uf_drop = len(sub) - len(sizes)
+    print(f"\nsubsample of {len(sub):,}: brute force all pairs {brute_s:.2f}s vs clustered {clustered_s:.2f}s "
+          f"({sub_result['clusters']} clusters); brute force on all {n:,} would take ~{brute_s * (n / len(sub)) ** 2:,.0f}s")
+    print("| on the subsample | dropped | agreement with brute force |\n|---|---|---|")
+    print(f"| brute force, keep-first (reference) | {drop_bf.sum()} | 1.000 |")
+    print(f"| clustered, keep-first (rsyn) | {drop_cl.sum()} | recall {both / max(drop_bf.sum(), 1):.3f}, "
+          f"precision {both / max(drop_cl.sum(), 1):.3f} |")
+    print(f"| brute force, union-find groups | {uf_drop} | largest group {sizes.max()} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sentences", type=int, default=200_000)
+    ap.add_argument("--semantic-n", type=int, default=1_000_000)
+    ap.add_argument("--subsample", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--only", default="near,speed,semantic")
+    args = ap.parse_args()
+    parts = set(args.only.split(","))
+    print(f"# bench_dedup  ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})")
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
+        tmp = Path(tmp)
+        if "near" in parts:
+            bench_near(tmp, np.random.default_rng(0))
+        if "speed" in parts:
+            bench_speed(tmp, args.sentences, args.repeat, np.random.default_rng(1))
+        if "semantic" in parts:
+            bench_semantic(tmp, args.semantic_n, args.subsample, np.random.default_rng(2))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,17 @@ TAGS = ["dog", "cat", "red car", "old house", "beach", "tree", "city street", "b
 N_IMAGES = 6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The models are tiny: threads only wait for each other, badly so on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     import torch
@@ -107,7 +118,7 @@ def assert_captioned(records, corpus, caption_model, llm_model):
 def test_local_models_end_to_end_and_byte_identical_across_processes(models, corpus, tmp_path):
     first, second, stats = tmp_path / "a.jsonl.zst", tmp_path / "b.jsonl.zst", tmp_path / "stats.json"
     sampling = ["--temperature", "0.9", "--top-p", "0.9", "--seed", "5"]
-    proc = rsyn("caption", *local_args(models, corpus, first, "--stats", stats, *sampling))
+    proc = rsyn("caption", *local_args(models, corpus, first, "--stats", stats, *sampling), env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr.decode()
     records = read_stream_file(first)
     assert_captioned(records, corpus, models["captioner"], models["gpt2"])

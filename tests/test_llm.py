@@ -45,6 +45,9 @@ class LoopbackLLMServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # buffered writes: headers and body leave in one packet, so keep-alive replies do not wait for a
+            # delayed ACK (Nagle), which would add ~40 ms to every request
+            wbufsize = 1 << 16
 
             def log_message(self, *args):
                 pass
@@ -261,9 +264,14 @@ def test_vllm_backend_refuses_cpu_with_one_line():
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
+    import torch
+
     from rsyn.models.lm import build_tiny_gpt2
 
-    return build_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from threads; on a shared machine they wait for each other
+    yield build_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
+    torch.set_num_threads(before)
 
 
 def test_hf_backend_generates_deterministically_with_a_seed(tiny_gpt2):

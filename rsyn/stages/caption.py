@@ -98,6 +98,10 @@ class CaptionStage:
         self._captioner = None
         self._llm = None
         self.seconds = {"tags": 0.0, "caption": 0.0, "llm": 0.0}
+        # a batch waits for its slowest request: give the server backend enough requests to keep every slot busy
+        self.batch_size = max(1, opts.batch_size)
+        if opts.llm_backend == "openai":
+            self.batch_size = max(self.batch_size, 4 * opts.llm_concurrency)
         self.counts = {"images": 0, "captioned": 0, "with_tags": 0, "tags": 0}
 
     # ------------------------------------------------------------------ vocabulary and models
@@ -336,7 +340,7 @@ def run_caption(run: Run, opts: CaptionOptions) -> None:
 def _batches(run: Run, stage: CaptionStage):
     batch: list[tuple[dict, str]] = []
     images = 0
-    size = max(1, stage.opts.batch_size)
+    size = stage.batch_size
     for record in run.records():
         batch.append((record, run.where))
         images += record.get("kind") == "image"

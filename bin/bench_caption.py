@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Throughput of `rsyn caption` on CPU: orchestration overhead, and the server backend as concurrency grows.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bin/bench_caption.py [--records 192] [--repeat 2] [--latency 0.05]
+
+1. Overhead: `rsyn caption` (the real command, in this process, reading and
+   writing zstd JSONL) against a bare loop that calls the same tiny random
+   models on the same inputs held in memory: CLIP tag scores over the RAM++
+   tag list (text embeddings computed once for both), BLIP captions (batches
+   of 32, greedy), GPT-2 generation (batches of 16, 16 new tokens, greedy).
+   Records/s of each, best of --repeat alternating runs, and the ratio
+   rsyn / bare (target >= 0.9).
+2. Server backend: records/s of `rsyn caption --llm-backend openai` against a
+   loopback OpenAI-compatible server (tests/test_llm.py) that answers every
+   request after a fixed --latency, as --llm-concurrency grows; the ideal is
+   concurrency / latency.
+
+Inputs are real: raw texts are LAION alt-texts and images the JPEGs of
+/work/shared/data (cycled). The models are tiny and random, so this measures
+the pipeline around the models, not caption quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("RSYN_SAMPLE_DATA", "/work/shared/data"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the loopback server lives with the tests
+
+
+def build_inputs(work: Path, n: int):
+    import numpy as np
+    import orjson
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from rsyn.models.captioner import build_tiny_captioner
+    from rsyn.models.clip import build_tiny_clip, load_clip
+    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.records import encode_embeddings
+
+    models = {"clip": build_tiny_clip(work / "clip"), "captioner": build_tiny_captioner(work / "blip"),
+              "gpt2": build_tiny_gpt2(work / "gpt2")}
+    texts = [t for t in pq.read_table(DATA / "laion-10k.parquet", columns=["TEXT"]).column("TEXT").to_pylist()
+             if t and 5 <= len(t.split()) <= 40][:n]
+    images = sorted(str(p) for p in (DATA / "images").glob("*.jpg"))
+    clip = load_clip(models["clip"], None, "cpu")
+    embeddings = encode_embeddings(clip.encode_images([Image.open(p).convert("RGB") for p in images]))
+    records = []
+    for i in range(n):
+        records.append({"id": f"{i:08x}", "kind": "image", "doc": f"https://example.org/{i}", "pos": 0,
+                        "url": f"https://example.org/{i}.jpg", "path": images[i % len(images)],
+                        "emb": embeddings[i % len(images)], "emb_model": models["clip"],
+                        "texts": [{"id": f"t{i}", "text": texts[i % len(texts)], "score": 0.3}]})
+    source = work / "retrieved.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    tags = DATA / "ram_tag_list.txt"
+    return models, records, str(source), str(tags)
+
+
+def rsyn_caption(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from rsyn.cli import app
+
+    result = CliRunner().invoke(app, ["caption", *map(str, args), "--quiet"], catch_exceptions=False)
+    if result.exit_code != 0:
+        raise SystemExit(f"rsyn caption failed: {result.output}")
+
+
+def bare_loop(models, records, tags_file, cache_dir):
+    """The same models on the same inputs, no stream, no validation, no cleaning: the reference."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from rsyn.models.captioner import load_captioner
+    from rsyn.models.clip import load_clip
+    from rsyn.models.lm import load_causal_lm
+    from rsyn.records import decode_embeddings
+    from rsyn.tags import read_tag_file, tag_embeddings
+
+    tags = read_tag_file(tags_file)
+    tag_matrix = tag_embeddings(tags, load_clip(models["clip"], None, "cpu"), "a photo of {}.", Path(cache_dir))
+    captioner = load_captioner(models["captioner"], "cpu")
+    lm, tokenizer = load_causal_lm(models["gpt2"], "cpu")
+    context = lm.config.n_positions - 16
+    out = []
+    for start in range(0, len(records), 64):
+        batch = records[start:start + 64]
+        scores = decode_embeddings([r["emb"] for r in batch]) @ tag_matrix.T
+        top = np.argsort(-scores, axis=1)[:, :3]
+        images = [Image.open(r["path"]).convert("RGB") for r in batch]
+        captions = []
+        with torch.inference_mode():
+            for i in range(0, len(images), 32):
+                pixels = captioner.image_processor(images=images[i:i + 32], return_tensors="pt")["pixel_values"]
+                ids = captioner.model.generate(pixel_values=pixels, max_new_tokens=30, num_beams=1, do_sample=False)
+                captions.extend(captioner.tokenizer.batch_decode(ids, skip_special_tokens=True))
+            prompts = [f"Raw text: {r['texts'][0]['text']}\nCaption: {c}\nTags: {', '.join(tags[j] for j in row)}\n"
+                       f"Description:" for r, c, row in zip(batch, captions, top)]
+            for i in range(0, len(prompts), 16):
+                ids = [x[-context:] for x in tokenizer(prompts[i:i + 16], verbose=False)["input_ids"]]
+                width = max(map(len, ids))
+                tokens = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
+                mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+                new = lm.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)[:, width:]
+                out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=192)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both sides (tiny models gain nothing from more; 0 = torch default)")
+    opts = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+
+    from test_llm import LoopbackLLMServer
+
+    with tempfile.TemporaryDirectory(prefix="rsyn-bench-caption-") as tmp:
+        work = Path(tmp)
+        models, records, source, tags = build_inputs(work, opts.records)
+        cache = work / "cache"
+        local = [source, "-o", work / "out.jsonl.zst", "--tags", tags, "--tag-threshold", "-1", "--max-tags", "3",
+                 "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "hf",
+                 "--llm-model", models["gpt2"], "--llm-max-tokens", "16", "--llm-api", "completion",
+                 "--cache-dir", cache, "--device", "cpu", "--on-error", "skip", "--temperature", "0"]
+        rsyn_caption(local)  # warm-up: loads the models, fills the tag-embedding cache
+        bare_loop(models, records[:32], tags, cache)
+        best = {"rsyn": float("inf"), "bare": float("inf")}
+        for _ in range(opts.repeat):
+            start = time.perf_counter()
+            rsyn_caption(local)
+            best["rsyn"] = min(best["rsyn"], time.perf_counter() - start)
+            start = time.perf_counter()
+            bare_loop(models, records, tags, cache)
+            best["bare"] = min(best["bare"], time.perf_counter() - start)
+        n = len(records)
+        print(f"\n1. orchestration overhead, CPU ({torch.get_num_threads()} torch threads), {n} records, "
+              f"{len(Path(tags).read_text().splitlines())} tags, best of {opts.repeat}")
+        print(f"{'':24}{'seconds':>10}{'records/s':>12}")
+        for name in ("rsyn", "bare"):
+            label = "rsyn caption (CLI)" if name == "rsyn" else "bare model loop"
+            print(f"{label:24}{best[name]:>10.2f}{n / best[name]:>12.1f}")
+        print(f"{'ratio rsyn / bare':24}{best['bare'] / best['rsyn']:>22.2f}   (target >= 0.9)")
+
+        print(f"\n2. server backend against a loopback server answering after {opts.latency * 1000:.0f} ms")
+        print(f"{'concurrency':>12}{'records':>9}{'seconds':>10}{'records/s':>11}{'ideal':>9}{'share':>8}")
+        light = ["--max-tags", "0", "--captioner", "none", "--llm-backend", "openai", "--llm-model", "m",
+                 "--llm-timeout", "30"]
+        for concurrency in map(int, opts.concurrency.split(",")):
+            count = max(64, 32 * concurrency)  # about 32 latencies of work at every concurrency
+            server_input = work / f"server-{count}.jsonl"
+            if not server_input.exists():
+                import orjson
+
+                server_input.write_bytes(b"".join(orjson.dumps({**records[i % n], "id": f"s{i}"}) + b"\n"
+                                                  for i in range(count)))
+            with LoopbackLLMServer(latency=opts.latency) as server:
+                start = time.perf_counter()
+                rsyn_caption([server_input, "-o", work / "server.jsonl.zst", *light, "--llm-url", server.url,
+                              "--llm-concurrency", concurrency])
+                seconds = time.perf_counter() - start
+            ideal = concurrency / opts.latency
+            rate = count / seconds
+            print(f"{concurrency:>12}{count:>9}{seconds:>10.2f}{rate:>11.1f}{ideal:>9.0f}{rate / ideal:>8.0%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -87,6 +87,12 @@ class Clip:
         self.device = device
         self.dtype = dtype
         self.image_size = _image_size(model)
+        # Workers hand over uint8 pixels (4x less to copy than float32); the device scales and
+        # normalises them, exactly as ToTensor + Normalize would on the CPU.
+        self._pil_steps, mean, std = _split_preprocess(preprocess)
+        if self._pil_steps is not None:
+            self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         with torch.inference_mode():
             self.dim = int(self.encode_texts([""]).shape[1])
 
@@ -97,15 +103,27 @@ class Clip:
         """Token ids (n, context_length) for a batch of texts (long texts are truncated)."""
         return self.tokenizer(list(texts))
 
+    def prepare(self, image):
+        """PIL image -> what encode_images takes: (3, H, W) uint8 pixels, or the float tensor of .preprocess."""
+        import torch
+
+        if self._pil_steps is None:
+            return self.preprocess(image)
+        pixels = np.array(self._pil_steps(image), dtype=np.uint8)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
     def encode_images(self, batch) -> np.ndarray:
-        """A (n, 3, H, W) tensor of preprocessed images, or a list of PIL images -> (n, dim) unit rows."""
+        """A (n, 3, H, W) tensor (float from .preprocess, or uint8 from .prepare), or a list of PIL
+        images -> (n, dim) unit rows."""
         import torch
 
         if isinstance(batch, (list, tuple)):
             batch = torch.stack([self.preprocess(image) for image in batch])
         with torch.inference_mode():
-            pixels = batch.to(self.device, dtype=self.dtype, non_blocking=True)
-            return _unit_rows(self.model.encode_image(pixels))
+            pixels = batch.to(self.device, non_blocking=True)
+            if pixels.dtype == torch.uint8:
+                pixels = pixels.to(torch.float32).div_(255).sub_(self._mean).div_(self._std)
+            return _unit_rows(self.model.encode_image(pixels.to(self.dtype)))
 
     def encode_tokens(self, tokens) -> np.ndarray:
         import torch
@@ -118,6 +136,16 @@ class Clip:
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         return self.encode_tokens(self.tokenize(texts))
+
+
+def _split_preprocess(preprocess):
+    """(PIL steps, mean, std) of an open_clip eval transform ending in ToTensor + Normalize, else Nones."""
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    steps = getattr(preprocess, "transforms", None)
+    if steps and len(steps) >= 2 and isinstance(steps[-1], Normalize) and isinstance(steps[-2], ToTensor):
+        return Compose(steps[:-2]), list(steps[-1].mean), list(steps[-1].std)
+    return None, None, None
 
 
 def _unit_rows(features) -> np.ndarray:

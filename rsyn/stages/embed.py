@@ -166,7 +166,7 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
     """Chunks of input items, image loads already submitted; bad input reported here, in input order."""
     kinds = set(opts.kinds)
     text_field = opts.text_field
-    preprocess = clip.preprocess
+    prepare = clip.prepare
     items: list[Item] = []
     for record in run.records():
         kind = record.get("kind")
@@ -185,7 +185,7 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
                     run.error(item.where, f"image record {record.get('id', '?')} has no `url` or `path`",
                               record=record, reason="missing_field")
                     continue
-                item.image = pool.submit(_load_image, loader, preprocess, record)
+                item.image = pool.submit(_load_image, loader, prepare, record)
         items.append(item)
         if len(items) >= chunk_size:
             yield items
@@ -202,13 +202,13 @@ class FailsSizeRule(ImageError):
         self.width, self.height = width, height
 
 
-def _load_image(loader: ImageLoader, preprocess, record: dict):
-    """Runs in a worker thread: record -> (preprocessed tensor, width, height). Never raises."""
+def _load_image(loader: ImageLoader, prepare, record: dict):
+    """Runs in a worker thread: record -> (model-ready pixels, width, height). Never raises."""
     try:
         loaded = loader.load(record)
         if _size_unknown(record) and not size_rule(loaded.width, loaded.height)[0]:
             return FailsSizeRule(loaded.width, loaded.height)
-        return preprocess(loaded.image), loaded.width, loaded.height
+        return prepare(loaded.image), loaded.width, loaded.height
     except ImageError as exc:
         return exc
     except Exception as exc:  # a decoder bug on one image must not end the run

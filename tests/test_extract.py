@@ -179,6 +179,17 @@ def test_shards_are_disjoint_and_share_the_word_counts(parquet_run):
         assert _word_counts(run, inputs, ExtractOptions(), needed=True) == counts  # counts ignore the shard
 
 
+def test_filters_apply_in_the_order_given(parquet_run):
+    tmp, _, _ = parquet_run
+    stats = tmp / "order-stats.json"
+    proc = rsyn("extract", tmp / "docs.parquet", *NO_PPL, "--filters", "entropy,words,url,size", "--stats", stats,
+                check=True)
+    dropped = orjson.loads(stats.read_bytes())["dropped"]
+    assert list(dropped) == ["image_repeated_in_doc", "image_too_small", "image_bad_aspect", "low_entropy",
+                             "too_few_words", "too_many_words", "has_url"]
+    assert "has_emoji" not in dropped and all(r["scores"].get("cat") is None for r in decode_stream(proc.stdout))
+
+
 BAD = [
     DOCS[2],
     {**DOCS[2], "texts": "not a list"},
@@ -225,27 +236,26 @@ def test_parquet_on_stdin_is_refused(parquet_run):
     assert "<stdin>: parquet cannot be read from stdin" in proc.stderr.decode()
 
 
-def test_perplexity_with_a_tiny_local_gpt2(parquet_run, tmp_path):
+def test_perplexity_with_a_tiny_local_gpt2(tmp_path):
     from rsyn.models.lm import build_tiny_gpt2, load_causal_lm, perplexities
 
-    tmp, _, _ = parquet_run
     model_dir = build_tiny_gpt2(tmp_path / "tiny-gpt2", seed=0)
-    texts = [e[3] for e in EXPECTED if e[0] == "text"]  # the sentences that reach the perplexity filter
+    texts = [KEEP_1, KEEP_2, KEEP_3, PAGE_3[0][1], "Snow covers the mountains behind the small wooden house."]
     ppl = perplexities(texts, *load_causal_lm(model_dir, "cpu"))
     ranked = sorted(ppl)
-    low, high = (ranked[0] + ranked[1]) / 2, (ranked[2] + ranked[3]) / 2  # drop the lowest and the highest
+    low, high = (ranked[0] + ranked[1]) / 2, (ranked[-2] + ranked[-1]) / 2  # drop the lowest and the highest
+    path = tmp_path / "doc.jsonl"
+    path.write_bytes(jsonl([{"url": "http://example.com/ppl", "text_list": texts, "image_info": []}]))
     stats = tmp_path / "stats.json"
-    proc = rsyn("extract", tmp / "docs.parquet", "--ppl-model", model_dir, "--min-ppl", low, "--max-ppl", high,
-                "--device", "cpu", "--stats", stats, check=True)
+    # the model goes in by path, through the same option users pass
+    proc = rsyn("extract", path, "--filters", "ppl", "--ppl-model", model_dir, "--min-ppl", low, "--max-ppl", high,
+                "--ppl-batch-size", "2", "--device", "cpu", "--stats", stats, check=True)
     records = decode_stream(proc.stdout)
-    kept = [t for t, p in zip(texts, ppl) if low <= p <= high]
-    assert [r["text"] for r in records if r["kind"] == "text"] == kept
+    assert [r["text"] for r in records] == [t for t, p in zip(texts, ppl) if low <= p <= high]
     for record in records:
-        if record["kind"] == "text":
-            assert record["scores"]["ppl"] == pytest.approx(ppl[texts.index(record["text"])], rel=1e-4)
+        assert record["scores"]["ppl"] == pytest.approx(ppl[texts.index(record["text"])], rel=1e-4)
     dropped = orjson.loads(stats.read_bytes())["dropped"]
-    assert (dropped["ppl_too_low"], dropped["ppl_too_high"]) == (1, 1)
-    assert list(dropped)[-3:] == ["ppl_too_low", "ppl_too_high", "ppl_undefined"]
+    assert dropped == {"image_repeated_in_doc": 0, "ppl_too_low": 1, "ppl_too_high": 1, "ppl_undefined": 0}
 
 
 def test_unavailable_perplexity_model_is_one_clear_line(parquet_run):

@@ -16,6 +16,10 @@ def extract(
     run: Run,
     fmt: Annotated[str, typer.Option("--format", help="auto (from the fields / parquet columns), obelics or mmc4.",
                                      rich_help_panel=_INPUT)] = "auto",
+    filters: Annotated[str, typer.Option("--filters", metavar="NAMES",
+                                         help="The filters to apply, in this order (the funnel's order). Putting "
+                                              "entropy before cat keeps the same records and parses far fewer "
+                                              "sentences.")] = "size,emoji,url,words,cat,entropy,ppl",
     disable: Annotated[str, typer.Option("--disable", metavar="NAMES",
                                          help="Comma-separated filters to turn off: size, emoji, url, words, cat, "
                                               "entropy, ppl.")] = "",
@@ -70,10 +74,14 @@ def extract(
     from rsyn.stages.extract import ExtractOptions, run_extract
 
     run_extract(run, ExtractOptions(
-        fmt=fmt, disable={name.strip() for name in disable.split(",") if name.strip()},
+        fmt=fmt, filters=_names(filters), disable=set(_names(disable)),
         min_side=min_side, max_aspect=max_aspect, min_words=min_words, max_words=max_words,
         min_complexity=min_complexity, require_action=require_action, spacy_model=spacy_model,
         spacy_processes=spacy_processes, spacy_batch_size=spacy_batch_size, min_entropy=min_entropy,
         entropy_log_base=entropy_log_base, word_counts=word_counts, save_word_counts=save_word_counts,
         count_only=count_only, ppl_model=ppl_model, min_ppl=min_ppl, max_ppl=max_ppl,
         ppl_batch_size=ppl_batch_size, ppl_dtype=ppl_dtype, window=window))
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]

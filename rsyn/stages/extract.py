@@ -43,6 +43,7 @@ REPEATED_IMAGE = "image_repeated_in_doc"
 @dataclass
 class ExtractOptions:
     fmt: str = "auto"
+    filters: list[str] = field(default_factory=lambda: list(FILTER_NAMES))  # applied in this order
     disable: set[str] = field(default_factory=set)
     min_side: int = 100
     max_aspect: float = 3.0
@@ -70,7 +71,7 @@ class ExtractOptions:
 def run_extract(run: Run, opts: ExtractOptions) -> None:
     _check_options(opts)
     paths = run.input_paths()
-    enabled = [name for name in FILTER_NAMES if name not in opts.disable]
+    enabled = [name for name in opts.filters if name not in opts.disable]
     counts = _word_counts(run, paths, opts, needed="entropy" in enabled)
     if opts.count_only or (opts.save_word_counts and STDIO in paths):
         return
@@ -89,9 +90,12 @@ def run_extract(run: Run, opts: ExtractOptions) -> None:
 
 
 def _check_options(opts: ExtractOptions) -> None:
-    unknown = sorted(set(opts.disable) - set(FILTER_NAMES))
-    if unknown:
-        raise RsynError(f"--disable {','.join(unknown)}: unknown filter (known: {', '.join(FILTER_NAMES)})")
+    for option, names in (("--filters", opts.filters), ("--disable", opts.disable)):
+        unknown = sorted(set(names) - set(FILTER_NAMES))
+        if unknown:
+            raise RsynError(f"{option} {','.join(unknown)}: unknown filter (known: {', '.join(FILTER_NAMES)})")
+    if len(set(opts.filters)) != len(opts.filters):
+        raise RsynError(f"--filters {','.join(opts.filters)}: a filter is named twice")
     if opts.fmt not in ("auto", "obelics", "mmc4"):
         raise RsynError(f"--format {opts.fmt!r}: expected auto, obelics or mmc4")
     if opts.entropy_log_base not in LOG_BASES:

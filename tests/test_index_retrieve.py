@@ -262,11 +262,11 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
 
 
 def test_pq_lists_under_a_memory_budget_rerank_to_exact_cosines(planted, tmp_path):
-    # 3060 x 64-d float32 lists need ~0.8 MB; a 400 KB budget forces product quantization
+    # 3060 x 64-d float32 lists need ~0.8 MB; a 90 KB budget forces 16-byte PQ codes (24 would not fit)
     rsyn("index", planted["tmp"] / "sentences.jsonl", "-o", tmp_path / "pq", "--clusters", "30",
-         "--max-memory", "400K", "--device", "cpu", "-q", check=True)
+         "--max-memory", "90K", "--device", "cpu", "-q", check=True)
     meta = orjson.loads((tmp_path / "pq" / "meta.json").read_bytes())
-    assert meta["index_type"] == "ivf_pq" and meta["parameters"]["pq_bytes"] == 64
+    assert meta["index_type"] == "ivf_pq" and meta["parameters"]["pq_bytes"] == 16
     assert (tmp_path / "pq" / "vectors.npy").exists()
     queries = jsonl(image_records(planted["queries"]))
     flat = decode_stream(rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries,

@@ -44,7 +44,7 @@ POINTS_PER_CLUSTER = 64
 BATCH = 8192          # records decoded per batch while reading
 PQ_TRAINING_POINTS = 65536
 MIN_PQ_TRAINING_POINTS = 1000
-ADD_BATCH = 65536     # vectors converted to float32 and added to faiss per batch
+ADD_BATCH = 16384     # vectors read, converted to float32 and added to faiss per batch (32 MiB at 512-d)
 ID_BYTES = 8          # faiss stores one int64 id per vector in the inverted lists
 
 
@@ -139,6 +139,7 @@ def run_index(run: Run, *, clusters: int | None, max_memory: str | None, index_t
                                   note=run.note, ignored={"not_text": run.dropped.get("not_text", 0)},
                                   clusters=clusters, budget=budget, index_type=index_type, pq_bytes=pq_bytes,
                                   points_per_cluster=points_per_cluster, niter=niter)
+        sync_files(building)  # the data must be on disk before meta.json says the index is complete
         write_bytes_atomic(building / META, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")
         publish(building, target)
     except BaseException:
@@ -156,6 +157,13 @@ def check_replaceable(target: Path) -> None:
         raise RsynError(f"{target}: exists and is not a directory")
     if not (target / META).exists() and any(target.iterdir()):
         raise RsynError(f"{target}: exists and is not an rsyn index directory; refusing to replace it")
+
+
+def sync_files(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def publish(building: Path, target: Path) -> None:
@@ -322,9 +330,9 @@ def build(vectors: np.ndarray, out: Path, *, model: str, seed: int = 0, device: 
     del sample
 
     with timer("add_seconds"):
-        target = _to_gpu(index, device) if gpu else index
-        for start in range(0, n, ADD_BATCH):
-            target.add(unit_rows(to_float32(vectors, start, start + ADD_BATCH)))
+        target = index_to_gpu(index, device) if gpu else index
+        for _, chunk in row_chunks(vectors, ADD_BATCH):
+            target.add(unit_rows(chunk))
         if gpu:
             index = faiss.index_gpu_to_cpu(target)
     faiss.write_index(index, str(out / IVF))
@@ -367,7 +375,30 @@ def training_sample(vectors: np.ndarray, size: int, *, seed: int) -> np.ndarray:
     if size >= n:
         return unit_rows(to_float32(vectors))
     rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-    return unit_rows(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    sample = np.empty((size, vectors.shape[1]), dtype=np.float32)
+    taken = 0
+    for start, chunk in row_chunks(vectors, ADD_BATCH):  # one sequential pass, not random reads
+        stop = np.searchsorted(rows, start + len(chunk))
+        sample[taken:stop] = chunk[rows[taken:stop] - start]
+        taken = stop
+    return unit_rows(sample)
+
+
+def row_chunks(vectors: np.ndarray, batch: int):
+    """(start, float32 rows) in order. A disk-backed matrix is read with plain file reads rather than
+    through its memory map, so the pages read do not stay in this process's resident memory."""
+    n, dim = vectors.shape
+    if not isinstance(vectors, np.memmap) or vectors.filename is None:
+        for start in range(0, n, batch):
+            yield start, to_float32(vectors, start, start + batch)
+        return
+    row_bytes = dim * vectors.dtype.itemsize
+    with open(vectors.filename, "rb") as fh:
+        for start in range(0, n, batch):
+            count = min(batch, n - start)
+            fh.seek(vectors.offset + start * row_bytes)
+            rows = np.frombuffer(fh.read(count * row_bytes), dtype=vectors.dtype).reshape(count, dim)
+            yield start, rows.astype(np.float32)
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -378,20 +409,23 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def copy_to_npy(vectors: np.ndarray, path: Path) -> None:
-    out = np.lib.format.open_memmap(path, mode="w+", dtype="<f2", shape=vectors.shape)
-    for start in range(0, len(vectors), ADD_BATCH):
-        out[start:start + ADD_BATCH] = vectors[start:start + ADD_BATCH]
-    out.flush()
-    del out
+    """The float16 vectors as a .npy file for re-ranking (written with file writes, not a memory map)."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f2", "fortran_order": False, "shape": vectors.shape})
+        for _, chunk in row_chunks(vectors, ADD_BATCH):
+            fh.write(chunk.astype("<f2").tobytes())
 
 
-def _to_gpu(index, device: str):
+def index_to_gpu(index, device: str):
+    """The index on the GPU of `device`. float16 lookup tables let large PQ codes fit the GPU's shared memory."""
     import faiss
 
     from rsyn.vectors import _gpu_id
 
     resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, _gpu_id(device), index)
+    options = faiss.GpuClonerOptions()
+    options.useFloat16LookupTables = True
+    gpu_index = faiss.index_cpu_to_gpu(resources, _gpu_id(device), index, options)
     gpu_index.referenced_objects = [resources]
     return gpu_index
 

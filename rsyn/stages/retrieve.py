@@ -53,9 +53,9 @@ class IndexDirectory:
         self.cpu_index = index
         self.index = index
         if use_faiss_gpu(device):
-            from rsyn.stages.index import _to_gpu
+            from rsyn.stages.index import index_to_gpu
 
-            self.index = _to_gpu(index, device)
+            self.index = index_to_gpu(index, device)
         self.vectors = None
         if self.index_type == "ivf_pq":
             try:
@@ -246,25 +246,31 @@ def _search_batch(run: Run, index: IndexDirectory, pending: list, queries: list,
 
 
 def _decode_queries(run: Run, index: IndexDirectory, pending: list, queries: list) -> tuple[np.ndarray, list]:
-    """Decode the batch's embeddings at once; on failure report the bad ones by place and drop them."""
+    """Decode the batch's embeddings at once; report bad ones (by place) and leave them out of the output."""
     try:
-        return _unit(decode_embeddings([q[1] for q in queries], index.dim)), queries
+        matrix = decode_embeddings([q[1] for q in queries], index.dim)
     except ValueError:
-        pass
-    good = []
-    for q in queries:
-        try:
-            decode_embeddings([q[1]], index.dim)
-            good.append(q)
-        except ValueError as exc:
-            run.error(q[2], f"bad image embedding: {exc}", record=pending[q[0]], reason="bad_emb")
-            pending[q[0]] = None
-    if not good:
-        return np.zeros((0, index.dim), np.float32), good
-    return _unit(decode_embeddings([q[1] for q in good], index.dim)), good
+        good = []
+        for q in queries:
+            try:
+                decode_embeddings([q[1]], index.dim)
+                good.append(q)
+            except ValueError as exc:
+                _reject(run, pending, q, f"bad image embedding: {exc}")
+        queries = good
+        matrix = decode_embeddings([q[1] for q in queries], index.dim) if queries else np.zeros((0, index.dim))
+    norms = np.linalg.norm(matrix, axis=1)
+    usable = np.isfinite(norms) & (norms > 0.5)
+    if not usable.all():
+        for i in np.flatnonzero(~usable):
+            _reject(run, pending, queries[i], "image embedding is zero or not finite (embeddings are unit vectors)")
+        queries = [q for q, ok in zip(queries, usable) if ok]
+        matrix, norms = matrix[usable], norms[usable]
+    # float16 rounding leaves norms of 1 +- 1e-3; re-normalise so scores are exact cosines
+    return matrix / norms[:, None], queries
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    # f16 rounding leaves norms of 1 +- 1e-3; re-normalise so scores are exact cosines
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms > 0, norms, 1)
+def _reject(run: Run, pending: list, query: tuple, message: str) -> None:
+    position, _, where = query
+    run.error(where, message, record=pending[position], reason="bad_emb")
+    pending[position] = None

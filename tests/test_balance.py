@@ -5,17 +5,34 @@ centres) and known image/syn_text cosines; real faiss does the clustering.
 """
 
 import random
+import subprocess
 
 import numpy as np
 import orjson
 import pytest
+from typer.testing import CliRunner
 
 from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn
+from rsyn.cli import app
 from rsyn.records import encode_embeddings
 from rsyn.stages.balance import cap_for_target, rank_in_cluster, size_distribution
 
 DIM = 32
 MODEL = "ViT-B-32/openai"
+
+
+def rsyn_here(*args, input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """The real `rsyn` command line run inside the test process: no interpreter start-up per call.
+
+    A traceback (any exception other than the CLI's own exit) fails the test.
+    """
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
+    return proc
 
 
 def make_records(sizes, sims=0.56, dim=DIM, model=MODEL, seed=0, prefix="r"):
@@ -43,7 +60,7 @@ def make_records(sizes, sims=0.56, dim=DIM, model=MODEL, seed=0, prefix="r"):
 
 
 def balance(*args, records=None, check=True):
-    return rsyn("balance", "--device", "cpu", *args, input=jsonl(records) if records is not None else None,
+    return rsyn_here("balance", "--device", "cpu", *args, input=jsonl(records) if records is not None else None,
                 check=check)
 
 
@@ -214,7 +231,7 @@ def test_bad_records_name_their_line_or_are_counted(tmp_path, clustered):
         "rsyn: error: <stdin>:5: image record has no `syn_emb` "
         "(run `rsyn embed --text-field syn_text --emb-field syn_emb`)")
     stats = tmp_path / "stats.json"
-    proc = rsyn("balance", "--device", "cpu", *args, "--on-error", "skip", "--stats", stats, input=stream, check=True)
+    proc = rsyn_here("balance", "--device", "cpu", *args, "--on-error", "skip", "--stats", stats, input=stream, check=True)
     assert len(decode_stream(proc.stdout)) == 3
     s = stage_stats(stats)
     assert s["errors"] == {"missing_field": 1, "bad_embedding": 1, "model_mismatch": 1}
@@ -225,7 +242,7 @@ def test_rerun_on_its_own_output_is_stable(clustered):
     records, centres = clustered
     args = ["--sim-range", "0.5,0.6", "--centroids", centres, "--per-cluster", "10"]
     once = balance(*args, records=records).stdout
-    twice = rsyn("balance", "--device", "cpu", *args, input=once, check=True).stdout
+    twice = rsyn_here("balance", "--device", "cpu", *args, input=once, check=True).stdout
     assert decode_stream(twice) == decode_stream(once)
 
 
@@ -250,7 +267,7 @@ def test_files_are_read_twice_and_give_the_same_bytes_as_stdin(tmp_path, cluster
     path = tmp_path / "in.jsonl.gz"
     path.write_bytes(compress(data, "gzip"))
     args = ["--sim-range", "0.5,0.6", "--centroids", centres, "--per-cluster", "10"]
-    from_stdin = rsyn("balance", "--device", "cpu", *args, input=data, check=True).stdout
+    from_stdin = rsyn("balance", "--device", "cpu", *args, input=data, check=True).stdout  # a real pipe
     rejects = tmp_path / "rejects.jsonl"
     from_file = balance(*args, path, "--rejects", rejects).stdout
     # the same records; bytes differ only where the input line had blanks inside (kept as they were)

@@ -5,7 +5,6 @@ import http.server
 import io
 import os
 import subprocess
-import sys
 import threading
 from functools import partial
 
@@ -16,10 +15,26 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import jsonl, rsyn
+from rsyn.cli import app
 
 RELEASE = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
+
+
+def rsyn_here(*args, input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """The real `rsyn` command line run inside the test process: no interpreter start-up per call.
+
+    A traceback (any exception other than the CLI's own exit) fails the test.
+    """
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
+    return proc
 
 
 def image_record(i, n_texts=3, url="http://example.org", **extra):
@@ -31,7 +46,7 @@ def image_record(i, n_texts=3, url="http://example.org", **extra):
 
 
 def pack(*args, records, check=True):
-    return rsyn("pack", *args, input=jsonl(records), check=check)
+    return rsyn_here("pack", *args, input=jsonl(records), check=check)
 
 
 def read_rows(directory):
@@ -83,7 +98,7 @@ def test_bad_record_fails_with_its_line_and_leaves_no_directory(tmp_path):
     records = [image_record(i) for i in range(5)]
     del records[3]["url"]
     out = tmp_path / "release"
-    proc = pack("-o", out, "--rows-per-shard", "2", records=records, check=False)
+    proc = rsyn("pack", "-o", out, "--rows-per-shard", "2", input=jsonl(records))  # a real process
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.strip() == "rsyn: error: <stdin>:4: image record has no `url`"
     assert os.listdir(tmp_path) == []  # neither the directory nor its temporary twin
@@ -159,15 +174,15 @@ def test_img2dataset_downloads_a_packed_release(tmp_path, image_server):
     release = tmp_path / "release"
     pack("-o", release, records=records)
     downloaded = tmp_path / "downloaded"
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    img2dataset = os.path.join(os.path.dirname(sys.executable), "img2dataset")
-    proc = subprocess.run(
-        [img2dataset, "--url_list", str(release), "--input_format", "parquet", "--url_col", "raw_image_url",
-         "--caption_col", "text1", "--save_additional_columns", '["text2","text3","syn_text"]',
-         "--output_format", "webdataset", "--output_folder", str(downloaded), "--processes_count", "1",
-         "--thread_count", "4", "--resize_mode", "no", "--timeout", "5", "--enable_wandb", "False"],
-        capture_output=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations: no network check
+    from img2dataset import download
+
+    # the options of the RealSyn release's instructions; one worker process, few threads, no resizing
+    download(url_list=str(release), input_format="parquet", url_col="raw_image_url", caption_col="text1",
+             save_additional_columns=["text2", "text3", "syn_text"], output_format="webdataset",
+             output_folder=str(downloaded), processes_count=1, thread_count=4, resize_mode="no", timeout=5,
+             enable_wandb=False)
+    assert "success" in orjson.loads((downloaded / "00000_stats.json").read_bytes())["status_dict"]
     samples = list(wds.WebDataset(sorted(glob.glob(f"{downloaded}/*.tar")), shardshuffle=False)
                    .decode("pil").to_tuple("jpg", "txt", "json"))
     assert len(samples) == 6

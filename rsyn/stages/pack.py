@@ -153,29 +153,43 @@ class TextStats:
 # --------------------------------------------------------------------------- writers
 
 
-class ParquetShards:
-    suffix = "parquet"
+class Shards:
+    """Writes numbered shards into a directory; `shards` lists what was written."""
 
-    def __init__(self, directory: Path, schema, stats: TextStats):
+    suffix = ""
+
+    def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int):
         self.directory, self.schema, self.stats = directory, schema, stats
+        self.rows_per_shard = rows_per_shard
         self.shards: list[dict] = []
+
+    def next_name(self) -> str:
+        return f"{len(self.shards):05d}.{self.suffix}"
+
+    def write(self, rows: list[dict], places: list[str]) -> None:
+        """One shard of rows; `places` are their FILE:LINE, for error messages."""
+        raise NotImplementedError
+
+
+class ParquetShards(Shards):
+    suffix = "parquet"
 
     def write(self, rows: list[dict], places: list[str]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist(rows, schema=self.schema)
-        name = f"{len(self.shards):05d}.{self.suffix}"
+        name = self.next_name()
         pq.write_table(table, self.directory / name)
         self.stats.add(table)
         self.shards.append({"name": name, "rows": table.num_rows})
 
 
-class WebdatasetShards(ParquetShards):
+class WebdatasetShards(Shards):
     suffix = "tar"
 
-    def __init__(self, directory: Path, schema, stats: TextStats, run: Run):
-        super().__init__(directory, schema, stats)
+    def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int, run: Run):
+        super().__init__(directory, schema, stats, rows_per_shard)
         self.run = run
         self.reencoded = 0
 
@@ -184,8 +198,8 @@ class WebdatasetShards(ParquetShards):
         import webdataset as wds
 
         shard = len(self.shards)
-        name = f"{shard:05d}.{self.suffix}"
-        width = max(4, len(str(len(rows) - 1)))
+        name = self.next_name()
+        width = max(4, len(str(self.rows_per_shard - 1)))  # img2dataset's keys: 5 digits of shard, 4 of index
         written = []
         with open(self.directory / name, "wb") as fh:
             # mtime fixed so that the same input gives byte-identical tars
@@ -259,8 +273,8 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
     try:
         stats = TextStats()
         schema = release_schema(extra_columns)
-        shards = (WebdatasetShards(out.tmp, schema, stats, run) if fmt == "webdataset"
-                  else ParquetShards(out.tmp, schema, stats))
+        shards = (WebdatasetShards(out.tmp, schema, stats, rows_per_shard, run) if fmt == "webdataset"
+                  else ParquetShards(out.tmp, schema, stats, rows_per_shard))
         rows: list[dict] = []
         places: list[str] = []
         for record in run.records():

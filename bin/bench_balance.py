@@ -201,6 +201,7 @@ def main() -> None:
         st = s["stage"]
         print(f"\nbalance kept {kept:,} of {s['in']:,}; window {st['sim_window']['lo']}..{st['sim_window']['hi']} "
               f"({st['sim_window']['chosen']}); {st['clusters']} clusters, t = {st['per_cluster']}")
+        print("  rsyn balance phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in st["phase_seconds"].items()))
         for when in ("before", "after"):
             d = st[when]
             print(f"  {when:6} max share {d['max_share']:.2%}  Gini {d['gini']:.3f}  singletons {d['singletons']}  "

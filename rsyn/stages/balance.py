@@ -27,6 +27,7 @@ import math
 import os
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -399,28 +400,33 @@ def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None 
     # pass 2 finds records again by (file, line): only distinct regular files can be read twice
     rereadable = {path: _file_identity(path) for path in paths if _is_regular_file(path)}
     first = _FirstPass(run, window, spill_dir, spill_records=len(rereadable) < len(paths))
+    clock = time.perf_counter()
     try:
         first.read()
+        seconds = {"pass1": time.perf_counter() - clock}
         sims, keep_keys, train_keys, places = first.arrays()
         vectors = first.vectors.finish()
         status, labels, stage = _decide(run, window, sims, keep_keys, train_keys, vectors, clusters=clusters,
                                         per_cluster=per_cluster, target=target, kmeans_iters=kmeans_iters,
                                         kmeans_sample=kmeans_sample, centroids_path=centroids_path,
-                                        save_centroids=save_centroids)
+                                        save_centroids=save_centroids, seconds=seconds)
         stage["emb_model"] = first.emb_model
-        run.extra.update(stage)
         if first.records_path is None:
             for path, identity in rereadable.items():
                 if _file_identity(path) != identity:
                     raise RsynError(f"{path}: changed while balance was reading it")
+        clock = time.perf_counter()
         _second_pass(run, first, status, labels, sims, places)
+        seconds["pass2"] = time.perf_counter() - clock
+        stage["phase_seconds"] = {name: round(value, 3) for name, value in seconds.items()}
+        run.extra.update(stage)
     finally:
         first.close()
     _note_summary(run, stage)
 
 
 def _decide(run, window, sims, keep_keys, train_keys, vectors, *, clusters, per_cluster, target, kmeans_iters,
-            kmeans_sample, centroids_path, save_centroids):
+            kmeans_sample, centroids_path, save_centroids, seconds):
     n = len(sims)
     lo, hi, how = window_bounds(window, sims)
     status = np.full(n, _KEEP, dtype=np.int8)
@@ -444,15 +450,19 @@ def _decide(run, window, sims, keep_keys, train_keys, vectors, *, clusters, per_
         k = clusters if clusters else max(1, round(len(rows) / PAPER_IMAGES_PER_CLUSTER))
         k = min(k, len(rows))
         cap = kmeans_sample or k * 256
+        clock = time.perf_counter()
         sample = _training_sample(vectors, rows, train_keys, cap)
         run.note(f"k-means: {k} clusters from {len(sample):,} of {len(rows):,} image embeddings")
         centroids = train_kmeans(sample, k, seed=run.seed, niter=kmeans_iters, device=device,
                                  max_points_per_centroid=max(256, math.ceil(len(sample) / k)))
+        seconds["kmeans"] = time.perf_counter() - clock
         stage["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
     if save_centroids:
         write_bytes_atomic(save_centroids, _npy_bytes(centroids))
 
+    clock = time.perf_counter()
     window_labels = _assign(vectors, rows, centroids, device)
+    seconds["assign"] = time.perf_counter() - clock
     sizes = np.bincount(window_labels, minlength=k)
     if target is not None:
         t = cap_for_target(sizes, target)

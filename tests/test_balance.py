@@ -276,3 +276,22 @@ def test_files_are_read_twice_and_give_the_same_bytes_as_stdin(tmp_path, cluster
     for entry in read_stream_file(rejects):
         lineno = int(entry["where"].rsplit(":", 1)[1])
         assert orjson.loads(data.split(b"\n")[lineno - 1])["id"] == entry["record"]["id"]
+
+
+def test_sim_range_spellings(tmp_path):
+    from rsyn.command import RsynError
+    from rsyn.stages.balance import SimRange, parse_sim_range
+
+    existing = tmp_path / "0.7"
+    existing.write_text("")
+    assert parse_sim_range("0.5", ["a.jsonl", "0.6"]) == (SimRange(lo=0.5, hi=0.6), ["a.jsonl"])
+    assert parse_sim_range("0.5", ["0.6", str(existing)]) == (SimRange(lo=0.5, hi=0.6), [str(existing)])
+    assert parse_sim_range("0.5..0.6", []) == parse_sim_range("0.5,0.6", []) == (SimRange(lo=0.5, hi=0.6), [])
+    assert parse_sim_range("auto", ["x"]) == (SimRange(quantiles=(0.075, 0.925)), ["x"])
+    assert parse_sim_range("auto:0.1,0.9", []) == (SimRange(quantiles=(0.1, 0.9)), [])
+    assert parse_sim_range(None, ["x"]) == (SimRange(), ["x"])
+    for bad in ["0.6,0.5", "auto:0.9,0.1", "abc", "0.5,x", "2,3"]:
+        with pytest.raises(RsynError):
+            parse_sim_range(bad, [])
+    with pytest.raises(RsynError, match="give the upper bound too"):
+        parse_sim_range("0.5", ["a.jsonl"])

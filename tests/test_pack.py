@@ -169,7 +169,7 @@ def image_server(tmp_path):
 
 
 def test_img2dataset_downloads_a_packed_release(tmp_path, image_server):
-    records = [image_record(i, url=image_server) for i in range(6)]
+    records = [image_record(i, url=image_server) for i in range(7)]  # 6.jpg does not exist: a 404
     records[5]["texts"] = records[5]["texts"][:1]  # text2, text3 missing: null in parquet
     release = tmp_path / "release"
     pack("-o", release, records=records)
@@ -187,9 +187,18 @@ def test_img2dataset_downloads_a_packed_release(tmp_path, image_server):
                    .decode("pil").to_tuple("jpg", "txt", "json"))
     assert len(samples) == 6
     by_url = {meta["url"]: (image, text1, meta) for image, text1, meta in samples}
-    for i, record in enumerate(records):
+    for i, record in enumerate(records[:6]):
         image, text1, meta = by_url[record["url"]]
         assert image.size == (64 + 8 * i, 48)
         assert text1 == record["texts"][0]["text"] and meta["syn_text"] == record["syn_text"]
         texts = [t["text"] for t in record["texts"]] + [None, None]
         assert (meta["text2"], meta["text3"]) == (texts[1], texts[2])
+
+    # the downloaded images, found by URL, packed into our own webdataset layout
+    repacked = tmp_path / "repacked"
+    proc = pack("-o", repacked, "--format", "webdataset", "--images", downloaded, records=records)
+    assert "7 in, 6 out, 1 dropped (not_downloaded 1)" in proc.stderr.decode()
+    mine = list(wds.WebDataset(str(repacked / "00000.tar"), shardshuffle=False).decode("pil")
+                .to_tuple("jpg", "txt", "json"))
+    assert [(image.size, text1, meta["syn_text"]) for image, text1, meta in mine] == [
+        ((64 + 8 * i, 48), r["texts"][0]["text"], r["syn_text"]) for i, r in enumerate(records[:6])]

@@ -18,6 +18,11 @@ def pack(
     extra_columns: Annotated[bool, typer.Option(
         "--extra-columns", help="Add provenance: id, doc, text1..3_id, text1..3_score, caption, tags, cluster, "
                                 "sim.")] = False,
+    images: Annotated[Optional[str], typer.Option(
+        "--images", metavar="DIR",
+        help="For --format webdataset: take each record's image from this img2dataset output (webdataset or "
+             "files format), matched by URL; records whose URL it could not download are dropped "
+             "(not_downloaded). A record's own `path` comes first.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a non-empty output directory (swapped in only when the new one is "
                             "complete).")] = False,
@@ -32,4 +37,5 @@ def pack(
     """
     from rsyn.stages.pack import run_pack
 
-    run_pack(run, fmt=fmt, rows_per_shard=rows_per_shard, extra_columns=extra_columns, overwrite=overwrite)
+    run_pack(run, fmt=fmt, rows_per_shard=rows_per_shard, extra_columns=extra_columns, overwrite=overwrite,
+             images=images)

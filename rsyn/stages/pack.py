@@ -150,6 +150,82 @@ class TextStats:
         }
 
 
+# --------------------------------------------------------------------------- images
+
+
+IMAGE_SUFFIXES = ("jpg", "png", "webp")  # img2dataset's --encode_format choices
+
+
+class DownloadedImages:
+    """The images an img2dataset run saved (webdataset or files output format), found by their URL.
+
+    img2dataset writes, per shard, `SHARD.parquet` (url, key, status) next to
+    `SHARD.tar` (members KEY.jpg, ...) or a folder `SHARD/` (files KEY.jpg,
+    ...). The index maps each successfully downloaded URL to (file, offset,
+    size) of its image: a tar member is read with one seek, never extracted.
+    """
+
+    def __init__(self, directory: str):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        root = Path(directory)
+        if not root.is_dir():
+            raise RsynError(f"--images {directory}: not a directory")
+        self.location: dict[str, tuple[str, int | None, int | None]] = {}
+        metas = sorted(root.glob("*.parquet"))
+        if not metas:
+            raise RsynError(f"--images {directory}: no img2dataset shard metadata (*.parquet) in it")
+        for meta in metas:
+            try:
+                table = pq.read_table(meta, columns=["url", "key", "status"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise RsynError(f"--images {meta}: not img2dataset metadata (url, key, status): {exc}") from None
+            table = table.filter(pc.equal(table["status"], "success"))
+            pairs = zip(table["url"].to_pylist(), table["key"].to_pylist())
+            tar, folder = meta.with_suffix(".tar"), meta.with_suffix("")
+            if tar.exists():
+                members = _tar_images(tar)
+                for url, key in pairs:
+                    if key in members:
+                        self.location[url] = (str(tar), *members[key])
+            elif folder.is_dir():
+                for url, key in pairs:
+                    for suffix in IMAGE_SUFFIXES:
+                        path = folder / f"{key}.{suffix}"
+                        if path.exists():
+                            self.location[url] = (str(path), None, None)
+                            break
+
+    def __contains__(self, url: str) -> bool:
+        return url in self.location
+
+
+def _tar_images(tar: Path) -> dict[str, tuple[int, int]]:
+    """KEY -> (offset, size) of the image member KEY.<jpg|png|webp>; headers only, data is skipped."""
+    import tarfile
+
+    found = {}
+    with tarfile.open(tar, "r:") as archive:
+        for member in archive:
+            key, _, suffix = member.name.rpartition("/")[2].partition(".")
+            if suffix in IMAGE_SUFFIXES and member.isfile():
+                found[key] = (member.offset_data, member.size)
+    return found
+
+
+def read_image_bytes(source: tuple[str, int | None, int | None]) -> bytes:
+    path, offset, size = source
+    if offset is None:
+        return Path(path).read_bytes()
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise OSError(f"{path} is truncated")
+    return data
+
+
 # --------------------------------------------------------------------------- writers
 
 
@@ -205,7 +281,7 @@ class WebdatasetShards(Shards):
             # mtime fixed so that the same input gives byte-identical tars
             tar = wds.TarWriter(fh, mtime=0, encoder=False)
             for i, (row, where) in enumerate(zip(rows, places)):
-                image = self._jpeg(row.pop("_path"), where)
+                image = self._jpeg(row.pop("_image"), where)
                 if image is None:
                     continue
                 meta = {k: v for k, v in row.items() if k != "text1"}
@@ -218,10 +294,11 @@ class WebdatasetShards(Shards):
         self.stats.add(table)
         self.shards.append({"name": name, "rows": len(written)})
 
-    def _jpeg(self, path: str, where: str) -> bytes | None:
+    def _jpeg(self, source: tuple[str, int | None, int | None], where: str) -> bytes | None:
         """The image as JPEG bytes (other formats re-encoded), or None after reporting it."""
+        path = source[0]
         try:
-            data = Path(path).read_bytes()
+            data = read_image_bytes(source)
         except OSError as exc:
             self.run.error(where, f"cannot read image {path}: {exc.strerror or exc}", reason="unreadable_image")
             return None
@@ -262,13 +339,18 @@ class _RowsWritten:
 
 
 def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = None, extra_columns: bool = False,
-             overwrite: bool = False) -> None:
+             overwrite: bool = False, images: str | None = None) -> None:
     if not run.output or run.output == "-":
         raise RsynError("pack writes a directory: give -o DIR")
     if fmt not in DEFAULT_ROWS:
         raise RsynError(f"--format {fmt!r}: expected parquet or webdataset")
+    if images and fmt != "webdataset":
+        raise RsynError("--images is for --format webdataset")
     rows_per_shard = rows_per_shard or DEFAULT_ROWS[fmt]
-    run.declare_reasons(["not_image"])
+    run.declare_reasons(["not_image", "not_downloaded"] if images else ["not_image"])
+    downloaded = DownloadedImages(images) if images else None
+    if downloaded is not None:
+        run.note(f"{len(downloaded.location):,} downloaded images in {images}")
     out = AtomicDirectory(run.output, overwrite)
     try:
         stats = TextStats()
@@ -287,11 +369,17 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
                 continue
             if fmt == "webdataset":
                 path = record.get("path")
-                if not isinstance(path, str) or not path:
-                    run.error(run.where, "no local image (`path`): --format webdataset needs downloaded images",
-                              record=record, reason="no_local_image")
+                if isinstance(path, str) and path:
+                    row["_image"] = (path, None, None)
+                elif downloaded is not None:
+                    if row["raw_image_url"] not in downloaded:  # img2dataset could not fetch it: expected, counted
+                        run.drop(record, "not_downloaded")
+                        continue
+                    row["_image"] = downloaded.location[row["raw_image_url"]]
+                else:
+                    run.error(run.where, "no local image (`path`): --format webdataset needs downloaded images "
+                              "(or --images DIR, an img2dataset output)", record=record, reason="no_local_image")
                     continue
-                row["_path"] = path
                 places.append(run.where)
             rows.append(row)
             if len(rows) >= rows_per_shard:

@@ -288,6 +288,18 @@ def test_semantic_needs_embeddings_and_reports_the_line(tmp_path):
     assert reasons == ["bad_embedding", "bad_kind"]
 
 
+def test_skipped_records_do_not_shift_embeddings(tmp_path):
+    rng = np.random.default_rng(5)
+    v = _unit(rng.normal(size=(3, 16)))
+    records = _with_emb([image("http://a/1.jpg", "i1"), image("http://a/2.jpg", "i2", path=str(tmp_path / "no.jpg")),
+                         image("http://a/3.jpg", "i3"), image("http://a/4.jpg", "i4")], [v[0], v[1], v[2], v[0]])
+    out, dropped, proc = dedup(records, "--mode", "exact,semantic", "--on-error", "skip", "--device", "cpu",
+                               tmp_path=tmp_path)
+    assert [r["id"] for r in out] == ["i1", "i3"]
+    assert dropped["i4"]["dup_of"] == "i1" and dropped["i4"]["similarity"] == 1.0
+    assert "1 skipped errors (unreadable_image 1)" in proc.stderr.decode()
+
+
 # --------------------------------------------------------------------------- streams
 
 

@@ -77,9 +77,12 @@ def run_dedup(run: Run, options: DedupOptions) -> None:
     if options.embedding_threshold is not None and options.semantic_threshold > options.perceptual_threshold:
         raise RsynError(f"--semantic-threshold {options.semantic_threshold} is above --perceptual-threshold "
                         f"{options.perceptual_threshold}: perceptual duplicates are the most similar ones")
-    run.declare_reasons(REASONS[m] for m in options.modes if m != "perceptual" or "semantic" not in options.modes)
-    if "semantic" in options.modes:
-        run.declare_reasons([REASONS["perceptual"], REASONS["semantic"]])
+    reasons = [REASONS[m] for m in options.modes if m in ("exact", "near")]
+    if "semantic" in options.modes:  # semantic drops the perceptual band too, with its own reason
+        reasons += [REASONS["perceptual"], REASONS["semantic"]]
+    elif "perceptual" in options.modes:
+        reasons.append(REASONS["perceptual"])
+    run.declare_reasons(reasons)
     with tempfile.TemporaryDirectory(prefix="rsyn-dedup-", dir=options.tmp_dir) as tmp:
         stream = _Collector(run, options, tmp)
         try:
@@ -155,7 +158,8 @@ class _Collector:
                 run.error(run.where, f"'kind' is {kind!r}, expected 'text' or 'image'", record=record,
                           reason="bad_kind")
                 continue
-            if self.needs_emb and not self._take_embedding(record, kind):
+            vector = self._embedding(record, kind) if self.needs_emb else None
+            if vector is False:
                 continue
             if kind == "image" and exact:
                 content = self._content_hash(record)
@@ -173,6 +177,11 @@ class _Collector:
                     self._forms.append(form)
                     if len(self._forms) >= BATCH:
                         self._flush_forms()
+            if vector is not None:
+                pending = self._emb[kind]
+                pending.append(vector)
+                if len(pending) >= BATCH:
+                    self._flush_emb(kind)
             self._accept(record, rid, kind)
         self._flush_forms()
         for kind in KINDS:
@@ -218,7 +227,8 @@ class _Collector:
         record["sha256"] = digest  # computed once, kept on the record for later stages
         return digest
 
-    def _take_embedding(self, record: dict, kind: str) -> bool:
+    def _embedding(self, record: dict, kind: str):
+        """The record's embedding as float16 bytes, after checking it; False after an input error."""
         run = self.run
         emb = record.get("emb")
         if type(emb) is not str:
@@ -245,11 +255,7 @@ class _Collector:
         if not np.isfinite(vector).all() or not vector.any():
             run.error(run.where, "'emb' is zero or not finite", record=record, reason="bad_embedding")
             return False
-        pending = self._emb[kind]
-        pending.append(raw)
-        if len(pending) >= BATCH:
-            self._flush_emb(kind)
-        return True
+        return raw
 
     def _flush_forms(self) -> None:
         if self._forms:

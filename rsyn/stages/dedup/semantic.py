@@ -26,7 +26,8 @@ import numpy as np
 
 SIM_BYTES = 1 << 26  # one block of the similarity matrix: 64 MiB of float32
 ASSIGN_BATCH = 65536
-SAMPLE_PER_CENTROID = 256  # k-means trains on at most this many points per centroid (faiss' own default)
+SAMPLE_PER_CENTROID = 64  # k-means trains on this many points per centroid: a partition for dedup needs no finer centroids
+KMEANS_ITERATIONS = 10
 
 
 def cluster_labels(vectors, rows: np.ndarray, cluster_size: int, *, seed: int, device: str) -> tuple[np.ndarray, int]:
@@ -41,6 +42,7 @@ def cluster_labels(vectors, rows: np.ndarray, cluster_size: int, *, seed: int, d
     n_train = min(m, k * SAMPLE_PER_CENTROID)
     sample = np.sort(rng.choice(m, size=n_train, replace=False)) if n_train < m else np.arange(m)
     centroids = train_kmeans(np.asarray(vectors[rows[sample]], dtype=np.float32), k, seed=seed, device=device,
+                             niter=KMEANS_ITERATIONS,
                              max_points_per_centroid=SAMPLE_PER_CENTROID)
     index = flat_ip_index(centroids, device)
     labels = np.empty(m, dtype=np.int64)

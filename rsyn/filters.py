@@ -57,8 +57,8 @@ class Filter:
     def apply(self, records: list[dict]) -> list[str | None]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Release workers or models (called once at the end of a run)."""
+    def close(self, ok: bool = True) -> None:
+        """Release workers or models (called once at the end of a run; ok=False when it failed)."""
 
 
 # --------------------------------------------------------------------------- images
@@ -295,6 +295,9 @@ _worker_nlp = None  # the spaCy pipeline of this process (parent or pool worker)
 
 def _init_worker(model: str) -> None:
     global _worker_nlp
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     if _worker_nlp is None:  # a forked worker inherits the parent's, loaded once
         _worker_nlp = load_spacy(model)
 
@@ -353,9 +356,12 @@ class CatFilter(Filter):
                 out.append(None)
         return out
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if self._pool is not None:
-            self._pool.close()
+            if ok:
+                self._pool.close()
+            else:
+                self._pool.terminate()
             self._pool.join()
             self._pool = None
 
@@ -365,9 +371,9 @@ class CatFilter(Filter):
 LOG_BASES = {"e": math.e, "2": 2.0, "10": 10.0}
 
 
-def count_words(paragraphs: Iterable[str]) -> Counter:
-    """Corpus word counts (memory grows with the vocabulary, not the corpus)."""
-    counts: Counter = Counter()
+def count_words(paragraphs: Iterable[str], counts: Counter | None = None) -> Counter:
+    """Corpus word counts, added to `counts` if given (memory grows with the vocabulary, not the corpus)."""
+    counts = Counter() if counts is None else counts
     update = counts.update
     for paragraph in paragraphs:
         update(WORD.findall(paragraph.casefold()))

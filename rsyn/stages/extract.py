@@ -14,6 +14,7 @@ file made by an earlier `--save-word-counts` run.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -82,11 +83,13 @@ def run_extract(run: Run, opts: ExtractOptions) -> None:
     stats = run.extra
     stats.update(documents=0, images_in=0, images_out=0, sentences_in=0, sentences_out=0, paragraphs=0,
                  end_markers_removed=0, filters=[f.name for f in filters])
+    ok = False
     try:
         run.write(_extract(run, paths, opts, filters))
+        ok = True
     finally:
         for f in filters:
-            f.close()
+            f.close(ok)
 
 
 def _check_options(opts: ExtractOptions) -> None:
@@ -156,8 +159,11 @@ def _word_counts(run: Run, paths: list[str], opts: ExtractOptions, needed: bool)
                         "--word-counts FILE (or --disable entropy)")
     count_only = opts.count_only or from_stdin
     # In a two-pass run the second pass reports bad documents; counting reports them only when it is the run.
-    documents = _documents(run, paths, opts, sharded=False, report_errors=count_only)
-    counts = count_words(p for d in documents for p in d.parts if type(p) is str)
+    counts: Counter = Counter()
+    documents = 0
+    for document in _documents(run, paths, opts, sharded=False, report_errors=count_only):
+        documents += 1
+        count_words((p for p in document.parts if type(p) is str), counts)
     source = "first pass over the inputs"
     if opts.save_word_counts:
         n = save_word_counts(opts.save_word_counts, counts)
@@ -166,7 +172,8 @@ def _word_counts(run: Run, paths: list[str], opts: ExtractOptions, needed: bool)
         if count_only:
             run.note("counted words only (stdin can be read once); extract with --word-counts "
                      f"{opts.save_word_counts}" if from_stdin else "counted words only (--count-only)")
-    run.extra["word_counts"] = {"source": source, "vocabulary": len(counts), "words": sum(counts.values())}
+    run.extra["word_counts"] = {"source": source, "documents": documents, "vocabulary": len(counts),
+                                "words": sum(counts.values())}
     return counts
 
 

@@ -236,21 +236,35 @@ def test_parquet_on_stdin_is_refused(parquet_run):
     assert "<stdin>: parquet cannot be read from stdin" in proc.stderr.decode()
 
 
-def test_perplexity_with_a_tiny_local_gpt2(tmp_path):
-    from rsyn.models.lm import build_tiny_gpt2, load_causal_lm, perplexities
+def rsyn_in_process(*args):
+    """The same `rsyn` app, invoked in this process: torch and transformers, already imported here for the
+    reference perplexities, are not imported a second time (that import is most of a subprocess's time)."""
+    from typer.testing import CliRunner
 
-    model_dir = build_tiny_gpt2(tmp_path / "tiny-gpt2", seed=0)
+    from rsyn.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_perplexity_with_a_tiny_local_gpt2(tmp_path):
+    from rsyn.models import lm
+
+    model_dir = lm.build_tiny_gpt2(tmp_path / "tiny-gpt2", seed=0)
     texts = [KEEP_1, KEEP_2, KEEP_3, PAGE_3[0][1], "Snow covers the mountains behind the small wooden house."]
-    ppl = perplexities(texts, *load_causal_lm(model_dir, "cpu"))
+    ppl = lm.perplexities(texts, *lm.load_causal_lm(model_dir, "cpu"))
     ranked = sorted(ppl)
     low, high = (ranked[0] + ranked[1]) / 2, (ranked[-2] + ranked[-1]) / 2  # drop the lowest and the highest
     path = tmp_path / "doc.jsonl"
     path.write_bytes(jsonl([{"url": "http://example.com/ppl", "text_list": texts, "image_info": []}]))
-    stats = tmp_path / "stats.json"
+    out, stats = tmp_path / "out.jsonl", tmp_path / "stats.json"
+    lm._CACHE.clear()  # the command must load the model from its directory itself
     # the model goes in by path, through the same option users pass
-    proc = rsyn("extract", path, "--filters", "ppl", "--ppl-model", model_dir, "--min-ppl", low, "--max-ppl", high,
-                "--ppl-batch-size", "2", "--device", "cpu", "--stats", stats, check=True)
-    records = decode_stream(proc.stdout)
+    result = rsyn_in_process("extract", path, "--filters", "ppl", "--ppl-model", model_dir, "--min-ppl", low,
+                             "--max-ppl", high, "--ppl-batch-size", "2", "--device", "cpu", "-o", out,
+                             "--stats", stats)
+    assert result.exit_code == 0, result.stderr
+    assert lm._CACHE  # it did
+    records = read_stream_file(out)
     assert [r["text"] for r in records] == [t for t, p in zip(texts, ppl) if low <= p <= high]
     for record in records:
         assert record["scores"]["ppl"] == pytest.approx(ppl[texts.index(record["text"])], rel=1e-4)
@@ -258,12 +272,16 @@ def test_perplexity_with_a_tiny_local_gpt2(tmp_path):
     assert dropped == {"image_repeated_in_doc": 0, "ppl_too_low": 1, "ppl_too_high": 1, "ppl_undefined": 0}
 
 
-def test_unavailable_perplexity_model_is_one_clear_line(parquet_run):
-    tmp, _, _ = parquet_run
-    proc = rsyn("extract", tmp / "docs.parquet", "--disable", "cat,entropy", "--device", "cpu")  # gpt2-large
-    lines = proc.stderr.decode().strip().splitlines()
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
+@pytest.mark.parametrize("model,says", [("gpt2-large", "Hugging Face id"), ("./no/such/model", "no such directory")])
+def test_unavailable_perplexity_model_is_one_clear_line(tmp_path, model, says):
+    path = tmp_path / "doc.jsonl"
+    path.write_bytes(jsonl([{"url": "http://example.com/ppl", "text_list": [KEEP_1], "image_info": []}]))
+    args = ["extract", path, "--filters", "ppl", "--device", "cpu", "-o", tmp_path / "out.jsonl"]
+    result = rsyn_in_process(*args, "--ppl-model", model) if model != "gpt2-large" else rsyn_in_process(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert lines[:-1] == ["rsyn extract: device cpu"]  # the device note, then the one error line
     err = lines[-1]
-    assert err.startswith("rsyn: error: perplexity filter: cannot load causal LM 'gpt2-large'")
+    assert err.startswith(f"rsyn: error: perplexity filter: cannot load causal LM '{model}'") and says in err
     assert "local model directory" in err and err.endswith("--ppl-model none")
+    assert not (tmp_path / "out.jsonl").exists()

@@ -59,6 +59,11 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
     hf_logging.disable_progress_bar()  # rsyn reports progress itself; keep stderr to one line per event
 
     torch_dtype = _torch_dtype(dtype, device)
+    # a Hugging Face id is "name" or "org/name"; anything else that is not on disk is a missing directory
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_like_path and not Path(name_or_path).expanduser().is_dir():
+        raise RsynError(f"cannot load causal LM {name_or_path!r}: no such directory; "
+                        "offline, pass a local model directory (made e.g. with `hf download`)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)

@@ -303,54 +303,63 @@ def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from rsyn.stages.dedup.semantic import dedup_cluster, semantic_groups
+    from rsyn.stages.dedup.semantic import semantic_groups
 
     d, threshold, cluster_size = 512, 0.90, 1000
     t0 = time.perf_counter()
     vectors, planted = synthetic_embeddings(tmp / "emb.npy", n, d, rng)
     gen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = semantic_groups(vectors, np.arange(n), threshold, cluster_size, seed=0, device="cpu")
-    full_s = time.perf_counter() - t0
-    dropped = result["keep_as"] != np.arange(n)
     print(f"\n## semantic: {n:,} synthetic unit {d}-d embeddings (generated in {gen_s:.0f}s), threshold {threshold}, "
-          f"{result['clusters']} k-means clusters (largest {result['largest_cluster']}), CPU")
-    print(f"k-means + within-cluster dedup: {full_s:.1f}s ({n / full_s:,.0f} vectors/s), {dropped.sum():,} dropped")
-    print("| planted copies | count | dropped |\n|---|---|---|")
-    for name, (rows, _, _) in planted.items():
-        print(f"| {name} | {len(rows):,} | {dropped[rows].mean():.3f} |")
-
-    # subsample: clustered vs brute force all pairs, same keep-first rule
-    sub = np.sort(rng.choice(n, size=min(subsample, n), replace=False))
-    x = np.asarray(vectors[sub], dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    # make the subsample hold duplicates: add the sources' planted copies
-    t0 = time.perf_counter()
-    kept_bf, _, _, _ = dedup_cluster(x, threshold)
-    brute_s = time.perf_counter() - t0
-    drop_bf = ~kept_bf
-    sweep = []
-    for size in (250, cluster_size, 4 * cluster_size):
+          f"--cluster-size {cluster_size}, CPU")
+    print("| --probes | clusters (largest) | seconds | vectors/s | dropped | planted perceptual dropped | "
+          "planted semantic dropped | planted near misses dropped |")
+    print("|---|---|---|---|---|---|---|---|")
+    for probes in (1, 2):
         t0 = time.perf_counter()
-        sub_result = semantic_groups(vectors, sub, threshold, size, seed=0, device="cpu")
-        drop_cl = sub_result["keep_as"] != np.arange(len(sub))
-        sweep.append((size, sub_result["clusters"], time.perf_counter() - t0, drop_cl.sum(), (drop_bf & drop_cl).sum()))
-    # union-find on the same threshold graph
-    sims = x @ x.T
-    np.fill_diagonal(sims, -1)
-    i, j = np.nonzero(np.triu(sims >= threshold))
-    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(sub), len(sub))), directed=False)
-    sizes = np.bincount(comp)
-    uf_drop = len(sub) - len(sizes)
-    print(f"\nsubsample of {len(sub):,}: brute force all pairs {brute_s:.2f}s; brute force on all {n:,} would take "
-          f"~{brute_s * (n / len(sub)) ** 2:,.0f}s (quadratic)")
+        result = semantic_groups(vectors, np.arange(n), threshold, cluster_size, probes=probes, seed=0, device="cpu")
+        seconds = time.perf_counter() - t0
+        dropped = result["keep_as"] != np.arange(n)
+        share = {name: dropped[rows].mean() for name, (rows, _, _) in planted.items()}
+        print(f"| {probes} | {result['clusters']} ({result['largest_cluster']}) | {seconds:.1f} | {n / seconds:,.0f} | "
+              f"{dropped.sum():,} | {share['perceptual']:.3f} | {share['semantic']:.3f} | {share['near miss']:.3f} |")
+
+    # a subsample holding planted pairs: clustered against brute force all pairs (same keep-first rule)
+    copies = np.concatenate([rows for rows, _, _ in planted.values()])
+    sources = np.concatenate([src for _, src, _ in planted.values()])
+    pick = rng.choice(len(copies), size=min(subsample // 4, len(copies)), replace=False)
+    background = rng.choice(n, size=subsample, replace=False)
+    sub = np.unique(np.concatenate([copies[pick], sources[pick], background]))[:subsample + subsample // 2]
+    t0 = time.perf_counter()
+    reference = semantic_groups(vectors, sub, threshold, len(sub), seed=0, device="cpu")  # one cluster: all pairs
+    brute_s = time.perf_counter() - t0
+    drop_bf = reference["keep_as"] != np.arange(len(sub))
+    print(f"\nsubsample of {len(sub):,} (with planted pairs): brute force all pairs {brute_s:.2f}s; brute force on all "
+          f"{n:,} would take ~{brute_s * (n / len(sub)) ** 2:,.0f}s (quadratic)")
     print("| on the subsample | seconds | dropped | recall vs brute force | precision |\n|---|---|---|---|---|")
     print(f"| brute force all pairs, keep-first (reference) | {brute_s:.2f} | {drop_bf.sum()} | 1.000 | 1.000 |")
-    for size, k, seconds, dropped_n, both in sweep:
-        print(f"| rsyn, --cluster-size {size} ({k} clusters) | {seconds:.2f} | {dropped_n} | "
-              f"{both / max(drop_bf.sum(), 1):.3f} | {both / max(dropped_n, 1):.3f} |")
-    print(f"| brute force all pairs, union-find groups (the paper's grouping) | | {uf_drop} | largest group "
-          f"{sizes.max()} | |")
+    for size in (250, cluster_size):
+        for probes in (1, 2, 3):
+            t0 = time.perf_counter()
+            r = semantic_groups(vectors, sub, threshold, size, probes=probes, seed=0, device="cpu")
+            seconds = time.perf_counter() - t0
+            drop = r["keep_as"] != np.arange(len(sub))
+            both = (drop & drop_bf).sum()
+            print(f"| --cluster-size {size} ({r['clusters']} clusters), --probes {probes} | {seconds:.2f} | {drop.sum()} "
+                  f"| {both / max(drop_bf.sum(), 1):.3f} | {both / max(drop.sum(), 1):.3f} |")
+    # what union-find grouping (the paper's) would do on the same threshold graph
+    x = np.asarray(vectors[sub], dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    i, j = [], []
+    for lo in range(0, len(sub), 2048):
+        bi, bj = np.nonzero(x[lo:lo + 2048] @ x.T >= threshold)
+        keep = bi + lo < bj
+        i.append(bi[keep] + lo)
+        j.append(bj[keep])
+    i, j = np.concatenate(i), np.concatenate(j)
+    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(sub), len(sub))), directed=False)
+    sizes = np.bincount(comp)
+    print(f"| brute force all pairs, union-find groups (the paper's grouping) | | {len(sub) - len(sizes)} | "
+          f"largest group {sizes.max()} | |")
 
 
 def main() -> None:

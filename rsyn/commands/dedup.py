@@ -28,6 +28,10 @@ def dedup(
     cluster_size: Annotated[int, typer.Option(
         "--cluster-size", min=1, help="semantic: mean records per k-means cluster (k = records / this); "
         "pairs are only compared inside a cluster.")] = 1000,
+    probes: Annotated[int, typer.Option(
+        "--probes", min=1, help="semantic: a record is also compared with the records of its N nearest "
+        "clusters that are nearest to it in turn (1 = SemDeDup's one cluster per record; more finds the "
+        "duplicates that straddle a cluster boundary).")] = 2,
     tmp_dir: Annotated[Optional[str], typer.Option(
         "--tmp-dir", help="Where the records and embeddings are spilled between the two passes "
         "(default: the system temporary directory).")] = None,
@@ -43,4 +47,5 @@ def dedup(
 
     run_dedup(run, DedupOptions(modes=parse_modes(mode), near_threshold=near_threshold, ngram=ngram,
                                 num_perm=num_perm, perceptual_threshold=perceptual_threshold,
-                                semantic_threshold=semantic_threshold, cluster_size=cluster_size, tmp_dir=tmp_dir))
+                                semantic_threshold=semantic_threshold, cluster_size=cluster_size,
+                                probes=probes, tmp_dir=tmp_dir))

@@ -54,6 +54,7 @@ class DedupOptions:
     perceptual_threshold: float = 0.95
     semantic_threshold: float = 0.90
     cluster_size: int = 1000
+    probes: int = 2
     tmp_dir: str | None = None
 
     @property
@@ -346,8 +347,8 @@ def _decide(run: Run, stream: _Collector, options: DedupOptions) -> _Decision:
                 continue
             vectors = stream.vectors[kind].finish()
             alive = np.flatnonzero(d.reason[rows[kind]] == 0)
-            result = semantic_groups(vectors, alive, threshold, options.cluster_size, seed=run.seed,
-                                     device=run.device)
+            result = semantic_groups(vectors, alive, threshold, options.cluster_size, probes=options.probes,
+                                     seed=run.seed, device=run.device)
             dup = np.flatnonzero(result["keep_as"] != np.arange(len(alive)))
             sims = result["sim"][dup].astype(np.float64)
             perceptual = sims >= options.perceptual_threshold
@@ -356,7 +357,8 @@ def _decide(run: Run, stream: _Collector, options: DedupOptions) -> _Decision:
             _mark(d, rows[kind][alive[dup[~perceptual]]], kept_global[~perceptual], sims[~perceptual], "semantic")
             d.semantic_best[rows[kind][alive]] = result["best"]
             stage["semantic"][kind] = {"records": len(alive), "clusters": result["clusters"],
-                                       "largest_cluster": result["largest_cluster"],
+                                       "probes": result["probes"], "largest_cluster": result["largest_cluster"],
+                                       "pairs_over_threshold": result["edges"],
                                        "embedding_model": stream._emb_model.get(kind)}
     run.extra.update(stage)
     return d

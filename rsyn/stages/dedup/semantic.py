@@ -1,21 +1,26 @@
-"""Semantic (and perceptual) duplicates on embeddings: faiss k-means, then a greedy pass inside each cluster.
+"""Semantic (and perceptual) duplicates on embeddings: faiss k-means, threshold edges inside clusters,
+then keep-first over the edges.
 
 SemDeDup (Abbas et al. 2023) compares records only within their k-means
 cluster, which turns the n^2 all-pairs problem into sum of cluster size^2.
+With one cluster per record, duplicates that straddle a cluster boundary are
+never compared; in weakly clustered high-dimensional embeddings that is a
+large share of them (bin/bench_dedup.py measures it). So every record is also
+compared with the records whose *second* nearest centroid (up to `probes`)
+is its own cluster, the same idea as probing several lists of an IVF index.
 
-Inside a cluster the records are visited in input order and a record is
-dropped when its cosine similarity to an already *kept* record is at or above
-the threshold; otherwise it is kept. Comparing with kept records only (not
-with every earlier record, and not grouping by union-find as the paper does)
-is what stops transitive chains: with union-find at cosine 0.9, a ->b ->c ->...
-links records that are far apart in a dense region and keeps one of
-thousands; here every dropped record is within the threshold of the record
-named in its `dup_of`. The result is the lexicographically first maximal
-independent set of the threshold graph, so it does not depend on batch sizes.
+Which records go: records are taken in input order and a record is dropped
+when its cosine similarity to an already *kept* record is at or above the
+threshold. Comparing with kept records only (not with every earlier record,
+and not grouping by union-find as the paper does) is what stops transitive
+chains: with union-find at cosine 0.9, a ~ b ~ c ~ ... links records that are
+far apart in a dense region and keeps one of thousands; here every dropped
+record is within the threshold of the record named in its `dup_of`. The
+result is the lexicographically first maximal independent set of the
+threshold graph, computed in vectorised rounds over the edge list.
 
-The work is done in row blocks (block x cluster similarity matrices) so memory
-stays bounded for large clusters; the matrix products run on the GPU (torch)
-when the run has one, k-means on the GPU when faiss has GPU support.
+Similarity products run in row blocks (at most 64 MiB each) on the GPU
+(torch) when the run has one; k-means on the GPU when faiss has GPU support.
 """
 
 from __future__ import annotations
@@ -30,122 +35,148 @@ SAMPLE_PER_CENTROID = 64  # k-means trains on this many points per centroid: a p
 KMEANS_ITERATIONS = 10
 
 
-def cluster_labels(vectors, rows: np.ndarray, cluster_size: int, *, seed: int, device: str) -> tuple[np.ndarray, int]:
-    """k-means label of each row (k = ceil(len(rows) / cluster_size)); one cluster when that is 1."""
+def cluster_assignments(vectors, rows: np.ndarray, cluster_size: int, probes: int, *, seed: int,
+                        device: str) -> tuple[np.ndarray, int]:
+    """(len(rows), probes) nearest k-means clusters of each row, nearest first; k = ceil(len(rows) / cluster_size)."""
     m = len(rows)
     k = max(1, math.ceil(m / max(1, cluster_size)))
     if k == 1:
-        return np.zeros(m, dtype=np.int64), 1
+        return np.zeros((m, 1), dtype=np.int64), 1
     from rsyn.vectors import flat_ip_index, train_kmeans
 
     rng = np.random.default_rng(seed)
     n_train = min(m, k * SAMPLE_PER_CENTROID)
     sample = np.sort(rng.choice(m, size=n_train, replace=False)) if n_train < m else np.arange(m)
     centroids = train_kmeans(np.asarray(vectors[rows[sample]], dtype=np.float32), k, seed=seed, device=device,
-                             niter=KMEANS_ITERATIONS,
-                             max_points_per_centroid=SAMPLE_PER_CENTROID)
+                             niter=KMEANS_ITERATIONS, max_points_per_centroid=SAMPLE_PER_CENTROID)
     index = flat_ip_index(centroids, device)
-    labels = np.empty(m, dtype=np.int64)
+    probes = max(1, min(probes, len(centroids)))
+    labels = np.empty((m, probes), dtype=np.int64)
     for start in range(0, m, ASSIGN_BATCH):
         chunk = np.ascontiguousarray(vectors[rows[start:start + ASSIGN_BATCH]], dtype=np.float32)
-        labels[start:start + len(chunk)] = index.search(chunk, 1)[1][:, 0]
+        labels[start:start + len(chunk)] = index.search(chunk, probes)[1]
     return labels, len(centroids)
 
 
-def _keep_first_independent(edges: np.ndarray, undecided: np.ndarray) -> np.ndarray:
-    """Resolve one block: edges[i, j] (j before i) at or above the threshold; returns the kept mask.
+class _Products:
+    """Cosine products of query rows with a cluster's rows: torch on a CUDA device, numpy (BLAS) on CPU."""
 
-    A record is dropped once an earlier neighbour is kept, kept once no earlier
-    neighbour is undecided; each round settles at least the first undecided
-    record, and records without edges settle in the first round.
+    def __init__(self, device: str):
+        self.device = device if device.startswith("cuda") else None
+
+    def __call__(self, queries: np.ndarray, database: np.ndarray):
+        if self.device is None:
+            for lo in range(0, len(queries), self._block(len(database))):
+                yield lo, queries[lo:lo + self._block(len(database))] @ database.T
+            return
+        import torch
+
+        db = torch.from_numpy(database).to(self.device)
+        q = torch.from_numpy(queries).to(self.device)
+        for lo in range(0, len(queries), self._block(len(database))):
+            yield lo, (q[lo:lo + self._block(len(database))] @ db.T).cpu().numpy()
+
+    @staticmethod
+    def _block(width: int) -> int:
+        return int(max(16, min(8192, SIM_BYTES // (4 * max(width, 1)))))
+
+
+def _unit_rows(vectors, rows: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # float16 storage leaves norms a hair off 1
+    return x
+
+
+def threshold_edges(vectors, rows: np.ndarray, labels: np.ndarray, threshold: float, device: str):
+    """Pairs (a < b, positions into rows) with cosine >= threshold, their cosine, and each row's highest
+    cosine with any record it was compared with (-1 when none).
+
+    A record is compared with every record of its nearest cluster and with the
+    records that have that cluster among their `probes` nearest.
     """
-    kept = np.zeros(len(undecided), dtype=bool)
-    undecided = undecided.copy()
-    while undecided.any():
-        hit = undecided & (edges & kept[None, :]).any(axis=1)
-        undecided &= ~hit
-        free = undecided & ~(edges & undecided[None, :]).any(axis=1)
+    m, probes = labels.shape
+    best = np.full(m, -1.0, dtype=np.float32)
+    found_a, found_b, found_sim = [], [], []
+    primary = labels[:, 0]
+    member_pos = np.repeat(np.arange(m), probes)
+    member_cluster = labels.ravel()
+    by_cluster = np.lexsort((member_pos, member_cluster))
+    member_pos, member_cluster = member_pos[by_cluster], member_cluster[by_cluster]
+    members_start = np.searchsorted(member_cluster, np.arange(int(labels.max()) + 2))
+    queries_by_cluster = np.lexsort((np.arange(m), primary))
+    query_start = np.searchsorted(primary[queries_by_cluster], np.arange(int(labels.max()) + 2))
+    products = _Products(device)
+    for cluster in range(len(members_start) - 1):
+        queries = queries_by_cluster[query_start[cluster]:query_start[cluster + 1]]
+        database = member_pos[members_start[cluster]:members_start[cluster + 1]]
+        if len(queries) == 0 or len(database) < 2:
+            continue
+        xq, xd = _unit_rows(vectors, rows[queries]), _unit_rows(vectors, rows[database])
+        for lo, sims in products(xq, xd):
+            q = queries[lo:lo + len(sims)]
+            sims[q[:, None] == database[None, :]] = -2.0  # a record is not its own duplicate
+            best[q] = np.maximum(best[q], sims.max(axis=1))
+            qi, di = np.nonzero(sims >= threshold)
+            if len(qi):
+                a, b = q[qi], database[di]
+                found_a.append(np.minimum(a, b))
+                found_b.append(np.maximum(a, b))
+                found_sim.append(sims[qi, di])
+    if not found_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), best
+    a, b, sim = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_sim)
+    _, first = np.unique(a * m + b, return_index=True)  # a pair seen from both sides or in two clusters
+    a, b, sim = a[first], b[first], sim[first]
+    np.maximum.at(best, a, sim)
+    np.maximum.at(best, b, sim)
+    return a, b, sim, best
+
+
+def keep_first(m: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kept mask of the lexicographically first maximal independent set of the graph (a < b edges).
+
+    Record b is dropped as soon as one earlier neighbour a is kept, and kept as
+    soon as no earlier neighbour is undecided. Every round settles at least the
+    first undecided record, and in practice a whole wave of them.
+    """
+    undecided, kept = np.ones(m, dtype=bool), np.zeros(m, dtype=bool)
+    while True:
+        live = undecided[b]
+        a, b = a[live], b[live]  # edges into settled records are done
+        blocked = np.zeros(m, dtype=bool)
+        blocked[b[undecided[a]]] = True
+        free = undecided & ~blocked
         kept |= free
         undecided &= ~free
-    return kept
+        hit = b[kept[a]]
+        undecided[hit] = False
+        if not undecided.any():
+            return kept
 
 
-class _Similarity:
-    """Block x cluster cosine products: torch on a CUDA device, numpy (BLAS) on CPU."""
-
-    def __init__(self, x: np.ndarray, device: str):
-        self.x = x
-        self.gpu = None
-        if device.startswith("cuda"):
-            import torch
-
-            self.gpu = torch.from_numpy(x).to(device)
-
-    def block(self, lo: int, hi: int) -> np.ndarray:
-        if self.gpu is None:
-            return self.x[lo:hi] @ self.x.T
-        return (self.gpu[lo:hi] @ self.gpu.T).cpu().numpy()
-
-
-def dedup_cluster(x: np.ndarray, threshold: float, device: str = "cpu"):
-    """Greedy keep-first dedup of one cluster's unit vectors `x` ((c, d) float32, in input order).
-
-    Returns arrays over the c records: kept (bool), dup_of (position of the
-    kept record it duplicates, -1 when kept), sim_to_kept (nan when kept),
-    best (highest cosine to any other record of the cluster; -1 in a cluster of one).
-    """
-    c = x.shape[0]
-    kept = np.zeros(c, dtype=bool)
-    dup_of = np.full(c, -1, dtype=np.int64)
-    sim_to_kept = np.full(c, np.nan, dtype=np.float32)
-    best = np.full(c, -1.0, dtype=np.float32)
-    block = int(max(16, min(4096, SIM_BYTES // (4 * max(c, 1)))))
-    columns = np.arange(c)
-    products = _Similarity(x, device)
-    for lo in range(0, c, block):
-        hi = min(c, lo + block)
-        rows = np.arange(lo, hi)
-        sims = products.block(lo, hi)  # (b, c)
-        sims[rows - lo, rows] = -2.0  # a record is not its own duplicate
-        if c > 1:
-            best[lo:hi] = sims.max(axis=1)
-        dominated = ((sims[:, :lo] >= threshold) & kept[None, :lo]).any(axis=1)
-        earlier = columns[None, :hi] < rows[:, None]
-        inside = (sims[:, lo:hi] >= threshold) & earlier[:, lo:]
-        kept[lo:hi] = _keep_first_independent(inside, ~dominated)
-        dropped = np.flatnonzero(~kept[lo:hi])
-        if len(dropped):
-            # the kept record each dropped one duplicates: its most similar kept, earlier record
-            candidates = np.where(kept[None, :hi] & earlier[dropped], sims[dropped, :hi], -3.0)
-            dup_of[lo + dropped] = candidates.argmax(axis=1)
-            sim_to_kept[lo + dropped] = candidates.max(axis=1)
-    return kept, dup_of, sim_to_kept, best
-
-
-def semantic_groups(vectors, rows: np.ndarray, threshold: float, cluster_size: int, *, seed: int,
-                    device: str) -> dict:
-    """Semantic dedup of `rows` (ascending row numbers into `vectors`, a (n, d) float16 memmap).
+def semantic_groups(vectors, rows: np.ndarray, threshold: float, cluster_size: int, *, probes: int = 2,
+                    seed: int, device: str) -> dict:
+    """Semantic dedup of `rows` (ascending row numbers into `vectors`, a (n, d) float16 matrix).
 
     Returns arrays over `rows`: `keep_as` (position of the kept record it
-    duplicates; itself when kept), `sim` (cosine to that record, nan when kept),
-    `best` (highest cosine to another record of its cluster), `cluster`.
+    duplicates; itself when kept), `sim` (cosine to that record, nan when
+    kept), `best` (highest cosine to a record it was compared with), and counts.
     """
     m = len(rows)
-    labels, k = cluster_labels(vectors, rows, cluster_size, seed=seed, device=device)
+    labels, k = cluster_assignments(vectors, rows, cluster_size, probes, seed=seed, device=device)
+    a, b, sim, best = threshold_edges(vectors, rows, labels, threshold, device)
+    kept = keep_first(m, a, b)
     keep_as = np.arange(m, dtype=np.int64)
-    sim = np.full(m, np.nan, dtype=np.float32)
-    best = np.full(m, -1.0, dtype=np.float32)
-    order = np.lexsort((np.arange(m), labels))  # cluster by cluster, input order inside
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    sizes = []
-    for members in np.split(order, bounds) if m else []:
-        sizes.append(len(members))
-        x = np.ascontiguousarray(vectors[rows[members]], dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)  # f16 storage leaves norms a hair off 1
-        kept, dup_of, to_kept, top = dedup_cluster(x, threshold, device)
-        dropped = ~kept
-        keep_as[members[dropped]] = members[dup_of[dropped]]
-        sim[members[dropped]] = to_kept[dropped]
-        best[members] = top
-    return {"keep_as": keep_as, "sim": sim, "best": best, "cluster": labels, "clusters": k,
-            "largest_cluster": max(sizes) if sizes else 0}
+    to_kept = np.full(m, np.nan, dtype=np.float32)
+    # each dropped record's most similar kept earlier neighbour
+    link = kept[a] & ~kept[b]
+    la, lb, ls = a[link], b[link], sim[link]
+    order = np.lexsort((la, -ls, lb))
+    la, lb, ls = la[order], lb[order], ls[order]
+    first = np.ones(len(lb), dtype=bool)
+    first[1:] = lb[1:] != lb[:-1]
+    keep_as[lb[first]] = la[first]
+    to_kept[lb[first]] = ls[first]
+    sizes = np.bincount(labels[:, 0], minlength=k) if m else np.zeros(0, np.int64)
+    return {"keep_as": keep_as, "sim": to_kept, "best": best, "clusters": k, "probes": labels.shape[1],
+            "largest_cluster": int(sizes.max()) if m else 0, "edges": int(len(a))}

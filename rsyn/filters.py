@@ -34,7 +34,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import chain, repeat
 
 import numpy as np
@@ -337,11 +337,18 @@ class CatFilter(Filter):
             self._pool = multiprocessing.get_context(method).Pool(self.processes, _init_worker, (self.model,))
 
     def scores(self, texts: list[str]) -> list[tuple[int, int]]:
-        if self._pool is None or len(texts) < 2 * self.batch_size:
-            return _cat_of_texts((texts, self.batch_size))
-        size = max(self.batch_size, math.ceil(len(texts) / (4 * self.processes)))
-        jobs = [(texts[i:i + size], self.batch_size) for i in range(0, len(texts), size)]
-        return list(chain.from_iterable(self._pool.map(_cat_of_texts, jobs, chunksize=1)))
+        """(complexity, actions) per text, in order. A text repeated in the batch (web boilerplate) is parsed once."""
+        unique = list(dict.fromkeys(texts))
+        if self._pool is None or len(unique) < 2 * self.batch_size:
+            results = _cat_of_texts((unique, self.batch_size))
+        else:
+            size = max(self.batch_size, math.ceil(len(unique) / (4 * self.processes)))
+            jobs = [(unique[i:i + size], self.batch_size) for i in range(0, len(unique), size)]
+            results = list(chain.from_iterable(self._pool.map(_cat_of_texts, jobs, chunksize=1)))
+        if len(unique) == len(texts):
+            return results
+        by_text = dict(zip(unique, results))
+        return [by_text[t] for t in texts]
 
     def apply(self, records: list[dict]) -> list[str | None]:
         results = self.scores([r["text"] for r in records])
@@ -452,17 +459,15 @@ class EntropyFilter(Filter):
 class PerplexityFilter(Filter):
     """min_ppl <= perplexity <= max_ppl under a causal LM (paper: GPT-2 large, 30..200). Score: `ppl`.
 
-    `load` returns (model, tokenizer); it is called at the first batch, so a run
-    whose sentences all fail earlier filters never loads the model.
+    `model` and `tokenizer` come from rsyn.models.lm.load_causal_lm.
     """
 
     name = "ppl"
     reasons = ("ppl_too_low", "ppl_too_high", "ppl_undefined")
 
-    def __init__(self, load: Callable[[], tuple], min_ppl: float = 30.0, max_ppl: float = 200.0,
-                 batch_size: int = 32):
-        self._load = load
-        self._model = None
+    def __init__(self, model, tokenizer, min_ppl: float = 30.0, max_ppl: float = 200.0, batch_size: int = 32):
+        self.model = model
+        self.tokenizer = tokenizer
         self.min_ppl = min_ppl
         self.max_ppl = max_ppl
         self.batch_size = batch_size
@@ -470,11 +475,12 @@ class PerplexityFilter(Filter):
     def apply(self, records: list[dict]) -> list[str | None]:
         from rsyn.models.lm import perplexities
 
-        if not records:
-            return []
-        if self._model is None:
-            self._model = self._load()
-        ppl = perplexities([r["text"] for r in records], *self._model, batch_size=self.batch_size)
+        texts = [r["text"] for r in records]
+        unique = list(dict.fromkeys(texts))  # a sentence repeated in the window is scored once
+        ppl = perplexities(unique, self.model, self.tokenizer, batch_size=self.batch_size)
+        if len(unique) < len(texts):
+            index = {text: i for i, text in enumerate(unique)}
+            ppl = ppl[np.fromiter(map(index.__getitem__, texts), np.int64, len(texts))]
         for record, value in zip(records, ppl.tolist()):
             record["scores"]["ppl"] = None if math.isnan(value) else value
         undefined = np.isnan(ppl)

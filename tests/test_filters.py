@@ -119,6 +119,7 @@ def test_cat_is_tunable(cat):
 
 def test_cat_results_do_not_depend_on_processes(cat):
     sentences = [f"A man number {i} rides a horse along the river." if i % 3 else "A red car." for i in range(120)]
+    assert cat.scores(sentences[:4]) == [cat.scores([s])[0] for s in sentences[:4]]  # repeats parsed once
     pooled = CatFilter("auto", processes=2, batch_size=8)
     try:
         assert pooled.scores(sentences) == cat.scores(sentences)

@@ -181,31 +181,31 @@ def _word_counts(run: Run, paths: list[str], opts: ExtractOptions, needed: bool)
 
 
 def _build_filters(run: Run, opts: ExtractOptions, enabled: list[str], counts) -> list[Filter]:
-    filters: list[Filter] = []
-    for name in enabled:
+    """The enabled filters in their order. CAT is built first so that its worker pool forks before the
+    language model is loaded; the model is loaded now, so a missing one fails before any work."""
+    built: dict[str, Filter] = {}
+    for name in sorted(enabled, key=lambda n: n != "cat"):
         if name == "size":
-            filters.append(ImageSizeFilter(opts.min_side, opts.max_aspect))
+            built[name] = ImageSizeFilter(opts.min_side, opts.max_aspect)
         elif name == "emoji":
-            filters.append(EmojiFilter())
+            built[name] = EmojiFilter()
         elif name == "url":
-            filters.append(UrlFilter())
+            built[name] = UrlFilter()
         elif name == "words":
-            filters.append(WordCountFilter(opts.min_words, opts.max_words))
+            built[name] = WordCountFilter(opts.min_words, opts.max_words)
         elif name == "cat":
-            # before the language model is loaded: the workers fork from a process without torch threads
             cat = CatFilter(opts.spacy_model, opts.min_complexity, opts.require_action, opts.spacy_processes,
                             opts.spacy_batch_size)
             run.extra["cat"] = {"spacy_model": cat.model, "processes": cat.processes}
-            filters.append(cat)
+            built[name] = cat
         elif name == "entropy":
-            entropy = EntropyFilter(counts, opts.min_entropy, opts.entropy_log_base)
+            built[name] = EntropyFilter(counts, opts.min_entropy, opts.entropy_log_base)
             run.extra["entropy_log_base"] = opts.entropy_log_base
-            filters.append(entropy)
         elif name == "ppl":
-            model = _load_lm(run, opts)  # now, so a missing model fails before any work
+            model, tokenizer = _load_lm(run, opts)
             run.extra["ppl_model"] = opts.ppl_model
-            filters.append(PerplexityFilter(lambda: model, opts.min_ppl, opts.max_ppl, opts.ppl_batch_size))
-    return filters
+            built[name] = PerplexityFilter(model, tokenizer, opts.min_ppl, opts.max_ppl, opts.ppl_batch_size)
+    return [built[name] for name in enabled]
 
 
 def _load_lm(run: Run, opts: ExtractOptions):

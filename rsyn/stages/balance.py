@@ -297,10 +297,10 @@ class _FirstPass:
 
 def window_bounds(window: SimRange, sims: np.ndarray) -> tuple[float, float, str]:
     """(lo, hi, how they were chosen)."""
+    if len(sims) == 0:
+        return -1.0, 1.0, "no image records"
     if window.is_auto:
         q_lo, q_hi = window.quantiles
-        if len(sims) == 0:
-            return -1.0, 1.0, f"auto quantiles {q_lo}..{q_hi} (no data)"
         # inverted_cdf picks observed values, so the bounds are sims that exist and print exactly
         lo, hi = (float(x) for x in np.quantile(sims, [q_lo, q_hi], method="inverted_cdf"))
         return lo, hi, f"auto: quantiles {q_lo}..{q_hi} of the observed sims"

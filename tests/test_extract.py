@@ -288,3 +288,26 @@ def test_unavailable_perplexity_model_is_one_clear_line(tmp_path, model, says):
     assert err.startswith(f"rsyn: error: perplexity filter: cannot load causal LM '{model}'") and says in err
     assert "local model directory" in err and err.endswith("--ppl-model none")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_unreadable_inputs_are_one_line_errors(tmp_path):
+    from conftest import compress
+
+    broken_parquet = tmp_path / "broken.parquet"
+    broken_parquet.write_bytes(b"PAR1" + b"\0" * 64)
+    proc = rsyn("extract", broken_parquet, *NO_PPL, "--disable", "cat,entropy")
+    assert proc.returncode == 2 and proc.stderr.decode().startswith(
+        f"rsyn: error: {broken_parquet}: not a readable parquet file")
+
+    # a zstd stream cut short: the documents before the damage come out, the damage is counted
+    import random
+
+    rng = random.Random(0)  # incompressible padding, so the stream holds several zstd blocks
+    whole = compress(jsonl([{**DOCS[2], "pad": rng.randbytes(150).hex()} for _ in range(2000)]), "zstd")
+    truncated = tmp_path / "truncated.jsonl.zst"
+    truncated.write_bytes(whole[:len(whole) * 2 // 3])
+    stats = tmp_path / "stats.json"
+    proc = rsyn("extract", truncated, *NO_PPL, "--disable", "cat,entropy", "--on-error", "skip", "--stats", stats,
+                check=True)
+    assert orjson.loads(stats.read_bytes())["errors"] == {"corrupt_stream": 1}
+    assert decode_stream(proc.stdout)[0]["text"] == PAGE_3[0][1]

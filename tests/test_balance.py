@@ -10,6 +10,8 @@ import subprocess
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn
@@ -295,3 +297,32 @@ def test_sim_range_spellings(tmp_path):
             parse_sim_range(bad, [])
     with pytest.raises(RsynError, match="give the upper bound too"):
         parse_sim_range("0.5", ["a.jsonl"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=30), st.integers(1, 2000))
+def test_cap_for_target_is_the_largest_cap_that_fits(sizes, target):
+    sizes = np.array(sizes)
+
+    def total(t):
+        return int(np.minimum(sizes, t).sum())
+
+    t = cap_for_target(sizes, target)
+    if (sizes > 0).sum() > target:
+        assert t == 0
+    elif sizes.sum() <= target:
+        assert t == sizes.max()
+    else:
+        assert total(t) <= target < total(t + 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2**63)), min_size=1, max_size=60, unique_by=lambda x: x[1]))
+def test_ranks_order_each_cluster_by_key(members):
+    labels = np.array([m[0] for m in members])
+    keys = np.array([m[1] for m in members], dtype=np.uint64)
+    ranks = rank_in_cluster(labels, keys, 5)
+    for c in range(5):
+        mine = np.flatnonzero(labels == c)
+        assert sorted(ranks[mine].tolist()) == list(range(len(mine)))
+        assert ranks[mine[np.argsort(keys[mine])]].tolist() == list(range(len(mine)))

@@ -244,6 +244,23 @@ def test_semantic_and_perceptual_duplicates_with_real_kmeans(tmp_path):
     assert set(dropped) == {"p"} and dropped["p"]["reason"] == "perceptual_duplicate"
 
 
+def test_probes_find_duplicates_across_a_cluster_boundary(tmp_path):
+    rng = np.random.default_rng(0)
+    d = 16
+    ca, cb = np.eye(d)[0], np.cos(1.2) * np.eye(d)[0] + np.sin(1.2) * np.eye(d)[1]
+    groups = [_unit(0.7 * c + 0.7 * _unit(rng.normal(size=(60, d)))) for c in (ca, cb)]
+    middle, across = _unit(ca + cb), _unit(ca - cb)
+    u, v = _unit(middle + 0.16 * across), _unit(middle - 0.16 * across)  # cosine 0.95, one on each side
+    records = _with_emb([image(f"http://x/{i}.jpg", f"m{i}") for i in range(120)]
+                        + [image("http://x/u.jpg", "u"), image("http://x/v.jpg", "v")], list(np.vstack(groups)) + [u, v])
+    args = ("--mode", "semantic", "--cluster-size", "60", "--device", "cpu")
+    _, dropped, _ = dedup(records, *args, "--probes", "1", tmp_path=tmp_path)
+    assert dropped == {}  # u and v land in different clusters and are never compared
+    _, dropped, _ = dedup(records, *args, tmp_path=tmp_path)  # default: 2 probes
+    assert list(dropped) == ["v"] and dropped["v"]["dup_of"] == "u" and dropped["v"]["similarity"] == pytest.approx(
+        0.95, abs=3e-3)
+
+
 def test_semantic_keeps_first_and_does_not_chain(tmp_path):
     rng = np.random.default_rng(3)
     a = _unit(rng.normal(size=16))

@@ -75,7 +75,11 @@ class LLMStats:
 
 
 class LLMBackend:
-    """One interface: `generate(prompts, seeds) -> list[Generation]`; `backend` and `model` name it."""
+    """One interface: `generate(prompts, seeds) -> list[Generation]`; `backend` and `model` name it.
+
+    `submit(prompts, seeds)` starts a batch and returns a function that waits for its results: the server
+    backend keeps requests in flight meanwhile, the local backends compute at once.
+    """
 
     backend = ""
 
@@ -84,11 +88,30 @@ class LLMBackend:
         self.sampling = sampling
         self.api = api
         self.stats = LLMStats()
+        self._busy_until = 0.0
 
     def generate(self, prompts: list[Prompt], seeds: list[int]) -> list[Generation]:
+        return self.submit(prompts, seeds)()
+
+    def submit(self, prompts: list[Prompt], seeds: list[int]):
         start = time.perf_counter()
+        wait = self._submit(prompts, seeds)
+
+        def collect() -> list[Generation]:
+            results = wait()
+            end = time.perf_counter()
+            self.stats.seconds += end - max(start, self._busy_until)  # batches in flight together count once
+            self._busy_until = end
+            self._account(prompts, results)
+            return results
+
+        return collect
+
+    def _submit(self, prompts: list[Prompt], seeds: list[int]):
         results = self._generate(prompts, seeds)
-        self.stats.seconds += time.perf_counter() - start
+        return lambda: results
+
+    def _account(self, prompts: list[Prompt], results: list[Generation]) -> None:
         self.stats.prompts += len(prompts)
         for result in results:
             self.stats.tokens += result.tokens
@@ -146,7 +169,14 @@ class VLLMBackend(LLMBackend):
                   for seed in seeds]
         try:
             if self.api == "chat":
-                outputs = self.engine.chat([p.messages() for p in prompts], params, use_tqdm=False)
+                try:
+                    outputs = self.engine.chat([p.messages() for p in prompts], params, use_tqdm=False)
+                except Exception as exc:  # noqa: BLE001 - only a chat-template refusal is handled here
+                    if not type(exc).__module__.startswith("jinja2"):
+                        raise
+                    # some templates (e.g. Gemma's) refuse a system message: put the instruction in the user turn
+                    merged = [[{"role": "user", "content": f"{p.system}\n\n{p.user}".strip()}] for p in prompts]
+                    outputs = self.engine.chat(merged, params, use_tqdm=False)
             else:
                 outputs = self.engine.generate([p.completion for p in prompts], params, use_tqdm=False)
         except ValueError as exc:  # e.g. one prompt longer than max_model_len: retry one by one to isolate it
@@ -213,15 +243,19 @@ class OpenAIBackend(LLMBackend):
             raise RsynError(f"--llm-url {self.base_url}: no --llm-model given and GET /models did not name one "
                             f"({_first_line(exc)})") from None
 
-    def _generate(self, prompts: list[Prompt], seeds: list[int]) -> list[Generation]:
+    def _submit(self, prompts: list[Prompt], seeds: list[int]):
         futures = [self.pool.submit(self._request, prompt, seed) for prompt, seed in zip(prompts, seeds)]
-        try:
-            return [future.result() for future in futures]
-        except RsynError:
-            self._fatal.set()
-            for future in futures:
-                future.cancel()
-            raise
+
+        def wait() -> list[Generation]:
+            try:
+                return [future.result() for future in futures]
+            except RsynError:
+                self._fatal.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+        return wait
 
     def _body(self, prompt: Prompt, seed: int) -> tuple[str, dict]:
         s = self.sampling
@@ -344,7 +378,12 @@ class HFBackend(LLMBackend):
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if self.api == "chat":
-            text = self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=False)
+            try:
+                text = self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True,
+                                                          tokenize=False)
+            except Exception:  # jinja raises its own errors; e.g. Gemma's template refuses a system message
+                merged = [{"role": "user", "content": f"{prompt.system}\n\n{prompt.user}".strip()}]
+                text = self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         return self.tokenizer(prompt.completion, verbose=False)["input_ids"]
 

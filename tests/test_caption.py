@@ -204,8 +204,9 @@ def _faulty_input(corpus, tmp_path):
 
 def test_server_faults_are_per_record_errors_under_the_shared_rules(corpus, tmp_path):
     path, records = _faulty_input(corpus, tmp_path)
+    # one request at a time in batches of 4 images: two batches are in flight at once, output order must hold
     light = ["--max-tags", "0", "--captioner", "none", "--llm-backend", "openai", "--llm-retries", "1",
-             "--llm-timeout", "5"]
+             "--llm-timeout", "5", "--llm-concurrency", "1", "--batch-size", "1"]
     with LoopbackLLMServer() as server:
         only_500 = tmp_path / "only500.jsonl"
         only_500.write_bytes(jsonl(records[:3]))

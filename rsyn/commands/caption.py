@@ -75,8 +75,9 @@ def caption(
                                                 help="hf: prompts per generate call.")] = 16,
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", min=1, rich_help_panel=LLM,
                                                       help="vllm: GPUs per model.")] = 1,
-    gpu_memory_utilization: Annotated[float, typer.Option("--gpu-memory-utilization", min=0.05, max=1.0,
-                                                          rich_help_panel=LLM, help="vllm: share of GPU memory.")] = 0.9,
+    gpu_memory_utilization: Annotated[float, typer.Option(
+        "--gpu-memory-utilization", min=0.05, max=1.0, rich_help_panel=LLM,
+        help="vllm: share of the GPU it may take (the captioner and CLIP need the rest).")] = 0.6,
     max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", min=64, rich_help_panel=LLM,
                                                          help="vllm: context length to reserve.")] = None,
     prompt_file: Annotated[Optional[str], typer.Option("--prompt-file", metavar="FILE", rich_help_panel=LLM,

@@ -17,7 +17,9 @@ shared rules: one line naming file and line and exit 2, or with
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,7 @@ class CaptionOptions:
     top_p: float = 1.0
     llm_batch_size: int = 16
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.6
     max_model_len: int | None = None
     prompt_file: str | None = None
     max_syn_words: int = 80
@@ -81,6 +83,16 @@ class Item:
     caption: str | None = None
 
 
+@dataclass
+class Pending:
+    """A batch whose prompts went to the LLM; `collect()` waits for the generations."""
+
+    batch: list[tuple[dict, str]]
+    items: list[Item]
+    prompts: list = field(default_factory=list)
+    collect: Callable[[], list] | None = None
+
+
 class CaptionStage:
     """Holds the models (loaded on first use) and processes batches of image records."""
 
@@ -100,8 +112,10 @@ class CaptionStage:
         self.seconds = {"tags": 0.0, "caption": 0.0, "llm": 0.0}
         # a batch waits for its slowest request: give the server backend enough requests to keep every slot busy
         self.batch_size = max(1, opts.batch_size)
+        self.batches_in_flight = 0
         if opts.llm_backend == "openai":
             self.batch_size = max(self.batch_size, 4 * opts.llm_concurrency)
+            self.batches_in_flight = 1
         self.counts = {"images": 0, "captioned": 0, "with_tags": 0, "tags": 0}
 
     # ------------------------------------------------------------------ vocabulary and models
@@ -162,8 +176,9 @@ class CaptionStage:
         if self._llm is None:
             from rsyn.llm import Sampling, open_backend
 
-            _quiet_transformers()
             o = self.opts
+            if o.llm_backend != "openai":
+                _quiet_transformers()
             sampling = Sampling(max_tokens=o.llm_max_tokens, temperature=o.temperature, top_p=o.top_p)
             device = self.run.device if o.llm_backend != "openai" else "cpu"
             self._llm = open_backend(o.llm_backend, o.llm_model, sampling, api=o.llm_api, url=o.llm_url,
@@ -182,17 +197,30 @@ class CaptionStage:
         self.run.extra["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
 
     # ------------------------------------------------------------------ one batch
-    def process(self, batch: list[tuple[dict, str]]) -> list[dict]:
-        """The batch's output records in input order (records that failed under --on-error skip left out)."""
+    def start(self, batch: list[tuple[dict, str]]) -> Pending:
+        """Validate, tag and caption a batch, then hand its prompts to the LLM (which may still be working)."""
         items = [self._validate(record, where) for record, where in batch if record.get("kind") == "image"]
         items = [item for item in items if item is not None]
+        pending = Pending(batch, items)
         if items:
             self.counts["images"] += len(items)
             items = self._tag(items)
             items = self._caption(items)
-            items = self._fuse(items)
+            pending.items = items
+            if items:
+                pending.prompts = [self.template.render(item.raw_text, item.caption, item.record.get("tags", []))
+                                   for item in items]
+                seeds = [stable_hash(f"{self.run.seed}\x1f{item.record.get('id', item.raw_text)}") for item in items]
+                start = time.perf_counter()
+                pending.collect = self.llm.submit(pending.prompts, seeds)
+                self.seconds["llm"] += time.perf_counter() - start
+        return pending
+
+    def finish(self, pending: Pending) -> list[dict]:
+        """The batch's output records in input order (records that failed under --on-error skip left out)."""
+        items = self._fuse(pending) if pending.collect is not None else pending.items
         done = {id(item.record) for item in items}
-        return [record for record, _ in batch if record.get("kind") != "image" or id(record) in done]
+        return [record for record, _ in pending.batch if record.get("kind") != "image" or id(record) in done]
 
     def _validate(self, record: dict, where: str) -> Item | None:
         texts = record.get("texts")
@@ -279,18 +307,14 @@ class CaptionStage:
         self.seconds["caption"] += time.perf_counter() - start
         return kept
 
-    def _fuse(self, items: list[Item]) -> list[Item]:
+    def _fuse(self, pending: Pending) -> list[Item]:
         from rsyn.llm import clean_generation
 
-        if not items:
-            return items
         start = time.perf_counter()
         llm = self.llm
-        prompts = [self.template.render(item.raw_text, item.caption, item.record.get("tags", [])) for item in items]
-        seeds = [stable_hash(f"{self.run.seed}\x1f{item.record.get('id', item.raw_text)}") for item in items]
-        generations = llm.generate(prompts, seeds)
+        generations = pending.collect()
         kept = []
-        for item, prompt, generation in zip(items, prompts, generations):
+        for item, prompt, generation in zip(pending.items, pending.prompts, generations):
             if generation.error is not None:
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
                            "llm_failed")
@@ -338,14 +362,24 @@ def run_caption(run: Run, opts: CaptionOptions) -> None:
 
 
 def _batches(run: Run, stage: CaptionStage):
+    """Output records in input order; with a server, one batch's requests stay in flight while the next is prepared."""
+    in_flight: deque[Pending] = deque()
+    for batch in _read_batches(run, stage.batch_size):
+        in_flight.append(stage.start(batch))
+        while len(in_flight) > stage.batches_in_flight:
+            yield from stage.finish(in_flight.popleft())
+    while in_flight:
+        yield from stage.finish(in_flight.popleft())
+
+
+def _read_batches(run: Run, size: int):
     batch: list[tuple[dict, str]] = []
     images = 0
-    size = stage.batch_size
     for record in run.records():
         batch.append((record, run.where))
         images += record.get("kind") == "image"
         if images >= size:
-            yield from stage.process(batch)
+            yield batch
             batch, images = [], 0
     if batch:
-        yield from stage.process(batch)
+        yield batch

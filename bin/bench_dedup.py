@@ -2,7 +2,8 @@
 """Benchmarks of `rsyn dedup` (not run by CI).
 
     .venv/bin/python bin/bench_dedup.py [--sentences 200000] [--semantic-n 1000000] [--repeat 2]
-                                        [--only near,speed,semantic]
+                                        [--memory-n 1000000] [--semantic-cli-n 100000]
+                                        [--only near,speed,semantic,semantic-cli,memory]
 
 near      Real LAION captions (../shared/data/laion-10k.parquet) plus planted
           edits of known Jaccard. Ground truth: brute-force exact Jaccard of
@@ -19,6 +20,10 @@ semantic  Synthetic unit 512-d embeddings (topics plus planted duplicates at
           them, and on a subsample against brute-force all pairs (same
           keep-first rule, one cluster): time, agreement, and what union-find
           grouping would have done on the same threshold graph.
+semantic-cli  `rsyn dedup --mode exact,semantic` end to end on image records
+          with inline embeddings (JSON and base64 included).
+memory    peak RSS of `rsyn dedup` at --memory-n / 4 and --memory-n
+          sentences; the slope is the memory per million.
 """
 
 from __future__ import annotations
@@ -72,14 +77,14 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def plant_edits(texts: list[str], n_planted: int, rng) -> list[tuple[int, str]]:
-    """Edits of random captions: replace, delete or insert 1-3 words (a wide range of Jaccard)."""
+def plant_edits(texts: list[str], n_planted: int, rng, max_edits: int = 3, min_words: int = 6) -> list[tuple[int, str]]:
+    """Edits of random captions: replace, delete or insert 1 to max_edits words (a wide range of Jaccard)."""
     vocabulary = [w for t in texts[:2000] for w in t.split()]
-    candidates = [i for i, t in enumerate(texts) if len(t.split()) >= 6]
+    candidates = [i for i, t in enumerate(texts) if len(t.split()) >= min_words]
     planted = []
-    for i in rng.choice(candidates, size=n_planted, replace=False):
+    for i in rng.choice(candidates, size=min(n_planted, len(candidates)), replace=False):
         words = texts[i].split()
-        k = int(rng.integers(1, 4))
+        k = int(rng.integers(1, max_edits + 1))
         for _ in range(k):
             op = rng.integers(3)
             at = int(rng.integers(len(words)))
@@ -160,7 +165,8 @@ def read_zst(path: Path) -> list[dict]:
 
 def bench_near(tmp: Path, rng) -> None:
     texts = captions()
-    planted = plant_edits(texts, 3000, rng)
+    # edits of 1-3 words (mostly below 0.8), plus single-word edits of long captions (mostly above)
+    planted = plant_edits(texts, 3000, rng) + plant_edits(texts, 2000, rng, max_edits=1, min_words=14)
     corpus = texts + [t for _, t in planted]
     sets = [shingles(t) for t in corpus]
     t0 = time.perf_counter()
@@ -362,13 +368,57 @@ def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
           f"largest group {sizes.max()} | |")
 
 
+def bench_memory(tmp: Path, n: int, rng) -> None:
+    """Peak RSS of `rsyn dedup` (exact,near) at two stream sizes: the slope is the memory per record."""
+    corpus = speed_corpus(n, rng)
+    rows = []
+    for size in (n // 4, n):
+        src = tmp / f"mem{size}.jsonl.zst"
+        write_records(src, corpus[:size])
+        wall, cpu, peak = run_cli(["dedup", src, "-o", tmp / "mem-out.jsonl.zst", "-q"])
+        rows.append((size, wall, cpu, peak))
+        src.unlink()
+    (n1, _, _, p1), (n2, _, _, p2) = rows
+    print(f"\n## memory: rsyn dedup (exact,near) on real-caption sentences")
+    print("| sentences | wall s | CPU s | peak RSS |\n|---|---|---|---|")
+    for size, wall, cpu, peak in rows:
+        print(f"| {size:,} | {wall:.1f} | {cpu:.1f} | {peak / 1024:.0f} MiB |")
+    print(f"\nslope: {(p2 - p1) / (n2 - n1) * 1e6 / 1024 ** 2:.2f} GiB per million sentences "
+          f"(plus ~100 MiB for the interpreter and libraries)")
+
+
+def bench_semantic_cli(tmp: Path, n: int, rng) -> None:
+    """`rsyn dedup --mode exact,semantic` end to end on image records with inline 512-d embeddings."""
+    from rsyn.records import encode_embeddings
+
+    vectors, _ = synthetic_embeddings(tmp / "cli-emb.npy", n, 512, rng)
+    src = tmp / "emb.jsonl.zst"
+    with open(src, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as out:
+        for lo in range(0, n, 10_000):
+            embs = encode_embeddings(np.asarray(vectors[lo:lo + 10_000], dtype=np.float32))
+            for i, e in enumerate(embs, lo):
+                out.write(orjson.dumps({"id": f"{i:020x}", "kind": "image", "doc": f"d{i // 20}", "pos": i % 20,
+                                        "url": f"https://example.org/{i}.jpg", "emb": e,
+                                        "emb_model": "synthetic-512"}) + b"\n")
+    size = src.stat().st_size
+    wall, cpu, peak = run_cli(["dedup", src, "--mode", "exact,semantic", "--device", "cpu", "-o",
+                               tmp / "emb-out.jsonl.zst", "-q"])
+    print(f"\n## semantic, end to end: {n:,} image records with inline 512-d embeddings "
+          f"({size / 2 ** 20:.0f} MiB zstd)")
+    print("| command | wall s | CPU s | records/CPU-s | peak RSS |\n|---|---|---|---|---|")
+    print(f"| rsyn dedup --mode exact,semantic --device cpu | {wall:.1f} | {cpu:.1f} | {n / cpu:,.0f} | "
+          f"{peak / 1024:.0f} MiB |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sentences", type=int, default=200_000)
     ap.add_argument("--semantic-n", type=int, default=1_000_000)
     ap.add_argument("--subsample", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--only", default="near,speed,semantic")
+    ap.add_argument("--memory-n", type=int, default=1_000_000)
+    ap.add_argument("--semantic-cli-n", type=int, default=100_000)
+    ap.add_argument("--only", default="near,speed,semantic,semantic-cli,memory")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     print(f"# bench_dedup  ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})")
@@ -380,6 +430,10 @@ def main() -> None:
             bench_speed(tmp, args.sentences, args.repeat, np.random.default_rng(1))
         if "semantic" in parts:
             bench_semantic(tmp, args.semantic_n, args.subsample, np.random.default_rng(2))
+        if "semantic-cli" in parts:
+            bench_semantic_cli(tmp, args.semantic_cli_n, np.random.default_rng(3))
+        if "memory" in parts:
+            bench_memory(tmp, args.memory_n, np.random.default_rng(4))
 
 
 if __name__ == "__main__":

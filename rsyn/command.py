@@ -314,6 +314,11 @@ class Run:
                     kept.append((lineno, line))
         return kept
 
+    def tick(self) -> None:
+        """Refresh the progress line (for stages that read their input themselves, e.g. documents)."""
+        if self._progress is not None:
+            self._tick()
+
     def _tick(self) -> None:
         self._progress.update(self._task, status=f"{self.n_in:,} in, {self.n_out:,} out")
 

@@ -279,7 +279,7 @@ def _extract(run: Run, paths: list[str], opts: ExtractOptions, filters: list[Fil
         if sentences >= opts.window:
             yield from _filter_window(run, window, filters)
             window, sentences = [], 0
-            _progress(run)
+            run.tick()
     yield from _filter_window(run, window, filters)
 
 
@@ -301,7 +301,3 @@ def _filter_window(run: Run, window: list[tuple[dict, str]], filters: list[Filte
         run.extra["images_out" if record["kind"] == "image" else "sentences_out"] += 1
     return survivors
 
-
-def _progress(run: Run) -> None:
-    if run._progress is not None:  # the shared frame has no public hook for stages that count input themselves
-        run._tick()

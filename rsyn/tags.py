@@ -125,7 +125,7 @@ def noun_phrases(doc, max_words: int = 3) -> set[str]:
     return found
 
 
-def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 200_000, min_count: int = 3, seed: int = 0,
+def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 100_000, min_count: int = 3, seed: int = 0,
               exclude: set[str] | None = None, cache_dir: Path | None = None, note=None,
               spacy_model: str | None = None) -> list[str]:
     """The `n_tags` most frequent noun phrases of the sentence store (each at least `min_count` times).
@@ -137,7 +137,7 @@ def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 200_000, min
     stat = sqlite_file.stat()
     key = _digest(str(sqlite_file.resolve()), stat.st_size, stat.st_mtime_ns, n_tags, sample, min_count, seed,
                   spacy_model or "", *sorted(exclude or ()))
-    cache = (cache_dir or default_cache_dir()) / f"mined-tags-{key}.txt"
+    cache = Path(cache_dir or default_cache_dir()) / f"mined-tags-{key}.txt"
     if cache.exists():
         return cache.read_text(encoding="utf-8").splitlines()
     texts = sample_sentences(sqlite_file, sample, seed)
@@ -145,7 +145,10 @@ def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 200_000, min
         note(f"mining tags from {len(texts):,} sentences of {sqlite_file} (cached afterwards)")
     nlp = load_spacy(spacy_model)
     counts: Counter[str] = Counter()
-    for doc in nlp.pipe(texts, batch_size=256):
+    # the parser is the cost (~300 sentences/s per core): spread a large sample over processes; each process
+    # loads the model once (seconds), which only a large sample repays
+    processes = min(8, os.cpu_count() or 1) if len(texts) >= 20_000 else 1
+    for doc in nlp.pipe(texts, batch_size=256, n_process=processes):
         counts.update(noun_phrases(doc))
     exclude = exclude or set()
     ranked = sorted((phrase for phrase, n in counts.items() if n >= min_count and phrase not in exclude),
@@ -170,7 +173,7 @@ class ZeroShotTagger:
         self.tags = tags
         self.model = clip.name
         self.dim = clip.dim
-        self.embeddings = tag_embeddings(tags, clip, template, cache_dir or default_cache_dir(), batch_size)
+        self.embeddings = tag_embeddings(tags, clip, template, Path(cache_dir or default_cache_dir()), batch_size)
 
     def top(self, images: np.ndarray, k: int, threshold: float) -> tuple[list[list[str]], list[list[float]]]:
         """For each image row: up to k tags with cosine >= threshold, best first, and their scores."""

@@ -24,7 +24,7 @@ def caption(
     mined_tags: Annotated[int, typer.Option("--mined-tags", min=1, help="How many tags to mine.",
                                             rich_help_panel=TAGS)] = 4000,
     mine_sample: Annotated[int, typer.Option("--mine-sample", min=1, help="Sentences sampled (seeded) for mining.",
-                                             rich_help_panel=TAGS)] = 200_000,
+                                             rich_help_panel=TAGS)] = 100_000,
     mine_min_count: Annotated[int, typer.Option("--mine-min-count", min=1,
                                                 help="A mined tag occurs in at least this many sampled sentences.",
                                                 rich_help_panel=TAGS)] = 3,

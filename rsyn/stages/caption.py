@@ -36,7 +36,7 @@ class CaptionOptions:
     tags_file: str | None = None
     mine_tags_from: str | None = None
     mined_tags: int = 4000
-    mine_sample: int = 200_000
+    mine_sample: int = 100_000
     mine_min_count: int = 3
     save_tags: str | None = None
     max_tags: int = 10

@@ -88,25 +88,29 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def measure_rss(sentences: np.ndarray, tmp: Path) -> tuple[int, float]:
-    """Peak RSS (bytes) and seconds of the real `rsyn index` command over JSONL records of `sentences`."""
+def write_records(path: Path, vectors: np.ndarray, kind: str) -> None:
     from rsyn.records import encode_embeddings
 
-    path = tmp / "sentences.jsonl"
     with open(path, "wb") as fh:
-        for start in range(0, len(sentences), 50_000):
-            chunk = sentences[start:start + 50_000]
-            fh.write(b"".join(orjson.dumps({"id": f"s{start + i}", "kind": "text", "doc": f"d{(start + i) // 20}",
-                                             "text": f"synthetic sentence {start + i}", "emb": e,
-                                             "emb_model": MODEL}) + b"\n"
-                              for i, e in enumerate(encode_embeddings(chunk.astype(np.float32)))))
-    # GNU time reports the peak RSS of this one child (getrusage would give the maximum over all children)
-    command = [sys.executable, "-m", "rsyn", "index", str(path), "-o", str(tmp / "cli-index"), "-q", "--device", "cpu"]
+        for start in range(0, len(vectors), 50_000):
+            embs = encode_embeddings(vectors[start:start + 50_000].astype(np.float32))
+            if kind == "text":
+                records = ({"id": f"s{start + i}", "kind": "text", "doc": f"d{(start + i) // 20}",
+                            "text": f"synthetic sentence {start + i}", "emb": e, "emb_model": MODEL}
+                           for i, e in enumerate(embs))
+            else:
+                records = ({"id": f"i{start + i}", "kind": "image", "url": f"http://example.com/{start + i}.jpg",
+                            "emb": e, "emb_model": MODEL} for i, e in enumerate(embs))
+            fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+
+def timed_command(*args: str) -> tuple[int, float]:
+    """Peak RSS (bytes, of this one child, by GNU time) and wall seconds of `rsyn ARGS`."""
+    command = [sys.executable, "-m", "rsyn", *args, "-q", "--device", "cpu"]
     start = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", *command], check=True, capture_output=True,
                           cwd=Path(__file__).resolve().parent.parent)
-    seconds = time.perf_counter() - start
-    return int(proc.stderr.decode().strip().splitlines()[-1]) * 1024, seconds
+    return int(proc.stderr.decode().strip().splitlines()[-1]) * 1024, time.perf_counter() - start
 
 
 def main() -> None:
@@ -126,6 +130,9 @@ def main() -> None:
     import faiss
 
     n, nq, dim = args.sentences, args.queries, args.dim
+    if n == 0:
+        end_to_end(args, dim)
+        return
     topics = args.topics or max(10, n // 1000)
     print(f"# bench_retrieve: {n:,} sentences x {dim}-d, {nq:,} queries, {topics:,} Zipf({args.zipf}) topics, "
           f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} cores", flush=True)
@@ -224,20 +231,31 @@ def main() -> None:
               f"Paper: about 40 GPU-hours (8 A100s) vs more than 10,000 for brute force.")
 
     if args.rss_sentences:
-        # two sizes: the slope is the memory per vector, the intercept the interpreter and libraries
-        print()
-        peaks = []
-        for size in (args.rss_sentences // 4, args.rss_sentences):
-            with tempfile.TemporaryDirectory(prefix="rsyn-bench-rss-") as tmp_name:
-                sub, _ = make_data(size, 1, dim, max(10, size // 1000), args.zipf, args.seed)
-                peak, seconds = measure_rss(sub, Path(tmp_name))
-                peaks.append(peak)
-                print(f"rsyn index end to end on {size:,} JSONL records ({dim}-d): {seconds:.1f}s "
-                      f"({size / seconds:,.0f} records/s), peak RSS {peak / 2**20:,.0f} MiB")
-        slope = (peaks[1] - peaks[0]) / (args.rss_sentences * 3 / 4)
-        print(f"peak RSS per million {dim}-d vectors: {slope * 1e6 / 2**30:.2f} GiB "
-              f"(+ {(peaks[0] - slope * args.rss_sentences / 4) / 2**20:,.0f} MiB fixed); float32 IVF lists alone "
-              f"are {(4 * dim + 8) / 2**30 * 1e6:.2f} GiB per million")
+        end_to_end(args, dim)
+
+
+def end_to_end(args, dim: int) -> None:
+    """The real commands on JSONL records at two sizes: the RSS slope is the memory per vector."""
+    print()
+    peaks = []
+    for size in (args.rss_sentences // 4, args.rss_sentences):
+        with tempfile.TemporaryDirectory(prefix="rsyn-bench-e2e-") as tmp_name:
+            tmp = Path(tmp_name)
+            sentences, queries = make_data(size, 10_000, dim, max(10, size // 1000), args.zipf, args.seed)
+            write_records(tmp / "sentences.jsonl", sentences, "text")
+            write_records(tmp / "images.jsonl", queries, "image")
+            peak, seconds = timed_command("index", str(tmp / "sentences.jsonl"), "-o", str(tmp / "index"))
+            peaks.append(peak)
+            print(f"rsyn index on {size:,} JSONL records ({dim}-d): {seconds:.1f}s ({size / seconds:,.0f} records/s), "
+                  f"peak RSS {peak / 2**20:,.0f} MiB")
+            peak, seconds = timed_command("retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"),
+                                          "-o", str(tmp / "out.jsonl.zst"))
+            print(f"rsyn retrieve of {len(queries):,} image records (nprobe default): {seconds:.1f}s "
+                  f"({len(queries) / seconds:,.0f} records/s), peak RSS {peak / 2**20:,.0f} MiB")
+    slope = (peaks[1] - peaks[0]) / (args.rss_sentences * 3 / 4)
+    print(f"rsyn index peak RSS per million {dim}-d vectors: {slope * 1e6 / 2**30:.2f} GiB "
+          f"(+ {(peaks[0] - slope * args.rss_sentences / 4) / 2**20:,.0f} MiB fixed); the float32 IVF lists alone "
+          f"are {(4 * dim + 8) / 2**30 * 1e6:.2f} GiB per million")
 
 
 if __name__ == "__main__":

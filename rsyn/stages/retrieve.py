@@ -23,6 +23,7 @@ from rsyn.vectors import use_faiss_gpu
 BATCH = 4096  # images searched per faiss call
 SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 keeps ties visible
 DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
+CHUNK = 256  # queries whose candidate vectors are gathered at once (re-ranking, --distinct)
 
 
 class IndexDirectory:
@@ -47,6 +48,8 @@ class IndexDirectory:
             index = faiss.read_index(str(self.path / IVF))
         except RuntimeError as exc:
             self._corrupt(f"{IVF} cannot be read by faiss ({_first_line(exc)})")
+        if not isinstance(index, faiss.IndexIVF):
+            self._corrupt(f"{IVF} holds a {type(index).__name__}, not an IVF index")
         if index.ntotal != self.count or index.d != self.dim or index.nlist != self.meta["clusters"]:
             self._corrupt(f"{IVF} holds {index.ntotal} vectors of dim {index.d} in {index.nlist} lists, "
                           f"meta.json says {self.count} of dim {self.dim} in {self.meta['clusters']}")
@@ -124,7 +127,10 @@ class IndexDirectory:
         return scores, rows
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        exact = np.einsum("qd,qkd->qk", queries, self.sentence_vectors(rows))
+        exact = np.empty(rows.shape, dtype=np.float32)
+        for start in range(0, len(rows), CHUNK):  # bounds the (queries, candidates, dim) block in memory
+            part = slice(start, start + CHUNK)
+            exact[part] = np.einsum("qd,qkd->qk", queries[part], self.sentence_vectors(rows[part]))
         exact[rows < 0] = -np.inf
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
@@ -197,33 +203,42 @@ def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, 
     run.extra.update({"nprobe": nprobe, "k": k, "images": 0, "passed_through": 0})
     pending: list[dict | None] = []  # every record in input order; images wait for their batch's search
     queries: list[tuple[int, str, str]] = []  # (position in pending, emb, where)
-    try:
-        for record in run.records():
-            if record.get("kind") != "image":
-                pending.append(record)
-                run.extra["passed_through"] += 1
-                continue
-            emb, model = record.get("emb"), record.get("emb_model")
-            if type(emb) is not str or type(model) is not str:
-                run.error(run.where, "image record has no embedding 'emb' with its 'emb_model' (run rsyn embed first)",
-                          record=record, reason="missing_emb")
-                continue
-            if model != index.model:
-                run.error(run.where, f"image embedding from model {model!r}, but the index {index_dir} was built "
-                                     f"with {index.model!r}: embed both with the same model",
-                          record=record, reason="model_mismatch")
-                continue
-            queries.append((len(pending), emb, run.where))
-            pending.append(record)
-            if len(queries) >= BATCH:
-                _search_batch(run, index, pending, queries, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct)
-                run.write(r for r in pending if r is not None)
-                pending.clear()
-                queries.clear()
+
+    def flush() -> None:
         _search_batch(run, index, pending, queries, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct)
         run.write(r for r in pending if r is not None)
+        pending.clear()
+        queries.clear()
+
+    try:
+        for record in run.records():
+            if record.get("kind") == "image" and _usable_image(run, record, index, index_dir):
+                queries.append((len(pending), record["emb"], run.where))
+            elif record.get("kind") == "image":
+                continue  # reported (or counted and logged with --on-error skip)
+            else:
+                run.extra["passed_through"] += 1
+            pending.append(record)
+            # a long run of passed-through records must not pile up behind a batch of images
+            if len(queries) >= BATCH or len(pending) >= 4 * BATCH:
+                flush()
+        flush()
     finally:
         index.close()
+
+
+def _usable_image(run: Run, record: dict, index: IndexDirectory, index_dir: str) -> bool:
+    emb, model = record.get("emb"), record.get("emb_model")
+    if type(emb) is not str or type(model) is not str:
+        run.error(run.where, "image record has no embedding 'emb' with its 'emb_model' (run rsyn embed first)",
+                  record=record, reason="missing_emb")
+        return False
+    if model != index.model:
+        run.error(run.where, f"image embedding from model {model!r}, but the index {index_dir} was built "
+                             f"with {index.model!r}: embed both with the same model",
+                  record=record, reason="model_mismatch")
+        return False
+    return True
 
 
 def _search_batch(run: Run, index: IndexDirectory, pending: list, queries: list, *, k: int, nprobe: int,
@@ -236,7 +251,9 @@ def _search_batch(run: Run, index: IndexDirectory, pending: list, queries: list,
     pool = k * DISTINCT_POOL if distinct is not None else k
     scores, rows = index.search(matrix, pool, nprobe=nprobe, rerank=rerank)
     if distinct is not None:
-        scores, rows = distinct_choice(scores, rows, index.sentence_vectors(rows), k, distinct)
+        chosen = [distinct_choice(scores[i:i + CHUNK], rows[i:i + CHUNK], index.sentence_vectors(rows[i:i + CHUNK]),
+                                  k, distinct) for i in range(0, len(rows), CHUNK)]
+        scores, rows = np.concatenate([c[0] for c in chosen]), np.concatenate([c[1] for c in chosen])
     found = index.sentences(rows)
     rounded = np.round(scores.astype(np.float64), SCORE_DECIMALS).tolist()
     for (position, _, _), q_rows, q_scores in zip(queries, rows.tolist(), rounded):

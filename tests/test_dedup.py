@@ -256,7 +256,7 @@ def test_probes_find_duplicates_across_a_cluster_boundary(tmp_path):
     args = ("--mode", "semantic", "--cluster-size", "60", "--device", "cpu")
     _, dropped, _ = dedup(records, *args, "--probes", "1", tmp_path=tmp_path)
     assert dropped == {}  # u and v land in different clusters and are never compared
-    _, dropped, _ = dedup(records, *args, tmp_path=tmp_path)  # default: 2 probes
+    _, dropped, _ = dedup(records, *args, tmp_path=tmp_path)  # default: 3 probes
     assert list(dropped) == ["v"] and dropped["v"]["dup_of"] == "u" and dropped["v"]["similarity"] == pytest.approx(
         0.95, abs=3e-3)
 

@@ -31,7 +31,7 @@ def dedup(
     probes: Annotated[int, typer.Option(
         "--probes", min=1, help="semantic: a record is also compared with the records of its N nearest "
         "clusters that are nearest to it in turn (1 = SemDeDup's one cluster per record; more finds the "
-        "duplicates that straddle a cluster boundary).")] = 2,
+        "duplicates that straddle a cluster boundary).")] = 3,
     tmp_dir: Annotated[Optional[str], typer.Option(
         "--tmp-dir", help="Where the records and embeddings are spilled between the two passes "
         "(default: the system temporary directory).")] = None,

@@ -54,7 +54,7 @@ class DedupOptions:
     perceptual_threshold: float = 0.95
     semantic_threshold: float = 0.90
     cluster_size: int = 1000
-    probes: int = 2
+    probes: int = 3
     tmp_dir: str | None = None
 
     @property

@@ -154,7 +154,7 @@ def keep_first(m: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return kept
 
 
-def semantic_groups(vectors, rows: np.ndarray, threshold: float, cluster_size: int, *, probes: int = 2,
+def semantic_groups(vectors, rows: np.ndarray, threshold: float, cluster_size: int, *, probes: int = 3,
                     seed: int, device: str) -> dict:
     """Semantic dedup of `rows` (ascending row numbers into `vectors`, a (n, d) float16 matrix).
 

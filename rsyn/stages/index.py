@@ -183,7 +183,6 @@ def publish(building: Path, target: Path) -> None:
 @dataclass
 class Corpus:
     count: int = 0
-    dim: int | None = None
     model: str | None = None
 
 
@@ -237,7 +236,6 @@ def _flush(run: Run, batch: list[tuple], spill: VectorSpill, db: sqlite3.Connect
     matrix, batch = _decode_batch(run, batch)
     if len(batch):
         spill.add(matrix)
-        corpus.dim = spill.dim
         start = corpus.count
         db.executemany("INSERT INTO sentences VALUES (?, ?, ?, ?)",
                        [(start + i, sid, text, doc) for i, (sid, text, doc, *_) in enumerate(batch)])

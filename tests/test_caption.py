@@ -253,15 +253,19 @@ def test_empty_generation_and_bad_images_fail_per_record(models, corpus, tmp_pat
     path = tmp_path / "in.jsonl"
     path.write_bytes(jsonl(records))
     out, stats = tmp_path / "out.jsonl", tmp_path / "stats.json"
-    args = local_args(models, corpus, out, "--stats", stats, "--quiet")
+    args = local_args(models, corpus, out, "--stats", stats, "--quiet", "--no-fetch")
     args[0] = path
     with LoopbackLLMServer() as server:
         served = [*args, "--llm-backend", "openai", "--llm-url", server.url]
         result = invoke("caption", *served)
-        assert result.exit_code == 2 and f"{path}:1: cannot read image {broken}" in result.output
-        result = invoke("caption", *served, "--on-error", "skip")
+        # records are checked first, images read after: the record without any image source fails first
+        assert result.exit_code == 2 and f"{path}:6: image record has no image for the captioner" in result.output
+        result = invoke("caption", *served, "--on-error", "skip", "--rejects", tmp_path / "rejects.jsonl")
     assert result.exit_code == 0, result.output
     assert orjson.loads(stats.read_bytes())["errors"] == {"bad_image": 2, "missing_image": 1}
+    logged = {e["where"]: e["message"] for e in read_stream_file(tmp_path / "rejects.jsonl")}
+    assert logged[f"{path}:1"].startswith(f"cannot read image {broken}: decode_failed")
+    assert logged[f"{path}:4"] == f"cannot read image {records[3]['path']}: fetch_failed: fetching is switched off"
     mute = [*args, "--on-error", "skip"]
     mute[mute.index(models["gpt2"])] = models["mute_gpt2"]
     result = invoke("caption", *mute)
@@ -314,3 +318,29 @@ def test_tags_mined_from_the_index_sentence_store(models, corpus, tmp_path):
 def test_missing_sentence_store_is_one_line(corpus, tmp_path):
     proc = rsyn("caption", corpus["input"], "--index", tmp_path, "--captioner", "none")
     assert proc.returncode == 2 and "no sentence store" in proc.stderr.decode()
+
+
+def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
+    """Records without `path` (as the example pipeline has them): the captioner reads the image by URL from
+    an img2dataset folder (SHARD/KEY.jpg beside SHARD/KEY.json)."""
+    import shutil as sh
+
+    folder = tmp_path / "images" / "00000"
+    folder.mkdir(parents=True)
+    records = []
+    for i, record in enumerate(corpus["records"]):
+        record = dict(record)
+        if record["kind"] == "image":
+            sh.copy(record.pop("path"), folder / f"{i:09d}.png")
+            (folder / f"{i:09d}.json").write_bytes(orjson.dumps({"url": record["url"], "key": f"{i:09d}"}))
+        records.append(record)
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(jsonl(records))
+    with LoopbackLLMServer() as server:
+        result = invoke("caption", source, "-o", out, "--images", tmp_path / "images", "--max-tags", "0",
+                        "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "openai",
+                        "--llm-url", server.url, "--quiet")
+    assert result.exit_code == 0, result.output
+    captioned = [r for r in read_stream_file(out) if r["kind"] == "image"]
+    assert len(captioned) == N_IMAGES and all(r["caption"] and r["syn_text"] for r in captioned)
+    assert all("path" not in r for r in captioned)

@@ -46,6 +46,14 @@ def caption(
     captioner: Annotated[str, typer.Option(
         "--captioner", help="Image captioner: Hugging Face id or local directory; 'none' = no caption.",
         rich_help_panel=CAPTION)] = "Salesforce/blip-image-captioning-base",
+    images: Annotated[Optional[str], typer.Option(
+        "--images", metavar="DIR", rich_help_panel=CAPTION,
+        help="img2dataset output folder: images without a `path` are found there by URL.")] = None,
+    fetch: Annotated[bool, typer.Option(
+        "--fetch/--no-fetch", rich_help_panel=CAPTION,
+        help="Download by URL an image found neither at `path` nor in --images.")] = True,
+    image_workers: Annotated[int, typer.Option("--image-workers", min=1, rich_help_panel=CAPTION,
+                                               help="Threads reading, fetching and decoding images.")] = 16,
     caption_max_tokens: Annotated[int, typer.Option("--caption-max-tokens", min=1, rich_help_panel=CAPTION,
                                                     help="Longest caption, in tokens.")] = 30,
     caption_beams: Annotated[int, typer.Option("--caption-beams", min=1, rich_help_panel=CAPTION,
@@ -90,14 +98,16 @@ def caption(
 ) -> None:
     """Image semantic augmented generation: semantic tags (zero-shot CLIP over a tag vocabulary), a brief caption
     (an image-to-text model) and an LLM that merges the best retrieved text, the caption and the tags into one
-    `syn_text`. Reads records from `rsyn retrieve` (with `emb`, `texts`, and `path` for the captioner); other
-    records pass through. The openai backend sends $OPENAI_API_KEY when it is set. See docs/caption.md."""
+    `syn_text`. Reads records from `rsyn retrieve` (with `emb`, `texts`, and for the captioner an image at `path`,
+    in --images or at `url`); other records pass through. The openai backend sends $OPENAI_API_KEY when it is
+    set. See docs/caption.md."""
     from rsyn.stages.caption import CaptionOptions, run_caption
 
     opts = CaptionOptions(
         tags_file=tags, mine_tags_from=mine_tags_from, mined_tags=mined_tags, mine_sample=mine_sample,
         mine_min_count=mine_min_count, save_tags=save_tags, max_tags=max_tags, tag_threshold=tag_threshold,
         tag_template=tag_template, clip_model=model, clip_pretrained=pretrained, captioner=captioner,
+        images=images, fetch=fetch, image_workers=image_workers,
         caption_max_tokens=caption_max_tokens, caption_beams=caption_beams, llm_backend=llm_backend,
         llm_model=llm_model, llm_url=llm_url, llm_api=llm_api, llm_concurrency=llm_concurrency,
         llm_timeout=llm_timeout, llm_retries=llm_retries, llm_max_tokens=llm_max_tokens, temperature=temperature,

@@ -46,6 +46,9 @@ class CaptionOptions:
     clip_pretrained: str | None = None
     # caption
     captioner: str = "Salesforce/blip-image-captioning-base"
+    images: str | None = None  # img2dataset output folder, images found by URL
+    fetch: bool = True  # download by URL an image found neither at `path` nor in `images`
+    image_workers: int = 16
     caption_max_tokens: int = 30
     caption_beams: int = 3
     # fusion
@@ -109,6 +112,8 @@ class CaptionStage:
         self._taggers: dict[str, object] = {}
         self._captioner = None
         self._llm = None
+        self._loader = None
+        self._image_pool = None
         self.seconds = {"tags": 0.0, "caption": 0.0, "llm": 0.0}
         # a batch waits for its slowest request: give the server backend enough requests to keep every slot busy
         self.batch_size = max(1, opts.batch_size)
@@ -162,6 +167,26 @@ class CaptionStage:
         return self._taggers[key]
 
     @property
+    def loader(self):
+        """Images from `path`, the --images folder or their URL (rsyn.images: robust decoding, byte and pixel caps)."""
+        if self._loader is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from rsyn.images import Fetcher, ImageFolder, ImageLoader
+
+            folder = None
+            if self.opts.images:
+                try:
+                    folder = ImageFolder(self.opts.images)
+                except FileNotFoundError as exc:
+                    raise RsynError(str(exc)) from None
+                self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
+            fetcher = Fetcher(pool_size=self.opts.image_workers) if self.opts.fetch and folder is None else None
+            self._loader = ImageLoader(folder, fetcher)
+            self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
+        return self._loader
+
+    @property
     def captioner(self):
         if self._captioner is None:
             from rsyn.models.captioner import load_captioner
@@ -193,6 +218,8 @@ class CaptionStage:
         if self._llm is not None:
             self.run.extra["llm"] = self._llm.stats.as_dict()
             self._llm.close()
+        if self._image_pool is not None:
+            self._image_pool.shutdown(wait=False, cancel_futures=True)
         self.run.extra["counts"] = dict(self.counts)
         self.run.extra["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
 
@@ -235,14 +262,38 @@ class CaptionStage:
                 return self._fail(where, "image record has no embedding (`emb` and `emb_model`, from `rsyn embed`)",
                                   record, "missing_embedding")
         if self.use_captioner:
-            path = record.get("path")
-            if not isinstance(path, str) or not path:
-                return self._fail(where, "image record has no local image file (`path`); the captioner needs one "
-                                  "(or use --captioner none)", record, "missing_image")
-            item.image = _open_image(path)
-            if isinstance(item.image, str):
-                return self._fail(where, f"cannot read image {path}: {item.image}", record, "bad_image")
+            path, url = record.get("path"), record.get("url")
+            has_path = isinstance(path, str) and bool(path)
+            has_url = isinstance(url, str) and bool(url) and (self.opts.images or self.opts.fetch)
+            if not has_path and not has_url:
+                return self._fail(where, "image record has no image for the captioner: no `path`, and no `url` "
+                                  "to look up (--images DIR) or fetch (or use --captioner none)", record,
+                                  "missing_image")
         return item
+
+    def _load_images(self, items: list[Item]) -> list[Item]:
+        """Read and decode the batch's images on a thread pool; an image that cannot be had fails its record."""
+        from rsyn.images import ImageError
+
+        loader = self.loader
+
+        def load(item: Item):
+            try:
+                return loader.load(item.record).image
+            except ImageError as exc:
+                return exc
+            except Exception as exc:  # a decoder bug on one image must not end the run
+                return ImageError("decode_failed", f"{type(exc).__name__}: {exc}"[:200])
+
+        kept = []
+        for item, image in zip(items, self._image_pool.map(load, items)):
+            if isinstance(image, ImageError):
+                source = item.record.get("path") or item.record.get("url")
+                self._fail(item.where, f"cannot read image {source}: {image}", item.record, "bad_image")
+                continue
+            item.image = image
+            kept.append(item)
+        return kept
 
     def _fail(self, where: str, message: str, record: dict, reason: str) -> None:
         self.run.error(where, message, record=record, reason=reason)
@@ -289,6 +340,9 @@ class CaptionStage:
         if not self.use_captioner:
             return items
         start = time.perf_counter()
+        items = self._load_images(items)
+        if not items:
+            return items
         captioner = self.captioner
         captions = captioner.caption([item.image for item in items], max_new_tokens=self.opts.caption_max_tokens,
                                      num_beams=self.opts.caption_beams)
@@ -330,20 +384,6 @@ class CaptionStage:
             kept.append(item)
         self.seconds["llm"] += time.perf_counter() - start
         return kept
-
-
-def _open_image(path: str):
-    """A decoded RGB PIL image, or a string saying why it could not be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        return "no such file"
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _quiet_transformers() -> None:

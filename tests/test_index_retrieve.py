@@ -314,3 +314,57 @@ def test_replacing_an_index_and_refusing_other_directories(planted, tmp_path):
     proc = rsyn("index", small, "-o", precious, "--device", "cpu")
     assert proc.returncode == 2 and "not an rsyn index directory; refusing to replace it" in proc.stderr.decode()
     assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_bad_image_embeddings_are_named_or_skipped(planted, tmp_path):
+    images = image_records(planted["queries"][:4])
+    images[1]["emb"] = encode_embeddings(np.ones((1, 32)))[0]  # wrong dimension
+    images[2]["emb"] = base64_zero_vector()
+    del images[3]["emb_model"]
+    path = tmp_path / "images.jsonl"
+    path.write_bytes(jsonl(images))
+    proc = rsyn("retrieve", "--index", planted["index"], path, "--device", "cpu")
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip().splitlines()[-1].startswith(f"rsyn: error: {path}:4: image record has no")
+    proc = rsyn("retrieve", "--index", planted["index"], path, "--device", "cpu", "--on-error", "skip",
+                "--stats", tmp_path / "stats.json", check=True)
+    assert [r["id"] for r in decode_stream(proc.stdout)] == ["img0000"]
+    stats = orjson.loads((tmp_path / "stats.json").read_bytes())
+    assert stats["errors"] == {"missing_emb": 1, "bad_emb": 2} and stats["stage"]["images"] == 1
+
+
+def base64_zero_vector():
+    import base64
+
+    return base64.b64encode(np.zeros(DIM, dtype="<f2").tobytes()).decode()
+
+
+def test_memory_budget_picks_flat_lists_or_the_largest_pq_code_that_fits():
+    from rsyn.stages.index import choose_layout, parse_size
+
+    assert parse_size("8G") == 8 << 30 and parse_size("512M") == 512 << 20 and parse_size("1.5GiB") == 3 << 29
+    assert parse_size("auto") is None
+    million = 1_000_000
+    assert choose_layout(million, 512, 2381, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_flat"
+    pq = choose_layout(million, 512, 2381, budget=100 << 20, index_type="auto", pq_bytes=None)
+    assert pq.index_type == "ivf_pq" and pq.pq_bytes == 64 and pq.index_bytes <= 100 << 20
+    assert choose_layout(million, 512, 2381, budget=48 << 20, index_type="auto", pq_bytes=None).pq_bytes == 32
+    assert choose_layout(million, 512, 2381, budget=40 << 20, index_type="auto", pq_bytes=None).pq_bytes == 16
+
+
+def _faiss_gpus():
+    import faiss
+
+    return getattr(faiss, "get_num_gpus", lambda: 0)()
+
+
+@pytest.mark.skipif(_faiss_gpus() == 0, reason="needs faiss-gpu and a CUDA device")
+def test_gpu_search_agrees_with_cpu(planted):
+    queries = jsonl(image_records(planted["queries"]))
+    cpu = decode_stream(rsyn("retrieve", "--index", planted["index"], "--device", "cpu", "-q", input=queries,
+                             check=True).stdout)
+    gpu = decode_stream(rsyn("retrieve", "--index", planted["index"], "--device", "cuda", "-q", input=queries,
+                             check=True).stdout)
+    for a, b in zip(cpu, gpu):
+        assert [t["id"] for t in a["texts"]] == [t["id"] for t in b["texts"]]
+        np.testing.assert_allclose([t["score"] for t in a["texts"]], [t["score"] for t in b["texts"]], atol=1e-4)

@@ -26,6 +26,16 @@ def test_tiny_clip_loads_by_its_spec_and_gives_unit_rows(tiny_clip):
     assert load_clip(clip.name, None, "cpu") is clip  # cached per process
 
 
+def test_cutting_the_padding_changes_nothing_but_the_work(tiny_clip):
+    clip = load_clip(tiny_clip, None, "cpu")
+    assert clip.trims_padding  # a causal, end-of-text-pooled tower: the padding cannot matter
+    texts = ["a", "a brown dog", "two hikers climbed the snowy hill before the rain started " * 3, ""]
+    tokens = clip.tokenize(texts)
+    assert list(clip.token_lengths(tokens))[:2] == [3, 5] and clip.token_lengths(tokens)[2] == 32
+    np.testing.assert_allclose(clip.encode_tokens(tokens[:2]), clip.encode_tokens(tokens[:2], trim=False), atol=1e-5)
+    np.testing.assert_allclose(clip.encode_tokens(tokens), clip.encode_tokens(tokens, trim=False), atol=1e-5)
+
+
 def test_tiny_clip_is_seeded(tiny_clip, tmp_path):
     # (loading in a fresh process, from the command line, is what test_embed_mixed_stream_end_to_end does)
     again = load_clip(build_tiny_clip(tmp_path / "again", seed=0), None, "cpu")
@@ -257,3 +267,13 @@ def test_model_errors_are_one_line(tmp_path):
     assert code == 2 and err.strip().splitlines()[-1].startswith("rsyn: error: --model ViT-B-32 needs --pretrained")
     code, err = rsyn_here("embed", "--model", f"local-dir:{tmp_path}/none", "-o", tmp_path / "out.jsonl")
     assert code == 2 and "cannot load CLIP model" in err and "Traceback" not in err
+
+
+def test_kinds_limits_what_is_embedded(tmp_path, tiny_clip):
+    records = [_image(0, url="http://127.0.0.1:9/never-fetched.jpg"), _text(1, "The chef opened the red door.")]
+    (tmp_path / "in.jsonl").write_bytes(jsonl(records))
+    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--kinds", "text",
+                          "-o", tmp_path / "out.jsonl")
+    assert code == 0, err
+    image, text = read_stream_file(tmp_path / "out.jsonl")
+    assert image == records[0] and text["emb_model"] == tiny_clip

@@ -93,8 +93,10 @@ class Clip:
         if self._pil_steps is not None:
             self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
             self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self._text_tower = _causal_text_tower(model)
         with torch.inference_mode():
             self.dim = int(self.encode_texts([""]).shape[1])
+            self.trims_padding = self._text_tower is not None and self._trimming_matches()
 
     def __repr__(self) -> str:
         return f"Clip({self.name!r}, dim={self.dim}, device={self.device!r})"
@@ -125,17 +127,78 @@ class Clip:
                 pixels = pixels.to(torch.float32).div_(255).sub_(self._mean).div_(self._std)
             return _unit_rows(self.model.encode_image(pixels.to(self.dtype)))
 
-    def encode_tokens(self, tokens) -> np.ndarray:
+    def encode_tokens(self, tokens, trim: bool = True) -> np.ndarray:
+        """Token ids -> unit rows. With a causal text tower, the padding after the longest text
+        is cut off first: the end-of-text token cannot see it, so only the work changes."""
         import torch
 
         with torch.inference_mode():
-            return _unit_rows(self.model.encode_text(tokens.to(self.device, non_blocking=True)))
+            tokens = tokens.to(self.device, non_blocking=True)
+            if trim and getattr(self, "trims_padding", False):
+                return _unit_rows(self._encode_trimmed(tokens))
+            return _unit_rows(self.model.encode_text(tokens))
+
+    def token_lengths(self, tokens) -> np.ndarray:
+        """Length of each tokenized text up to its end-of-text token (the largest id, by CLIP's BPE)."""
+        return tokens.argmax(dim=-1).cpu().numpy() + 1
+
+    def _encode_trimmed(self, tokens):
+        # open_clip's own text forward (CLIP.encode_text / TextTransformer.forward), on the first
+        # `length` positions: the same modules, the positional embedding and causal mask cut to size
+        from open_clip.transformer import text_global_pool
+
+        tower = self._text_tower
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :length]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = text_global_pool(tower.ln_final(x), tokens, "argmax")
+        projection = tower.text_projection
+        if projection is not None:
+            x = projection(x) if callable(projection) and not hasattr(projection, "ndim") else x @ projection
+        return x
+
+    def _trimming_matches(self) -> bool:
+        """Checked once per load: trimmed and full-length text features agree, else trimming stays off."""
+        probe = self.tokenize(["", "a photo", "a brown dog is carrying a kite near the harbour at dawn"])
+        try:
+            full = self.encode_tokens(probe, trim=False)
+            trimmed = _unit_rows(self._encode_trimmed(probe.to(self.device)))
+        except Exception:  # an architecture this shortcut does not fit
+            return False
+        tolerance = 1e-4 if self.dtype == torch_float32() else 2e-2
+        return bool(np.abs(full - trimmed).max() <= tolerance)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> (n, dim) unit rows, tokenized as one batch."""
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         return self.encode_tokens(self.tokenize(texts))
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def _causal_text_tower(model):
+    """The module holding a causal, EOT-pooled CLIP text transformer (whose padding can be cut), else None."""
+    import open_clip
+    from open_clip.transformer import TextTransformer
+
+    if type(model) is open_clip.CLIP:
+        tower, pool = model, getattr(model, "text_pool_type", None)
+    elif isinstance(getattr(model, "text", None), TextTransformer):
+        tower, pool = model.text, getattr(model.text, "pool_type", None)
+        if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+            return None
+    else:
+        return None  # Hugging Face text towers (bidirectional) and others: full length
+    if pool != "argmax" or getattr(tower, "attn_mask", None) is None:
+        return None
+    return tower
 
 
 def _split_preprocess(preprocess):

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rsyn.command import RsynError
 from rsyn.prompts import ANSWER_CUE, Prompt
@@ -372,9 +372,12 @@ class HFBackend(LLMBackend):
         self.context = _max_positions(self.lm)
         if api == "auto":
             self.api = "chat" if getattr(self.tokenizer, "chat_template", None) else "completion"
-        if self.context <= sampling.max_tokens:
-            raise RsynError(f"--llm-model {model}: its context ({self.context} tokens) leaves no room for a prompt "
-                            f"and --llm-max-tokens {sampling.max_tokens}")
+        self.notice = None
+        if self.context < 2 * sampling.max_tokens:
+            # a small model (e.g. the tiny test GPT-2, 128 positions): keep half of its context for the prompt
+            self.sampling = replace(sampling, max_tokens=max(1, self.context // 2))
+            self.notice = (f"{model} has a context of {self.context} tokens: generating at most "
+                           f"{self.sampling.max_tokens} tokens, not {sampling.max_tokens}")
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if self.api == "chat":
@@ -504,7 +507,8 @@ def clean_generation(text: str | None, prompt: Prompt | None = None, max_words: 
         text = text[: section.start()]
     text = text.strip()
     paragraph = re.split(r"\n\s*\n", text, maxsplit=1)[0]
-    text = " ".join(paragraph.split()).strip(_QUOTES + " ").strip()
+    # a leading ":" or dash is what is left of a label or a list marker, never the start of a description
+    text = " ".join(paragraph.split()).strip(_QUOTES + " ").lstrip(":;,.-–—•* ").strip(_QUOTES + " ")
     words = text.split(" ")
     if len(words) > max_words:
         text = " ".join(words[:max_words])

@@ -292,6 +292,13 @@ def test_hf_backend_generates_deterministically_with_a_seed(tiny_gpt2):
     assert c == d and c != e
 
 
+def test_hf_backend_keeps_half_a_small_context_for_the_prompt(tiny_gpt2):
+    llm = HFBackend(tiny_gpt2, Sampling(max_tokens=160))  # the tiny GPT-2 has 128 positions
+    assert llm.sampling.max_tokens == 64 and "context of 128 tokens" in llm.notice
+    (result,) = llm.generate(prompts(1), [1])
+    assert result.error is None and result.tokens <= 64
+
+
 def test_hf_backend_uses_the_chat_template_when_there_is_one(tiny_gpt2):
     from rsyn.models.lm import load_causal_lm
 
@@ -317,6 +324,7 @@ def test_hf_backend_uses_the_chat_template_when_there_is_one(tiny_gpt2):
     ("**Synthetic text:** “A red car in Paris.”", "A red car in Paris."),
     ("A red car\nin Paris.\n\nNote: I ignored the tag 'cat'.", "A red car in Paris."),
     ("A red car in Paris.\nRaw text: something else", "A red car in Paris."),
+    (": - A red car in Paris.", "A red car in Paris."),
     ("   \n\n  ", ""),
     ('"" ** ...', ""),
     (None, ""),

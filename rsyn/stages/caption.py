@@ -212,6 +212,8 @@ class CaptionStage:
                                      api_key=o.api_key, tensor_parallel_size=o.tensor_parallel_size,
                                      gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
             self.run.note(f"LLM {self._llm.backend}:{self._llm.model} ({self._llm.api} prompts)")
+            if getattr(self._llm, "notice", None):
+                self.run.note(self._llm.notice)
         return self._llm
 
     def close(self) -> None:

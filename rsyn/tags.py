@@ -200,14 +200,16 @@ def tag_embeddings(tags: list[str], clip, template: str, cache_dir: Path, batch_
     """(n_tags, dim) unit rows of CLIP text embeddings of the prompted tags, from the disk cache when there."""
     key = _digest(clip.name, template, *tags)
     cache = Path(cache_dir) / f"tag-embeddings-{key}.npy"
+    prompts = [template.format(tag) for tag in tags]
     if cache.exists():
         try:
             matrix = np.load(cache)
-            if matrix.shape == (len(tags), clip.dim):
+            # the same name may hold other weights (a rebuilt local model): one fresh embedding must agree
+            if matrix.shape == (len(tags), clip.dim) and np.allclose(matrix[0], clip.encode_texts(prompts[:1])[0],
+                                                                      atol=1e-3):
                 return matrix
         except (OSError, ValueError):
             pass  # a damaged cache file is recomputed and replaced
-    prompts = [template.format(tag) for tag in tags]
     matrix = np.concatenate([clip.encode_texts(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
     buffer = io.BytesIO()
     np.save(buffer, matrix.astype(np.float32))

@@ -344,3 +344,18 @@ def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
     captioned = [r for r in read_stream_file(out) if r["kind"] == "image"]
     assert len(captioned) == N_IMAGES and all(r["caption"] and r["syn_text"] for r in captioned)
     assert all("path" not in r for r in captioned)
+
+
+def test_tag_embedding_cache_notices_other_weights_under_the_same_name(tmp_path):
+    import rsyn.models.clip as clip_models
+    from rsyn.models.clip import build_tiny_clip, load_clip
+    from rsyn.tags import tag_embeddings
+
+    spec = build_tiny_clip(tmp_path / "clip", seed=0)
+    first = tag_embeddings(["dog", "red car"], load_clip(spec, None, "cpu"), "a photo of {}.", tmp_path / "cache")
+    build_tiny_clip(tmp_path / "clip", seed=1)  # the same spec, other weights
+    clip_models._CACHE.pop((spec, "cpu", "fp32"), None)
+    clip = load_clip(spec, None, "cpu")
+    second = tag_embeddings(["dog", "red car"], clip, "a photo of {}.", tmp_path / "cache")
+    assert not np.allclose(first, second)
+    assert np.allclose(second, clip.encode_texts(["a photo of dog.", "a photo of red car."]), atol=1e-5)

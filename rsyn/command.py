@@ -105,6 +105,7 @@ class Run:
         self.device_option = device
         self.quiet = quiet
         self.n_in = 0
+        self._written_elsewhere = 0
         self.dropped: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.extra: dict[str, Any] = {}  # stage-specific numbers for --stats
@@ -330,7 +331,11 @@ class Run:
 
     @property
     def n_out(self) -> int:
-        return self._writer.n_written if self._writer is not None else 0
+        return (self._writer.n_written if self._writer is not None else 0) + self._written_elsewhere
+
+    def count_out(self, n: int) -> None:
+        """Count output written other than as JSONL records (parquet rows, tar samples, an index)."""
+        self._written_elsewhere += n
 
     def write(self, records: Iterable[dict]) -> None:
         """Write records to the output; `| head` ends quietly."""

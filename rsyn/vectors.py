@@ -36,9 +36,15 @@ def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     """
     import faiss
 
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, d = x.shape
+    n, d = vectors.shape
     k = max(1, min(int(k), n))
+    cap = k * max_points_per_centroid
+    if n > cap:
+        # sample before converting: a float32 copy of a large (memmapped float16) corpus would not fit
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+        x = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    else:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
     km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
                       max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
                       nredo=nredo, gpu=use_faiss_gpu(device), verbose=False)

@@ -9,6 +9,7 @@ import zstandard
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
 
 
 def rsyn(*args, input: bytes | None = None, check: bool = False, cwd=None, env=None, timeout=600):

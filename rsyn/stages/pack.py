@@ -320,24 +320,6 @@ class WebdatasetShards(Shards):
 # --------------------------------------------------------------------------- the stage
 
 
-class _RowsWritten:
-    """Stands in for the run's record writer so that the summary's `out` counts the rows packed.
-
-    Run counts `out` from its JSONL writer, and pack writes no JSONL; this is
-    the writer interface Run calls at the end (n_written, close, abort).
-    """
-
-    def __init__(self, rows: int):
-        self.n_written = rows
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
-
 def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = None, extra_columns: bool = False,
              overwrite: bool = False, images: str | None = None) -> None:
     if not run.output or run.output == "-":
@@ -394,7 +376,7 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
         run.extra["shards"] = len(shards.shards)
         write_bytes_atomic(out.tmp / "stats.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
         out.commit()
-        run._writer = _RowsWritten(stats.rows)
+        run.count_out(stats.rows)
     except BaseException:
         out.discard()
         raise

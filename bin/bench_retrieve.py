@@ -122,6 +122,8 @@ def main() -> None:
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the topic sizes")
     p.add_argument("--clusters", type=int, default=0, help="k-means clusters (default: rsyn's, sentences / 420)")
     p.add_argument("--nprobe", default="1,4,16,64")
+    p.add_argument("--pq-bytes", type=int, default=0, help="build PQ lists of this many bytes (re-ranked) instead of flat")
+    p.add_argument("--rerank", type=int, default=200, help="PQ candidates re-scored exactly (with --pq-bytes)")
     p.add_argument("--rss-sentences", type=int, default=100_000,
                    help="size of the end-to-end `rsyn index` run whose peak RSS is measured (0: skip)")
     p.add_argument("--seed", type=int, default=0)
@@ -152,7 +154,8 @@ def main() -> None:
         (tmp / "index").mkdir()
         t = time.perf_counter()
         meta, timings = build(vectors, tmp / "index", model=MODEL, seed=args.seed, device="cpu",
-                              note=lambda m: print(f"# {m}", flush=True), clusters=k, budget=1 << 40)
+                              note=lambda m: print(f"# {m}", flush=True), clusters=k, budget=1 << 40,
+                              index_type="pq" if args.pq_bytes else "flat", pq_bytes=args.pq_bytes or None)
         build_seconds = time.perf_counter() - t
         write_sentences(tmp / "index" / SENTENCES, n)
         meta["files"][SENTENCES] = (tmp / "index" / SENTENCES).stat().st_size
@@ -175,7 +178,7 @@ def main() -> None:
         rows = []
         for nprobe in [int(x) for x in args.nprobe.split(",")]:
             t = time.perf_counter()
-            _, found = index.search(queries, 3, nprobe=nprobe)
+            _, found = index.search(queries, 3, nprobe=nprobe, rerank=args.rerank)
             seconds = time.perf_counter() - t
             rows.append((nprobe, recall_at(found, truth), nq / seconds, seconds))
 
@@ -189,6 +192,8 @@ def main() -> None:
         index.close()
 
         print()
+        print(f"index {meta['index_type']}" + (f" ({args.pq_bytes}-byte codes, {args.rerank} re-ranked)"
+                                               if args.pq_bytes else ""))
         print(f"sentences {n:,}  dim {dim}  clusters {meta['clusters']:,} (median list {meta['cluster_sizes']['median']:.0f}, "
               f"max {meta['cluster_sizes']['max']:,})  queries {nq:,}")
         print(f"k-means {timings['kmeans_seconds']:.1f}s ({meta['parameters']['training_points']:,} training points, "

@@ -7,7 +7,8 @@
    writing zstd JSONL) against a bare loop that calls the same tiny random
    models on the same inputs held in memory: CLIP tag scores over the RAM++
    tag list (text embeddings computed once for both), BLIP captions (batches
-   of 32, greedy), GPT-2 generation (batches of 16, 16 new tokens, greedy).
+   of 32, greedy; JPEGs decoded at the captioner's scale on both sides), GPT-2
+   generation (batches of 16, 16 new tokens, greedy).
    Records/s of each, best of --repeat alternating runs, and the ratio
    rsyn / bare (target >= 0.9).
 2. Server backend: records/s of `rsyn caption --llm-backend openai` against a
@@ -77,6 +78,15 @@ def rsyn_caption(args: list[str]) -> None:
         raise SystemExit(f"rsyn caption failed: {result.output}")
 
 
+def _open(path: str, side: int | None):
+    from PIL import Image
+
+    image = Image.open(path)
+    if side and image.format == "JPEG":
+        image.draft("RGB", (side, side))  # what rsyn does too: decode a JPEG at the scale the model needs
+    return image.convert("RGB")
+
+
 def bare_loop(models, records, tags_file, cache_dir):
     """The same models on the same inputs, no stream, no validation, no cleaning: the reference."""
     import numpy as np
@@ -99,7 +109,7 @@ def bare_loop(models, records, tags_file, cache_dir):
         batch = records[start:start + 64]
         scores = decode_embeddings([r["emb"] for r in batch]) @ tag_matrix.T
         top = np.argsort(-scores, axis=1)[:, :3]
-        images = [Image.open(r["path"]).convert("RGB") for r in batch]
+        images = [_open(r["path"], captioner.input_side) for r in batch]
         captions = []
         with torch.inference_mode():
             for i in range(0, len(images), 32):

@@ -28,6 +28,18 @@ class Captioner:
         self.device = device
         self.dtype = dtype
 
+    @property
+    def input_side(self) -> int | None:
+        """The side, in pixels, the image processor resizes to (None when it does not say)."""
+        size = getattr(self.image_processor, "size", None)
+        if isinstance(size, int):
+            return size
+        # a dict, or transformers 5's SizeDict (attributes, unset ones None)
+        sides = [size.get(k) if isinstance(size, dict) else getattr(size, k, None)
+                 for k in ("height", "width", "shortest_edge")]
+        sides = [v for v in sides if isinstance(v, int) and v > 0]
+        return max(sides) if sides else None
+
     def caption(self, images: list, max_new_tokens: int = 30, num_beams: int = 3, batch_size: int = 32) -> list[str]:
         """Captions in input order; decoding is greedy or beam search, so the same images give the same text."""
         import torch

@@ -182,7 +182,8 @@ class CaptionStage:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
             fetcher = Fetcher(pool_size=self.opts.image_workers) if self.opts.fetch and folder is None else None
-            self._loader = ImageLoader(folder, fetcher)
+            # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
+            self._loader = ImageLoader(folder, fetcher, draft_side=self.captioner.input_side)
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
         return self._loader
 
@@ -342,10 +343,10 @@ class CaptionStage:
         if not self.use_captioner:
             return items
         start = time.perf_counter()
+        captioner = self.captioner
         items = self._load_images(items)
         if not items:
             return items
-        captioner = self.captioner
         captions = captioner.caption([item.image for item in items], max_new_tokens=self.opts.caption_max_tokens,
                                      num_beams=self.opts.caption_beams)
         kept = []

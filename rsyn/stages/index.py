@@ -295,8 +295,8 @@ def build(vectors: np.ndarray, out: Path, *, model: str, seed: int = 0, device: 
         k = n
     layout = choose_layout(n, dim, k, budget=budget, index_type=index_type, pq_bytes=pq_bytes)
     note(f"{n:,} sentences of dim {dim}, {k:,} clusters, {layout.index_type}"
-             + (f" ({layout.pq_bytes}-byte PQ codes, exact re-ranking from {VECTORS})" if layout.pq_bytes else "")
-             + f", index ~{layout.index_bytes / 2**30:.2f} GiB of a {budget / 2**30:.1f} GiB budget")
+         + (f" ({layout.pq_bytes}-byte PQ codes, exact re-ranking from {VECTORS})" if layout.pq_bytes else "")
+         + f", index ~{layout.index_bytes / 2**30:.2f} GiB of a {budget / 2**30:.1f} GiB budget")
     gpu = use_faiss_gpu(device)
 
     timer = _Timer()
@@ -322,7 +322,9 @@ def build(vectors: np.ndarray, out: Path, *, model: str, seed: int = 0, device: 
         index = faiss.IndexIVFPQ(quantizer, dim, k, layout.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = int(seed) & 0x7FFFFFFF
         index.do_polysemous_training = False  # only useful for Hamming-distance search, which we do not use
-        index.pq.cp.min_points_per_centroid = 1  # we warn ourselves above; faiss would repeat it per sub-vector
+        if len(sample) < 39 * 256:
+            note(f"only {len(sample)} vectors to train 256 PQ codes per sub-vector (faiss advises >= 9984)")
+        index.pq.cp.min_points_per_centroid = 1  # warned once above; faiss would repeat it per sub-vector
         with timer("pq_train_seconds"):
             index.train(sample)  # trains only the PQ: the quantizer is already full
     del sample

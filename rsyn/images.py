@@ -60,12 +60,13 @@ class ImageError(Exception):
 # --------------------------------------------------------------------------- the size rule
 
 
-def size_rule(width: int, height: int) -> tuple[bool, int, float]:
-    """(passes, shorter side, aspect w/h) under the paper's rule."""
-    min_side = min(width, height)
+def size_rule(width: int, height: int, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
+              ) -> tuple[bool, int, float]:
+    """(passes, shorter side, aspect w/h) under the paper's rule (or the given thresholds)."""
+    shorter = min(width, height)
     aspect = width / height if height else float("inf")
-    ok = min_side >= MIN_SIDE and 1 / MAX_ASPECT <= aspect <= MAX_ASPECT
-    return ok, min_side, aspect
+    ok = shorter >= min_side and 1 / max_aspect <= aspect <= max_aspect
+    return ok, shorter, aspect
 
 
 # --------------------------------------------------------------------------- decoding

@@ -387,3 +387,8 @@ def test_truncated_tar_keeps_what_it_can(tmp_path):
         except ImageError as exc:
             assert exc.reason in ("not_downloaded", "read_failed", "decode_failed")
     assert got >= 1
+
+
+def test_size_rule_thresholds_can_be_changed():
+    assert size_rule(80, 80, min_side=64)[0] and not size_rule(80, 80)[0]
+    assert size_rule(500, 100, max_aspect=5.0)[0] and not size_rule(500, 100)[0]

@@ -11,6 +11,8 @@ from rsyn.images import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
+    MAX_ASPECT,
+    MIN_SIDE,
 )
 
 _MODEL = "Model"
@@ -65,6 +67,12 @@ def embed(
         help="Largest width x height decoded (bigger: dropped as too_many_pixels).")] = DEFAULT_MAX_PIXELS,
     user_agent: Annotated[str, typer.Option(
         "--user-agent", rich_help_panel=_IMAGES, help="User-Agent header for downloads.")] = DEFAULT_USER_AGENT,
+    min_side: Annotated[int, typer.Option(
+        "--min-side", min=0, rich_help_panel=_IMAGES,
+        help="Size rule (images of unknown size): smallest shorter side in pixels.")] = MIN_SIDE,
+    max_aspect: Annotated[float, typer.Option(
+        "--max-aspect", min=1.0, rich_help_panel=_IMAGES,
+        help="Size rule: largest width/height (and height/width) ratio.")] = MAX_ASPECT,
     draft: Annotated[bool, typer.Option(
         "--draft/--no-draft", rich_help_panel=_IMAGES,
         help="Decode large JPEGs at a reduced scale (never below the model's input size).")] = True,
@@ -79,4 +87,5 @@ def embed(
         model=model, pretrained=pretrained, precision=precision, batch_size=batch_size, text_field=text_field,
         emb_field=emb_field, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), images=images,
         workers=workers, timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
-        max_pixels=max_pixels, user_agent=user_agent, draft=draft))
+        max_pixels=max_pixels, user_agent=user_agent, draft=draft, min_side=min_side,
+        max_aspect=max_aspect))

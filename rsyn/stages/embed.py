@@ -26,6 +26,8 @@ from rsyn.images import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
+    MAX_ASPECT,
+    MIN_SIDE,
     Fetcher,
     ImageError,
     ImageFolder,
@@ -56,6 +58,8 @@ class EmbedOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     user_agent: str = DEFAULT_USER_AGENT
     draft: bool = True
+    min_side: int = MIN_SIDE
+    max_aspect: float = MAX_ASPECT
 
 
 def emb_field_for(text_field: str) -> str:
@@ -133,12 +137,14 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     finished = False
     try:
         chunk_size = batch_size * CHUNK_BATCHES
+        rule = (opts.min_side, opts.max_aspect)
         for items in _read_chunks(run, opts, loader, pool, clip, chunk_size, text_only):
             pending.append(assembler.submit(_assemble, items, batch_size, clip, on_cuda))
             while len(pending) > PREFETCH_CHUNKS:
-                compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts)
+                chunk = pending.popleft().result()
+                compute_seconds += _finish(run, chunk, clip, emb_field, model_field, counts, rule)
         while pending:
-            compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts)
+            compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts, rule)
         finished = True
     finally:
         for future in pending:
@@ -167,6 +173,7 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
     kinds = set(opts.kinds)
     text_field = opts.text_field
     prepare = clip.prepare
+    rule = (opts.min_side, opts.max_aspect)
     items: list[Item] = []
     for record in run.records():
         kind = record.get("kind")
@@ -185,7 +192,7 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
                     run.error(item.where, f"image record {record.get('id', '?')} has no `url` or `path`",
                               record=record, reason="missing_field")
                     continue
-                item.image = pool.submit(_load_image, loader, prepare, record)
+                item.image = pool.submit(_load_image, loader, prepare, record, rule)
         items.append(item)
         if len(items) >= chunk_size:
             yield items
@@ -202,11 +209,11 @@ class FailsSizeRule(ImageError):
         self.width, self.height = width, height
 
 
-def _load_image(loader: ImageLoader, prepare, record: dict):
+def _load_image(loader: ImageLoader, prepare, record: dict, rule: tuple[int, float]):
     """Runs in a worker thread: record -> (model-ready pixels, width, height). Never raises."""
     try:
         loaded = loader.load(record)
-        if _size_unknown(record) and not size_rule(loaded.width, loaded.height)[0]:
+        if _size_unknown(record) and not size_rule(loaded.width, loaded.height, *rule)[0]:
             return FailsSizeRule(loaded.width, loaded.height)
         return prepare(loaded.image), loaded.width, loaded.height
     except ImageError as exc:
@@ -258,7 +265,8 @@ def _assemble(items: list[Item], batch_size: int, clip, pin: bool) -> Chunk:
     return chunk
 
 
-def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, counts: dict) -> float:
+def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, counts: dict,
+            rule: tuple[int, float]) -> float:
     """Run the model on a chunk, apply the size rule, write its records in input order. Returns model seconds."""
     start = time.perf_counter()
     embeddings: dict[int, str] = {}
@@ -274,7 +282,7 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
         record = item.record
         failure = chunk.failures.get(position)
         if isinstance(failure, FailsSizeRule):
-            _size_ok(run, record, item.where, failure.width, failure.height, counts)  # records scores, drops
+            _size_ok(run, record, item.where, failure.width, failure.height, counts, rule)  # scores, drop
             continue
         if failure is not None:
             run.drop(record, failure.reason, where=item.where, detail=failure.detail)
@@ -284,7 +292,7 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
             out.append(record)
             continue
         if position in chunk.sizes:
-            if not _size_ok(run, record, item.where, *chunk.sizes[position], counts):
+            if not _size_ok(run, record, item.where, *chunk.sizes[position], counts, rule):
                 continue
             counts["images"] += 1
         else:
@@ -302,13 +310,14 @@ def _size_unknown(record: dict) -> bool:
     return not known or (isinstance(scores, dict) and scores.get("size") == "unknown")
 
 
-def _size_ok(run: Run, record: dict, where: str, width: int, height: int, counts: dict) -> bool:
+def _size_ok(run: Run, record: dict, where: str, width: int, height: int, counts: dict,
+             rule: tuple[int, float]) -> bool:
     """The paper's size rule, for images whose size was unknown upstream; fills width/height."""
     if not _size_unknown(record):
         return True
     scores = record.get("scores")
     counts["size_checked"] += 1
-    ok, min_side, aspect = size_rule(width, height)
+    ok, min_side, aspect = size_rule(width, height, *rule)
     if not isinstance(scores, dict):
         scores = record["scores"] = {}
     record["width"], record["height"] = width, height

@@ -96,10 +96,12 @@ def bare_loop(models, records, tags_file, cache_dir):
     from rsyn.models.captioner import load_captioner
     from rsyn.models.clip import load_clip
     from rsyn.models.lm import load_causal_lm
+    from rsyn.prompts import PromptTemplate
     from rsyn.records import decode_embeddings
     from rsyn.tags import read_tag_file, tag_embeddings
 
     tags = read_tag_file(tags_file)
+    template = PromptTemplate()
     tag_matrix = tag_embeddings(tags, load_clip(models["clip"], None, "cpu"), "a photo of {}.", Path(cache_dir))
     captioner = load_captioner(models["captioner"], "cpu")
     lm, tokenizer = load_causal_lm(models["gpt2"], "cpu")
@@ -116,8 +118,9 @@ def bare_loop(models, records, tags_file, cache_dir):
                 pixels = captioner.image_processor(images=images[i:i + 32], return_tensors="pt")["pixel_values"]
                 ids = captioner.model.generate(pixel_values=pixels, max_new_tokens=30, num_beams=1, do_sample=False)
                 captions.extend(captioner.tokenizer.batch_decode(ids, skip_special_tokens=True))
-            prompts = [f"Raw text: {r['texts'][0]['text']}\nCaption: {c}\nTags: {', '.join(tags[j] for j in row)}\n"
-                       f"Description:" for r, c, row in zip(batch, captions, top)]
+            # the same prompt text as rsyn's (what the model reads must be the same on both sides)
+            prompts = [template.render(r["texts"][0]["text"], c, [tags[j] for j in row]).completion
+                       for r, c, row in zip(batch, captions, top)]
             for i in range(0, len(prompts), 16):
                 ids = [x[-context:] for x in tokenizer(prompts[i:i + 16], verbose=False)["input_ids"]]
                 width = max(map(len, ids))

@@ -379,16 +379,23 @@ class HFBackend(LLMBackend):
             self.notice = (f"{model} has a context of {self.context} tokens: generating at most "
                            f"{self.sampling.max_tokens} tokens, not {sampling.max_tokens}")
 
+    def _text(self, prompt: Prompt) -> str:
+        if self.api != "chat":
+            return prompt.completion
+        try:
+            return self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=False)
+        except Exception:  # jinja raises its own errors; e.g. Gemma's template refuses a system message
+            merged = [{"role": "user", "content": f"{prompt.system}\n\n{prompt.user}".strip()}]
+            return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+
+    def _encode_all(self, prompts: list[Prompt]) -> list[list[int]]:
+        # one tokenizer call for the whole list: the Rust tokenizer works through it without Python per prompt
+        texts = [self._text(p) for p in prompts]
+        # a chat template writes its own special tokens; a plain completion gets the tokenizer's usual ones
+        return self.tokenizer(texts, add_special_tokens=self.api != "chat", verbose=False)["input_ids"]
+
     def _encode(self, prompt: Prompt) -> list[int]:
-        if self.api == "chat":
-            try:
-                text = self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True,
-                                                          tokenize=False)
-            except Exception:  # jinja raises its own errors; e.g. Gemma's template refuses a system message
-                merged = [{"role": "user", "content": f"{prompt.system}\n\n{prompt.user}".strip()}]
-                text = self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        return self.tokenizer(prompt.completion, verbose=False)["input_ids"]
+        return self._encode_all([prompt])[0]
 
     def _generate(self, prompts: list[Prompt], seeds: list[int]) -> list[Generation]:
         import numpy as np
@@ -396,8 +403,7 @@ class HFBackend(LLMBackend):
 
         budget = self.context - self.sampling.max_tokens
         encoded = []
-        for prompt in prompts:
-            ids = self._encode(prompt)
+        for ids in self._encode_all(prompts):
             if len(ids) > budget:
                 # keep the end: the image's inputs and the answer cue matter more than the instruction's first words
                 ids = ids[-budget:]

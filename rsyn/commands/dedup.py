@@ -27,11 +27,11 @@ def dedup(
         "duplicates (used by --mode semantic).")] = 0.90,
     cluster_size: Annotated[int, typer.Option(
         "--cluster-size", min=1, help="semantic: mean records per k-means cluster (k = records / this); "
-        "pairs are only compared inside a cluster.")] = 1000,
+        "records are only compared within clusters (see --probes).")] = 1000,
     probes: Annotated[int, typer.Option(
-        "--probes", min=1, help="semantic: a record is also compared with the records of its N nearest "
-        "clusters that are nearest to it in turn (1 = SemDeDup's one cluster per record; more finds the "
-        "duplicates that straddle a cluster boundary).")] = 3,
+        "--probes", min=1, help="semantic: compare a record with every record of its nearest cluster that has "
+        "that cluster among its N nearest (1 = SemDeDup's one cluster per record, which misses duplicates split "
+        "by a cluster boundary).")] = 3,
     tmp_dir: Annotated[Optional[str], typer.Option(
         "--tmp-dir", help="Where the records and embeddings are spilled between the two passes "
         "(default: the system temporary directory).")] = None,

@@ -163,6 +163,9 @@ def semantic_groups(vectors, rows: np.ndarray, threshold: float, cluster_size: i
     kept), `best` (highest cosine to a record it was compared with), and counts.
     """
     m = len(rows)
+    if m == 0:
+        return {"keep_as": np.zeros(0, np.int64), "sim": np.zeros(0, np.float32), "best": np.zeros(0, np.float32),
+                "clusters": 0, "probes": 0, "largest_cluster": 0, "edges": 0}
     labels, k = cluster_assignments(vectors, rows, cluster_size, probes, seed=seed, device=device)
     a, b, sim, best = threshold_edges(vectors, rows, labels, threshold, device)
     kept = keep_first(m, a, b)
@@ -177,6 +180,6 @@ def semantic_groups(vectors, rows: np.ndarray, threshold: float, cluster_size: i
     first[1:] = lb[1:] != lb[:-1]
     keep_as[lb[first]] = la[first]
     to_kept[lb[first]] = ls[first]
-    sizes = np.bincount(labels[:, 0], minlength=k) if m else np.zeros(0, np.int64)
+    sizes = np.bincount(labels[:, 0], minlength=k)
     return {"keep_as": keep_as, "sim": to_kept, "best": best, "clusters": k, "probes": labels.shape[1],
-            "largest_cluster": int(sizes.max()) if m else 0, "edges": int(len(a))}
+            "largest_cluster": int(sizes.max()), "edges": int(len(a))}

@@ -106,7 +106,8 @@ class VectorSpill:
 
     def add(self, matrix: np.ndarray) -> None:
         self._flush()
-        self._append(np.asarray(matrix, dtype=np.float32))
+        matrix = np.asarray(matrix)
+        self._append(matrix if matrix.dtype == np.float16 else matrix.astype(np.float32))
 
     def _flush(self) -> None:
         if self._pending:
@@ -121,7 +122,7 @@ class VectorSpill:
             self.dim = matrix.shape[1]
         if matrix.shape[1] != self.dim:
             raise ValueError(f"embedding has {matrix.shape[1]} dimensions, expected {self.dim}")
-        self._fh.write(matrix.astype("<f2").tobytes())
+        self._fh.write(matrix.astype("<f2", copy=False).tobytes())
         self.count += len(matrix)
 
     def finish(self) -> np.ndarray:

@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the loopback server lives with the te
 
 
 def build_inputs(work: Path, n: int):
-    import numpy as np
     import orjson
     import pyarrow.parquet as pq
     from PIL import Image

@@ -7,7 +7,7 @@ from rsyn.command import Run, rsyn_command
 
 # Measured by bin/bench_retrieve.py (docs/retrieval.md): the smallest of 1, 4, 8, 16, 64 reaching
 # recall@3 >= 0.95 against exact search on clustered data at the paper's cluster size
-# (1M sentences in 2,381 clusters: recall@3 0.958 at 13x the brute-force speed; nprobe 8: 0.885).
+# (1M sentences in 2,381 clusters, 10k queries: recall@3 0.952 at 12x the brute-force speed; nprobe 8: 0.878).
 DEFAULT_NPROBE = 16
 
 
@@ -22,7 +22,7 @@ def retrieve(
         help=f"Clusters visited per image: the nearest centroids first, then the sentences inside them. "
              f"1 is the paper's choice (fastest, misses neighbours across cluster borders); the default "
              f"{DEFAULT_NPROBE} is the smallest value that reached recall@3 >= 0.95 against exact search in "
-             f"bin/bench_retrieve.py (1M sentences: recall@3 0.958 at 13x the brute-force speed).")] = DEFAULT_NPROBE,
+             f"bin/bench_retrieve.py (1M sentences: recall@3 0.952 at 12x the brute-force speed).")] = DEFAULT_NPROBE,
     rerank: Annotated[int, typer.Option(
         "--rerank", min=1,
         help="ivf_pq indexes only: PQ candidates per image re-scored exactly from the float16 vectors "

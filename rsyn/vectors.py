@@ -74,12 +74,12 @@ def flat_ip_index(vectors: np.ndarray, device: str = "cpu"):
     index = faiss.IndexFlatIP(x.shape[1])
     if use_faiss_gpu(device):
         res = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(res, _gpu_id(device), index)
+        index = faiss.index_cpu_to_gpu(res, gpu_id(device), index)
     index.add(x)
     return index
 
 
-def _gpu_id(device: str) -> int:
+def gpu_id(device: str) -> int:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
 

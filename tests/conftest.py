@@ -9,7 +9,9 @@ import zstandard
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# the models in tests are tiny: one thread each is faster than two fighting over 2 shared cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # img2dataset imports albumentations, which phones home
 
 
 def rsyn(*args, input: bytes | None = None, check: bool = False, cwd=None, env=None, timeout=600):

@@ -100,7 +100,7 @@ def test_caps_big_clusters_and_keeps_small_ones_whole(tmp_path, clustered):
     assert s["in"] == 66 and s["out"] == 24 and s["dropped"]["over_cluster_cap"] == 42
     assert s["stage"]["before"] == {"images": 66, "clusters": 4, "largest": 50, "max_share": round(50 / 66, 6),
                                     "gini": s["stage"]["before"]["gini"], "singletons": 1, "median": 7.5,
-                                    "mean": 16.5}
+                                    "mean": 16.5, "size_counts": {"1": 1, "3": 1, "12": 1, "50": 1}}
     assert s["stage"]["after"]["largest"] == 10 and s["stage"]["after"]["singletons"] == 1
     assert s["stage"]["after"]["gini"] < s["stage"]["before"]["gini"]
 

@@ -15,7 +15,8 @@ def test_report_builds_a_self_contained_page(tmp_path):
         {"command": "extract", "in": 100, "out": 60, "dropped": {"words": 25, "cat": 15}, "errors": {}, "seconds": 1}))
     (tmp_path / "balance.stats.json").write_bytes(orjson.dumps(
         {"command": "balance", "in": 60, "out": 30, "dropped": {"sim_window": 10, "cluster_cap": 20}, "errors": {},
-         "stage": {"cluster_sizes_before": [30, 20, 5, 5], "cluster_sizes_after": [10, 10, 5, 5]}}))
+         "stage": {"before": {"clusters": 4, "gini": 0.3, "size_counts": {"30": 1, "20": 1, "5": 2}},
+                   "after": {"clusters": 4, "gini": 0.1, "size_counts": {"10": 2, "5": 2}}}}))
     rng = np.random.default_rng(0)
     e = encode_embeddings(rng.normal(size=(5, 8)))
     s = encode_embeddings(rng.normal(size=(5, 8)))

@@ -345,12 +345,15 @@ def size_distribution(sizes: np.ndarray) -> dict:
     s = np.sort(sizes[sizes > 0]).astype(np.float64)
     if len(s) == 0:
         return {"images": 0, "clusters": 0, "largest": 0, "max_share": 0.0, "gini": 0.0, "singletons": 0,
-                "median": 0.0, "mean": 0.0}
+                "median": 0.0, "mean": 0.0, "size_counts": {}}
     n, total = len(s), s.sum()
     gini = float(2.0 * np.dot(np.arange(1, n + 1), s) / (n * total) - (n + 1) / n)
+    values, counts = np.unique(s.astype(np.int64), return_counts=True)
     return {"images": int(total), "clusters": int(n), "largest": int(s[-1]),
             "max_share": round(float(s[-1] / total), 6), "gini": round(max(gini, 0.0), 6),
-            "singletons": int((s == 1).sum()), "median": float(np.median(s)), "mean": round(float(total / n), 3)}
+            "singletons": int((s == 1).sum()), "median": float(np.median(s)), "mean": round(float(total / n), 3),
+            # cluster size -> number of clusters of that size: the whole distribution, compact at any scale
+            "size_counts": {str(v): int(c) for v, c in zip(values, counts)}}
 
 
 def _training_sample(vectors: np.ndarray, rows: np.ndarray, train_keys: np.ndarray, cap: int) -> np.ndarray:

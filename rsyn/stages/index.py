@@ -146,6 +146,7 @@ def run_index(run: Run, *, clusters: int | None, max_memory: str | None, index_t
         shutil.rmtree(building, ignore_errors=True)
         raise
     run.extra.update({"indexed": corpus.count, "clusters": meta["clusters"], "index_type": meta["index_type"], **timings})
+    run.count_out(corpus.count)
     run.note(f"{corpus.count:,} sentences in {meta['clusters']:,} clusters ({meta['index_type']}) -> {target}")
 
 
@@ -420,12 +421,12 @@ def index_to_gpu(index, device: str):
     """The index on the GPU of `device`. float16 lookup tables let large PQ codes fit the GPU's shared memory."""
     import faiss
 
-    from rsyn.vectors import _gpu_id
+    from rsyn.vectors import gpu_id
 
     resources = faiss.StandardGpuResources()
     options = faiss.GpuClonerOptions()
     options.useFloat16LookupTables = True
-    gpu_index = faiss.index_cpu_to_gpu(resources, _gpu_id(device), index, options)
+    gpu_index = faiss.index_cpu_to_gpu(resources, gpu_id(device), index, options)
     gpu_index.referenced_objects = [resources]
     return gpu_index
 

@@ -118,16 +118,20 @@ def _bpe_counter():
 
 
 def cluster_sizes(stat: dict) -> tuple[list[int] | None, list[int] | None]:
-    """Cluster sizes before/after balancing, from the balance stage's --stats (any of its known spellings)."""
+    """Cluster sizes before/after balancing, from `rsyn balance --stats` (stage.before/after.size_counts)."""
     stage = stat.get("stage", {})
-    for before_key, after_key in (("cluster_sizes_before", "cluster_sizes_after"),
-                                  ("sizes_before", "sizes_after")):
-        if before_key in stage:
-            return stage.get(before_key), stage.get(after_key)
-    clusters = stage.get("clusters")
-    if isinstance(clusters, dict) and "sizes_before" in clusters:
-        return clusters.get("sizes_before"), clusters.get("sizes_after")
+    if isinstance(stage.get("before"), dict) and "size_counts" in stage["before"]:
+        return (_expand(stage["before"]["size_counts"]),
+                _expand(stage.get("after", {}).get("size_counts", {})))
     return None, None
+
+
+def _expand(size_counts: dict) -> list[int]:
+    """{size: number of clusters of that size} -> every cluster's size (for a rank plot)."""
+    sizes: list[int] = []
+    for size, count in size_counts.items():
+        sizes.extend([int(size)] * int(count))
+    return sizes
 
 
 # --------------------------------------------------------------------------- rendering
@@ -228,9 +232,11 @@ def render(stats: list[dict], numbers: dict | None, text_rows: list[dict] | None
         before, after = cluster_sizes(stat)
         if before:
             parts += ["<h2>Semantic balance</h2>", f'<img src="{plot_cluster_sizes(before, after)}" alt="clusters">']
-            summary = {k: v for k, v in stat.get("stage", {}).items() if not isinstance(v, (list, dict))}
-            if summary:
-                parts.append(_table([summary]))
+            stage = stat.get("stage", {})
+            rows = [{"": label, **{k: v for k, v in stage[key].items() if not isinstance(v, (list, dict))}}
+                    for key, label in (("before", "before"), ("after", "after")) if isinstance(stage.get(key), dict)]
+            if rows:
+                parts.append(_table(rows))
     if text_rows:
         parts += ["<h2>Packed texts (paper's Table 15)</h2>", _table(text_rows)]
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"

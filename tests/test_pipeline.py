@@ -1,0 +1,90 @@
+"""End to end: the example Makefile on a handful of generated documents, with tiny local models."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REALSYN_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    work = tmp_path_factory.mktemp("pipeline") / "work"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = ["make", "-C", str(ROOT / "examples"), f"W={work}", "DOCS=12", "MMC4=3", "CLUSTERS=4", "PER_CLUSTER=3",
+           f"PYTHON={sys.executable}", f"RSYN={bin_dir / 'rsyn'}", "DEVICE=cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"example pipeline failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return work
+
+
+def test_packed_parquet_has_the_realsyn_schema(pipeline):
+    shards = sorted((pipeline / "packed").glob("*.parquet"))
+    assert shards
+    stats = json.loads((pipeline / "packed" / "stats.json").read_text())
+    rows = 0
+    for shard in shards:
+        table = pq.read_table(shard)
+        assert table.column_names[:5] == REALSYN_COLUMNS
+        rows += table.num_rows
+    assert rows > 0 and stats["rows"] == rows
+    balanced = subprocess.run([sys.executable, "-m", "rsyn", "cat", str(pipeline / "balanced.jsonl.zst"), "--plain"],
+                              capture_output=True, check=True).stdout.splitlines()
+    assert rows == len(balanced)
+
+
+def test_every_row_traces_back_to_its_source_document(pipeline):
+    import pyarrow as pa
+
+    docs = pq.read_table(pipeline / "corpus" / "obelics" / "docs-0000.parquet").to_pylist()
+    images_of = {json.loads(d["general_metadata"])["url"]: {u for u in d["images"] if u} for d in docs}
+    for line in (pipeline / "corpus" / "mmc4" / "docs.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        images_of[doc["url"]] = {i["raw_url"] for i in doc["image_info"]}
+    table = pa.concat_tables(pq.read_table(s) for s in sorted((pipeline / "packed").glob("*.parquet")))
+    doc_column = next(c for c in ("doc", "document", "image_doc") if c in table.column_names)
+    for row in table.to_pylist():
+        assert row["raw_image_url"] in images_of[row[doc_column]]
+        assert row["text1"] and row["syn_text"]
+
+
+def test_report_and_stats_exist(pipeline):
+    page = (pipeline / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3
+    for stage in ("extract", "dedup", "embed", "index", "retrieve", "caption", "balance", "pack"):
+        assert (pipeline / "stats" / f"{stage}.json").exists(), stage
+
+
+def test_make_reruns_nothing_when_up_to_date(pipeline):
+    proc = subprocess.run(["make", "-C", str(ROOT / "examples"), f"W={pipeline}", "-q", "DOCS=12", "MMC4=3"],
+                          capture_output=True)
+    assert proc.returncode == 0  # `make -q`: 0 means every target is up to date
+
+
+def test_sharded_embed_merges_to_the_single_run(pipeline):
+    import orjson
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["make", "-C", str(ROOT / "examples"), f"W={pipeline}", "SHARDS=2", "DEVICE=cpu",
+                           f"RSYN={Path(sys.executable).parent / 'rsyn'}", "-j2", "sharded"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def lines(path):
+        out = subprocess.run([sys.executable, "-m", "rsyn", "cat", str(path), "--plain"], capture_output=True,
+                             check=True).stdout
+        return sorted(out.splitlines())
+
+    merged, single = lines(pipeline / "embedded-sharded.jsonl.zst"), lines(pipeline / "embedded.jsonl.zst")
+    assert merged == single and len({orjson.loads(x)["id"] for x in merged}) == len(merged)

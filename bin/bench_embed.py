@@ -3,9 +3,10 @@
 
     .venv/bin/python bin/bench_embed.py [--images 512] [--texts 2048] [--model ViT-B-32] [--device cpu]
 
-Reference: the model alone, called on batches that were decoded, preprocessed
-(or tokenized) and stacked before the clock starts: the most a pipeline could
-reach. Measured: the `rsyn embed` command line on image records pointing to
+Reference: the model alone (open_clip's encode_image / encode_text), called on
+batches that were decoded, preprocessed (or tokenized, padded to the full
+context) and stacked before the clock starts. For images that is the most a
+pipeline could reach; for texts rsyn beats it by cutting the padding. Measured: the `rsyn embed` command line on image records pointing to
 JPEG files (real web photos from /work/shared/data/images, copied under
 distinct names) and on text records (real LAION captions), timed by its own
 --stats (`embed_seconds`: reading, loading, decoding, preprocessing,
@@ -89,6 +90,10 @@ def bare_loop(model_name: str, device: str, batch: int, paths: list[Path], texts
                 f = model.encode_text(t.to(device))
                 (f / f.norm(dim=-1, keepdim=True)).float().cpu()
 
+    with torch.inference_mode():  # first calls set up kernels: not part of the steady state
+        model.encode_image(image_batches[0][:2].to(device, dtype=clip.dtype))
+        model.encode_text(token_batches[0][:2].to(device))
+
     def timed(fn, n):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -140,19 +145,25 @@ def main() -> None:
             best["bare_texts"] = max(best["bare_texts"], bare_texts)
             r = rsyn_embed(image_records, work / "images.out.zst", args.model, device, batch)
             best["rsyn_images"] = max(best["rsyn_images"], r["images_per_second"])
+            best["share_images"] = max(best.get("share_images", 0), r["model_seconds"] / r["embed_seconds"])
             walls["images"] = (r["wall"], r["model_load_seconds"])
             r = rsyn_embed(text_records, work / "texts.out.zst", args.model, device, batch)
             best["rsyn_texts"] = max(best["rsyn_texts"], r["texts_per_second"])
+            best["share_texts"] = max(best.get("share_texts", 0), r["model_seconds"] / r["embed_seconds"])
             walls["texts"] = (r["wall"], r["model_load_seconds"])
     print(f"rsyn embed benchmark: {args.model} (random weights), {card}, device {device}, batch {batch}, "
           f"torch {torch.__version__}, best of {args.rounds}")
     print()
-    print("| workload | bare open_clip loop (items/s) | rsyn embed (items/s) | ratio |")
-    print("|---|---:|---:|---:|")
+    # "in model calls": the share of rsyn's embed time spent inside the model; the rest is what the
+    # pipeline failed to hide (reading, decoding, tokenizing, writing)
+    print("| workload | bare open_clip loop (items/s) | rsyn embed (items/s) | ratio | rsyn time in model calls |")
+    print("|---|---:|---:|---:|---:|")
     print(f"| {args.images} images: JPEG files -> decode, preprocess, embed | {best['bare_images']:.1f} | "
-          f"{best['rsyn_images']:.1f} | {best['rsyn_images'] / best['bare_images']:.2f}x |")
+          f"{best['rsyn_images']:.1f} | {best['rsyn_images'] / best['bare_images']:.2f}x | "
+          f"{100 * best['share_images']:.0f}% |")
     print(f"| {args.texts} texts: LAION captions -> tokenize, embed | {best['bare_texts']:.1f} | "
-          f"{best['rsyn_texts']:.1f} | {best['rsyn_texts'] / best['bare_texts']:.2f}x |")
+          f"{best['rsyn_texts']:.1f} | {best['rsyn_texts'] / best['bare_texts']:.2f}x | "
+          f"{100 * best['share_texts']:.0f}% |")
     print()
     for kind, (wall, load) in walls.items():
         print(f"{kind}: whole command {wall:.1f}s, of which model load {load:.1f}s (process start and imports apart)")

@@ -277,3 +277,25 @@ def test_kinds_limits_what_is_embedded(tmp_path, tiny_clip):
     assert code == 0, err
     image, text = read_stream_file(tmp_path / "out.jsonl")
     assert image == records[0] and text["emb_model"] == tiny_clip
+
+
+def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
+    import torch
+
+    from rsyn.models.clip import clear_clip_cache
+
+    spec = build_tiny_clip(tmp_path / "broken", seed=2)
+    clip = load_clip(spec, None, "cpu")
+    try:
+        with torch.no_grad():
+            clip.model.text_projection.fill_(float("nan"))  # a model whose text tower overflows
+        (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(200, 150))
+        records = [_text(0, "The farmer fed the horses."), _image(1, path=str(tmp_path / "photo.jpg"))]
+        (tmp_path / "in.jsonl").write_bytes(jsonl(records))
+        code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", spec, "-o", tmp_path / "out.jsonl",
+                              "--rejects", tmp_path / "rejects.jsonl")
+        assert code == 0, err
+        assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["img001"]
+        assert read_stream_file(tmp_path / "rejects.jsonl")[0]["reason"] == "bad_embedding"
+    finally:
+        clear_clip_cache(spec)

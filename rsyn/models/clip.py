@@ -233,6 +233,13 @@ _CACHE: dict[tuple, Clip] = {}
 _LOCK = threading.Lock()
 
 
+def clear_clip_cache(spec: str | None = None) -> None:
+    """Forget loaded models (all, or those of one spec), e.g. after rebuilding a model folder in place."""
+    with _LOCK:
+        for key in [k for k in _CACHE if spec is None or k[0] == spec]:
+            del _CACHE[key]
+
+
 def model_spec(model: str, pretrained: str | None = None) -> str:
     """The canonical spec of (model, pretrained): the string records carry as `emb_model`.
 

@@ -270,13 +270,17 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
     """Run the model on a chunk, apply the size rule, write its records in input order. Returns model seconds."""
     start = time.perf_counter()
     embeddings: dict[int, str] = {}
-    for positions, batch in chunk.image_batches:
-        for position, emb in zip(positions, encode_embeddings(clip.encode_images(batch)), strict=True):
-            embeddings[position] = emb
-    for positions, tokens in chunk.text_batches:
-        for position, emb in zip(positions, encode_embeddings(clip.encode_tokens(tokens)), strict=True):
-            embeddings[position] = emb
+    batches = [(p, clip.encode_images(b)) for p, b in chunk.image_batches]
+    batches += [(p, clip.encode_tokens(t)) for p, t in chunk.text_batches]
     model_seconds = time.perf_counter() - start
+    for positions, matrix in batches:
+        # a NaN or zero row (e.g. a half-precision overflow) is that record's drop, not the run's end
+        good = np.isfinite(matrix).all(axis=1) & (np.abs(matrix).sum(axis=1) > 0)
+        for position, emb in zip((p for p, g in zip(positions, good) if g), encode_embeddings(matrix[good]),
+                                 strict=True):
+            embeddings[position] = emb
+        for position in (p for p, g in zip(positions, good) if not g):
+            chunk.failures[position] = ImageError("bad_embedding", "the model gave a NaN or zero vector")
     out = []
     for position, item in enumerate(chunk.items):
         record = item.record

@@ -4,7 +4,7 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
-from rsyn.images import (
+from rsyn.image_limits import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,

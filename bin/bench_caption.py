@@ -90,7 +90,6 @@ def bare_loop(models, records, tags_file, cache_dir):
     """The same models on the same inputs, no stream, no validation, no cleaning: the reference."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from rsyn.models.captioner import load_captioner
     from rsyn.models.clip import load_clip

@@ -388,7 +388,7 @@ def bench_memory(tmp: Path, n: int, rng) -> None:
         rows.append((size, wall, cpu, peak))
         src.unlink()
     (n1, _, _, p1), (n2, _, _, p2) = rows
-    print(f"\n## memory: rsyn dedup (exact,near) on real-caption sentences")
+    print("\n## memory: rsyn dedup (exact,near) on real-caption sentences")
     print("| sentences | wall s | CPU s | peak RSS |\n|---|---|---|---|")
     for size, wall, cpu, peak in rows:
         print(f"| {size:,} | {wall:.1f} | {cpu:.1f} | {peak / 1024:.0f} MiB |")

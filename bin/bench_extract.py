@@ -102,7 +102,7 @@ def main() -> None:
     model = resolve_spacy_model("auto")
     full_nlp = spacy.load(model)
     naive, naive_seconds = timed(lambda: [cat_scores(full_nlp(s)) for s in sample])
-    row(f"CAT naive: nlp(s) per sentence, all pipes", len(sample), naive_seconds, note="reference")
+    row("CAT naive: nlp(s) per sentence, all pipes", len(sample), naive_seconds, note="reference")
     batched_filter = CatFilter(model, processes=1)
     batched, seconds = timed(batched_filter.scores, sample)
     row("CAT rsyn: nlp.pipe batches, 4 pipes, 1 process", len(sample), seconds, naive_seconds)

@@ -21,7 +21,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import orjson

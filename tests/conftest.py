@@ -24,6 +24,24 @@ def rsyn(*args, input: bytes | None = None, check: bool = False, cwd=None, env=N
     return proc
 
 
+def rsyn_here(*args, input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """The real `rsyn` command line run inside the test process: no interpreter start-up per call.
+
+    A traceback (any exception other than the CLI's own exit) fails the test.
+    """
+    from typer.testing import CliRunner
+
+    from rsyn.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
+    return proc
+
+
 def jsonl(records) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in records)
 

@@ -5,36 +5,19 @@ centres) and known image/syn_text cosines; real faiss does the clustering.
 """
 
 import random
-import subprocess
 
 import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn
-from rsyn.cli import app
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from rsyn.records import encode_embeddings
 from rsyn.stages.balance import cap_for_target, rank_in_cluster, size_distribution
 
 DIM = 32
 MODEL = "ViT-B-32/openai"
-
-
-def rsyn_here(*args, input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """The real `rsyn` command line run inside the test process: no interpreter start-up per call.
-
-    A traceback (any exception other than the CLI's own exit) fails the test.
-    """
-    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
-    return proc
 
 
 def make_records(sizes, sims=0.56, dim=DIM, model=MODEL, seed=0, prefix="r"):

@@ -145,7 +145,7 @@ def test_a_group_that_only_chains_through_an_intermediate(tmp_path):
 
 def test_chained_near_misses_are_verified_and_not_merged(tmp_path):
     """Sentences each ~0.7 Jaccard from the next: LSH makes candidates, the exact check refuses them."""
-    records, kept_ids = [], []
+    records = []
     for s in range(30):
         words = sentence(1000 + s, 24)
         chain = [words]

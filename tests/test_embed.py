@@ -70,7 +70,6 @@ def test_default_model_offline_fails_with_one_helpful_line(monkeypatch):
 
 # --------------------------------------------------------------------------- rsyn embed, through the command line
 
-import io  # noqa: E402
 
 import orjson  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402

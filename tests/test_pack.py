@@ -4,7 +4,6 @@ import glob
 import http.server
 import io
 import os
-import subprocess
 import threading
 from functools import partial
 
@@ -15,26 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import jsonl, rsyn
-from rsyn.cli import app
+from conftest import jsonl, rsyn, rsyn_here
 
 RELEASE = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
-
-
-def rsyn_here(*args, input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """The real `rsyn` command line run inside the test process: no interpreter start-up per call.
-
-    A traceback (any exception other than the CLI's own exit) fails the test.
-    """
-    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
-    return proc
 
 
 def image_record(i, n_texts=3, url="http://example.org", **extra):

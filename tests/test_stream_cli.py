@@ -1,6 +1,5 @@
 """The stream contract through the real `rsyn` command line: cat, errors, shards, atomic output."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn
-from rsyn.stream import RecordWriter, StreamError, TruncatedStream, iter_lines, read_records
+from rsyn.stream import RecordWriter, StreamError, iter_lines, read_records
 
 RECORDS = [{"id": f"{i:05d}", "kind": "text", "doc": f"d{i // 10}", "pos": i % 10, "text": f"sentence number {i} é ✓"}
            for i in range(10_000)]

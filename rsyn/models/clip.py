@@ -212,7 +212,6 @@ def _split_preprocess(preprocess):
 
 
 def _unit_rows(features) -> np.ndarray:
-    import torch
 
     features = features.float()
     # normalise in float32: half-precision norms would leave rows visibly off unit length

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ TEXT_COLUMNS = ["text1", "text2", "text3", "syn_text"]
 
 
 def load_stats(paths: list[str]) -> list[dict]:
+    """The stats files in the order the run wrote them (file modification time), which is pipeline order."""
     stats = []
-    for path in paths:
+    for path in sorted(paths, key=lambda p: (os.path.getmtime(p), p)):
         try:
             data = orjson.loads(Path(path).read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:

@@ -221,40 +221,11 @@ class Run:
 
     def records(self) -> Iterator[dict]:
         """All input records of this shard, in input order; bad lines handled per --on-error."""
-        k, n = self.shard or (0, 1)
-        self._position = -1
-        loads = orjson.loads
-        JSONDecodeError = orjson.JSONDecodeError
-        progress = self._progress is not None
-        for path in self.input_paths():
-            name = "<stdin>" if path == STDIO else path
-            self.where_file = name
-            try:
-                for first, lines in iter_line_blocks(path):
-                    if progress:
-                        self._tick()
-                    if n > 1:
-                        lines = self._this_shard(lines, first, k, n)
-                    else:
-                        lines = enumerate(lines, first)
-                    for lineno, line in lines:
-                        try:
-                            record = loads(line)
-                        except JSONDecodeError as exc:
-                            if not line.strip():  # blank lines are allowed and are not records
-                                continue
-                            self.error(f"{name}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json")
-                            continue
-                        if type(record) is not dict:
-                            self.error(f"{name}:{lineno}",
-                                       f"record is a JSON {type(record).__name__}, not an object",
-                                       raw=line, reason="not_an_object")
-                            continue
-                        self.n_in += 1
-                        self.where_line = lineno
-                        yield record
-            except TruncatedStream as exc:
-                self.error(exc.where, exc.message, reason="corrupt_stream")
+        for name, first, lines, kept in self._input_blocks():
+            for lineno, record in self._parse_lines(name, enumerate(lines, first) if kept is None else kept):
+                self.n_in += 1
+                self.where_line = lineno
+                yield record
 
     def record_blocks(self) -> Iterator[list[dict]]:
         """Like records(), in lists (one per ~1 MiB of input): for stages that need no per-record place.
@@ -262,9 +233,26 @@ class Run:
         A block of clean lines is parsed with one map() call; a block with a bad
         line falls back to line-by-line handling, with the same errors as records().
         """
+        loads = orjson.loads
+        for name, first, lines, kept in self._input_blocks():
+            raw = lines if kept is None else [line for _, line in kept]
+            try:
+                block = list(map(loads, raw))
+                if not all(type(r) is dict for r in block):
+                    raise ValueError
+            except ValueError:  # orjson.JSONDecodeError is a ValueError
+                numbered = enumerate(lines, first) if kept is None else kept
+                block = [record for _, record in self._parse_lines(name, numbered)]
+            self.n_in += len(block)
+            if block:
+                self.where_line = first + len(lines) - 1
+                yield block
+
+    def _input_blocks(self) -> Iterator[tuple[str, int, list[bytes], list[tuple[int, bytes]] | None]]:
+        """Per block of input: (file name, first line number, lines, this shard's (line number, line)
+        pairs, or None when every line is this shard's). A corrupt stream is reported per --on-error."""
         k, n = self.shard or (0, 1)
         self._position = -1
-        loads = orjson.loads
         progress = self._progress is not None
         for path in self.input_paths():
             name = "<stdin>" if path == STDIO else path
@@ -273,36 +261,26 @@ class Run:
                 for first, lines in iter_line_blocks(path):
                     if progress:
                         self._tick()
-                    numbered = self._this_shard(lines, first, k, n) if n > 1 else None
-                    raw = [line for _, line in numbered] if numbered is not None else lines
-                    try:
-                        block = list(map(loads, raw))
-                        if not all(type(r) is dict for r in block):
-                            raise ValueError
-                    except ValueError:  # orjson.JSONDecodeError is a ValueError
-                        block = self._parse_carefully(name, numbered or list(enumerate(lines, first)))
-                    self.n_in += len(block)
-                    if block:
-                        self.where_line = first + len(lines) - 1
-                        yield block
+                    yield name, first, lines, (self._this_shard(lines, first, k, n) if n > 1 else None)
             except TruncatedStream as exc:
                 self.error(exc.where, exc.message, reason="corrupt_stream")
 
-    def _parse_carefully(self, name: str, numbered: list[tuple[int, bytes]]) -> list[dict]:
-        block = []
+    def _parse_lines(self, name: str, numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, dict]]:
+        """(line number, record) of each line that is a JSON object; blank lines skipped, others reported."""
+        loads = orjson.loads
+        JSONDecodeError = orjson.JSONDecodeError
         for lineno, line in numbered:
             try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                if line.strip():
+                record = loads(line)
+            except JSONDecodeError as exc:
+                if line.strip():  # blank lines are allowed and are not records
                     self.error(f"{name}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json")
                 continue
             if type(record) is not dict:
                 self.error(f"{name}:{lineno}", f"record is a JSON {type(record).__name__}, not an object",
                            raw=line, reason="not_an_object")
                 continue
-            block.append(record)
-        return block
+            yield lineno, record
 
     def _this_shard(self, lines: list[bytes], first: int, k: int, n: int) -> list[tuple[int, bytes]]:
         """(line number, line) of the non-blank lines whose input position is k mod n."""

@@ -76,58 +76,43 @@ class _Plain:
         pass
 
 
-class _Zstd:
-    """zstd frames one after another (as `cat a.zst b.zst` makes); detects a truncated last frame."""
+class _Concatenated:
+    """Compressed units one after another (as `cat a.zst b.zst` makes: zstd frames, gzip members).
 
-    def __init__(self) -> None:
-        self._dctx = zstandard.ZstdDecompressor()
-        self._obj = self._dctx.decompressobj()
-        self._mid_frame = False
+    `new_decompressor` makes the decompressor of one unit; it must expose
+    decompress(), eof and unused_data (zstandard's and zlib's both do).
+    finish() raises when the input ended inside a unit: a truncated stream.
+    """
 
-    def feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            self._mid_frame = True
-            out.append(self._obj.decompress(data))
-            if not self._obj.eof:
-                break
-            data = self._obj.unused_data
-            self._obj = self._dctx.decompressobj()
-            self._mid_frame = False
-        return b"".join(out)
-
-    def finish(self) -> None:
-        if self._mid_frame:
-            raise ValueError("zstd stream is truncated (ends inside a frame)")
-
-
-class _Gzip:
-    def __init__(self) -> None:
-        self._obj = zlib.decompressobj(wbits=31)
-        self._mid_member = False
+    def __init__(self, new_decompressor, kind: str, unit: str):
+        self._new = new_decompressor
+        self._obj = new_decompressor()
+        self._mid_unit = False
+        self.kind = kind
+        self.unit = unit
 
     def feed(self, data: bytes) -> bytes:
         out = []
         while data:
-            self._mid_member = True
+            self._mid_unit = True
             out.append(self._obj.decompress(data))
             if not self._obj.eof:
                 break
             data = self._obj.unused_data
-            self._obj = zlib.decompressobj(wbits=31)
-            self._mid_member = False
+            self._obj = self._new()
+            self._mid_unit = False
         return b"".join(out)
 
     def finish(self) -> None:
-        if self._mid_member:
-            raise ValueError("gzip stream is truncated (ends inside a member)")
+        if self._mid_unit:
+            raise ValueError(f"{self.kind} stream is truncated (ends inside a {self.unit})")
 
 
 def _decoder_for(head: bytes):
     if head.startswith(ZSTD_MAGIC):
-        return _Zstd(), "zstd"
+        return _Concatenated(zstandard.ZstdDecompressor().decompressobj, "zstd", "frame"), "zstd"
     if head.startswith(GZIP_MAGIC):
-        return _Gzip(), "gzip"
+        return _Concatenated(lambda: zlib.decompressobj(wbits=31), "gzip", "member"), "gzip"
     return _Plain(), "plain"
 
 

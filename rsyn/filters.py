@@ -117,7 +117,23 @@ URL = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.\-]*://\S+|\bwww\d{0,3}\.\S+"
                  rf"|\b(?:[a-z0-9](?:[a-z0-9\-]{{0,61}}[a-z0-9])?\.)+(?:{_TLDS})\b(?:/\S*)?)")
 
 
-class EmojiFilter(Filter):
+class _PatternFilter(Filter):
+    """Drops a sentence in which `pattern` matches; the first match goes on scores[name]."""
+
+    pattern = None  # a compiled re / regex pattern
+
+    def apply(self, records: list[dict]) -> list[str | None]:
+        found = list(map(self.pattern.search, (r["text"] for r in records)))
+        reason = self.reasons[0]
+        out: list[str | None] = [None] * len(records)
+        for i, match in enumerate(found):
+            if match is not None:
+                records[i]["scores"][self.name] = match.group()
+                out[i] = reason
+        return out
+
+
+class EmojiFilter(_PatternFilter):
     """Drops a sentence that contains an emoji; the first one found goes on scores["emoji"]."""
 
     name = "emoji"
@@ -126,30 +142,13 @@ class EmojiFilter(Filter):
     def __init__(self):
         self.pattern = _emoji_pattern()
 
-    def apply(self, records: list[dict]) -> list[str | None]:
-        found = list(map(self.pattern.search, (r["text"] for r in records)))
-        out: list[str | None] = [None] * len(records)
-        for i, match in enumerate(found):
-            if match is not None:
-                records[i]["scores"]["emoji"] = match.group()
-                out[i] = "has_emoji"
-        return out
 
-
-class UrlFilter(Filter):
+class UrlFilter(_PatternFilter):
     """Drops a sentence that contains a URL; the URL found goes on scores["url"]."""
 
     name = "url"
     reasons = ("has_url",)
-
-    def apply(self, records: list[dict]) -> list[str | None]:
-        found = list(map(URL.search, (r["text"] for r in records)))
-        out: list[str | None] = [None] * len(records)
-        for i, match in enumerate(found):
-            if match is not None:
-                records[i]["scores"]["url"] = match.group()
-                out[i] = "has_url"
-        return out
+    pattern = URL
 
 
 class WordCountFilter(Filter):

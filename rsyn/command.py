@@ -14,6 +14,7 @@ with `run.error(where, message, record=...)` and writes with
 from __future__ import annotations
 
 import functools
+import glob
 import inspect
 import os
 import sys
@@ -205,7 +206,7 @@ class Run:
             paths = expand_inputs(self.inputs)
         except StreamError as exc:
             raise RsynError(str(exc)) from None
-        if any(glob_has_magic(i) for i in self.inputs):
+        if any(glob.has_magic(i) for i in self.inputs):
             self.note(f"{len(paths)} input file{'s' if len(paths) != 1 else ''} matched")
         return paths
 
@@ -315,17 +316,11 @@ class Run:
         self._written_elsewhere += n
 
     def write(self, records: Iterable[dict]) -> None:
-        """Write records to the output; `| head` ends quietly."""
-        try:
-            self.writer().write_many(records)
-        except BrokenPipeError:
-            _quiet_broken_pipe()
+        """Write records to the output (a closed pipe, as `| head` makes, ends the run quietly: run_command)."""
+        self.writer().write_many(records)
 
     def emit(self, record: dict) -> None:
-        try:
-            self.writer().write(record)
-        except BrokenPipeError:
-            _quiet_broken_pipe()
+        self.writer().write(record)
 
     # ------------------------------------------------------------------ drops and errors
     @property
@@ -369,30 +364,10 @@ class Run:
             self.dropped.setdefault(reason, 0)
 
 
-def glob_has_magic(s: str) -> bool:
-    import glob
-
-    return glob.has_magic(s)
-
-
 def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def _quiet_broken_pipe() -> None:
-    # The reader went away (`| head`): stop writing and exit without a traceback.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-    raise _PipeClosed()
-
-
-class _PipeClosed(Exception):
-    pass
 
 
 def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) -> Callable:
@@ -431,9 +406,7 @@ def run_command(name: str, body: Callable[[Run], None], **shared) -> None:
         fail(str(exc))
     except StreamError as exc:
         fail(str(exc))
-    except _PipeClosed:
-        raise typer.Exit(0) from None
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         _silence_stdout()
         raise typer.Exit(0) from None
     except KeyboardInterrupt:

@@ -35,6 +35,7 @@ from rsyn.stream import (
     TruncatedStream,
     expand_inputs,
     iter_line_blocks,
+    parse_line,
     write_bytes_atomic,
 )
 
@@ -268,18 +269,12 @@ class Run:
 
     def _parse_lines(self, name: str, numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, dict]]:
         """(line number, record) of each line that is a JSON object; blank lines skipped, others reported."""
-        loads = orjson.loads
-        JSONDecodeError = orjson.JSONDecodeError
         for lineno, line in numbered:
             try:
-                record = loads(line)
-            except JSONDecodeError as exc:
+                record = parse_line(line, name, lineno)
+            except StreamError as exc:
                 if line.strip():  # blank lines are allowed and are not records
-                    self.error(f"{name}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json")
-                continue
-            if type(record) is not dict:
-                self.error(f"{name}:{lineno}", f"record is a JSON {type(record).__name__}, not an object",
-                           raw=line, reason="not_an_object")
+                    self.error(exc.where, exc.message, raw=line, reason=exc.reason)
                 continue
             yield lineno, record
 

@@ -30,11 +30,12 @@ STDIO = "-"
 class StreamError(Exception):
     """Bad input at a known place: `where` is "FILE:LINE"."""
 
-    def __init__(self, where: str, message: str, raw: bytes | None = None):
+    def __init__(self, where: str, message: str, raw: bytes | None = None, reason: str = "bad_input"):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
         self.raw = raw
+        self.reason = reason  # the counter it goes under with --on-error skip
 
 
 class TruncatedStream(StreamError):
@@ -164,9 +165,10 @@ def parse_line(line: bytes, where_file: str, lineno: int) -> dict:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise StreamError(f"{where_file}:{lineno}", f"invalid JSON: {exc}", raw=line) from None
+        raise StreamError(f"{where_file}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json") from None
     if type(record) is not dict:
-        raise StreamError(f"{where_file}:{lineno}", f"record is a JSON {type(record).__name__}, not an object", raw=line)
+        raise StreamError(f"{where_file}:{lineno}", f"record is a JSON {type(record).__name__}, not an object",
+                          raw=line, reason="not_an_object")
     return record
 
 

@@ -17,7 +17,9 @@ import functools
 import glob
 import inspect
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -31,17 +33,23 @@ from rsyn import __version__
 from rsyn.stream import (
     STDIO,
     RecordWriter,
+    ShardPlan,
     StreamError,
     TruncatedStream,
     expand_inputs,
     iter_line_blocks,
     parse_line,
+    plan_shard,
     write_bytes_atomic,
 )
 
 
 class RsynError(Exception):
     """A user-facing failure: printed as one line `rsyn: error: ...`, exit status 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (what Slurm, `timeout` and `kill` send) arrived: unwind like Ctrl-C, removing temporaries."""
 
 
 class OnError(str, Enum):
@@ -69,7 +77,8 @@ _COMMON = [
         "-o", "--output", help="Output file ('-' = stdout). Written to a temporary name, renamed when complete.",
         rich_help_panel="Common options")], None),
     ("shard", Annotated[Optional[str], typer.Option(
-        "--shard", metavar="K/N", help="Process the K-th of N disjoint slices of the input (record position mod N).",
+        "--shard", metavar="K/N", help="Process the K-th of N disjoint slices of the input: a contiguous range of whole files when "
+             "there are at least N input files, else the records at positions K mod N (docs/scaling.md).",
         rich_help_panel="Common options")], None),
     ("on_error", Annotated[OnError, typer.Option(
         "--on-error", help="fail: stop at the first bad input (exit 2); skip: count it, log it to --rejects, go on.",
@@ -97,7 +106,10 @@ class Run:
                  rejects=None, stats=None, seed=0, device="auto", quiet=False):
         self.command = command
         self.inputs = list(inputs or [])
-        self.output = output
+        self._output = output
+        self._output_claimed = False  # a stage that reads run.output writes it itself (a directory, a page)
+        self._paths: list[str] | None = None
+        self._plan: ShardPlan | None = None
         self.shard = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
         self.skip_errors = OnError(on_error) == OnError.skip
         self.rejects_path = rejects
@@ -135,6 +147,8 @@ class Run:
         if self._progress is not None:
             self._progress.stop()
         if exc_type is None:
+            if self._writer is None and not self._output_claimed and not self._written_elsewhere:
+                self.writer()  # no record came out: the output is still written (empty), as make expects
             if self._writer is not None:
                 self._writer.close()
             if self._rejects is not None:
@@ -163,6 +177,8 @@ class Run:
             "errors": dict(self.errors),
             "seconds": round(time.perf_counter() - self._start, 3),
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            **({"shard_rule": self._plan.rule, "shard_files": self._plan.paths}
+               if self.shard and self._plan is not None else {}),
             "seed": self.seed,
             "device": self._device,
             **({"stage": self.extra} if self.extra else {}),
@@ -202,21 +218,40 @@ class Run:
 
     # ------------------------------------------------------------------ input
     def input_paths(self) -> list[str]:
-        """Expanded inputs (globs expanded here so quoted globs work)."""
-        try:
-            paths = expand_inputs(self.inputs)
-        except StreamError as exc:
-            raise RsynError(str(exc)) from None
-        if any(glob.has_magic(i) for i in self.inputs):
-            self.note(f"{len(paths)} input file{'s' if len(paths) != 1 else ''} matched")
-        return paths
+        """All expanded inputs, every shard's (globs expanded here so quoted globs work)."""
+        if self._paths is None:
+            try:
+                self._paths = expand_inputs(self.inputs)
+            except StreamError as exc:
+                raise RsynError(str(exc)) from None
+            if any(glob.has_magic(i) for i in self.inputs):
+                self.note(f"{len(self._paths)} input file{'s' if len(self._paths) != 1 else ''} matched")
+        return list(self._paths)
+
+    def shard_plan(self) -> ShardPlan:
+        """What this shard reads (rsyn.stream.plan_shard decides it; --stats records it)."""
+        if self._plan is None:
+            paths = self.input_paths()
+            try:
+                self._plan = plan_shard(paths, self.shard)
+            except OSError as exc:
+                raise RsynError(f"{exc.filename}: {exc.strerror}") from None
+            if self._plan.rule == "files":
+                self.note(f"shard {self.shard[0]}/{self.shard[1]} reads {len(self._plan.paths)} of "
+                          f"{len(paths)} input files")
+        return self._plan
+
+    def shard_paths(self) -> list[str]:
+        """The inputs this shard opens, in input order (for inputs that are not JSONL records)."""
+        return self.shard_plan().paths
 
     def in_shard(self, items: Iterable) -> Iterator:
-        """The K-th of every N items, by position (for inputs that are not JSONL records)."""
-        if self.shard is None:
+        """This shard's items among those read, in order, from shard_paths() (documents, parquet rows)."""
+        plan = self.shard_plan()
+        if plan.rule != "records":
             yield from items
             return
-        k, n = self.shard
+        k, n = plan.k, plan.n
         for i, item in enumerate(items):
             if i % n == k:
                 yield item
@@ -253,19 +288,21 @@ class Run:
     def _input_blocks(self) -> Iterator[tuple[str, int, list[bytes], list[tuple[int, bytes]] | None]]:
         """Per block of input: (file name, first line number, lines, this shard's (line number, line)
         pairs, or None when every line is this shard's). A corrupt stream is reported per --on-error."""
-        k, n = self.shard or (0, 1)
+        plan = self.shard_plan()
+        by_position = plan.rule == "records"
         self._position = -1
         progress = self._progress is not None
-        for path in self.input_paths():
+        for path in plan.paths:
             name = "<stdin>" if path == STDIO else path
             self.where_file = name
-            try:
-                for first, lines in iter_line_blocks(path):
-                    if progress:
-                        self._tick()
-                    yield name, first, lines, (self._this_shard(lines, first, k, n) if n > 1 else None)
-            except TruncatedStream as exc:
-                self.error(exc.where, exc.message, reason="corrupt_stream")
+            for first, lines in iter_line_blocks(path, on_corrupt=self._corrupt_stream):
+                if progress:
+                    self._tick()
+                yield name, first, lines, (self._this_shard(lines, first, plan.k, plan.n) if by_position else None)
+
+    def _corrupt_stream(self, exc: TruncatedStream) -> None:
+        self.error(exc.where, exc.message, reason="corrupt_stream",
+                   details={"lost_lines": exc.lost_lines, "lost_bytes": exc.lost_bytes})
 
     def _parse_lines(self, name: str, numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, dict]]:
         """(line number, record) of each line that is a JSON object; blank lines skipped, others reported."""
@@ -297,9 +334,16 @@ class Run:
         self._progress.update(self._task, status=f"{self.n_in:,} in, {self.n_out:,} out")
 
     # ------------------------------------------------------------------ output
+    @property
+    def output(self) -> str | None:
+        """-o as given. A stage that reads it writes its output itself (a directory, a page, a plain
+        writer of its own): the frame then leaves -o alone when the stage wrote no records."""
+        self._output_claimed = True
+        return self._output
+
     def writer(self) -> RecordWriter:
         if self._writer is None:
-            self._writer = RecordWriter(self.output)
+            self._writer = RecordWriter(self._output)
         return self._writer
 
     @property
@@ -335,13 +379,13 @@ class Run:
                                "record": record})
 
     def error(self, where: str, message: str, *, record: dict | None = None, raw: bytes | None = None,
-              reason: str = "bad_input") -> None:
+              reason: str = "bad_input", details: dict | None = None) -> None:
         """Bad input: raise (exit 2, one line) or, with --on-error skip, count and log it."""
         if not self.skip_errors:
             raise RsynError(f"{where}: {message}")
         self.errors[reason] = self.errors.get(reason, 0) + 1
         if self.rejects_path:
-            entry = {"reason": reason, "kind": "error", "where": str(where), "message": message}
+            entry = {"reason": reason, "kind": "error", "where": str(where), "message": message, **(details or {})}
             if record is not None:
                 entry["record"] = record
             if raw is not None:
@@ -393,7 +437,14 @@ def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) ->
     return decorate
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def run_command(name: str, body: Callable[[Run], None], **shared) -> None:
+    # SIGTERM unwinds like Ctrl-C so that every writer removes its temporary (only the main thread may set it)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         with Run(name, **shared) as run:
             body(run)
@@ -407,8 +458,14 @@ def run_command(name: str, body: Callable[[Run], None], **shared) -> None:
     except KeyboardInterrupt:
         print(f"rsyn {name}: interrupted; no output was left behind", file=sys.stderr)
         raise typer.Exit(130) from None
+    except Terminated:
+        print(f"rsyn {name}: terminated (SIGTERM); no output was left behind", file=sys.stderr)
+        raise typer.Exit(128 + signal.SIGTERM) from None
     except MemoryError:
         fail(f"{name}: out of memory")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _silence_stdout() -> None:

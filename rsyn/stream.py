@@ -3,18 +3,30 @@
 Every command reads and writes through this module. Compression is detected
 from the first bytes (stdin has no name). Files are written under a temporary
 name and renamed into place when complete, so a killed run never leaves a file
-that looks done.
+that looks done; a temporary names its owner (host and process), so a later
+run removes those of dead runs.
+
+zstd output is a series of independent frames of about FRAME_BYTES of JSONL
+each, ending on a record boundary, each with a content checksum: a flipped
+bit loses one frame, not the file. The reader holds a frame's lines back until
+its checksum is verified, and after a corrupt frame resumes at the next one.
+
+`--shard K/N` is decided here, in one place: `plan_shard()`.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import itertools
 import os
+import shutil
+import socket
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +37,9 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 STDIO = "-"
+FRAME_BYTES = 1 << 20  # JSONL bytes per zstd frame written: what one flipped bit can cost
+HOLD_BYTES = 16 << 20  # a frame decoding to more (a foreign file) is passed on before its checksum is checked
+RESCAN_BYTES = 32 << 20  # compressed bytes of a frame kept to look for the next frame in after damage
 
 
 class StreamError(Exception):
@@ -39,7 +54,16 @@ class StreamError(Exception):
 
 
 class TruncatedStream(StreamError):
-    """A compressed stream that is corrupt or ends mid-frame: nothing after it can be read."""
+    """A compressed stream that is corrupt or ends mid-frame (lines were lost there).
+
+    `lost_lines` (a lower bound when the damage was found mid-frame) and
+    `lost_bytes` (compressed bytes skipped) say what was lost, when known.
+    """
+
+    def __init__(self, where: str, message: str, lost_lines: int | None = None, lost_bytes: int | None = None):
+        super().__init__(where, message, reason="corrupt_stream")
+        self.lost_lines = lost_lines
+        self.lost_bytes = lost_bytes
 
 
 # --------------------------------------------------------------------------- inputs
@@ -63,6 +87,67 @@ def expand_inputs(inputs: Iterable[str] | None) -> list[str]:
     return paths
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """What `--shard K/N` reads: `paths` (in input order) and, by the record rule, which positions.
+
+    rule "files": this shard reads `paths`, a contiguous range of whole input
+    files, every item of them. rule "records": it reads every input and keeps
+    the items (records, documents) whose position in the concatenated input is
+    K mod N. rule "all": no --shard.
+    """
+
+    rule: str
+    paths: list[str]
+    k: int = 0
+    n: int = 1
+
+    def keeps(self, position: int) -> bool:
+        return self.rule != "records" or position % self.n == self.k
+
+
+def plan_shard(paths: list[str], shard: tuple[int, int] | None) -> ShardPlan:
+    """The one place that decides what a shard reads: a pure function of the input list and the files' sizes.
+
+    With at least N input files (stdin not among them), shard K gets a
+    contiguous range of whole files, balanced by bytes on disk, so the N shards
+    read the data once in total and their outputs, concatenated in K order, are
+    in input order. Otherwise (one file, stdin, fewer files than shards) every
+    shard reads everything and keeps the items at positions K mod N, so no
+    shard is empty for want of files.
+    """
+    if shard is None or shard[1] == 1:
+        return ShardPlan("all", list(paths))
+    k, n = shard
+    if len(paths) < n or STDIO in paths:
+        return ShardPlan("records", list(paths), k, n)
+    bounds = split_by_size([max(os.path.getsize(p), 1) for p in paths], n)
+    return ShardPlan("files", list(paths[bounds[k]:bounds[k + 1]]), k, n)
+
+
+def split_by_size(sizes: list[int], n: int) -> list[int]:
+    """Boundaries b[0]=0 <= ... <= b[n]=len(sizes) of n contiguous, non-empty ranges of nearly equal total size.
+
+    Each inner boundary is the one whose running total is nearest to its share
+    k/n of the whole (ties: the earlier one), kept where every range stays
+    non-empty. Needs len(sizes) >= n and positive sizes; integers only, so the
+    split is the same on every machine.
+    """
+    count = len(sizes)
+    running = list(itertools.accumulate(sizes, initial=0))
+    total = running[-1]
+    bounds = [0]
+    for k in range(1, n):
+        lo, hi = bounds[-1] + 1, count - (n - k)
+        j = bisect.bisect_left(running, total * k, lo, hi + 1, key=lambda r: r * n)  # first at or past k/n
+        # running[j-1] < target <= running[j]: the nearer of the two, in integers (|running*n - total*k|)
+        if j > lo and (j > hi or abs(running[j - 1] * n - total * k) <= abs(running[j] * n - total * k)):
+            j -= 1
+        bounds.append(min(max(j, lo), hi))
+    bounds.append(count)
+    return bounds
+
+
 def _open_binary(path: str) -> BinaryIO:
     if path == STDIO:
         return sys.stdin.buffer
@@ -70,84 +155,256 @@ def _open_binary(path: str) -> BinaryIO:
 
 
 class _Plain:
-    def feed(self, data: bytes) -> bytes:
-        return data
+    def feed(self, data: bytes) -> list:
+        return [data]
 
-    def finish(self) -> None:
-        pass
+    def finish(self) -> list:
+        return []
+
+
+@dataclass
+class _Loss:
+    """Damage in a compressed input: what iter_line_blocks reports (see TruncatedStream)."""
+
+    offset: int  # where the damaged unit starts in the compressed input
+    skipped: int | None  # compressed bytes skipped to the next unit (None: to the end)
+    lines: int  # lines of the damaged unit (dropped unread): all of them when `complete`, else a lower bound
+    complete: bool
+    detail: str
+    size: int | None = None  # bytes the damaged unit decodes to, when known
 
 
 class _Concatenated:
-    """Compressed units one after another (as `cat a.zst b.zst` makes: zstd frames, gzip members).
+    """Compressed units one after another (gzip members, as `cat a.gz b.gz` makes).
 
     `new_decompressor` makes the decompressor of one unit; it must expose
-    decompress(), eof and unused_data (zstandard's and zlib's both do).
-    finish() raises when the input ended inside a unit: a truncated stream.
+    decompress(), eof and unused_data. Damage ends the stream: a gzip member
+    has no checksum of its own header and no marker to resume at.
     """
 
     def __init__(self, new_decompressor, kind: str, unit: str):
         self._new = new_decompressor
         self._obj = new_decompressor()
         self._mid_unit = False
+        self._offset = 0
         self.kind = kind
         self.unit = unit
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> list:
         out = []
+        offset = self._offset
+        self._offset += len(data)
         while data:
             self._mid_unit = True
-            out.append(self._obj.decompress(data))
+            try:
+                out.append(self._obj.decompress(data))
+            except zlib.error as exc:
+                raise ValueError(f"corrupt {self.kind} stream near byte {offset}: {exc}") from None
             if not self._obj.eof:
                 break
             data = self._obj.unused_data
             self._obj = self._new()
             self._mid_unit = False
-        return b"".join(out)
+        return out
 
-    def finish(self) -> None:
+    def finish(self) -> list:
         if self._mid_unit:
             raise ValueError(f"{self.kind} stream is truncated (ends inside a {self.unit})")
+        return []
+
+
+class _ZstdFrames:
+    """zstd frames one after another, each verified before its lines are passed on.
+
+    A frame's output is held until the frame ends and its checksum matched, so
+    a damaged frame gives no lines rather than wrong ones (frames decoding to
+    more than HOLD_BYTES, as foreign single-frame files do, are passed on as
+    they decode). After damage, decoding resumes at the next frame magic found
+    after the damaged frame's start: a damaged header can make the decoder run
+    past the frame's end, so the search starts from the frame's own bytes.
+    """
+
+    kind, unit = "zstd", "frame"
+
+    def __init__(self) -> None:
+        self._dctx = zstandard.ZstdDecompressor()
+        self._start_frame(0)
+        self._searching: _Loss | None = None  # damage found, next magic not yet
+        self._tail = b""  # the last bytes searched, in case a magic straddles two reads
+
+    def _start_frame(self, offset: int) -> None:
+        self._obj = self._dctx.decompressobj()
+        self._offset = offset  # of this frame in the input
+        self._raw: bytearray | None = bytearray()  # its compressed bytes so far, while under RESCAN_BYTES
+        self._fed = 0
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._passed = False  # part of it was passed on unverified (too big to hold)
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        while data:
+            if self._searching is not None:
+                data = self._search(data, out)
+                if not data:
+                    break
+            if self._raw is not None:
+                self._raw += data
+                if len(self._raw) > RESCAN_BYTES:
+                    self._raw = None
+            self._fed += len(data)
+            try:
+                piece = self._obj.decompress(data)
+            except zstandard.ZstdError as exc:
+                data = self._damaged(str(exc))
+                continue
+            if piece:
+                self._held.append(piece)
+                self._held_size += len(piece)
+                if self._held_size > HOLD_BYTES:
+                    out.extend(self._held)
+                    self._held, self._held_size, self._passed = [], 0, True
+            if not self._obj.eof:
+                break
+            out.extend(self._held)
+            data = self._obj.unused_data
+            self._start_frame(self._offset + self._fed - len(data))
+        return out
+
+    def _damaged(self, detail: str) -> bytes:
+        """Drop the frame being decoded; return the input to go on with (from the next magic, if seen)."""
+        lines = sum(piece.count(b"\n") for piece in self._held)
+        loss = _Loss(self._offset, None, lines, complete=False, detail=detail)
+        if self._raw is not None:
+            loss.size, whole = _frame_size_and_lines(self._raw, checksum_failed="checksum" in detail)
+            if whole is not None:
+                loss.lines, loss.complete = whole, True
+        if self._passed:
+            loss.detail += " (part of this frame was already passed on)"
+        raw, base = self._raw, self._offset
+        self._start_frame(base + self._fed)
+        self._searching = loss
+        if raw is None:
+            return b""  # too big to rescan: search on in what comes next
+        self._offset = base + 1
+        return bytes(raw[1:])
+
+    def _search(self, data: bytes, out: list) -> bytes:
+        """Skip to the next frame magic (self._offset is where `data` starts); record the loss once found."""
+        data = self._tail + data
+        at = data.find(ZSTD_MAGIC)
+        if at < 0:
+            keep = min(len(data), len(ZSTD_MAGIC) - 1)  # a magic may straddle two reads
+            self._offset += len(data) - keep
+            self._tail = data[len(data) - keep:]
+            return b""
+        self._tail = b""
+        loss, self._searching = self._searching, None
+        loss.skipped = self._offset + at - loss.offset
+        out.append(loss)
+        self._start_frame(self._offset + at)
+        return data[at:]
+
+    def finish(self) -> list:
+        if self._searching is not None:
+            loss, self._searching = self._searching, None
+            return [loss]
+        if self._fed:
+            # a cut, not damage: what decoded before it is what was written (as `zstd -d` would give it)
+            return [*self._held, _Loss(self._offset, None, 0, False, "the stream is truncated: it ends inside a frame")]
+        return []
+
+
+def _frame_size_and_lines(raw: bytearray, checksum_failed: bool) -> tuple[int | None, int | None]:
+    """What a damaged frame held: its decoded size (from its header) and, when only its checksum failed,
+    its line count (decoded again with the checksum flag cleared, the only way to read it)."""
+    try:
+        size = zstandard.frame_content_size(bytes(raw[:18]))
+    except zstandard.ZstdError:
+        return None, None
+    size = size if size >= 0 else None
+    if not checksum_failed:
+        return size, None
+    unchecked = bytearray(raw)
+    unchecked[4] &= ~0x04  # Frame_Header_Descriptor: Content_Checksum_flag
+    try:
+        content = zstandard.ZstdDecompressor().decompressobj().decompress(bytes(unchecked))
+    except zstandard.ZstdError:
+        return size, None
+    return len(content), content.count(b"\n")
 
 
 def _decoder_for(head: bytes):
     if head.startswith(ZSTD_MAGIC):
-        return _Concatenated(zstandard.ZstdDecompressor().decompressobj, "zstd", "frame"), "zstd"
+        return _ZstdFrames(), "zstd"
     if head.startswith(GZIP_MAGIC):
         return _Concatenated(lambda: zlib.decompressobj(wbits=31), "gzip", "member"), "gzip"
     return _Plain(), "plain"
 
 
-def iter_line_blocks(path: str) -> Iterator[tuple[int, list[bytes]]]:
+def _loss_error(where: str, kind: str, loss: _Loss) -> TruncatedStream:
+    """The one-line report of a loss (no input bytes quoted)."""
+    plural = "s" if loss.lines != 1 else ""
+    if loss.complete:
+        lines = f"{loss.lines} line{plural} lost"
+    else:
+        lines = f"at least {loss.lines} line{plural} lost" if loss.lines else "its lines are lost"
+    if loss.size is not None:
+        lines += f" ({loss.size} bytes of JSONL)"
+    if loss.skipped is None:
+        rest = "no later frame found: the rest of the file is lost"
+    else:
+        rest = f"skipped {loss.skipped} bytes to the next frame; line numbers after this point may be off"
+    return TruncatedStream(where, f"corrupt {kind} frame at byte {loss.offset} ({loss.detail}): {lines}, {rest}",
+                           lost_lines=loss.lines, lost_bytes=loss.skipped)
+
+
+def iter_line_blocks(path: str, on_corrupt: Callable[[TruncatedStream], None] | None = None
+                     ) -> Iterator[tuple[int, list[bytes]]]:
     """Yield (number of the block's first line, lines) of one input, decompressing as the first bytes say.
 
-    Lines come in blocks (one per ~1 MiB read) because a generator step per
-    line costs as much as parsing it. Raises TruncatedStream for a corrupt or
-    truncated compressed stream, after yielding every complete line before the damage.
+    Lines come in blocks (one per zstd frame or ~1 MiB read) because a
+    generator step per line costs as much as parsing it. A corrupt or truncated
+    compressed stream raises TruncatedStream after every complete line before
+    the damage; given `on_corrupt`, that is called instead and, for zstd,
+    reading goes on at the next frame (a damaged gzip stream ends there).
     """
     fh = _open_binary(path)
     name = "<stdin>" if path == STDIO else path
-    lineno = 0  # lines yielded so far
+    lineno = 0  # lines yielded (or counted as lost) so far
+    pending = b""
+
+    def damaged(exc: TruncatedStream) -> None:
+        if on_corrupt is None:
+            raise exc
+        on_corrupt(exc)
+
     try:
         first = fh.read(CHUNK)
         decoder, kind = _decoder_for(first)
-        pending = b""
         chunk = first
-        while chunk:
+        while True:
             try:
-                data = decoder.feed(chunk)
-            except (zstandard.ZstdError, zlib.error) as exc:
-                raise TruncatedStream(f"{name}:{lineno + 1}", f"corrupt {kind} stream: {exc}") from None
-            if data:
-                lines = (pending + data).split(b"\n")
+                pieces = decoder.feed(chunk) if chunk else decoder.finish()
+            except ValueError as exc:  # gzip damage: nothing after it can be read
+                damaged(TruncatedStream(f"{name}:{lineno + 1}", str(exc)))
+                return
+            for piece in pieces:
+                if type(piece) is _Loss:
+                    if pending:  # the start of a line whose end was lost
+                        pending = b""
+                        piece.lines += 1
+                    damaged(_loss_error(f"{name}:{lineno + 1}", kind, piece))
+                    lineno += piece.lines
+                    continue
+                lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
                 pending = lines.pop()
                 if lines:
                     yield lineno + 1, lines
                     lineno += len(lines)
+            if not chunk:
+                break
             chunk = fh.read(CHUNK)
-        try:
-            decoder.finish()
-        except ValueError as exc:
-            raise TruncatedStream(f"{name}:{lineno + 1}", str(exc)) from None
         if pending:
             yield lineno + 1, [pending]
     finally:
@@ -189,13 +446,75 @@ def compression_for(path: str | None, plain: bool = False) -> str:
     return "zstd"
 
 
+TEMPORARY_MARK = ".rsyn-tmp-"
+
+
+def _this_host() -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in socket.gethostname()) or "localhost"
+
+
+def temporary_name(target: str | os.PathLike) -> Path:
+    """Where to build `target` (a file or a directory): a hidden sibling naming its owner, host and pid.
+
+    The owner in the name lets remove_stale_temporaries() tell a dead run's
+    leftovers from a live run's work, even on a file system shared by hosts.
+    """
+    target = Path(target)
+    return target.with_name(f".{target.name}{TEMPORARY_MARK}{_this_host()}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `target` left by dead runs of this host (files or directories).
+
+    A temporary of another host is left alone: whether its owner lives cannot
+    be known from here. Returns what was removed.
+    """
+    target = Path(target)
+    prefix = f".{target.name}{TEMPORARY_MARK}"
+    host = _this_host()
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        owner_host, _, pid = entry.name[len(prefix):].rpartition("-")
+        if owner_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another run cleaned it first
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
 class AtomicFile:
-    """A file written under a hidden temporary name and renamed into place by commit()."""
+    """A file written under temporary_name(path) and renamed into place by commit().
+
+    Opening one removes the temporaries of the same target left by dead runs.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.rsyn-tmp-{os.getpid()}")
+        remove_stale_temporaries(self.path)
+        self.tmp = temporary_name(self.path)
         self.fh = open(self.tmp, "wb")
 
     def write(self, data: bytes) -> None:
@@ -241,7 +560,12 @@ class _StdoutSink:
 
 
 class RecordWriter:
-    """Writes records as JSONL (zstd by default). Call close() on success, abort() on failure."""
+    """Writes records as JSONL (zstd by default). Call close() on success, abort() on failure.
+
+    zstd output is independent frames of at least FRAME_BYTES of JSONL (the last
+    one less), each ending on a record boundary and carrying its checksum, so
+    damage loses one frame; an empty output is one empty frame, a valid file.
+    """
 
     BATCH = 2048
 
@@ -249,17 +573,17 @@ class RecordWriter:
         self.path = path
         self.compression = compression or compression_for(path)
         self.sink = _StdoutSink() if path in (None, STDIO) else AtomicFile(path)
+        self._frame: zstandard.ZstdCompressor | None = None
+        self._gzip = None
         if self.compression == "zstd":
-            # single-threaded zstd keeps the output byte-identical run to run
-            self._comp = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
-            self._encode = self._comp.compress
+            # single-threaded one-shot frames: the output is byte-identical run to run
+            self._frame = zstandard.ZstdCompressor(level=level, write_checksum=True)
         elif self.compression == "gzip":
-            self._comp = zlib.compressobj(6, zlib.DEFLATED, 31)
-            self._encode = self._comp.compress
-        else:
-            self._comp = None
-            self._encode = None
+            self._gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
         self._buf: list[bytes] = []
+        self._unframed: list[bytes] = []  # serialised records of the next frame
+        self._unframed_size = 0
+        self._frames = 0
         self.count = 0
         self.closed = False
 
@@ -286,17 +610,39 @@ class RecordWriter:
     def _flush_buffer(self) -> None:
         if not self._buf:
             return
-        data = b"".join(self._buf)
-        self.count += len(self._buf)
-        self._buf.clear()
-        self.sink.write(self._encode(data) if self._encode else data)
+        buf = self._buf
+        self.count += len(buf)
+        self._buf = []
+        if self._frame is None:
+            data = b"".join(buf)
+            self.sink.write(self._gzip.compress(data) if self._gzip is not None else data)
+            return
+        # cut frames where the running size first reaches FRAME_BYTES (bisect over the sizes: no Python loop)
+        ends = list(itertools.accumulate(map(len, buf), initial=self._unframed_size))
+        start, base = 0, 0  # the next frame holds buf[start:] and its size is ends[i] - base
+        while True:
+            cut = bisect.bisect_left(ends, base + FRAME_BYTES, lo=start + 1)
+            if cut >= len(ends):
+                break
+            self._unframed.extend(buf[start:cut])
+            self._write_frame()
+            start, base = cut, ends[cut]
+        self._unframed.extend(buf[start:])
+        self._unframed_size = ends[-1] - base
+
+    def _write_frame(self) -> None:
+        self.sink.write(self._frame.compress(b"".join(self._unframed)))
+        self._frames += 1
+        self._unframed, self._unframed_size = [], 0
 
     def close(self) -> None:
         if self.closed:
             return
         self._flush_buffer()
-        if self._comp is not None:
-            self.sink.write(self._comp.flush())
+        if self._frame is not None and (self._unframed or not self._frames):
+            self._write_frame()
+        elif self._gzip is not None:
+            self.sink.write(self._gzip.flush())
         self.sink.commit()
         self.closed = True
 

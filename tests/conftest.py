@@ -56,8 +56,8 @@ def compress(data: bytes, kind: str) -> bytes:
 
 def decode_stream(data: bytes) -> list[dict]:
     """Records of an rsyn output, whatever its compression."""
-    if data[:4] == b"\x28\xb5\x2f\xfd":
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":  # rsyn writes many frames: read them all
+        data = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
     elif data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]

@@ -116,7 +116,7 @@ def test_corrupt_zstd_bytes(tmp_path):
     with pytest.raises(StreamError):
         list(read_records([str(path)]))
     proc = rsyn("cat", path)
-    assert proc.returncode == 2 and "corrupt zstd stream" in proc.stderr.decode()
+    assert proc.returncode == 2 and "corrupt zstd frame" in proc.stderr.decode()
 
 
 def test_shards_are_disjoint_and_complete(tmp_path):

@@ -117,24 +117,25 @@ def _check_options(opts: ExtractOptions) -> None:
 def _documents(run: Run, paths: list[str], opts: ExtractOptions, *, sharded: bool = True,
                report_errors: bool = True) -> Iterator[Document]:
     """Documents of the inputs, in order; this shard's only when `sharded`; bad ones per --on-error."""
-    k, n = (run.shard or (0, 1)) if sharded else (0, 1)
-    position = -1
+    raw = _raw_documents(run, run.shard_paths() if sharded else paths, opts, report_errors)
+    for where, raw_document, fmt in (run.in_shard(raw) if sharded else raw):
+        try:
+            document = parse_document(raw_document, fmt)
+        except DocumentError as exc:
+            if report_errors:
+                run.error(where, exc.message, reason=exc.reason,
+                          raw=raw_document if isinstance(raw_document, bytes) else None,
+                          record=raw_document if isinstance(raw_document, dict) else None)
+            continue
+        document.where = where
+        yield document
+
+
+def _raw_documents(run: Run, paths: list[str], opts: ExtractOptions, report_errors: bool):
+    """(where, raw document, format) of every input in turn; an unreadable input is reported per --on-error."""
     for path in paths:
         try:
-            for where, raw, fmt in raw_documents(path, opts.fmt, opts.parquet_batch_rows):
-                position += 1
-                if position % n != k:
-                    continue
-                try:
-                    document = parse_document(raw, fmt)
-                except DocumentError as exc:
-                    if report_errors:
-                        run.error(where, exc.message, reason=exc.reason,
-                                  raw=raw if isinstance(raw, bytes) else None,
-                                  record=raw if isinstance(raw, dict) else None)
-                    continue
-                document.where = where
-                yield document
+            yield from raw_documents(path, opts.fmt, opts.parquet_batch_rows)
         except DocumentError as exc:  # a whole input is unreadable
             if report_errors:
                 run.error(exc.where or path, exc.message, reason=exc.reason)

@@ -147,8 +147,9 @@ class Run:
         if self._progress is not None:
             self._progress.stop()
         if exc_type is None:
-            if self._writer is None and not self._output_claimed and not self._written_elsewhere:
-                self.writer()  # no record came out: the output is still written (empty), as make expects
+            if (self._writer is None and self._output not in (None, STDIO) and not self._output_claimed
+                    and not self._written_elsewhere):
+                self.writer()  # no record came out: -o is still written (empty), as make expects
             if self._writer is not None:
                 self._writer.close()
             if self._rejects is not None:

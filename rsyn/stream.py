@@ -8,7 +8,9 @@ run removes those of dead runs.
 
 zstd output is a series of independent frames of about FRAME_BYTES of JSONL
 each, ending on a record boundary, each with a content checksum: a flipped
-bit loses one frame, not the file. The reader holds a frame's lines back until
+bit loses one frame, not the file. After each frame a zstd skippable frame
+(which every zstd reader skips) gives its line count, so the reader knows
+exactly what a damaged frame held and line numbers stay exact after it. The reader holds a frame's lines back until
 its checksum is verified, and after a corrupt frame resumes at the next one.
 
 `--shard K/N` is decided here, in one place: `plan_shard()`.
@@ -23,6 +25,7 @@ import itertools
 import os
 import shutil
 import socket
+import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +37,10 @@ import orjson
 import zstandard
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# a zstd skippable frame (magic 0x184D2A5E, little endian) of 12 bytes: b"rsyn" and the previous frame's line count
+LINES_MAGIC = b"\x5e\x2a\x4d\x18"
+LINES_HEADER = struct.Struct("<4sI4sQ")
+LINES_TAG = b"rsyn"
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 STDIO = "-"
@@ -220,8 +227,10 @@ class _ZstdFrames:
     a damaged frame gives no lines rather than wrong ones (frames decoding to
     more than HOLD_BYTES, as foreign single-frame files do, are passed on as
     they decode). After damage, decoding resumes at the next frame magic found
-    after the damaged frame's start: a damaged header can make the decoder run
-    past the frame's end, so the search starts from the frame's own bytes.
+    after the damaged frame's start (a damaged header can make the decoder run
+    past the frame's end, so the search starts from the frame's own bytes).
+    The loss is reported once decoding resumed: if the frame found there is
+    rsyn's line count of the frame before it, the loss is known exactly.
     """
 
     kind, unit = "zstd", "frame"
@@ -230,6 +239,7 @@ class _ZstdFrames:
         self._dctx = zstandard.ZstdDecompressor()
         self._start_frame(0)
         self._searching: _Loss | None = None  # damage found, next magic not yet
+        self._unreported: _Loss | None = None  # resumed after damage, loss not yet reported
         self._tail = b""  # the last bytes searched, in case a magic straddles two reads
 
     def _start_frame(self, offset: int) -> None:
@@ -245,7 +255,7 @@ class _ZstdFrames:
         out: list = []
         while data:
             if self._searching is not None:
-                data = self._search(data, out)
+                data = self._search(data)
                 if not data:
                     break
             if self._raw is not None:
@@ -256,9 +266,10 @@ class _ZstdFrames:
             try:
                 piece = self._obj.decompress(data)
             except zstandard.ZstdError as exc:
-                data = self._damaged(str(exc))
+                data = self._damaged(str(exc), out)
                 continue
             if piece:
+                self._report(out)
                 self._held.append(piece)
                 self._held_size += len(piece)
                 if self._held_size > HOLD_BYTES:
@@ -266,19 +277,28 @@ class _ZstdFrames:
                     self._held, self._held_size, self._passed = [], 0, True
             if not self._obj.eof:
                 break
+            if self._unreported is not None and not self._held_size:
+                counted = _counted_lines(self._raw)  # the frame after a damaged one may say what it held
+                if counted is not None and self._unreported.skipped == self._offset - self._unreported.offset:
+                    self._unreported.lines, self._unreported.complete = counted, True
+            self._report(out)
             out.extend(self._held)
             data = self._obj.unused_data
             self._start_frame(self._offset + self._fed - len(data))
         return out
 
-    def _damaged(self, detail: str) -> bytes:
-        """Drop the frame being decoded; return the input to go on with (from the next magic, if seen)."""
+    def _report(self, out: list) -> None:
+        if self._unreported is not None:
+            out.append(self._unreported)
+            self._unreported = None
+
+    def _damaged(self, detail: str, out: list) -> bytes:
+        """Drop the frame being decoded; return the input to go on with (the search for the next magic)."""
+        self._report(out)
         lines = sum(piece.count(b"\n") for piece in self._held)
         loss = _Loss(self._offset, None, lines, complete=False, detail=detail)
         if self._raw is not None:
-            loss.size, whole = _frame_size_and_lines(self._raw, checksum_failed="checksum" in detail)
-            if whole is not None:
-                loss.lines, loss.complete = whole, True
+            loss.size = _frame_size(self._raw)
         if self._passed:
             loss.detail += " (part of this frame was already passed on)"
         raw, base = self._raw, self._offset
@@ -289,10 +309,10 @@ class _ZstdFrames:
         self._offset = base + 1
         return bytes(raw[1:])
 
-    def _search(self, data: bytes, out: list) -> bytes:
-        """Skip to the next frame magic (self._offset is where `data` starts); record the loss once found."""
+    def _search(self, data: bytes) -> bytes:
+        """Skip to the next frame magic (self._offset is where `data` starts)."""
         data = self._tail + data
-        at = data.find(ZSTD_MAGIC)
+        at = min((i for i in (data.find(ZSTD_MAGIC), data.find(LINES_MAGIC)) if i >= 0), default=-1)
         if at < 0:
             keep = min(len(data), len(ZSTD_MAGIC) - 1)  # a magic may straddle two reads
             self._offset += len(data) - keep
@@ -301,37 +321,37 @@ class _ZstdFrames:
         self._tail = b""
         loss, self._searching = self._searching, None
         loss.skipped = self._offset + at - loss.offset
-        out.append(loss)
+        self._unreported = loss
         self._start_frame(self._offset + at)
         return data[at:]
 
     def finish(self) -> list:
+        out: list = []
         if self._searching is not None:
             loss, self._searching = self._searching, None
             return [loss]
+        self._report(out)
         if self._fed:
             # a cut, not damage: what decoded before it is what was written (as `zstd -d` would give it)
-            return [*self._held, _Loss(self._offset, None, 0, False, "the stream is truncated: it ends inside a frame")]
-        return []
+            out += [*self._held, _Loss(self._offset, None, 0, False, "the stream is truncated: it ends inside a frame")]
+        return out
 
 
-def _frame_size_and_lines(raw: bytearray, checksum_failed: bool) -> tuple[int | None, int | None]:
-    """What a damaged frame held: its decoded size (from its header) and, when only its checksum failed,
-    its line count (decoded again with the checksum flag cleared, the only way to read it)."""
+def _frame_size(raw: bytearray) -> int | None:
+    """The decoded size a frame's header declares (None: not declared, or the header is damaged)."""
     try:
         size = zstandard.frame_content_size(bytes(raw[:18]))
     except zstandard.ZstdError:
-        return None, None
-    size = size if size >= 0 else None
-    if not checksum_failed:
-        return size, None
-    unchecked = bytearray(raw)
-    unchecked[4] &= ~0x04  # Frame_Header_Descriptor: Content_Checksum_flag
-    try:
-        content = zstandard.ZstdDecompressor().decompressobj().decompress(bytes(unchecked))
-    except zstandard.ZstdError:
-        return size, None
-    return len(content), content.count(b"\n")
+        return None
+    return size if size >= 0 else None
+
+
+def _counted_lines(raw: bytearray | None) -> int | None:
+    """The line count an rsyn skippable frame gives of the frame before it (None: not such a frame)."""
+    if raw is None or len(raw) < LINES_HEADER.size or not raw.startswith(LINES_MAGIC):
+        return None
+    _, size, tag, lines = LINES_HEADER.unpack_from(raw)
+    return lines if size == LINES_HEADER.size - 8 and tag == LINES_TAG else None
 
 
 def _decoder_for(head: bytes):
@@ -354,7 +374,9 @@ def _loss_error(where: str, kind: str, loss: _Loss) -> TruncatedStream:
     if loss.skipped is None:
         rest = "no later frame found: the rest of the file is lost"
     else:
-        rest = f"skipped {loss.skipped} bytes to the next frame; line numbers after this point may be off"
+        rest = f"skipped {loss.skipped} bytes to the next frame"
+        if not loss.complete:
+            rest += "; line numbers after this point may be off"
     return TruncatedStream(where, f"corrupt {kind} frame at byte {loss.offset} ({loss.detail}): {lines}, {rest}",
                            lost_lines=loss.lines, lost_bytes=loss.skipped)
 
@@ -631,7 +653,8 @@ class RecordWriter:
         self._unframed_size = ends[-1] - base
 
     def _write_frame(self) -> None:
-        self.sink.write(self._frame.compress(b"".join(self._unframed)))
+        count = LINES_HEADER.pack(LINES_MAGIC, LINES_HEADER.size - 8, LINES_TAG, len(self._unframed))
+        self.sink.write(self._frame.compress(b"".join(self._unframed)) + count)
         self._frames += 1
         self._unframed, self._unframed_size = [], 0
 

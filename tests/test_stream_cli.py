@@ -1,5 +1,6 @@
 """The stream contract through the real `rsyn` command line: cat, errors, shards, atomic output."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -154,30 +155,75 @@ def test_identical_input_gives_identical_bytes(tmp_path):
     assert (tmp_path / "a.zst").read_bytes() == (tmp_path / "b.zst").read_bytes() == a
 
 
-def test_killed_write_leaves_no_output_file(tmp_path):
-    out = tmp_path / "out.jsonl.zst"
-    proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    proc.stdin.write(jsonl(RECORDS))  # keep stdin open: the run is mid-stream
-    proc.stdin.flush()
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+BIG_INPUT = jsonl(RECORDS * 6)  # ~5 MB: several frames are written before the input ends
 
 
-def test_interrupted_write_removes_its_temporary(tmp_path):
-    out = tmp_path / "out.jsonl.zst"
+def _writer_mid_stream(out):
+    """A `rsyn cat -o OUT` fed part of its input, stdin left open, once its temporary holds data."""
     proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    proc.stdin.write(jsonl(RECORDS))
+    proc.stdin.write(BIG_INPUT)  # stdin stays open: the run is mid-stream
     proc.stdin.flush()
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temporaries = [p for p in out.parent.glob(f".{out.name}.rsyn-tmp-*") if p.stat().st_size > 0]
+        if temporaries:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no temporary with data appeared: the writer is not atomic, or wrote nothing")
+    assert not out.exists()  # written under the temporary name only
+    return proc, temporaries[0]
+
+
+def test_killed_write_leaves_no_output_file_and_the_next_run_cleans_up(tmp_path):
+    out = tmp_path / "out.jsonl.zst"
+    proc, temporary = _writer_mid_stream(out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdin.close()
+    proc.stderr.close()
+    assert not out.exists() and temporary.exists()  # SIGKILL: nothing can clean, but nothing looks done
+    assert f"-{proc.pid}" in temporary.name  # its owner is in its name
+    rsyn("cat", "-o", out, "--quiet", input=jsonl(RECORDS), check=True)  # the next run of the same target
+    assert read_stream_file(out) == RECORDS
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl.zst"]
+
+
+@pytest.mark.parametrize("sig,status,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_interrupted_or_terminated_write_removes_its_temporary(tmp_path, sig, status, word):
+    out = tmp_path / "out.jsonl.zst"
+    proc, _ = _writer_mid_stream(out)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and b"Traceback" not in err
+    assert proc.returncode == status, err
+    assert f"rsyn cat: {word}".encode() in err and b"Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporaries_of_dead_runs_on_this_host_are_removed(tmp_path):
+    from rsyn.stream import remove_stale_temporaries, temporary_name
+
+    target = tmp_path / "index"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = temporary_name(target)
+    assert mine.parent == tmp_path and mine.name.startswith(".index.rsyn-tmp-") and mine.name.endswith(f"-{os.getpid()}")
+    host = mine.name[len(".index.rsyn-tmp-"):].rsplit("-", 1)[0]
+    stale_dir = tmp_path / f".index.rsyn-tmp-{host}-{dead.pid}"
+    (stale_dir / "sub").mkdir(parents=True)
+    (stale_dir / "sub" / "part.bin").write_bytes(b"x" * 100)
+    stale_file = tmp_path / f".index.rsyn-tmp-{host}-{dead.pid + 1_000_000}"  # no such pid
+    stale_file.write_bytes(b"x")
+    keep = [mine, tmp_path / f".index.rsyn-tmp-otherhost-{dead.pid}",  # alive / not ours to judge
+            tmp_path / f".indexes.rsyn-tmp-{host}-{dead.pid}",  # another target
+            tmp_path / f".index.rsyn-tmp-{host}-{os.getppid()}"]  # a live process
+    for path in keep:
+        path.write_bytes(b"x")
+    removed = remove_stale_temporaries(target)
+    assert sorted(removed) == sorted([stale_dir, stale_file])
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
 
 
 def test_head_ends_quietly():

@@ -188,6 +188,6 @@ def test_empty_input_embed_writes_the_output(tmp_path):
     empty = tmp_path / "none.jsonl"
     empty.write_bytes(b"")
     out = tmp_path / "embedded.jsonl.zst"
-    proc = rsyn("embed", empty, "--model", model, "--device", "cpu", "-o", out)
+    proc = rsyn_here("embed", empty, "--model", model, "--device", "cpu", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and read_stream_file(out) == []

@@ -86,17 +86,15 @@ def test_sharded_embed_merges_to_the_single_run(pipeline):
                              check=True).stdout
         return sorted(out.splitlines())
 
-    import numpy as np
-
-    from rsyn.records import decode_embeddings
+    from test_sharding import within_one_float16_ulp
 
     merged = {r["id"]: r for r in map(orjson.loads, lines(pipeline / "embedded-sharded.jsonl.zst"))}
     single = {r["id"]: r for r in map(orjson.loads, lines(pipeline / "embedded.jsonl.zst"))}
     assert merged.keys() == single.keys()
     ids = sorted(single)
-    # the same records; embeddings agree within float tolerance (a batch's make-up moves the last fp16 bit)
+    # the same records; embeddings within one float16 ulp (docs/scaling.md: a batch's make-up moves the last bit)
     for i in ids:
         assert {k: v for k, v in merged[i].items() if k != "emb"} == {k: v for k, v in single[i].items() if k != "emb"}
-    a = decode_embeddings([merged[i]["emb"] for i in ids])
-    b = decode_embeddings([single[i]["emb"] for i in ids])
-    assert np.einsum("ij,ij->i", a, b).min() > 0.999
+    with_emb = [i for i in ids if "emb" in single[i]]
+    assert with_emb and within_one_float16_ulp([merged[i]["emb"] for i in with_emb],
+                                               [single[i]["emb"] for i in with_emb]).all()

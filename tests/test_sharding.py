@@ -1,5 +1,8 @@
 """`--shard K/N`: which rule applies, what each shard reads, and that N shards put together are the one run."""
 
+import base64
+
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -131,3 +134,54 @@ def test_sharded_extract_concatenates_to_the_one_process_run(tmp_path):
     whole = (tmp_path / "whole.jsonl").read_bytes()
     assert whole.count(b"\n") > 10 and all(parts)
     assert b"".join(parts) == whole
+
+
+# --------------------------------------------------------------------------- embeddings of a sharded run
+
+
+def within_one_float16_ulp(a: list[str], b: list[str]) -> np.ndarray:
+    """Per embedding pair: is every component within one float16 ulp (never finer than 2**-23)?
+
+    2**-23 is float32's resolution at the scale of a unit vector: below 2**-13 a
+    float16 ulp is finer than the float32 computation, so a component there
+    may move by more ulps while moving by no more than float32 rounding.
+    """
+    x = np.stack([np.frombuffer(base64.b64decode(s), "<f2") for s in a]).astype(np.float64)
+    y = np.stack([np.frombuffer(base64.b64decode(s), "<f2") for s in b]).astype(np.float64)
+    ulp = np.maximum(np.spacing(np.abs(x).astype(np.float16)), np.spacing(np.abs(y).astype(np.float16)))
+    return (np.abs(x - y) <= np.maximum(ulp.astype(np.float64), 2.0**-23)).all(axis=1)
+
+
+def test_within_one_float16_ulp_is_what_it_says():
+    def enc(values):
+        return base64.b64encode(np.asarray(values, "<f2").tobytes()).decode()
+
+    one = np.float16(0.25)
+    next_up = np.nextafter(one, np.float16(1))
+    assert within_one_float16_ulp([enc([one, 0])], [enc([next_up, 0])]).all()
+    assert not within_one_float16_ulp([enc([one, 0])], [enc([np.nextafter(next_up, np.float16(1)), 0])]).any()
+    tiny = np.float16(2.0**-20)  # a float16 ulp there is 2**-30: float32 rounding decides
+    assert within_one_float16_ulp([enc([0, tiny])], [enc([0, tiny + np.float16(2.0**-23)])]).all()
+
+
+def test_sharded_embed_equals_the_single_run_within_one_float16_ulp(tmp_path):
+    from rsyn.models.clip import build_tiny_clip
+
+    model = build_tiny_clip(tmp_path / "clip", seed=0)
+    words = "a dog runs across the green field while two children play with red kites near the old river".split()
+    texts = [{"id": f"t{i:04d}", "kind": "text", "text": " ".join(words[(i * 7 + j) % len(words)]
+                                                                   for j in range(3 + i % 23))} for i in range(300)]
+    src = tmp_path / "texts.jsonl"
+    src.write_bytes(jsonl(texts))
+    args = ["--model", model, "--device", "cpu", "--batch-size", "16", "--quiet"]
+    rsyn_here("embed", src, *args, "-o", tmp_path / "one.jsonl", check=True)
+    single = read_stream_file(tmp_path / "one.jsonl")
+    merged = []
+    for k in range(3):
+        rsyn_here("embed", src, *args, "--shard", f"{k}/3", "-o", tmp_path / f"part-{k}.jsonl", check=True)
+        merged += read_stream_file(tmp_path / f"part-{k}.jsonl")
+    merged.sort(key=lambda r: r["id"])
+    assert [r["id"] for r in merged] == [r["id"] for r in single]
+    assert [{k: v for k, v in r.items() if k != "emb"} for r in merged] == \
+           [{k: v for k, v in r.items() if k != "emb"} for r in single]
+    assert within_one_float16_ulp([r["emb"] for r in merged], [r["emb"] for r in single]).all()

@@ -165,7 +165,7 @@ def run_cli(args: list) -> tuple[float, float, int]:
 
 def read_zst(path: Path) -> list[dict]:
     with open(path, "rb") as fh:
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(fh.read())
+        data = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True).read()  # rsyn writes many frames
     return [orjson.loads(x) for x in data.splitlines() if x]
 
 

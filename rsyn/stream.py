@@ -89,6 +89,8 @@ def expand_inputs(inputs: Iterable[str] | None) -> list[str]:
             paths.extend(matched)
         elif not os.path.exists(item):
             raise StreamError(item, "no such file")
+        elif os.path.isdir(item):
+            raise StreamError(item, "is a directory (give its files, e.g. a quoted glob 'DIR/*.jsonl.zst')")
         else:
             paths.append(item)
     return paths
@@ -158,7 +160,10 @@ def split_by_size(sizes: list[int], n: int) -> list[int]:
 def _open_binary(path: str) -> BinaryIO:
     if path == STDIO:
         return sys.stdin.buffer
-    return open(path, "rb")
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise StreamError(path, f"cannot open: {exc.strerror}") from None
 
 
 class _Plain:

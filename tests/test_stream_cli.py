@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from rsyn.stream import RecordWriter, StreamError, iter_lines, read_records
 
 RECORDS = [{"id": f"{i:05d}", "kind": "text", "doc": f"d{i // 10}", "pos": i % 10, "text": f"sentence number {i} é ✓"}
@@ -244,6 +244,12 @@ def test_unbuilt_stage_says_so():
 def test_missing_input_file():
     proc = rsyn("cat", "/nonexistent/x.jsonl")
     assert proc.returncode == 2 and proc.stderr.decode().startswith("rsyn: error: /nonexistent/x.jsonl: no such file")
+
+
+def test_a_directory_as_input_is_one_line(tmp_path):
+    proc = rsyn_here("cat", tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.startswith(f"rsyn: error: {tmp_path}: is a directory") and len(err.splitlines()) == 1
 
 
 def test_library_reader_and_writer(tmp_path):

@@ -77,8 +77,9 @@ _COMMON = [
         "-o", "--output", help="Output file ('-' = stdout). Written to a temporary name, renamed when complete.",
         rich_help_panel="Common options")], None),
     ("shard", Annotated[Optional[str], typer.Option(
-        "--shard", metavar="K/N", help="Process the K-th of N disjoint slices of the input: a contiguous range of whole files when "
-             "there are at least N input files, else the records at positions K mod N (docs/scaling.md).",
+        "--shard", metavar="K/N",
+        help="Process the K-th of N disjoint slices of the input: a contiguous range of whole files when there "
+             "are at least N input files, else the records at positions K mod N (docs/scaling.md).",
         rich_help_panel="Common options")], None),
     ("on_error", Annotated[OnError, typer.Option(
         "--on-error", help="fail: stop at the first bad input (exit 2); skip: count it, log it to --rejects, go on.",
@@ -439,6 +440,7 @@ def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) ->
 
 
 def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
     raise Terminated()
 
 

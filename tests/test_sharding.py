@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn_here
 from rsyn.stream import plan_shard, split_by_size
 
 RECORDS = [{"id": f"{i:05d}", "kind": "text", "text": f"sentence {i} " + "word " * (i % 17)} for i in range(3000)]

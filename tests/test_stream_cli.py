@@ -209,7 +209,8 @@ def test_stale_temporaries_of_dead_runs_on_this_host_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     mine = temporary_name(target)
-    assert mine.parent == tmp_path and mine.name.startswith(".index.rsyn-tmp-") and mine.name.endswith(f"-{os.getpid()}")
+    assert mine.parent == tmp_path and mine.name.startswith(".index.rsyn-tmp-")
+    assert mine.name.endswith(f"-{os.getpid()}")
     host = mine.name[len(".index.rsyn-tmp-"):].rsplit("-", 1)[0]
     stale_dir = tmp_path / f".index.rsyn-tmp-{host}-{dead.pid}"
     (stale_dir / "sub").mkdir(parents=True)
@@ -249,7 +250,8 @@ def test_missing_input_file():
 def test_a_directory_as_input_is_one_line(tmp_path):
     proc = rsyn_here("cat", tmp_path)
     err = proc.stderr.decode()
-    assert proc.returncode == 2 and err.startswith(f"rsyn: error: {tmp_path}: is a directory") and len(err.splitlines()) == 1
+    assert proc.returncode == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"rsyn: error: {tmp_path}: is a directory")
 
 
 def test_library_reader_and_writer(tmp_path):

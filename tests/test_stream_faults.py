@@ -88,7 +88,8 @@ def test_one_flipped_byte_loses_one_frame_in_skip_mode(tmp_path, written):
     path.write_bytes(bytes(data))
     proc = rsyn("cat", path, "--on-error", "skip", "--rejects", rejects, "--quiet")
     second = read_stream_file(rejects)[1]
-    assert second["where"] == f"{path}:{first_lost + lost + 1}" and second["lost_lines"] == len(frames[victim + 1].splitlines())
+    assert second["where"] == f"{path}:{first_lost + lost + 1}"
+    assert second["lost_lines"] == len(frames[victim + 1].splitlines())
 
     # fail mode: one line naming the file, the line and the byte; exit 2; no traceback
     proc = rsyn("cat", path, "-o", tmp_path / "out.jsonl.zst")

@@ -10,8 +10,9 @@ zstd output is a series of independent frames of about FRAME_BYTES of JSONL
 each, ending on a record boundary, each with a content checksum: a flipped
 bit loses one frame, not the file. After each frame a zstd skippable frame
 (which every zstd reader skips) gives its line count, so the reader knows
-exactly what a damaged frame held and line numbers stay exact after it. The reader holds a frame's lines back until
-its checksum is verified, and after a corrupt frame resumes at the next one.
+exactly what a damaged frame held and line numbers stay exact after it. The
+reader holds a frame's lines back until its checksum is verified, and after a
+corrupt frame resumes at the next one.
 
 `--shard K/N` is decided here, in one place: `plan_shard()`.
 """
@@ -237,8 +238,6 @@ class _ZstdFrames:
     The loss is reported once decoding resumed: if the frame found there is
     rsyn's line count of the frame before it, the loss is known exactly.
     """
-
-    kind, unit = "zstd", "frame"
 
     def __init__(self) -> None:
         self._dctx = zstandard.ZstdDecompressor()

@@ -253,9 +253,9 @@ class Run:
         if plan.rule != "records":
             yield from items
             return
-        k, n = plan.k, plan.n
-        for i, item in enumerate(items):
-            if i % n == k:
+        keeps = plan.keeps
+        for position, item in enumerate(items):
+            if keeps(position):
                 yield item
 
     def records(self) -> Iterator[dict]:
@@ -300,7 +300,7 @@ class Run:
             for first, lines in iter_line_blocks(path, on_corrupt=self._corrupt_stream):
                 if progress:
                     self._tick()
-                yield name, first, lines, (self._this_shard(lines, first, plan.k, plan.n) if by_position else None)
+                yield name, first, lines, (self._this_shard(lines, first, plan) if by_position else None)
 
     def _corrupt_stream(self, exc: TruncatedStream) -> None:
         self.error(exc.where, exc.message, reason="corrupt_stream",
@@ -317,13 +317,14 @@ class Run:
                 continue
             yield lineno, record
 
-    def _this_shard(self, lines: list[bytes], first: int, k: int, n: int) -> list[tuple[int, bytes]]:
-        """(line number, line) of the non-blank lines whose input position is k mod n."""
+    def _this_shard(self, lines: list[bytes], first: int, plan: ShardPlan) -> list[tuple[int, bytes]]:
+        """(line number, line) of the non-blank lines whose input position the plan keeps."""
         kept = []
+        keeps = plan.keeps
         for lineno, line in enumerate(lines, first):
             if line and not line.isspace():
                 self._position += 1
-                if self._position % n == k:
+                if keeps(self._position):
                     kept.append((lineno, line))
         return kept
 

@@ -344,6 +344,10 @@ class Run:
         self._output_claimed = True
         return self._output
 
+    @output.setter
+    def output(self, value: str | None) -> None:
+        self._output = value
+
     def writer(self) -> RecordWriter:
         if self._writer is None:
             self._writer = RecordWriter(self._output)

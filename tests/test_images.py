@@ -268,7 +268,7 @@ def test_pixel_bomb_is_refused_before_decoding():
 
 @pytest.fixture(scope="module")
 def fetcher():
-    f = Fetcher(timeout=0.5, deadline=2.0, retries=1, max_bytes=1_000_000)
+    f = Fetcher(timeout=0.5, deadline=2.0, retries=1, max_bytes=1_000_000, allow_private=True)
     yield f
     f.close()
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from rsyn.command import Run, RsynError, stable_hash
+from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 from rsyn.records import decode_embeddings
 
 NONE = "none"
@@ -68,6 +70,10 @@ class CaptionOptions:
     max_model_len: int | None = None
     prompt_file: str | None = None
     max_syn_words: int = 80
+    max_syn_chars: int = DEFAULT_MAX_SYN_CHARS
+    llm_max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    allow_private_urls: bool = False  # fetching images from loopback/private addresses
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     # run
     batch_size: int = 64
     cache_dir: str | None = None
@@ -122,6 +128,8 @@ class CaptionStage:
             self.batch_size = max(self.batch_size, 4 * opts.llm_concurrency)
             self.batches_in_flight = 1
         self.counts = {"images": 0, "captioned": 0, "with_tags": 0, "tags": 0}
+        self.rate = ErrorRate(opts.max_error_rate, "image records")
+        self._failed: dict[int, str] = {}  # id(record) -> reason, until its batch is finished
 
     # ------------------------------------------------------------------ vocabulary and models
     def _vocabulary(self) -> list[str]:
@@ -181,7 +189,9 @@ class CaptionStage:
                 except FileNotFoundError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
-            fetcher = Fetcher(pool_size=self.opts.image_workers) if self.opts.fetch and folder is None else None
+            fetcher = None
+            if self.opts.fetch and folder is None:
+                fetcher = Fetcher(pool_size=self.opts.image_workers, allow_private=self.opts.allow_private_urls)
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
             self._loader = ImageLoader(folder, fetcher, draft_side=self.captioner.input_side)
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
@@ -210,7 +220,8 @@ class CaptionStage:
             self._llm = open_backend(o.llm_backend, o.llm_model, sampling, api=o.llm_api, url=o.llm_url,
                                      device=device, seed=self.run.seed, concurrency=o.llm_concurrency,
                                      timeout=o.llm_timeout, retries=o.llm_retries, batch_size=o.llm_batch_size,
-                                     api_key=o.api_key, tensor_parallel_size=o.tensor_parallel_size,
+                                     api_key=o.api_key, max_reply_bytes=o.llm_max_reply_bytes,
+                                     tensor_parallel_size=o.tensor_parallel_size,
                                      gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
             self.run.note(f"LLM {self._llm.backend}:{self._llm.model} ({self._llm.api} prompts)")
             if getattr(self._llm, "notice", None):
@@ -250,6 +261,8 @@ class CaptionStage:
         """The batch's output records in input order (records that failed under --on-error skip left out)."""
         items = self._fuse(pending) if pending.collect is not None else pending.items
         done = {id(item.record) for item in items}
+        images = [record for record, _ in pending.batch if record.get("kind") == "image"]
+        self.rate.add(len(images), [self._failed.pop(id(r)) for r in images if id(r) in self._failed])
         return [record for record, _ in pending.batch if record.get("kind") != "image" or id(record) in done]
 
     def _validate(self, record: dict, where: str) -> Item | None:
@@ -300,6 +313,7 @@ class CaptionStage:
 
     def _fail(self, where: str, message: str, record: dict, reason: str) -> None:
         self.run.error(where, message, record=record, reason=reason)
+        self._failed[id(record)] = reason  # for --max-error-rate when the batch is finished
         return None
 
     def _tag(self, items: list[Item]) -> list[Item]:
@@ -376,7 +390,7 @@ class CaptionStage:
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
                            "llm_failed")
                 continue
-            text = clean_generation(generation.text, prompt, self.opts.max_syn_words)
+            text = clean_generation(generation.text, prompt, self.opts.max_syn_words, self.opts.max_syn_chars)
             if not text:
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} returned no usable text "
                            f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")

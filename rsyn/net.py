@@ -75,7 +75,7 @@ def address_refusal(address) -> str | None:
             return address_refusal(embedded)
     for kind, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
                        ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                       ("private", ip.is_private), ("reserved", ip.is_reserved)):
+                       ("reserved", ip.is_reserved), ("private", ip.is_private)):
         if flag:
             return kind
     if not ip.is_global:  # e.g. 100.64.0.0/10, the carrier-grade NAT range

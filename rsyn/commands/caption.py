@@ -6,6 +6,7 @@ import typer
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
+from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 
 TAGS = "Semantic tags"
@@ -54,6 +55,19 @@ def caption(
     fetch: Annotated[bool, typer.Option(
         "--fetch/--no-fetch", rich_help_panel=CAPTION,
         help="Download by URL an image found neither at `path` nor in --images.")] = True,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.01, rich_help_panel=CAPTION,
+        help="Image downloads: seconds to connect and for each read (within --deadline).")] = DEFAULT_TIMEOUT,
+    deadline: Annotated[float, typer.Option(
+        "--deadline", min=0.01, rich_help_panel=CAPTION,
+        help="Image downloads: seconds for one whole download, redirects and retries included.")
+    ] = DEFAULT_DEADLINE,
+    retries: Annotated[int, typer.Option(
+        "--retries", min=0, rich_help_panel=CAPTION,
+        help="Image downloads: retries after a connection error, a timeout or a 429/5xx answer.")
+    ] = DEFAULT_RETRIES,
+    max_bytes: Annotated[int, typer.Option(
+        "--max-bytes", min=1, rich_help_panel=CAPTION, help="Largest image file accepted.")] = DEFAULT_MAX_BYTES,
     allow_private_urls: Annotated[bool, typer.Option(
         "--allow-private-urls", rich_help_panel=CAPTION,
         help="Also download images from loopback, private, link-local and other non-public addresses "
@@ -132,6 +146,7 @@ def caption(
         top_p=top_p, llm_batch_size=llm_batch_size, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, prompt_file=prompt_file,
         max_syn_words=max_syn_words, max_syn_chars=max_syn_chars, llm_max_reply_bytes=llm_max_reply_bytes,
+        timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
         allow_private_urls=allow_private_urls, max_error_rate=max_error_rate, batch_size=batch_size,
         cache_dir=cache_dir,
         api_key=os.environ.get("OPENAI_API_KEY"))

@@ -26,6 +26,7 @@ import numpy as np
 
 from rsyn.command import Run, RsynError, stable_hash
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 from rsyn.records import decode_embeddings
 
@@ -72,6 +73,10 @@ class CaptionOptions:
     max_syn_words: int = 80
     max_syn_chars: int = DEFAULT_MAX_SYN_CHARS
     llm_max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    timeout: float = DEFAULT_TIMEOUT  # image downloads, as in rsyn embed
+    deadline: float = DEFAULT_DEADLINE
+    retries: int = DEFAULT_RETRIES
+    max_bytes: int = DEFAULT_MAX_BYTES
     allow_private_urls: bool = False  # fetching images from loopback/private addresses
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     # run
@@ -189,11 +194,13 @@ class CaptionStage:
                 except FileNotFoundError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
+            o = self.opts
             fetcher = None
-            if self.opts.fetch and folder is None:
-                fetcher = Fetcher(pool_size=self.opts.image_workers, allow_private=self.opts.allow_private_urls)
+            if o.fetch and folder is None:
+                fetcher = Fetcher(o.timeout, o.deadline, o.retries, o.max_bytes, pool_size=o.image_workers,
+                                  allow_private=o.allow_private_urls)
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
-            self._loader = ImageLoader(folder, fetcher, draft_side=self.captioner.input_side)
+            self._loader = ImageLoader(folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side)
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
         return self._loader
 

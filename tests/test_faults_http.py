@@ -115,6 +115,10 @@ def test_embed_stops_when_most_images_fail(server, tiny_models, tmp_path):
                                             "--max-error-rate 0.5 allows; most often http_404 90")
     proc, err, summary, _ = _run(tmp_path, *args, "--max-error-rate", "0.8")
     assert proc.returncode == 0 and summary["dropped"] == {"http_404": 90} and summary["out"] == 30
+    # what img2dataset could not download failed before this run: not counted
+    (tmp_path / "images").mkdir()
+    proc, err, summary, _ = _run(tmp_path, *args, "--images", tmp_path / "images")
+    assert proc.returncode == 0 and summary["dropped"] == {"not_downloaded": 120}
 
 
 # --------------------------------------------------------------------------- caption: images and the LLM server
@@ -199,5 +203,5 @@ def test_caption_stops_when_most_llm_calls_fail(tmp_path):
                                "--llm-retries", "0", "--batch-size", "16", "--llm-concurrency", "4")
     assert proc.returncode == 2 and not out.exists()
     # checked after each batch of 4 x 4 records, once at least 100 were seen
-    assert err.strip().splitlines()[-1] == ("rsyn: error: 112 of 112 image records failed (100%), more than "
+    assert err.strip().splitlines()[-1] == ("rsyn: error: 112 of 112 LLM generations failed (100%), more than "
                                             "--max-error-rate 0.5 allows; most often llm_failed 112")

@@ -367,6 +367,16 @@ def test_served_model_list_is_not_trusted():
                 OpenAIBackend(None, Sampling(), server.url, timeout=2, retries=0)
 
 
+def test_syn_text_is_capped_in_characters():
+    # a "word" can be as long as the reply: the word cap alone does not bound syn_text
+    assert clean_generation("x" * 5_000_000) == "x" * 1000
+    assert len(clean_generation("A dog. " + "y" * 5000, max_chars=100)) == 100
+    source = "The dog runs on the sunny beach near the old pier " * 50
+    cut = clean_generation(source, max_words=1000, max_chars=120)
+    assert 60 < len(cut) <= 120 and source.startswith(cut + " ")  # at a word's end
+    assert clean_generation("A dog runs.", max_chars=1000) == "A dog runs."
+
+
 def test_base_url_forms():
     assert normalize_base_url("http://h:8000") == "http://h:8000/v1"
     assert normalize_base_url("http://h:8000/v1/") == "http://h:8000/v1"

@@ -121,8 +121,8 @@ def caption(
                                                help="Cut syn_text to this many characters.")] = DEFAULT_MAX_SYN_CHARS,
     max_error_rate: Annotated[float, typer.Option(
         "--max-error-rate", min=0.0, max=1.0,
-        help=f"With --on-error skip: stop (exit 2) when more than this share of the image records failed (LLM, "
-             f"image or input errors), once at least {MIN_RECORDS} were seen; 1 = never.")
+        help=f"With --on-error skip: stop (exit 2) when more than this share of the LLM generations failed "
+             f"(llm_failed, empty_generation), once at least {MIN_RECORDS} were made; 1 = never.")
     ] = DEFAULT_MAX_ERROR_RATE,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Image records per batch.")] = 64,
     cache_dir: Annotated[Optional[str], typer.Option(

@@ -78,8 +78,9 @@ def embed(
              "intranets). By default a URL whose host resolves there is dropped as private_address.")] = False,
     max_error_rate: Annotated[float, typer.Option(
         "--max-error-rate", min=0.0, max=1.0, rich_help_panel=_IMAGES,
-        help=f"Stop (exit 2) when more than this share of the images could not be had, once at least "
-             f"{MIN_RECORDS} were tried; 1 = never.")] = DEFAULT_MAX_ERROR_RATE,
+        help=f"Stop (exit 2) when more than this share of the images could not be had (fetched, read or "
+             f"decoded; not_downloaded and size_rule drops are not counted), once at least {MIN_RECORDS} were "
+             f"tried; 1 = never.")] = DEFAULT_MAX_ERROR_RATE,
     min_side: Annotated[int, typer.Option(
         "--min-side", min=0, rich_help_panel=_IMAGES,
         help="Size rule (images of unknown size): smallest shorter side in pixels.")] = MIN_SIDE,

@@ -133,8 +133,7 @@ class CaptionStage:
             self.batch_size = max(self.batch_size, 4 * opts.llm_concurrency)
             self.batches_in_flight = 1
         self.counts = {"images": 0, "captioned": 0, "with_tags": 0, "tags": 0}
-        self.rate = ErrorRate(opts.max_error_rate, "image records")
-        self._failed: dict[int, str] = {}  # id(record) -> reason, until its batch is finished
+        self.rate = ErrorRate(opts.max_error_rate, "LLM generations")
 
     # ------------------------------------------------------------------ vocabulary and models
     def _vocabulary(self) -> list[str]:
@@ -268,8 +267,6 @@ class CaptionStage:
         """The batch's output records in input order (records that failed under --on-error skip left out)."""
         items = self._fuse(pending) if pending.collect is not None else pending.items
         done = {id(item.record) for item in items}
-        images = [record for record, _ in pending.batch if record.get("kind") == "image"]
-        self.rate.add(len(images), [self._failed.pop(id(r)) for r in images if id(r) in self._failed])
         return [record for record, _ in pending.batch if record.get("kind") != "image" or id(record) in done]
 
     def _validate(self, record: dict, where: str) -> Item | None:
@@ -320,7 +317,6 @@ class CaptionStage:
 
     def _fail(self, where: str, message: str, record: dict, reason: str) -> None:
         self.run.error(where, message, record=record, reason=reason)
-        self._failed[id(record)] = reason  # for --max-error-rate when the batch is finished
         return None
 
     def _tag(self, items: list[Item]) -> list[Item]:
@@ -391,14 +387,16 @@ class CaptionStage:
         start = time.perf_counter()
         llm = self.llm
         generations = pending.collect()
-        kept = []
+        kept, failures = [], []
         for item, prompt, generation in zip(pending.items, pending.prompts, generations):
             if generation.error is not None:
+                failures.append("llm_failed")
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
                            "llm_failed")
                 continue
             text = clean_generation(generation.text, prompt, self.opts.max_syn_words, self.opts.max_syn_chars)
             if not text:
+                failures.append("empty_generation")
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} returned no usable text "
                            f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
                 continue
@@ -407,6 +405,7 @@ class CaptionStage:
             item.record["llm_backend"] = llm.backend
             kept.append(item)
         self.seconds["llm"] += time.perf_counter() - start
+        self.rate.add(len(pending.items), failures)  # may stop the run (--max-error-rate)
         return kept
 
 

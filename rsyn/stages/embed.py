@@ -289,9 +289,12 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
             embeddings[position] = emb
         for position in (p for p, g in zip(positions, good) if not g):
             chunk.failures[position] = ImageError("bad_embedding", "the model gave a NaN or zero vector")
-    image_failures = [failure.reason for position, failure in sorted(chunk.failures.items())
-                      if chunk.items[position].loads_image and not isinstance(failure, FailsSizeRule)]
-    rate.add(sum(item.loads_image for item in chunk.items), image_failures)  # may stop the run
+    # --max-error-rate: images this run failed to get; the size rule is a filter, and what img2dataset could not
+    # download (--images) failed before this run
+    tried = [p for p, item in enumerate(chunk.items)
+             if item.loads_image and getattr(chunk.failures.get(p), "reason", None) != "not_downloaded"]
+    failed = [chunk.failures[p].reason for p in tried if p in chunk.failures]
+    rate.add(len(tried), [reason for reason in failed if reason != "size_rule"])  # may stop the run
     out = []
     for position, item in enumerate(chunk.items):
         record = item.record

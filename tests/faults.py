@@ -68,6 +68,23 @@ def stream_huge(h, total: int = 1 << 30, chunked: bool = True, declared: bool = 
     return sent
 
 
+def gzip_bomb(h, inflated: int = 100 << 20) -> None:
+    """A gzip body (chunked) that is ~1000 times smaller on the wire than inflated, made on the fly."""
+    import zlib
+
+    h.close_connection = True
+    if not _write(h, b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Encoding: gzip\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"):
+        return
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: with the gzip header
+    block = b"\0" * (1 << 20)
+    for i in range(inflated // len(block) + 1):
+        data = packer.compress(block) if i < inflated // len(block) else packer.flush()
+        if data and not _write(h, f"{len(data):x}\r\n".encode() + data + b"\r\n"):
+            return
+    _write(h, b"0\r\n\r\n")
+
+
 def reset(h) -> None:
     """Read the request, then reset the connection (RST, no answer)."""
     h.close_connection = True

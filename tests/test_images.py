@@ -130,6 +130,8 @@ class ImageServer:
             return faults.stream_huge(h, chunked=True)
         if path == "/reset":
             return faults.reset(h)
+        if path == "/gzip-bomb":
+            return faults.gzip_bomb(h)
         if path == "/loop":
             return faults.redirect(h, "/loop")
         if path.startswith("/chain/"):  # /chain/N: N redirects before the image
@@ -346,6 +348,13 @@ def test_deadline_bounds_dripping_headers_and_retries(server):
 def test_byte_cap_holds_for_chunked_bodies_and_resets_are_failures(server, fetcher):
     error, seconds = _timed_failure(fetcher, server.url("/huge-chunked"))
     assert error.reason == "too_large" and seconds < 3
+    import tracemalloc
+
+    tracemalloc.start()
+    error, seconds = _timed_failure(fetcher, server.url("/gzip-bomb"))  # the cap counts inflated bytes
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert error.reason == "too_large" and peak < 8 << 20, peak
     assert _timed_failure(fetcher, server.url("/reset"))[0].reason == "fetch_failed"
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+import urllib3.util.connection
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -221,7 +222,7 @@ class _GuardedConnection:
 
     def _new_conn(self) -> socket.socket:
         guard = _guard()
-        name = self.__dict__.setdefault("_rsyn_name", self._dns_host)
+        name = self._dns_host
         addresses = _resolve(name, self.port, guard)
         if guard.check is not None:
             refusals = [(address, guard.check(address)) for address in addresses]
@@ -235,11 +236,18 @@ class _GuardedConnection:
         for address in addresses:
             if guard.remaining() <= 0:
                 break
-            self._dns_host = address  # connect to the address checked above, not to a new DNS answer
+            # connect to the address checked above, not to a new DNS answer; self.host stays the name (Host
+            # header, TLS server name and certificate check)
             try:
-                sock = super()._new_conn()
-            except urllib3.exceptions.ConnectTimeoutError as exc:  # NewConnectionError included
-                error = exc
+                sock = urllib3.util.connection.create_connection(
+                    (address, self.port), self.timeout, source_address=self.source_address,
+                    socket_options=self.socket_options)
+            except socket.timeout:
+                error = urllib3.exceptions.ConnectTimeoutError(
+                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})")
+                continue
+            except OSError as exc:
+                error = urllib3.exceptions.NewConnectionError(self, f"Failed to establish a new connection: {exc}")
                 continue
             guard.watch(sock)
             return sock
@@ -383,5 +391,7 @@ def _failure(exc: BaseException) -> HTTPFailure:
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    # urllib3's connection errors carry (connection object, message): the object's repr is noise
+    args = getattr(exc, "args", ())
+    text = args[-1] if len(args) == 2 and isinstance(args[-1], str) else str(exc)
+    return (" ".join(text.split()) or type(exc).__name__)[:200]

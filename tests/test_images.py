@@ -64,6 +64,7 @@ class ImageServer:
 
             def do_GET(self):
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                server.last_host = self.headers.get("Host")
                 try:
                     server.answer(self, self.path)
                 except (BrokenPipeError, ConnectionResetError):
@@ -384,6 +385,15 @@ def connects(monkeypatch):
 
     monkeypatch.setattr(urllib3.util.connection, "create_connection", record)
     return made
+
+
+def test_the_name_is_resolved_once_and_kept_for_the_host_header(server, connects):
+    port = server.base.rsplit(":", 1)[1]
+    fetcher = Fetcher(timeout=0.5, deadline=2.0, retries=0, allow_private=True)
+    assert fetcher.fetch(f"http://localhost:{port}/img/a.jpg") == server.files["/img/a.jpg"]
+    assert server.last_host == f"localhost:{port}"  # the name, though the socket went to a resolved address
+    assert connects and all(address in ("127.0.0.1", "::1") for address in connects)
+    fetcher.close()
 
 
 def test_private_addresses_are_refused_before_any_connect(server, connects):

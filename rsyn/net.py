@@ -93,15 +93,33 @@ def _literal_ip(host: str) -> bool:
 
 
 # getaddrinfo cannot be interrupted: it runs on these threads so that a slow resolver costs a request its
-# deadline, not more (the lookup itself finishes by the system resolver's own timeout)
-_RESOLVER = ThreadPoolExecutor(16, thread_name_prefix="rsyn-dns")
+# deadline, not more (the lookup itself finishes by the system resolver's own timeout). One pool per
+# process: a pool inherited through fork has no threads left.
+_resolver: ThreadPoolExecutor | None = None
+_resolver_lock = threading.Lock()
+
+
+def _resolver_pool() -> ThreadPoolExecutor:
+    global _resolver
+    with _resolver_lock:
+        if _resolver is None:
+            _resolver = ThreadPoolExecutor(16, thread_name_prefix="rsyn-dns")
+        return _resolver
+
+
+def _forget_resolver() -> None:
+    global _resolver, _resolver_lock
+    _resolver, _resolver_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_resolver)
 
 
 def _resolve(host: str, port: int, guard: _Guard) -> list[str]:
     host = host.strip("[]")
     if _literal_ip(host):
         return [host]
-    future = _RESOLVER.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    future = _resolver_pool().submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
     try:
         infos = future.result(timeout=max(0.001, guard.remaining()))
     except FutureTimeout:
@@ -230,7 +248,8 @@ class _GuardedConnection:
             if not allowed:
                 address, refusal = refusals[0]
                 shown = name if name == address else f"{name} ({address})"
-                raise HTTPFailure("private_address", f"{shown} is a {refusal} address")
+                article = "an" if refusal[0] in "aeiou" else "a"
+                raise HTTPFailure("private_address", f"{shown} is {article} {refusal} address")
             addresses = allowed
         error = None
         for address in addresses:
@@ -310,7 +329,10 @@ class BoundedHTTP:
 
     def _follow(self, method, url, body, headers, max_redirects, max_bytes, guard) -> Reply:
         for _ in range(max_redirects + 1):
-            scheme = urlsplit(url).scheme.lower()
+            try:
+                scheme = urlsplit(url).scheme.lower()
+            except ValueError as exc:  # e.g. an unclosed [IPv6
+                raise HTTPFailure("bad_url", _short(exc)) from None
             if scheme not in ("http", "https"):
                 raise HTTPFailure("bad_redirect", f"to a {scheme or 'relative'} URL")
             left = guard.remaining()

@@ -324,6 +324,11 @@ def test_fetch_refused_connection_and_bad_urls(fetcher):
     with pytest.raises(ImageError) as err:
         ImageLoader(fetcher=fetcher).load({"url": "ftp://example.com/x.jpg"})
     assert err.value.reason == "unsupported_url"
+    for url in ("http://", "http:///x", "http://[::1", "http://exa mple.com/", "http://host:99999/", "http://%00/",
+                "http://a\r\nb/"):
+        with pytest.raises(ImageError) as err:
+            fetcher.fetch(url)
+        assert err.value.reason == "bad_url", (url, err.value)
 
 
 def _timed_failure(fetcher, url):
@@ -404,7 +409,8 @@ def test_private_addresses_are_refused_before_any_connect(server, connects):
                 "http://169.254.169.254/latest/meta-data/", f"http://[::ffff:127.0.0.1]:{port}/img/a.jpg",
                 "http://0.0.0.0/a.jpg", "http://224.0.0.1/a.jpg", "http://192.168.1.1/a.jpg",
                 "http://[fe80::1]/a.jpg", "http://100.64.0.1/a.jpg", f"http://localhost:{port}/img/a.jpg",
-                f"http://LOCALHOST:{port}/img/a.jpg"):
+                f"http://LOCALHOST:{port}/img/a.jpg", f"http://0x7f.1:{port}/img/a.jpg",
+                f"http://2130706433:{port}/img/a.jpg", f"http://127.1:{port}/img/a.jpg"):
         error, seconds = _timed_failure(fetcher, url)
         assert error.reason == "private_address", (url, error)
         assert "address" in error.detail and seconds < 0.5

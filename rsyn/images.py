@@ -193,7 +193,7 @@ class Fetcher:
             last = attempt == self.retries
             try:
                 reply = self._http.request("GET", url, until=until, max_bytes=self.max_bytes,
-                                           max_redirects=MAX_REDIRECTS, private=self.allow_private)
+                                           max_redirects=MAX_REDIRECTS, allow_private=self.allow_private)
             except HTTPFailure as exc:
                 reason = self.REASONS.get(exc.reason, exc.reason)
                 if reason == "fetch_timeout" and time.monotonic() >= until:

@@ -301,18 +301,19 @@ class BoundedHTTP:
 
     def __init__(self, *, timeout: float, headers: dict | None = None, pool_size: int = 16):
         self.timeout = timeout  # seconds to connect and for each read, within the deadline
-        self._pools = urllib3.PoolManager(num_pools=64, maxsize=pool_size, block=False, retries=False,
-                                          headers=headers or {})
+        self.headers = dict(headers or {})  # sent with every request
+        self._pools = urllib3.PoolManager(num_pools=64, maxsize=pool_size, block=False, retries=False)
         self._pools.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def request(self, method: str, url: str, *, until: float, max_bytes: int, body: bytes | None = None,
-                headers: dict | None = None, max_redirects: int = 0, private: bool = True) -> Reply:
-        """One request, done by time.monotonic() `until`; `private=False` refuses private addresses."""
-        guard = _Guard(until, None if private else address_refusal)
+                headers: dict | None = None, max_redirects: int = 0, allow_private: bool = True) -> Reply:
+        """One request, done by time.monotonic() `until`; `allow_private=False` refuses non-public addresses."""
+        guard = _Guard(until, None if allow_private else address_refusal)
         previous, _local.guard = getattr(_local, "guard", None), guard
         _WATCHDOG.add(guard)
         try:
-            return self._follow(method, url, body, headers, max_redirects, max_bytes, guard)
+            return self._follow(method, url, body, {**self.headers, **(headers or {})}, max_redirects, max_bytes,
+                                guard)
         except HTTPFailure as exc:
             if guard.expired and exc.reason != "timeout":
                 raise HTTPFailure("timeout", LATE) from None
@@ -328,13 +329,13 @@ class BoundedHTTP:
             _local.guard = previous
 
     def _follow(self, method, url, body, headers, max_redirects, max_bytes, guard) -> Reply:
-        for _ in range(max_redirects + 1):
+        for hop in range(max_redirects + 1):
             try:
                 scheme = urlsplit(url).scheme.lower()
             except ValueError as exc:  # e.g. an unclosed [IPv6
-                raise HTTPFailure("bad_url", _short(exc)) from None
+                raise HTTPFailure("bad_url" if hop == 0 else "bad_redirect", _short(exc)) from None
             if scheme not in ("http", "https"):
-                raise HTTPFailure("bad_redirect", f"to a {scheme or 'relative'} URL")
+                raise HTTPFailure("bad_url" if hop == 0 else "bad_redirect", f"not http(s): {scheme or 'no scheme'}")
             left = guard.remaining()
             if left <= 0:
                 raise HTTPFailure("timeout", LATE)

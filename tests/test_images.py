@@ -15,6 +15,7 @@ from PIL import Image
 import faults
 
 from rsyn.images import (
+    DEFAULT_USER_AGENT,
     Fetcher,
     ImageError,
     ImageFolder,
@@ -65,6 +66,7 @@ class ImageServer:
             def do_GET(self):
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 server.last_host = self.headers.get("Host")
+                server.last_agent = self.headers.get("User-Agent")
                 try:
                     server.answer(self, self.path)
                 except (BrokenPipeError, ConnectionResetError):
@@ -397,6 +399,7 @@ def test_the_name_is_resolved_once_and_kept_for_the_host_header(server, connects
     fetcher = Fetcher(timeout=0.5, deadline=2.0, retries=0, allow_private=True)
     assert fetcher.fetch(f"http://localhost:{port}/img/a.jpg") == server.files["/img/a.jpg"]
     assert server.last_host == f"localhost:{port}"  # the name, though the socket went to a resolved address
+    assert server.last_agent == DEFAULT_USER_AGENT
     assert connects and all(address in ("127.0.0.1", "::1") for address in connects)
     fetcher.close()
 

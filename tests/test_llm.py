@@ -80,7 +80,8 @@ class LoopbackLLMServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     number = len(server.requests)
-                    server.requests.append({"path": self.path, "body": body})
+                    server.requests.append({"path": self.path, "body": body,
+                                            "authorization": self.headers.get("Authorization")})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -354,6 +355,14 @@ def test_resets_and_redirects_are_failures_not_exceptions():
         (result,) = llm.generate(prompts(1), [1])
         llm.close()
     assert result.error.startswith("http_302")
+
+
+def test_the_api_key_is_sent():
+    with LoopbackLLMServer() as server:
+        llm = backend(server, model="m", api_key="sk-test")
+        (result,) = llm.generate(prompts(1), [1])
+        llm.close()
+    assert result.error is None and server.requests[0]["authorization"] == "Bearer sk-test"
 
 
 def test_served_model_list_is_not_trusted():

@@ -504,8 +504,9 @@ class HFBackend(LLMBackend):
 def open_backend(backend: str, model: str | None, sampling: Sampling, *, api: str = "auto", url: str | None = None,
                  device: str = "cpu", seed: int = 0, concurrency: int = 16, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, batch_size: int = 16, api_key: str | None = None,
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, dtype: str = "auto") -> LLMBackend:
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 dtype: str = "auto") -> LLMBackend:
     if backend not in BACKENDS:
         raise RsynError(f"--llm-backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if api not in APIS:

@@ -332,7 +332,8 @@ def test_no_field_of_a_reply_is_trusted(body, why):
         assert result.error.startswith("malformed: ") and why in result.error, result.error
 
 
-@pytest.mark.parametrize("retry_after", ["inf", "nan", "1e999", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40])
+@pytest.mark.parametrize("retry_after",
+                         ["inf", "nan", "1e999", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40])
 def test_garbage_retry_after_is_ignored(retry_after):
     fault = _reply({"error": "slow down"}, status=429, headers=[("Retry-After", retry_after)])
     with LoopbackLLMServer(fault=fault, fail_first=1) as server:

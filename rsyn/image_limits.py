@@ -6,9 +6,10 @@ MAX_ASPECT = 3.0
 
 DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; larger is a bomb or a scan, not a web photo
 DEFAULT_MAX_BYTES = 25_000_000
-DEFAULT_TIMEOUT = 10.0  # seconds, for connecting and for each read
+DEFAULT_TIMEOUT = 10.0  # seconds, for connecting and for each read (within the deadline)
 DEFAULT_DEADLINE = 30.0  # seconds for a whole download, retries included
 DEFAULT_RETRIES = 2
+MAX_REDIRECTS = 5  # followed whatever the retries; more is too_many_redirects (a loop, most often)
 # Many image hosts refuse library user agents; this is what a current desktop browser sends.
 DEFAULT_USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
                       "Chrome/124.0 Safari/537.36")

@@ -37,6 +37,7 @@ from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them a
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
     MAX_ASPECT,
+    MAX_REDIRECTS,
     MIN_SIDE,
 )
 
@@ -163,87 +164,61 @@ def _short(exc: BaseException) -> str:
 
 
 class Fetcher:
-    """Thread-safe http(s) downloads: connection pooling, timeouts, a byte cap, bounded retries."""
+    """Thread-safe http(s) downloads (rsyn.net): one deadline for the whole download, retries included, a byte
+    cap, bounded retries with backoff, up to MAX_REDIRECTS redirects, and by default no private addresses."""
+
+    RETRY_STATUS = (429, 500, 502, 503, 504)
+    # what rsyn.net calls a failure -> the drop reason
+    REASONS = {"timeout": "fetch_timeout", "connect_failed": "fetch_failed", "transport": "fetch_failed"}
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, deadline: float = DEFAULT_DEADLINE,
                  retries: int = DEFAULT_RETRIES, max_bytes: int = DEFAULT_MAX_BYTES,
-                 user_agent: str = DEFAULT_USER_AGENT, pool_size: int = 16):
-        import urllib3
+                 user_agent: str = DEFAULT_USER_AGENT, pool_size: int = 16, allow_private: bool = False):
+        from rsyn.net import BoundedHTTP
 
         self.deadline = deadline
+        self.retries = retries
         self.max_bytes = max_bytes
-        self._urllib3 = urllib3
-        retry = urllib3.Retry(
-            total=retries, connect=retries, read=retries, status=retries, redirect=5,
-            status_forcelist=(429, 500, 502, 503, 504), backoff_factor=0.5, backoff_max=4.0,
-            # a server's Retry-After can ask for hours: we use our own short backoff instead
-            respect_retry_after_header=False, raise_on_status=False, raise_on_redirect=False)
-        self._http = urllib3.PoolManager(
-            num_pools=64, maxsize=pool_size, block=False, retries=retry,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            headers={"User-Agent": user_agent, "Accept": "image/avif,image/webp,image/*,*/*;q=0.8"})
+        self.allow_private = allow_private
+        self._http = BoundedHTTP(timeout=timeout, pool_size=pool_size, headers={
+            "User-Agent": user_agent, "Accept": "image/avif,image/webp,image/*,*/*;q=0.8"})
 
     def fetch(self, url: str) -> bytes:
-        """The bytes at `url`, or ImageError (http_NNN, fetch_timeout, fetch_failed, too_large, bad_url)."""
-        exc_mod = self._urllib3.exceptions
-        start = time.monotonic()
-        try:
-            response = self._http.request("GET", url, preload_content=False, decode_content=True)
-        except exc_mod.MaxRetryError as exc:
-            raise _fetch_error(exc.reason, exc_mod) from None
-        except (exc_mod.LocationValueError, exc_mod.LocationParseError, ValueError) as exc:
-            raise ImageError("bad_url", _short(exc)) from None
-        except exc_mod.HTTPError as exc:
-            raise _fetch_error(exc, exc_mod) from None
-        try:
-            if response.status >= 400 or response.status < 200:
-                raise ImageError(f"http_{response.status}", url)
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                raise ImageError("too_large", f"Content-Length {int(declared):,} bytes > {self.max_bytes:,}")
-            chunks, size = [], 0
-            while True:
-                # read1 returns what has arrived: a server that drips bytes cannot hold us past the deadline
-                chunk = response.read1(1 << 16)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise ImageError("too_large", f"more than {self.max_bytes:,} bytes")
-                chunks.append(chunk)
-                if time.monotonic() - start > self.deadline:
-                    raise ImageError("fetch_timeout", f"download took more than {self.deadline:g}s")
-            data = b"".join(chunks)
-        except BaseException as exc:
-            # the body was not read to its end: this connection cannot serve another request
-            response.close()
-            response.release_conn()
-            if isinstance(exc, exc_mod.HTTPError):
-                raise _fetch_error(exc, exc_mod) from None
-            if isinstance(exc, OSError):
-                raise ImageError("fetch_failed", _short(exc)) from None
-            raise
-        response.release_conn()
-        return data
+        """The bytes at `url`, or ImageError (http_NNN, fetch_timeout, fetch_failed, too_large, bad_url,
+        private_address, too_many_redirects, bad_redirect)."""
+        from rsyn.net import HTTPFailure
+
+        until = time.monotonic() + self.deadline
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                reply = self._http.request("GET", url, until=until, max_bytes=self.max_bytes,
+                                           max_redirects=MAX_REDIRECTS, allow_private=self.allow_private)
+            except HTTPFailure as exc:
+                reason = self.REASONS.get(exc.reason, exc.reason)
+                if reason == "fetch_timeout" and time.monotonic() >= until:
+                    raise ImageError(reason, f"download took more than {self.deadline:g}s") from None
+                if last or reason not in ("fetch_timeout", "fetch_failed") or not self._back_off(attempt, until):
+                    raise ImageError(reason, exc.detail) from None
+                continue
+            if reply.status in self.RETRY_STATUS and not last and self._back_off(attempt, until):
+                continue
+            if not 200 <= reply.status < 300:
+                raise ImageError(f"http_{reply.status}", url[:200])
+            return reply.body
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _back_off(attempt: int, until: float) -> bool:
+        """Sleep before the next attempt; False when the deadline leaves no time for one."""
+        pause = min(4.0, 0.5 * 2 ** attempt)
+        if time.monotonic() + pause >= until:
+            return False
+        time.sleep(pause)
+        return True
 
     def close(self) -> None:
-        self._http.clear()
-
-
-def _fetch_error(exc, exc_mod) -> ImageError:
-    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2, so ask for it first
-    if isinstance(exc, exc_mod.NewConnectionError) and "timed out" not in str(exc).lower():
-        return ImageError("fetch_failed", _short(exc))
-    if isinstance(exc, exc_mod.TimeoutError) or "timed out" in str(exc).lower():
-        return ImageError("fetch_timeout", _short(exc))
-    if isinstance(exc, exc_mod.ResponseError):  # too many 5xx/429 answers
-        text = str(exc)
-        for code in ("429", "500", "502", "503", "504"):
-            if f"{code} error" in text:
-                return ImageError(f"http_{code}", _short(exc))
-    if isinstance(exc, exc_mod.ProtocolError) and "IncompleteRead" in str(exc):
-        return ImageError("fetch_failed", "connection closed before the whole body arrived")
-    return ImageError("fetch_failed", _short(exc))
+        self._http.close()
 
 
 # --------------------------------------------------------------------------- img2dataset folders

@@ -16,12 +16,15 @@ raises RsynError instead, so it stops the run with one line.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+
+import orjson
 
 from rsyn.command import RsynError
 from rsyn.prompts import ANSWER_CUE, Prompt
@@ -30,6 +33,9 @@ BACKENDS = ("vllm", "openai", "hf")
 APIS = ("auto", "chat", "completion")
 DEFAULT_HF_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_VLLM_MODEL = "meta-llama/Meta-Llama-3-8B-Instruct"
+DEFAULT_MAX_REPLY_BYTES = 1 << 20  # a reply of --llm-max-tokens tokens is a few KB of JSON
+DEFAULT_MAX_SYN_CHARS = 1000  # syn_text of --max-syn-words words, each of normal length, fits easily
+MAX_RETRY_AFTER = 60.0  # seconds; a server's Retry-After may ask for hours
 
 # A base model writing after our answer cue goes on with another example: stop there.
 COMPLETION_STOPS = ["\nRaw text:", "\n\n\n"]
@@ -203,10 +209,12 @@ class ServerUnavailable(RsynError):
 class OpenAIBackend(LLMBackend):
     """Concurrent requests to an OpenAI-compatible server, each with a timeout and bounded retries.
 
-    Retried: connection errors, timeouts, HTTP 408/409/429/5xx and replies that
-    are not the protocol's JSON. Not retried: other 4xx (the request itself is
-    bad). Fatal for the run: 401/403/404 (wrong key, URL or model) and a server
-    that cannot be reached at all after the retries.
+    `timeout` bounds each attempt as a whole (connect, headers, body: rsyn.net), and at most
+    `max_reply_bytes` of a reply are read. Retried: connection errors, timeouts, HTTP 408/409/429/5xx and
+    replies that are not the protocol's JSON. Not retried: other 4xx (the request itself is bad) and replies
+    over the byte cap. Fatal for the run: 401/403/404 (wrong key, URL or model) and a server that cannot be
+    reached at all after the retries. No field of a reply is trusted: a wrong type or shape is that prompt's
+    failure ("malformed: ..."), never an exception.
     """
 
     backend = "openai"
@@ -214,32 +222,44 @@ class OpenAIBackend(LLMBackend):
     FATAL_STATUS = {401, 403, 404}
 
     def __init__(self, model: str | None, sampling: Sampling, url: str, api: str = "auto", concurrency: int = 16,
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, api_key: str | None = None):
-        import httpx
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, api_key: str | None = None,
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES):
+        from rsyn.net import BoundedHTTP
 
         self.base_url = normalize_base_url(url)
         self.concurrency = max(1, concurrency)
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
-        headers = {"Content-Type": "application/json"}
+        self.max_reply_bytes = max_reply_bytes
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._httpx = httpx
-        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout),
-                                   limits=httpx.Limits(max_connections=self.concurrency,
-                                                       max_keepalive_connections=self.concurrency))
+        # the server is the user's, on loopback or a cluster network: private addresses are expected
+        self.http = BoundedHTTP(timeout=timeout, headers=headers, pool_size=self.concurrency)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rsyn-llm")
         self._fatal = threading.Event()
         super().__init__(model or self._served_model(), sampling, "chat" if api == "auto" else api)
 
+    def _call(self, method: str, url: str, body: bytes | None = None):
+        return self.http.request(method, url, body=body, until=time.monotonic() + self.timeout,
+                                 max_bytes=self.max_reply_bytes)
+
     def _served_model(self) -> str:
         # `vllm serve` and most servers list what they serve: with no --llm-model, use the first one
+        from rsyn.net import HTTPFailure
+
         try:
-            reply = self.client.get(f"{self.base_url}/models")
-            reply.raise_for_status()
-            return str(reply.json()["data"][0]["id"])
-        except (self._httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+            reply = self._call("GET", f"{self.base_url}/models")
+            if reply.status != 200:
+                raise ValueError(f"HTTP {reply.status}")
+            data = _json_object(reply.body).get("data")
+            first = data[0] if isinstance(data, list) and data else None
+            name = first.get("id") if isinstance(first, dict) else None
+            if not isinstance(name, str) or not name.strip() or len(name) > 1000:
+                raise ValueError("no model id in the list")
+            return name
+        except (HTTPFailure, ValueError) as exc:
             raise RsynError(f"--llm-url {self.base_url}: no --llm-model given and GET /models did not name one "
                             f"({_first_line(exc)})") from None
 
@@ -266,9 +286,11 @@ class OpenAIBackend(LLMBackend):
         return "/completions", {**body, "prompt": prompt.completion, "stop": COMPLETION_STOPS}
 
     def _request(self, prompt: Prompt, seed: int) -> Generation:
-        httpx = self._httpx
+        from rsyn.net import HTTPFailure
+
         path, body = self._body(prompt, seed)
         url = self.base_url + path
+        payload = orjson.dumps(body)
         jitter = random.Random(seed)  # backoff jitter spreads retries out; it never changes any output
         last = "error: no attempt"
         for attempt in range(1, self.retries + 2):
@@ -276,58 +298,89 @@ class OpenAIBackend(LLMBackend):
                 raise ServerUnavailable("stopped after a fatal LLM server error")
             retry_after = None
             try:
-                reply = self.client.post(url, json=body)
-            except httpx.ConnectError as exc:
-                last = f"unreachable: {_first_line(exc)}"
-                if attempt > self.retries:
-                    raise ServerUnavailable(f"--llm-url {self.base_url}: cannot connect after {attempt} attempts "
-                                            f"({_first_line(exc)})") from None
-            except httpx.TimeoutException:
-                last = f"timeout: no reply within {self.timeout:g}s"
-            except httpx.HTTPError as exc:
-                last = f"transport: {_first_line(exc)}"
+                reply = self._call("POST", url, payload)
+            except HTTPFailure as exc:
+                if exc.reason == "connect_failed":
+                    last = f"unreachable: {exc.detail}"
+                    if attempt > self.retries:
+                        raise ServerUnavailable(f"--llm-url {self.base_url}: cannot connect after {attempt} attempts "
+                                                f"({exc.detail})") from None
+                elif exc.reason == "timeout":
+                    last = f"timeout: no whole reply within {self.timeout:g}s"
+                elif exc.reason == "too_large":
+                    return Generation(error=f"too_large: reply over {self.max_reply_bytes:,} bytes", attempts=attempt)
+                else:
+                    last = f"transport: {exc.detail}"
             else:
-                status = reply.status_code
+                status = reply.status
+                text = _first_line(reply.body.decode("utf-8", "replace"))[:200]
                 if status == 200:
-                    generation = self._parse(reply, attempt)
+                    generation = self._parse(reply.body, attempt)
                     if generation.error is None or not generation.error.startswith("malformed"):
                         return generation
                     last = generation.error
                 elif status in self.FATAL_STATUS:
-                    raise RsynError(f"--llm-url {url}: HTTP {status} ({_first_line(reply.text)[:200]}); "
+                    raise RsynError(f"--llm-url {url}: HTTP {status} ({text}); "
                                     "check --llm-url, --llm-model and the API key")
                 elif status in self.RETRY_STATUS:
-                    last = f"http_{status}: {_first_line(reply.text)[:200]}"
+                    last = f"http_{status}: {text}"
                     retry_after = _retry_after(reply)
                 else:
-                    return Generation(error=f"http_{status}: {_first_line(reply.text)[:200]}", attempts=attempt)
+                    return Generation(error=f"http_{status}: {text}", attempts=attempt)
             if attempt <= self.retries:
                 delay = self.backoff * 2 ** (attempt - 1) * (0.5 + jitter.random())
-                time.sleep(min(retry_after if retry_after is not None else delay, 60.0))
+                time.sleep(min(retry_after if retry_after is not None else delay, MAX_RETRY_AFTER))
         return Generation(error=last, attempts=self.retries + 1)
 
-    def _parse(self, reply, attempt: int) -> Generation:
+    def _parse(self, body: bytes, attempt: int) -> Generation:
+        """The generation in a 200 reply; any field of the wrong type or shape is a malformed reply."""
+        def malformed(why: str) -> Generation:
+            return Generation(error=f"malformed: {why}", attempts=attempt)
+
         try:
-            payload = reply.json()
-            choice = payload["choices"][0]
-            if self.api == "chat":
-                content = choice["message"]["content"]
-                if isinstance(content, list):  # content parts, as some servers send
-                    content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-            else:
-                content = choice["text"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            return Generation(error=f"malformed: reply is not an OpenAI {self.api} response ({type(exc).__name__})",
-                              attempts=attempt)
+            payload = _json_object(body)
+        except ValueError as exc:
+            return malformed(str(exc))
+        choices = payload.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return malformed(f"no `choices` list in the {self.api} reply")
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return malformed("`choices[0]` is not an object")
+        if self.api == "chat":
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                return malformed("`choices[0].message` is not an object")
+            content = message.get("content")
+            if isinstance(content, list):  # content parts, as some servers send
+                texts = [part.get("text") for part in content if isinstance(part, dict)]
+                if not all(isinstance(t, str) or t is None for t in texts):
+                    return malformed("a content part's `text` is not text")
+                content = "".join(t for t in texts if t)
+        else:
+            content = choice.get("text")
         if content is not None and not isinstance(content, str):
-            return Generation(error="malformed: content is not text", attempts=attempt)
-        usage = payload.get("usage") if isinstance(payload, dict) else None
-        tokens = usage.get("completion_tokens", 0) if isinstance(usage, dict) else 0
-        return Generation(text=content or "", tokens=int(tokens or 0), attempts=attempt)
+            return malformed("content is not text")
+        usage = payload.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        # usage only feeds --stats: a count that is not a plain non-negative integer is unknown, i.e. 0
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 10 ** 9:
+            tokens = 0
+        return Generation(text=content or "", tokens=tokens, attempts=attempt)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        self.http.close()
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("reply is not JSON") from None
+    if not isinstance(payload, dict):
+        raise ValueError("reply is not a JSON object")
+    return payload
 
 
 def normalize_base_url(url: str) -> str:
@@ -345,11 +398,13 @@ def normalize_base_url(url: str) -> str:
 
 
 def _retry_after(reply) -> float | None:
+    """Seconds a 429/503 asks us to wait, when it says so as a plain number (dates and garbage are ignored)."""
     value = reply.headers.get("retry-after")
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None and len(value) < 32 else None
     except ValueError:
         return None
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 # --------------------------------------------------------------------------- transformers generate
@@ -449,8 +504,9 @@ class HFBackend(LLMBackend):
 def open_backend(backend: str, model: str | None, sampling: Sampling, *, api: str = "auto", url: str | None = None,
                  device: str = "cpu", seed: int = 0, concurrency: int = 16, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, batch_size: int = 16, api_key: str | None = None,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, dtype: str = "auto") -> LLMBackend:
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 dtype: str = "auto") -> LLMBackend:
     if backend not in BACKENDS:
         raise RsynError(f"--llm-backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if api not in APIS:
@@ -459,7 +515,7 @@ def open_backend(backend: str, model: str | None, sampling: Sampling, *, api: st
         if not url:
             raise RsynError("--llm-backend openai needs --llm-url (e.g. http://127.0.0.1:8000/v1 for `vllm serve`)")
         return OpenAIBackend(model, sampling, url, api=api, concurrency=concurrency, timeout=timeout,
-                             retries=retries, backoff=backoff, api_key=api_key)
+                             retries=retries, backoff=backoff, api_key=api_key, max_reply_bytes=max_reply_bytes)
     if backend == "vllm":
         return VLLMBackend(model or DEFAULT_VLLM_MODEL, sampling, api=api, seed=seed, device=device,
                            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
@@ -481,7 +537,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
-def clean_generation(text: str | None, prompt: Prompt | None = None, max_words: int = 80) -> str:
+def clean_generation(text: str | None, prompt: Prompt | None = None, max_words: int = 80,
+                     max_chars: int = DEFAULT_MAX_SYN_CHARS) -> str:
     """The synthetic text in a raw LLM output, or "" when there is none.
 
     Removes an echoed prompt, chat preambles ("Sure! Here is ..."), labels
@@ -516,11 +573,14 @@ def clean_generation(text: str | None, prompt: Prompt | None = None, max_words: 
     # a leading ":" or dash is what is left of a label or a list marker, never the start of a description
     text = " ".join(paragraph.split()).strip(_QUOTES + " ").lstrip(":;,.-–—•* ").strip(_QUOTES + " ")
     words = text.split(" ")
-    if len(words) > max_words:
-        text = " ".join(words[:max_words])
+    if len(words) > max_words or len(text) > max_chars:
+        whole = " ".join(words[:max_words])
+        text = whole[:max_chars]
         ends = [m.end() for m in _SENTENCE_END.finditer(text)]
         if ends and ends[-1] > len(text) // 2:
             text = text[: ends[-1]]
+        elif len(whole) > max_chars and text.rfind(" ") > len(text) // 2:
+            text = text[: text.rfind(" ")]  # not in the middle of a word
     text = text.strip(_QUOTES + " ")
     return text if any(ch.isalnum() for ch in text) else ""
 

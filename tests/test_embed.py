@@ -79,7 +79,7 @@ from rsyn.images import decode_image  # noqa: E402
 from rsyn.records import decode_embeddings  # noqa: E402
 from test_images import ImageServer, jpeg_bytes, png_bytes, write_img2dataset_tar  # noqa: E402
 
-FAST_NET = ["--timeout", "0.5", "--deadline", "2", "--retries", "1", "--max-bytes", "1000000"]
+FAST_NET = ["--timeout", "0.5", "--deadline", "2", "--retries", "1", "--max-bytes", "1000000", "--allow-private-urls"]
 
 
 def rsyn_here(*args):

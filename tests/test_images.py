@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import faults
+
 from rsyn.images import (
+    DEFAULT_USER_AGENT,
     Fetcher,
     ImageError,
     ImageFolder,
@@ -62,6 +65,8 @@ class ImageServer:
 
             def do_GET(self):
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                server.last_host = self.headers.get("Host")
+                server.last_agent = self.headers.get("User-Agent")
                 try:
                     server.answer(self, self.path)
                 except (BrokenPipeError, ConnectionResetError):
@@ -121,11 +126,22 @@ class ImageServer:
                 h.wfile.write(b"\0" * 65536)
             return None
         if path == "/redirect":
-            h.send_response(302)
-            h.send_header("Location", "/img/a.jpg")
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return None
+            return faults.redirect(h, "/img/a.jpg")
+        if path == "/drip-headers":
+            return faults.drip_headers(h)
+        if path == "/huge-chunked":
+            return faults.stream_huge(h, chunked=True)
+        if path == "/reset":
+            return faults.reset(h)
+        if path == "/gzip-bomb":
+            return faults.gzip_bomb(h)
+        if path == "/loop":
+            return faults.redirect(h, "/loop")
+        if path.startswith("/chain/"):  # /chain/N: N redirects before the image
+            left = int(path.split("/")[2])
+            return faults.redirect(h, f"/chain/{left - 1}" if left > 1 else "/img/a.jpg", status=301 + left % 2)
+        if path.startswith("/to/"):  # /to/URL: a redirect there
+            return faults.redirect(h, path[len("/to/"):])
         return self._send(h, 404, b"missing")
 
     @staticmethod
@@ -268,7 +284,7 @@ def test_pixel_bomb_is_refused_before_decoding():
 
 @pytest.fixture(scope="module")
 def fetcher():
-    f = Fetcher(timeout=0.5, deadline=2.0, retries=1, max_bytes=1_000_000)
+    f = Fetcher(timeout=0.5, deadline=2.0, retries=1, max_bytes=1_000_000, allow_private=True)
     yield f
     f.close()
 
@@ -310,6 +326,131 @@ def test_fetch_refused_connection_and_bad_urls(fetcher):
     with pytest.raises(ImageError) as err:
         ImageLoader(fetcher=fetcher).load({"url": "ftp://example.com/x.jpg"})
     assert err.value.reason == "unsupported_url"
+    for url in ("http://", "http:///x", "http://[::1", "http://exa mple.com/", "http://host:99999/", "http://%00/",
+                "http://a\r\nb/"):
+        with pytest.raises(ImageError) as err:
+            fetcher.fetch(url)
+        assert err.value.reason == "bad_url", (url, err.value)
+
+
+def _timed_failure(fetcher, url):
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as err:
+        fetcher.fetch(url)
+    return err.value, time.perf_counter() - start
+
+
+def test_deadline_bounds_dripping_headers_and_retries(server):
+    # every byte comes within the 0.5 s read timeout: only a deadline over the whole request can end it
+    fetcher = Fetcher(timeout=0.5, deadline=1.0, retries=3, allow_private=True)
+    error, seconds = _timed_failure(fetcher, server.url("/drip-headers"))
+    assert error.reason == "fetch_timeout" and seconds < 1.0 + 0.5, (error, seconds)
+    # the deadline covers the retries and their backoff too (0.5 + 1 + 2 s of backoff would be 3.5 s)
+    error, seconds = _timed_failure(fetcher, server.url("/status/503"))
+    assert error.reason == "http_503" and seconds < 1.0 + 0.5, (error, seconds)
+    error, seconds = _timed_failure(fetcher, server.url("/drip"))
+    assert error.reason == "fetch_timeout" and seconds < 1.0 + 0.5, (error, seconds)
+    fetcher.close()
+
+
+def test_byte_cap_holds_for_chunked_bodies_and_resets_are_failures(server, fetcher):
+    error, seconds = _timed_failure(fetcher, server.url("/huge-chunked"))
+    assert error.reason == "too_large" and seconds < 3
+    import tracemalloc
+
+    tracemalloc.start()
+    error, seconds = _timed_failure(fetcher, server.url("/gzip-bomb"))  # the cap counts inflated bytes
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert error.reason == "too_large" and peak < 8 << 20, peak
+    assert _timed_failure(fetcher, server.url("/reset"))[0].reason == "fetch_failed"
+
+
+def test_redirects_are_followed_whatever_the_retries(server):
+    fetcher = Fetcher(timeout=0.5, deadline=3.0, retries=0, allow_private=True)
+    image = server.files["/img/a.jpg"]
+    assert fetcher.fetch(server.url("/redirect")) == image
+    assert fetcher.fetch(server.url("/chain/5")) == image  # five redirects, 301 and 302 mixed
+    assert _timed_failure(fetcher, server.url("/chain/6"))[0].reason == "too_many_redirects"
+    error, seconds = _timed_failure(fetcher, server.url("/loop"))
+    assert error.reason == "too_many_redirects" and seconds < 2
+    assert _timed_failure(fetcher, server.url("/to/ftp://example.com/a.jpg"))[0].reason == "bad_redirect"
+    fetcher.close()
+
+
+@pytest.fixture
+def connects(monkeypatch):
+    """Every TCP connect urllib3 makes, recorded (and made)."""
+    import urllib3.util.connection
+
+    made = []
+    real = urllib3.util.connection.create_connection
+
+    def record(address, *args, **kwargs):
+        made.append(address[0])
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", record)
+    return made
+
+
+def test_the_name_is_resolved_once_and_kept_for_the_host_header(server, connects):
+    port = server.base.rsplit(":", 1)[1]
+    fetcher = Fetcher(timeout=0.5, deadline=2.0, retries=0, allow_private=True)
+    assert fetcher.fetch(f"http://localhost:{port}/img/a.jpg") == server.files["/img/a.jpg"]
+    assert server.last_host == f"localhost:{port}"  # the name, though the socket went to a resolved address
+    assert server.last_agent == DEFAULT_USER_AGENT
+    assert connects and all(address in ("127.0.0.1", "::1") for address in connects)
+    fetcher.close()
+
+
+def test_private_addresses_are_refused_before_any_connect(server, connects):
+    fetcher = Fetcher(timeout=0.5, deadline=2.0, retries=2)  # the default: no private addresses
+    port = server.base.rsplit(":", 1)[1]
+    hits = dict(server.hits)
+    for url in (server.url("/img/a.jpg"), f"http://[::1]:{port}/img/a.jpg", "http://10.1.2.3/a.jpg",
+                "http://169.254.169.254/latest/meta-data/", f"http://[::ffff:127.0.0.1]:{port}/img/a.jpg",
+                "http://0.0.0.0/a.jpg", "http://224.0.0.1/a.jpg", "http://192.168.1.1/a.jpg",
+                "http://[fe80::1]/a.jpg", "http://100.64.0.1/a.jpg", f"http://localhost:{port}/img/a.jpg",
+                f"http://LOCALHOST:{port}/img/a.jpg", f"http://0x7f.1:{port}/img/a.jpg",
+                f"http://2130706433:{port}/img/a.jpg", f"http://127.1:{port}/img/a.jpg"):
+        error, seconds = _timed_failure(fetcher, url)
+        assert error.reason == "private_address", (url, error)
+        assert "address" in error.detail and seconds < 0.5
+    assert connects == [] and server.hits == hits  # refused before connecting, not after
+    fetcher.close()
+
+
+def test_every_redirect_hop_is_checked(server, connects, monkeypatch):
+    # no test can host a public address: pretend 127.0.0.1 is one, so the first hop is allowed, and
+    # check that its redirect into another loopback address (127.0.0.2) is refused before connecting
+    import rsyn.net
+
+    real = rsyn.net.address_refusal
+    monkeypatch.setattr(rsyn.net, "address_refusal", lambda ip: None if ip == "127.0.0.1" else real(ip))
+    fetcher = Fetcher(timeout=0.5, deadline=2.0, retries=0)
+    assert fetcher.fetch(server.url("/redirect")) == server.files["/img/a.jpg"]
+    port = server.base.rsplit(":", 1)[1]
+    error, _ = _timed_failure(fetcher, server.url(f"/to/http://127.0.0.2:{port}/img/a.jpg"))
+    assert error.reason == "private_address" and "127.0.0.2 is a loopback address" in error.detail
+    assert set(connects) == {"127.0.0.1"}
+    fetcher.close()
+
+
+@pytest.mark.parametrize("address,refusal", [
+    ("8.8.8.8", None), ("93.184.216.34", None), ("2606:4700:4700::1111", None),
+    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
+    ("10.0.0.1", "private"), ("172.16.5.4", "private"), ("192.168.0.1", "private"), ("fc00::1", "private"),
+    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("fe80::1%2", "link-local"),
+    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("240.0.0.1", "reserved"), ("255.255.255.255", "reserved"), ("100.64.0.1", "non-global"),
+    ("::ffff:127.0.0.1", "loopback"), ("::ffff:10.0.0.1", "private"), ("::ffff:8.8.8.8", None),
+    ("2002:7f00:1::", "loopback"), ("64:ff9b::a00:1", "private"), ("64:ff9b::808:808", None),
+])
+def test_address_rule(address, refusal):
+    from rsyn.net import address_refusal
+
+    assert address_refusal(address) == refusal
 
 
 def test_loader_decodes_served_garbage_and_truncation_as_drops(server, fetcher):

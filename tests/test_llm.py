@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import faults
 from rsyn.command import RsynError
 from rsyn.llm import HFBackend, OpenAIBackend, Sampling, clean_generation, normalize_base_url, open_backend
 from rsyn.prompts import ANSWER_CUE, DEFAULT_INSTRUCTION, PromptTemplate
@@ -33,10 +34,13 @@ class LoopbackLLMServer:
     mode: ok | slow (first `fail_first` requests sleep `slow_s`) | 500 | flaky (first `fail_first` requests get
     500) | 429 (first `fail_first`, with Retry-After) | malformed | empty | 404. `latency` delays every reply.
     A prompt that contains "[500]", "[malformed]" or "[empty]" gets that fault whatever the mode.
+    `fault(handler, number)`, when given, answers the first `fail_first` requests (all of them when 0) itself
+    (see tests/faults.py).
     """
 
-    def __init__(self, mode="ok", latency=0.0, fail_first=0, slow_s=2.0, model="loopback-llm"):
+    def __init__(self, mode="ok", latency=0.0, fail_first=0, slow_s=2.0, model="loopback-llm", fault=None):
         self.mode, self.latency, self.fail_first, self.slow_s, self.model = mode, latency, fail_first, slow_s, model
+        self.fault = fault
         self.requests = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -65,6 +69,8 @@ class LoopbackLLMServer:
                     pass
 
             def do_GET(self):
+                if getattr(server, "answer_models", None) is not None:
+                    return server.answer_models(self)
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(200, json.dumps({"object": "list", "data": [{"id": server.model}]}).encode())
                 else:
@@ -74,7 +80,8 @@ class LoopbackLLMServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     number = len(server.requests)
-                    server.requests.append({"path": self.path, "body": body})
+                    server.requests.append({"path": self.path, "body": body,
+                                            "authorization": self.headers.get("Authorization")})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -86,6 +93,8 @@ class LoopbackLLMServer:
             def _answer(self, number, body):
                 time.sleep(server.latency)
                 mode, early = server.mode, number < server.fail_first
+                if server.fault is not None and (early or not server.fail_first):
+                    return server.fault(self, number)
                 text = json.dumps(body.get("messages") or body.get("prompt"))
                 for trigger in ("500", "malformed", "empty"):  # a fault for one record: its text says which
                     if f"[{trigger}]" in text:
@@ -114,6 +123,9 @@ class LoopbackLLMServer:
         class Server(ThreadingHTTPServer):
             daemon_threads = True
             request_queue_size = 256  # the default backlog of 5 drops connections of a burst of clients
+
+            def handle_error(self, request, client_address):
+                pass  # clients that give up (deadlines, byte caps) break the pipe of a fault: expected here
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -242,6 +254,137 @@ def test_unreachable_server_stops_the_run():
     with pytest.raises(RsynError, match="cannot connect"):
         llm.generate(prompts(2), [1, 2])
     llm.close()
+
+
+def _reply(body, status=200, headers=()):
+    """A fault that answers with this body (bytes, or an object sent as JSON)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    def answer(h, number):
+        h._send(status, data, headers)
+
+    return answer
+
+
+def _chat(content, **extra):
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}], **extra}
+
+
+def test_timeout_bounds_the_whole_request_of_a_dripping_server():
+    # each byte comes within any per-read timeout: --llm-timeout must still end the request
+    for fault in (faults.drip_body, faults.drip_headers):
+        with LoopbackLLMServer(fault=lambda h, n, fault=fault: fault(h, every=0.2, limit_s=6)) as server:
+            llm = backend(server, model="m", timeout=1.0, retries=0, concurrency=2)
+            start = time.perf_counter()
+            results = llm.generate(prompts(2), [1, 2])
+            seconds = time.perf_counter() - start
+            llm.close()
+        assert [r.error.split(":")[0] for r in results] == ["timeout", "timeout"], results
+        assert seconds < 1.0 + 0.7, (fault.__name__, seconds)
+
+
+@pytest.mark.parametrize("shape", ["chunked", "declared", "close"])
+def test_a_huge_reply_is_never_read_whole(shape):
+    import tracemalloc
+
+    sent = []
+    fault = lambda h, n: sent.append(faults.stream_huge(h, chunked=shape == "chunked", declared=shape == "declared",
+                                                        content_type="application/json"))  # noqa: E731
+    with LoopbackLLMServer(fault=fault) as server:
+        llm = backend(server, model="m", retries=2, max_reply_bytes=1 << 20)
+        tracemalloc.start()
+        start = time.perf_counter()
+        (result,) = llm.generate(prompts(1), [1])
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        llm.close()
+    assert result.error.startswith("too_large") and result.attempts == 1  # not retried: it would be as big
+    assert seconds < 3 and peak < 8 << 20, (seconds, peak)  # a 1 GiB reply: ~1 MiB read, then hung up
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("body,why", [
+    (_chat("A dog.", usage={"completion_tokens": "many"}), None),  # usage only feeds --stats: ignored
+    (_chat("A dog.", usage={"completion_tokens": -3}), None),
+    (_chat("A dog.", usage="lots"), None),
+    (_chat(5), "content is not text"),
+    (_chat({"text": "x"}), "content is not text"),
+    (_chat([{"type": "text", "text": 7}]), "content part"),
+    ({"choices": "A dog."}, "no `choices` list"),
+    ({"choices": []}, "no `choices` list"),
+    ({"choices": ["A dog."]}, "`choices[0]` is not an object"),
+    ({"choices": [{"message": "A dog."}]}, "`choices[0].message` is not an object"),
+    ({"result": "A dog."}, "no `choices` list"),
+    (["A dog."], "not a JSON object"),
+    ("A dog.", "not a JSON object"),
+    (b"\xff\xfe not json", "not JSON"),
+    (b'{"choices": [{"message": {"content": "A do', "not JSON"),
+])
+def test_no_field_of_a_reply_is_trusted(body, why):
+    with LoopbackLLMServer(fault=_reply(body)) as server:
+        llm = backend(server, model="m", retries=0)
+        (result,) = llm.generate(prompts(1), [1])
+        llm.close()
+    if why is None:
+        assert result.error is None and result.text == "A dog." and result.tokens == 0
+    else:
+        assert result.error.startswith("malformed: ") and why in result.error, result.error
+
+
+@pytest.mark.parametrize("retry_after",
+                         ["inf", "nan", "1e999", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40])
+def test_garbage_retry_after_is_ignored(retry_after):
+    fault = _reply({"error": "slow down"}, status=429, headers=[("Retry-After", retry_after)])
+    with LoopbackLLMServer(fault=fault, fail_first=1) as server:
+        llm = backend(server, model="m", retries=1, concurrency=1)
+        start = time.perf_counter()
+        (result,) = llm.generate(prompts(1), [1])
+        seconds = time.perf_counter() - start
+        llm.close()
+    assert result.error is None and result.attempts == 2 and seconds < 2, (result, seconds)
+
+
+def test_resets_and_redirects_are_failures_not_exceptions():
+    with LoopbackLLMServer(fault=lambda h, n: faults.reset(h)) as server:
+        llm = backend(server, model="m", retries=1)
+        (result,) = llm.generate(prompts(1), [1])
+        llm.close()
+    assert result.error.startswith("transport") and result.attempts == 2
+    with LoopbackLLMServer(fault=lambda h, n: faults.redirect(h, "/v1/elsewhere")) as server:
+        llm = backend(server, model="m", retries=1)
+        (result,) = llm.generate(prompts(1), [1])
+        llm.close()
+    assert result.error.startswith("http_302")
+
+
+def test_the_api_key_is_sent():
+    with LoopbackLLMServer() as server:
+        llm = backend(server, model="m", api_key="sk-test")
+        (result,) = llm.generate(prompts(1), [1])
+        llm.close()
+    assert result.error is None and server.requests[0]["authorization"] == "Bearer sk-test"
+
+
+def test_served_model_list_is_not_trusted():
+    for body in ({"data": [{"id": 5}]}, {"data": "x"}, [], b"not json", {"data": [{"id": "x" * 5000}]}):
+        with LoopbackLLMServer() as server:
+            server.model = body  # what GET /models answers is below
+            def models(h, body=body):
+                h._send(200, body if isinstance(body, bytes) else json.dumps(body).encode())
+            server.answer_models = models
+            with pytest.raises(RsynError, match="GET /models did not name one"):
+                OpenAIBackend(None, Sampling(), server.url, timeout=2, retries=0)
+
+
+def test_syn_text_is_capped_in_characters():
+    # a "word" can be as long as the reply: the word cap alone does not bound syn_text
+    assert clean_generation("x" * 5_000_000) == "x" * 1000
+    assert len(clean_generation("A dog. " + "y" * 5000, max_chars=100)) == 100
+    source = "The dog runs on the sunny beach near the old pier " * 50
+    cut = clean_generation(source, max_words=1000, max_chars=120)
+    assert 60 < len(cut) <= 120 and source.startswith(cut + " ")  # at a word's end
+    assert clean_generation("A dog runs.", max_chars=1000) == "A dog runs."
 
 
 def test_base_url_forms():

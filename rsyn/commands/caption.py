@@ -5,6 +5,9 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
+from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
+from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 
 TAGS = "Semantic tags"
 CAPTION = "Caption"
@@ -52,6 +55,23 @@ def caption(
     fetch: Annotated[bool, typer.Option(
         "--fetch/--no-fetch", rich_help_panel=CAPTION,
         help="Download by URL an image found neither at `path` nor in --images.")] = True,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.01, rich_help_panel=CAPTION,
+        help="Image downloads: seconds to connect and for each read (within --deadline).")] = DEFAULT_TIMEOUT,
+    deadline: Annotated[float, typer.Option(
+        "--deadline", min=0.01, rich_help_panel=CAPTION,
+        help="Image downloads: seconds for one whole download, redirects and retries included.")
+    ] = DEFAULT_DEADLINE,
+    retries: Annotated[int, typer.Option(
+        "--retries", min=0, rich_help_panel=CAPTION,
+        help="Image downloads: retries after a connection error, a timeout or a 429/5xx answer.")
+    ] = DEFAULT_RETRIES,
+    max_bytes: Annotated[int, typer.Option(
+        "--max-bytes", min=1, rich_help_panel=CAPTION, help="Largest image file accepted.")] = DEFAULT_MAX_BYTES,
+    allow_private_urls: Annotated[bool, typer.Option(
+        "--allow-private-urls", rich_help_panel=CAPTION,
+        help="Also download images from loopback, private, link-local and other non-public addresses "
+             "(tests, intranets). By default such a URL fails its record as private_address.")] = False,
     image_workers: Annotated[int, typer.Option("--image-workers", min=1, rich_help_panel=CAPTION,
                                                help="Threads reading, fetching and decoding images.")] = 16,
     caption_max_tokens: Annotated[int, typer.Option("--caption-max-tokens", min=1, rich_help_panel=CAPTION,
@@ -71,7 +91,12 @@ def caption(
     llm_concurrency: Annotated[int, typer.Option("--llm-concurrency", min=1, rich_help_panel=LLM,
                                                  help="openai: requests in flight at once.")] = 16,
     llm_timeout: Annotated[float, typer.Option("--llm-timeout", min=0.001, rich_help_panel=LLM,
-                                               help="openai: seconds to wait for one reply.")] = 60.0,
+                                               help="openai: seconds for one whole request (connecting, "
+                                                    "headers and body; each retry gets its own).")] = 60.0,
+    llm_max_reply_bytes: Annotated[int, typer.Option(
+        "--llm-max-reply-bytes", min=1024, rich_help_panel=LLM,
+        help="openai: largest reply read; a longer one fails its record (too_large), unread.")
+    ] = DEFAULT_MAX_REPLY_BYTES,
     llm_retries: Annotated[int, typer.Option("--llm-retries", min=0, rich_help_panel=LLM,
                                              help="openai: retries of a failed request (exponential backoff).")] = 3,
     llm_max_tokens: Annotated[int, typer.Option("--llm-max-tokens", min=1, rich_help_panel=LLM,
@@ -92,6 +117,13 @@ def caption(
                                                        help="Replace the fusion instruction (see docs/caption.md).")] = None,
     max_syn_words: Annotated[int, typer.Option("--max-syn-words", min=1, rich_help_panel=LLM,
                                                help="Cut syn_text to this many words.")] = 80,
+    max_syn_chars: Annotated[int, typer.Option("--max-syn-chars", min=1, rich_help_panel=LLM,
+                                               help="Cut syn_text to this many characters.")] = DEFAULT_MAX_SYN_CHARS,
+    max_error_rate: Annotated[float, typer.Option(
+        "--max-error-rate", min=0.0, max=1.0,
+        help=f"With --on-error skip: stop (exit 2) when more than this share of the LLM generations failed "
+             f"(llm_failed, empty_generation), once at least {MIN_RECORDS} were made; 1 = never.")
+    ] = DEFAULT_MAX_ERROR_RATE,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Image records per batch.")] = 64,
     cache_dir: Annotated[Optional[str], typer.Option(
         "--cache-dir", metavar="DIR", help="Mined tags and tag embeddings (default $RSYN_CACHE_DIR or ~/.cache/rsyn).")] = None,
@@ -113,6 +145,9 @@ def caption(
         llm_timeout=llm_timeout, llm_retries=llm_retries, llm_max_tokens=llm_max_tokens, temperature=temperature,
         top_p=top_p, llm_batch_size=llm_batch_size, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, prompt_file=prompt_file,
-        max_syn_words=max_syn_words, batch_size=batch_size, cache_dir=cache_dir,
+        max_syn_words=max_syn_words, max_syn_chars=max_syn_chars, llm_max_reply_bytes=llm_max_reply_bytes,
+        timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
+        allow_private_urls=allow_private_urls, max_error_rate=max_error_rate, batch_size=batch_size,
+        cache_dir=cache_dir,
         api_key=os.environ.get("OPENAI_API_KEY"))
     run_caption(run, opts)

@@ -12,8 +12,10 @@ from rsyn.image_limits import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
     MAX_ASPECT,
+    MAX_REDIRECTS,
     MIN_SIDE,
 )
+from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
 
 _MODEL = "Model"
 _IMAGES = "Images"
@@ -53,13 +55,16 @@ def embed(
         "--workers", min=0, rich_help_panel=_IMAGES,
         help="Threads fetching and decoding images; 0: 4 per CPU core, 8 to 64.")] = 0,
     timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.01, rich_help_panel=_IMAGES, help="Seconds to connect and for each read.")
-    ] = DEFAULT_TIMEOUT,
+        "--timeout", min=0.01, rich_help_panel=_IMAGES,
+        help="Seconds to connect and for each read (within --deadline).")] = DEFAULT_TIMEOUT,
     deadline: Annotated[float, typer.Option(
-        "--deadline", min=0.01, rich_help_panel=_IMAGES, help="Seconds for one whole download.")] = DEFAULT_DEADLINE,
+        "--deadline", min=0.01, rich_help_panel=_IMAGES,
+        help="Seconds for one whole download: connecting, headers, body, redirects and retries together.")
+    ] = DEFAULT_DEADLINE,
     retries: Annotated[int, typer.Option(
         "--retries", min=0, rich_help_panel=_IMAGES,
-        help="Retries (with backoff) after a connection error, a timeout or a 429/5xx answer.")] = DEFAULT_RETRIES,
+        help=f"Retries (with backoff) after a connection error, a timeout or a 429/5xx answer. Up to "
+             f"{MAX_REDIRECTS} redirects are followed apart from these.")] = DEFAULT_RETRIES,
     max_bytes: Annotated[int, typer.Option(
         "--max-bytes", min=1, rich_help_panel=_IMAGES, help="Largest image file accepted.")] = DEFAULT_MAX_BYTES,
     max_pixels: Annotated[int, typer.Option(
@@ -67,6 +72,15 @@ def embed(
         help="Largest width x height decoded (bigger: dropped as too_many_pixels).")] = DEFAULT_MAX_PIXELS,
     user_agent: Annotated[str, typer.Option(
         "--user-agent", rich_help_panel=_IMAGES, help="User-Agent header for downloads.")] = DEFAULT_USER_AGENT,
+    allow_private_urls: Annotated[bool, typer.Option(
+        "--allow-private-urls", rich_help_panel=_IMAGES,
+        help="Also download from loopback, private, link-local and other non-public addresses (tests, "
+             "intranets). By default a URL whose host resolves there is dropped as private_address.")] = False,
+    max_error_rate: Annotated[float, typer.Option(
+        "--max-error-rate", min=0.0, max=1.0, rich_help_panel=_IMAGES,
+        help=f"Stop (exit 2) when more than this share of the images could not be had (fetched, read or "
+             f"decoded; not_downloaded and size_rule drops are not counted), once at least {MIN_RECORDS} were "
+             f"tried; 1 = never.")] = DEFAULT_MAX_ERROR_RATE,
     min_side: Annotated[int, typer.Option(
         "--min-side", min=0, rich_help_panel=_IMAGES,
         help="Size rule (images of unknown size): smallest shorter side in pixels.")] = MIN_SIDE,
@@ -88,4 +102,4 @@ def embed(
         emb_field=emb_field, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), images=images,
         workers=workers, timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
         max_pixels=max_pixels, user_agent=user_agent, draft=draft, min_side=min_side,
-        max_aspect=max_aspect))
+        max_aspect=max_aspect, allow_private_urls=allow_private_urls, max_error_rate=max_error_rate))

@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from rsyn.command import Run, RsynError, stable_hash
+from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 from rsyn.records import decode_embeddings
 
 NONE = "none"
@@ -68,6 +71,14 @@ class CaptionOptions:
     max_model_len: int | None = None
     prompt_file: str | None = None
     max_syn_words: int = 80
+    max_syn_chars: int = DEFAULT_MAX_SYN_CHARS
+    llm_max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    timeout: float = DEFAULT_TIMEOUT  # image downloads, as in rsyn embed
+    deadline: float = DEFAULT_DEADLINE
+    retries: int = DEFAULT_RETRIES
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allow_private_urls: bool = False  # fetching images from loopback/private addresses
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     # run
     batch_size: int = 64
     cache_dir: str | None = None
@@ -122,6 +133,7 @@ class CaptionStage:
             self.batch_size = max(self.batch_size, 4 * opts.llm_concurrency)
             self.batches_in_flight = 1
         self.counts = {"images": 0, "captioned": 0, "with_tags": 0, "tags": 0}
+        self.rate = ErrorRate(opts.max_error_rate, "LLM generations")
 
     # ------------------------------------------------------------------ vocabulary and models
     def _vocabulary(self) -> list[str]:
@@ -181,9 +193,13 @@ class CaptionStage:
                 except FileNotFoundError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
-            fetcher = Fetcher(pool_size=self.opts.image_workers) if self.opts.fetch and folder is None else None
+            o = self.opts
+            fetcher = None
+            if o.fetch and folder is None:
+                fetcher = Fetcher(o.timeout, o.deadline, o.retries, o.max_bytes, pool_size=o.image_workers,
+                                  allow_private=o.allow_private_urls)
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
-            self._loader = ImageLoader(folder, fetcher, draft_side=self.captioner.input_side)
+            self._loader = ImageLoader(folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side)
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
         return self._loader
 
@@ -210,7 +226,8 @@ class CaptionStage:
             self._llm = open_backend(o.llm_backend, o.llm_model, sampling, api=o.llm_api, url=o.llm_url,
                                      device=device, seed=self.run.seed, concurrency=o.llm_concurrency,
                                      timeout=o.llm_timeout, retries=o.llm_retries, batch_size=o.llm_batch_size,
-                                     api_key=o.api_key, tensor_parallel_size=o.tensor_parallel_size,
+                                     api_key=o.api_key, max_reply_bytes=o.llm_max_reply_bytes,
+                                     tensor_parallel_size=o.tensor_parallel_size,
                                      gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
             self.run.note(f"LLM {self._llm.backend}:{self._llm.model} ({self._llm.api} prompts)")
             if getattr(self._llm, "notice", None):
@@ -370,14 +387,16 @@ class CaptionStage:
         start = time.perf_counter()
         llm = self.llm
         generations = pending.collect()
-        kept = []
+        kept, failures = [], []
         for item, prompt, generation in zip(pending.items, pending.prompts, generations):
             if generation.error is not None:
+                failures.append("llm_failed")
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
                            "llm_failed")
                 continue
-            text = clean_generation(generation.text, prompt, self.opts.max_syn_words)
+            text = clean_generation(generation.text, prompt, self.opts.max_syn_words, self.opts.max_syn_chars)
             if not text:
+                failures.append("empty_generation")
                 self._fail(item.where, f"LLM {llm.backend}:{llm.model} returned no usable text "
                            f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
                 continue
@@ -386,6 +405,7 @@ class CaptionStage:
             item.record["llm_backend"] = llm.backend
             kept.append(item)
         self.seconds["llm"] += time.perf_counter() - start
+        self.rate.add(len(pending.items), failures)  # may stop the run (--max-error-rate)
         return kept
 
 

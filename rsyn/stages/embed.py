@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rsyn.command import Run, RsynError
+from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
 from rsyn.images import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -60,6 +61,8 @@ class EmbedOptions:
     draft: bool = True
     min_side: int = MIN_SIDE
     max_aspect: float = MAX_ASPECT
+    allow_private_urls: bool = False
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
 
 
 def emb_field_for(text_field: str) -> str:
@@ -85,6 +88,7 @@ class Item:
     where: str
     image: Future | None = None  # -> (tensor, width, height) or ImageError
     text: str | None = None
+    loads_image: bool = False  # counted by --max-error-rate
 
 
 @dataclass
@@ -123,11 +127,13 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
                 raise RsynError(str(exc)) from None
             run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
         fetcher = None if folder else Fetcher(opts.timeout, opts.deadline, opts.retries, opts.max_bytes,
-                                              opts.user_agent, pool_size=workers)
+                                              opts.user_agent, pool_size=workers,
+                                              allow_private=opts.allow_private_urls)
         loader = ImageLoader(folder, fetcher, opts.max_pixels, opts.max_bytes,
                              draft_side=clip.image_size if opts.draft else None)
 
     counts = {"images": 0, "texts": 0, "size_checked": 0}
+    rate = ErrorRate(opts.max_error_rate, "images")
     compute_seconds = 0.0
     pool = ThreadPoolExecutor(workers, thread_name_prefix="rsyn-image")
     # one assembler: it waits on the pool's futures, so it must not be a pool thread itself
@@ -142,9 +148,10 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
             pending.append(assembler.submit(_assemble, items, batch_size, clip, on_cuda))
             while len(pending) > PREFETCH_CHUNKS:
                 chunk = pending.popleft().result()
-                compute_seconds += _finish(run, chunk, clip, emb_field, model_field, counts, rule)
+                compute_seconds += _finish(run, chunk, clip, emb_field, model_field, counts, rule, rate)
         while pending:
-            compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts, rule)
+            compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts, rule,
+                                       rate)
         finished = True
     finally:
         for future in pending:
@@ -193,6 +200,7 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
                               record=record, reason="missing_field")
                     continue
                 item.image = pool.submit(_load_image, loader, prepare, record, rule)
+                item.loads_image = True
         items.append(item)
         if len(items) >= chunk_size:
             yield items
@@ -266,7 +274,7 @@ def _assemble(items: list[Item], batch_size: int, clip, pin: bool) -> Chunk:
 
 
 def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, counts: dict,
-            rule: tuple[int, float]) -> float:
+            rule: tuple[int, float], rate: ErrorRate) -> float:
     """Run the model on a chunk, apply the size rule, write its records in input order. Returns model seconds."""
     start = time.perf_counter()
     embeddings: dict[int, str] = {}
@@ -281,6 +289,12 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
             embeddings[position] = emb
         for position in (p for p, g in zip(positions, good) if not g):
             chunk.failures[position] = ImageError("bad_embedding", "the model gave a NaN or zero vector")
+    # --max-error-rate: images this run failed to get; the size rule is a filter, and what img2dataset could not
+    # download (--images) failed before this run
+    tried = [p for p, item in enumerate(chunk.items)
+             if item.loads_image and getattr(chunk.failures.get(p), "reason", None) != "not_downloaded"]
+    failed = [chunk.failures[p].reason for p in tried if p in chunk.failures]
+    rate.add(len(tried), [reason for reason in failed if reason != "size_rule"])  # may stop the run
     out = []
     for position, item in enumerate(chunk.items):
         record = item.record

@@ -5,6 +5,8 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
+from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_limits import DEFAULT_MAX_BYTES
 
 TAGS = "Semantic tags"
 CAPTION = "Caption"
@@ -52,6 +54,8 @@ def caption(
     fetch: Annotated[bool, typer.Option(
         "--fetch/--no-fetch", rich_help_panel=CAPTION,
         help="Download by URL an image found neither at `path` nor in --images.")] = True,
+    path_root: PathRootOption = None,
+    max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
     image_workers: Annotated[int, typer.Option("--image-workers", min=1, rich_help_panel=CAPTION,
                                                help="Threads reading, fetching and decoding images.")] = 16,
     caption_max_tokens: Annotated[int, typer.Option("--caption-max-tokens", min=1, rich_help_panel=CAPTION,
@@ -107,7 +111,7 @@ def caption(
         tags_file=tags, mine_tags_from=mine_tags_from, mined_tags=mined_tags, mine_sample=mine_sample,
         mine_min_count=mine_min_count, save_tags=save_tags, max_tags=max_tags, tag_threshold=tag_threshold,
         tag_template=tag_template, clip_model=model, clip_pretrained=pretrained, captioner=captioner,
-        images=images, fetch=fetch, image_workers=image_workers,
+        images=images, fetch=fetch, image_workers=image_workers, path_root=path_root, max_bytes=max_bytes,
         caption_max_tokens=caption_max_tokens, caption_beams=caption_beams, llm_backend=llm_backend,
         llm_model=llm_model, llm_url=llm_url, llm_api=llm_api, llm_concurrency=llm_concurrency,
         llm_timeout=llm_timeout, llm_retries=llm_retries, llm_max_tokens=llm_max_tokens, temperature=temperature,

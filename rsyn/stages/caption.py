@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from rsyn.command import Run, RsynError, stable_hash
+from rsyn.image_limits import DEFAULT_MAX_BYTES
+from rsyn.localfiles import shown
 from rsyn.records import decode_embeddings
 
 NONE = "none"
@@ -49,6 +51,8 @@ class CaptionOptions:
     images: str | None = None  # img2dataset output folder, images found by URL
     fetch: bool = True  # download by URL an image found neither at `path` nor in `images`
     image_workers: int = 16
+    path_root: str | None = None  # a record's `path` must lie under it (default: the current directory)
+    max_bytes: int = DEFAULT_MAX_BYTES
     caption_max_tokens: int = 30
     caption_beams: int = 3
     # fusion
@@ -177,13 +181,15 @@ class CaptionStage:
             folder = None
             if self.opts.images:
                 try:
-                    folder = ImageFolder(self.opts.images)
+                    folder = ImageFolder(self.opts.images, self.opts.max_bytes)
                 except FileNotFoundError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
-            fetcher = Fetcher(pool_size=self.opts.image_workers) if self.opts.fetch and folder is None else None
+            fetcher = (Fetcher(max_bytes=self.opts.max_bytes, pool_size=self.opts.image_workers)
+                       if self.opts.fetch and folder is None else None)
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
-            self._loader = ImageLoader(folder, fetcher, draft_side=self.captioner.input_side)
+            self._loader = ImageLoader(folder, fetcher, max_bytes=self.opts.max_bytes,
+                                       draft_side=self.captioner.input_side, root=self.opts.path_root)
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
         return self._loader
 
@@ -291,7 +297,7 @@ class CaptionStage:
         kept = []
         for item, image in zip(items, self._image_pool.map(load, items)):
             if isinstance(image, ImageError):
-                source = item.record.get("path") or item.record.get("url")
+                source = shown(str(item.record.get("path") or item.record.get("url")))  # hostile: cut short
                 self._fail(item.where, f"cannot read image {source}: {image}", item.record, "bad_image")
                 continue
             item.image = image

@@ -60,6 +60,7 @@ class EmbedOptions:
     draft: bool = True
     min_side: int = MIN_SIDE
     max_aspect: float = MAX_ASPECT
+    path_root: str | None = None  # a record's `path` must lie under it (default: the current directory)
 
 
 def emb_field_for(text_field: str) -> str:
@@ -118,14 +119,14 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     if not text_only and "image" in opts.kinds:
         if opts.images:
             try:
-                folder = ImageFolder(opts.images)
+                folder = ImageFolder(opts.images, opts.max_bytes)
             except FileNotFoundError as exc:
                 raise RsynError(str(exc)) from None
             run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
         fetcher = None if folder else Fetcher(opts.timeout, opts.deadline, opts.retries, opts.max_bytes,
                                               opts.user_agent, pool_size=workers)
         loader = ImageLoader(folder, fetcher, opts.max_pixels, opts.max_bytes,
-                             draft_side=clip.image_size if opts.draft else None)
+                             draft_side=clip.image_size if opts.draft else None, root=opts.path_root)
 
     counts = {"images": 0, "texts": 0, "size_checked": 0}
     compute_seconds = 0.0

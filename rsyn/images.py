@@ -400,11 +400,11 @@ class ImageFolder:
         if stored is None:
             detail = self.failed.get(url, "URL not in the --images folder")
             raise ImageError("not_downloaded", detail)
-        if stored.size > self.max_bytes:
-            raise ImageError("too_large", f"{stored.size:,} bytes > {self.max_bytes:,}")
         try:
             if stored.source < 0:
                 return read_local_file(stored.location, root=self.real_root, max_bytes=self.max_bytes), stored
+            if stored.size > self.max_bytes:
+                raise ImageError("too_large", f"{stored.size:,} bytes > {self.max_bytes:,}")
             data = os.pread(self._fd(stored.source), stored.size, stored.location)
         except LocalFileError as exc:
             raise ImageError(exc.reason, exc.message) from None

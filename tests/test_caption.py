@@ -96,7 +96,7 @@ def local_args(models, corpus, out, *extra):
     return [corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1", "--max-tags", "3",
             "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "hf",
             "--llm-model", models["gpt2"], "--llm-max-tokens", "12", "--cache-dir", corpus["root"] / "cache",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--path-root", corpus["root"].parent, *extra]  # images under pytest's base temp
 
 
 def assert_captioned(records, corpus, caption_model, llm_model):
@@ -173,7 +173,7 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
     with LoopbackLLMServer(latency=0.05) as server:
         result = invoke("caption", corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1",
                         "--max-tags", "3", "--captioner", models["captioner"], "--caption-beams", "1",
-                        "--llm-backend", "openai", "--llm-url", server.url, "--llm-model", "served-model",
+                        "--path-root", corpus["root"], "--llm-backend", "openai", "--llm-url", server.url, "--llm-model", "served-model",
                         "--llm-concurrency", "4", "--prompt-file", prompt_file, "--cache-dir", tmp_path, "--quiet")
     assert result.exit_code == 0, result.output
     records = read_stream_file(out)
@@ -264,8 +264,8 @@ def test_empty_generation_and_bad_images_fail_per_record(models, corpus, tmp_pat
     assert result.exit_code == 0, result.output
     assert orjson.loads(stats.read_bytes())["errors"] == {"bad_image": 2, "missing_image": 1}
     logged = {e["where"]: e["message"] for e in read_stream_file(tmp_path / "rejects.jsonl")}
-    assert logged[f"{path}:1"].startswith(f"cannot read image {broken}: decode_failed")
-    assert logged[f"{path}:4"] == f"cannot read image {records[3]['path']}: fetch_failed: fetching is switched off"
+    assert logged[f"{path}:1"].startswith(f"cannot read image {str(broken)!r}: decode_failed")
+    assert logged[f"{path}:4"] == f"cannot read image {records[3]['path']!r}: fetch_failed: fetching is switched off"
     mute = [*args, "--on-error", "skip"]
     mute[mute.index(models["gpt2"])] = models["mute_gpt2"]
     result = invoke("caption", *mute)

@@ -152,7 +152,7 @@ def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
     path, records, expect, root = mixed_stream
     out, rejects, stats = tmp_path / "out.jsonl.zst", tmp_path / "rejects.jsonl", tmp_path / "stats.json"
     args = ["embed", path, "--model", tiny_clip, "--batch-size", "4", "-o", out, "--rejects", rejects,
-            "--stats", stats, *FAST_NET]
+            "--stats", stats, "--path-root", root, *FAST_NET]
     proc = rsyn(*args, check=True)  # the real command line, in a fresh process
     err = proc.stderr.decode()
     assert "rsyn embed: device cpu" in err and f"model {tiny_clip}, 32 dims" in err
@@ -292,7 +292,7 @@ def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
         records = [_text(0, "The farmer fed the horses."), _image(1, path=str(tmp_path / "photo.jpg"))]
         (tmp_path / "in.jsonl").write_bytes(jsonl(records))
         code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", spec, "-o", tmp_path / "out.jsonl",
-                              "--rejects", tmp_path / "rejects.jsonl")
+                              "--rejects", tmp_path / "rejects.jsonl", "--path-root", tmp_path)
         assert code == 0, err
         assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["img001"]
         assert read_stream_file(tmp_path / "rejects.jsonl")[0]["reason"] == "bad_embedding"

@@ -27,6 +27,7 @@ import numpy as np
 from rsyn.command import Run, RsynError, stable_hash
 from rsyn.image_limits import DEFAULT_MAX_BYTES
 from rsyn.localfiles import shown
+from rsyn.models.identity import model_identity
 from rsyn.records import decode_embeddings
 
 NONE = "none"
@@ -218,7 +219,9 @@ class CaptionStage:
                                      timeout=o.llm_timeout, retries=o.llm_retries, batch_size=o.llm_batch_size,
                                      api_key=o.api_key, tensor_parallel_size=o.tensor_parallel_size,
                                      gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
-            self.run.note(f"LLM {self._llm.backend}:{self._llm.model} ({self._llm.api} prompts)")
+            # a served model is named by its server; a local one by its folder's basename and content hash
+            self.llm_model = self._llm.model if o.llm_backend == "openai" else model_identity(self._llm.model)
+            self.run.note(f"LLM {self._llm.backend}:{self.llm_model} ({self._llm.api} prompts)")
             if getattr(self._llm, "notice", None):
                 self.run.note(self._llm.notice)
         return self._llm
@@ -388,7 +391,7 @@ class CaptionStage:
                            f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
                 continue
             item.record["syn_text"] = text
-            item.record["llm_model"] = llm.model
+            item.record["llm_model"] = self.llm_model
             item.record["llm_backend"] = llm.backend
             kept.append(item)
         self.seconds["llm"] += time.perf_counter() - start

@@ -430,6 +430,11 @@ class ImageFolder:
             self._fds.clear()
 
 
+def _json_type(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
 def _int_or_none(value) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -478,9 +483,9 @@ class ImageLoader:
         path = record.get("path")
         url = record.get("url")
         if url is not None and not isinstance(url, str):
-            raise ImageError("bad_url", f"`url` is a {type(url).__name__}, not a string")
+            raise ImageError("bad_url", f"`url` is {_json_type(url)}, not a string")
         if path is not None and not isinstance(path, str):
-            raise ImageError("bad_path", f"`path` is a {type(path).__name__}, not a string")
+            raise ImageError("bad_path", f"`path` is {_json_type(path)}, not a string")
         if path:
             try:
                 real = resolve_under(path, self.root)  # outside the root: refused even when a url follows

@@ -100,6 +100,11 @@ def local_args(models, corpus, out, *extra):
 
 
 def assert_captioned(records, corpus, caption_model, llm_model):
+    """caption_model, llm_model: as given on the command line (a local folder is recorded by name and hash)."""
+    from rsyn.models.clip import load_clip
+    from rsyn.models.identity import model_identity
+
+    caption_model, llm_model = model_identity(caption_model), model_identity(llm_model)
     assert [r["id"] for r in records] == [r["id"] for r in corpus["records"]]  # order kept, nothing lost
     for got, source in zip(records, corpus["records"]):
         if source["kind"] == "text":
@@ -112,7 +117,7 @@ def assert_captioned(records, corpus, caption_model, llm_model):
         assert got["llm_model"] == llm_model
         assert 1 <= len(got["tags"]) <= 3 and len(set(got["tags"])) == len(got["tags"])
         assert got["tag_scores"] == sorted(got["tag_scores"], reverse=True)
-        assert set(got["tags"]) <= set(TAGS) and got["tag_model"] == source["emb_model"]
+        assert set(got["tags"]) <= set(TAGS) and got["tag_model"] == load_clip(source["emb_model"], None, "cpu").name
 
 
 def test_local_models_end_to_end_and_byte_identical_across_processes(models, corpus, tmp_path):

@@ -382,12 +382,12 @@ class CaptionStage:
         kept = []
         for item, prompt, generation in zip(pending.items, pending.prompts, generations):
             if generation.error is not None:
-                self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
+                self._fail(item.where, f"LLM {llm.backend}:{self.llm_model} failed: {generation.error}", item.record,
                            "llm_failed")
                 continue
             text = clean_generation(generation.text, prompt, self.opts.max_syn_words)
             if not text:
-                self._fail(item.where, f"LLM {llm.backend}:{llm.model} returned no usable text "
+                self._fail(item.where, f"LLM {llm.backend}:{self.llm_model} returned no usable text "
                            f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
                 continue
             item.record["syn_text"] = text

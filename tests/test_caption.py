@@ -178,7 +178,8 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
     with LoopbackLLMServer(latency=0.05) as server:
         result = invoke("caption", corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1",
                         "--max-tags", "3", "--captioner", models["captioner"], "--caption-beams", "1",
-                        "--path-root", corpus["root"], "--llm-backend", "openai", "--llm-url", server.url, "--llm-model", "served-model",
+                        "--path-root", corpus["root"], "--llm-backend", "openai", "--llm-url", server.url,
+                        "--llm-model", "served-model",
                         "--llm-concurrency", "4", "--prompt-file", prompt_file, "--cache-dir", tmp_path, "--quiet")
     assert result.exit_code == 0, result.output
     records = read_stream_file(out)

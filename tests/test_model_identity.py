@@ -74,7 +74,8 @@ def test_caption_records_the_same_models_from_relative_and_absolute_paths(tiny_m
     seen = []
     for i, (cap, llm) in enumerate([(captioner, gpt2), ("models/blip", "models/gpt2")]):
         proc = rsyn_here("caption", "in.jsonl", "--max-tags", "0", "--captioner", cap, "--caption-beams", "1",
-                         "--llm-backend", "hf", "--llm-model", llm, "--llm-max-tokens", "12", "--temperature", "0.9", "--seed", "5", "--device", "cpu",
+                         "--llm-backend", "hf", "--llm-model", llm, "--llm-max-tokens", "12", "--temperature", "0.9",
+                         "--seed", "5", "--device", "cpu",
                          "-o", f"out{i}.jsonl")
         assert proc.returncode == 0, proc.stderr.decode()
         out = read_stream_file(tmp_path / f"out{i}.jsonl")[0]

@@ -227,20 +227,29 @@ def as_jpeg(data: bytes, max_pixels: int) -> tuple[bytes, bool]:
 # --------------------------------------------------------------------------- writers
 
 
-class ParquetShards:
-    """Numbered parquet shards in a directory; `shards` lists what was written."""
+class Shards:
+    """Numbered shards in a directory, `rows_per_shard` rows each; `shards` lists what was written."""
 
     def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int):
         self.directory, self.schema, self.stats = directory, schema, stats
         self.rows_per_shard = rows_per_shard
         self.shards: list[dict] = []
-        self.rows: list[dict] = []
+        self.rows: list[dict] = []  # of the shard being written
 
     def add(self, row: dict, image: bytes | None = None) -> None:
         self.rows.append(row)
         if len(self.rows) >= self.rows_per_shard:
             self.flush()
 
+    def flush(self) -> None:
+        """Finish the shard being written (if it has rows)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what an unfinished shard holds, after an error."""
+
+
+class ParquetShards(Shards):
     def flush(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -254,11 +263,8 @@ class ParquetShards:
         self.shards.append({"name": name, "rows": table.num_rows})
         self.rows = []
 
-    def close(self) -> None:
-        pass
 
-
-class WebdatasetShards(ParquetShards):
+class WebdatasetShards(Shards):
     """Numbered tars of KEY.jpg, KEY.txt, KEY.json, written sample by sample (images are never held in memory)."""
 
     def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int):

@@ -81,3 +81,11 @@ def test_caption_records_the_same_models_from_relative_and_absolute_paths(tiny_m
         out = read_stream_file(tmp_path / f"out{i}.jsonl")[0]
         seen.append((out["caption_model"], out["llm_model"]))
     assert seen[0] == seen[1] and seen[0][0].startswith("blip#") and seen[0][1].startswith("gpt2#")
+
+
+def test_a_local_identity_is_not_taken_for_a_place_to_load_from():
+    from rsyn.command import RsynError
+    from rsyn.models.clip import load_clip
+
+    with pytest.raises(RsynError, match="pass its folder, --model DIR"):
+        load_clip("tiny-clip#0123456789abcdef", None, "cpu")

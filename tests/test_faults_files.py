@@ -338,6 +338,20 @@ def test_dedup_exact_hashes_image_files(files, tmp_path):
     assert reasons[0] is None and reasons[1] is not None and reasons[2] is not None and reasons[3] is None
 
 
+def test_dedup_counts_wrong_typed_fields(tmp_path):
+    records = [image_record(0, url="https://x/0.jpg", sha256=5), image_record(1, url=7), image_record(2, url=["u"]),
+               text_record(3, 5), text_record(4, ["x"]), text_record(5, None), text_record(6, "t " * 200_000),
+               {**text_record(7), "id": 7}, {"kind": [1]}, {"kind": "image", "url": "https://x/9.jpg", "sha256": []}]
+    stats = tmp_path / "stats.json"
+    proc = rsyn_here("dedup", "--on-error", "skip", "--stats", stats, "-o", tmp_path / "out.jsonl",
+                     input=jsonl(records))
+    assert_clean(proc.stderr.decode(), proc.returncode)
+    assert_accounted(summary(stats), len(records))
+    assert summary(stats)["errors"], summary(stats)
+    proc = rsyn_here("dedup", "-o", tmp_path / "failed.jsonl", input=jsonl(records))
+    assert_clean(proc.stderr.decode(), proc.returncode, fail_mode=True)
+
+
 @pytest.mark.xfail(reason="dedup's file hashing moves to rsyn.localfiles in the dedup branch (today a FIFO blocks "
                           "it and /dev/zero is read forever)", strict=False)
 def test_dedup_exact_refuses_special_and_outside_files(files, tmp_path):

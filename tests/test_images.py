@@ -363,16 +363,26 @@ def test_local_paths_outside_the_root_are_refused_even_with_a_url(tmp_path, serv
 
 
 def test_special_files_are_refused_without_reading_or_blocking(tmp_path):
+    """In a child process with a deadline and a memory cap: a regression fails here instead of hanging the suite
+    (a FIFO nobody writes to blocks open()) or eating the machine (/dev/zero has st_size 0 and never ends)."""
+    import subprocess
+    import sys
+
     fifo = tmp_path / "pipe.jpg"
-    os.mkfifo(fifo)  # nobody writes to it: a plain open() would block forever
-    (tmp_path / "zero.jpg").symlink_to("/dev/zero")  # st_size 0, endless bytes
-    loader = ImageLoader(root="/")
-    started = time.monotonic()
-    for path in (fifo, "/dev/zero", tmp_path):
-        with pytest.raises(ImageError) as err:
-            loader.load({"path": str(path), "url": "http://127.0.0.1:9/never-fetched.jpg"})
-        assert err.value.reason == "not_a_regular_file", path
-    assert time.monotonic() - started < 5
+    os.mkfifo(fifo)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from rsyn.images import ImageError, ImageLoader\n"
+        "loader = ImageLoader(root='/')\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        loader.load({'path': path, 'url': 'http://127.0.0.1:9/never-fetched.jpg'})\n"
+        "    except ImageError as exc:\n"
+        "        print(exc.reason)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(fifo), "/dev/zero", str(tmp_path)], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.stdout.split() == ["not_a_regular_file"] * 3, proc.stderr
 
 
 def test_local_reads_are_capped_and_wrong_types_are_refused(tmp_path):

@@ -365,24 +365,33 @@ def test_local_paths_outside_the_root_are_refused_even_with_a_url(tmp_path, serv
 def test_special_files_are_refused_without_reading_or_blocking(tmp_path):
     """In a child process with a deadline and a memory cap: a regression fails here instead of hanging the suite
     (a FIFO nobody writes to blocks open()) or eating the machine (/dev/zero has st_size 0 and never ends)."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    records = [{"path": path, "url": "http://127.0.0.1:9/never-fetched.jpg"} for path in (str(fifo), "/dev/zero",
+                                                                                          str(tmp_path))]
+    assert _reasons_in_child("ImageLoader(root='/')", records) == ["not_a_regular_file"] * 3
+
+
+def _reasons_in_child(loader: str, records: list[dict]) -> list[str]:
+    """The ImageError reason of each record, loaded by `loader` (Python source) in a child process with a deadline
+    and a 2 GiB memory cap."""
     import subprocess
     import sys
 
-    fifo = tmp_path / "pipe.jpg"
-    os.mkfifo(fifo)
     script = (
-        "import resource, sys\n"
+        "import json, resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
-        "from rsyn.images import ImageError, ImageLoader\n"
-        "loader = ImageLoader(root='/')\n"
-        "for path in sys.argv[1:]:\n"
+        "from rsyn.images import ImageError, ImageFolder, ImageLoader\n"
+        f"loader = {loader}\n"
+        "for record in json.loads(sys.argv[1]):\n"
         "    try:\n"
-        "        loader.load({'path': path, 'url': 'http://127.0.0.1:9/never-fetched.jpg'})\n"
+        "        loader.load(record)\n"
+        "        print('loaded')\n"
         "    except ImageError as exc:\n"
         "        print(exc.reason)\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(fifo), "/dev/zero", str(tmp_path)], capture_output=True,
-                          text=True, timeout=30)
-    assert proc.stdout.split() == ["not_a_regular_file"] * 3, proc.stderr
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(records)], capture_output=True, text=True,
+                          timeout=30)
+    return proc.stdout.split() or [proc.stderr]
 
 
 def test_local_reads_are_capped_and_wrong_types_are_refused(tmp_path):
@@ -411,14 +420,9 @@ def test_img2dataset_folder_reads_are_bounded(tmp_path):
     outside.write_bytes(jpeg_bytes(120, 120))
     (shard / "000010001.jpg").symlink_to(outside)
     os.mkfifo(folder_path / "00002.tar")  # opening it to index it would block
-    folder = ImageFolder(folder_path, max_bytes=1000)
-    loader = ImageLoader(images=folder)
-    expected = {"big": "too_large", "fifo": "not_a_regular_file", "out": "outside_root"}
-    for name, reason in expected.items():
-        with pytest.raises(ImageError) as err:
-            loader.load({"url": f"https://example.com/{name}.jpg"})
-        assert err.value.reason == reason, name
-    folder.close()
+    loader = f"ImageLoader(images=ImageFolder({str(folder_path)!r}, max_bytes=1000))"
+    records = [{"url": f"https://example.com/{name}.jpg"} for name in ("big", "fifo", "out")]
+    assert _reasons_in_child(loader, records) == ["too_large", "not_a_regular_file", "outside_root"]
 
 
 @pytest.mark.parametrize("with_parquet", [False, True])

@@ -44,6 +44,8 @@ _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 OBELICS_COLUMNS = ("images", "texts", "metadata", "general_metadata")
 MMC4_COLUMNS = ("url", "text_list", "image_info")
+# the columns a parquet input must have; the others are optional, as the fields are in JSONL
+REQUIRED_COLUMNS = {"obelics": ("images", "texts"), "mmc4": ("text_list", "image_info")}
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class ImagePart:
     width: int | None = None
     height: int | None = None
     alt: str | None = None
+    image_name: str | None = None  # MMC4: the image's file name in the MMC4 image download
 
 
 @dataclass(slots=True)
@@ -114,11 +117,15 @@ def _parquet_rows(path: str, fmt: str, batch_rows: int) -> Iterator[tuple[str, d
         raise DocumentError(f"not a readable parquet file: {_one_line(exc)}", "unreadable_input", where=path) from None
     names = set(parquet.schema_arrow.names)
     if fmt == "auto":
-        fmt = "obelics" if {"images", "texts"} <= names else "mmc4" if {"text_list", "image_info"} <= names else ""
-    wanted = OBELICS_COLUMNS if fmt == "obelics" else MMC4_COLUMNS if fmt == "mmc4" else ()
-    if not fmt or not set(wanted[:2]) <= names:
-        raise DocumentError(f"parquet columns {sorted(names)} are neither OBELICS (images, texts) "
+        fmt = next((name for name, required in REQUIRED_COLUMNS.items() if set(required) <= names), "")
+    if not fmt:
+        raise DocumentError(f"parquet columns {_columns(names)} are neither OBELICS (images, texts) "
                             "nor MMC4 (text_list, image_info)", "unknown_format", where=path)
+    missing = [c for c in REQUIRED_COLUMNS[fmt] if c not in names]
+    if missing:
+        raise DocumentError(f"parquet columns {_columns(names)} lack {', '.join(missing)}, which {fmt} documents "
+                            "need", "unknown_format", where=path)
+    wanted = OBELICS_COLUMNS if fmt == "obelics" else MMC4_COLUMNS
     columns = [c for c in wanted if c in names]
     row = 0
     try:
@@ -129,6 +136,11 @@ def _parquet_rows(path: str, fmt: str, batch_rows: int) -> Iterator[tuple[str, d
     except (pa.ArrowException, OSError) as exc:
         raise DocumentError(f"unreadable parquet data: {_one_line(exc)}", "unreadable_input",
                             where=f"{path}:{row + 1}") from None
+
+
+def _columns(names: set[str]) -> str:
+    shown = sorted(names)
+    return repr(shown[:20])[:300] + (f" (+{len(shown) - 20} more)" if len(shown) > 20 else "")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -238,7 +250,10 @@ def _parse_mmc4(raw: dict) -> Document:
         if not isinstance(image_url, str) or not image_url.strip():
             raise DocumentError(f"image_info[{j}].raw_url is {_describe(image_url)}, not an image URL", "wrong_type")
         index = info.get("matched_text_index")
-        part = ImagePart(image_url.strip())
+        image_name = info.get("image_name")
+        if image_name is not None and not isinstance(image_name, str):
+            raise DocumentError(f"image_info[{j}].image_name is {_describe(image_name)}, not a file name", "wrong_type")
+        part = ImagePart(image_url.strip(), image_name=image_name or None)
         if index is None:
             unmatched.append(part)
         elif type(index) is not int or not 0 <= index < len(text_list):

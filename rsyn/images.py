@@ -40,7 +40,9 @@ from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them a
     MAX_REDIRECTS,
     MIN_SIDE,
 )
+from rsyn.localfiles import LocalFileError, allowed_root, read_local_file, resolve_under
 
+METADATA_MAX_BYTES = 1 << 20  # an img2dataset KEY.json is a few hundred bytes
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
 
 # We enforce our own pixel cap before decoding; PIL's warning about big images is noise then.
@@ -97,7 +99,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: 
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", str(exc)) from None
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", f"unrecognised bytes {data[:8]!r}") from None
+        # never quote the bytes: they may be any file a hostile record pointed at
+        raise ImageError("not_an_image", f"{_looks_like(data)}, not an image format PIL reads") from None
     except Exception as exc:  # a corrupt header can raise almost anything inside a PIL plugin
         raise ImageError("decode_failed", _short(exc)) from None
     width, height = image.size
@@ -153,6 +156,21 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     else:
         scale = 255.0 / top
     return np.clip(np.nan_to_num(array * scale), 0, 255).astype(np.uint8)
+
+
+def _looks_like(data: bytes) -> str:
+    """What non-image bytes seem to be, said without quoting them."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
+        return "HTML"
+    if head.startswith((b"{", b"[")):
+        return "JSON or other text"
+    try:
+        data[:512].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < 500:  # a cut multi-byte character at the end is still text
+            return f"{len(data):,} bytes of binary data"
+    return "text"
 
 
 def _short(exc: BaseException) -> str:
@@ -240,13 +258,17 @@ class ImageFolder:
     `status`, `error_message` columns) when there is one, else from the
     `KEY.json` next to the image. Images are read straight from the tar at
     their offset (os.pread, safe from many threads). Failed downloads listed in
-    the parquet are remembered so the drop can say why.
+    the parquet are remembered so the drop can say why. Only regular files are
+    read (a FIFO named `x.tar` would block), none larger than `max_bytes`, and
+    plain files only inside the folder.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"--images {root}: no such folder")
+        self.real_root = allowed_root(self.root)
+        self.max_bytes = max_bytes
         self.sources: list[str] = []
         self.index: dict[str, _Stored] = {}
         self.failed: dict[str, str] = {}  # url -> img2dataset's error message
@@ -259,16 +281,17 @@ class ImageFolder:
 
     # ---- index
     def _build(self) -> None:
-        tars = sorted(self.root.rglob("*.tar"))
-        for tar_path in tars:
-            self._index_tar(tar_path)
+        for tar_path in sorted(self.root.rglob("*.tar")):
+            if tar_path.is_file():
+                self._index_tar(tar_path)
         for json_path in sorted(self.root.rglob("*.json")):
-            self._index_file(json_path)
+            if json_path.is_file():
+                self._index_file(json_path)
 
     def _parquet_meta(self, shard: Path) -> dict[str, dict] | None:
         """key -> {url, status, error_message, original_width, original_height} from SHARD.parquet."""
         parquet = shard.with_suffix(".parquet")
-        if not parquet.exists():
+        if not parquet.is_file():
             return None
         import pyarrow.parquet as pq
 
@@ -314,7 +337,7 @@ class ImageFolder:
                 pass  # a truncated last shard (img2dataset killed mid-write): keep the members before the cut
             json_meta = {}
             for stem, member in jsons.items():  # small files, read while the tar is open
-                if stem in images:
+                if stem in images and member.size <= METADATA_MAX_BYTES:
                     try:
                         json_meta[stem] = orjson.loads(tar.extractfile(member).read())
                     except (orjson.JSONDecodeError, OSError, tarfile.TarError):
@@ -338,8 +361,8 @@ class ImageFolder:
         if image_path is None:
             return
         try:
-            info = orjson.loads(json_path.read_bytes())
-        except (orjson.JSONDecodeError, OSError):
+            info = orjson.loads(read_local_file(str(json_path), root=self.real_root, max_bytes=METADATA_MAX_BYTES))
+        except (orjson.JSONDecodeError, LocalFileError):
             return
         if isinstance(info, dict) and isinstance(info.get("url"), str):
             self.index.setdefault(info["url"], _Stored(-1, str(image_path), image_path.stat().st_size,
@@ -354,9 +377,12 @@ class ImageFolder:
             raise ImageError("not_downloaded", detail)
         try:
             if stored.source < 0:
-                with open(stored.location, "rb") as fh:
-                    return fh.read(), stored
+                return read_local_file(stored.location, root=self.real_root, max_bytes=self.max_bytes), stored
+            if stored.size > self.max_bytes:
+                raise ImageError("too_large", f"{stored.size:,} bytes > {self.max_bytes:,}")
             data = os.pread(self._fd(stored.source), stored.size, stored.location)
+        except LocalFileError as exc:
+            raise ImageError(exc.reason, exc.message) from None
         except OSError as exc:
             raise ImageError("read_failed", _short(exc)) from None
         if len(data) != stored.size:
@@ -379,6 +405,11 @@ class ImageFolder:
             self._fds.clear()
 
 
+def _json_type(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
 def _int_or_none(value) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -398,16 +429,21 @@ class Loaded:
 
 
 class ImageLoader:
-    """Record -> Loaded, from `path`, the --images folder or `url`. Thread-safe; raises ImageError."""
+    """Record -> Loaded, from `path`, the --images folder or `url`. Thread-safe; raises ImageError.
+
+    A `path` is read only under `root` (default: the current directory), only
+    as a regular file and at most `max_bytes` of it (rsyn.localfiles).
+    """
 
     def __init__(self, images: ImageFolder | None = None, fetcher: Fetcher | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 draft_side: int | None = None):
+                 draft_side: int | None = None, root: str | os.PathLike | None = None):
         self.images = images
         self.fetcher = fetcher
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.draft_side = draft_side
+        self.root = allowed_root(root)
 
     def load(self, record: dict) -> Loaded:
         data, source, original = self.read_bytes(record)
@@ -418,12 +454,22 @@ class ImageLoader:
         return Loaded(decoded.image, width, height, source)
 
     def read_bytes(self, record: dict) -> tuple[bytes, str, tuple | None]:
+        """(bytes, source, img2dataset's original (width, height) or None) of the record's image."""
         path = record.get("path")
         url = record.get("url")
-        if isinstance(path, str) and path:
-            if os.path.isfile(path) or not isinstance(url, str) or not url:
-                return self._read_file(path), "path", None
-        if not isinstance(url, str) or not url:
+        if url is not None and not isinstance(url, str):
+            raise ImageError("bad_url", f"`url` is {_json_type(url)}, not a string")
+        if path is not None and not isinstance(path, str):
+            raise ImageError("bad_path", f"`path` is {_json_type(path)}, not a string")
+        if path:
+            try:
+                real = resolve_under(path, self.root)  # outside the root: refused even when a url follows
+                # a missing file falls back to the url; anything else at `path` is read (or refused) as it is
+                if os.path.lexists(real) or not url:
+                    return read_local_file(path, root=self.root, max_bytes=self.max_bytes), "path", None
+            except LocalFileError as exc:
+                raise ImageError(exc.reason, exc.message) from None
+        if not url:
             raise ImageError("no_source", "the record has no url or path")
         if self.images is not None:
             data, stored = self.images.get(url)
@@ -433,15 +479,3 @@ class ImageLoader:
         if self.fetcher is None:
             raise ImageError("fetch_failed", "fetching is switched off")
         return self.fetcher.fetch(url), "url", None
-
-    def _read_file(self, path: str) -> bytes:
-        try:
-            size = os.path.getsize(path)
-            if size > self.max_bytes:
-                raise ImageError("too_large", f"{path}: {size:,} bytes > {self.max_bytes:,}")
-            with open(path, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            raise ImageError("file_not_found", path) from None
-        except OSError as exc:
-            raise ImageError("read_failed", f"{path}: {_short(exc)}") from None

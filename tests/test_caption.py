@@ -96,10 +96,15 @@ def local_args(models, corpus, out, *extra):
     return [corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1", "--max-tags", "3",
             "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "hf",
             "--llm-model", models["gpt2"], "--llm-max-tokens", "12", "--cache-dir", corpus["root"] / "cache",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--path-root", corpus["root"].parent, *extra]  # images under pytest's base temp
 
 
 def assert_captioned(records, corpus, caption_model, llm_model):
+    """caption_model, llm_model: as given on the command line (a local folder is recorded by name and hash)."""
+    from rsyn.models.clip import load_clip
+    from rsyn.models.identity import model_identity
+
+    caption_model, llm_model = model_identity(caption_model), model_identity(llm_model)
     assert [r["id"] for r in records] == [r["id"] for r in corpus["records"]]  # order kept, nothing lost
     for got, source in zip(records, corpus["records"]):
         if source["kind"] == "text":
@@ -112,7 +117,7 @@ def assert_captioned(records, corpus, caption_model, llm_model):
         assert got["llm_model"] == llm_model
         assert 1 <= len(got["tags"]) <= 3 and len(set(got["tags"])) == len(got["tags"])
         assert got["tag_scores"] == sorted(got["tag_scores"], reverse=True)
-        assert set(got["tags"]) <= set(TAGS) and got["tag_model"] == source["emb_model"]
+        assert set(got["tags"]) <= set(TAGS) and got["tag_model"] == load_clip(source["emb_model"], None, "cpu").name
 
 
 def test_local_models_end_to_end_and_byte_identical_across_processes(models, corpus, tmp_path):
@@ -173,7 +178,8 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
     with LoopbackLLMServer(latency=0.05) as server:
         result = invoke("caption", corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1",
                         "--max-tags", "3", "--captioner", models["captioner"], "--caption-beams", "1",
-                        "--llm-backend", "openai", "--llm-url", server.url, "--llm-model", "served-model",
+                        "--path-root", corpus["root"], "--llm-backend", "openai", "--llm-url", server.url,
+                        "--llm-model", "served-model",
                         "--llm-concurrency", "4", "--prompt-file", prompt_file, "--cache-dir", tmp_path, "--quiet")
     assert result.exit_code == 0, result.output
     records = read_stream_file(out)
@@ -264,8 +270,8 @@ def test_empty_generation_and_bad_images_fail_per_record(models, corpus, tmp_pat
     assert result.exit_code == 0, result.output
     assert orjson.loads(stats.read_bytes())["errors"] == {"bad_image": 2, "missing_image": 1}
     logged = {e["where"]: e["message"] for e in read_stream_file(tmp_path / "rejects.jsonl")}
-    assert logged[f"{path}:1"].startswith(f"cannot read image {broken}: decode_failed")
-    assert logged[f"{path}:4"] == f"cannot read image {records[3]['path']}: fetch_failed: fetching is switched off"
+    assert logged[f"{path}:1"].startswith(f"cannot read image {str(broken)!r}: decode_failed")
+    assert logged[f"{path}:4"] == f"cannot read image {records[3]['path']!r}: fetch_failed: fetching is switched off"
     mute = [*args, "--on-error", "skip"]
     mute[mute.index(models["gpt2"])] = models["mute_gpt2"]
     result = invoke("caption", *mute)

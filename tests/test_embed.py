@@ -1,5 +1,7 @@
 """`rsyn embed` and the CLIP loader, with a tiny random-weight open_clip model loaded by path."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -16,14 +18,15 @@ def test_tiny_clip_loads_by_its_spec_and_gives_unit_rows(tiny_clip):
     from PIL import Image
 
     clip = load_clip(tiny_clip, None, "cpu")
-    assert clip.name == tiny_clip and clip.dim == 32
+    assert clip.spec == tiny_clip and clip.dim == 32
+    assert re.fullmatch(r"tiny-clip0#[0-9a-f]{16}", clip.name)  # records carry basename + content hash
     texts = clip.encode_texts(["a dog on a beach", "a red car", ""])
     assert texts.dtype == np.float32 and texts.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
     images = clip.encode_images([Image.new("RGB", (64, 40), (200, 30, 30)), Image.new("RGB", (40, 64), "blue")])
     assert images.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1, atol=1e-5)
-    assert load_clip(clip.name, None, "cpu") is clip  # cached per process
+    assert load_clip(clip.spec, None, "cpu") is clip  # cached per process
 
 
 def test_cutting_the_padding_changes_nothing_but_the_work(tiny_clip):
@@ -152,10 +155,11 @@ def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
     path, records, expect, root = mixed_stream
     out, rejects, stats = tmp_path / "out.jsonl.zst", tmp_path / "rejects.jsonl", tmp_path / "stats.json"
     args = ["embed", path, "--model", tiny_clip, "--batch-size", "4", "-o", out, "--rejects", rejects,
-            "--stats", stats, *FAST_NET]
+            "--stats", stats, "--path-root", root, *FAST_NET]
     proc = rsyn(*args, check=True)  # the real command line, in a fresh process
     err = proc.stderr.decode()
-    assert "rsyn embed: device cpu" in err and f"model {tiny_clip}, 32 dims" in err
+    identity = load_clip(tiny_clip, None, "cpu").name
+    assert "rsyn embed: device cpu" in err and f"model {identity}, 32 dims" in err
     got = read_stream_file(out)
 
     # order is input order, minus the drops
@@ -165,7 +169,7 @@ def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
     embedded = [r for r in got if r.get("kind") in ("image", "text")]
     matrix = decode_embeddings([r["emb"] for r in embedded], dim=32)
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, atol=2e-3)
-    assert {r["emb_model"] for r in embedded} == {tiny_clip}
+    assert {r["emb_model"] for r in embedded} == {identity}
     assert by_id["doc1"] == records[8]  # another kind: untouched
 
     # the size rule, applied where the size was unknown, filled in where it passed
@@ -242,7 +246,7 @@ def test_embed_another_text_field(tmp_path, tiny_clip):
     clip = load_clip(tiny_clip, None, "cpu")
     expected = clip.encode_texts([r["syn_text"] for r in records])
     np.testing.assert_allclose(decode_embeddings([r["syn_emb"] for r in got]), expected, atol=2e-3)
-    assert all(r["syn_emb_model"] == tiny_clip and r["emb"] == "keep-me" for r in got[:5])
+    assert all(r["syn_emb_model"] == clip.name and r["emb"] == "keep-me" for r in got[:5])
     assert "emb" not in got[5]
 
 
@@ -275,7 +279,7 @@ def test_kinds_limits_what_is_embedded(tmp_path, tiny_clip):
                           "-o", tmp_path / "out.jsonl")
     assert code == 0, err
     image, text = read_stream_file(tmp_path / "out.jsonl")
-    assert image == records[0] and text["emb_model"] == tiny_clip
+    assert image == records[0] and text["emb_model"] == load_clip(tiny_clip, None, "cpu").name
 
 
 def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
@@ -292,9 +296,35 @@ def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
         records = [_text(0, "The farmer fed the horses."), _image(1, path=str(tmp_path / "photo.jpg"))]
         (tmp_path / "in.jsonl").write_bytes(jsonl(records))
         code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", spec, "-o", tmp_path / "out.jsonl",
-                              "--rejects", tmp_path / "rejects.jsonl")
+                              "--rejects", tmp_path / "rejects.jsonl", "--path-root", tmp_path)
         assert code == 0, err
         assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["img001"]
         assert read_stream_file(tmp_path / "rejects.jsonl")[0]["reason"] == "bad_embedding"
     finally:
         clear_clip_cache(spec)
+
+
+def test_model_identity_is_the_same_from_a_relative_and_an_absolute_path(tmp_path, tiny_clip, monkeypatch):
+    """emb_model names a local model by basename + content hash: not the path as typed, not the machine's layout."""
+    import shutil
+
+    from rsyn.models.clip import clear_clip_cache
+
+    shutil.copytree(tiny_clip.removeprefix("local-dir:"), tmp_path / "models" / "clip")
+    (tmp_path / "in.jsonl").write_bytes(jsonl([_text(0, "The farmer fed the horses.")]))
+    monkeypatch.chdir(tmp_path)
+    outputs = []
+    for i, model in enumerate(["models/clip", f"local-dir:{tmp_path}/models/clip", "local-dir:./models/../models/clip",
+                               tiny_clip.replace("tiny-clip0", "tiny-clip0/../tiny-clip0")]):
+        code, err = rsyn_here("embed", "in.jsonl", "--model", model, "-o", f"out{i}.jsonl")
+        assert code == 0, err
+        outputs.append(read_stream_file(tmp_path / f"out{i}.jsonl")[0]["emb_model"])
+    hash_part = outputs[0].partition("#")[2]
+    assert outputs[:3] == [f"clip#{hash_part}"] * 3 and outputs[3] == f"tiny-clip0#{hash_part}"
+    # other weights in the same folder: another identity
+    clear_clip_cache()
+    build_tiny_clip(tmp_path / "models" / "clip", seed=5)
+    code, err = rsyn_here("embed", "in.jsonl", "--model", "models/clip", "-o", "out9.jsonl")
+    assert code == 0, err
+    assert read_stream_file(tmp_path / "out9.jsonl")[0]["emb_model"] not in outputs
+    clear_clip_cache()

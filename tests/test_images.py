@@ -468,13 +468,102 @@ def test_loader_decodes_served_garbage_and_truncation_as_drops(server, fetcher):
 def test_local_path_first_then_url(tmp_path, server, fetcher):
     path = tmp_path / "x.jpg"
     path.write_bytes(jpeg_bytes(210, 200))
-    loader = ImageLoader(fetcher=fetcher)
+    loader = ImageLoader(fetcher=fetcher, root=tmp_path)
     assert loader.load({"path": str(path), "url": server.url("/img/a.jpg")}).width == 210
     # a missing local copy falls back to the URL; with no URL it is a drop
     assert loader.load({"path": str(tmp_path / "gone.jpg"), "url": server.url("/img/a.jpg")}).width == 300
     with pytest.raises(ImageError) as err:
         loader.load({"path": str(tmp_path / "gone.jpg")})
     assert err.value.reason == "file_not_found"
+
+
+# --------------------------------------------------------------------------- local files a record names
+
+
+def test_local_paths_outside_the_root_are_refused_even_with_a_url(tmp_path, server, fetcher):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "ok.jpg").write_bytes(jpeg_bytes(120, 110))
+    (root / "escape.jpg").symlink_to(secret)
+    loader = ImageLoader(fetcher=fetcher, root=root)
+    assert loader.load({"path": str(root / "ok.jpg")}).width == 120
+    for path in (str(secret), str(root / ".." / "secret.txt"), str(root / "escape.jpg"), "../../../../etc/passwd"):
+        with pytest.raises(ImageError) as err:
+            loader.load({"path": path, "url": server.url("/img/a.jpg")})  # not silently replaced by the url
+        assert err.value.reason == "outside_root" and "root:x" not in str(err.value)
+    # inside the root but not an image: said without quoting the bytes
+    (root / "passwd.jpg").write_bytes(secret.read_bytes())
+    (root / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>secret token abc123</body></html>")
+    for name, kind in (("passwd.jpg", "text"), ("page.jpg", "HTML")):
+        with pytest.raises(ImageError) as err:
+            loader.load({"path": str(root / name)})
+        assert err.value.reason == "not_an_image" and kind in str(err.value)
+        assert "root:x" not in str(err.value) and "abc123" not in str(err.value)
+
+
+def test_special_files_are_refused_without_reading_or_blocking(tmp_path):
+    """In a child process with a deadline and a memory cap: a regression fails here instead of hanging the suite
+    (a FIFO nobody writes to blocks open()) or eating the machine (/dev/zero has st_size 0 and never ends)."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    records = [{"path": path, "url": "http://127.0.0.1:9/never-fetched.jpg"} for path in (str(fifo), "/dev/zero",
+                                                                                          str(tmp_path))]
+    assert _reasons_in_child("ImageLoader(root='/')", records) == ["not_a_regular_file"] * 3
+
+
+def _reasons_in_child(loader: str, records: list[dict]) -> list[str]:
+    """The ImageError reason of each record, loaded by `loader` (Python source) in a child process with a deadline
+    and a 2 GiB memory cap."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from rsyn.images import ImageError, ImageFolder, ImageLoader\n"
+        f"loader = {loader}\n"
+        "for record in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        loader.load(record)\n"
+        "        print('loaded')\n"
+        "    except ImageError as exc:\n"
+        "        print(exc.reason)\n")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(records)], capture_output=True, text=True,
+                          timeout=30)
+    return proc.stdout.split() or [proc.stderr]
+
+
+def test_local_reads_are_capped_and_wrong_types_are_refused(tmp_path):
+    (tmp_path / "big.jpg").write_bytes(jpeg_bytes(300, 300))
+    loader = ImageLoader(root=tmp_path, max_bytes=100)
+    with pytest.raises(ImageError) as err:
+        loader.load({"path": str(tmp_path / "big.jpg")})
+    assert err.value.reason == "too_large"
+    for record, reason in (({"path": 5}, "bad_path"), ({"path": ["a.jpg"]}, "bad_path"),
+                           ({"url": {"href": "x"}}, "bad_url"), ({"path": "a\x00b"}, "bad_path"), ({}, "no_source"),
+                           ({"path": None, "url": None}, "no_source")):
+        with pytest.raises(ImageError) as err:
+            loader.load(record)
+        assert err.value.reason == reason, record
+
+
+def test_img2dataset_folder_reads_are_bounded(tmp_path):
+    folder_path = tmp_path / "dl"
+    write_img2dataset_tar(folder_path, 0, [("https://example.com/big.jpg", jpeg_bytes(400, 400), None)], True)
+    shard = folder_path / "00001"  # files layout: KEY.jpg beside KEY.json
+    shard.mkdir()
+    (shard / "000010000.json").write_text(json.dumps({"url": "https://example.com/fifo.jpg"}))
+    os.mkfifo(shard / "000010000.jpg")
+    (shard / "000010001.json").write_text(json.dumps({"url": "https://example.com/out.jpg"}))
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(jpeg_bytes(120, 120))
+    (shard / "000010001.jpg").symlink_to(outside)
+    os.mkfifo(folder_path / "00002.tar")  # opening it to index it would block
+    loader = f"ImageLoader(images=ImageFolder({str(folder_path)!r}, max_bytes=1000))"
+    records = [{"url": f"https://example.com/{name}.jpg"} for name in ("big", "fifo", "out")]
+    assert _reasons_in_child(loader, records) == ["too_large", "not_a_regular_file", "outside_root"]
 
 
 @pytest.mark.parametrize("with_parquet", [False, True])

@@ -115,7 +115,8 @@ def test_webdataset_from_local_images(tmp_path):
             path.write_bytes(_jpeg(32, 24, 40 * i))
         records.append(image_record(i, path=str(path)))
     out = tmp_path / "wds"
-    pack("-o", out, "--format", "webdataset", "--rows-per-shard", "3", "--extra-columns", records=records)
+    pack("-o", out, "--format", "webdataset", "--rows-per-shard", "3", "--extra-columns", "--path-root", tmp_path,
+         records=records)
     assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "stats.json"]
     samples = list(wds.WebDataset(str(out / "{00000..00001}.tar"), shardshuffle=False)
                    .decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
@@ -127,7 +128,7 @@ def test_webdataset_from_local_images(tmp_path):
     assert samples[0][1].size == (32, 24) and samples[4][1].size == (30, 20)
     assert orjson.loads((out / "stats.json").read_bytes())["reencoded_to_jpeg"] == 1
     del records[2]["path"]
-    proc = pack("-o", tmp_path / "w2", "--format", "webdataset", records=records, check=False)
+    proc = pack("-o", tmp_path / "w2", "--format", "webdataset", "--path-root", tmp_path, records=records, check=False)
     assert proc.returncode == 2 and "<stdin>:3: no local image (`path`)" in proc.stderr.decode()
 
 

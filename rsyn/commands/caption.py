@@ -6,6 +6,7 @@ import typer
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
+from rsyn.file_options import MaxBytesOption, PathRootOption
 from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 
@@ -66,8 +67,8 @@ def caption(
         "--retries", min=0, rich_help_panel=CAPTION,
         help="Image downloads: retries after a connection error, a timeout or a 429/5xx answer.")
     ] = DEFAULT_RETRIES,
-    max_bytes: Annotated[int, typer.Option(
-        "--max-bytes", min=1, rich_help_panel=CAPTION, help="Largest image file accepted.")] = DEFAULT_MAX_BYTES,
+    max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
+    path_root: PathRootOption = None,
     allow_private_urls: Annotated[bool, typer.Option(
         "--allow-private-urls", rich_help_panel=CAPTION,
         help="Also download images from loopback, private, link-local and other non-public addresses "
@@ -139,14 +140,14 @@ def caption(
         tags_file=tags, mine_tags_from=mine_tags_from, mined_tags=mined_tags, mine_sample=mine_sample,
         mine_min_count=mine_min_count, save_tags=save_tags, max_tags=max_tags, tag_threshold=tag_threshold,
         tag_template=tag_template, clip_model=model, clip_pretrained=pretrained, captioner=captioner,
-        images=images, fetch=fetch, image_workers=image_workers,
+        images=images, fetch=fetch, image_workers=image_workers, path_root=path_root, max_bytes=max_bytes,
         caption_max_tokens=caption_max_tokens, caption_beams=caption_beams, llm_backend=llm_backend,
         llm_model=llm_model, llm_url=llm_url, llm_api=llm_api, llm_concurrency=llm_concurrency,
         llm_timeout=llm_timeout, llm_retries=llm_retries, llm_max_tokens=llm_max_tokens, temperature=temperature,
         top_p=top_p, llm_batch_size=llm_batch_size, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, prompt_file=prompt_file,
         max_syn_words=max_syn_words, max_syn_chars=max_syn_chars, llm_max_reply_bytes=llm_max_reply_bytes,
-        timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
+        timeout=timeout, deadline=deadline, retries=retries,
         allow_private_urls=allow_private_urls, max_error_rate=max_error_rate, batch_size=batch_size,
         cache_dir=cache_dir,
         api_key=os.environ.get("OPENAI_API_KEY"))

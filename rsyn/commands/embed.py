@@ -4,6 +4,8 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
+from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
+from rsyn.file_options import MaxBytesOption, PathRootOption
 from rsyn.image_limits import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -15,7 +17,6 @@ from rsyn.image_limits import (
     MAX_REDIRECTS,
     MIN_SIDE,
 )
-from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
 
 _MODEL = "Model"
 _IMAGES = "Images"
@@ -65,8 +66,8 @@ def embed(
         "--retries", min=0, rich_help_panel=_IMAGES,
         help=f"Retries (with backoff) after a connection error, a timeout or a 429/5xx answer. Up to "
              f"{MAX_REDIRECTS} redirects are followed apart from these.")] = DEFAULT_RETRIES,
-    max_bytes: Annotated[int, typer.Option(
-        "--max-bytes", min=1, rich_help_panel=_IMAGES, help="Largest image file accepted.")] = DEFAULT_MAX_BYTES,
+    max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
+    path_root: PathRootOption = None,
     max_pixels: Annotated[int, typer.Option(
         "--max-pixels", min=1, rich_help_panel=_IMAGES,
         help="Largest width x height decoded (bigger: dropped as too_many_pixels).")] = DEFAULT_MAX_PIXELS,
@@ -102,4 +103,5 @@ def embed(
         emb_field=emb_field, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), images=images,
         workers=workers, timeout=timeout, deadline=deadline, retries=retries, max_bytes=max_bytes,
         max_pixels=max_pixels, user_agent=user_agent, draft=draft, min_side=min_side,
-        max_aspect=max_aspect, allow_private_urls=allow_private_urls, max_error_rate=max_error_rate))
+        max_aspect=max_aspect, allow_private_urls=allow_private_urls, max_error_rate=max_error_rate,
+        path_root=path_root))

@@ -4,6 +4,8 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
+from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_limits import DEFAULT_MAX_BYTES
 
 
 @rsyn_command(app, "pack", "Write the RealSyn release format (parquet shards or webdataset tars).")
@@ -24,8 +26,10 @@ def pack(
              "files format), matched by URL; records whose URL it could not download are dropped "
              "(not_downloaded). A record's own `path` comes first.")] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace a non-empty output directory (swapped in only when the new one is "
-                            "complete).")] = False,
+        "--overwrite", help="Replace an earlier pack output (a directory holding its stats.json; any other "
+                            "non-empty directory is refused), swapped in only when the new one is complete.")] = False,
+    path_root: PathRootOption = None,
+    max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
 ) -> None:
     """Pack image records into the RealSyn release format: -o DIR gets zero-padded shards and stats.json.
 
@@ -38,4 +42,4 @@ def pack(
     from rsyn.stages.pack import run_pack
 
     run_pack(run, fmt=fmt, rows_per_shard=rows_per_shard, extra_columns=extra_columns, overwrite=overwrite,
-             images=images)
+             images=images, path_root=path_root, max_bytes=max_bytes)

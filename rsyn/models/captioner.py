@@ -68,6 +68,7 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     from rsyn.command import RsynError
+    from rsyn.models.identity import model_identity
     from rsyn.models.lm import _torch_dtype
 
     torch_dtype = _torch_dtype(dtype, device)
@@ -88,7 +89,8 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
         ) from None
     model.to(device)
     model.eval()
-    captioner = Captioner(str(name_or_path), model, image_processor, tokenizer, device, torch_dtype)
+    # records carry a stable identity: a local folder by its basename and content hash, not the path as typed
+    captioner = Captioner(model_identity(str(name_or_path)), model, image_processor, tokenizer, device, torch_dtype)
     _CACHE[key] = captioner
     return captioner
 

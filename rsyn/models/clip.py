@@ -1,7 +1,6 @@
 """CLIP models through open_clip: one loader for every stage, and a tiny random model for tests.
 
-A model is named by one *spec* string, the form written to records'
-`emb_model` and accepted back by `load_clip`:
+A model is loaded from one *spec* string (`Clip.spec`):
 
 - `local-dir:/abs/dir`   open_clip's folder form (open_clip_config.json + weights);
 - `hf-hub:org/repo`      a Hugging Face Hub repository in open_clip's format;
@@ -12,6 +11,12 @@ A model is named by one *spec* string, the form written to records'
 
 `load_clip(model, pretrained, device)` also takes the two halves apart, as
 the command line does (`--model ViT-B-32 --pretrained laion2b_s34b_b79k`).
+
+Records carry the model's *identity* (`Clip.name`, written as `emb_model`):
+the spec itself for a hub repository or a pretrained tag, which `load_clip`
+accepts back; for a model on local disk its folder's (or checkpoint's)
+basename and content hash (rsyn.models.identity), the same from any path or
+machine, e.g. `tiny-clip#0123456789abcdef` or `ViT-B-32@ckpt.pt#0123...`.
 """
 
 from __future__ import annotations
@@ -77,10 +82,12 @@ def build_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> str:
 class Clip:
     """A loaded open_clip model: unit-norm float32 embeddings of images and texts."""
 
-    def __init__(self, name: str, model: Any, preprocess: Any, tokenizer: Any, device: str, dtype: Any):
+    def __init__(self, name: str, model: Any, preprocess: Any, tokenizer: Any, device: str, dtype: Any,
+                 spec: str | None = None):
         import torch
 
-        self.name = name
+        self.name = name  # the identity records carry as emb_model
+        self.spec = spec or name  # what load_clip loads it from
         self.model = model
         self.preprocess = preprocess  # PIL image -> float32 tensor (C, H, W)
         self.tokenizer = tokenizer
@@ -244,10 +251,15 @@ def model_spec(model: str, pretrained: str | None = None) -> str:
 
     Raises ValueError for a combination that names no model.
     """
+    from rsyn.models.identity import is_local_identity
+
     model = (model or "").strip()
     pretrained = (pretrained or "").strip() or None
     if not model:
         raise ValueError("empty --model")
+    if is_local_identity(model) and not os.path.exists(model):
+        raise ValueError(f"{model} names a model on local disk by its folder and content hash, not where it is: "
+                         "pass its folder, --model DIR")
     if model.startswith(LOCAL_DIR):
         path = model[len(LOCAL_DIR):]
         if pretrained:
@@ -346,7 +358,19 @@ def _load(spec: str, device: str, precision: str) -> Clip:
         root.setLevel(saved_level)
     model.eval()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    return Clip(spec, model, preprocess, tokenizer, device, dtype)
+    return Clip(clip_identity(spec), model, preprocess, tokenizer, device, dtype, spec=spec)
+
+
+def clip_identity(spec: str) -> str:
+    """The emb_model of a spec: itself, but a local folder or checkpoint by basename and content hash."""
+    from rsyn.models.identity import local_identity
+
+    if spec.startswith(LOCAL_DIR):
+        return local_identity(spec[len(LOCAL_DIR):])
+    name, at, pretrained = spec.partition("@")
+    if at and pretrained != RANDOM and os.path.isabs(pretrained) and os.path.exists(pretrained):
+        return f"{name}@{local_identity(pretrained)}"
+    return spec
 
 
 def _load_failure(spec: str, exc: Exception) -> str:

@@ -28,6 +28,8 @@ from rsyn.command import Run, RsynError, stable_hash
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
 from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
+from rsyn.localfiles import shown
+from rsyn.models.identity import model_identity
 from rsyn.records import decode_embeddings
 
 NONE = "none"
@@ -52,6 +54,8 @@ class CaptionOptions:
     images: str | None = None  # img2dataset output folder, images found by URL
     fetch: bool = True  # download by URL an image found neither at `path` nor in `images`
     image_workers: int = 16
+    path_root: str | None = None  # a record's `path` must lie under it (default: the current directory)
+    max_bytes: int = DEFAULT_MAX_BYTES
     caption_max_tokens: int = 30
     caption_beams: int = 3
     # fusion
@@ -76,7 +80,6 @@ class CaptionOptions:
     timeout: float = DEFAULT_TIMEOUT  # image downloads, as in rsyn embed
     deadline: float = DEFAULT_DEADLINE
     retries: int = DEFAULT_RETRIES
-    max_bytes: int = DEFAULT_MAX_BYTES
     allow_private_urls: bool = False  # fetching images from loopback/private addresses
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     # run
@@ -189,7 +192,7 @@ class CaptionStage:
             folder = None
             if self.opts.images:
                 try:
-                    folder = ImageFolder(self.opts.images)
+                    folder = ImageFolder(self.opts.images, self.opts.max_bytes)
                 except FileNotFoundError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
@@ -199,7 +202,8 @@ class CaptionStage:
                 fetcher = Fetcher(o.timeout, o.deadline, o.retries, o.max_bytes, pool_size=o.image_workers,
                                   allow_private=o.allow_private_urls)
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
-            self._loader = ImageLoader(folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side)
+            self._loader = ImageLoader(folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side,
+                                       root=o.path_root)
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
         return self._loader
 
@@ -229,7 +233,9 @@ class CaptionStage:
                                      api_key=o.api_key, max_reply_bytes=o.llm_max_reply_bytes,
                                      tensor_parallel_size=o.tensor_parallel_size,
                                      gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
-            self.run.note(f"LLM {self._llm.backend}:{self._llm.model} ({self._llm.api} prompts)")
+            # a served model is named by its server; a local one by its folder's basename and content hash
+            self.llm_model = self._llm.model if o.llm_backend == "openai" else model_identity(self._llm.model)
+            self.run.note(f"LLM {self._llm.backend}:{self.llm_model} ({self._llm.api} prompts)")
             if getattr(self._llm, "notice", None):
                 self.run.note(self._llm.notice)
         return self._llm
@@ -308,7 +314,7 @@ class CaptionStage:
         kept = []
         for item, image in zip(items, self._image_pool.map(load, items)):
             if isinstance(image, ImageError):
-                source = item.record.get("path") or item.record.get("url")
+                source = shown(str(item.record.get("path") or item.record.get("url")))  # hostile: cut short
                 self._fail(item.where, f"cannot read image {source}: {image}", item.record, "bad_image")
                 continue
             item.image = image
@@ -391,17 +397,17 @@ class CaptionStage:
         for item, prompt, generation in zip(pending.items, pending.prompts, generations):
             if generation.error is not None:
                 failures.append("llm_failed")
-                self._fail(item.where, f"LLM {llm.backend}:{llm.model} failed: {generation.error}", item.record,
+                self._fail(item.where, f"LLM {llm.backend}:{self.llm_model} failed: {generation.error}", item.record,
                            "llm_failed")
                 continue
             text = clean_generation(generation.text, prompt, self.opts.max_syn_words, self.opts.max_syn_chars)
             if not text:
                 failures.append("empty_generation")
-                self._fail(item.where, f"LLM {llm.backend}:{llm.model} returned no usable text "
+                self._fail(item.where, f"LLM {llm.backend}:{self.llm_model} returned no usable text "
                            f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
                 continue
             item.record["syn_text"] = text
-            item.record["llm_model"] = llm.model
+            item.record["llm_model"] = self.llm_model
             item.record["llm_backend"] = llm.backend
             kept.append(item)
         self.seconds["llm"] += time.perf_counter() - start

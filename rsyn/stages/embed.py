@@ -63,6 +63,7 @@ class EmbedOptions:
     max_aspect: float = MAX_ASPECT
     allow_private_urls: bool = False
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    path_root: str | None = None  # a record's `path` must lie under it (default: the current directory)
 
 
 def emb_field_for(text_field: str) -> str:
@@ -122,7 +123,7 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     if not text_only and "image" in opts.kinds:
         if opts.images:
             try:
-                folder = ImageFolder(opts.images)
+                folder = ImageFolder(opts.images, opts.max_bytes)
             except FileNotFoundError as exc:
                 raise RsynError(str(exc)) from None
             run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
@@ -130,7 +131,7 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
                                               opts.user_agent, pool_size=workers,
                                               allow_private=opts.allow_private_urls)
         loader = ImageLoader(folder, fetcher, opts.max_pixels, opts.max_bytes,
-                             draft_side=clip.image_size if opts.draft else None)
+                             draft_side=clip.image_size if opts.draft else None, root=opts.path_root)
 
     counts = {"images": 0, "texts": 0, "size_checked": 0}
     rate = ErrorRate(opts.max_error_rate, "images")

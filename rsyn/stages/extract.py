@@ -245,6 +245,8 @@ def _candidates(document: Document, split) -> Iterator[tuple[dict, bool]]:
                 record["width"] = part.width
                 record["height"] = part.height
             record["alt"] = part.alt
+            if part.image_name is not None:  # MMC4: finds the image in the MMC4 image download
+                record["image_name"] = part.image_name
             record["scores"] = {}
             yield record, part.url in seen
             seen.add(part.url)

@@ -24,6 +24,8 @@ from pathlib import Path
 import orjson
 
 from rsyn.command import RsynError, Run
+from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from rsyn.localfiles import shown
 from rsyn.stream import write_bytes_atomic
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
@@ -49,16 +51,27 @@ def release_schema(extra_columns: bool):
 # --------------------------------------------------------------------------- output directory
 
 
+DONE_MARKER = "stats.json"  # written last: a directory holding it is a complete rsyn pack output
+
+
 class AtomicDirectory:
-    """A directory built under `.NAME.rsyn-tmp-PID` beside its final place and renamed there by commit()."""
+    """A directory built under `.NAME.rsyn-tmp-PID` beside its final place and renamed there by commit().
+
+    An existing directory is replaced (with `overwrite`) only when it is empty
+    or holds rsyn's done marker: never a directory rsyn did not write.
+    """
 
     def __init__(self, path: str, overwrite: bool):
         self.path = Path(path)
-        if self.path.exists():
-            if not self.path.is_dir():
+        if self.path.exists() or self.path.is_symlink():
+            if self.path.is_symlink() or not self.path.is_dir():
                 raise RsynError(f"-o {path}: exists and is not a directory")
-            if any(self.path.iterdir()) and not overwrite:
-                raise RsynError(f"-o {path}: directory exists and is not empty (use --overwrite to replace it)")
+            if any(self.path.iterdir()):
+                if not (self.path / DONE_MARKER).is_file():
+                    raise RsynError(f"-o {path}: directory exists and is not an rsyn pack output (no {DONE_MARKER}); "
+                                    "refusing to replace it")
+                if not overwrite:
+                    raise RsynError(f"-o {path}: directory exists and is not empty (use --overwrite to replace it)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.rsyn-tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -80,6 +93,10 @@ class AtomicDirectory:
 # --------------------------------------------------------------------------- rows
 
 
+class WrongType(Exception):
+    """A record field of the wrong type; the message names the field and the type, never the value."""
+
+
 def release_row(record: dict, extra_columns: bool) -> dict | str:
     """The output row of one image record, or a message saying what is wrong with it."""
     url = record.get("url")
@@ -96,25 +113,51 @@ def release_row(record: dict, extra_columns: bool) -> dict | str:
     for i, text in enumerate(best, 1):
         row[f"text{i}"] = text["text"] if text else None
     if extra_columns:
-        row["id"] = _str_or_none(record.get("id"))
-        row["doc"] = _str_or_none(record.get("doc"))
-        for i, text in enumerate(best, 1):
-            row[f"text{i}_id"] = _str_or_none(text.get("id")) if text else None
-            row[f"text{i}_score"] = _float_or_none(text.get("score")) if text else None
-        row["caption"] = _str_or_none(record.get("caption"))
-        tags = record.get("tags")
-        row["tags"] = [str(t) for t in tags] if isinstance(tags, list) else None
-        row["cluster"] = record.get("cluster") if isinstance(record.get("cluster"), int) else None
-        row["sim"] = _float_or_none(record.get("sim"))
+        try:
+            row["id"] = _string(record, "id")
+            row["doc"] = _string(record, "doc")
+            for i, text in enumerate(best, 1):
+                row[f"text{i}_id"] = _string(text, "id", f"texts[{i - 1}].") if text else None
+                row[f"text{i}_score"] = _number(text, "score", f"texts[{i - 1}].") if text else None
+            row["caption"] = _string(record, "caption")
+            tags = record.get("tags")
+            if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+                raise WrongType(f"`tags` is {_kind(tags)}, not a list of strings")
+            row["tags"] = tags
+            cluster = record.get("cluster")
+            if cluster is not None and not (type(cluster) is int and INT64_MIN <= cluster <= INT64_MAX):
+                raise WrongType(f"`cluster` is {_kind(cluster)}, not a 64-bit integer")
+            row["cluster"] = cluster
+            row["sim"] = _number(record, "sim")
+        except WrongType as exc:
+            return str(exc)
     return row
 
 
-def _str_or_none(value) -> str | None:
-    return value if isinstance(value, str) else None
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _float_or_none(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _string(record: dict, key: str, prefix: str = "") -> str | None:
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise WrongType(f"`{prefix}{key}` is {_kind(value)}, not a string")
+    return value
+
+
+def _number(record: dict, key: str, prefix: str = "") -> float | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float):  # bool is an int to Python, not to the schema
+        raise WrongType(f"`{prefix}{key}` is {_kind(value)}, not a number")
+    return float(value)
+
+
+def _kind(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "an integer out of range"
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "an object", float: "a number"}.get(
+        type(value), f"a {type(value).__name__}")
 
 
 class TextStats:
@@ -153,175 +196,131 @@ class TextStats:
 # --------------------------------------------------------------------------- images
 
 
-IMAGE_SUFFIXES = ("jpg", "png", "webp")  # img2dataset's --encode_format choices
+def as_jpeg(data: bytes, max_pixels: int) -> tuple[bytes, bool]:
+    """(JPEG bytes, whether re-encoded) of an image file's bytes; ImageError when it is not a usable image.
 
-
-class DownloadedImages:
-    """The images an img2dataset run saved (webdataset or files output format), found by their URL.
-
-    img2dataset writes, per shard, `SHARD.parquet` (url, key, status) next to
-    `SHARD.tar` (members KEY.jpg, ...) or a folder `SHARD/` (files KEY.jpg,
-    ...). The index maps each successfully downloaded URL to (file, offset,
-    size) of its image: a tar member is read with one seek, never extracted.
+    A JPEG goes into the tar as it is (as img2dataset stores them), once its
+    header names a size within `max_pixels`; its body is not decoded. Other
+    formats are decoded under the same caps (rsyn.images) and re-encoded.
     """
+    from PIL import Image
 
-    def __init__(self, directory: str):
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
+    from rsyn.images import ImageError, decode_image
 
-        root = Path(directory)
-        if not root.is_dir():
-            raise RsynError(f"--images {directory}: not a directory")
-        self.location: dict[str, tuple[str, int | None, int | None]] = {}
-        metas = sorted(root.glob("*.parquet"))
-        if not metas:
-            raise RsynError(f"--images {directory}: no img2dataset shard metadata (*.parquet) in it")
-        for meta in metas:
-            try:
-                table = pq.read_table(meta, columns=["url", "key", "status"])
-            except (OSError, ValueError, KeyError) as exc:
-                raise RsynError(f"--images {meta}: not img2dataset metadata (url, key, status): {exc}") from None
-            table = table.filter(pc.equal(table["status"], "success"))
-            pairs = zip(table["url"].to_pylist(), table["key"].to_pylist())
-            tar, folder = meta.with_suffix(".tar"), meta.with_suffix("")
-            if tar.exists():
-                members = _tar_images(tar)
-                for url, key in pairs:
-                    if key in members:
-                        self.location[url] = (str(tar), *members[key])
-            elif folder.is_dir():
-                for url, key in pairs:
-                    for suffix in IMAGE_SUFFIXES:
-                        path = folder / f"{key}.{suffix}"
-                        if path.exists():
-                            self.location[url] = (str(path), None, None)
-                            break
-
-    def __contains__(self, url: str) -> bool:
-        return url in self.location
-
-
-def _tar_images(tar: Path) -> dict[str, tuple[int, int]]:
-    """KEY -> (offset, size) of the image member KEY.<jpg|png|webp>; headers only, data is skipped."""
-    import tarfile
-
-    found = {}
-    with tarfile.open(tar, "r:") as archive:
-        for member in archive:
-            key, _, suffix = member.name.rpartition("/")[2].partition(".")
-            if suffix in IMAGE_SUFFIXES and member.isfile():
-                found[key] = (member.offset_data, member.size)
-    return found
-
-
-def read_image_bytes(source: tuple[str, int | None, int | None]) -> bytes:
-    path, offset, size = source
-    if offset is None:
-        return Path(path).read_bytes()
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(size)
-    if len(data) != size:
-        raise OSError(f"{path} is truncated")
-    return data
+    if data.startswith(JPEG_MAGIC):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Image.DecompressionBombError:
+            raise ImageError("too_many_pixels", f"over the cap of {max_pixels:,} pixels") from None
+        except Exception as exc:  # a corrupt header can raise almost anything inside PIL
+            raise ImageError("decode_failed", f"bad JPEG header ({type(exc).__name__})") from None
+        if width * height > max_pixels:
+            raise ImageError("too_many_pixels", f"{width}x{height} is over the cap of {max_pixels:,} pixels")
+        return data, False
+    decoded = decode_image(data, max_pixels)
+    out = io.BytesIO()
+    decoded.image.save(out, format="JPEG", quality=95)
+    return out.getvalue(), True
 
 
 # --------------------------------------------------------------------------- writers
 
 
 class Shards:
-    """Writes numbered shards into a directory; `shards` lists what was written."""
-
-    suffix = ""
+    """Numbered shards in a directory, `rows_per_shard` rows each; `shards` lists what was written."""
 
     def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int):
         self.directory, self.schema, self.stats = directory, schema, stats
         self.rows_per_shard = rows_per_shard
         self.shards: list[dict] = []
+        self.rows: list[dict] = []  # of the shard being written
 
-    def next_name(self) -> str:
-        return f"{len(self.shards):05d}.{self.suffix}"
+    def add(self, row: dict, image: bytes | None = None) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.rows_per_shard:
+            self.flush()
 
-    def write(self, rows: list[dict], places: list[str]) -> None:
-        """One shard of rows; `places` are their FILE:LINE, for error messages."""
+    def flush(self) -> None:
+        """Finish the shard being written (if it has rows)."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what an unfinished shard holds, after an error."""
 
 
 class ParquetShards(Shards):
-    suffix = "parquet"
-
-    def write(self, rows: list[dict], places: list[str]) -> None:
+    def flush(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        name = self.next_name()
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        name = f"{len(self.shards):05d}.parquet"
         pq.write_table(table, self.directory / name)
         self.stats.add(table)
         self.shards.append({"name": name, "rows": table.num_rows})
+        self.rows = []
 
 
 class WebdatasetShards(Shards):
-    suffix = "tar"
+    """Numbered tars of KEY.jpg, KEY.txt, KEY.json, written sample by sample (images are never held in memory)."""
 
-    def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int, run: Run):
+    def __init__(self, directory: Path, schema, stats: TextStats, rows_per_shard: int):
         super().__init__(directory, schema, stats, rows_per_shard)
-        self.run = run
         self.reencoded = 0
+        self._file = None
+        self._tar = None
+        self._width = max(4, len(str(rows_per_shard - 1)))  # img2dataset's keys: 5 digits of shard, 4 of index
 
-    def write(self, rows: list[dict], places: list[str]) -> None:
-        import pyarrow as pa
+    def add(self, row: dict, image: bytes | None = None) -> None:
         import webdataset as wds
 
-        shard = len(self.shards)
-        name = self.next_name()
-        width = max(4, len(str(self.rows_per_shard - 1)))  # img2dataset's keys: 5 digits of shard, 4 of index
-        written = []
-        with open(self.directory / name, "wb") as fh:
+        if self._tar is None:
+            self._file = open(self.directory / f"{len(self.shards):05d}.tar", "wb")
             # mtime fixed so that the same input gives byte-identical tars
-            tar = wds.TarWriter(fh, mtime=0, encoder=False)
-            for i, (row, where) in enumerate(zip(rows, places)):
-                image = self._jpeg(row.pop("_image"), where)
-                if image is None:
-                    continue
-                meta = {k: v for k, v in row.items() if k != "text1"}
-                tar.write({"__key__": f"{shard:05d}{i:0{width}d}", "jpg": image,
-                           "txt": (row["text1"] or "").encode("utf-8"),
-                           "json": orjson.dumps(meta)})
-                written.append(row)
-            tar.close()
-        table = pa.Table.from_pylist(written, schema=self.schema)
-        self.stats.add(table)
-        self.shards.append({"name": name, "rows": len(written)})
+            self._tar = wds.TarWriter(self._file, mtime=0, encoder=False)
+        meta = {k: v for k, v in row.items() if k != "text1"}
+        self._tar.write({"__key__": f"{len(self.shards):05d}{len(self.rows):0{self._width}d}", "jpg": image,
+                         "txt": (row["text1"] or "").encode("utf-8"), "json": orjson.dumps(meta)})
+        super().add(row)
 
-    def _jpeg(self, source: tuple[str, int | None, int | None], where: str) -> bytes | None:
-        """The image as JPEG bytes (other formats re-encoded), or None after reporting it."""
-        path = source[0]
-        try:
-            data = read_image_bytes(source)
-        except OSError as exc:
-            self.run.error(where, f"cannot read image {path}: {exc.strerror or exc}", reason="unreadable_image")
-            return None
-        if data.startswith(JPEG_MAGIC):
-            return data
-        from PIL import Image, UnidentifiedImageError
+    def flush(self) -> None:
+        import pyarrow as pa
 
+        if self._tar is None:
+            return
+        name = f"{len(self.shards):05d}.tar"
+        self._close_tar()
+        self.stats.add(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.shards.append({"name": name, "rows": len(self.rows)})
+        self.rows = []
+
+    def close(self) -> None:
+        """Close a shard left open by an error (its directory is discarded anyway), without a second error."""
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                out = io.BytesIO()
-                image.convert("RGB").save(out, format="JPEG", quality=95)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            self.run.error(where, f"cannot decode image {path}: {exc}", reason="undecodable_image")
-            return None
-        self.reencoded += 1
-        return out.getvalue()
+            self._close_tar()
+        except OSError:
+            pass
+
+    def _close_tar(self) -> None:
+        tar, file = self._tar, self._file
+        self._tar = self._file = None
+        try:
+            if tar is not None:
+                tar.close()
+        finally:
+            if file is not None:
+                file.close()
 
 
 # --------------------------------------------------------------------------- the stage
 
 
 def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = None, extra_columns: bool = False,
-             overwrite: bool = False, images: str | None = None) -> None:
+             overwrite: bool = False, images: str | None = None, path_root: str | None = None,
+             max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     if not run.output or run.output == "-":
         raise RsynError("pack writes a directory: give -o DIR")
     if fmt not in DEFAULT_ROWS:
@@ -330,17 +329,12 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
         raise RsynError("--images is for --format webdataset")
     rows_per_shard = rows_per_shard or DEFAULT_ROWS[fmt]
     run.declare_reasons(["not_image", "not_downloaded"] if images else ["not_image"])
-    downloaded = DownloadedImages(images) if images else None
-    if downloaded is not None:
-        run.note(f"{len(downloaded.location):,} downloaded images in {images}")
+    loader = _image_loader(run, images, path_root, max_bytes) if fmt == "webdataset" else None
     out = AtomicDirectory(run.output, overwrite)
+    stats = TextStats()
+    schema = release_schema(extra_columns)
+    shards = (WebdatasetShards if fmt == "webdataset" else ParquetShards)(out.tmp, schema, stats, rows_per_shard)
     try:
-        stats = TextStats()
-        schema = release_schema(extra_columns)
-        shards = (WebdatasetShards(out.tmp, schema, stats, rows_per_shard, run) if fmt == "webdataset"
-                  else ParquetShards(out.tmp, schema, stats, rows_per_shard))
-        rows: list[dict] = []
-        places: list[str] = []
         for record in run.records():
             if record.get("kind") != "image":
                 run.drop(record, "not_image")
@@ -349,36 +343,69 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
             if isinstance(row, str):
                 run.error(run.where, row, record=record, reason="bad_record")
                 continue
-            if fmt == "webdataset":
-                path = record.get("path")
-                if isinstance(path, str) and path:
-                    row["_image"] = (path, None, None)
-                elif downloaded is not None:
-                    if row["raw_image_url"] not in downloaded:  # img2dataset could not fetch it: expected, counted
-                        run.drop(record, "not_downloaded")
-                        continue
-                    row["_image"] = downloaded.location[row["raw_image_url"]]
-                else:
-                    run.error(run.where, "no local image (`path`): --format webdataset needs downloaded images "
-                              "(or --images DIR, an img2dataset output)", record=record, reason="no_local_image")
+            image = None
+            if loader is not None:
+                image = _jpeg_of(run, loader, record, max_pixels)
+                if image is None:
                     continue
-                places.append(run.where)
-            rows.append(row)
-            if len(rows) >= rows_per_shard:
-                shards.write(rows, places)
-                rows, places = [], []
-        if rows:
-            shards.write(rows, places)
+                shards.reencoded += image[1]
+                image = image[0]
+            shards.add(row, image)
+        shards.flush()
         summary = {"format": fmt, "columns": schema.names, "shards": shards.shards, **stats.summary()}
         if fmt == "webdataset":
             summary["reencoded_to_jpeg"] = shards.reencoded
         run.extra.update({k: v for k, v in summary.items() if k != "shards"})
         run.extra["shards"] = len(shards.shards)
-        write_bytes_atomic(out.tmp / "stats.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        write_bytes_atomic(out.tmp / DONE_MARKER, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
         out.commit()
         run.count_out(stats.rows)
     except BaseException:
+        shards.close()
         out.discard()
         raise
+    finally:
+        if loader is not None and loader.images is not None:
+            loader.images.close()
     run.note(f"{stats.rows:,} rows in {len(shards.shards)} {fmt} shard{'s' if len(shards.shards) != 1 else ''} "
              f"-> {run.output}")
+
+
+def _image_loader(run: Run, images: str | None, path_root: str | None, max_bytes: int):
+    """Reads each record's image from its `path` (under --path-root) or the --images folder; never downloads."""
+    from rsyn.images import ImageFolder, ImageLoader
+
+    folder = None
+    if images:
+        try:
+            folder = ImageFolder(images, max_bytes)
+        except FileNotFoundError as exc:
+            raise RsynError(str(exc)) from None
+        if not len(folder):
+            folder.close()
+            raise RsynError(f"--images {images}: no img2dataset images found in it (webdataset tars or "
+                            "KEY.jpg files with their url metadata)")
+        run.note(f"{len(folder):,} downloaded images in {images}")
+    return ImageLoader(folder, None, max_bytes=max_bytes, root=path_root)
+
+
+def _jpeg_of(run: Run, loader, record: dict, max_pixels: int) -> tuple[bytes, bool] | None:
+    """(JPEG bytes, re-encoded?) of the record's image, or None after dropping or reporting it."""
+    from rsyn.images import ImageError
+
+    path = record.get("path")
+    if (path is None or path == "") and loader.images is None:
+        run.error(run.where, "no local image (`path`): --format webdataset needs downloaded images "
+                  "(or --images DIR, an img2dataset output)", record=record, reason="no_local_image")
+        return None
+    try:
+        # without --images, only the file at `path` will do (there is nothing to download from)
+        data, _, _ = loader.read_bytes(record if loader.images is not None else {"path": path})
+        return as_jpeg(data, max_pixels)
+    except ImageError as exc:
+        if exc.reason == "not_downloaded":  # img2dataset could not fetch it: expected, counted
+            run.drop(record, "not_downloaded", detail=exc.detail)
+            return None
+        run.error(run.where, f"image of record {shown(str(record.get('id', '?')))}: {exc}", record=record,
+                  reason=exc.reason)
+        return None

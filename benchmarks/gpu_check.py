@@ -148,7 +148,7 @@ def check_clip_embed(device: str, work: Path, sizes: Sizes, models: dict) -> lis
         _, seconds = embed("images.jsonl", device, model, pretrained, "speed")
     ours = sizes.speed_images / seconds
     bare = bare_open_clip_rate(images[:sizes.speed_images], model, pretrained, device)
-    rows.append(row("clip_embed_speed", "ok", f"rsyn {ours:,.0f} img/s, bare open_clip loop {bare:,.0f} img/s, "
+    rows.append(row("clip_embed_speed", "ok", f"rsyn {ours:,.1f} img/s, bare open_clip loop {bare:,.1f} img/s, "
                                               f"ratio {ours / bare:.2f}",
                     f"{sizes.speed_images} images of {sizes.image_side}px; model load in both, "
                     "rsyn's imports too"))
@@ -225,7 +225,12 @@ def check_perplexity(device: str, work: Path, sizes: Sizes, models: dict) -> lis
 
 
 def faiss_gpu_reason(device: str) -> str | None:
+    import importlib.util
+
     from rsyn.vectors import use_faiss_gpu
+
+    if importlib.util.find_spec("faiss") is None:
+        return "skipped: faiss is not installed"
 
     if device.startswith("cuda") and not use_faiss_gpu(device):
         return "skipped: faiss has no GPU support here (faiss-cpu build or no GPU visible to faiss)"

@@ -17,8 +17,8 @@ Each line of the table says ok, mismatch, skipped (why) or error (why), with its
 - hf_llm        `--llm-backend hf` on DEVICE: in fp32 the same greedy generations as on CPU; prompts/s.
 - vllm          `--llm-backend vllm` when vLLM imports: it generates; prompts/s.
 
-The models have random weights (bin/make-tiny-models' builders; CLIP speed uses ViT-B-32 with seeded random
-weights, a real-size tower): their outputs mean nothing, but the numeric paths, dtypes and batching are
+The models have random weights (bin/make-tiny-models' builders; the CLIP checks use ViT-B-32 with seeded
+random weights saved to one checkpoint, a real-size tower): their outputs mean nothing, but the numeric paths, dtypes and batching are
 the real ones. Without CUDA every line says "skipped: no CUDA" and the exit status is 0; on a GPU it is 1
 when a line says mismatch or error. The whole run stays within --budget seconds (default 420): a check
 that would start after it is skipped.
@@ -47,11 +47,12 @@ FIXTURE = ROOT / "tests" / "data" / "mmc4_shard151_107docs.jsonl.zst"
 class Sizes:
     """How much work each check does: the full check on a GPU, or --quick (CI, CPU)."""
 
-    def __init__(self, quick: bool):
+    def __init__(self, quick: bool, clip_model: str | None = None):
         self.quick = quick
+        # the CLIP of the clip checks: the tiny one (quick), or a real-size tower with seeded random weights
+        self.clip_model = clip_model or (None if quick else "ViT-B-32")
         self.equal_images = 4 if quick else 64  # images compared between devices
         self.speed_images = 4 if quick else 4096  # images for the images/s comparison (quick: the same 4)
-        self.speed_model = None if quick else ("ViT-B-32", "random")  # None: the tiny CLIP
         self.image_side = 64 if quick else 256
         self.texts = 32 if quick else 512
         self.faiss_n, self.faiss_d, self.faiss_k = (2000, 32, 16) if quick else (200_000, 512, 1024)
@@ -135,7 +136,10 @@ def check_clip_embed(device: str, work: Path, sizes: Sizes, models: dict) -> lis
         return decode_embeddings([r["emb"] for r in records]), json.loads(stats.read_text())["seconds"]
 
     rows = []
-    model, pretrained = sizes.speed_model or (models["clip"], None)
+    model, pretrained = models["clip"], None
+    if sizes.clip_model:
+        # one checkpoint file for both devices: random weights drawn on CPU, so CPU and GPU load the same ones
+        model, pretrained = sizes.clip_model, str(random_clip_checkpoint(sizes.clip_model, work))
     cpu, _ = embed("equal.jsonl", "cpu", model, pretrained, "cpu")
     dev, seconds = embed("equal.jsonl", device, model, pretrained, "dev")
     cosine = float(np.min(np.sum(cpu * dev, axis=1))) if len(cpu) == len(dev) and len(cpu) else float("nan")
@@ -155,6 +159,16 @@ def check_clip_embed(device: str, work: Path, sizes: Sizes, models: dict) -> lis
     return rows
 
 
+def random_clip_checkpoint(name: str, work: Path) -> Path:
+    import open_clip
+    import torch
+
+    path = work / f"{name}-random.pt"
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), path)
+    return path
+
+
 def bare_open_clip_rate(paths: list[Path], model: str, pretrained: str | None, device: str) -> float:
     """The reference: open_clip's own model and transform, a DataLoader with workers, batches of 256."""
     import open_clip
@@ -162,12 +176,7 @@ def bare_open_clip_rate(paths: list[Path], model: str, pretrained: str | None, d
     from PIL import Image
 
     start = time.perf_counter()
-    name = model
-    if pretrained == "random":
-        torch.manual_seed(0)
-        net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-    else:
-        net, _, preprocess = open_clip.create_model_and_transforms(name)
+    net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained)
     half = device.startswith("cuda")
     net = net.to(device).eval()
     if half:
@@ -306,7 +315,8 @@ def _prompts(count: int):
     from rsyn.prompts import Prompt
 
     texts = real_sentences(count)
-    return [Prompt(system="", user=t, completion=f"Describe: {t[:120]}\nDescription:") for t in texts]
+    # short: the tiny GPT-2 has 128 positions, and vLLM does not cut a prompt that is too long
+    return [Prompt(system="", user=t[:60], completion=f"Describe: {t[:60]}\nDescription:") for t in texts]
 
 
 def check_hf_llm(device: str, work: Path, sizes: Sizes, models: dict) -> list[dict]:
@@ -369,11 +379,11 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def run_checks(device: str, quick: bool, budget: float, only: list[str]) -> list[dict]:
+def run_checks(device: str, quick: bool, budget: float, only: list[str], clip_model: str | None = None) -> list[dict]:
     if device.startswith("cuda") and not cuda_available():
         return [row(name, "skipped: no CUDA") for name in only]
     start = time.perf_counter()
-    sizes = Sizes(quick)
+    sizes = Sizes(quick, clip_model)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rsyn-gpu-check-") as tmp:
         work = Path(tmp)
@@ -412,12 +422,14 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; later checks are skipped after it")
     parser.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--clip-model", help="open_clip architecture for the clip checks, with seeded random "
+                                             "weights (default ViT-B-32; --quick: the tiny CLIP)")
     args = parser.parse_args()
     only = [name for name in args.only.split(",") if name]
     unknown = sorted(set(only) - set(CHECKS))
     if unknown:
         parser.error(f"unknown checks: {', '.join(unknown)}")
-    rows = run_checks(args.device, args.quick, args.budget, only)
+    rows = run_checks(args.device, args.quick, args.budget, only, args.clip_model)
     print(render(rows, args.device))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -64,8 +64,8 @@ def compare(model: str, sentences: list[str], examples: int) -> None:
     agree = sum((c >= 1) == (r >= 1) for _, c, _, r in rows) / n
     exact = sum(c == r for _, c, _, r in rows) / n
     print(f"## {model}: {n} sentences")
-    print(f"| complexity >= 1, rsyn | complexity >= 1, reference | agreement on >= 1 | agreement on exact value "
-          f"| CAT share (rsyn) | CAT share with the reference's complexity |")
+    print("| complexity >= 1, rsyn | complexity >= 1, reference | agreement on >= 1 | agreement on exact value "
+          "| CAT share (rsyn) | CAT share with the reference's complexity |")
     print(f"| {ours / n:.1%} | {ref / n:.1%} | {agree:.1%} | {exact:.1%} | {cat_share:.1%} | {ref_cat_share:.1%} |")
     only_ours = [(t, c, r) for t, c, _, r in rows if c >= 1 and r == 0]
     only_ref = [(t, c, r) for t, c, _, r in rows if c == 0 and r >= 1]

@@ -18,10 +18,10 @@ Each line of the table says ok, mismatch, skipped (why) or error (why), with its
 - vllm          `--llm-backend vllm` when vLLM imports: it generates; prompts/s.
 
 The models have random weights (bin/make-tiny-models' builders; the CLIP checks use ViT-B-32 with seeded
-random weights saved to one checkpoint, a real-size tower): their outputs mean nothing, but the numeric paths, dtypes and batching are
-the real ones. Without CUDA every line says "skipped: no CUDA" and the exit status is 0; on a GPU it is 1
-when a line says mismatch or error. The whole run stays within --budget seconds (default 420): a check
-that would start after it is skipped.
+random weights saved to one checkpoint, a real-size tower): their outputs mean nothing, but the numeric paths,
+dtypes and batching are the real ones. Without CUDA every line says "skipped: no CUDA" and the exit status
+is 0; on a GPU it is 1 when a line says mismatch or error. The whole run stays within --budget seconds
+(default 420): a check that would start after it is skipped.
 """
 
 from __future__ import annotations
@@ -406,7 +406,8 @@ def run_checks(device: str, quick: bool, budget: float, only: list[str], clip_mo
 
 
 def render(rows: list[dict], device: str) -> str:
-    widths = [max(len("check"), *(len(r["check"]) for r in rows)), max(len("status"), *(len(r["status"]) for r in rows))]
+    widths = [max(len("check"), *(len(r["check"]) for r in rows)),
+              max(len("status"), *(len(r["status"]) for r in rows))]
     lines = [f"rsyn GPU check on {device}", f"{'check':<{widths[0]}}  {'status':<{widths[1]}}  numbers"]
     for r in rows:
         extra = "; ".join(part for part in (r["numbers"], r["note"]) if part)

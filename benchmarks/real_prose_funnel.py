@@ -64,12 +64,13 @@ def main() -> None:
     words = np.array([r["scores"]["words"] for r in reached])
     entropy = np.array([r["scores"]["entropy"] for r in reached])
     drop = entropy < args.min_entropy
-    print(f"| words | sentences reaching entropy | share | dropped by entropy | drop rate | share of all drops |")
+    print("| words | sentences reaching entropy | share | dropped by entropy | drop rate | share of all drops |")
     print("|---|---:|---:|---:|---:|---:|")
     for low, high in BUCKETS:
         inside = (words >= low) & (words <= high)
         n, d = int(inside.sum()), int(drop[inside].sum())
-        print(f"| {low}-{high} | {n} | {n / len(words):.1%} | {d} | {d / max(n, 1):.1%} | {d / max(drop.sum(), 1):.1%} |")
+        share_of_drops = d / max(int(drop.sum()), 1)
+        print(f"| {low}-{high} | {n} | {n / len(words):.1%} | {d} | {d / max(n, 1):.1%} | {share_of_drops:.1%} |")
     print(f"\nmedian words: kept {np.median(words[~drop]):.0f}, dropped {np.median(words[drop]):.0f}; "
           f"median entropy {np.median(entropy):.3f} nats")
 

@@ -27,7 +27,8 @@ def pack(
     text_style: Annotated[TextStyle, typer.Option(
         "--text-style",
         help="original: the texts as they are. release: the published RealSyn parquet's style: text1..3 "
-             "lowercased Penn Treebank tokens (\"it 's just epcot now )\"), syn_text lowercased.")] = TextStyle.original,
+             "lowercased Penn Treebank tokens (\"it 's just epcot now )\"), syn_text lowercased.")
+    ] = TextStyle.original,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a non-empty output directory (swapped in only when the new one is "
                             "complete).")] = False,

@@ -244,3 +244,24 @@ def test_real_prose_funnel(tmp_path):
              "entropy >= 0.3, of what reaches it": 0.245}
     for name, share in shares.items():
         assert abs(share - today[name]) <= 0.02, f"{name}: {share:.1%}, documented {today[name]:.1%}"
+
+
+def test_extract_exposes_the_cat_parts(tmp_path):
+    """--cat-min-complexity and --cat-require-action reach the filter (the paper's rule is the default)."""
+    from conftest import rsyn_here
+
+    doc = {"url": "http://page", "image_info": [],
+           "text_list": ["A small house with a red roof.", "A dog runs on the beach."]}
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps(doc) + "\n")
+
+    def kept(*options):
+        out = tmp_path / "out.jsonl"
+        rsyn_here("extract", docs, "--filters", "words,cat", "--ppl-model", "none", "-o", out, "--quiet", *options,
+                  check=True)
+        return [json.loads(line)["text"] for line in out.read_text().splitlines()]
+
+    assert kept() == ["A dog runs on the beach."]  # the verbless caption has no action
+    assert kept("--no-cat-require-action") == ["A small house with a red roof.", "A dog runs on the beach."]
+    assert kept("--cat-min-complexity", "3", "--no-cat-require-action") == []
+    assert kept("--min-complexity", "3", "--no-require-action") == []  # the old names still work

@@ -224,7 +224,7 @@ def _subjects(verb) -> list:
         subjects = [c for c in verb.children if c.dep_ in _SUBJECT_DEPS]
         if verb.dep_ in ("acl", "relcl") and _is_object(verb.head):
             subjects.append(verb.head)
-        if subjects or verb.dep_ not in _INHERITING_DEPS or verb.head is verb:
+        if subjects or verb.dep_ not in _INHERITING_DEPS or verb.head.i == verb.i:
             return subjects
         head = verb.head
         if verb.dep_ == "xcomp":

@@ -40,6 +40,7 @@ def _root(
 
 for _name in COMMANDS:
     importlib.import_module(f"rsyn.commands.{_name}")
+importlib.import_module("rsyn.commands.doctor")  # not a pipeline stage: after them in --help
 
 
 def main() -> None:

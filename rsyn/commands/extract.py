@@ -30,11 +30,13 @@ def extract(
                                               rich_help_panel=_IMAGES)] = 3.0,
     min_words: Annotated[int, typer.Option("--min-words", min=0, rich_help_panel=_TEXT)] = 3,
     max_words: Annotated[int, typer.Option("--max-words", min=0, rich_help_panel=_TEXT)] = 81,
-    min_complexity: Annotated[int, typer.Option("--min-complexity", min=0,
-                                                help="CAT: least scene-graph edges at one object.",
+    min_complexity: Annotated[int, typer.Option("--cat-min-complexity", "--min-complexity", min=0,
+                                                help="CAT: least scene-graph edges at one object (paper: 1).",
                                                 rich_help_panel=_TEXT)] = 1,
-    require_action: Annotated[bool, typer.Option("--require-action/--no-require-action",
-                                                 help="CAT: keep only sentences with a verb.",
+    require_action: Annotated[bool, typer.Option("--cat-require-action/--no-cat-require-action",
+                                                 "--require-action/--no-require-action",
+                                                 help="CAT: keep only sentences with a verb (the paper's rule; "
+                                                      "it drops most verbless alt-text-style captions).",
                                                  rich_help_panel=_TEXT)] = True,
     spacy_model: Annotated[str, typer.Option("--spacy-model",
                                              help="spaCy pipeline name or path; auto = en_core_web_sm, else "

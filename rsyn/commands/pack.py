@@ -6,6 +6,7 @@ from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 from rsyn.file_options import MaxBytesOption, PathRootOption
 from rsyn.image_limits import DEFAULT_MAX_BYTES
+from rsyn.textstyle import TextStyle
 
 
 @rsyn_command(app, "pack", "Write the RealSyn release format (parquet shards or webdataset tars).")
@@ -25,6 +26,11 @@ def pack(
         help="For --format webdataset: take each record's image from this img2dataset output (webdataset or "
              "files format), matched by URL; records whose URL it could not download are dropped "
              "(not_downloaded). A record's own `path` comes first.")] = None,
+    text_style: Annotated[TextStyle, typer.Option(
+        "--text-style",
+        help="original: the texts as they are. release: the published RealSyn parquet's style: text1..3 "
+             "lowercased Penn Treebank tokens (\"it 's just epcot now )\"), syn_text lowercased.")
+    ] = TextStyle.original,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an earlier pack output (a directory holding its stats.json; any other "
                             "non-empty directory is refused), swapped in only when the new one is complete.")] = False,
@@ -42,4 +48,4 @@ def pack(
     from rsyn.stages.pack import run_pack
 
     run_pack(run, fmt=fmt, rows_per_shard=rows_per_shard, extra_columns=extra_columns, overwrite=overwrite,
-             images=images, path_root=path_root, max_bytes=max_bytes)
+             images=images, path_root=path_root, max_bytes=max_bytes, text_style=text_style.value)

@@ -27,6 +27,7 @@ from rsyn.command import RsynError, Run
 from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from rsyn.localfiles import shown
 from rsyn.stream import write_bytes_atomic
+from rsyn.textstyle import apply_text_style
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 TEXT_COLUMNS = ["text1", "text2", "text3", "syn_text"]
@@ -320,7 +321,8 @@ class WebdatasetShards(Shards):
 
 def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = None, extra_columns: bool = False,
              overwrite: bool = False, images: str | None = None, path_root: str | None = None,
-             max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+             max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+             text_style: str = "original") -> None:
     if not run.output or run.output == "-":
         raise RsynError("pack writes a directory: give -o DIR")
     if fmt not in DEFAULT_ROWS:
@@ -343,6 +345,7 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
             if isinstance(row, str):
                 run.error(run.where, row, record=record, reason="bad_record")
                 continue
+            row = apply_text_style(row, text_style)  # --text-style (rsyn/textstyle.py)
             image = None
             if loader is not None:
                 image = _jpeg_of(run, loader, record, max_pixels)

@@ -49,7 +49,7 @@ TargetOption = Annotated[Optional[int], typer.Option(
 ItersOption = Annotated[int, typer.Option("--kmeans-iters", min=1, help="k-means iterations.")]
 SampleOption = Annotated[Optional[int], typer.Option(
     "--kmeans-sample", min=1, help="Train k-means on at most this many embeddings, those with the smallest hash of "
-                                   "(seed, id). Default: 256 per cluster, at most 131,072 in all but at least 8 per "
+                                   "(seed, id). Default: 256 per cluster, at most 65,536 in all but at least 8 per "
                                    "cluster.")]
 CentroidsOption = Annotated[Optional[str], typer.Option(
     "--centroids", metavar="NPY", help="Use these centroids (k x d .npy) instead of k-means.")]

@@ -65,7 +65,7 @@ HIST_BINS = 2 * SIM_SCALE + 1
 # KMEANS_SAMPLE_MAX in all (so the cost of training stops growing with the
 # corpus, docs/balance_pack.md), but never fewer than KMEANS_MIN_PER_CLUSTER per cluster.
 KMEANS_POINTS_PER_CLUSTER = 256
-KMEANS_SAMPLE_MAX = 1 << 17
+KMEANS_SAMPLE_MAX = 1 << 16
 KMEANS_MIN_PER_CLUSTER = 8
 # Nearest centroid: faiss proposes this many candidates, which are re-scored exactly (float64).
 CANDIDATES = 4
@@ -641,16 +641,17 @@ class NearestCentroid:
         m = min(CANDIDATES, self.k)
         approx, candidates = self.index.search(np.ascontiguousarray(x, dtype=np.float32), m)
         candidates = np.sort(candidates, axis=1)  # ascending index: argmax then picks the lowest on ties
-        x64 = x.astype(np.float64)
         labels = np.empty(len(x), dtype=np.int64)
-        for start in range(0, len(x), 1024):
+        for start in range(0, len(x), 1024):  # float64 in slices: memory stays a few MiB
             rows = slice(start, start + 1024)
-            scores = (x64[rows, None, :] * self.exact[candidates[rows]]).sum(axis=2)
+            x64 = x[rows].astype(np.float64)
+            scores = (x64[:, None, :] * self.exact[candidates[rows]]).sum(axis=2)
             labels[rows] = candidates[rows][np.arange(len(scores)), np.argmax(scores, axis=1)]
-        if m < self.k:
-            norms = np.sqrt((x64 * x64).sum(axis=1))
-            for i in np.flatnonzero(approx[:, m - 1] >= approx[:, 0] - 2 * self.error * norms):
-                labels[i] = self._exhaustive(x64[i])
+            if m < self.k:
+                norms = np.sqrt((x64 * x64).sum(axis=1))
+                block = approx[rows]
+                for i in np.flatnonzero(block[:, m - 1] >= block[:, 0] - 2 * self.error * norms):
+                    labels[start + i] = self._exhaustive(x64[i])
         return labels
 
     def _exhaustive(self, row: np.ndarray) -> int:

@@ -10,19 +10,25 @@ from rsyn.cli import app
 from rsyn.command import RsynError, Run, rsyn_command
 
 PASSES = ("scan", "plan", "assign", "cap", "filter")
-WHOLE = "whole"
+WHOLE = "balance"  # registered names: "balance" (the whole run) and "balance-PASS", so messages and --stats say so
 
 
 class _WholeOrPass(TyperGroup):
     """`rsyn balance PASS ...` runs a pass; anything else (`rsyn balance x.jsonl.zst ...`) is the whole run."""
 
     def parse_args(self, ctx, args):
-        if not args or args[0] not in self.commands:
+        if not args or args[0] not in PASSES:
             args = [WHOLE, *args]
         return super().parse_args(ctx, args)
 
+    def resolve_command(self, ctx, args):
+        name = args[0]
+        if name in PASSES:
+            return name, self.commands[f"{WHOLE}-{name}"], args[1:]
+        return "", self.commands[WHOLE], args[1:]
+
     def list_commands(self, ctx):
-        return [WHOLE, *PASSES]
+        return [f"{WHOLE}-{name}" for name in PASSES]
 
 
 balance_app = typer.Typer(cls=_WholeOrPass, add_completion=False, pretty_exceptions_enable=False,
@@ -128,7 +134,8 @@ def _dirs(run: Run, kind: str, one: bool = False):
     return [PassDir(name, kind) for name in names]
 
 
-@rsyn_command(balance_app, "scan", "Pass 1 (per shard): sims, keys, embedding spill and sim histogram -> -o DIR.")
+@rsyn_command(balance_app, "balance-scan",
+              "Pass 1 (per shard): sims, keys, embedding spill and sim histogram -> -o DIR.")
 def scan(run: Run) -> None:
     """Pass 1, per shard: validate this shard's records, compute sim and the sampling keys, spill the embeddings.
 
@@ -142,7 +149,8 @@ def scan(run: Run) -> None:
     run.extra.update({"images": meta["count"], "spilled_records": bool(meta["records"])})
 
 
-@rsyn_command(balance_app, "plan", "Pass 2 (once): the window, the training sample and k-means -> -o DIR.")
+@rsyn_command(balance_app, "balance-plan",
+              "Pass 2 (once): the window, the training sample and k-means -> -o DIR.")
 def plan(
     run: Run,
     sim_range: SimRangeOption = None,
@@ -167,7 +175,8 @@ def plan(
     run.extra.update(stage_summary(meta, None))
 
 
-@rsyn_command(balance_app, "assign", "Pass 3 (per shard): the nearest centroid of each image in the window -> -o DIR.")
+@rsyn_command(balance_app, "balance-assign",
+              "Pass 3 (per shard): the nearest centroid of each image in the window -> -o DIR.")
 def assign(
     run: Run,
     plan_dir: Annotated[str, typer.Option("--plan", metavar="DIR", help="The plan directory.")],
@@ -181,7 +190,8 @@ def assign(
     run.extra.update({"images": meta["count"], "in_window": meta["in_window"]})
 
 
-@rsyn_command(balance_app, "cap", "Pass 4 (once): the per-cluster cut-off, from --per-cluster or --target -> -o DIR.")
+@rsyn_command(balance_app, "balance-cap",
+              "Pass 4 (once): the per-cluster cut-off, from --per-cluster or --target -> -o DIR.")
 def cap(run: Run, per_cluster: PerClusterOption = None, target: TargetOption = None) -> None:
     """Pass 4, once: sum the cluster sizes of all assign directories (INPUT...), fix T, find each full cluster's cut.
 
@@ -196,7 +206,8 @@ def cap(run: Run, per_cluster: PerClusterOption = None, target: TargetOption = N
     note_summary(run, run.extra)
 
 
-@rsyn_command(balance_app, "filter", "Pass 5 (per shard): write the survivors with sim and cluster -> -o FILE.")
+@rsyn_command(balance_app, "balance-filter",
+              "Pass 5 (per shard): write the survivors with sim and cluster -> -o FILE.")
 def filter_(
     run: Run,
     cap_dir: Annotated[str, typer.Option("--cap", metavar="DIR", help="The cap directory.")],

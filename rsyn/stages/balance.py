@@ -838,14 +838,12 @@ def _scan_lines(scan: PassDir):
             changed = True
         if changed:
             raise RsynError(f"{f['name']}: changed since `rsyn balance scan` read it")
-    count = scan.meta["count"]
     files = scan.column("file")
     lines = scan.column("line")
+    # the scan numbered files in the order it read them, one after the other: each file's rows are one run
+    bounds = np.searchsorted(files, np.arange(len(scan.meta["files"]) + 1), side="left")
     for number, f in enumerate(scan.meta["files"]):
-        mine = np.flatnonzero(files == number)
-        wanted = lines[mine]  # ascending: the scan read them in this order
-        if len(mine) and mine[-1] - mine[0] + 1 != len(mine):
-            raise RsynError(f"{scan.path}: the rows of {f['name']} are not contiguous")  # cannot happen: one read
+        wanted = lines[bounds[number]:bounds[number + 1]]  # ascending: the scan read them in this order
         j = 0
         for start, block in iter_line_blocks(f["path"]):
             stop = start + len(block)
@@ -857,7 +855,6 @@ def _scan_lines(scan: PassDir):
                 break
         if j != len(wanted):
             raise RsynError(f"{f['name']}: shorter than when `rsyn balance scan` read it")
-    del count
 
 
 def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
@@ -907,20 +904,25 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
     if not log_drops:  # count without reading the dropped records again
         for code, reason in reason_of.items():
             run.dropped[reason] = run.dropped.get(reason, 0) + int((status == code).sum())
-    status_list, sim_list, label_list = status.tolist(), sims.tolist(), labels.tolist()
     files = [f["name"] for f in scan.meta["files"]]
     file_of, line_of = scan.column("file"), scan.column("line")
 
     def survivors():
-        for i, line in enumerate(_scan_lines(scan)):
-            code = status_list[i]
-            if code == _KEEP:
-                yield fragment(_with_sim_and_cluster(line, sim_list[i], label_list[i]))
-            elif log_drops:
-                details = {"sim": sim_list[i]}
-                if label_list[i] >= 0:
-                    details["cluster"] = label_list[i]
-                run.drop(orjson.loads(line), reason_of[code], where=f"{files[file_of[i]]}:{line_of[i]}", **details)
+        lines = _scan_lines(scan)
+        for start in range(0, len(status), ROWS):  # Python objects for one chunk at a time
+            stop = min(start + ROWS, len(status))
+            status_list, sim_list = status[start:stop].tolist(), sims[start:stop].tolist()
+            label_list = labels[start:stop].tolist()
+            for j, line in zip(range(stop - start), lines):
+                code = status_list[j]
+                if code == _KEEP:
+                    yield fragment(_with_sim_and_cluster(line, sim_list[j], label_list[j]))
+                elif log_drops:
+                    details = {"sim": sim_list[j]}
+                    if label_list[j] >= 0:
+                        details["cluster"] = label_list[j]
+                    run.drop(orjson.loads(line), reason_of[code], where=f"{files[file_of[start + j]]}:"
+                             f"{line_of[start + j]}", **details)
 
     run.write(survivors())
 

@@ -629,13 +629,13 @@ class NearestCentroid:
     def __init__(self, centroids: np.ndarray, device: str):
         from rsyn.vectors import flat_ip_index
 
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.exact = self.centroids.astype(np.float64)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # float32 -> float64 is exact, per use
         self.k, self.dim = centroids.shape
         self.index = flat_ip_index(self.centroids, device)
         # |float32 dot - exact| <= gamma_d * |x| * |c| (any summation order); doubled for the float64 side and margin
-        self.error = 2.0 * self.dim * 2.0 ** -24 / (1 - self.dim * 2.0 ** -24) * float(
-            np.sqrt((self.exact ** 2).sum(axis=1)).max())
+        largest = max(float(np.sqrt((self.centroids[i:i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
+                      for i in range(0, self.k, 4096))
+        self.error = 2.0 * self.dim * 2.0 ** -24 / (1 - self.dim * 2.0 ** -24) * largest
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         m = min(CANDIDATES, self.k)
@@ -645,7 +645,7 @@ class NearestCentroid:
         for start in range(0, len(x), 1024):  # float64 in slices: memory stays a few MiB
             rows = slice(start, start + 1024)
             x64 = x[rows].astype(np.float64)
-            scores = (x64[:, None, :] * self.exact[candidates[rows]]).sum(axis=2)
+            scores = (x64[:, None, :] * self.centroids[candidates[rows]].astype(np.float64)).sum(axis=2)
             labels[rows] = candidates[rows][np.arange(len(scores)), np.argmax(scores, axis=1)]
             if m < self.k:
                 norms = np.sqrt((x64 * x64).sum(axis=1))
@@ -657,7 +657,7 @@ class NearestCentroid:
     def _exhaustive(self, row: np.ndarray) -> int:
         best, label = -np.inf, -1
         for start in range(0, self.k, 4096):
-            scores = (row[None, :] * self.exact[start:start + 4096]).sum(axis=1)
+            scores = (row[None, :] * self.centroids[start:start + 4096].astype(np.float64)).sum(axis=1)
             j = int(np.argmax(scores))
             if scores[j] > best:
                 best, label = scores[j], start + j

@@ -160,17 +160,15 @@ def test_same_seed_same_bytes_and_order_and_split_do_not_matter(tmp_path):
     assert {r["id"] for r in other_seed} != {r["id"] for r in decode_stream(first)}
 
 
-def test_shards_with_shared_centroids_reduce_to_the_unsharded_result(tmp_path, clustered):
-    """Map: each shard capped at t with the same centroids; reduce: balance their union again."""
+def test_whole_run_refuses_shard_and_names_the_passes(tmp_path, clustered):
     records, centres = clustered
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
-    args = ["--sim-range", "0.5,0.6", "--centroids", centres, "--per-cluster", "7"]
-    whole = decode_stream(balance(*args, tmp_path / "in.jsonl").stdout)
-    for k in range(3):
-        balance(*args, tmp_path / "in.jsonl", "--shard", f"{k}/3", "-o", tmp_path / f"part{k}.jsonl.zst")
-    reduced = decode_stream(balance(*args, str(tmp_path / "part*.jsonl.zst")).stdout)
-    assert sorted(r["id"] for r in reduced) == sorted(r["id"] for r in whole)
-    assert len(whole) == 7 + 7 + 3 + 1
+    proc = balance("--sim-range", "0.5,0.6", "--centroids", centres, "--per-cluster", "7", tmp_path / "in.jsonl",
+                   "--shard", "0/3", "-o", tmp_path / "part0.jsonl.zst", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1
+    assert "scan, plan, assign, cap, filter" in err and "rsyn balance scan --shard K/N" in err
+    assert not (tmp_path / "part0.jsonl.zst").exists()
 
 
 def test_default_window_only_for_the_paper_model(tmp_path, clustered):

@@ -1,4 +1,4 @@
-"""Semantic balance sampling (DESIGN.md section 1, step 10).
+"""Semantic balance sampling (DESIGN.md section 1, step 10), as five passes.
 
 1. sim = cosine(image `emb`, `syn_emb`); keep pairs whose sim lies in a closed
    window [LO, HI] (paper: 0.51..0.61, valid for EVA02-CLIP E/14-plus only).
@@ -6,18 +6,27 @@
 3. Keep at most t pairs per cluster (all of a smaller cluster): MetaCLIP's
    balancing applied to clusters. t is given, or derived from a target size.
 
-Two passes over any input, stdin included: pass 1 validates each record,
-computes its sim, spills its image embedding (float16 memmap,
-rsyn.vectors.VectorSpill) to a temporary directory, and keeps ~40 bytes per
-record in memory; stdin and pipes are also copied to the spill (zstd JSONL),
-regular files are simply read again. The decisions are made on numpy
-arrays; pass 2 writes the survivors in input order with `sim` and `cluster`
-spliced onto their JSON line (no re-serialisation).
+The passes (docs/balance_pack.md), each writing a directory with `done.json` last:
+
+- scan (per shard): validates records, computes sim (stored as an integer
+  code: sim rounded to 4 decimals x 10^4), two hash keys per record, its
+  place (file, line), and spills the image embedding (float16). Everything
+  is appended to column files as it streams by; memory is one batch. A
+  histogram of the sim codes makes `--sim-range auto` exact when merged.
+- plan (once): the window from the merged histograms, the training sample
+  (the rows with the smallest training key, at most a fixed number), k-means.
+- assign (per shard): the nearest centroid of every row in the window.
+- cap (once): the cut-off t (given, or from `--target`) and, per full
+  cluster, the sort key of its t-th member.
+- filter (per shard): the survivors in input order with `sim` and `cluster`
+  spliced onto their JSON line; the drops to --rejects.
+
+`rsyn balance` is the composition of the same functions over one shard, in
+one process, in a temporary directory.
 
 Every random choice is keyed by a hash of (seed, record id), never by a
-position: the k-means training sample and which records a full cluster keeps
-are the same whatever the input order or the way the input was split into
-files.
+position, and every decision is a pure function of per-record values (ties
+broken by file name and line), so a split run equals the one-process run.
 """
 
 from __future__ import annotations
@@ -37,7 +46,6 @@ import orjson
 from rsyn.command import RsynError, Run
 from rsyn.records import decode_embeddings
 from rsyn.stream import STDIO, RecordWriter, StreamError, expand_inputs, iter_line_blocks, write_bytes_atomic
-from rsyn.vectors import VectorSpill, flat_ip_index, to_float32, train_kmeans
 
 PAPER_MODEL = "EVA02-E-14-plus"
 PAPER_WINDOW = (0.51, 0.61)
@@ -48,12 +56,31 @@ AUTO_QUANTILES = (0.075, 0.925)
 PAPER_IMAGES_PER_CLUSTER = 168
 # sim is stored (and compared with the window) rounded to this many decimals,
 # so re-applying a window to the stored value reproduces the decision. The
-# float16 embeddings carry about 3 significant digits anyway.
+# float16 embeddings carry about 3 significant digits anyway. Rounded sims take
+# 2 * 10^4 + 1 values: a histogram with one bin per value is exact.
 SIM_DECIMALS = 4
-BATCH = 4096
+SIM_SCALE = 10 ** SIM_DECIMALS
+HIST_BINS = 2 * SIM_SCALE + 1
+# Default k-means training sample: faiss's 256 points per cluster, at most
+# KMEANS_SAMPLE_MAX in all (so the cost of training stops growing with the
+# corpus, docs/balance_pack.md), but never fewer than KMEANS_MIN_PER_CLUSTER per cluster.
+KMEANS_POINTS_PER_CLUSTER = 256
+KMEANS_SAMPLE_MAX = 1 << 16
+KMEANS_MIN_PER_CLUSTER = 8
+# Nearest centroid: faiss proposes this many candidates, which are re-scored exactly (float64).
+CANDIDATES = 4
+BATCH = 4096  # records per scan batch
+ROWS = 16384  # rows per chunk in assign / filter / plan
 
 REASONS = ["not_image", "sim_below_window", "sim_above_window", "over_cluster_cap"]
 _KEEP, _BELOW, _ABOVE, _CAPPED = 0, 1, 2, 3
+
+# column files of a scan directory: name -> dtype (the vectors file holds `dim` float16 per row)
+COLUMNS = {"sim": "<i2", "keep_key": "<u8", "train_key": "<u8", "file": "<i4", "line": "<i8"}
+VECTORS = "vectors.f16"
+RECORDS = "records.jsonl.zst"
+DONE = "done.json"
+PASSES = "scan, plan, assign, cap, filter"
 
 
 # --------------------------------------------------------------------------- options
@@ -143,28 +170,87 @@ def is_paper_model(emb_model: str | None) -> bool:
     return bool(emb_model) and PAPER_MODEL.lower() in emb_model.lower()
 
 
-# --------------------------------------------------------------------------- pass 1
+def _paper_window_refusal(model: str | None) -> RsynError:
+    lo, hi = PAPER_WINDOW
+    q_lo, q_hi = AUTO_QUANTILES
+    return RsynError(f"--sim-range: the paper's window {lo}..{hi} holds for {PAPER_MODEL} only, these embeddings "
+                     f"are from {model!r}; give --sim-range LO HI, or --sim-range auto (the observed "
+                     f"{q_lo:.1%}..{q_hi:.1%} quantiles)")
 
 
-class _FirstPass:
-    """Validates image records, computes sim, spills records and image embeddings to disk."""
+def default_kmeans_sample(k: int) -> int:
+    """256 points per cluster, capped at KMEANS_SAMPLE_MAX, but at least KMEANS_MIN_PER_CLUSTER per cluster."""
+    return min(KMEANS_POINTS_PER_CLUSTER * k, max(KMEANS_SAMPLE_MAX, KMEANS_MIN_PER_CLUSTER * k))
 
-    def __init__(self, run: Run, window: SimRange, spill_dir: str | None, spill_records: bool):
+
+# --------------------------------------------------------------------------- pass directories
+
+
+class PassDir:
+    """A finished pass directory: its `done.json` (written last) and its files."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        self.path = Path(path)
+        try:
+            self.meta = orjson.loads((self.path / DONE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            raise RsynError(f"{path}: not a finished `rsyn balance {kind}` directory (no readable {DONE})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("pass") != kind:
+            raise RsynError(f"{path}: not an `rsyn balance {kind}` directory ({DONE} says "
+                            f"{self.meta.get('pass') if isinstance(self.meta, dict) else None!r})")
+
+    def file(self, name: str) -> str:
+        return str(self.path / name)
+
+    def column(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return read_rows(self.file(name), COLUMNS[name], start, self.meta["count"] if stop is None else stop)
+
+
+def read_rows(path: str, dtype: str, start: int, stop: int, width: int = 1) -> np.ndarray:
+    """Rows [start, stop) of a raw column file, read (not memory-mapped: the pages stay out of our RSS)."""
+    item = np.dtype(dtype).itemsize * width
+    count = max(0, stop - start)
+    if count == 0:
+        return np.zeros((0, width) if width > 1 else 0, dtype=dtype)
+    data = np.fromfile(path, dtype=dtype, count=count * width, offset=start * item)
+    if len(data) != count * width:
+        raise RsynError(f"{path}: shorter than its {DONE} says")
+    return data.reshape(-1, width) if width > 1 else data
+
+
+def _write_done(directory: Path, meta: dict) -> None:
+    write_bytes_atomic(directory / DONE, orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+def _save_npy(path: Path | str, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- scan
+
+
+class _Scan:
+    """Validates image records, computes sim codes and keys, appends them and the embeddings to column files."""
+
+    def __init__(self, run: Run, out: Path, window: SimRange | None, spill_records: bool):
         self.run = run
+        self.out = out
         self.window = window
-        self._tmp = tempfile.TemporaryDirectory(prefix="rsyn-balance-", dir=spill_dir)
-        # Regular files are simply read again in pass 2; stdin and pipes are copied here.
-        self.records_path = str(Path(self._tmp.name) / "records.jsonl.zst") if spill_records else None
-        self._records = RecordWriter(self.records_path, compression="zstd", level=1) if spill_records else None
-        self.vectors = VectorSpill(directory=self._tmp.name)
+        self.columns = {name: open(out / name, "wb") for name in COLUMNS}
+        self.vectors = open(out / VECTORS, "wb")
+        self.records = RecordWriter(str(out / RECORDS), compression="zstd", level=1) if spill_records else None
+        self.dim: int | None = None
+        self.count = 0
+        self.hist = np.zeros(HIST_BINS, dtype=np.int64)
         self.emb_model: str | None = None
         self._model_where = ""
         self.files: list[str] = []
         self._file_index: dict[str, int] = {}
         self._pending: list[tuple[dict, int, int]] = []
-        self._sims: list[np.ndarray] = []
-        self._keys: list[np.ndarray] = []
-        self._places: list[np.ndarray] = []
         self._seed_key = (run.seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
 
     def read(self) -> None:
@@ -182,8 +268,18 @@ class _FirstPass:
             if len(self._pending) >= BATCH:
                 self._flush()
         self._flush()
-        if self._records is not None:
-            self._records.close()
+
+    def close(self) -> None:
+        for fh in [*self.columns.values(), self.vectors]:
+            fh.close()
+        if self.records is not None:
+            self.records.close()
+
+    def abort(self) -> None:
+        for fh in [*self.columns.values(), self.vectors]:
+            fh.close()
+        if self.records is not None and not self.records.closed:
+            self.records.abort()
 
     def _file_number(self, name: str) -> int:
         number = self._file_index.get(name)
@@ -205,16 +301,13 @@ class _FirstPass:
         syn_model = record.get("syn_emb_model", model)
         if syn_model != model:
             return "model_mismatch", f"`syn_emb` is from {syn_model!r} but `emb` from {model!r}: cosine needs one model"
+        if model is not None and not isinstance(model, str):
+            return "model_mismatch", "`emb_model` is not a string"
         if self.emb_model is None:
             self.emb_model = model
             self._model_where = self.run.where
-            if self.window.is_unset and not is_paper_model(model):
-                lo, hi = PAPER_WINDOW
-                q_lo, q_hi = AUTO_QUANTILES
-                raise RsynError(
-                    f"--sim-range: the paper's window {lo}..{hi} holds for {PAPER_MODEL} only, these embeddings "
-                    f"are from {model!r}; give --sim-range LO HI, or --sim-range auto (the observed "
-                    f"{q_lo:.1%}..{q_hi:.1%} quantiles)")
+            if self.window is not None and self.window.is_unset and not is_paper_model(model):
+                raise _paper_window_refusal(model)
         elif model != self.emb_model:
             return "model_mismatch", (f"embeddings from {model!r}, but {self._model_where} has {self.emb_model!r}: "
                                       "one model per run")
@@ -227,35 +320,41 @@ class _FirstPass:
         images, syns, batch = self._decode(batch)
         if not batch:
             return
-        norms = np.linalg.norm(images, axis=1) * np.linalg.norm(syns, axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sims = np.einsum("ij,ij->i", images, syns) / norms
-        bad = ~np.isfinite(sims)
+        codes = sim_codes(images, syns)
+        bad = codes == np.iinfo(np.int16).min
         if bad.any():
             for i in np.flatnonzero(bad):
                 record, f, line = batch[i]
                 self.run.error(f"{self.files[f]}:{line}", "embedding is zero or not finite", record=record,
                                reason="bad_embedding")
             good = ~bad
-            images, sims = images[good], sims[good]
+            images, codes = images[good], codes[good]
             batch = [b for b, ok in zip(batch, good) if ok]
+            if not batch:
+                return
         digest = hashlib.blake2b
         key = self._seed_key
-        self._keys.append(np.frombuffer(b"".join(digest(r["id"].encode("utf-8", "surrogatepass"), digest_size=16,
-                                                         key=key).digest() for r, _, _ in batch),
-                                        dtype="<u8").reshape(-1, 2))
-        self._sims.append(np.round(np.clip(sims.astype(np.float64), -1.0, 1.0), SIM_DECIMALS))
-        self._places.append(np.array([(f, line) for _, f, line in batch], dtype=np.int64).reshape(-1, 2))
-        self.vectors.add(images)
-        if self._records is not None:
-            self._records.write_many(r for r, _, _ in batch)
+        keys = np.frombuffer(b"".join(digest(r["id"].encode("utf-8", "surrogatepass"), digest_size=16,
+                                             key=key).digest() for r, _, _ in batch), dtype="<u8").reshape(-1, 2)
+        places = np.array([(f, line) for _, f, line in batch], dtype=np.int64).reshape(-1, 2)
+        np.add.at(self.hist, codes.astype(np.int64) + SIM_SCALE, 1)
+        self.columns["sim"].write(codes.astype("<i2").tobytes())
+        self.columns["keep_key"].write(np.ascontiguousarray(keys[:, 0]).tobytes())
+        self.columns["train_key"].write(np.ascontiguousarray(keys[:, 1]).tobytes())
+        self.columns["file"].write(places[:, 0].astype("<i4").tobytes())
+        self.columns["line"].write(places[:, 1].astype("<i8").tobytes())
+        self.vectors.write(images.astype("<f2").tobytes())
+        self.count += len(batch)
+        if self.records is not None:
+            self.records.write_many(r for r, _, _ in batch)
 
     def _decode(self, batch):
         """(image matrix, syn matrix, records) of a batch; a record whose embeddings do not decode is an error."""
-        dim = self.vectors.dim
+        dim = self.dim
         try:
             images = decode_embeddings([r["emb"] for r, _, _ in batch], dim)
             syns = decode_embeddings([r["syn_emb"] for r, _, _ in batch], images.shape[1])
+            self.dim = images.shape[1]
             return images, syns, batch
         except ValueError:
             pass  # find the culprits one by one (rare)
@@ -269,7 +368,7 @@ class _FirstPass:
                 self.run.error(f"{self.files[f]}:{line}", f"bad `emb`/`syn_emb`: {exc}", record=record,
                                reason="bad_embedding")
                 continue
-            dim = dim or image.shape[1]
+            dim = self.dim = dim or image.shape[1]
             good.append(item)
             image_rows.append(image)
             syn_rows.append(syn)
@@ -277,36 +376,322 @@ class _FirstPass:
             return None, None, []
         return np.concatenate(image_rows), np.concatenate(syn_rows), good
 
-    def arrays(self):
-        """(sims float64, keep keys uint64, train keys uint64, places (n, 2) int64)."""
-        if not self._sims:
-            empty = np.zeros(0, dtype=np.uint64)
-            return np.zeros(0), empty, empty, np.zeros((0, 2), dtype=np.int64)
-        keys = np.concatenate(self._keys)
-        return np.concatenate(self._sims), keys[:, 0].copy(), keys[:, 1].copy(), np.concatenate(self._places)
 
-    def close(self) -> None:
-        if self._records is not None and not self._records.closed:
-            self._records.abort()
-        self.vectors.close()
-        self._tmp.cleanup()
+def sim_codes(images: np.ndarray, syns: np.ndarray) -> np.ndarray:
+    """round(cosine * 10^4) per row as int16 (int16 min for a zero or non-finite embedding).
+
+    Computed in float64 row by row (elementwise products, then a reduction
+    along the row), so a row's value does not depend on the other rows of its
+    batch: a split run computes the same codes.
+    """
+    x = images.astype(np.float64)
+    y = syns.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        sims = (x * y).sum(axis=1) / (np.sqrt((x * x).sum(axis=1)) * np.sqrt((y * y).sum(axis=1)))
+    bad = ~np.isfinite(sims)
+    codes = np.rint(np.clip(np.where(bad, 0.0, sims), -1.0, 1.0) * SIM_SCALE).astype(np.int16)
+    codes[bad] = np.iinfo(np.int16).min
+    return codes
 
 
-# --------------------------------------------------------------------------- decisions
+def code_values(codes: np.ndarray) -> np.ndarray:
+    """The sims the codes stand for: exactly np.round(sim, SIM_DECIMALS)."""
+    return codes.astype(np.float64) / SIM_SCALE
 
 
-def window_bounds(window: SimRange, sims: np.ndarray) -> tuple[float, float, str]:
-    """(lo, hi, how they were chosen)."""
-    if len(sims) == 0:
+def scan_pass(run: Run, out: Path, *, window: SimRange | None = None) -> dict:
+    """Scan this shard's records into `out` (an existing empty directory); returns its done.json."""
+    try:
+        paths = expand_inputs(run.inputs)
+    except StreamError as exc:
+        raise RsynError(str(exc)) from None
+    # filter finds records again by (file, line): only distinct regular files can be read twice
+    regular = [p for p in paths if _is_regular_file(p)]
+    spill_records = len(set(regular)) < len(paths)
+    scan = _Scan(run, out, window, spill_records)
+    try:
+        scan.read()
+    except BaseException:
+        scan.abort()
+        raise
+    scan.close()
+    files = [{"name": name, "path": os.path.abspath(name) if name != "<stdin>" else None,
+              "identity": None if spill_records else _file_identity(name)} for name in scan.files]
+    _save_npy(out / "hist.npy", scan.hist)
+    meta = {"pass": "scan", "count": scan.count, "dim": scan.dim, "emb_model": scan.emb_model, "seed": run.seed,
+            "files": files, "records": RECORDS if spill_records else None,
+            "shard": f"{run.shard[0]}/{run.shard[1]}" if run.shard else None}
+    _write_done(out, meta)
+    return meta
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def quantile_position(n: int, q: float) -> int:
+    """The 0-based position in sorted order that np.quantile(..., method="inverted_cdf") picks.
+
+    The same float64 arithmetic as numpy's: index = n*q - 1, taken as is when
+    integral, rounded up otherwise, clipped at 0 (tested against np.quantile).
+    """
+    index = n * q - 1.0
+    previous = math.floor(index)
+    position = previous if index - previous == 0 else previous + 1
+    return min(max(int(position), 0), n - 1)
+
+
+def hist_value_at(cumulative: np.ndarray, position: int) -> int:
+    """The code at 0-based `position` of the sorted codes that `cumulative` (a cumsum of the histogram) counts."""
+    return int(np.searchsorted(cumulative, position, side="right")) - SIM_SCALE
+
+
+def window_bounds(window: SimRange, hist: np.ndarray) -> tuple[float, float, str]:
+    """(lo, hi, how they were chosen) from the histogram of sim codes."""
+    n = int(hist.sum())
+    if n == 0:
         return -1.0, 1.0, "no image records"
     if window.is_auto:
         q_lo, q_hi = window.quantiles
-        # inverted_cdf picks observed values, so the bounds are sims that exist and print exactly
-        lo, hi = (float(x) for x in np.quantile(sims, [q_lo, q_hi], method="inverted_cdf"))
+        cumulative = np.cumsum(hist)
+        # inverted-CDF quantiles pick observed values, so the bounds are sims that exist and print exactly
+        lo, hi = (float(code_values(np.array(hist_value_at(cumulative, quantile_position(n, q)))))
+                  for q in (q_lo, q_hi))
         return lo, hi, f"auto: quantiles {q_lo}..{q_hi} of the observed sims"
     if window.is_unset:
         return (*PAPER_WINDOW, f"paper default for {PAPER_MODEL}")
     return window.lo, window.hi, "given"
+
+
+def window_table(lo: float, hi: float) -> np.ndarray:
+    """Status (_KEEP, _BELOW, _ABOVE) of every sim code, indexed by code + SIM_SCALE."""
+    values = code_values(np.arange(-SIM_SCALE, SIM_SCALE + 1))
+    table = np.full(HIST_BINS, _KEEP, dtype=np.int8)
+    table[values < lo] = _BELOW
+    table[values > hi] = _ABOVE
+    return table
+
+
+def hist_quantiles(hist: np.ndarray) -> dict:
+    """Summary quantiles (linear interpolation, as np.quantile's default) of the sims a histogram counts."""
+    n = int(hist.sum())
+    if n == 0:
+        return {}
+    cumulative = np.cumsum(hist)
+    out = {}
+    for name, q in zip(["min", "p05", "p25", "p50", "p75", "p95", "max"], [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]):
+        index = (n - 1) * q
+        below = math.floor(index)
+        a = hist_value_at(cumulative, below) / SIM_SCALE
+        b = hist_value_at(cumulative, min(below + 1, n - 1)) / SIM_SCALE
+        out[name] = round(a + (b - a) * (index - below), SIM_DECIMALS)
+    return out
+
+
+def _file_ranks(names: list[str], ranked: dict[str, int]) -> np.ndarray:
+    return np.array([ranked[name] for name in names], dtype=np.int64)
+
+
+def _smallest(order_columns: list[np.ndarray], payload: list[np.ndarray], count: int):
+    """The `count` rows with the smallest (order_columns[0], [1], ...) and their payload, in that order."""
+    order = np.lexsort(order_columns[::-1])[:count]
+    return [c[order] for c in order_columns], [p[order] for p in payload]
+
+
+def _training_sample(scans: list[PassDir], table: np.ndarray, ranked: dict[str, int], cap: int) -> np.ndarray:
+    """Up to `cap` in-window rows with the smallest (train key, file, line), in that order, as float32.
+
+    Memory: the candidates (at most 2 x cap + one chunk) and the sample itself.
+    """
+    keys = [np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)]
+    where = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # (scan number, row)
+    for s, scan in enumerate(scans):
+        ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
+        for start in range(0, scan.meta["count"], ROWS * 16):
+            stop = min(start + ROWS * 16, scan.meta["count"])
+            inside = np.flatnonzero(table[scan.column("sim", start, stop).astype(np.int64) + SIM_SCALE] == _KEEP)
+            chunk = [scan.column("train_key", start, stop)[inside],
+                     ranks[scan.column("file", start, stop)[inside]], scan.column("line", start, stop)[inside]]
+            keys = [np.concatenate(pair) for pair in zip(keys, chunk)]
+            where = [np.concatenate((where[0], np.full(len(inside), s))), np.concatenate((where[1], inside + start))]
+            if len(keys[0]) > 2 * cap:
+                keys, where = _smallest(keys, where, cap)
+    keys, where = _smallest(keys, where, cap)
+    dim = next((scan.meta["dim"] for scan in scans if scan.meta["dim"]), 0)
+    sample = np.empty((len(where[0]), dim), dtype=np.float32)
+    for s, scan in enumerate(scans):
+        mine = np.flatnonzero(where[0] == s)
+        if len(mine):
+            sample[mine] = _read_vectors(scan, where[1][mine])
+    return sample
+
+
+def _read_vectors(scan: PassDir, rows: np.ndarray) -> np.ndarray:
+    """float32 vectors of the given rows (any order), read with one pread per row run."""
+    dim = scan.meta["dim"]
+    size = dim * 2
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    fd = os.open(scan.file(VECTORS), os.O_RDONLY)
+    try:
+        for i in order.tolist():
+            out[i] = np.frombuffer(os.pread(fd, size, int(rows[i]) * size), dtype="<f2")
+    finally:
+        os.close(fd)
+    return out
+
+
+def plan_pass(run: Run, scans: list[PassDir], out: Path, *, window: SimRange, clusters: int | None = None,
+              kmeans_iters: int = 20, kmeans_sample: int | None = None, centroids_path: str | None = None,
+              save_centroids: str | None = None) -> dict:
+    """Window, training sample and centroids from the scans; writes `out` and returns its done.json."""
+    from rsyn.vectors import train_kmeans
+
+    models = {scan.meta["emb_model"] for scan in scans if scan.meta["count"]}
+    dims = {scan.meta["dim"] for scan in scans if scan.meta["count"]}
+    seeds = {scan.meta["seed"] for scan in scans}
+    if len(models) > 1:
+        raise RsynError(f"the scans hold embeddings of several models ({', '.join(map(repr, sorted(models)))}): "
+                        "one model per run")
+    if len(dims) > 1:
+        raise RsynError(f"the scans hold embeddings of several dimensions ({sorted(dims)})")
+    if len(seeds) > 1 or (seeds and run.seed not in seeds):
+        raise RsynError(f"--seed {run.seed}: the scans were made with seed(s) {sorted(seeds)}; give every pass "
+                        "the same --seed")
+    model = models.pop() if models else None
+    dim = dims.pop() if dims else None
+    if window.is_unset and model is not None and not is_paper_model(model):
+        raise _paper_window_refusal(model)
+    hist = np.zeros(HIST_BINS, dtype=np.int64)
+    for scan in scans:
+        hist += np.load(scan.file("hist.npy"), allow_pickle=False)
+    lo, hi, how = window_bounds(window, hist)
+    table = window_table(lo, hi)
+    in_window = int(hist[table == _KEEP].sum())
+    # ties between equal keys (records sharing an id) are broken by file name, then line
+    names = sorted({f["name"] for scan in scans for f in scan.meta["files"]})
+    ranked = {name: i for i, name in enumerate(names)}
+    meta = {"pass": "plan", "scans": [str(scan.path.resolve()) for scan in scans], "emb_model": model, "dim": dim,
+            "seed": run.seed, "files": names, "images": int(hist.sum()), "in_window": in_window,
+            "sim_window": {"lo": lo, "hi": hi, "chosen": how}, "sim_quantiles": hist_quantiles(hist),
+            "clusters": 0, "kmeans": None, "seconds": {}}
+    centroids = np.zeros((0, dim or 0), dtype=np.float32)
+    if in_window:
+        if centroids_path:
+            centroids = _load_centroids(centroids_path, dim)
+            meta["kmeans"] = {"centroids_from": centroids_path}
+        else:
+            k = min(clusters if clusters else max(1, round(in_window / PAPER_IMAGES_PER_CLUSTER)), in_window)
+            cap = kmeans_sample or default_kmeans_sample(k)
+            clock = time.perf_counter()
+            sample = _training_sample(scans, table, ranked, cap)
+            meta["seconds"]["sample"] = round(time.perf_counter() - clock, 3)
+            run.note(f"k-means: {k} clusters from {len(sample):,} of {in_window:,} image embeddings")
+            clock = time.perf_counter()
+            centroids = train_kmeans(sample, k, seed=run.seed, niter=kmeans_iters, device=run.device,
+                                     max_points_per_centroid=max(256, math.ceil(len(sample) / k)))
+            meta["seconds"]["kmeans"] = round(time.perf_counter() - clock, 3)
+            meta["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
+            del sample
+        meta["clusters"] = len(centroids)
+        if save_centroids:
+            _save_npy(save_centroids, centroids)
+    _save_npy(out / "centroids.npy", centroids)
+    _write_done(out, meta)
+    return meta
+
+
+def _load_centroids(path: str, dim: int) -> np.ndarray:
+    try:
+        centroids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RsynError(f"--centroids {path}: cannot read a .npy matrix: {exc}") from None
+    if centroids.ndim != 2 or centroids.shape[1] != dim or len(centroids) == 0:
+        raise RsynError(f"--centroids {path}: shape {centroids.shape}, expected (k, {dim})")
+    if not np.isfinite(centroids).all():
+        raise RsynError(f"--centroids {path}: values are not all finite")
+    return np.ascontiguousarray(centroids, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- assign
+
+
+class NearestCentroid:
+    """The exact nearest centroid (highest inner product, lowest index on ties), whatever the batch.
+
+    faiss proposes CANDIDATES centroids per row in float32 (its kernels, and so
+    its last bits, depend on the batch); they are re-scored in float64 row by
+    row. When float32 rounding could have hidden a better centroid (the last
+    candidate scores within twice the error bound of the first) the row is
+    scored against every centroid. So a row gets the same label in a split run
+    as in the one-process run.
+    """
+
+    def __init__(self, centroids: np.ndarray, device: str):
+        from rsyn.vectors import flat_ip_index
+
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # float32 -> float64 is exact, per use
+        self.k, self.dim = centroids.shape
+        self.index = flat_ip_index(self.centroids, device)
+        # |float32 dot - exact| <= gamma_d * |x| * |c| (any summation order); doubled for the float64 side and margin
+        largest = max(float(np.sqrt((self.centroids[i:i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
+                      for i in range(0, self.k, 4096))
+        self.error = 2.0 * self.dim * 2.0 ** -24 / (1 - self.dim * 2.0 ** -24) * largest
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        m = min(CANDIDATES, self.k)
+        approx, candidates = self.index.search(np.ascontiguousarray(x, dtype=np.float32), m)
+        candidates = np.sort(candidates, axis=1)  # ascending index: argmax then picks the lowest on ties
+        labels = np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), 1024):  # float64 in slices: memory stays a few MiB
+            rows = slice(start, start + 1024)
+            x64 = x[rows].astype(np.float64)
+            scores = (x64[:, None, :] * self.centroids[candidates[rows]].astype(np.float64)).sum(axis=2)
+            labels[rows] = candidates[rows][np.arange(len(scores)), np.argmax(scores, axis=1)]
+            if m < self.k:
+                norms = np.sqrt((x64 * x64).sum(axis=1))
+                block = approx[rows]
+                for i in np.flatnonzero(block[:, m - 1] >= block[:, 0] - 2 * self.error * norms):
+                    labels[start + i] = self._exhaustive(x64[i])
+        return labels
+
+    def _exhaustive(self, row: np.ndarray) -> int:
+        best, label = -np.inf, -1
+        for start in range(0, self.k, 4096):
+            scores = (row[None, :] * self.centroids[start:start + 4096].astype(np.float64)).sum(axis=1)
+            j = int(np.argmax(scores))
+            if scores[j] > best:
+                best, label = scores[j], start + j
+        return label
+
+
+def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
+    """Label every in-window row of `scan` with its nearest centroid (-1 outside the window)."""
+    if str(scan.path.resolve()) not in plan.meta["scans"]:
+        raise RsynError(f"{scan.path}: this scan is not one of the scans the plan {plan.path} was made from")
+    table = window_table(plan.meta["sim_window"]["lo"], plan.meta["sim_window"]["hi"])
+    k = plan.meta["clusters"]
+    centroids = np.load(plan.file("centroids.npy"), allow_pickle=False)
+    sizes = np.zeros(k, dtype=np.int64)
+    count = scan.meta["count"]
+    nearest = NearestCentroid(centroids, run.device) if k else None
+    with open(out / "labels.i4", "wb") as fh:
+        for start in range(0, count, ROWS):
+            stop = min(start + ROWS, count)
+            labels = np.full(stop - start, -1, dtype=np.int64)
+            inside = np.flatnonzero(table[scan.column("sim", start, stop).astype(np.int64) + SIM_SCALE] == _KEEP)
+            if len(inside) and nearest is not None:
+                vectors = read_rows(scan.file(VECTORS), "<f2", start, stop, scan.meta["dim"])[inside]
+                labels[inside] = nearest.labels(vectors.astype(np.float32))
+                sizes += np.bincount(labels[inside], minlength=k)
+            fh.write(labels.astype("<i4").tobytes())
+    _save_npy(out / "sizes.npy", sizes)
+    meta = {"pass": "assign", "scan": str(scan.path.resolve()), "plan": str(plan.path.resolve()), "count": count,
+            "clusters": k, "in_window": int(sizes.sum())}
+    _write_done(out, meta)
+    return meta
+
+
+# --------------------------------------------------------------------------- cap
 
 
 def cap_for_target(sizes: np.ndarray, target: int) -> int:
@@ -356,178 +741,120 @@ def size_distribution(sizes: np.ndarray) -> dict:
             "size_counts": {str(v): int(c) for v, c in zip(values, counts)}}
 
 
-def _training_sample(vectors: np.ndarray, rows: np.ndarray, train_keys: np.ndarray, cap: int) -> np.ndarray:
-    """Up to `cap` rows, chosen and ordered by their hash key, so faiss sees the same matrix for any input order."""
-    chosen = rows[np.argsort(train_keys[rows], kind="stable")[:cap]]
-    ascending = np.sort(chosen)  # read the memmap front to back
-    gathered = to_float32(vectors[ascending]) if len(ascending) else np.zeros((0, vectors.shape[1]), np.float32)
-    return np.ascontiguousarray(gathered[np.searchsorted(ascending, chosen)])
+def _first_per_cluster(columns: list[np.ndarray], t: int) -> list[np.ndarray]:
+    """The rows of (label, key, file rank, line) that are among the t smallest (key, rank, line) of their cluster."""
+    label, key, rank, line = columns
+    order = np.lexsort((line, rank, key, label))
+    label = label[order]
+    starts = np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
+    position = np.arange(len(label)) - np.repeat(starts, np.diff(np.append(starts, len(label))))
+    keep = order[position < t]
+    return [c[keep] for c in columns]
 
 
-def _assign(vectors: np.ndarray, rows: np.ndarray, centroids: np.ndarray, device: str, batch: int = 65536):
-    index = flat_ip_index(centroids, device)
-    labels = np.empty(len(rows), dtype=np.int64)
-    for start in range(0, len(rows), batch):
-        chunk = to_float32(vectors[rows[start:start + batch]])
-        _, nearest = index.search(chunk, 1)
-        labels[start:start + len(chunk)] = nearest[:, 0]
-    return labels
-
-
-def _load_centroids(path: str, dim: int) -> np.ndarray:
-    try:
-        centroids = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RsynError(f"--centroids {path}: cannot read a .npy matrix: {exc}") from None
-    if centroids.ndim != 2 or centroids.shape[1] != dim or len(centroids) == 0:
-        raise RsynError(f"--centroids {path}: shape {centroids.shape}, expected (k, {dim})")
-    return np.ascontiguousarray(centroids, dtype=np.float32)
-
-
-# --------------------------------------------------------------------------- the stage
-
-
-def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None = None,
-                per_cluster: int | None = None, target: int | None = None, kmeans_iters: int = 20,
-                kmeans_sample: int | None = None, centroids_path: str | None = None,
-                save_centroids: str | None = None, spill_dir: str | None = None) -> None:
+def cap_pass(run: Run, assigns: list[PassDir], out: Path, *, per_cluster: int | None, target: int | None) -> dict:
+    """The cut-off t and, per full cluster, the (key, file, line) of its t-th member; writes `out`."""
     if (per_cluster is None) == (target is None):
         raise RsynError("give exactly one of --per-cluster T (paper: 20, 35, 180) or --target N")
-    window, run.inputs = parse_sim_range(sim_range, run.inputs)
-    run.declare_reasons(REASONS)
-
-    try:
-        paths = expand_inputs(run.inputs)
-    except StreamError as exc:
-        raise RsynError(str(exc)) from None
-    # pass 2 finds records again by (file, line): only distinct regular files can be read twice
-    rereadable = {path: _file_identity(path) for path in paths if _is_regular_file(path)}
-    first = _FirstPass(run, window, spill_dir, spill_records=len(rereadable) < len(paths))
-    clock = time.perf_counter()
-    try:
-        first.read()
-        seconds = {"pass1": time.perf_counter() - clock}
-        sims, keep_keys, train_keys, places = first.arrays()
-        vectors = first.vectors.finish()
-        status, labels, stage = _decide(run, window, sims, keep_keys, train_keys, vectors, clusters=clusters,
-                                        per_cluster=per_cluster, target=target, kmeans_iters=kmeans_iters,
-                                        kmeans_sample=kmeans_sample, centroids_path=centroids_path,
-                                        save_centroids=save_centroids, seconds=seconds)
-        stage["emb_model"] = first.emb_model
-        if first.records_path is None:
-            for path, identity in rereadable.items():
-                if _file_identity(path) != identity:
-                    raise RsynError(f"{path}: changed while balance was reading it")
-        clock = time.perf_counter()
-        _second_pass(run, first, status, labels, sims, places)
-        seconds["pass2"] = time.perf_counter() - clock
-        stage["phase_seconds"] = {name: round(value, 3) for name, value in seconds.items()}
-        run.extra.update(stage)
-    finally:
-        first.close()
-    _note_summary(run, stage)
-
-
-def _decide(run, window, sims, keep_keys, train_keys, vectors, *, clusters, per_cluster, target, kmeans_iters,
-            kmeans_sample, centroids_path, save_centroids, seconds):
-    n = len(sims)
-    lo, hi, how = window_bounds(window, sims)
-    status = np.full(n, _KEEP, dtype=np.int8)
-    status[sims < lo] = _BELOW
-    status[sims > hi] = _ABOVE
-    rows = np.flatnonzero(status == _KEEP)
-    labels = np.full(n, -1, dtype=np.int64)
-    stage = {"sim_window": {"lo": lo, "hi": hi, "chosen": how},
-             "sim_quantiles": _quantiles(sims)}
-    if len(rows) == 0:
-        stage.update({"clusters": 0, "per_cluster": 0, "before": size_distribution(np.zeros(0)),
-                      "after": size_distribution(np.zeros(0))})
-        return status, labels, stage
-
-    device = run.device
-    if centroids_path:
-        centroids = _load_centroids(centroids_path, vectors.shape[1])
-        k = len(centroids)
-        stage["kmeans"] = {"centroids_from": centroids_path}
-    else:
-        k = clusters if clusters else max(1, round(len(rows) / PAPER_IMAGES_PER_CLUSTER))
-        k = min(k, len(rows))
-        cap = kmeans_sample or k * 256
-        clock = time.perf_counter()
-        sample = _training_sample(vectors, rows, train_keys, cap)
-        run.note(f"k-means: {k} clusters from {len(sample):,} of {len(rows):,} image embeddings")
-        centroids = train_kmeans(sample, k, seed=run.seed, niter=kmeans_iters, device=device,
-                                 max_points_per_centroid=max(256, math.ceil(len(sample) / k)))
-        seconds["kmeans"] = time.perf_counter() - clock
-        stage["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
-    if save_centroids:
-        write_bytes_atomic(save_centroids, _npy_bytes(centroids))
-
-    clock = time.perf_counter()
-    window_labels = _assign(vectors, rows, centroids, device)
-    seconds["assign"] = time.perf_counter() - clock
-    sizes = np.bincount(window_labels, minlength=k)
-    if target is not None:
+    plans = {a.meta["plan"] for a in assigns}
+    if len(plans) != 1:
+        raise RsynError("the assign directories come from different plans" if plans else "no assign directory given")
+    plan = PassDir(plans.pop(), "plan")
+    scans = [a.meta["scan"] for a in assigns]
+    if len(set(scans)) != len(scans) or set(scans) != set(plan.meta["scans"]):
+        raise RsynError(f"cap needs exactly one assign directory per scan of the plan ({len(plan.meta['scans'])})")
+    k = plan.meta["clusters"]
+    sizes = np.zeros(k, dtype=np.int64)
+    for a in assigns:
+        sizes += np.load(a.file("sizes.npy"), allow_pickle=False)
+    meta = {"pass": "cap", "plan": str(plan.path.resolve()), "assigns": [str(a.path.resolve()) for a in assigns],
+            "clusters": k, "target": target}
+    if k == 0 or sizes.sum() == 0:
+        t = 0
+    elif target is not None:
         t = cap_for_target(sizes, target)
         if t == 0:
             raise RsynError(f"--target {target} is below the number of non-empty clusters "
                             f"({int((sizes > 0).sum())}): ask for fewer --clusters or a larger target")
     else:
         t = per_cluster
-    ranks = rank_in_cluster(window_labels, keep_keys[rows], k)
-    status[rows[ranks >= t]] = _CAPPED
-    labels[rows] = window_labels
-    kept_sizes = np.minimum(sizes, t)
-    stage.update({"clusters": int(k), "per_cluster": int(t), "target": target,
-                  "before": size_distribution(sizes), "after": size_distribution(kept_sizes)})
-    return status, labels, stage
+    full = sizes > t
+    cut = [np.zeros(k, np.uint64), np.zeros(k, np.int64), np.zeros(k, np.int64)]
+    if full.any():
+        ranked = {name: i for i, name in enumerate(plan.meta["files"])}
+        bound = int(np.minimum(sizes, t).sum())  # members that can still be kept
+        held = [np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)]
+        for a in assigns:
+            scan = PassDir(a.meta["scan"], "scan")
+            ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
+            for start in range(0, scan.meta["count"], ROWS * 16):
+                stop = min(start + ROWS * 16, scan.meta["count"])
+                labels = read_rows(a.file("labels.i4"), "<i4", start, stop).astype(np.int64)
+                rows = np.flatnonzero(labels >= 0)
+                rows = rows[full[labels[rows]]]
+                chunk = [labels[rows], scan.column("keep_key", start, stop)[rows],
+                         ranks[scan.column("file", start, stop)[rows]], scan.column("line", start, stop)[rows]]
+                held = [np.concatenate(pair) for pair in zip(held, chunk)]
+                if len(held[0]) > 2 * bound + ROWS:
+                    held = _first_per_cluster(held, t)
+        label, key, rank, line = _first_per_cluster(held, t)
+        last = np.flatnonzero(np.append(label[1:] != label[:-1], True))  # the t-th member of each full cluster
+        cut[0][label[last]], cut[1][label[last]], cut[2][label[last]] = key[last], rank[last], line[last]
+    _save_npy(out / "full.npy", full)
+    for name, column in zip(("cut_key", "cut_file", "cut_line"), cut):
+        _save_npy(out / f"{name}.npy", column)
+    meta.update({"per_cluster": int(t), "before": size_distribution(sizes),
+                 "after": size_distribution(np.minimum(sizes, t))})
+    _write_done(out, meta)
+    return meta
 
 
-def _quantiles(sims: np.ndarray) -> dict:
-    if len(sims) == 0:
-        return {}
-    qs = np.quantile(sims, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
-    return dict(zip(["min", "p05", "p25", "p50", "p75", "p95", "max"], (round(float(q), SIM_DECIMALS) for q in qs)))
-
-
-def _npy_bytes(matrix: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, matrix, allow_pickle=False)
-    return buf.getvalue()
+# --------------------------------------------------------------------------- filter
 
 
 def _is_regular_file(path: str) -> bool:
     return path != STDIO and stat.S_ISREG(os.stat(path).st_mode)
 
 
-def _file_identity(path: str) -> tuple[int, int, int]:
+def _file_identity(path: str) -> list[int]:
     st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def _pass_two_lines(first: _FirstPass, places: np.ndarray):
-    """The raw JSON line of every record pass 1 accepted, in the same order.
+def _scan_lines(scan: PassDir):
+    """The raw JSON line of every record the scan accepted, in scan order.
 
-    From the spill when there is one, otherwise from the input files again,
-    picking the accepted lines by (file, line number), block by block.
+    From the record spill when there is one, otherwise from the input files
+    again, picking the accepted lines by (file, line number), block by block.
     """
-    if first.records_path is not None:
-        for _, lines in iter_line_blocks(first.records_path):
+    if scan.meta["records"]:
+        for _, lines in iter_line_blocks(scan.file(scan.meta["records"])):
             yield from lines
         return
-    for number, path in enumerate(first.files):
-        wanted = places[places[:, 0] == number, 1]  # ascending: pass 1 read them in this order
+    for f in scan.meta["files"]:
+        try:
+            changed = _file_identity(f["path"]) != f["identity"]
+        except OSError:
+            changed = True
+        if changed:
+            raise RsynError(f"{f['name']}: changed since `rsyn balance scan` read it")
+    files = scan.column("file")
+    lines = scan.column("line")
+    # the scan numbered files in the order it read them, one after the other: each file's rows are one run
+    bounds = np.searchsorted(files, np.arange(len(scan.meta["files"]) + 1), side="left")
+    for number, f in enumerate(scan.meta["files"]):
+        wanted = lines[bounds[number]:bounds[number + 1]]  # ascending: the scan read them in this order
         j = 0
-        for start, lines in iter_line_blocks(path):
-            stop = start + len(lines)
+        for start, block in iter_line_blocks(f["path"]):
+            stop = start + len(block)
             end = int(np.searchsorted(wanted, stop, side="left"))
             for lineno in wanted[j:end].tolist():
-                yield lines[lineno - start]
+                yield block[lineno - start]
             j = end
             if j == len(wanted):
                 break
+        if j != len(wanted):
+            raise RsynError(f"{f['name']}: shorter than when `rsyn balance scan` read it")
 
 
 def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
@@ -540,36 +867,130 @@ def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
     return orjson.dumps(record)
 
 
-def _second_pass(run: Run, first: _FirstPass, status, labels, sims, places) -> None:
-    """Write the survivors with sim and cluster added, in input order; log drops when asked."""
+def filter_status(scan: PassDir, plan: PassDir, assign: PassDir, cap: PassDir):
+    """(status int8, sims float64, labels int64) of every row of the scan."""
+    table = window_table(plan.meta["sim_window"]["lo"], plan.meta["sim_window"]["hi"])
+    codes = scan.column("sim").astype(np.int64)
+    status = table[codes + SIM_SCALE]
+    labels = read_rows(assign.file("labels.i4"), "<i4", 0, scan.meta["count"]).astype(np.int64)
+    full = np.load(cap.file("full.npy"), allow_pickle=False)
+    rows = np.flatnonzero(labels >= 0)
+    rows = rows[full[labels[rows]]]
+    if len(rows):
+        ranked = {name: i for i, name in enumerate(plan.meta["files"])}
+        ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
+        cluster = labels[rows]
+        key = scan.column("keep_key")[rows]
+        rank = ranks[scan.column("file")[rows]]
+        line = scan.column("line")[rows]
+        ck = np.load(cap.file("cut_key.npy"))[cluster]
+        cr = np.load(cap.file("cut_file.npy"))[cluster]
+        cl = np.load(cap.file("cut_line.npy"))[cluster]
+        after = (key > ck) | ((key == ck) & ((rank > cr) | ((rank == cr) & (line > cl))))
+        status[rows[after]] = _CAPPED
+    return status, code_values(codes), labels
+
+
+def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
+    """Write the survivors with sim and cluster added, in input order; count (and log) the drops."""
+    if str(assign.path.resolve()) not in cap.meta["assigns"]:
+        raise RsynError(f"{assign.path}: not one of the assign directories the cap {cap.path} was made from")
+    scan = PassDir(assign.meta["scan"], "scan")
+    plan = PassDir(assign.meta["plan"], "plan")
+    status, sims, labels = filter_status(scan, plan, assign, cap)
     fragment = orjson.Fragment
     log_drops = bool(run.rejects_path)
     reason_of = {_BELOW: "sim_below_window", _ABOVE: "sim_above_window", _CAPPED: "over_cluster_cap"}
     if not log_drops:  # count without reading the dropped records again
         for code, reason in reason_of.items():
-            run.dropped[reason] += int((status == code).sum())
-    status_list, sim_list, label_list = status.tolist(), sims.tolist(), labels.tolist()
+            run.dropped[reason] = run.dropped.get(reason, 0) + int((status == code).sum())
+    files = [f["name"] for f in scan.meta["files"]]
+    file_of, line_of = scan.column("file"), scan.column("line")
 
     def survivors():
-        for i, line in enumerate(_pass_two_lines(first, places)):
-            code = status_list[i]
-            if code == _KEEP:
-                yield fragment(_with_sim_and_cluster(line, sim_list[i], label_list[i]))
-            elif log_drops:
-                file_number, lineno = places[i]
-                details = {"sim": sim_list[i]}
-                if label_list[i] >= 0:
-                    details["cluster"] = label_list[i]
-                run.drop(orjson.loads(line), reason_of[code], where=f"{first.files[file_number]}:{lineno}",
-                         **details)
+        lines = _scan_lines(scan)
+        for start in range(0, len(status), ROWS):  # Python objects for one chunk at a time
+            stop = min(start + ROWS, len(status))
+            status_list, sim_list = status[start:stop].tolist(), sims[start:stop].tolist()
+            label_list = labels[start:stop].tolist()
+            for j, line in zip(range(stop - start), lines):
+                code = status_list[j]
+                if code == _KEEP:
+                    yield fragment(_with_sim_and_cluster(line, sim_list[j], label_list[j]))
+                elif log_drops:
+                    details = {"sim": sim_list[j]}
+                    if label_list[j] >= 0:
+                        details["cluster"] = label_list[j]
+                    run.drop(orjson.loads(line), reason_of[code], where=f"{files[file_of[start + j]]}:"
+                             f"{line_of[start + j]}", **details)
 
     run.write(survivors())
 
 
-def _note_summary(run: Run, stage: dict) -> None:
-    w = stage["sim_window"]
-    run.note(f"sim window {w['lo']}..{w['hi']} ({w['chosen']})")
-    if stage.get("clusters"):
+# --------------------------------------------------------------------------- the one-process composition
+
+
+def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None = None,
+                per_cluster: int | None = None, target: int | None = None, kmeans_iters: int = 20,
+                kmeans_sample: int | None = None, centroids_path: str | None = None,
+                save_centroids: str | None = None, spill_dir: str | None = None) -> None:
+    if run.shard is not None:
+        raise RsynError(f"--shard: `rsyn balance` balances the whole corpus at once; to split it, run its passes "
+                        f"({PASSES}: `rsyn balance scan --shard K/N ...`, see docs/balance_pack.md)")
+    if (per_cluster is None) == (target is None):
+        raise RsynError("give exactly one of --per-cluster T (paper: 20, 35, 180) or --target N")
+    window, run.inputs = parse_sim_range(sim_range, run.inputs)
+    run.declare_reasons(REASONS)
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="rsyn-balance-", dir=spill_dir) as work:
+        dirs = {name: Path(work) / name for name in ("scan", "plan", "assign", "cap")}
+        for path in dirs.values():
+            path.mkdir()
+        clock = time.perf_counter()
+        scan_pass(run, dirs["scan"], window=window)
+        seconds["scan"] = time.perf_counter() - clock
+        scan = PassDir(dirs["scan"], "scan")
+        clock = time.perf_counter()
+        plan_meta = plan_pass(run, [scan], dirs["plan"], window=window, clusters=clusters,
+                              kmeans_iters=kmeans_iters, kmeans_sample=kmeans_sample,
+                              centroids_path=centroids_path, save_centroids=save_centroids)
+        seconds["plan"] = time.perf_counter() - clock
+        plan = PassDir(dirs["plan"], "plan")
+        clock = time.perf_counter()
+        assign_pass(run, scan, plan, dirs["assign"])
+        seconds["assign"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        cap_meta = cap_pass(run, [PassDir(dirs["assign"], "assign")], dirs["cap"], per_cluster=per_cluster,
+                            target=target)
+        seconds["cap"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        filter_pass(run, PassDir(dirs["assign"], "assign"), PassDir(dirs["cap"], "cap"))
+        seconds["filter"] = time.perf_counter() - clock
+    run.extra.update(stage_summary(plan_meta, cap_meta))
+    run.extra["phase_seconds"] = {name: round(value, 3) for name, value in seconds.items()}
+    note_summary(run, run.extra)
+
+
+def stage_summary(plan: dict | None, cap: dict | None) -> dict:
+    """The numbers --stats shows under `stage` (the plan's and the cap's)."""
+    stage = {}
+    if plan is not None:
+        stage.update({"sim_window": plan["sim_window"], "sim_quantiles": plan["sim_quantiles"],
+                      "emb_model": plan["emb_model"]})
+        if plan["kmeans"]:
+            stage["kmeans"] = plan["kmeans"]
+        stage["clusters"] = plan["clusters"]
+    if cap is not None:
+        stage.update({"clusters": cap["clusters"], "per_cluster": cap["per_cluster"], "target": cap["target"],
+                      "before": cap["before"], "after": cap["after"]})
+    return stage
+
+
+def note_summary(run: Run, stage: dict) -> None:
+    if "sim_window" in stage:
+        w = stage["sim_window"]
+        run.note(f"sim window {w['lo']}..{w['hi']} ({w['chosen']})")
+    if stage.get("clusters") and "before" in stage:
         b, a = stage["before"], stage["after"]
         run.note(f"{stage['clusters']} clusters, at most {stage['per_cluster']} per cluster; "
                  f"before: max share {b['max_share']:.2%}, Gini {b['gini']:.3f}, {b['singletons']} singletons; "

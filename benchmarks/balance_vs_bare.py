@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time and peak memory of `rsyn balance` and rows/s of `rsyn pack`, each against a bare in-memory loop.
 
-    .venv/bin/python bin/bench_balance.py [--records 1000000] [--dim 512] [--clusters 1000]
+    .venv/bin/python benchmarks/balance_vs_bare.py [--records 1000000] [--dim 512] [--clusters 1000]
 
 Input: synthetic image records with --dim-dimensional `emb` and `syn_emb`
 (float16 base64, as `rsyn embed` writes them) drawn around Zipf-sized true
@@ -89,6 +89,7 @@ WORDS = ("a dog runs across the green field while two children play with red kit
 
 
 def make_input(path: str, n: int, dim: int, true_clusters: int, seed: int = 0) -> int:
+    """Write n records; seed S > 0 draws other records (ids from S * n on) around the same true clusters."""
     import numpy as np
     import orjson
     import zstandard
@@ -96,8 +97,8 @@ def make_input(path: str, n: int, dim: int, true_clusters: int, seed: int = 0) -
     sys.path.insert(0, HERE)
     from rsyn.records import encode_embeddings
 
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((true_clusters, dim)).astype(np.float32)
+    centres = np.random.default_rng(0).standard_normal((true_clusters, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
     weights = 1.0 / np.arange(1, true_clusters + 1) ** 1.1  # Zipf: a few huge clusters, a long tail
     weights /= weights.sum()
     raw = 0
@@ -117,7 +118,7 @@ def make_input(path: str, n: int, dim: int, true_clusters: int, seed: int = 0) -
             words = rng.integers(0, len(WORDS), (m, 3, 14))
             lines = []
             for j in range(m):
-                i = start + j
+                i = seed * n + start + j
                 texts = [{"id": f"{i:012x}{t}", "text": " ".join(WORDS[w] for w in words[j, t]), "score": 0.3 - 0.01 * t}
                          for t in range(3)]
                 rec = {"id": f"{i:020x}", "kind": "image", "doc": f"https://example.org/p/{i // 5}",
@@ -154,9 +155,10 @@ def main() -> None:
     ap.add_argument("--true-clusters", type=int, default=2000)
     ap.add_argument("--tmp", default=None, help="scratch directory (needs ~3 KB per record)")
     ap.add_argument("--make-input", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_input:
-        print(make_input(args.make_input, args.records, args.dim, args.true_clusters))
+        print(make_input(args.make_input, args.records, args.dim, args.true_clusters, seed=args.seed))
         return
     py = sys.executable
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="bench-balance-") as tmp:

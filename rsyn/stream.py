@@ -530,6 +530,67 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+class OutputExists(Exception):
+    """An output directory is in the way and may not be replaced (the message says why)."""
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicDirectory:
+    """A directory built under temporary_name(path) and renamed into place by commit(), fsynced first.
+
+    An existing directory is replaced (with `overwrite`) only when it is empty or
+    holds `marker`, the done marker its writer puts there last: never a directory
+    rsyn did not write. Opening one removes the temporaries of the same target
+    left by dead runs.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, marker: str, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() or self.path.is_symlink():
+            if self.path.is_symlink() or not self.path.is_dir():
+                raise OutputExists(f"-o {path}: exists and is not a directory")
+            if any(self.path.iterdir()):
+                if not (self.path / marker).is_file():
+                    raise OutputExists(f"-o {path}: directory exists and is not an rsyn output (no {marker}); "
+                                       "refusing to replace it")
+                if not overwrite:
+                    raise OutputExists(f"-o {path}: directory exists and is not empty (use --overwrite to replace it)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._replaced = self.path.with_name(self.path.name + ".replaced")  # the old one, while swapping
+        remove_stale_temporaries(self.path)
+        remove_stale_temporaries(self._replaced)
+        self.tmp = temporary_name(self.path)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+
+    def commit(self) -> None:
+        _fsync_tree(self.tmp)
+        old = None
+        if self.path.exists():
+            old = temporary_name(self._replaced)
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 class AtomicFile:
     """A file written under temporary_name(path) and renamed into place by commit().
 

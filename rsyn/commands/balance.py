@@ -100,11 +100,15 @@ def balance(
 
 def _out_dir(run: Run, name: str):
     """The pass's output directory (-o), built beside its place and renamed there when done."""
-    from rsyn.stages.pack import AtomicDirectory
+    from rsyn.stages.balance import DONE
+    from rsyn.stream import AtomicDirectory, OutputExists
 
     if not run.output or run.output == "-":
         raise RsynError(f"rsyn balance {name}: give the output directory with -o DIR")
-    return AtomicDirectory(run.output, overwrite=True)
+    try:
+        return AtomicDirectory(run.output, marker=DONE, overwrite=True)
+    except OutputExists as exc:
+        raise RsynError(str(exc)) from None
 
 
 def _run_into(run: Run, name: str, body) -> dict:

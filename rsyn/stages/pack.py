@@ -17,8 +17,6 @@ a killed run leaves no directory that looks complete.
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from pathlib import Path
 
 import orjson
@@ -26,7 +24,7 @@ import orjson
 from rsyn.command import RsynError, Run
 from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from rsyn.localfiles import shown
-from rsyn.stream import write_bytes_atomic
+from rsyn.stream import AtomicDirectory, OutputExists, write_bytes_atomic
 from rsyn.textstyle import apply_text_style
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
@@ -53,42 +51,6 @@ def release_schema(extra_columns: bool):
 
 
 DONE_MARKER = "stats.json"  # written last: a directory holding it is a complete rsyn pack output
-
-
-class AtomicDirectory:
-    """A directory built under `.NAME.rsyn-tmp-PID` beside its final place and renamed there by commit().
-
-    An existing directory is replaced (with `overwrite`) only when it is empty
-    or holds rsyn's done marker: never a directory rsyn did not write.
-    """
-
-    def __init__(self, path: str, overwrite: bool):
-        self.path = Path(path)
-        if self.path.exists() or self.path.is_symlink():
-            if self.path.is_symlink() or not self.path.is_dir():
-                raise RsynError(f"-o {path}: exists and is not a directory")
-            if any(self.path.iterdir()):
-                if not (self.path / DONE_MARKER).is_file():
-                    raise RsynError(f"-o {path}: directory exists and is not an rsyn pack output (no {DONE_MARKER}); "
-                                    "refusing to replace it")
-                if not overwrite:
-                    raise RsynError(f"-o {path}: directory exists and is not empty (use --overwrite to replace it)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.rsyn-tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-
-    def commit(self) -> None:
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.rsyn-old-{os.getpid()}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- rows
@@ -332,7 +294,10 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
     rows_per_shard = rows_per_shard or DEFAULT_ROWS[fmt]
     run.declare_reasons(["not_image", "not_downloaded"] if images else ["not_image"])
     loader = _image_loader(run, images, path_root, max_bytes) if fmt == "webdataset" else None
-    out = AtomicDirectory(run.output, overwrite)
+    try:
+        out = AtomicDirectory(run.output, marker=DONE_MARKER, overwrite=overwrite)
+    except OutputExists as exc:
+        raise RsynError(str(exc)) from None
     stats = TextStats()
     schema = release_schema(extra_columns)
     shards = (WebdatasetShards if fmt == "webdataset" else ParquetShards)(out.tmp, schema, stats, rows_per_shard)

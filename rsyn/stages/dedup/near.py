@@ -336,3 +336,147 @@ class NearIndex:
         return {"keep_as": keep_as, "best": best, "to_kept": to_kept,
                 "candidate_pairs": int(len(pairs)), "verified_pairs": int(len(edges)),
                 "largest_group": int(sizes.max()) if m else 0}
+
+
+# --------------------------------------------------------------------------- passes
+
+
+def _alive_texts(shards, s: int, exact_settled) -> tuple[np.ndarray, np.ndarray]:
+    """(text ranks, rows) of shard s's sentences that survived exact dedup and have a shingle set."""
+    text_rows = np.flatnonzero(np.asarray(shards.array(s, "kind")) == 0)
+    has_set = np.diff(np.asarray(shards.array(s, "near_offsets"))) > 0
+    alive = has_set
+    if exact_settled is not None:
+        from rsyn.stages.dedup.work import dropped_rows
+
+        alive = has_set & ~np.isin(text_rows, dropped_rows(exact_settled, s))
+    ranks = np.flatnonzero(alive)
+    return ranks, text_rows[ranks]
+
+
+def gather_sets(shards, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle sets (CSR values, offsets) of the records `gids` (sorted unique), read from their scan parts."""
+    from rsyn.stages.dedup.work import split_gid
+
+    shard, rows = split_gid(gids)
+    sizes = np.zeros(len(gids), dtype=np.int64)
+    chunks = []
+    for s in np.unique(shard).tolist():
+        where = np.flatnonzero(shard == s)
+        text_rows = np.flatnonzero(np.asarray(shards.array(s, "kind")) == 0)
+        ranks = np.searchsorted(text_rows, rows[where])
+        offsets, values = shards.array(s, "near_offsets"), shards.array(s, "near_values")
+        lo, hi = np.asarray(offsets[ranks]), np.asarray(offsets[ranks + 1])
+        sizes[where] = hi - lo
+        chunks.append((where, lo, hi, values))
+    out_offsets = np.zeros(len(gids) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), dtype=np.uint64)
+    for where, lo, hi, values in chunks:
+        for i, a, b in zip(where.tolist(), lo.tolist(), hi.tolist()):
+            out[out_offsets[i]:out_offsets[i + 1]] = values[a:b]
+    return out, out_offsets
+
+
+def pair_jaccard(shards, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of records a[k] and b[k] (gids), wherever they were scanned."""
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.float64)
+    nodes = np.unique(np.concatenate([a, b]))
+    values, offsets = gather_sets(shards, nodes)
+    return jaccard(values, offsets, np.searchsorted(nodes, a), np.searchsorted(nodes, b))
+
+
+def bucket_pairs(bucket_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i < j) of positions in an array sorted by (bucket, input order), `bucket_new` marking
+    each bucket's first row: every pair in buckets of at most ALL_PAIRS_BUCKET rows, otherwise a star from
+    the first row plus the chain of neighbours (linear in the bucket size)."""
+    n = len(bucket_new)
+    run_start = np.flatnonzero(bucket_new)
+    run_size = np.diff(np.append(run_start, n))
+    found_i, found_j = [], []
+    for size in np.unique(run_size[(run_size >= 2) & (run_size <= ALL_PAIRS_BUCKET)]):
+        base = run_start[run_size == size]
+        ti, tj = np.triu_indices(int(size), 1)
+        found_i.append((base[:, None] + ti[None, :]).ravel())
+        found_j.append((base[:, None] + tj[None, :]).ravel())
+    big = run_size > ALL_PAIRS_BUCKET
+    if big.any():
+        run_id = np.cumsum(bucket_new) - 1
+        pos = np.flatnonzero(big[run_id] & ~bucket_new)
+        found_i += [run_start[run_id[pos]], pos - 1]
+        found_j += [pos, pos]
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
+
+
+def unique_pairs(*columns: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct (columns[0], columns[1]) pair, sorted by that pair."""
+    order = np.lexsort((columns[1], columns[0]))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (columns[0][order][1:] != columns[0][order][:-1]) | (columns[1][order][1:] != columns[1][order][:-1])
+    return order[first]
+
+
+def near_part(shards, work, part, m: int, n_parts: int) -> dict:
+    """Pass `near` (per bucket partition m of n_parts): LSH candidates of the (band, bucket)s whose hash falls
+    in this partition, among the sentences exact dedup kept; each candidate verified by its exact Jaccard."""
+    from rsyn.stages.dedup.work import gid_of, save_per_shard
+
+    exact_settled = work.require("exact/settled", "dedup-settle --mode exact") if "exact" in shards.options["modes"] \
+        else None
+    bands_, hashes, orders, gids = [], [], [], []
+    for s in range(len(shards)):
+        ranks, rows = _alive_texts(shards, s, exact_settled)
+        table = np.asarray(shards.array(s, "near_bands")[ranks])
+        r, band = np.nonzero(table % np.uint64(n_parts) == np.uint64(m))
+        bands_.append(band.astype(np.int16))
+        hashes.append(table[r, band])
+        orders.append(np.asarray(shards.array(s, "order"))[rows[r]])
+        gids.append(gid_of(s, rows[r]))
+    band, h, order, gid = (np.concatenate(x) for x in (bands_, hashes, orders, gids))
+    by_bucket = np.lexsort((order, h, band))
+    band, h, order, gid = band[by_bucket], h[by_bucket], order[by_bucket], gid[by_bucket]
+    new = np.ones(len(h), dtype=bool)
+    new[1:] = (band[1:] != band[:-1]) | (h[1:] != h[:-1])
+    i, j = bucket_pairs(new)
+    keep = unique_pairs(gid[i], gid[j])  # a pair found in several bands of this partition
+    i, j = i[keep], j[keep]
+    a, b = gid[i], gid[j]
+    sims = pair_jaccard(shards, a, b)
+    best_gid = np.concatenate([a, b])
+    best = np.concatenate([sims, sims])
+    by_gid = np.lexsort((-best, best_gid))
+    first = np.ones(len(by_gid), dtype=bool)
+    first[1:] = best_gid[by_gid][1:] != best_gid[by_gid][:-1]
+    save_per_shard(part, "best", len(shards), best_gid[by_gid][first], {"value": best[by_gid][first]})
+    edge = sims >= shards.options["near_threshold"]
+    part.save("a", a[edge])
+    part.save("b", b[edge])
+    part.save("a_order", order[i][edge])
+    part.save("b_order", order[j][edge])
+    return {"part": [m, n_parts], "candidate_pairs": len(a), "verified_pairs": int(edge.sum())}
+
+
+def near_settle(shards, work, part) -> dict:
+    """Pass `near` settle (once): groups are the connected components of the verified edges; every record
+    but the first of its group is dropped, with its exact Jaccard to that first record."""
+    from rsyn.stages.dedup.work import first_of_components, save_per_shard
+
+    parts = work.parts("near", "dedup-near --part M/P")
+    a, b, a_order, b_order = (np.concatenate([np.asarray(p.load(name)) for p in parts])
+                              for name in ("a", "b", "a_order", "b_order"))
+    unique = unique_pairs(a, b)
+    nodes, first, sizes = first_of_components(a[unique], b[unique], a_order[unique], b_order[unique])
+    dropped = nodes != first
+    to_kept = pair_jaccard(shards, first[dropped], nodes[dropped])
+    save_per_shard(part, "drop", len(shards), nodes[dropped], {"dup": first[dropped], "sim": to_kept})
+    opts = shards.options
+    bands, rows = lsh_params(opts["near_threshold"], opts["num_perm"])
+    any_text = any(info["texts"] for info in shards.infos)
+    return {"threshold": opts["near_threshold"], "ngram": opts["ngram"], "num_perm": opts["num_perm"],
+            "bands": bands, "rows": rows,
+            "candidate_pairs": sum(p.info()["candidate_pairs"] for p in parts),
+            "verified_pairs": len(unique), "largest_group": int(sizes.max()) if len(sizes) else int(any_text),
+            "dropped": int(dropped.sum())}

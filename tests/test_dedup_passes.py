@@ -270,3 +270,59 @@ def test_semantic_scores_do_not_depend_on_the_thread_count(tmp_path):
         outputs.append((proc.stdout, (tmp_path / f"r{threads}.jsonl").read_bytes()))
     assert outputs[0] == outputs[1]
     assert all("dup_sim" in r["scores"] for r in decode_stream(outputs[0][0]))
+
+
+# --------------------------------------------------------------------------- the command lines
+
+
+def test_pass_command_lines_done_markers_and_reruns(tmp_path, monkeypatch):
+    from conftest import rsyn_here
+
+    monkeypatch.chdir(tmp_path)
+    paths = write_corpus(make_corpus(3000, seed=4, image_dir=tmp_path / "img"), tmp_path, files=3,
+                         image_dir=tmp_path / "img")
+    one_out, one_rejects = one_process(paths, tmp_path)
+    work = tmp_path / "work"
+
+    def ok(*args):
+        return rsyn_here(*args, "--quiet", check=True)
+
+    for k in range(2):
+        ok("dedup-scan", *paths, "--work", work, "--shard", f"{k}/2", "--rejects", tmp_path / f"scan-{k}.jsonl.zst")
+    scanned = {p.name: p.read_bytes() for p in (work / "scan" / "part-00000-of-00002").iterdir()}
+    assert "DONE" in scanned and "order.npy" in scanned
+    # a pass whose inputs are not all done refuses, naming what to run
+    (work / "scan" / "part-00001-of-00002" / "DONE").unlink()
+    proc = rsyn_here("dedup-exact", "--work", work, "--part", "0/2")
+    assert proc.returncode == 2 and "part(s) 1 of 2 not done; run `rsyn dedup-scan" in proc.stderr.decode()
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    # a rerun (here of a part killed before its DONE) starts clean and writes the same bytes
+    (work / "scan" / "part-00000-of-00002" / ".stale.rsyn-tmp-1").write_bytes(b"litter")
+    for k in range(2):
+        ok("dedup-scan", *paths, "--work", work, "--shard", f"{k}/2")
+    assert {p.name: p.read_bytes() for p in (work / "scan" / "part-00000-of-00002").iterdir()} == scanned
+    for mode in ("exact", "near"):
+        for m in range(2):
+            ok(f"dedup-{mode}", "--work", work, "--part", f"{m}/2")
+        ok("dedup-settle", "--work", work, "--mode", mode)
+    outs, rejects = [], []
+    for k in range(2):
+        out, rej = tmp_path / f"out-{k}.jsonl.zst", tmp_path / f"rej-{k}.jsonl.zst"
+        ok("dedup-filter", "--work", work, "--shard", f"{k}/2", "-o", out, "--rejects", rej)
+        outs.append(_lines(out))
+        rejects.append(_lines(tmp_path / f"scan-{k}.jsonl.zst") + _lines(rej))
+    assert_split_equals_one(one_out, outs)
+    assert_split_equals_one(one_rejects, rejects)
+    # semantic passes on a scan without embeddings, and a filter for a shard count that was not scanned
+    proc = rsyn_here("dedup-train", "--work", work)
+    assert proc.returncode == 2 and "without semantic" in proc.stderr.decode()
+    proc = rsyn_here("dedup-filter", "--work", work, "--shard", "0/3", "-o", tmp_path / "x.jsonl.zst")
+    assert proc.returncode == 2 and "the scan has 2 shard(s)" in proc.stderr.decode()
+
+
+def test_whole_dedup_refuses_a_shard_and_names_the_passes():
+    proc = rsyn("dedup", "--shard", "0/2", input=jsonl([{"id": "a", "kind": "text", "text": "x"}]))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("rsyn: error: `rsyn dedup` compares every record") and "dedup-scan --shard K/N" in err
+    assert proc.stdout == b""

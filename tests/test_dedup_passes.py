@@ -7,7 +7,7 @@ import orjson
 import pytest
 import zstandard
 
-from conftest import decode_stream, jsonl, read_stream_file, rsyn
+from conftest import decode_stream, jsonl, rsyn
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu amber bronze cedar dune ember fern "
@@ -57,7 +57,8 @@ def make_corpus(n: int, seed: int = 0, image_dir=None) -> list[dict]:
                for i, t in enumerate(texts)]
     n_images = n - len(records)
     for i in range(n_images):
-        rec = {"id": f"i{i}", "kind": "image", "doc": f"d{i}", "pos": 0, "url": f"http://h{i % 97}/{int(rng.integers(n_images // 2 + 1))}.jpg"}
+        url = f"http://h{i % 97}/{int(rng.integers(n_images // 2 + 1))}.jpg"
+        rec = {"id": f"i{i}", "kind": "image", "doc": f"d{i}", "pos": 0, "url": url}
         r = rng.random()
         if r < 0.2:
             rec["sha256"] = hashlib.sha256(str(int(rng.integers(n_images // 3 + 1))).encode()).hexdigest()
@@ -103,7 +104,7 @@ def one_process(paths, out_dir, *args) -> tuple[list[bytes], list[bytes]]:
     return _lines(out), _lines(rejects)
 
 
-def passes(paths, work, n_shards: int, n_parts: int, options, device="cpu", seed=0) -> tuple[list[list[bytes]], list[list[bytes]]]:
+def passes(paths, work, n_shards: int, n_parts: int, options, device="cpu", seed=0):
     """Every pass, as the pipeline runner calls them, but in this process: per shard output and rejects lines."""
     from rsyn.command import Run
     from rsyn.stages.dedup import Work, assign_pass, filter_pass, group_pass, scan_pass, settle_pass, train_pass

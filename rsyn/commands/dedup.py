@@ -80,8 +80,8 @@ def dedup_scan(run: Run, work: str, **options) -> None:
 
 
 # dedup-scan takes dedup's options (they are stored with the scan and used by every later pass) plus --work
-_dedup_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in inspect.signature(dedup).parameters.items()
-                 if name not in ("run", "tmp_dir")]
+_dedup_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                 for name, p in inspect.signature(dedup).parameters.items() if name not in ("run", "tmp_dir")]
 _work_param = inspect.Parameter("work", inspect.Parameter.KEYWORD_ONLY,
                                 annotation=Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)])
 dedup_scan.__signature__ = inspect.Signature([inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD),

@@ -20,6 +20,12 @@ in the hashing, banding or verification.
   the threshold become edges, so a stray bucket collision never links two
   groups. Groups are the connected components of the edges; the first record
   of a group in input order is kept.
+
+As passes: `scan` keeps each sentence's shingle set and band hashes;
+`near_part` takes the (band, bucket)s whose hash falls in its partition,
+among the sentences exact dedup kept, and verifies their candidates (reading
+the shingle sets of any shard); `near_settle` joins the verified edges of
+all partitions into groups.
 """
 
 from __future__ import annotations
@@ -202,39 +208,6 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-def candidate_pairs(bands: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """Unique (i, j), i < j, of positions into `members` that share a bucket in some band: (m, 2) int64."""
-    n = len(members)
-    found = np.zeros(0, dtype=np.int64)  # unique i * n + j, merged band by band to bound memory
-    for band in range(bands.shape[1]):
-        new = []
-        h = bands[members, band]
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
-        new_run = np.ones(n, dtype=bool)
-        new_run[1:] = hs[1:] != hs[:-1]
-        run_start = np.flatnonzero(new_run)
-        run_size = np.diff(np.append(run_start, n))
-        # small buckets: every pair
-        for size in np.unique(run_size[(run_size >= 2) & (run_size <= ALL_PAIRS_BUCKET)]):
-            base = run_start[run_size == size]
-            ti, tj = np.triu_indices(int(size), 1)
-            new.append((order[(base[:, None] + ti[None, :]).ravel()], order[(base[:, None] + tj[None, :]).ravel()]))
-        # big buckets: star from the first member plus the chain of neighbours
-        big = run_size > ALL_PAIRS_BUCKET
-        if big.any():
-            run_id = np.cumsum(new_run) - 1
-            in_big = big[run_id]
-            pos = np.flatnonzero(in_big & ~new_run)
-            new.append((order[run_start[run_id[pos]]], order[pos]))
-            new.append((order[pos - 1], order[pos]))
-        if new:
-            i = np.concatenate([p for p, _ in new]).astype(np.int64)
-            j = np.concatenate([q for _, q in new]).astype(np.int64)
-            found = np.unique(np.concatenate([found, np.minimum(i, j) * n + np.maximum(i, j)]))
-    return np.stack([found // n, found % n], axis=1)
-
-
 def _gather(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Element indices of the sets of `rows` (CSR) and the set sizes."""
     sizes = offsets[rows + 1] - offsets[rows]
@@ -300,42 +273,6 @@ class NearIndex:
         self.band_table = (np.concatenate(self._bands) if self._bands
                            else np.zeros((0, self.bands), dtype=np.uint64))
         self._values, self._sizes, self._bands = [], [], []
-
-    def groups(self, members: np.ndarray) -> dict:
-        """Near-duplicate groups among `members` (indices into the added sentences, ascending).
-
-        Returns arrays over `members`: `keep_as` (position of the kept record of
-        the group; itself when kept), `best` (highest exact Jaccard with any
-        candidate, 0 when none), `to_kept` (Jaccard with the kept record), and
-        counts for the summary.
-        """
-        import scipy.sparse as sp
-        from scipy.sparse.csgraph import connected_components
-
-        m = len(members)
-        has_set = self.offsets[members + 1] > self.offsets[members]
-        active = np.flatnonzero(has_set)  # empty match forms (only punctuation) have nothing to compare
-        pairs_local = candidate_pairs(self.band_table, members[active]) if len(active) > 1 else np.zeros((0, 2), np.int64)
-        pairs = active[pairs_local] if len(pairs_local) else pairs_local
-        sims = jaccard(self.values, self.offsets, members[pairs[:, 0]], members[pairs[:, 1]]) if len(pairs) else np.zeros(0)
-        best = np.zeros(m, dtype=np.float64)
-        if len(pairs):
-            np.maximum.at(best, pairs[:, 0], sims)
-            np.maximum.at(best, pairs[:, 1], sims)
-        edges = pairs[sims >= self.threshold]
-        graph = sp.coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(m, m))
-        _, component = connected_components(graph, directed=False)
-        first = np.full(int(component.max()) + 1 if m else 0, m, dtype=np.int64)
-        np.minimum.at(first, component, np.arange(m, dtype=np.int64))
-        keep_as = first[component] if m else np.zeros(0, np.int64)
-        to_kept = np.ones(m, dtype=np.float64)
-        dropped = np.flatnonzero(keep_as != np.arange(m))
-        if len(dropped):
-            to_kept[dropped] = jaccard(self.values, self.offsets, members[keep_as[dropped]], members[dropped])
-        sizes = np.bincount(component) if m else np.zeros(0, np.int64)
-        return {"keep_as": keep_as, "best": best, "to_kept": to_kept,
-                "candidate_pairs": int(len(pairs)), "verified_pairs": int(len(edges)),
-                "largest_group": int(sizes.max()) if m else 0}
 
 
 # --------------------------------------------------------------------------- passes

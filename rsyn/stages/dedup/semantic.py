@@ -52,7 +52,8 @@ KINDS = ("text", "image")
 SIM_BYTES = 1 << 26  # one block of the similarity matrix: 64 MiB of float32
 ASSIGN_BATCH = 65536
 RERANK_BATCH = 4096
-SAMPLE_PER_CENTROID = 64  # k-means trains on this many points per centroid: a partition for dedup needs no finer centroids
+# k-means trains on this many points per centroid: a partition for dedup needs no finer centroids
+SAMPLE_PER_CENTROID = 64
 KMEANS_ITERATIONS = 10
 # float32 products of unit float16 vectors are within ~3e-5 of the float64 ones at d = 512: a pair this close
 # to the threshold (or to a row's best) is a candidate, and float64 decides

@@ -179,7 +179,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     datasketch's MinHashLSH balances false positives and false negatives
     instead; with an exact check after it, a false positive costs one
     comparison while a false negative is a duplicate left in, so we favour
-    recall (measured in bin/bench_dedup.py).
+    recall (measured in benchmarks/dedup_quality.py).
     """
     s = np.linspace(0.0, threshold, 401)
     best = None

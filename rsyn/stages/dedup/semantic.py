@@ -5,7 +5,7 @@ SemDeDup (Abbas et al. 2023) compares records only within their k-means
 cluster, which turns the n^2 all-pairs problem into sum of cluster size^2.
 With one cluster per record, duplicates that straddle a cluster boundary are
 never compared; in weakly clustered high-dimensional embeddings that is a
-large share of them (bin/bench_dedup.py measures it). So every record is also
+large share of them (benchmarks/dedup_quality.py measures it). So every record is also
 compared with the records whose *second* nearest centroid (up to `probes`)
 is its own cluster, the same idea as probing several lists of an IVF index.
 

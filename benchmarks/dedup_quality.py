@@ -319,16 +319,15 @@ def semantic_groups(vectors, rows, threshold, cluster_size, probes=3, seed=0, de
     the matrix is written as the one scan part of a temporary work directory."""
     from rsyn.command import Run
     from rsyn.stages.dedup import DedupOptions, Work, assign_pass, group_pass, settle_pass, train_pass
-    from rsyn.stages.dedup.work import encode_strings
-
     m = len(rows)
     with tempfile.TemporaryDirectory(prefix="bench-semantic-") as tmp:
         work = Work(tmp, durable=False)
         part = work.part("scan", 0, 1).begin()
         part.save("order", np.arange(m, dtype=np.int64))
         part.save("kind", np.ones(m, dtype=np.uint8))
-        for name, array in zip(("id_bytes", "id_end"), encode_strings([str(i) for i in range(m)])):
-            part.save(name, array)
+        ids = [str(i).encode() for i in range(m)]
+        part.save("id_bytes", np.frombuffer(b"".join(ids), dtype=np.uint8))
+        part.save("id_end", np.cumsum([len(i) for i in ids], dtype=np.int64))
         part.save("emb-image", np.asarray(vectors[rows], dtype="<f2"))
         part.save("emb-image-rows", np.arange(m, dtype=np.int64))
         options = DedupOptions(modes=("semantic",), semantic_threshold=threshold,

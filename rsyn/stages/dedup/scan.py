@@ -15,11 +15,11 @@ from array import array
 
 import numpy as np
 
-from rsyn.command import Run
+from rsyn.command import RsynError, Run
 from rsyn.localfiles import LocalFileError, allowed_root, read_local_file
 from rsyn.records import EMB_DTYPE
-from rsyn.stages.dedup.work import ROW_BITS, Part, encode_strings
-from rsyn.stream import STDIO, RecordWriter
+from rsyn.stages.dedup.work import ROW_BITS, Part
+from rsyn.stream import STDIO, RecordWriter, StreamError, expand_inputs
 
 KINDS = ("text", "image")
 BATCH = 8192
@@ -30,7 +30,11 @@ class _FileIndex:
     """The index of the input file a record came from, in the expanded input list (shared by all shards)."""
 
     def __init__(self, run: Run):
-        self.names = ["<stdin>" if p == STDIO else p for p in run.input_paths()]
+        try:  # (not run.input_paths(): it would announce the matched files a second time)
+            paths = expand_inputs(run.inputs)
+        except StreamError as exc:
+            raise RsynError(str(exc)) from None
+        self.names = ["<stdin>" if p == STDIO else p for p in paths]
         self.current = -1
         self.current_name = None
 
@@ -57,7 +61,7 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
     root = allowed_root(options.path_root)
     files = _FileIndex(run)
     spill = RecordWriter(str(part.file(RECORDS)), compression="zstd", level=1)
-    order, kinds, ids = array("q"), bytearray(), []
+    order, kinds, id_bytes, id_end = array("q"), bytearray(), bytearray(), array("q")
     text_keys, url_keys, content_rows, content_keys = bytearray(), bytearray(), array("q"), bytearray()
     forms: list[str] = []
     emb: dict[str, list[bytes]] = {k: [] for k in KINDS}
@@ -114,7 +118,8 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
                 emb_rows[kind].append(n)
             order.append((files.of(run.where_file) << ROW_BITS) | run.where_line)
             kinds.append(0 if kind == "text" else 1)
-            ids.append(rid)
+            id_bytes += rid.encode("utf-8", "surrogatepass")
+            id_end.append(len(id_bytes))
             spill.write(record)
             n += 1
         spill.close()
@@ -131,9 +136,8 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
     kind_array = np.frombuffer(bytes(kinds), dtype=np.uint8)
     part.save("order", np.frombuffer(order, dtype=np.int64))
     part.save("kind", kind_array)
-    id_bytes, id_end = encode_strings(ids)
-    part.save("id_bytes", id_bytes)
-    part.save("id_end", id_end)
+    part.save("id_bytes", np.frombuffer(bytes(id_bytes), dtype=np.uint8))
+    part.save("id_end", np.frombuffer(id_end, dtype=np.int64))
     if exact:
         from rsyn.stages.dedup.exact import KEY_DTYPE
 

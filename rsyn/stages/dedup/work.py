@@ -208,18 +208,6 @@ def save_per_shard(part: Part, name: str, n_shards: int, gids: np.ndarray, colum
             part.save(f"{name}-{k}-{column}", np.asarray(values)[order][lo:hi])
 
 
-def encode_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    blobs = [v.encode("utf-8", "surrogatepass") for v in values]
-    end = np.cumsum([len(b) for b in blobs], dtype=np.int64) if blobs else np.zeros(0, np.int64)
-    return np.frombuffer(b"".join(blobs), dtype=np.uint8), end
-
-
-def decode_strings(blob: np.ndarray, end: np.ndarray) -> list[str]:
-    data = bytes(blob)
-    starts = [0] + end[:-1].tolist()
-    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, end.tolist())]
-
-
 def first_of_components(a: np.ndarray, b: np.ndarray, a_order: np.ndarray, b_order: np.ndarray):
     """Connected components of the edges (a, b) between gids: (nodes, the first node of each node's
     component by order key, component sizes). Memory grows with the edges, not with the corpus."""

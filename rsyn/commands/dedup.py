@@ -74,7 +74,11 @@ def _options(mode, near_threshold, ngram, num_perm, perceptual_threshold, semant
 
 
 def dedup_scan(run: Run, work: str, **options) -> None:
+    from rsyn.command import RsynError
     from rsyn.stages.dedup import Work, scan_pass
+
+    if run.output is not None:
+        raise RsynError("dedup-scan writes its part to --work; the records come out of dedup-filter (-o there)")
 
     scan_pass(run, _options(**options, tmp_dir=None), Work(work), run.shard or (0, 1))
 

@@ -297,21 +297,22 @@ def gather_sets(shards, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     shard, rows = split_gid(gids)
     sizes = np.zeros(len(gids), dtype=np.int64)
-    chunks = []
+    starts = np.zeros(len(gids), dtype=np.int64)
     for s in np.unique(shard).tolist():
         where = np.flatnonzero(shard == s)
         text_rows = np.flatnonzero(np.asarray(shards.array(s, "kind")) == 0)
         ranks = np.searchsorted(text_rows, rows[where])
-        offsets, values = shards.array(s, "near_offsets"), shards.array(s, "near_values")
-        lo, hi = np.asarray(offsets[ranks]), np.asarray(offsets[ranks + 1])
-        sizes[where] = hi - lo
-        chunks.append((where, lo, hi, values))
+        offsets = shards.array(s, "near_offsets")
+        starts[where] = offsets[ranks]
+        sizes[where] = np.asarray(offsets[ranks + 1]) - starts[where]
     out_offsets = np.zeros(len(gids) + 1, dtype=np.int64)
     np.cumsum(sizes, out=out_offsets[1:])
     out = np.empty(int(out_offsets[-1]), dtype=np.uint64)
-    for where, lo, hi, values in chunks:
-        for i, a, b in zip(where.tolist(), lo.tolist(), hi.tolist()):
-            out[out_offsets[i]:out_offsets[i + 1]] = values[a:b]
+    element_shard = np.repeat(shard, sizes)
+    source = np.repeat(starts, sizes) + np.arange(len(out)) - np.repeat(out_offsets[:-1], sizes)
+    for s in np.unique(shard).tolist():
+        at = np.flatnonzero(element_shard == s)
+        out[at] = shards.array(s, "near_values")[source[at]]
     return out, out_offsets
 
 
@@ -358,29 +359,38 @@ def unique_pairs(*columns: np.ndarray) -> np.ndarray:
 
 def near_part(shards, work, part, m: int, n_parts: int) -> dict:
     """Pass `near` (per bucket partition m of n_parts): LSH candidates of the (band, bucket)s whose hash falls
-    in this partition, among the sentences exact dedup kept; each candidate verified by its exact Jaccard."""
+    in this partition, among the sentences exact dedup kept; each candidate verified by its exact Jaccard.
+
+    Band by band, so memory holds one band's entries of this partition and the candidate pairs."""
     from rsyn.stages.dedup.work import gid_of, save_per_shard
 
     exact_settled = work.require("exact/settled", "dedup-settle --mode exact") if "exact" in shards.options["modes"] \
         else None
-    bands_, hashes, orders, gids = [], [], [], []
+    alive = []  # per shard: text ranks, order keys and gids of the sentences to bucket
     for s in range(len(shards)):
         ranks, rows = _alive_texts(shards, s, exact_settled)
-        table = np.asarray(shards.array(s, "near_bands")[ranks])
-        r, band = np.nonzero(table % np.uint64(n_parts) == np.uint64(m))
-        bands_.append(band.astype(np.int16))
-        hashes.append(table[r, band])
-        orders.append(np.asarray(shards.array(s, "order"))[rows[r]])
-        gids.append(gid_of(s, rows[r]))
-    band, h, order, gid = (np.concatenate(x) for x in (bands_, hashes, orders, gids))
-    by_bucket = np.lexsort((order, h, band))
-    band, h, order, gid = band[by_bucket], h[by_bucket], order[by_bucket], gid[by_bucket]
-    new = np.ones(len(h), dtype=bool)
-    new[1:] = (band[1:] != band[:-1]) | (h[1:] != h[:-1])
-    i, j = bucket_pairs(new)
-    keep = unique_pairs(gid[i], gid[j])  # a pair found in several bands of this partition
-    i, j = i[keep], j[keep]
-    a, b = gid[i], gid[j]
+        alive.append((ranks, np.asarray(shards.array(s, "order"))[rows], gid_of(s, rows)))
+    n_bands = shards.array(0, "near_bands").shape[1]
+    a, b = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a_order, b_order = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for band in range(n_bands):
+        hashes, orders, gids = [], [], []
+        for s, (ranks, order, gid) in enumerate(alive):
+            h = np.asarray(shards.array(s, "near_bands")[:, band])[ranks]
+            take = np.flatnonzero(h % np.uint64(n_parts) == np.uint64(m))
+            hashes.append(h[take])
+            orders.append(order[take])
+            gids.append(gid[take])
+        h, order, gid = (np.concatenate(x) for x in (hashes, orders, gids))
+        by_bucket = np.lexsort((order, h))
+        h, order, gid = h[by_bucket], order[by_bucket], gid[by_bucket]
+        new = np.ones(len(h), dtype=bool)
+        new[1:] = h[1:] != h[:-1]
+        i, j = bucket_pairs(new)
+        a, b = np.concatenate([a, gid[i]]), np.concatenate([b, gid[j]])
+        a_order, b_order = np.concatenate([a_order, order[i]]), np.concatenate([b_order, order[j]])
+        keep = unique_pairs(a, b)  # a pair found in several bands
+        a, b, a_order, b_order = a[keep], b[keep], a_order[keep], b_order[keep]
     sims = pair_jaccard(shards, a, b)
     best_gid = np.concatenate([a, b])
     best = np.concatenate([sims, sims])
@@ -391,8 +401,8 @@ def near_part(shards, work, part, m: int, n_parts: int) -> dict:
     edge = sims >= shards.options["near_threshold"]
     part.save("a", a[edge])
     part.save("b", b[edge])
-    part.save("a_order", order[i][edge])
-    part.save("b_order", order[j][edge])
+    part.save("a_order", a_order[edge])
+    part.save("b_order", b_order[edge])
     return {"part": [m, n_parts], "candidate_pairs": len(a), "verified_pairs": int(edge.sum())}
 
 

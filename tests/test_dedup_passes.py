@@ -319,6 +319,14 @@ def test_pass_command_lines_done_markers_and_reruns(tmp_path, monkeypatch):
     assert proc.returncode == 2 and "without semantic" in proc.stderr.decode()
     proc = rsyn_here("dedup-filter", "--work", work, "--shard", "0/3", "-o", tmp_path / "x.jsonl.zst")
     assert proc.returncode == 2 and "the scan has 2 shard(s)" in proc.stderr.decode()
+    proc = rsyn_here("dedup-scan", *paths, "--work", work, "-o", tmp_path / "x.jsonl.zst")
+    assert proc.returncode == 2 and "-o there" in proc.stderr.decode()
+    # a rescan (other options) makes every later part stale: the passes refuse to mix them
+    for k in range(2):
+        ok("dedup-scan", *paths, "--work", work, "--shard", f"{k}/2", "--near-threshold", "0.7")
+    proc = rsyn_here("dedup-filter", "--work", work, "--shard", "0/2", "-o", tmp_path / "x.jsonl.zst")
+    assert proc.returncode == 2 and "computed from an earlier scan" in proc.stderr.decode()
+    assert not (tmp_path / "x.jsonl.zst").exists()
 
 
 def test_whole_dedup_refuses_a_shard_and_names_the_passes():

@@ -143,7 +143,7 @@ def scan_pass(run: Run, options: DedupOptions, work: Work, shard: tuple[int, int
 
     part = work.part("scan", *shard).begin()
     info = scan(run, options, part, shard)
-    part.finish(info)
+    part.finish(info)  # its content digest identifies this scan to every later pass
     run.extra.update({"scanned": info["records"]})
     return info
 
@@ -167,7 +167,7 @@ def group_pass(run: Run, work: Work, mode: str, partition: tuple[int, int]) -> d
         from rsyn.stages.dedup.semantic import pairs
 
         info = pairs(shards, work, part, *partition, device=run.device)
-    part.finish(info)
+    part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
 
@@ -189,7 +189,7 @@ def settle_pass(run: Run, work: Work, mode: str) -> dict:
         from rsyn.stages.dedup.semantic import select
 
         info = select(shards, work, part)
-    part.finish(info)
+    part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
 
@@ -201,7 +201,7 @@ def train_pass(run: Run, work: Work) -> dict:
     _modes(shards, "semantic", "dedup-train")
     part = work.single("semantic/train").begin()
     info = train(shards, work, part, run.device)
-    part.finish(info)
+    part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
 
@@ -214,7 +214,7 @@ def assign_pass(run: Run, work: Work, shard: tuple[int, int]) -> dict:
     _check_shard(shards, shard)
     part = work.part("semantic/assign", *shard).begin()
     info = assign(shards, work, part, shard[0], run.device)
-    part.finish(info)
+    part.finish({**info, "scan": shards.stamp})
     return info
 
 

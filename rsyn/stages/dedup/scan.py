@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from array import array
 
 import numpy as np
@@ -151,7 +152,11 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
             emb[kind] = []
             part.save(f"emb-{kind}", matrix)
             part.save(f"emb-{kind}-rows", np.frombuffer(emb_rows[kind], dtype=np.int64))
+    digest = hashlib.blake2b(bytes(kinds), digest_size=16)  # what was read: a rescan of other data differs
+    for data in (order, id_bytes, text_keys, url_keys, content_keys):
+        digest.update(memoryview(data).cast("B"))
     return {"shard": list(shard), "options": options.recorded(run.seed), "files": files.names, "records": n,
+            "digest": digest.hexdigest(),
             "texts": int((kind_array == 0).sum()), "images": int((kind_array == 1).sum()),
             "images_with_content_hash": len(content_rows),
             "embedding_model": {k: emb_model[k] for k in KINDS if k in emb_model},
@@ -165,8 +170,6 @@ def _content_hash(run: Run, record: dict, root, max_bytes: int):
     the shared safe reader: inside --path-root, regular files only, at most
     --max-bytes.
     """
-    import hashlib
-
     known = record.get("sha256")
     if type(known) is str and known:
         return known.lower()

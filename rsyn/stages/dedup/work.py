@@ -21,6 +21,7 @@ smallest order key.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -105,6 +106,13 @@ class Work:
     def __init__(self, root: str | os.PathLike, durable: bool = True):
         self.root = Path(root)
         self.durable = durable  # fsync part files (not needed in a temporary directory that dies with the run)
+        self.scan_stamp: str | None = None  # set by Shards: every later part must come from this scan
+
+    def _check_stamp(self, part: Part, command: str) -> None:
+        stamp = part.info().get("scan")
+        if self.scan_stamp is not None and stamp != self.scan_stamp:
+            raise RsynError(f"{part.path}: computed from an earlier scan, not the current one; rerun "
+                            f"`rsyn {command}` (and the passes after it)")
 
     def part(self, stage: str, k: int, n: int) -> Part:
         return Part(self.root / stage / part_name(k, n), self.durable)
@@ -129,12 +137,16 @@ class Work:
         if missing:
             raise RsynError(f"{directory}: part(s) {', '.join(missing[:8])} of {n} not done; run "
                             f"`rsyn {command}` for them")
+        if stage != "scan":
+            for p in parts:
+                self._check_stamp(p, command)
         return parts
 
     def require(self, stage: str, command: str) -> Part:
         part = self.single(stage)
         if not part.done:
             raise RsynError(f"{part.path}: not done; run `rsyn {command}` first")
+        self._check_stamp(part, command)
         return part
 
 
@@ -151,6 +163,10 @@ class Shards:
                 raise RsynError(f"{self.parts[k].path}: scanned with other options or another shard count than "
                                 f"{self.parts[0].path}; rescan every shard with the same options")
         self._cache: dict[tuple[int, str], np.ndarray] = {}
+        digest = hashlib.blake2b(digest_size=16)
+        for info in self.infos:
+            digest.update(orjson.dumps(info, option=orjson.OPT_SORT_KEYS))
+        self.stamp = work.scan_stamp = digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.parts)

@@ -319,22 +319,23 @@ def semantic_groups(vectors, rows, threshold, cluster_size, probes=3, seed=0, de
     the matrix is written as the one scan part of a temporary work directory."""
     from rsyn.command import Run
     from rsyn.stages.dedup import DedupOptions, Work, assign_pass, group_pass, settle_pass, train_pass
+
     m = len(rows)
     with tempfile.TemporaryDirectory(prefix="bench-semantic-") as tmp:
         work = Work(tmp, durable=False)
-        part = work.part("scan", 0, 1).begin()
-        part.save("order", np.arange(m, dtype=np.int64))
-        part.save("kind", np.ones(m, dtype=np.uint8))
-        ids = [str(i).encode() for i in range(m)]
-        part.save("id_bytes", np.frombuffer(b"".join(ids), dtype=np.uint8))
-        part.save("id_end", np.cumsum([len(i) for i in ids], dtype=np.int64))
-        part.save("emb-image", np.asarray(vectors[rows], dtype="<f2"))
-        part.save("emb-image-rows", np.arange(m, dtype=np.int64))
-        options = DedupOptions(modes=("semantic",), semantic_threshold=threshold,
-                               perceptual_threshold=max(threshold, 0.95), cluster_size=cluster_size, probes=probes)
-        part.finish({"shard": [0, 1], "options": options.recorded(seed), "files": ["bench"], "records": m,
-                     "texts": 0, "images": m, "images_with_content_hash": 0, "embedding_model": {"image": "bench"},
-                     "embedding_dim": {"image": int(vectors.shape[1])}})
+        with work.part("scan", 0, 1).writing() as part:
+            part.save("order", np.arange(m, dtype=np.int64))
+            part.save("kind", np.ones(m, dtype=np.uint8))
+            ids = [str(i).encode() for i in range(m)]
+            part.save("id_bytes", np.frombuffer(b"".join(ids), dtype=np.uint8))
+            part.save("id_end", np.cumsum([len(i) for i in ids], dtype=np.int64))
+            part.save("emb-image", np.asarray(vectors[rows], dtype="<f2"))
+            part.save("emb-image-rows", np.arange(m, dtype=np.int64))
+            options = DedupOptions(modes=("semantic",), semantic_threshold=threshold, cluster_size=cluster_size,
+                                   perceptual_threshold=max(threshold, 0.95), probes=probes)
+            part.finish({"shard": [0, 1], "options": options.recorded(seed), "files": ["bench"], "records": m,
+                         "texts": 0, "images": m, "images_with_content_hash": 0,
+                         "embedding_model": {"image": "bench"}, "embedding_dim": {"image": int(vectors.shape[1])}})
         with Run("bench", quiet=True, device=device) as run:
             train_pass(run, work)
             assign_pass(run, work, (0, 1))
@@ -342,7 +343,8 @@ def semantic_groups(vectors, rows, threshold, cluster_size, probes=3, seed=0, de
             info = settle_pass(run, work, "semantic")
         dropped = np.zeros(m, dtype=bool)
         dropped[np.asarray(work.single("semantic/settled").load("drop-0-rows"))] = True
-    return {"dropped": dropped, "clusters": info["image"]["clusters"], "largest_cluster": info["image"]["largest_cluster"]}
+    return {"dropped": dropped, "clusters": info["image"]["clusters"],
+            "largest_cluster": info["image"]["largest_cluster"]}
 
 
 def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:

@@ -141,9 +141,9 @@ def _modes(shards: Shards, mode: str, command: str) -> None:
 def scan_pass(run: Run, options: DedupOptions, work: Work, shard: tuple[int, int]) -> dict:
     from rsyn.stages.dedup.scan import scan
 
-    part = work.part("scan", *shard).begin()
-    info = scan(run, options, part, shard)
-    part.finish(info)  # its content digest identifies this scan to every later pass
+    with work.part("scan", *shard).writing() as part:
+        info = scan(run, options, part, shard)
+        part.finish(info)  # its content digest identifies this scan to every later pass
     run.extra.update({"scanned": info["records"]})
     return info
 
@@ -154,20 +154,20 @@ def group_pass(run: Run, work: Work, mode: str, partition: tuple[int, int]) -> d
     command = {"exact": "dedup-exact", "near": "dedup-near", "semantic": "dedup-pairs"}[mode]
     _modes(shards, mode, command)
     stage = {"exact": "exact", "near": "near", "semantic": "semantic/pairs"}[mode]
-    part = work.part(stage, *partition).begin()
-    if mode == "exact":
-        from rsyn.stages.dedup.exact import exact_part
+    with work.part(stage, *partition).writing() as part:
+        if mode == "exact":
+            from rsyn.stages.dedup.exact import exact_part
 
-        info = exact_part(shards, part, *partition)
-    elif mode == "near":
-        from rsyn.stages.dedup.near import near_part
+            info = exact_part(shards, part, *partition)
+        elif mode == "near":
+            from rsyn.stages.dedup.near import near_part
 
-        info = near_part(shards, work, part, *partition)
-    else:
-        from rsyn.stages.dedup.semantic import pairs
+            info = near_part(shards, work, part, *partition)
+        else:
+            from rsyn.stages.dedup.semantic import pairs
 
-        info = pairs(shards, work, part, *partition, device=run.device)
-    part.finish({**info, "scan": shards.stamp})
+            info = pairs(shards, work, part, *partition, device=run.device)
+        part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
 
@@ -176,20 +176,20 @@ def settle_pass(run: Run, work: Work, mode: str) -> dict:
     """The global step of a mode: components (exact, near) or keep-first (semantic)."""
     shards = Shards(work)
     _modes(shards, mode, "dedup-select" if mode == "semantic" else f"dedup-settle --mode {mode}")
-    part = work.single(f"{mode}/settled").begin()
-    if mode == "exact":
-        from rsyn.stages.dedup.exact import exact_settle
+    with work.single(f"{mode}/settled").writing() as part:
+        if mode == "exact":
+            from rsyn.stages.dedup.exact import exact_settle
 
-        info = exact_settle(shards, work, part)
-    elif mode == "near":
-        from rsyn.stages.dedup.near import near_settle
+            info = exact_settle(shards, work, part)
+        elif mode == "near":
+            from rsyn.stages.dedup.near import near_settle
 
-        info = near_settle(shards, work, part)
-    else:
-        from rsyn.stages.dedup.semantic import select
+            info = near_settle(shards, work, part)
+        else:
+            from rsyn.stages.dedup.semantic import select
 
-        info = select(shards, work, part)
-    part.finish({**info, "scan": shards.stamp})
+            info = select(shards, work, part)
+        part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
 
@@ -199,9 +199,9 @@ def train_pass(run: Run, work: Work) -> dict:
 
     shards = Shards(work)
     _modes(shards, "semantic", "dedup-train")
-    part = work.single("semantic/train").begin()
-    info = train(shards, work, part, run.device)
-    part.finish({**info, "scan": shards.stamp})
+    with work.single("semantic/train").writing() as part:
+        info = train(shards, work, part, run.device)
+        part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
 
@@ -212,9 +212,9 @@ def assign_pass(run: Run, work: Work, shard: tuple[int, int]) -> dict:
     shards = Shards(work)
     _modes(shards, "semantic", "dedup-assign")
     _check_shard(shards, shard)
-    part = work.part("semantic/assign", *shard).begin()
-    info = assign(shards, work, part, shard[0], run.device)
-    part.finish({**info, "scan": shards.stamp})
+    with work.part("semantic/assign", *shard).writing() as part:
+        info = assign(shards, work, part, shard[0], run.device)
+        part.finish({**info, "scan": shards.stamp})
     return info
 
 

@@ -21,6 +21,7 @@ smallest order key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -58,12 +59,18 @@ class Part:
         self.path = path
         self.durable = durable
 
-    def begin(self) -> Part:
-        """Start (or restart) writing: whatever a killed earlier run left here is removed."""
+    @contextlib.contextmanager
+    def writing(self):
+        """Write this part: whatever a killed earlier run left here is removed first, and a pass that fails
+        removes what it wrote (a SIGKILL leaves files without DONE, which the next run removes)."""
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
-        return self
+        try:
+            yield self
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     def save(self, name: str, array: np.ndarray) -> None:
         out = AtomicFile(self.path / f"{name}.npy")

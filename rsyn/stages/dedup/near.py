@@ -312,7 +312,7 @@ def gather_sets(shards, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     source = np.repeat(starts, sizes) + np.arange(len(out)) - np.repeat(out_offsets[:-1], sizes)
     for s in np.unique(shard).tolist():
         at = np.flatnonzero(element_shard == s)
-        out[at] = shards.array(s, "near_values")[source[at]]
+        out[at] = shards.array(s, "near_values", keep=False)[source[at]]
     return out, out_offsets
 
 
@@ -370,13 +370,13 @@ def near_part(shards, work, part, m: int, n_parts: int) -> dict:
     for s in range(len(shards)):
         ranks, rows = _alive_texts(shards, s, exact_settled)
         alive.append((ranks, np.asarray(shards.array(s, "order"))[rows], gid_of(s, rows)))
-    n_bands = shards.array(0, "near_bands").shape[1]
+    n_bands = shards.array(0, "near_bands", keep=False).shape[0]
     a, b = np.zeros(0, np.int64), np.zeros(0, np.int64)
     a_order, b_order = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for band in range(n_bands):
         hashes, orders, gids = [], [], []
         for s, (ranks, order, gid) in enumerate(alive):
-            h = np.asarray(shards.array(s, "near_bands")[:, band])[ranks]
+            h = np.asarray(shards.array(s, "near_bands", keep=False)[band])[ranks]  # (bands, sentences) layout
             take = np.flatnonzero(h % np.uint64(n_parts) == np.uint64(m))
             hashes.append(h[take])
             orders.append(order[take])

@@ -103,7 +103,7 @@ def _vectors(shards, kind: str, gids: np.ndarray, ranks: np.ndarray) -> np.ndarr
     out = None
     for s in np.unique(shard).tolist():
         where = np.flatnonzero(shard == s)
-        matrix = shards.array(s, f"emb-{kind}")
+        matrix = shards.array(s, f"emb-{kind}", keep=False)
         values = np.asarray(matrix[ranks[where]])
         if out is None:
             out = np.empty((len(gids), matrix.shape[1]), dtype=matrix.dtype)
@@ -189,7 +189,7 @@ def assign(shards, work, part, s: int, device: str) -> dict:
             p = max(1, min(probes, len(centroids)))
             top = min(len(centroids), p + 2)
             index = flat_ip_index(centroids, device)
-            matrix = shards.array(s, f"emb-{kind}")
+            matrix = shards.array(s, f"emb-{kind}", keep=False)
             labels = np.empty((len(rows), p), dtype=np.int64)
             for lo in range(0, len(rows), RERANK_BATCH):
                 x = np.asarray(matrix[ranks[lo:lo + RERANK_BATCH]])

@@ -178,7 +178,12 @@ class Shards:
     def __len__(self) -> int:
         return len(self.parts)
 
-    def array(self, shard: int, name: str) -> np.ndarray:
+    def array(self, shard: int, name: str, keep: bool = True) -> np.ndarray:
+        """A scan array, memory-mapped. keep=False for the large ones (band hashes, shingles, vectors): the
+        caller drops the map after use, so the pages it touched leave this process's RSS (pages of a map
+        held open count in RSS until the OS evicts them, which would grow a partition pass with the corpus)."""
+        if not keep:
+            return self.parts[shard].load(name)
         key = (shard, name)
         if key not in self._cache:
             self._cache[key] = self.parts[shard].load(name)

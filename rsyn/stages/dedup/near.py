@@ -266,13 +266,26 @@ class NearIndex:
         self._bands.append(band_hashes(signatures, self.bands, self.rows))
 
     def finish(self) -> None:
-        self.values = np.concatenate(self._values) if self._values else np.zeros(0, np.uint64)
+        """Join the batches; each is freed as it is copied, so the peak is one copy plus one batch."""
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
         self.offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.offsets[1:])
-        self.band_table = (np.concatenate(self._bands) if self._bands
-                           else np.zeros((0, self.bands), dtype=np.uint64))
-        self._values, self._sizes, self._bands = [], [], []
+        self.values = _drain(self._values, np.empty(int(self.offsets[-1]), dtype=np.uint64))
+        # band-major (bands, sentences): dedup-near reads one band at a time
+        bands, self._bands = [b.T for b in self._bands], []
+        self.band_table = _drain(bands, np.empty((self.bands, len(sizes)), dtype=np.uint64))
+        self._sizes = []
+
+
+def _drain(batches: list, out: np.ndarray) -> np.ndarray:
+    """Copy `batches` one after the other along out's last axis, emptying the list as it goes."""
+    at = 0
+    batches.reverse()
+    while batches:
+        block = batches.pop()
+        out[..., at:at + block.shape[-1]] = block
+        at += block.shape[-1]
+    return out
 
 
 # --------------------------------------------------------------------------- passes

@@ -133,7 +133,7 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
         near.finish()
         part.save("near_values", near.values)
         part.save("near_offsets", near.offsets)
-        part.save("near_bands", near.band_table.T)  # one band's hashes contiguous: dedup-near reads band by band
+        part.save("near_bands", near.band_table)
     kind_array = np.frombuffer(bytes(kinds), dtype=np.uint8)
     part.save("order", np.frombuffer(order, dtype=np.int64))
     part.save("kind", kind_array)

@@ -329,9 +329,14 @@ def test_pass_command_lines_done_markers_and_reruns(tmp_path, monkeypatch):
     assert not (tmp_path / "x.jsonl.zst").exists()
 
 
-def test_whole_dedup_refuses_a_shard_and_names_the_passes():
+def test_whole_dedup_refuses_a_shard_and_names_the_passes(tmp_path):
     proc = rsyn("dedup", "--shard", "0/2", input=jsonl([{"id": "a", "kind": "text", "text": "x"}]))
     err = proc.stderr.decode()
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("rsyn: error: `rsyn dedup` compares every record") and "dedup-scan --shard K/N" in err
     assert proc.stdout == b""
+    # an input listed twice would give two records one place in the input order
+    (tmp_path / "a.jsonl").write_bytes(jsonl([{"id": "a", "kind": "text", "text": "x"}]))
+    proc = rsyn("dedup", tmp_path / "a.jsonl", tmp_path / "*.jsonl", "-o", tmp_path / "out.jsonl.zst")
+    assert proc.returncode == 2 and "input listed twice" in proc.stderr.decode()
+    assert not (tmp_path / "out.jsonl.zst").exists()

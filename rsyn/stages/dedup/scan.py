@@ -36,15 +36,13 @@ class _FileIndex:
         except StreamError as exc:
             raise RsynError(str(exc)) from None
         self.names = ["<stdin>" if p == STDIO else p for p in paths]
-        self.current = -1
-        self.current_name = None
+        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        if twice:  # its records would have no place of their own in the input order
+            raise RsynError(f"{twice[0]}: input listed twice (a glob and a path, or two overlapping globs?)")
+        self.index = {name: i for i, name in enumerate(self.names)}
 
     def of(self, name: str) -> int:
-        if name != self.current_name:  # files are read in list order: the next occurrence of this name
-            later = [i for i in range(self.current + 1, len(self.names)) if self.names[i] == name]
-            self.current = later[0] if later else self.names.index(name)
-            self.current_name = name
-        return self.current
+        return self.index[name]
 
 
 def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:

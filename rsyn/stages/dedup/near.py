@@ -294,7 +294,7 @@ def _drain(batches: list, out: np.ndarray) -> np.ndarray:
 def _alive_texts(shards, s: int, exact_settled) -> tuple[np.ndarray, np.ndarray]:
     """(text ranks, rows) of shard s's sentences that survived exact dedup and have a shingle set."""
     text_rows = np.flatnonzero(np.asarray(shards.array(s, "kind")) == 0)
-    has_set = np.diff(np.asarray(shards.array(s, "near_offsets"))) > 0
+    has_set = np.diff(np.asarray(shards.array(s, "near_offsets", keep=False)))[text_rows] > 0
     alive = has_set
     if exact_settled is not None:
         from rsyn.stages.dedup.work import dropped_rows
@@ -313,11 +313,9 @@ def gather_sets(shards, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.zeros(len(gids), dtype=np.int64)
     for s in np.unique(shard).tolist():
         where = np.flatnonzero(shard == s)
-        text_rows = np.flatnonzero(np.asarray(shards.array(s, "kind")) == 0)
-        ranks = np.searchsorted(text_rows, rows[where])
-        offsets = shards.array(s, "near_offsets")
-        starts[where] = offsets[ranks]
-        sizes[where] = np.asarray(offsets[ranks + 1]) - starts[where]
+        offsets = shards.array(s, "near_offsets", keep=False)  # by record row
+        starts[where] = offsets[rows[where]]
+        sizes[where] = np.asarray(offsets[rows[where] + 1]) - starts[where]
     out_offsets = np.zeros(len(gids) + 1, dtype=np.int64)
     np.cumsum(sizes, out=out_offsets[1:])
     out = np.empty(int(out_offsets[-1]), dtype=np.uint64)

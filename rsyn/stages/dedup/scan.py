@@ -125,14 +125,20 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
     except BaseException:
         spill.abort()
         raise
+    kind_array = np.frombuffer(bytes(kinds), dtype=np.uint8)
     if near is not None:
         if forms:
             near.add(forms)
         near.finish()
         part.save("near_values", near.values)
-        part.save("near_offsets", near.offsets)
-        part.save("near_bands", near.band_table)
-    kind_array = np.frombuffer(bytes(kinds), dtype=np.uint8)
+        # offsets by record row (images have empty sets): a pass reads the sets of a few rows without
+        # mapping which row is which sentence
+        sizes = np.zeros(n, dtype=np.int64)
+        sizes[kind_array == 0] = np.diff(near.offsets)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        part.save("near_offsets", offsets)
+        part.save("near_bands", near.band_table)  # (bands, sentences)
     part.save("order", np.frombuffer(order, dtype=np.int64))
     part.save("kind", kind_array)
     part.save("id_bytes", np.frombuffer(bytes(id_bytes), dtype=np.uint8))

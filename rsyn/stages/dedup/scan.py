@@ -42,7 +42,10 @@ class _FileIndex:
         self.index = {name: i for i, name in enumerate(self.names)}
 
     def of(self, name: str) -> int:
-        return self.index[name]
+        index = self.index.get(name)
+        if index is None:  # Run names files as expand_inputs does; guard against that changing
+            raise RsynError(f"{name}: a record's input file is not in the expanded input list")
+        return index
 
 
 def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:

@@ -75,7 +75,7 @@ def test_exact_images_by_url_and_content_hash_transitively(tmp_path):
                image("http://d/4.jpg", "i5", sha256=sha.upper()),              # known hash = content of i3
                image("http://e/5.jpg", "i6"),
                text("http://e/5.jpg", "t1")]                                   # a sentence never matches an image
-    out, dropped, _ = dedup(records, "--mode", "exact", tmp_path=tmp_path)
+    out, dropped, _ = dedup(records, "--mode", "exact", "--path-root", tmp_path, tmp_path=tmp_path)
     assert [r["id"] for r in out] == ["i1", "i3", "i6", "t1"]
     assert {k: v["dup_of"] for k, v in dropped.items()} == {"i2": "i1", "i4": "i1", "i5": "i3"}
     assert out[0]["sha256"] == hashlib.sha256(b"\xff\xd8 same bytes").hexdigest()  # computed hash kept
@@ -83,10 +83,43 @@ def test_exact_images_by_url_and_content_hash_transitively(tmp_path):
 
 def test_unreadable_image_path_is_an_error_naming_the_line(tmp_path):
     records = [image("http://a/1.jpg", "i1"), image("http://a/2.jpg", "i2", path=str(tmp_path / "missing.jpg"))]
-    proc = dedup(records, check=False)
+    proc = dedup(records, "--path-root", tmp_path, check=False)
     err = proc.stderr.decode()
-    assert proc.returncode == 2 and err.startswith("rsyn: error: <stdin>:2: cannot read image file")
+    assert proc.returncode == 2 and err.startswith("rsyn: error: <stdin>:2: cannot read image file: no file at")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_hostile_image_paths_are_refused_without_hanging_or_quoting_contents(tmp_path):
+    import os
+
+    secret = tmp_path / "outside" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(b"root:x:0:0 very private")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mkfifo(root / "fifo.jpg")  # a writer never comes: opening it blocking would hang
+    os.symlink("/dev/zero", root / "zero.jpg")
+    (root / "big.jpg").write_bytes(b"\xff" * 2000)
+    (root / "ok.jpg").write_bytes(b"\xff\xd8 fine")
+    records = [image("http://a/0.jpg", "ok", path=str(root / "ok.jpg")),
+               image("http://a/1.jpg", "up", path=str(root / ".." / "outside" / "secret.jpg")),
+               image("http://a/2.jpg", "fifo", path=str(root / "fifo.jpg")),
+               image("http://a/3.jpg", "zero", path=str(root / "zero.jpg")),
+               image("http://a/4.jpg", "dev", path="/dev/zero"),
+               image("http://a/5.jpg", "big", path=str(root / "big.jpg"))]
+    rejects = tmp_path / "r.jsonl"
+    proc = rsyn("dedup", "--mode", "exact", "--path-root", root, "--max-bytes", 1000, "--on-error", "skip",
+                "--rejects", rejects, input=jsonl(records), check=True, timeout=60)
+    assert [r["id"] for r in decode_stream(proc.stdout)] == ["ok"]
+    reasons = {r["record"]["id"]: r["reason"] for r in read_stream_file(rejects)}
+    assert reasons == {"up": "outside_root", "fifo": "not_a_regular_file", "zero": "outside_root",
+                       "dev": "outside_root", "big": "too_large"}
+    assert b"root:x" not in rejects.read_bytes().replace(b'"path"', b"") and b"root:x" not in proc.stderr
+    # the default root is the current directory; fail mode stops at the first one with one line, exit 2
+    proc = rsyn("dedup", "--mode", "exact", input=jsonl(records[2:3]), cwd=root, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.startswith("rsyn: error: <stdin>:1: cannot read image file:")
+    assert "not a regular file" in err and len(err.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- near
@@ -311,10 +344,10 @@ def test_skipped_records_do_not_shift_embeddings(tmp_path):
     records = _with_emb([image("http://a/1.jpg", "i1"), image("http://a/2.jpg", "i2", path=str(tmp_path / "no.jpg")),
                          image("http://a/3.jpg", "i3"), image("http://a/4.jpg", "i4")], [v[0], v[1], v[2], v[0]])
     out, dropped, proc = dedup(records, "--mode", "exact,semantic", "--on-error", "skip", "--device", "cpu",
-                               tmp_path=tmp_path)
+                               "--path-root", tmp_path, tmp_path=tmp_path)
     assert [r["id"] for r in out] == ["i1", "i3"]
     assert dropped["i4"]["dup_of"] == "i1" and dropped["i4"]["similarity"] == 1.0
-    assert "1 skipped errors (unreadable_image 1)" in proc.stderr.decode()
+    assert "1 skipped errors (file_not_found 1)" in proc.stderr.decode()
 
 
 # --------------------------------------------------------------------------- streams

@@ -1,9 +1,14 @@
+"""`rsyn dedup` and its passes (`rsyn dedup-scan`, ... `rsyn dedup-filter`); see docs/dedup.md."""
+
+import inspect
 from typing import Annotated, Optional
 
 import typer
 
 from rsyn.cli import app
-from rsyn.command import Run, rsyn_command
+from rsyn.command import Run, parse_shard, rsyn_command, run_command
+
+WORK_HELP = "The work directory the passes share (part files and done markers)."
 
 
 @rsyn_command(app, "dedup", "Remove exact, near (MinHash LSH) and semantic duplicates.")
@@ -32,20 +37,167 @@ def dedup(
         "--probes", min=1, help="semantic: compare a record with every record of its nearest cluster that has "
         "that cluster among its N nearest (1 = SemDeDup's one cluster per record, which misses duplicates split "
         "by a cluster boundary).")] = 3,
+    path_root: Annotated[Optional[str], typer.Option(
+        "--path-root", metavar="DIR", help="exact: an image's `path` is hashed only if it lies under DIR "
+        "(symlinks resolved; default: the current directory).")] = None,
+    max_bytes: Annotated[int, typer.Option(
+        "--max-bytes", min=1, help="exact: largest image file hashed (a larger one is bad input).")] = 25_000_000,
     tmp_dir: Annotated[Optional[str], typer.Option(
-        "--tmp-dir", help="Where the records and embeddings are spilled between the two passes "
-        "(default: the system temporary directory).")] = None,
+        "--tmp-dir", help="Where the work directory of the passes goes (spilled records, keys, embeddings; "
+        "default: the system temporary directory).")] = None,
 ) -> None:
     """Remove duplicate sentences and images; each kind is compared only with its own kind.
 
     The first record of a group (in input order) is kept; the others are dropped
     with the reason and the id of the kept record (`dup_of`, in --rejects).
     Kept records carry the highest similarity found (`scores.dup_jaccard`,
-    `scores.dup_sim`) so a threshold can be re-applied later. See docs/dedup.md.
+    `scores.dup_sim`) so a threshold can be re-applied later. For corpora that
+    do not fit one machine, run the same work as passes (rsyn dedup-scan ...
+    rsyn dedup-filter). See docs/dedup.md.
     """
-    from rsyn.stages.dedup import DedupOptions, parse_modes, run_dedup
+    from rsyn.stages.dedup import run_dedup
 
-    run_dedup(run, DedupOptions(modes=parse_modes(mode), near_threshold=near_threshold, ngram=ngram,
-                                num_perm=num_perm, perceptual_threshold=perceptual_threshold,
-                                semantic_threshold=semantic_threshold, cluster_size=cluster_size,
-                                probes=probes, tmp_dir=tmp_dir))
+    run_dedup(run, _options(mode, near_threshold, ngram, num_perm, perceptual_threshold, semantic_threshold,
+                            cluster_size, probes, path_root, max_bytes, tmp_dir))
+
+
+def _options(mode, near_threshold, ngram, num_perm, perceptual_threshold, semantic_threshold, cluster_size, probes,
+             path_root, max_bytes, tmp_dir):
+    from rsyn.stages.dedup import DedupOptions, check_options, parse_modes
+
+    options = DedupOptions(modes=parse_modes(mode), near_threshold=near_threshold, ngram=ngram, num_perm=num_perm,
+                           perceptual_threshold=perceptual_threshold, semantic_threshold=semantic_threshold,
+                           cluster_size=cluster_size, probes=probes, tmp_dir=tmp_dir, path_root=path_root,
+                           max_bytes=max_bytes)
+    check_options(options)
+    return options
+
+
+def dedup_scan(run: Run, work: str, **options) -> None:
+    from rsyn.command import RsynError
+    from rsyn.stages.dedup import Work, scan_pass
+
+    if run.output is not None:
+        raise RsynError("dedup-scan writes its part to --work; the records come out of dedup-filter (-o there)")
+
+    scan_pass(run, _options(**options, tmp_dir=None), Work(work), run.shard or (0, 1))
+
+
+# dedup-scan takes dedup's options (they are stored with the scan and used by every later pass) plus --work
+_dedup_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                 for name, p in inspect.signature(dedup).parameters.items() if name not in ("run", "tmp_dir")]
+_work_param = inspect.Parameter("work", inspect.Parameter.KEYWORD_ONLY,
+                                annotation=Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)])
+dedup_scan.__signature__ = inspect.Signature([inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                                              _work_param, *_dedup_params])
+dedup_scan.__doc__ = """Pass 1 of dedup (per input shard, --shard K/N): validate the records and write what every
+mode needs to WORK/scan/part-K-of-N (records, order keys, exact keys, shingles and LSH bands, embeddings).
+
+Bad input is handled here (--on-error, --rejects). The dedup options given here are stored with the scan and used
+by every later pass. See docs/dedup.md for the order of the passes.
+"""
+rsyn_command(app, "dedup-scan", "dedup pass 1 (per shard): validate records, write keys, shingles, embeddings.")(
+    dedup_scan)
+
+
+@rsyn_command(app, "dedup-filter", "dedup last pass (per shard): write survivors with scores, drop duplicates.")
+def dedup_filter(run: Run, work: Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)]) -> None:
+    """Last pass of dedup (per scan shard, --shard K/N, as scanned): re-read the shard's records from WORK and
+    write the survivors (with `scores.dup_jaccard`, `scores.dup_sim`) to -o; duplicates go to --rejects with
+    their reason, `dup_of` and `similarity`. Takes no INPUT: the records come from the scan."""
+    from rsyn.command import RsynError
+    from rsyn.stages.dedup import Work, filter_pass
+
+    if run.inputs:
+        raise RsynError("dedup-filter reads the records of its shard from --work; it takes no INPUT")
+    filter_pass(run, Work(work), run.shard or (0, 1))
+
+
+# --------------------------------------------------------------------------- the passes between scan and filter
+
+_Work = Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)]
+_Part = Annotated[Optional[str], typer.Option("--part", metavar="M/P", help="This pass's partition M of P "
+                                              "(default 0/1); every M from 0 to P-1 must run.")]
+_Shard = Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="The scan shard K of N.")]
+_Stats = Annotated[Optional[str], typer.Option("--stats", metavar="PATH", help="Write the pass's summary as JSON.")]
+_Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+_Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
+
+
+def _run_pass(name: str, body, stats, device="auto", quiet=False) -> None:
+    run_command(name, body, inputs=None, output=None, shard=None, stats=stats, device=device, quiet=quiet)
+
+
+def _slice(option: str, value: Optional[str]) -> tuple[int, int]:
+    from rsyn.command import fail
+
+    try:
+        return parse_shard(value) or (0, 1)
+    except typer.BadParameter as exc:
+        fail(f"{option} {exc}")
+
+
+@app.command("dedup-exact", short_help="dedup pass (per key partition): link records sharing an exact key.")
+def dedup_exact(work: _Work, part: _Part = None, stats: _Stats = None, quiet: _Quiet = False) -> None:
+    """Exact-key edges of one key partition (--part M/P), after every dedup-scan shard is done."""
+    from rsyn.stages.dedup import Work, group_pass
+
+    partition = _slice("--part", part)
+    _run_pass("dedup-exact", lambda run: group_pass(run, Work(work), "exact", partition), stats, quiet=quiet)
+
+
+@app.command("dedup-near", short_help="dedup pass (per bucket partition): verified MinHash LSH candidate pairs.")
+def dedup_near(work: _Work, part: _Part = None, stats: _Stats = None, quiet: _Quiet = False) -> None:
+    """Near-duplicate edges of one LSH bucket partition (--part M/P), after `dedup-settle --mode exact`."""
+    from rsyn.stages.dedup import Work, group_pass
+
+    partition = _slice("--part", part)
+    _run_pass("dedup-near", lambda run: group_pass(run, Work(work), "near", partition), stats, quiet=quiet)
+
+
+@app.command("dedup-settle", short_help="dedup pass (once): groups of the exact or near edges.")
+def dedup_settle(work: _Work, mode: Annotated[str, typer.Option("--mode", help="exact or near.")],
+                 stats: _Stats = None, quiet: _Quiet = False) -> None:
+    """Connected components of every partition's exact (or near) edges; the first record of each group stays."""
+    from rsyn.command import fail
+    from rsyn.stages.dedup import Work, settle_pass
+
+    if mode not in ("exact", "near"):
+        fail(f"--mode {mode!r}: expected exact or near (semantic settles with dedup-select)")
+    _run_pass("dedup-settle", lambda run: settle_pass(run, Work(work), mode), stats, quiet=quiet)
+
+
+@app.command("dedup-train", short_help="dedup pass (once): k-means centroids on a sample of the survivors.")
+def dedup_train(work: _Work, stats: _Stats = None, device: _Device = "auto", quiet: _Quiet = False) -> None:
+    """Semantic dedup: k-means per kind on a sample of the records exact and near dedup kept."""
+    from rsyn.stages.dedup import Work, train_pass
+
+    _run_pass("dedup-train", lambda run: train_pass(run, Work(work)), stats, device, quiet)
+
+
+@app.command("dedup-assign", short_help="dedup pass (per shard): nearest clusters of each record.")
+def dedup_assign(work: _Work, shard: _Shard = None, stats: _Stats = None, device: _Device = "auto",
+                 quiet: _Quiet = False) -> None:
+    """Semantic dedup: the --probes nearest k-means clusters of every surviving record of scan shard K."""
+    from rsyn.stages.dedup import Work, assign_pass
+
+    k = _slice("--shard", shard)
+    _run_pass("dedup-assign", lambda run: assign_pass(run, Work(work), k), stats, device, quiet)
+
+
+@app.command("dedup-pairs", short_help="dedup pass (per cluster partition): pairs at the cosine threshold.")
+def dedup_pairs(work: _Work, part: _Part = None, stats: _Stats = None, device: _Device = "auto",
+                quiet: _Quiet = False) -> None:
+    """Semantic dedup: within the clusters of partition M/P, the pairs at or above the threshold."""
+    from rsyn.stages.dedup import Work, group_pass
+
+    partition = _slice("--part", part)
+    _run_pass("dedup-pairs", lambda run: group_pass(run, Work(work), "semantic", partition), stats, device, quiet)
+
+
+@app.command("dedup-select", short_help="dedup pass (once): keep-first over the semantic pairs.")
+def dedup_select(work: _Work, stats: _Stats = None, quiet: _Quiet = False) -> None:
+    """Semantic dedup: which records stay (the first in input order of every pair at the threshold wins)."""
+    from rsyn.stages.dedup import Work, settle_pass
+
+    _run_pass("dedup-select", lambda run: settle_pass(run, Work(work), "semantic"), stats, quiet=quiet)

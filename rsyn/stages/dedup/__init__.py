@@ -1,39 +1,37 @@
 """`rsyn dedup`: exact, near (MinHash LSH) and semantic (embedding) duplicates of sentences and images.
 
-Two passes over the stream, so a record can be a duplicate of a later one and
-stdin works:
+dedup runs as passes over a work directory (layout in work.py), so that it
+can be split over processes and machines:
 
-1. Read every record once: validate it, compute what each mode needs (exact
-   keys, shingle sets and LSH band hashes, embeddings spilled to disk), and
-   spill the record itself to a zstd temporary file. Only fixed-size numbers
-   per record stay in memory (see docs/dedup.md for bytes per million).
-2. Decide, mode after mode, each on the survivors of the one before
-   (exact -> near -> perceptual/semantic), per kind (images with images,
-   sentences with sentences).
-3. Re-read the spill in input order: survivors are written with their scores,
-   duplicates go to run.drop with their reason, `dup_of` and `similarity`.
+    scan (per input shard) -> exact (per key partition) -> settle exact (once)
+      -> near (per bucket partition) -> settle near (once)
+      -> train (once) -> assign (per shard) -> pairs (per cluster partition) -> select (once)
+      -> filter (per shard)
 
-The record kept in a group is always the first one in input order, so the
-output is the input minus the duplicates, and reruns are byte-identical.
+Each mode decides on the survivors of the ones before it (exact -> near ->
+perceptual/semantic), per kind (images with images, sentences with
+sentences). `rsyn dedup` is these same pass functions run one after the
+other in one process, with one shard and one partition, in a temporary work
+directory: one code path.
+
+The record kept in a group is always the first one in input order (smallest
+order key: input file, line), so the output is the input minus the
+duplicates, and reruns are byte-identical whatever the shard and partition
+counts.
 """
 
 from __future__ import annotations
 
-import base64
-import bisect
-import binascii
-import hashlib
-import os
 import tempfile
-from array import array
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import orjson
 
 from rsyn.command import RsynError, Run
-from rsyn.records import EMB_DTYPE
-from rsyn.stream import RecordWriter, iter_lines
+from rsyn.image_limits import DEFAULT_MAX_BYTES
+from rsyn.stages.dedup.work import ROW_BITS, ROW_MASK, Shards, Work
+from rsyn.stream import iter_lines
 
 MODES = ("exact", "near", "perceptual", "semantic")
 REASONS = {"exact": "exact_duplicate", "near": "near_duplicate", "perceptual": "perceptual_duplicate",
@@ -42,6 +40,9 @@ _REASON_CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 _CODE_REASON = {code: REASONS[name] for name, code in _REASON_CODE.items()}
 KINDS = ("text", "image")
 BATCH = 8192
+PASSES = ("dedup-scan --shard K/N, dedup-exact --part M/P, dedup-settle --mode exact, dedup-near --part M/P, "
+          "dedup-settle --mode near, dedup-train, dedup-assign --shard K/N, dedup-pairs --part M/P, dedup-select, "
+          "dedup-filter --shard K/N")
 SCORE_DIGITS = 4  # similarities written to records; f16 embeddings carry about 3 digits
 
 
@@ -56,6 +57,8 @@ class DedupOptions:
     cluster_size: int = 1000
     probes: int = 3
     tmp_dir: str | None = None
+    path_root: str | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def embedding_threshold(self) -> float | None:
@@ -64,6 +67,13 @@ class DedupOptions:
         if "perceptual" in self.modes:
             return self.perceptual_threshold
         return None
+
+    def recorded(self, seed: int) -> dict:
+        """What the later passes need, stored with every scan part (so they take no options of their own)."""
+        kept = asdict(self)
+        for local in ("tmp_dir", "path_root", "max_bytes"):  # only scan uses them
+            kept.pop(local)
+        return {**kept, "modes": list(self.modes), "seed": seed}
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -74,320 +84,216 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in names)
 
 
-def run_dedup(run: Run, options: DedupOptions) -> None:
+def check_options(options: DedupOptions) -> None:
     if options.embedding_threshold is not None and options.semantic_threshold > options.perceptual_threshold:
         raise RsynError(f"--semantic-threshold {options.semantic_threshold} is above --perceptual-threshold "
                         f"{options.perceptual_threshold}: perceptual duplicates are the most similar ones")
-    reasons = [REASONS[m] for m in options.modes if m in ("exact", "near")]
-    if "semantic" in options.modes:  # semantic drops the perceptual band too, with its own reason
+
+
+def declare_reasons(run: Run, modes) -> None:
+    reasons = [REASONS[m] for m in modes if m in ("exact", "near")]
+    if "semantic" in modes:  # semantic drops the perceptual band too, with its own reason
         reasons += [REASONS["perceptual"], REASONS["semantic"]]
-    elif "perceptual" in options.modes:
+    elif "perceptual" in modes:
         reasons.append(REASONS["perceptual"])
     run.declare_reasons(reasons)
+
+
+def run_dedup(run: Run, options: DedupOptions) -> None:
+    """`rsyn dedup`: every pass, in order, in one process, over a temporary work directory."""
+    if run.shard is not None:
+        raise RsynError("`rsyn dedup` compares every record with every other one and cannot run on a --shard; "
+                        f"split it into passes instead: {PASSES} (see docs/dedup.md)")
+    check_options(options)
+    declare_reasons(run, options.modes)
     with tempfile.TemporaryDirectory(prefix="rsyn-dedup-", dir=options.tmp_dir) as tmp:
-        stream = _Collector(run, options, tmp)
-        try:
-            stream.read()
-            decision = _decide(run, stream, options)
-            _write(run, stream, decision)
-        finally:
-            stream.close()
+        work = Work(tmp, durable=False)
+        scan_pass(run, options, work, (0, 1))
+        stage: dict = {"modes": list(options.modes)}
+        for mode in ("exact", "near"):
+            if mode in options.modes:
+                group_pass(run, work, mode, (0, 1))
+                info = settle_pass(run, work, mode)
+                info.pop("dropped")
+                stage[mode] = info
+        if options.embedding_threshold is not None:
+            train_pass(run, work)
+            assign_pass(run, work, (0, 1))
+            group_pass(run, work, "semantic", (0, 1))
+            info = settle_pass(run, work, "semantic")
+            info.pop("dropped")
+            stage["semantic"] = {**info, "device": run.device}
+        run.extra.clear()
+        run.extra.update(stage)
+        filter_pass(run, work, (0, 1), count_in=False)
 
 
-# --------------------------------------------------------------------------- pass 1
+# --------------------------------------------------------------------------- the passes (one function each)
 
 
-class _Collector:
-    """Pass 1: validates and spills records; keeps per record only what the modes need."""
+def _modes(shards: Shards, mode: str, command: str) -> None:
+    modes = shards.options["modes"]
+    wanted = {"semantic": ("semantic", "perceptual")}.get(mode, (mode,))
+    if not any(m in modes for m in wanted):
+        raise RsynError(f"`rsyn {command}`: the scan was run with --mode {','.join(modes)}, without {mode}")
 
-    def __init__(self, run: Run, options: DedupOptions, tmp: str):
-        self.run = run
-        self.options = options
-        self.needs_emb = options.embedding_threshold is not None
-        self.spill_path = os.path.join(tmp, "records.jsonl.zst")
-        self.spill = RecordWriter(self.spill_path, compression="zstd", level=1)
-        self.n = 0
-        self.kind = bytearray()  # 0 text, 1 image
-        self.n_images = 0
-        self.files: list[str] = []  # input files, and the index of the first record read from each
-        self.file_starts = array("q")
-        self.where_line = array("Q")
-        self.ids = bytearray()
-        self.id_end = array("Q")
-        self.text_keys = bytearray()
-        self.url_keys = bytearray()
-        self.content_rows = array("q")  # image-local positions with a content hash
-        self.content_keys = bytearray()
-        self._forms: list[str] = []
-        self.near = None
-        if "near" in options.modes:
-            from rsyn.stages.dedup.near import NearIndex
 
-            self.near = NearIndex(options.near_threshold, options.ngram, options.num_perm)
-        self.vectors = {}
-        self._emb: dict[str, list[bytes]] = {kind: [] for kind in KINDS}
-        self._emb_width: dict[str, int] = {}
-        self._emb_model: dict[str, object] = {}
+def scan_pass(run: Run, options: DedupOptions, work: Work, shard: tuple[int, int]) -> dict:
+    from rsyn.stages.dedup.scan import scan
 
-    # -- reading
-    def read(self) -> None:
-        from rsyn.stages.dedup.exact import key_of, match_form
+    with work.part("scan", *shard).writing() as part:
+        info = scan(run, options, part, shard)
+        part.finish(info)  # its content digest identifies this scan to every later pass
+    run.extra.update({"scanned": info["records"]})
+    return info
 
-        run = self.run
-        exact = "exact" in self.options.modes
-        need_forms = exact or self.near is not None
-        for record in run.records():
-            rid, kind = record.get("id"), record.get("kind")
-            if type(rid) is not str or not rid:
-                run.error(run.where, "record has no 'id' string", record=record, reason="missing_field")
-                continue
-            scores = record.get("scores")
-            if scores is not None and type(scores) is not dict:
-                run.error(run.where, "'scores' is not an object", record=record, reason="bad_field")
-                continue
-            if kind == "text":
-                text = record.get("text")
-                if type(text) is not str:
-                    run.error(run.where, "text record has no 'text' string", record=record, reason="missing_field")
-                    continue
-            elif kind == "image":
-                url = record.get("url")
-                if type(url) is not str or not url.strip():
-                    run.error(run.where, "image record has no 'url' string", record=record, reason="missing_field")
-                    continue
-            else:
-                run.error(run.where, f"'kind' is {kind!r}, expected 'text' or 'image'", record=record,
-                          reason="bad_kind")
-                continue
-            vector = self._embedding(record, kind) if self.needs_emb else None
-            if vector is False:
-                continue
-            if kind == "image" and exact:
-                content = self._content_hash(record)
-                if content is False:
-                    continue
-                if content:
-                    self.content_rows.append(self.n_images)
-                    self.content_keys += key_of(b"image-content", content)
-                self.url_keys += key_of(b"image-url", url.strip())
-            elif kind == "text" and need_forms:
-                form = match_form(text)
-                if exact:
-                    self.text_keys += key_of(b"text", form)
-                if self.near is not None:
-                    self._forms.append(form)
-                    if len(self._forms) >= BATCH:
-                        self._flush_forms()
-            if vector is not None:
-                pending = self._emb[kind]
-                pending.append(vector)
-                if len(pending) >= BATCH:
-                    self._flush_emb(kind)
-            self._accept(record, rid, kind)
-        self._flush_forms()
-        for kind in KINDS:
-            self._flush_emb(kind)
-        self.spill.close()
-        if self.near is not None:
-            self.near.finish()
 
-    def _accept(self, record: dict, rid: str, kind: str) -> None:
-        run = self.run
-        if not self.files or run.where_file != self.files[-1]:
-            self.files.append(run.where_file)
-            self.file_starts.append(self.n)
-        self.where_line.append(run.where_line)
-        self.ids += rid.encode("utf-8", "surrogatepass")
-        self.id_end.append(len(self.ids))
-        if kind == "text":
-            self.kind.append(0)
+def group_pass(run: Run, work: Work, mode: str, partition: tuple[int, int]) -> dict:
+    """exact, near or semantic pairs for one partition (by key, bucket or cluster)."""
+    shards = Shards(work)
+    command = {"exact": "dedup-exact", "near": "dedup-near", "semantic": "dedup-pairs"}[mode]
+    _modes(shards, mode, command)
+    stage = {"exact": "exact", "near": "near", "semantic": "semantic/pairs"}[mode]
+    with work.part(stage, *partition).writing() as part:
+        if mode == "exact":
+            from rsyn.stages.dedup.exact import exact_part
+
+            info = exact_part(shards, part, *partition)
+        elif mode == "near":
+            from rsyn.stages.dedup.near import near_part
+
+            info = near_part(shards, work, part, *partition)
         else:
-            self.kind.append(1)
-            self.n_images += 1
-        self.spill.write(record)
-        self.n += 1
+            from rsyn.stages.dedup.semantic import pairs
 
-    def _content_hash(self, record: dict):
-        """The image's sha256: its `sha256` field (img2dataset writes one) or the hash of the file at `path`.
-
-        None when unknown, False after an input error.
-        """
-        known = record.get("sha256")
-        if type(known) is str and known:
-            return known.lower()
-        path = record.get("path")
-        if type(path) is not str or not path:
-            return None
-        try:
-            with open(path, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        except OSError as exc:
-            self.run.error(self.run.where, f"cannot read image file {path!r}: {exc.strerror or exc}", record=record,
-                           reason="unreadable_image")
-            return False
-        record["sha256"] = digest  # computed once, kept on the record for later stages
-        return digest
-
-    def _embedding(self, record: dict, kind: str):
-        """The record's embedding as float16 bytes, after checking it; False after an input error."""
-        run = self.run
-        emb = record.get("emb")
-        if type(emb) is not str:
-            run.error(run.where, f"{kind} record has no 'emb' (semantic modes need `rsyn embed` first)",
-                      record=record, reason="missing_field")
-            return False
-        try:
-            raw = base64.b64decode(emb, validate=True)
-        except (binascii.Error, ValueError):
-            run.error(run.where, "'emb' is not valid base64", record=record, reason="bad_embedding")
-            return False
-        width = self._emb_width.setdefault(kind, len(raw))
-        if len(raw) != width or width == 0 or width % 2:
-            run.error(run.where, f"'emb' has {len(raw) // 2} dimensions, earlier {kind} records have {width // 2}",
-                      record=record, reason="bad_embedding")
-            return False
-        model = record.get("emb_model")
-        first_model = self._emb_model.setdefault(kind, model)
-        if model != first_model:
-            run.error(run.where, f"'emb_model' is {model!r} but earlier {kind} records used {first_model!r}: "
-                      "embeddings of different models cannot be compared", record=record, reason="bad_embedding")
-            return False
-        vector = np.frombuffer(raw, dtype=EMB_DTYPE)
-        if not np.isfinite(vector).all() or not vector.any():
-            run.error(run.where, "'emb' is zero or not finite", record=record, reason="bad_embedding")
-            return False
-        return raw
-
-    def _flush_forms(self) -> None:
-        if self._forms:
-            self.near.add(self._forms)
-            self._forms = []
-
-    def _flush_emb(self, kind: str) -> None:
-        pending = self._emb[kind]
-        if not pending:
-            return
-        from rsyn.vectors import VectorSpill
-
-        spill = self.vectors.get(kind)
-        if spill is None:
-            spill = self.vectors[kind] = VectorSpill(directory=self.options.tmp_dir)
-        spill.add(np.frombuffer(b"".join(pending), dtype=EMB_DTYPE).reshape(len(pending), -1))
-        pending.clear()
-
-    # -- lookups for pass 2
-    def record_id(self, index: int) -> str:
-        start = self.id_end[index - 1] if index else 0
-        return self.ids[start:self.id_end[index]].decode("utf-8", "surrogatepass")
-
-    def where(self, index: int) -> str:
-        file = bisect.bisect_right(self.file_starts, index) - 1
-        return f"{self.files[file]}:{self.where_line[index]}"
-
-    def close(self) -> None:
-        if not self.spill.closed:
-            self.spill.abort()
-        for spill in self.vectors.values():
-            spill.close()
+            info = pairs(shards, work, part, *partition, device=run.device)
+        part.finish({**info, "scan": shards.stamp})
+    run.extra.update(info)
+    return info
 
 
-# --------------------------------------------------------------------------- decisions
+def settle_pass(run: Run, work: Work, mode: str) -> dict:
+    """The global step of a mode: components (exact, near) or keep-first (semantic)."""
+    shards = Shards(work)
+    _modes(shards, mode, "dedup-select" if mode == "semantic" else f"dedup-settle --mode {mode}")
+    with work.single(f"{mode}/settled").writing() as part:
+        if mode == "exact":
+            from rsyn.stages.dedup.exact import exact_settle
+
+            info = exact_settle(shards, work, part)
+        elif mode == "near":
+            from rsyn.stages.dedup.near import near_settle
+
+            info = near_settle(shards, work, part)
+        else:
+            from rsyn.stages.dedup.semantic import select
+
+            info = select(shards, work, part)
+        part.finish({**info, "scan": shards.stamp})
+    run.extra.update(info)
+    return info
 
 
-@dataclass
-class _Decision:
-    reason: np.ndarray  # int8 code per record, 0 = kept
-    dup_of: np.ndarray  # global index of the kept record, -1
-    similarity: np.ndarray  # similarity to dup_of (1.0 for exact), nan when kept
-    near_best: np.ndarray  # highest exact Jaccard with an LSH candidate, nan when not computed
-    semantic_best: np.ndarray  # highest cosine to another record of the cluster, nan when not computed
+def train_pass(run: Run, work: Work) -> dict:
+    from rsyn.stages.dedup.semantic import train
+
+    shards = Shards(work)
+    _modes(shards, "semantic", "dedup-train")
+    with work.single("semantic/train").writing() as part:
+        info = train(shards, work, part, run.device)
+        part.finish({**info, "scan": shards.stamp})
+    run.extra.update(info)
+    return info
 
 
-def _decide(run: Run, stream: _Collector, options: DedupOptions) -> _Decision:
-    n = stream.n
-    d = _Decision(reason=np.zeros(n, np.int8), dup_of=np.full(n, -1, np.int64),
-                  similarity=np.full(n, np.nan, np.float64), near_best=np.full(n, np.nan, np.float64),
-                  semantic_best=np.full(n, np.nan, np.float64))
-    kind_of = np.frombuffer(bytes(stream.kind), dtype=np.uint8)
-    rows = {kind: np.flatnonzero(kind_of == code) for code, kind in enumerate(KINDS)}
-    stage: dict = {"modes": list(options.modes)}
+def assign_pass(run: Run, work: Work, shard: tuple[int, int]) -> dict:
+    from rsyn.stages.dedup.semantic import assign
 
-    if "exact" in options.modes:
-        from rsyn.stages.dedup.exact import first_of_groups, keys_array
-
-        text_first = first_of_groups(len(rows["text"]), [(np.arange(len(rows["text"])), keys_array(stream.text_keys))])
-        families = [(np.arange(len(rows["image"])), keys_array(stream.url_keys))]
-        if stream.content_rows:
-            families.append((np.frombuffer(stream.content_rows, dtype=np.int64), keys_array(stream.content_keys)))
-        image_first = first_of_groups(len(rows["image"]), families)
-        for kind, first in (("text", text_first), ("image", image_first)):
-            dup = np.flatnonzero(first != np.arange(len(first)))
-            _mark(d, rows[kind][dup], rows[kind][first[dup]], np.ones(len(dup)), "exact")
-        stage["exact"] = {"images_with_content_hash": len(stream.content_rows)}
-
-    if stream.near is not None:
-        near = stream.near
-        alive = np.flatnonzero(d.reason[rows["text"]] == 0)
-        result = near.groups(alive)
-        dup = np.flatnonzero(result["keep_as"] != np.arange(len(alive)))
-        _mark(d, rows["text"][alive[dup]], rows["text"][alive[result["keep_as"][dup]]], result["to_kept"][dup], "near")
-        d.near_best[rows["text"][alive]] = result["best"]
-        stage["near"] = {"threshold": near.threshold, "ngram": near.ngram, "num_perm": near.hasher.num_perm,
-                         "bands": near.bands, "rows": near.rows, "candidate_pairs": result["candidate_pairs"],
-                         "verified_pairs": result["verified_pairs"], "largest_group": result["largest_group"]}
-
-    threshold = options.embedding_threshold
-    if threshold is not None:
-        from rsyn.stages.dedup.semantic import semantic_groups
-
-        stage["semantic"] = {"threshold": threshold, "perceptual_threshold": options.perceptual_threshold,
-                             "device": run.device}
-        for kind in KINDS:
-            if kind not in stream.vectors:
-                continue
-            vectors = stream.vectors[kind].finish()
-            alive = np.flatnonzero(d.reason[rows[kind]] == 0)
-            result = semantic_groups(vectors, alive, threshold, options.cluster_size, probes=options.probes,
-                                     seed=run.seed, device=run.device)
-            dup = np.flatnonzero(result["keep_as"] != np.arange(len(alive)))
-            sims = result["sim"][dup].astype(np.float64)
-            perceptual = sims >= options.perceptual_threshold
-            kept_global = rows[kind][alive[result["keep_as"][dup]]]
-            _mark(d, rows[kind][alive[dup[perceptual]]], kept_global[perceptual], sims[perceptual], "perceptual")
-            _mark(d, rows[kind][alive[dup[~perceptual]]], kept_global[~perceptual], sims[~perceptual], "semantic")
-            d.semantic_best[rows[kind][alive]] = result["best"]
-            stage["semantic"][kind] = {"records": len(alive), "clusters": result["clusters"],
-                                       "probes": result["probes"], "largest_cluster": result["largest_cluster"],
-                                       "pairs_over_threshold": result["edges"],
-                                       "embedding_model": stream._emb_model.get(kind)}
-    run.extra.update(stage)
-    return d
+    shards = Shards(work)
+    _modes(shards, "semantic", "dedup-assign")
+    _check_shard(shards, shard)
+    with work.part("semantic/assign", *shard).writing() as part:
+        info = assign(shards, work, part, shard[0], run.device)
+        part.finish({**info, "scan": shards.stamp})
+    return info
 
 
-def _mark(d: _Decision, dropped: np.ndarray, kept: np.ndarray, similarity: np.ndarray, mode: str) -> None:
-    d.reason[dropped] = _REASON_CODE[mode]
-    d.dup_of[dropped] = kept
-    d.similarity[dropped] = similarity
+def _check_shard(shards: Shards, shard: tuple[int, int]) -> None:
+    if shard[1] != len(shards):
+        raise RsynError(f"--shard {shard[0]}/{shard[1]}: the scan has {len(shards)} shard(s); use --shard K/"
+                        f"{len(shards)}")
 
 
-# --------------------------------------------------------------------------- pass 2
+# --------------------------------------------------------------------------- filter
 
 
-def _write(run: Run, stream: _Collector, d: _Decision) -> None:
-    run.write(_survivors(run, stream, d))
+def filter_pass(run: Run, work: Work, shard: tuple[int, int], count_in: bool = True) -> None:
+    """Pass `filter` (per shard): re-read the shard's spilled records in order; write the survivors with
+    their scores, drop the duplicates with their reason, `dup_of` and `similarity`."""
+    from rsyn.stages.dedup.scan import RECORDS
+
+    shards = Shards(work)
+    _check_shard(shards, shard)
+    k = shard[0]
+    opts, info = shards.options, shards.infos[k]
+    modes = opts["modes"]
+    declare_reasons(run, modes)
+    n = info["records"]
+    if count_in:
+        run.n_in += n
+    kind = np.asarray(shards.array(k, "kind"))
+    reason = np.zeros(n, np.int8)
+    dup = np.full(n, -1, np.int64)
+    sim = np.full(n, np.nan, np.float64)
+    near_best = np.full(n, np.nan, np.float64)
+    semantic_best = np.full(n, np.nan, np.float64)
+
+    def settle(mode: str, command: str) -> np.ndarray:
+        part = work.require(f"{mode}/settled", command)
+        rows = np.asarray(part.load(f"drop-{k}-rows"))
+        dup[rows] = part.load(f"drop-{k}-dup")
+        sim[rows] = part.load(f"drop-{k}-sim")
+        return rows
+
+    def best(stage: str, name: str, command: str, into: np.ndarray) -> None:
+        for part in work.parts(stage, command):
+            rows = np.asarray(part.load(f"{name}-{k}-rows"))
+            np.fmax.at(into, rows, np.asarray(part.load(f"{name}-{k}-value")))
+
+    if "exact" in modes:
+        reason[settle("exact", "dedup-settle --mode exact")] = _REASON_CODE["exact"]
+    if "near" in modes:
+        near_best[(kind == 0) & (reason == 0)] = 0.0
+        best("near", "best", "dedup-near --part M/P", near_best)
+        reason[settle("near", "dedup-settle --mode near")] = _REASON_CODE["near"]
+    if "semantic" in modes or "perceptual" in modes:
+        alive = reason == 0
+        for code, name in enumerate(KINDS):
+            semantic_best[alive & (kind == code)] = -1.0
+            best("semantic/pairs", f"best-{name}", "dedup-pairs --part M/P", semantic_best)
+        rows = settle("semantic", "dedup-select")
+        perceptual = sim[rows] >= opts["perceptual_threshold"]
+        reason[rows] = np.where(perceptual, _REASON_CODE["perceptual"], _REASON_CODE["semantic"])
+    dropped = np.flatnonzero(reason)
+    dup_ids = dict(zip(dropped.tolist(), shards.ids(dup[dropped])))
+    order = np.asarray(shards.array(k, "order"))
+    run.write(_survivors(run, work.part("scan", *shard).file(RECORDS), info["files"], order, reason, dup_ids, sim,
+                         near_best, semantic_best))
 
 
-def _survivors(run: Run, stream: _Collector, d: _Decision):
+def _survivors(run: Run, spill, files: list[str], order: np.ndarray, reason: np.ndarray, dup_ids: dict,
+               sim: np.ndarray, near_best: np.ndarray, semantic_best: np.ndarray):
     loads = orjson.loads
-    lines = (line for _, line in iter_lines(stream.spill_path) if line)
-    for lo in range(0, stream.n, BATCH):
-        hi = min(stream.n, lo + BATCH)
-        reasons = d.reason[lo:hi].tolist()
-        near_best = np.round(d.near_best[lo:hi], SCORE_DIGITS).tolist()
-        semantic_best = np.round(d.semantic_best[lo:hi], SCORE_DIGITS).tolist()
+    lines = (line for _, line in iter_lines(str(spill)) if line)
+    n = len(reason)
+    for lo in range(0, n, BATCH):
+        hi = min(n, lo + BATCH)
+        reasons = reason[lo:hi].tolist()
+        nbs = np.round(near_best[lo:hi], SCORE_DIGITS).tolist()
+        sbs = np.round(semantic_best[lo:hi], SCORE_DIGITS).tolist()
         for offset in range(hi - lo):
             record = loads(next(lines))
-            nb, sb = near_best[offset], semantic_best[offset]
+            nb, sb = nbs[offset], sbs[offset]
             if nb == nb or sb == sb:  # not nan: a score was computed
                 scores = record.get("scores")
                 if scores is None:
@@ -399,7 +305,8 @@ def _survivors(run: Run, stream: _Collector, d: _Decision):
             code = reasons[offset]
             if code:
                 i = lo + offset
-                run.drop(record, _CODE_REASON[code], where=stream.where(i), dup_of=stream.record_id(int(d.dup_of[i])),
-                         similarity=round(float(d.similarity[i]), SCORE_DIGITS))
+                key = int(order[i])
+                run.drop(record, _CODE_REASON[code], where=f"{files[key >> ROW_BITS]}:{key & ROW_MASK}",
+                         dup_of=dup_ids[i], similarity=round(float(sim[i]), SCORE_DIGITS))
             else:
                 yield record

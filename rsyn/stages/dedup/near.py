@@ -20,6 +20,12 @@ in the hashing, banding or verification.
   the threshold become edges, so a stray bucket collision never links two
   groups. Groups are the connected components of the edges; the first record
   of a group in input order is kept.
+
+As passes: `scan` keeps each sentence's shingle set and band hashes;
+`near_part` takes the (band, bucket)s whose hash falls in its partition,
+among the sentences exact dedup kept, and verifies their candidates (reading
+the shingle sets of any shard); `near_settle` joins the verified edges of
+all partitions into groups.
 """
 
 from __future__ import annotations
@@ -173,7 +179,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     datasketch's MinHashLSH balances false positives and false negatives
     instead; with an exact check after it, a false positive costs one
     comparison while a false negative is a duplicate left in, so we favour
-    recall (measured in bin/bench_dedup.py).
+    recall (measured in benchmarks/dedup_quality.py).
     """
     s = np.linspace(0.0, threshold, 401)
     best = None
@@ -200,39 +206,6 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
             block = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
             out[:, band] = fmix64((block * multipliers[None, :]).sum(axis=1, dtype=np.uint64) + _U64(band))
     return out
-
-
-def candidate_pairs(bands: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """Unique (i, j), i < j, of positions into `members` that share a bucket in some band: (m, 2) int64."""
-    n = len(members)
-    found = np.zeros(0, dtype=np.int64)  # unique i * n + j, merged band by band to bound memory
-    for band in range(bands.shape[1]):
-        new = []
-        h = bands[members, band]
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
-        new_run = np.ones(n, dtype=bool)
-        new_run[1:] = hs[1:] != hs[:-1]
-        run_start = np.flatnonzero(new_run)
-        run_size = np.diff(np.append(run_start, n))
-        # small buckets: every pair
-        for size in np.unique(run_size[(run_size >= 2) & (run_size <= ALL_PAIRS_BUCKET)]):
-            base = run_start[run_size == size]
-            ti, tj = np.triu_indices(int(size), 1)
-            new.append((order[(base[:, None] + ti[None, :]).ravel()], order[(base[:, None] + tj[None, :]).ravel()]))
-        # big buckets: star from the first member plus the chain of neighbours
-        big = run_size > ALL_PAIRS_BUCKET
-        if big.any():
-            run_id = np.cumsum(new_run) - 1
-            in_big = big[run_id]
-            pos = np.flatnonzero(in_big & ~new_run)
-            new.append((order[run_start[run_id[pos]]], order[pos]))
-            new.append((order[pos - 1], order[pos]))
-        if new:
-            i = np.concatenate([p for p, _ in new]).astype(np.int64)
-            j = np.concatenate([q for _, q in new]).astype(np.int64)
-            found = np.unique(np.concatenate([found, np.minimum(i, j) * n + np.maximum(i, j)]))
-    return np.stack([found // n, found % n], axis=1)
 
 
 def _gather(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,46 +266,175 @@ class NearIndex:
         self._bands.append(band_hashes(signatures, self.bands, self.rows))
 
     def finish(self) -> None:
-        self.values = np.concatenate(self._values) if self._values else np.zeros(0, np.uint64)
+        """Join the batches; each is freed as it is copied, so the peak is one copy plus one batch."""
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
         self.offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.offsets[1:])
-        self.band_table = (np.concatenate(self._bands) if self._bands
-                           else np.zeros((0, self.bands), dtype=np.uint64))
-        self._values, self._sizes, self._bands = [], [], []
+        self.values = _drain(self._values, np.empty(int(self.offsets[-1]), dtype=np.uint64))
+        # band-major (bands, sentences): dedup-near reads one band at a time
+        bands, self._bands = [b.T for b in self._bands], []
+        self.band_table = _drain(bands, np.empty((self.bands, len(sizes)), dtype=np.uint64))
+        self._sizes = []
 
-    def groups(self, members: np.ndarray) -> dict:
-        """Near-duplicate groups among `members` (indices into the added sentences, ascending).
 
-        Returns arrays over `members`: `keep_as` (position of the kept record of
-        the group; itself when kept), `best` (highest exact Jaccard with any
-        candidate, 0 when none), `to_kept` (Jaccard with the kept record), and
-        counts for the summary.
-        """
-        import scipy.sparse as sp
-        from scipy.sparse.csgraph import connected_components
+def _drain(batches: list, out: np.ndarray) -> np.ndarray:
+    """Copy `batches` one after the other along out's last axis, emptying the list as it goes."""
+    at = 0
+    batches.reverse()
+    while batches:
+        block = batches.pop()
+        out[..., at:at + block.shape[-1]] = block
+        at += block.shape[-1]
+    return out
 
-        m = len(members)
-        has_set = self.offsets[members + 1] > self.offsets[members]
-        active = np.flatnonzero(has_set)  # empty match forms (only punctuation) have nothing to compare
-        pairs_local = candidate_pairs(self.band_table, members[active]) if len(active) > 1 else np.zeros((0, 2), np.int64)
-        pairs = active[pairs_local] if len(pairs_local) else pairs_local
-        sims = jaccard(self.values, self.offsets, members[pairs[:, 0]], members[pairs[:, 1]]) if len(pairs) else np.zeros(0)
-        best = np.zeros(m, dtype=np.float64)
-        if len(pairs):
-            np.maximum.at(best, pairs[:, 0], sims)
-            np.maximum.at(best, pairs[:, 1], sims)
-        edges = pairs[sims >= self.threshold]
-        graph = sp.coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(m, m))
-        _, component = connected_components(graph, directed=False)
-        first = np.full(int(component.max()) + 1 if m else 0, m, dtype=np.int64)
-        np.minimum.at(first, component, np.arange(m, dtype=np.int64))
-        keep_as = first[component] if m else np.zeros(0, np.int64)
-        to_kept = np.ones(m, dtype=np.float64)
-        dropped = np.flatnonzero(keep_as != np.arange(m))
-        if len(dropped):
-            to_kept[dropped] = jaccard(self.values, self.offsets, members[keep_as[dropped]], members[dropped])
-        sizes = np.bincount(component) if m else np.zeros(0, np.int64)
-        return {"keep_as": keep_as, "best": best, "to_kept": to_kept,
-                "candidate_pairs": int(len(pairs)), "verified_pairs": int(len(edges)),
-                "largest_group": int(sizes.max()) if m else 0}
+
+# --------------------------------------------------------------------------- passes
+
+
+def _alive_texts(shards, s: int, exact_settled) -> tuple[np.ndarray, np.ndarray]:
+    """(text ranks, rows) of shard s's sentences that survived exact dedup and have a shingle set."""
+    text_rows = np.flatnonzero(np.asarray(shards.array(s, "kind")) == 0)
+    has_set = np.diff(np.asarray(shards.array(s, "near_offsets", keep=False)))[text_rows] > 0
+    alive = has_set
+    if exact_settled is not None:
+        from rsyn.stages.dedup.work import dropped_rows
+
+        alive = has_set & ~np.isin(text_rows, dropped_rows(exact_settled, s))
+    ranks = np.flatnonzero(alive)
+    return ranks, text_rows[ranks]
+
+
+def gather_sets(shards, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle sets (CSR values, offsets) of the records `gids` (sorted unique), read from their scan parts."""
+    from rsyn.stages.dedup.work import split_gid
+
+    shard, rows = split_gid(gids)
+    sizes = np.zeros(len(gids), dtype=np.int64)
+    starts = np.zeros(len(gids), dtype=np.int64)
+    for s in np.unique(shard).tolist():
+        where = np.flatnonzero(shard == s)
+        offsets = shards.array(s, "near_offsets", keep=False)  # by record row
+        starts[where] = offsets[rows[where]]
+        sizes[where] = np.asarray(offsets[rows[where] + 1]) - starts[where]
+    out_offsets = np.zeros(len(gids) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), dtype=np.uint64)
+    element_shard = np.repeat(shard, sizes)
+    source = np.repeat(starts, sizes) + np.arange(len(out)) - np.repeat(out_offsets[:-1], sizes)
+    for s in np.unique(shard).tolist():
+        at = np.flatnonzero(element_shard == s)
+        out[at] = shards.array(s, "near_values", keep=False)[source[at]]
+    return out, out_offsets
+
+
+def pair_jaccard(shards, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of records a[k] and b[k] (gids), wherever they were scanned."""
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.float64)
+    nodes = np.unique(np.concatenate([a, b]))
+    values, offsets = gather_sets(shards, nodes)
+    return jaccard(values, offsets, np.searchsorted(nodes, a), np.searchsorted(nodes, b))
+
+
+def bucket_pairs(bucket_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i < j) of positions in an array sorted by (bucket, input order), `bucket_new` marking
+    each bucket's first row: every pair in buckets of at most ALL_PAIRS_BUCKET rows, otherwise a star from
+    the first row plus the chain of neighbours (linear in the bucket size)."""
+    n = len(bucket_new)
+    run_start = np.flatnonzero(bucket_new)
+    run_size = np.diff(np.append(run_start, n))
+    found_i, found_j = [], []
+    for size in np.unique(run_size[(run_size >= 2) & (run_size <= ALL_PAIRS_BUCKET)]):
+        base = run_start[run_size == size]
+        ti, tj = np.triu_indices(int(size), 1)
+        found_i.append((base[:, None] + ti[None, :]).ravel())
+        found_j.append((base[:, None] + tj[None, :]).ravel())
+    big = run_size > ALL_PAIRS_BUCKET
+    if big.any():
+        run_id = np.cumsum(bucket_new) - 1
+        pos = np.flatnonzero(big[run_id] & ~bucket_new)
+        found_i += [run_start[run_id[pos]], pos - 1]
+        found_j += [pos, pos]
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
+
+
+def unique_pairs(*columns: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct (columns[0], columns[1]) pair, sorted by that pair."""
+    order = np.lexsort((columns[1], columns[0]))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (columns[0][order][1:] != columns[0][order][:-1]) | (columns[1][order][1:] != columns[1][order][:-1])
+    return order[first]
+
+
+def near_part(shards, work, part, m: int, n_parts: int) -> dict:
+    """Pass `near` (per bucket partition m of n_parts): LSH candidates of the (band, bucket)s whose hash falls
+    in this partition, among the sentences exact dedup kept; each candidate verified by its exact Jaccard.
+
+    Band by band, so memory holds one band's entries of this partition and the candidate pairs."""
+    from rsyn.stages.dedup.work import gid_of, save_per_shard
+
+    exact_settled = work.require("exact/settled", "dedup-settle --mode exact") if "exact" in shards.options["modes"] \
+        else None
+    alive = []  # per shard: text ranks, order keys and gids of the sentences to bucket
+    for s in range(len(shards)):
+        ranks, rows = _alive_texts(shards, s, exact_settled)
+        alive.append((ranks, np.asarray(shards.array(s, "order"))[rows], gid_of(s, rows)))
+    n_bands = shards.array(0, "near_bands", keep=False).shape[0]
+    a, b = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a_order, b_order = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for band in range(n_bands):
+        hashes, orders, gids = [], [], []
+        for s, (ranks, order, gid) in enumerate(alive):
+            h = np.asarray(shards.array(s, "near_bands", keep=False)[band])[ranks]  # (bands, sentences) layout
+            take = np.flatnonzero(h % np.uint64(n_parts) == np.uint64(m))
+            hashes.append(h[take])
+            orders.append(order[take])
+            gids.append(gid[take])
+        h, order, gid = (np.concatenate(x) for x in (hashes, orders, gids))
+        by_bucket = np.lexsort((order, h))
+        h, order, gid = h[by_bucket], order[by_bucket], gid[by_bucket]
+        new = np.ones(len(h), dtype=bool)
+        new[1:] = h[1:] != h[:-1]
+        i, j = bucket_pairs(new)
+        a, b = np.concatenate([a, gid[i]]), np.concatenate([b, gid[j]])
+        a_order, b_order = np.concatenate([a_order, order[i]]), np.concatenate([b_order, order[j]])
+        keep = unique_pairs(a, b)  # a pair found in several bands
+        a, b, a_order, b_order = a[keep], b[keep], a_order[keep], b_order[keep]
+    sims = pair_jaccard(shards, a, b)
+    best_gid = np.concatenate([a, b])
+    best = np.concatenate([sims, sims])
+    by_gid = np.lexsort((-best, best_gid))
+    first = np.ones(len(by_gid), dtype=bool)
+    first[1:] = best_gid[by_gid][1:] != best_gid[by_gid][:-1]
+    save_per_shard(part, "best", len(shards), best_gid[by_gid][first], {"value": best[by_gid][first]})
+    edge = sims >= shards.options["near_threshold"]
+    part.save("a", a[edge])
+    part.save("b", b[edge])
+    part.save("a_order", a_order[edge])
+    part.save("b_order", b_order[edge])
+    return {"part": [m, n_parts], "candidate_pairs": len(a), "verified_pairs": int(edge.sum())}
+
+
+def near_settle(shards, work, part) -> dict:
+    """Pass `near` settle (once): groups are the connected components of the verified edges; every record
+    but the first of its group is dropped, with its exact Jaccard to that first record."""
+    from rsyn.stages.dedup.work import first_of_components, save_per_shard
+
+    parts = work.parts("near", "dedup-near --part M/P")
+    a, b, a_order, b_order = (np.concatenate([np.asarray(p.load(name)) for p in parts])
+                              for name in ("a", "b", "a_order", "b_order"))
+    unique = unique_pairs(a, b)
+    nodes, first, sizes = first_of_components(a[unique], b[unique], a_order[unique], b_order[unique])
+    dropped = nodes != first
+    to_kept = pair_jaccard(shards, first[dropped], nodes[dropped])
+    save_per_shard(part, "drop", len(shards), nodes[dropped], {"dup": first[dropped], "sim": to_kept})
+    opts = shards.options
+    bands, rows = lsh_params(opts["near_threshold"], opts["num_perm"])
+    any_text = any(info["texts"] for info in shards.infos)
+    return {"threshold": opts["near_threshold"], "ngram": opts["ngram"], "num_perm": opts["num_perm"],
+            "bands": bands, "rows": rows,
+            "candidate_pairs": sum(p.info()["candidate_pairs"] for p in parts),
+            "verified_pairs": len(unique), "largest_group": int(sizes.max()) if len(sizes) else int(any_text),
+            "dropped": int(dropped.sum())}

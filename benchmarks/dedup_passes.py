@@ -20,6 +20,7 @@ wall times are noisy, CPU seconds and RSS less so.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def lines(paths) -> list[bytes]:
     found = []
     for p in paths:
         if Path(p).exists():
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(Path(p).read_bytes())
+            data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(Path(p).read_bytes()), read_across_frames=True).read()
             found += [x for x in data.splitlines() if x]
     return sorted(found)
 

@@ -1,4 +1,4 @@
-"""Options of the commands that read files a record names (embed, caption, pack), declared once.
+"""Options of the commands that read files a record names (embed, caption, pack, dedup), declared once.
 
 A record's `path` is untrusted (rsyn.localfiles): these options say where such
 files may lie and how large they may be. Kept apart from rsyn.localfiles so

@@ -4,26 +4,27 @@ The corpus has several input files, text records, bad records (--on-error skip),
 keys: ties broken by file and line) and clusters larger and smaller than the cut-off. Real faiss trains k-means.
 """
 
+import io
 import json
 
 import numpy as np
 import orjson
 import pytest
 import zstandard
+from conftest import jsonl, rsyn_here
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_balance import make_records
 
-from conftest import jsonl, rsyn_here
 from rsyn.stages.balance import (
     HIST_BINS,
     SIM_SCALE,
     NearestCentroid,
+    SimRange,
     hist_value_at,
     quantile_position,
     window_bounds,
-    SimRange,
 )
-from test_balance import make_records
 
 SHARDS = 4
 
@@ -33,7 +34,7 @@ def lines_of(path) -> list[bytes]:
         return []
     data = path.read_bytes()
     if data[:4] == b"\x28\xb5\x2f\xfd":
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
     return [line for line in data.split(b"\n") if line.strip()]
 
 

@@ -1,12 +1,12 @@
 """dedup as passes: the sharded / partitioned passes give exactly the one-process `rsyn dedup` output."""
 
 import hashlib
+import io
 
 import numpy as np
 import orjson
 import pytest
 import zstandard
-
 from conftest import decode_stream, jsonl, rsyn
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -91,7 +91,7 @@ def _lines(path) -> list[bytes]:
     """Decompressed lines of a stream file (none when it does not exist)."""
     if not path.exists():
         return []
-    return [line for line in zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes()).splitlines()
+    return [line for line in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read().splitlines()
             if line]
 
 
@@ -107,7 +107,15 @@ def one_process(paths, out_dir, *args) -> tuple[list[bytes], list[bytes]]:
 def passes(paths, work, n_shards: int, n_parts: int, options, device="cpu", seed=0):
     """Every pass, as the pipeline runner calls them, but in this process: per shard output and rejects lines."""
     from rsyn.command import Run
-    from rsyn.stages.dedup import Work, assign_pass, filter_pass, group_pass, scan_pass, settle_pass, train_pass
+    from rsyn.stages.dedup import (
+        Work,
+        assign_pass,
+        filter_pass,
+        group_pass,
+        scan_pass,
+        settle_pass,
+        train_pass,
+    )
 
     w = Work(work)
 

@@ -7,6 +7,8 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, parse_shard, rsyn_command, run_command
+from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_limits import DEFAULT_MAX_BYTES
 
 WORK_HELP = "The work directory the passes share (part files and done markers)."
 
@@ -37,11 +39,8 @@ def dedup(
         "--probes", min=1, help="semantic: compare a record with every record of its nearest cluster that has "
         "that cluster among its N nearest (1 = SemDeDup's one cluster per record, which misses duplicates split "
         "by a cluster boundary).")] = 3,
-    path_root: Annotated[Optional[str], typer.Option(
-        "--path-root", metavar="DIR", help="exact: an image's `path` is hashed only if it lies under DIR "
-        "(symlinks resolved; default: the current directory).")] = None,
-    max_bytes: Annotated[int, typer.Option(
-        "--max-bytes", min=1, help="exact: largest image file hashed (a larger one is bad input).")] = 25_000_000,
+    path_root: PathRootOption = None,
+    max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
     tmp_dir: Annotated[Optional[str], typer.Option(
         "--tmp-dir", help="Where the work directory of the passes goes (spilled records, keys, embeddings; "
         "default: the system temporary directory).")] = None,
@@ -67,7 +66,7 @@ def _options(mode, near_threshold, ngram, num_perm, perceptual_threshold, semant
 
     options = DedupOptions(modes=parse_modes(mode), near_threshold=near_threshold, ngram=ngram, num_perm=num_perm,
                            perceptual_threshold=perceptual_threshold, semantic_threshold=semantic_threshold,
-                           cluster_size=cluster_size, probes=probes, tmp_dir=tmp_dir, path_root=path_root,
+                           cluster_size=cluster_size, probes=probes, tmp_dir=tmp_dir, path_root=None if path_root is None else str(path_root),
                            max_bytes=max_bytes)
     check_options(options)
     return options

@@ -40,6 +40,8 @@ def _root(
 
 for _name in COMMANDS:
     importlib.import_module(f"rsyn.commands.{_name}")
+import rsyn.commands.plan  # noqa: E402,F401  (the whole pipeline: rsyn plan, rsyn run; not stream commands)
+import rsyn.commands.run  # noqa: E402,F401
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ def plan(
     emit: Annotated[str, typer.Option("--emit", help="make: a Makefile; slurm: sbatch scripts + submit.sh.")],
     output: Annotated[Optional[str], typer.Option(
         "-o", "--output", help="Directory to write into (default: OUTPUT/plan-make or OUTPUT/plan-slurm).")] = None,
+    until: Annotated[Optional[list[str]], typer.Option(
+        "--until", metavar="PASS", help="Plan only this pass and the passes it needs (repeatable).")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a setting of the file, e.g. stages.embed.shards=8 "
         "(kept in the emitted commands).")] = None,
@@ -34,6 +36,11 @@ def plan(
         graph = build_graph(p)
     except PipelineError as exc:
         fail(str(exc))
+    for name in until or []:
+        if name not in graph.passes:
+            fail(f"--until {name!r}: no such pass (passes: {', '.join(graph.passes)})")
+    if until:
+        graph = graph.only(list(until))
     files = emit_make(p, graph) if emit == "make" else emit_slurm(p, graph)
     out = Path(output) if output else p.output / f"plan-{emit}"
     for name, text in files.items():

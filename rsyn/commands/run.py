@@ -60,6 +60,17 @@ def run(
             if name not in graph.passes:
                 fail(f"--until {name!r}: no such pass (passes: {', '.join(graph.passes)})")
         names = graph.upstream(list(until) if until else graph.final())
+    from rsyn.pipeline.parts import OutputLock, sweep_output
+
+    try:
+        lock = OutputLock(p.output, exclusive=only is None)
+    except RuntimeError as exc:
+        fail(str(exc))
+    if only is None:
+        swept = sweep_output(p.output)  # what dead runs left; a single part sweeps only its own
+        if swept and not quiet:
+            print(f"rsyn run: removed {swept} temporar{'y' if swept == 1 else 'ies'} left by a dead run",
+                  file=sys.stderr)
     progress = Progress(quiet=quiet)
     state = {}
 
@@ -94,6 +105,8 @@ def run(
         fail(str(exc))
     except Interrupted as exc:
         print("rsyn run: interrupted; finished parts keep their markers, a rerun does the rest", file=sys.stderr)
-        raise typer.Exit(130 if exc.signum == 2 else 128 + exc.signum) from None
+        raise typer.Exit(128 + exc.signum) from None  # 130 for SIGINT, 143 for SIGTERM, as a shell reports
+    finally:
+        lock.release()
     if not quiet:
         print(f"rsyn run: {progress.summary()}", file=sys.stderr)

@@ -55,35 +55,42 @@ class Engine:
 
 def execute(graph: Graph, names: list[str], engine: Engine, retries: int, progress: Progress,
             only: Part | None = None) -> None:
-    """Run the parts of the named passes (or the one part `only`), skipping those already done."""
+    """Run the parts of the named passes (or the one part `only`), skipping those already done.
+
+    Whether a part is done is decided when its pass becomes ready, after the passes before it ran:
+    a pass whose input was just rewritten has a stale marker and runs again.
+    """
     passes = [graph.passes[n] for n in names]
-    todo: dict[str, list[Part]] = {}
+    parts_of: dict[str, list[Part]] = {}
     for p in passes:
-        parts = [only] if only is not None and only.pass_name == p.name else ([] if only else p.parts)
-        progress.add_pass(p.name, len(parts))
-        todo[p.name] = []
-        for part in parts:
-            if is_done(part):
-                progress.skipped(p.name, part)
-            else:
-                todo[p.name].append(part)
-    complete = {n for n in names if not todo[n]}
+        parts_of[p.name] = [only] if only is not None and only.pass_name == p.name else ([] if only else p.parts)
+        progress.add_pass(p.name, len(parts_of[p.name]))
+    by_name = {part.name: (p, part) for p in passes for part in parts_of[p.name]}
+    left = {n: len(parts_of[n]) for n in names}
+    opened: set[str] = set()  # passes whose parts were checked and queued
+    complete: set[str] = set()
     attempts: dict[str, int] = {}
     queue: list[tuple[Pass, Part]] = []
-    queued: set[str] = set()
     failed: PartResult | None = None
     failed_part: Part | None = None
-    by_name = {part.name: (p, part) for p in passes for part in todo[p.name]}
-    left = {n: len(todo[n]) for n in names}
     while True:
         if failed is None:
-            for p in passes:
-                ready = p.name not in complete and all(a in complete or a not in todo for a in p.after)
-                if ready:
-                    for part in todo[p.name]:
-                        if part.name not in queued:
-                            queued.add(part.name)
+            changed = True
+            while changed:  # a pass found all done makes the next one ready at once
+                changed = False
+                for p in passes:
+                    if p.name in opened or not all(a in complete or a not in left for a in p.after):
+                        continue
+                    opened.add(p.name)
+                    for part in parts_of[p.name]:
+                        if is_done(part):
+                            progress.skipped(p.name, part)
+                            left[p.name] -= 1
+                        else:
                             queue.append((p, part))
+                    if left[p.name] == 0:
+                        complete.add(p.name)
+                        changed = True
             still = []
             for p, part in queue:
                 if engine.room(p):
@@ -93,9 +100,8 @@ def execute(graph: Graph, names: list[str], engine: Engine, retries: int, progre
                 else:
                     still.append((p, part))
             queue = still
-        if engine.running() == 0:
-            if failed is not None or not queue:
-                break
+        if engine.running() == 0 and (failed is not None or not queue):
+            break
         for result in engine.ended(timeout=0.5):
             p, part = by_name[result.name]
             if result.status == 0:

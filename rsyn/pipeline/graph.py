@@ -71,6 +71,10 @@ class Graph:
                 stack.extend(self.passes[name].after)
         return [n for n in self.passes if n in wanted]
 
+    def only(self, names: list[str]) -> Graph:
+        """The graph of the named passes and the passes they depend on."""
+        return Graph(passes={n: self.passes[n] for n in self.upstream(names)}, output=self.output)
+
     def final(self) -> list[str]:
         """Passes nothing depends on: the targets of a whole run."""
         needed = {a for p in self.passes.values() for a in p.after}

@@ -153,6 +153,45 @@ def remove_temporaries(part: Part) -> int:
     return n
 
 
+def sweep_output(output: Path) -> int:
+    """Remove every temporary under OUTPUT: only while holding its exclusive lock (no part is running)."""
+    n = 0
+    for pattern in (".*.rsyn-tmp-*", ".*.rsyn-old-*"):
+        for path in output.rglob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            n += 1
+    if (output / ".tmp").is_dir():
+        shutil.rmtree(output / ".tmp", ignore_errors=True)
+        n += 1
+    return n
+
+
+class OutputLock:
+    """A whole run holds OUTPUT/.done/.lock exclusively; single parts (make -j, Slurm tasks) hold it shared.
+
+    So a whole run never sweeps temporaries of parts that another process is running, and two
+    whole runs never write the same outputs at once.
+    """
+
+    def __init__(self, output: Path, exclusive: bool):
+        import fcntl
+
+        path = output / ".done" / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a")
+        try:
+            fcntl.flock(self.fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.close()
+            raise RuntimeError(f"{output} is in use by another rsyn run") from None
+
+    def release(self) -> None:
+        self.fh.close()
+
+
 # ----------------------------------------------------------------------------- the subprocess
 
 _PR_SET_PDEATHSIG = 1

@@ -76,7 +76,7 @@ def build_graph(p: Pipeline) -> Graph:
         # the entropy filter needs corpus-wide word counts: counted once, then given to every shard
         counts = str(out / "word_counts.json")
         b.single("extract-count", "extract", documents, None, ["--count-only", "--save-word-counts", counts],
-                 extra_outputs=[counts], settings_of="extract")
+                 extra_outputs=[counts], settings_of="extract", cpu_only=True)
         documents = _Stream(documents.files, ["extract-count"])
         extract_opts = ["--word-counts", counts]
     extracted = b.stage("extract", "extract", documents, "extracted.jsonl.zst", extract_opts,
@@ -87,7 +87,7 @@ def build_graph(p: Pipeline) -> Graph:
     semdedup = b.stage("semdedup", "dedup", embedded, "semdedup.jsonl.zst", ["--mode", "semantic"])
     sentences = b.stage("split-text", "cat", semdedup, "sentences.jsonl.zst", ["--kind", "text"])
     image_records = b.stage("split-image", "cat", semdedup, "images.jsonl.zst", ["--kind", "image"])
-    index = b.stage("index", "index", sentences, "index", [], directory=True)
+    index = b.stage("index", "index", sentences, "index", [])
     index_dir = index.files[0]
     retrieved = b.stage("retrieve", "retrieve", image_records, "retrieved.jsonl.zst", ["--index", index_dir],
                         side=[index_dir], after=index.passes)
@@ -97,7 +97,8 @@ def build_graph(p: Pipeline) -> Graph:
     syn = b.stage("embed-syn", "embed", captioned, "syn_embedded.jsonl.zst",
                   ["--text-field", "syn_text", "--emb-field", "syn_emb"])
     balanced = b.stage("balance", "balance", syn, "balanced.jsonl.zst", [])
-    packed = b.stage("pack", "pack", balanced, "packed", ["--extra-columns"], directory=True)
+    # a rerun replaces the release it made before (pack refuses a non-empty directory otherwise)
+    packed = b.stage("pack", "pack", balanced, "packed", ["--extra-columns", "--overwrite"])
     records = [opt for f in retrieved.files + syn.files for opt in ("--records", f)]
     b.single("report", "report", _Stream([str(out / "stats" / "*.json")], packed.passes + retrieved.passes
                                          + syn.passes), str(out / "report.html"),
@@ -155,7 +156,7 @@ class _Builder:
                 "--stats", stats, "--rejects", rejects]
 
     def stage(self, name: str, command: str, source: _Stream, output: str, options: list[str],
-              side: list[str] | None = None, after: list[str] | None = None, directory: bool = False) -> _Stream:
+              side: list[str] | None = None, after: list[str] | None = None) -> _Stream:
         settings = self.p.stage(name)
         n = settings.shards
         if n == 1:
@@ -177,20 +178,21 @@ class _Builder:
         if not settings.merge:
             return _Stream(files, [name])
         merged = str(out / output)
-        self.single(f"{name}-merge", "cat", _Stream(files, [name]), merged, [], settings_of=name)
+        self.single(f"{name}-merge", "cat", _Stream(files, [name]), merged, [], settings_of=name, cpu_only=True)
         return _Stream([merged], [f"{name}-merge"])
 
     def single(self, name: str, command: str, source: _Stream, output: str | None, options: list[str],
                side: list[str] | None = None, after: list[str] | None = None, extra_outputs: list[str] = (),
-               settings_of: str | None = None, common: bool = True, fingerprint: bool = True) -> _Stream:
+               settings_of: str | None = None, common: bool = True, cpu_only: bool = False) -> _Stream:
         out = self.p.output
         stats, rejects = str(out / "stats" / f"{name}.json"), str(out / "rejects" / f"{name}.jsonl.zst")
         words = self._common(name, stats, rejects) if common else []
         argv = [*self._program(settings_of or name), command, *words, *source.files, *options,
                 *(["-o", output] if output else [])]
         outputs = ([output] if output else []) + list(extra_outputs)
-        part = self._part(name, 0, 1, argv, [*source.files, *(side or [])], outputs, stats if common else None, rejects if common else None)
-        self._add(name, [part], source.passes + (after or []), settings_of=settings_of)
+        part = self._part(name, 0, 1, argv, [*source.files, *(side or [])], outputs, stats if common else None,
+                          rejects if common else None)
+        self._add(name, [part], source.passes + (after or []), settings_of=settings_of, cpu_only=cpu_only)
         return _Stream([output] if output else [], [name])
 
     def _program(self, name: str) -> list[str]:
@@ -205,13 +207,14 @@ class _Builder:
                     stats=stats, log=str(out / "logs" / f"{tag}.log"), marker=str(out / ".done" / f"{tag}.json"),
                     tmp=str(out / ".tmp" / tag), cwd=str(self.p.base))
 
-    def _add(self, name: str, parts: list[Part], after: list[str], settings_of: str | None = None) -> None:
+    def _add(self, name: str, parts: list[Part], after: list[str], settings_of: str | None = None,
+             cpu_only: bool = False) -> None:
         s = self.p.stage(settings_of or name)
         seen: list[str] = []
         for a in after:
             if a not in seen:
                 seen.append(a)
         ray_cpus = s.ray_cpus if s.ray_cpus is not None else self.p.ray_cpus_per_part
-        self.graph.add(Pass(name=name, parts=parts, after=seen, gpus=s.gpus, cpus=s.cpus, memory=s.memory,
+        self.graph.add(Pass(name=name, parts=parts, after=seen, gpus=0 if cpu_only else s.gpus, cpus=s.cpus, memory=s.memory,
                             time=s.time or self.p.slurm.get("time"), ray_cpus=ray_cpus))
 

@@ -75,7 +75,7 @@ def build_graph(p: Pipeline) -> Graph:
     if p.stage("extract").shards > 1:
         # the entropy filter needs corpus-wide word counts: counted once, then given to every shard
         counts = str(out / "word_counts.json")
-        b.single("extract-count", "extract", documents, None, ["--count-only", "--save-word-counts", counts],
+        b.single("extract-count", "extract", documents, [], ["--count-only", "--save-word-counts", counts],
                  extra_outputs=[counts], settings_of="extract", cpu_only=True)
         documents = _Stream(documents.files, ["extract-count"])
         extract_opts = ["--word-counts", counts]
@@ -101,7 +101,7 @@ def build_graph(p: Pipeline) -> Graph:
     packed = b.stage("pack", "pack", balanced, "packed", ["--extra-columns", "--overwrite"])
     records = [opt for f in retrieved.files + syn.files for opt in ("--records", f)]
     b.single("report", "report", _Stream([str(out / "stats" / "*.json")], packed.passes + retrieved.passes
-                                         + syn.passes), str(out / "report.html"),
+                                         + syn.passes), [str(out / "report.html")],
              ["--quiet", *records, "--packed", packed.files[0]], side=[*retrieved.files, *syn.files, *packed.files],
              common=False)
     return b.graph
@@ -150,50 +150,45 @@ class _Builder:
             words += option_args(option if option.startswith("-") else f"--{option}", value)
         return words
 
-    def _common(self, name: str, stats: str, rejects: str) -> list[str]:
+    def _common(self, stats: str, rejects: str) -> list[str]:
         p = self.p
         return ["--seed", str(p.seed), "--device", p.device, "--on-error", p.on_error, "--quiet",
                 "--stats", stats, "--rejects", rejects]
 
     def stage(self, name: str, command: str, source: _Stream, output: str, options: list[str],
               side: list[str] | None = None, after: list[str] | None = None) -> _Stream:
+        """A stage of the pipeline: `shards` parts writing OUTPUT/shards/STEM-K-of-N.EXT, or one writing OUTPUT/OUTPUT."""
         settings = self.p.stage(name)
         n = settings.shards
-        if n == 1:
-            return self.single(name, command, source, str(self.p.output / output),
-                               [*options, *self._stage_words(name)], side=side, after=after)
-        out = self.p.output
         stem, dot, ext = output.partition(".")
-        parts = []
-        files = []
-        for k in range(n):
-            tag = part_name(name, k, n)
-            target = str(out / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}")
-            files.append(target)
-            stats, rejects = str(out / "stats" / f"{tag}.json"), str(out / "rejects" / f"{tag}.jsonl.zst")
-            argv = [*self._program(name), command, *self._common(name, stats, rejects), *source.files,
-                    "--shard", f"{k}/{n}", *options, *self._stage_words(name), "-o", target]
-            parts.append(self._part(name, k, n, argv, [*source.files, *(side or [])], [target], stats, rejects))
-        self._add(name, parts, source.passes + (after or []))
-        if not settings.merge:
-            return _Stream(files, [name])
-        merged = str(out / output)
-        self.single(f"{name}-merge", "cat", _Stream(files, [name]), merged, [], settings_of=name, cpu_only=True)
+        targets = ([str(self.p.output / output)] if n == 1 else
+                   [str(self.p.output / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)])
+        stream = self.single(name, command, source, targets, [*options, *self._stage_words(name)], side=side,
+                             after=after)
+        if n == 1 or not settings.merge:
+            return stream
+        merged = str(self.p.output / output)
+        self.single(f"{name}-merge", "cat", stream, [merged], [], settings_of=name, cpu_only=True)
         return _Stream([merged], [f"{name}-merge"])
 
-    def single(self, name: str, command: str, source: _Stream, output: str | None, options: list[str],
+    def single(self, name: str, command: str, source: _Stream, targets: list[str], options: list[str],
                side: list[str] | None = None, after: list[str] | None = None, extra_outputs: list[str] = (),
                settings_of: str | None = None, common: bool = True, cpu_only: bool = False) -> _Stream:
+        """A pass of len(targets) parts (`--shard K/N` when more than one); part K writes `-o targets[K]`."""
         out = self.p.output
-        stats, rejects = str(out / "stats" / f"{name}.json"), str(out / "rejects" / f"{name}.jsonl.zst")
-        words = self._common(name, stats, rejects) if common else []
-        argv = [*self._program(settings_of or name), command, *words, *source.files, *options,
-                *(["-o", output] if output else [])]
-        outputs = ([output] if output else []) + list(extra_outputs)
-        part = self._part(name, 0, 1, argv, [*source.files, *(side or [])], outputs, stats if common else None,
-                          rejects if common else None)
-        self._add(name, [part], source.passes + (after or []), settings_of=settings_of, cpu_only=cpu_only)
-        return _Stream([output] if output else [], [name])
+        n = len(targets) or 1
+        parts = []
+        for k in range(n):
+            tag = part_name(name, k, n)
+            stats, rejects = str(out / "stats" / f"{tag}.json"), str(out / "rejects" / f"{tag}.jsonl.zst")
+            argv = [*self._program(settings_of or name), command, *(self._common(stats, rejects) if common else []),
+                    *source.files, *(["--shard", f"{k}/{n}"] if n > 1 else []), *options,
+                    *(["-o", targets[k]] if targets else [])]
+            outputs = ([targets[k]] if targets else []) + list(extra_outputs)
+            parts.append(self._part(name, k, n, argv, [*source.files, *(side or [])], outputs,
+                                    stats if common else None, rejects if common else None))
+        self._add(name, parts, source.passes + (after or []), settings_of=settings_of, cpu_only=cpu_only)
+        return _Stream(list(targets), [name])
 
     def _program(self, name: str) -> list[str]:
         return list(self.p.stage(name).program or self.p.program)

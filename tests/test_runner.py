@@ -98,7 +98,8 @@ def test_rerun_skips_every_done_part_and_redoes_a_changed_one(example, local_run
     again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
     assert "12/12 parts done (0 run, 12 already done)" in again.stderr
     # a different option for one pass: that pass and everything after it run again, nothing before it
-    changed = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack", "--set", "thresholds.per_cluster=2")
+    changed = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack",
+                   "--set", "thresholds.per_cluster=2")
     started = re.findall(r"rsyn run: (\S+): started", changed.stderr)
     assert started == ["balance", "pack"]
     rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")  # back to the reference settings
@@ -270,3 +271,12 @@ def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     assert proc.returncode == 2 and "[thresholds] has no 'max_pp'" in proc.stderr and "Traceback" not in proc.stderr
     proc = rsyn("run", EXAMPLE, "--part", "embed/7", check=False)
     assert proc.returncode == 2 and "--part 'embed/7': no such part" in proc.stderr
+
+
+def test_ray_engine_without_ray_says_how_to_install(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from rsyn.cli import main; "
+            f"sys.argv = ['rsyn', 'run', {str(EXAMPLE)!r}, '--engine', 'ray', '--set', 'pipeline.output={tmp_path}']; "
+            "main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "rsyn: error: the ray engine needs Ray: pip install 'rsyn[ray]'\n"

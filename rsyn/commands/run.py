@@ -52,7 +52,8 @@ def run(
     if part is not None:
         name, _, k = part.rpartition("/")
         if name not in graph.passes or not k.isdigit() or int(k) >= len(graph.passes[name].parts):
-            fail(f"--part {part!r}: no such part (passes: {', '.join(f'{n}/0..{len(q.parts) - 1}' for n, q in graph.passes.items())})")
+            known = ", ".join(f"{n}/0..{len(q.parts) - 1}" for n, q in graph.passes.items())
+            fail(f"--part {part!r}: no such part (parts: {known})")
         only = graph.passes[name].parts[int(k)]
         names = [name]
     else:
@@ -82,7 +83,8 @@ def run(
             gpus = visible_gpus()
             for n in names:
                 if gpus and graph.passes[n].gpus > len(gpus):
-                    raise RunFailed(f"pass {n} needs {graph.passes[n].gpus} GPUs per part; this machine has {len(gpus)}")
+                    raise RunFailed(f"pass {n} needs {graph.passes[n].gpus} GPUs per part; "
+                                    f"this machine has {len(gpus)}")
             eng = LocalEngine(workers or os.cpu_count() or 1, gpus)
         state["engine"] = eng
         try:
@@ -100,7 +102,10 @@ def run(
                       file=sys.stderr)
 
     try:
-        with_signals(body, stop)
+        try:
+            with_signals(body, stop)
+        finally:
+            progress.close()
     except RunFailed as exc:
         fail(str(exc))
     except Interrupted as exc:

@@ -82,8 +82,9 @@ def execute(graph: Graph, names: list[str], engine: Engine, retries: int, progre
                     if p.name in opened or not all(a in complete or a not in left for a in p.after):
                         continue
                     opened.add(p.name)
+                    listed: dict = {}  # its parts share their inputs: list them once
                     for part in parts_of[p.name]:
-                        if is_done(part):
+                        if is_done(part, listed):
                             progress.skipped(p.name, part)
                             left[p.name] -= 1
                         else:

@@ -44,27 +44,41 @@ class PartResult:
 # ----------------------------------------------------------------------------- fingerprints and markers
 
 
-def fingerprint(inputs: tuple[str, ...]) -> dict[str, list]:
-    """{path: [size, mtime_ns]} of every file the inputs name (globs expanded, directories by entry)."""
+def fingerprint(inputs: tuple[str, ...], cache: dict | None = None) -> dict[str, list]:
+    """{path: [size, mtime_ns]} of every file the inputs name (globs expanded, directories by entry).
+
+    `cache` (input -> its entries) spares the parts of one pass, which share their inputs, from
+    listing a large folder (the images) once per part.
+    """
     seen: dict[str, list] = {}
     for item in inputs:
-        paths = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-        for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                seen[path] = ["missing"]
-                continue
-            if os.path.isdir(path):
-                with os.scandir(path) as entries:
-                    for entry in sorted(entries, key=lambda e: e.name):
-                        if entry.name.startswith("."):
-                            continue
-                        est = entry.stat()
-                        seen[entry.path] = [est.st_size, est.st_mtime_ns]
-            else:
-                seen[path] = [st.st_size, st.st_mtime_ns]
+        if cache is not None and item in cache:
+            seen.update(cache[item])
+            continue
+        entries = _entries(item)
+        if cache is not None:
+            cache[item] = entries
+        seen.update(entries)
     return seen
+
+
+def _entries(item: str) -> dict[str, list]:
+    entries: dict[str, list] = {}
+    for path in (sorted(glob.glob(item)) if glob.has_magic(item) else [item]):
+        try:
+            st = os.stat(path)
+        except OSError:
+            entries[path] = ["missing"]
+            continue
+        if os.path.isdir(path):
+            with os.scandir(path) as listing:
+                for entry in sorted(listing, key=lambda e: e.name):
+                    if not entry.name.startswith("."):
+                        est = entry.stat()
+                        entries[entry.path] = [est.st_size, est.st_mtime_ns]
+        else:
+            entries[path] = [st.st_size, st.st_mtime_ns]
+    return entries
 
 
 def read_marker(part: Part) -> dict | None:
@@ -76,12 +90,12 @@ def read_marker(part: Part) -> dict | None:
     return marker if isinstance(marker, dict) else None
 
 
-def is_done(part: Part) -> bool:
+def is_done(part: Part, cache: dict | None = None) -> bool:
     """The part's marker exists, was written for this argv and these inputs, and its outputs are there."""
     marker = read_marker(part)
     if marker is None or marker.get("version") != MARKER_VERSION or marker.get("argv") != list(part.argv):
         return False
-    if marker.get("inputs") != fingerprint(part.inputs):
+    if marker.get("inputs") != fingerprint(part.inputs, cache):
         return False
     outputs = marker.get("outputs", {})
     for path in part.outputs:

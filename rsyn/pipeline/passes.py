@@ -157,7 +157,7 @@ class _Builder:
 
     def stage(self, name: str, command: str, source: _Stream, output: str, options: list[str],
               side: list[str] | None = None, after: list[str] | None = None) -> _Stream:
-        """A stage of the pipeline: `shards` parts writing OUTPUT/shards/STEM-K-of-N.EXT, or one writing OUTPUT/OUTPUT."""
+        """A stage: `shards` parts writing OUTPUT/shards/STEM-K-of-N.EXT, or one part writing OUTPUT/OUTPUT."""
         settings = self.p.stage(name)
         n = settings.shards
         stem, dot, ext = output.partition(".")
@@ -205,11 +205,7 @@ class _Builder:
     def _add(self, name: str, parts: list[Part], after: list[str], settings_of: str | None = None,
              cpu_only: bool = False) -> None:
         s = self.p.stage(settings_of or name)
-        seen: list[str] = []
-        for a in after:
-            if a not in seen:
-                seen.append(a)
         ray_cpus = s.ray_cpus if s.ray_cpus is not None else self.p.ray_cpus_per_part
-        self.graph.add(Pass(name=name, parts=parts, after=seen, gpus=0 if cpu_only else s.gpus, cpus=s.cpus, memory=s.memory,
-                            time=s.time or self.p.slurm.get("time"), ray_cpus=ray_cpus))
+        self.graph.add(Pass(name=name, parts=parts, after=list(dict.fromkeys(after)), gpus=0 if cpu_only else s.gpus,
+                            cpus=s.cpus, memory=s.memory, time=s.time or self.p.slurm.get("time"), ray_cpus=ray_cpus))
 

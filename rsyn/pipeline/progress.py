@@ -27,34 +27,64 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Writes `rsyn run: ...` lines on stderr (or nowhere when quiet); counts what ran, for the summary."""
+    """Progress on stderr: a bar per pass on a terminal, else one `rsyn run: ...` line per event.
+
+    On a terminal, starts and ends of parts only move the bars; retries and failures are printed.
+    """
 
     def __init__(self, quiet: bool = False, stream=None):
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.passes: dict[str, _PassState] = {}
-        self.ran: list[str] = []  # names of the parts started, in order (a part retried appears again)
         self.start = time.monotonic()
+        self._live = None
+        self._bars: dict[str, int] = {}
+        if not quiet and self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
-    def _say(self, line: str) -> None:
-        if not self.quiet:
+            self._live = RichProgress(TextColumn("[bold]{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                      console=Console(file=self.stream))
+            self._live.start()
+
+    def _say(self, line: str, event: bool = True) -> None:
+        """One line; on a terminal only the lines that are not routine events (retries, failures)."""
+        if self.quiet:
+            return
+        if self._live is None:
             print(f"rsyn run: {line}", file=self.stream, flush=True)
+        elif not event:
+            self._live.console.print(f"rsyn run: {line}")
+
+    def _bar(self, name: str) -> None:
+        if self._live is not None:
+            s = self.passes[name]
+            self._live.update(self._bars[name], completed=s.done, rate=self.rate(name).partition(", ")[2])
 
     def add_pass(self, name: str, total: int) -> None:
         self.passes[name] = _PassState(total)
+        if self._live is not None:
+            self._bars[name] = self._live.add_task(name, total=total, rate="")
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def skipped(self, name: str, part: Part) -> None:
         s = self.passes[name]
         s.done += 1
         s.skipped += 1
         self._say(f"{part.name}: already done, skipped ({s.done}/{s.total} parts of {name})")
+        self._bar(name)
 
     def started(self, name: str, part: Part, attempt: int) -> None:
         s = self.passes[name]
         s.running += 1
         if s.first_start is None:
             s.first_start = time.monotonic()
-        self.ran.append(part.name)
         again = f" (attempt {attempt})" if attempt > 1 else ""
         self._say(f"{part.name}: started{again}; log {part.log}")
 
@@ -65,6 +95,7 @@ class Progress:
         s.records += result.records_in
         s.part_seconds.append(result.seconds)
         self._say(f"{part.name}: done in {result.seconds:.1f}s; {self.rate(name)}")
+        self._bar(name)
 
     def rate(self, name: str) -> str:
         """`D/T parts of PASS, X parts/s, Y records/s, ETA H:MM:SS` from the parts this run finished."""
@@ -83,15 +114,16 @@ class Progress:
     def retry(self, name: str, part: Part, result: PartResult, attempts: int) -> None:
         self.passes[name].running -= 1
         why = result.message or f"exit {result.status}"
-        self._say(f"{part.name}: failed ({why}), retrying; log {part.log}")
+        self._say(f"{part.name}: failed ({why}), retrying; log {part.log}", event=False)
 
     def failed(self, name: str, part: Part, result: PartResult) -> None:
         self.passes[name].running -= 1
         why = result.message or f"exit {result.status}"
-        self._say(f"{part.name}: failed ({why}), giving up; log {part.log}")
+        self._say(f"{part.name}: failed ({why}), giving up; log {part.log}", event=False)
 
     def tick(self) -> None:
-        pass
+        for name in self._bars:
+            self._bar(name)  # the ETA moves while parts run
 
     def summary(self) -> str:
         total = sum(s.total for s in self.passes.values())

@@ -127,6 +127,9 @@ def test_emitted_makefile_with_make_j2_gives_the_same_release(example, tmp_path)
     # every part ran through `rsyn run --part`: its marker and log are there, and make now has nothing to do
     assert len(list((out / ".done").glob("*.json"))) == 12
     assert subprocess.run(["make", "-C", str(tmp_path), "-q", "pack"], env=_env()).returncode == 0
+    # and the markers make's parts wrote are the ones `rsyn run` resumes from
+    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
+    assert "12/12 parts done (0 run, 12 already done)" in again.stderr
 
 
 def _normalised(text: str) -> str:
@@ -238,7 +241,8 @@ def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_pa
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    time.sleep(0.5)  # the part it was running gets SIGKILL too (PR_SET_PDEATHSIG)
+    time.sleep(0.5)  # the part it was running gets SIGKILL too (PR_SET_PDEATHSIG): no orphan races the rerun
+    assert _processes_naming(out / "shards") == []
     done_before = {p.name for p in (out / ".done").glob("split-image-*.json")}
     assert 1 <= len(done_before) < 3
     # what a dead attempt leaves: a half-written output and a spill in its TMPDIR
@@ -258,6 +262,18 @@ def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_pa
         ref = tmp_path / f"ref-{k}.jsonl.zst"
         rsyn("cat", out / "semdedup.jsonl.zst", "--kind", "image", "--shard", f"{k}/3", "--quiet", "-o", ref)
         assert (out / "shards" / f"images-{k:05d}-of-00003.jsonl.zst").read_bytes() == ref.read_bytes()
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """Pids of the live processes whose command line mentions `path` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_bad_pipeline_files_fail_with_one_line(tmp_path):

@@ -1,5 +1,3 @@
-import os
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -36,82 +34,18 @@ def run(
     naming the part and its log (OUTPUT/logs/PART.log). SIGTERM and Ctrl-C stop the parts, remove
     their temporaries and exit 143 / 130. See docs/running.md."""
     from rsyn.pipeline.config import PipelineError, load_pipeline
-    from rsyn.pipeline.engines import Interrupted, LocalEngine, RayEngine, RunFailed, execute, visible_gpus
-    from rsyn.pipeline.engines import with_signals
+    from rsyn.pipeline.engines import Interrupted, RunFailed
     from rsyn.pipeline.passes import build_graph
-    from rsyn.pipeline.progress import Progress
+    from rsyn.pipeline.runner import run_pipeline, select
 
     if engine not in ("local", "ray"):
         fail(f"--engine {engine!r}: choose local or ray")
     try:
         p = load_pipeline(pipeline, overrides)
         graph = build_graph(p)
-    except PipelineError as exc:
-        fail(str(exc))
-    only = None
-    if part is not None:
-        name, _, k = part.rpartition("/")
-        if name not in graph.passes or not k.isdigit() or int(k) >= len(graph.passes[name].parts):
-            known = ", ".join(f"{n}/0..{len(q.parts) - 1}" for n, q in graph.passes.items())
-            fail(f"--part {part!r}: no such part (parts: {known})")
-        only = graph.passes[name].parts[int(k)]
-        names = [name]
-    else:
-        for name in until or []:
-            if name not in graph.passes:
-                fail(f"--until {name!r}: no such pass (passes: {', '.join(graph.passes)})")
-        names = graph.upstream(list(until) if until else graph.final())
-    from rsyn.pipeline.parts import OutputLock, sweep_output
-
-    try:
-        lock = OutputLock(p.output, exclusive=only is None)
-    except RuntimeError as exc:
-        fail(str(exc))
-    if only is None:
-        swept = sweep_output(p.output)  # what dead runs left; a single part sweeps only its own
-        if swept and not quiet:
-            print(f"rsyn run: removed {swept} temporar{'y' if swept == 1 else 'ies'} left by a dead run",
-                  file=sys.stderr)
-    progress = Progress(quiet=quiet)
-    state = {}
-
-    def body() -> None:
-        if engine == "ray":
-            eng = RayEngine(address, workers or None)
-            eng.check([graph.passes[n] for n in names])
-        else:
-            gpus = visible_gpus()
-            for n in names:
-                if gpus and graph.passes[n].gpus > len(gpus):
-                    raise RunFailed(f"pass {n} needs {graph.passes[n].gpus} GPUs per part; "
-                                    f"this machine has {len(gpus)}")
-            eng = LocalEngine(workers or os.cpu_count() or 1, gpus)
-        state["engine"] = eng
-        try:
-            execute(graph, names, eng, retries, progress, only=only)
-        finally:
-            eng.close()
-
-    def stop() -> None:
-        eng = state.get("engine")
-        if eng is not None:
-            stopped = eng.stop()
-            eng.close()
-            if not quiet and stopped:
-                print(f"rsyn run: stopped {len(stopped)} running part(s) and removed their temporaries",
-                      file=sys.stderr)
-
-    try:
-        try:
-            with_signals(body, stop)
-        finally:
-            progress.close()
-    except RunFailed as exc:
+        names, only = select(graph, until, part)
+        run_pipeline(p, graph, names, only, engine, address, workers, retries, quiet)
+    except (PipelineError, RunFailed) as exc:
         fail(str(exc))
     except Interrupted as exc:
-        print("rsyn run: interrupted; finished parts keep their markers, a rerun does the rest", file=sys.stderr)
         raise typer.Exit(128 + exc.signum) from None  # 130 for SIGINT, 143 for SIGTERM, as a shell reports
-    finally:
-        lock.release()
-    if not quiet:
-        print(f"rsyn run: {progress.summary()}", file=sys.stderr)

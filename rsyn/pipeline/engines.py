@@ -268,6 +268,7 @@ class RayEngine(Engine):
 
     def close(self) -> None:
         if self.started_cluster:
+            self.started_cluster = False
             self.ray.shutdown()
 
 

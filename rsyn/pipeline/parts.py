@@ -301,7 +301,7 @@ class PartProcess:
 
 
 def run_part(part_data: dict, attempt: int, env: dict | None = None) -> PartResult:
-    """One attempt of a part, start to marker, in this process (a Ray task, or `rsyn run --part`)."""
+    """One attempt of a part, start to marker, blocking: what a Ray task runs."""
     part = Part.from_dict(part_data)
     proc = PartProcess(part, attempt, env)
     proc.start()

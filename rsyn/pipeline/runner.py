@@ -48,7 +48,7 @@ def run_pipeline(p: Pipeline, graph: Graph, names: list[str], only: Part | None,
                 state["engine"] = RayEngine(address, workers or None)
                 state["engine"].check(passes)
             else:
-                gpus = visible_gpus()
+                gpus = visible_gpus() if any(q.gpus for q in passes) else []
                 for q in passes:
                     if gpus and q.gpus > len(gpus):
                         raise RunFailed(f"pass {q.name} needs {q.gpus} GPUs per part; this machine has {len(gpus)}")

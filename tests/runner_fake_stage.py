@@ -24,6 +24,11 @@ if os.environ.get("FAKE_HANG") and shard == os.environ.get("FAKE_FAIL_SHARD"):
     (Path(os.environ["TMPDIR"]) / "rsyn-dedup-spill").mkdir()
     (state / "pid").write_text(str(os.getpid()))
     time.sleep(600)
+if os.environ.get("FAKE_SLEEP"):  # record the GPUs it was given and when it ran
+    began = time.time()
+    time.sleep(float(os.environ["FAKE_SLEEP"]))
+    (state / f"ran-{shard.replace('/', '-')}").write_text(
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')} {began} {time.time()}")
 counter = state / f"attempts-{shard.replace('/', '-')}"
 n = int(counter.read_text()) + 1 if counter.exists() else 1
 counter.write_text(str(n))

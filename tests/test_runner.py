@@ -203,6 +203,20 @@ def test_a_part_that_always_fails_ends_the_run_with_exit_2_naming_it_and_its_log
     assert leftovers(out) == []
 
 
+def test_local_engine_gives_each_gpu_part_its_own_gpu(tmp_path):
+    out, state = tmp_path / "out", tmp_path / "state"
+    env = _env(FAKE_STATE=str(state), FAKE_SLEEP="0.5", CUDA_VISIBLE_DEVICES="0,1")
+    rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out, shards=4), "--set", "stages.extract.gpus=1",
+         "--until", "extract", "--workers", "4", env=env)
+    runs = [(p.read_text().split()) for p in sorted(state.glob("ran-*-4"))]
+    assert len(runs) == 4 and all(gpu in ("0", "1") for gpu, _, _ in runs)
+    spans = [(float(a), float(b)) for _, a, b in runs]
+    for t in {a for a, _ in spans}:  # never more parts at once than GPUs, though 4 workers were free
+        assert sum(a <= t < b for a, b in spans) <= 2
+    for (g1, a1, b1), (g2, a2, b2) in ((x, y) for x in runs for y in runs if x is not y):
+        assert not (g1 == g2 and float(a1) < float(b2) and float(a2) < float(b1)), "two parts shared a GPU"
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_stop_the_parts_and_leave_no_temporaries(tmp_path, signum, status):
     out = tmp_path / "out"

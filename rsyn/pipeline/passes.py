@@ -100,8 +100,10 @@ def build_graph(p: Pipeline) -> Graph:
     # a rerun replaces the release it made before (pack refuses a non-empty directory otherwise)
     packed = b.stage("pack", "pack", balanced, "packed", ["--extra-columns", "--overwrite"])
     records = [opt for f in retrieved.files + syn.files for opt in ("--records", f)]
-    b.single("report", "report", _Stream([str(out / "stats" / "*.json")], packed.passes + retrieved.passes
-                                         + syn.passes), [str(out / "report.html")],
+    # the stats of this graph's parts by name, not stats/*.json: no stale part of an earlier shard count
+    stats = sorted(part.stats for q in b.graph.passes.values() for part in q.parts if part.stats)
+    b.single("report", "report", _Stream(stats, packed.passes + retrieved.passes + syn.passes),
+             [str(out / "report.html")],
              ["--quiet", *records, "--packed", packed.files[0]], side=[*retrieved.files, *syn.files, *packed.files],
              common=False)
     return b.graph

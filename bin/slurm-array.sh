@@ -8,6 +8,9 @@
 # marker; a task that died leaves neither). Later stages read the shards with a quoted glob,
 # or merge them:  rsyn cat 'out/embedded-*-of-00016.jsonl.zst' -o embedded.jsonl.zst
 #
+# For the whole pipeline (every stage chained, retries, resume), use a pipeline file instead:
+#   rsyn plan pipeline.toml --emit slurm -o plan/ && plan/submit.sh        (docs/running.md)
+#
 # Per-record stages shard freely: extract, embed, retrieve, caption, pack (pack writes its own
 # shards). Whole-stream stages -- dedup, index, balance -- compare records with each other: run
 # them once over all shards (they read globs), see docs/scaling.md.

@@ -40,6 +40,8 @@ def _root(
 
 for _name in COMMANDS:
     importlib.import_module(f"rsyn.commands.{_name}")
+importlib.import_module("rsyn.commands.plan")  # the whole pipeline: rsyn plan, rsyn run; not stream commands
+importlib.import_module("rsyn.commands.run")
 importlib.import_module("rsyn.commands.doctor")  # not a pipeline stage: after them in --help
 
 

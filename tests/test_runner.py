@@ -1,0 +1,312 @@
+"""rsyn plan / rsyn run: every engine gives the example Makefile's release, byte for byte; resume, retries, signals.
+
+The corpus, the tiny models and the Makefile's release are built once (module fixture); the local
+run is done once and reused; the kill test then shards one cheap pass of that run's output.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "pipeline.toml"
+PAPER = ROOT / "examples" / "pipeline-paper.toml"
+GOLDEN = ROOT / "tests" / "golden" / "slurm-paper"
+FAKE_STAGE = ROOT / "tests" / "runner_fake_stage.py"
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra) -> dict:
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PATH": path, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **extra}
+
+
+def rsyn(*args, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "rsyn", *map(str, args)], capture_output=True, text=True,
+                          env=env or _env(), timeout=timeout, cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def example_settings(work: Path, out: Path) -> list[str]:
+    """The example pipeline on the test corpus, with the options tests/test_pipeline.py gives the Makefile."""
+    sets = [f"vars.work={work}", f"pipeline.output={out}", "pipeline.device=cpu", "thresholds.clusters=4",
+            "thresholds.per_cluster=3"]
+    return [w for s in sets for w in ("--set", s)]
+
+
+def release(directory: Path) -> dict[str, bytes]:
+    files = {p.name: p.read_bytes() for p in sorted(directory.glob("*.parquet"))}
+    assert files, f"no parquet in {directory}"
+    files["stats.json"] = (directory / "stats.json").read_bytes()
+    return files
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporaries a run must not leave: rsyn's atomic-write names and the parts' TMPDIRs."""
+    found = [str(p) for p in out.rglob("*") if re.search(r"\.rsyn-(tmp|old)-\d+$", p.name)]
+    return found + [str(p) for p in out.rglob(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """The test corpus, the tiny models and examples/Makefile's release on them (the reference)."""
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    work = tmp_path_factory.mktemp("runner") / "work"
+    cmd = ["make", "-C", str(ROOT / "examples"), f"W={work}", "DOCS=15", "MMC4=3", "CLUSTERS=4", "PER_CLUSTER=3",
+           f"PYTHON={sys.executable}", f"RSYN={BIN / 'rsyn'}", "DEVICE=cpu", f"{work}/packed/stats.json"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"example Makefile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return work
+
+
+@pytest.fixture(scope="module")
+def local_run(example):
+    out = example.parent / "local"
+    proc = rsyn("run", EXAMPLE, *example_settings(example, out), "--engine", "local", "--workers", "2")
+    return out, proc.stderr  # the one whole run with the report; the other engines stop at the release (pack)
+
+
+def test_local_engine_gives_the_makefile_release(example, local_run):
+    out, log = local_run
+    assert release(out / "packed") == release(example / "packed")
+    assert (out / "report.html").stat().st_size > 0
+    passes = ["extract", "dedup", "embed", "semdedup", "split-text", "split-image", "index", "retrieve", "caption",
+              "embed-syn", "balance", "pack", "report"]
+    for name in passes:
+        marker = json.loads((out / ".done" / f"{name}.json").read_text())
+        assert marker["status"] == 0 and marker["argv"][1] in name + " cat dedup embed"
+        assert (out / "logs" / f"{name}.log").read_text().count("attempt 1: done") == 1
+    assert "13/13 parts done (13 run, 0 already done)" in log
+    assert leftovers(out) == []
+
+
+def test_rerun_skips_every_done_part_and_redoes_a_changed_one(example, local_run):
+    out, _ = local_run
+    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
+    assert "12/12 parts done (0 run, 12 already done)" in again.stderr
+    # a different option for one pass: that pass and everything after it run again, nothing before it
+    changed = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack",
+                   "--set", "thresholds.per_cluster=2")
+    started = re.findall(r"rsyn run: (\S+): started", changed.stderr)
+    assert started == ["balance", "pack"]
+    rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")  # back to the reference settings
+    assert release(out / "packed") == release(example / "packed")
+
+
+def test_ray_engine_gives_the_makefile_release(example):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'rsyn[ray]')")
+    out = example.parent / "ray"
+    proc = rsyn("run", EXAMPLE, *example_settings(example, out), "--engine", "ray", "--workers", "2", "--until", "pack")
+    assert "12/12 parts done (12 run" in proc.stderr
+    assert release(out / "packed") == release(example / "packed")
+    assert leftovers(out) == []
+
+
+def test_emitted_makefile_with_make_j2_gives_the_same_release(example, tmp_path):
+    out = example.parent / "make"
+    rsyn("plan", EXAMPLE, "--emit", "make", "-o", tmp_path, *example_settings(example, out))
+    makefile = (tmp_path / "Makefile").read_text()
+    assert f"{out}/.done/embed.json: {out}/.done/dedup.json" in makefile
+    proc = subprocess.run(["make", "-C", str(tmp_path), "-j2", "pack", f"RSYN={sys.executable} -m rsyn"], env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert release(out / "packed") == release(example / "packed")
+    # every part ran through `rsyn run --part`: its marker and log are there, and make now has nothing to do
+    assert len(list((out / ".done").glob("*.json"))) == 12
+    assert subprocess.run(["make", "-C", str(tmp_path), "-q", "pack"], env=_env()).returncode == 0
+    # and the markers make's parts wrote are the ones `rsyn run` resumes from
+    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
+    assert "12/12 parts done (0 run, 12 already done)" in again.stderr
+
+
+def _normalised(text: str) -> str:
+    return text.replace(str(ROOT), "@ROOT@")
+
+
+def test_emitted_sbatch_scripts_match_the_golden_files(tmp_path):
+    rsyn("plan", PAPER, "--emit", "slurm", "-o", tmp_path)
+    emitted = {p.name: _normalised(p.read_text()) for p in sorted(tmp_path.iterdir())}
+    if os.environ.get("RSYN_UPDATE_GOLDEN"):
+        shutil.rmtree(GOLDEN, ignore_errors=True)
+        GOLDEN.mkdir(parents=True)
+        for name, text in emitted.items():
+            (GOLDEN / name).write_text(text)
+    golden = {p.name: p.read_text() for p in sorted(GOLDEN.iterdir())}
+    assert emitted == golden
+    # the properties the golden files hold, stated
+    embed = emitted["04-embed.sbatch"]
+    assert "#SBATCH --array=0-511" in embed and "#SBATCH --gpus-per-task=1" in embed
+    assert "--gpus-per-task" not in emitted["03-dedup.sbatch"]
+    assert "--dependency=afterok:$job_split_image:$job_index 09-retrieve.sbatch" in emitted["submit.sh"]
+
+
+def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_path):
+    out = example.parent / "slurm"
+    plan = tmp_path / "plan"
+    rsyn("plan", EXAMPLE, "--emit", "slurm", "-o", plan, "--until", "pack", *example_settings(example, out))
+    shim = tmp_path / "shim"
+    env = _env(PATH=f"{ROOT / 'tests' / 'slurm_shim'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+               SHIM_DIR=str(shim), RSYN=f"{sys.executable} -m rsyn")
+    proc = subprocess.run(["bash", str(plan / "submit.sh")], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads(line) for line in (shim / "jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) == 12 and all(job["ok"] for job in jobs), jobs
+    assert next(j for j in jobs if j["script"] == "08-retrieve.sbatch")["after"] == [
+        next(j["id"] for j in jobs if j["script"] == s) for s in ("06-split-image.sbatch", "07-index.sbatch")]
+    assert release(out / "packed") == release(example / "packed")
+    assert leftovers(out) == []
+
+
+def _fake_settings(tmp_path: Path, out: Path, shards: int = 2) -> list[str]:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("{}\n")
+    sets = [f"pipeline.output={out}", f"inputs.documents=['{docs}']", f"stages.extract.shards={shards}",
+            f"stages.extract.program=['{sys.executable}', '{FAKE_STAGE}']"]
+    return [w for s in sets for w in ("--set", s)]
+
+
+def test_a_part_that_fails_twice_is_retried_and_succeeds(tmp_path):
+    out = tmp_path / "out"
+    env = _env(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="2", FAKE_FAIL_SHARD="1/2")
+    proc = rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out), "--until", "extract", "--retries", "2", env=env)
+    assert proc.stderr.count("extract-00001-of-00002: failed (exit 3), retrying") == 2
+    log = (out / "logs" / "extract-00001-of-00002.log").read_text()
+    assert log.count("failing on purpose") == 2 and "attempt 3: done" in log
+    assert json.loads((out / ".done" / "extract-00001-of-00002.json").read_text())["attempt"] == 3
+    assert (out / ".done" / "extract-00000-of-00002.json").exists()
+
+
+def test_a_part_that_always_fails_ends_the_run_with_exit_2_naming_it_and_its_log(tmp_path):
+    out = tmp_path / "out"
+    env = _env(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="99", FAKE_FAIL_SHARD="1/2")
+    proc = rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out), "--until", "extract", "--retries", "2", env=env,
+                check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    log = out / "logs" / "extract-00001-of-00002.log"
+    assert last == f"rsyn: error: part extract-00001-of-00002 failed 3 times (exit status 3); its log: {log}"
+    assert "Traceback" not in proc.stderr
+    assert not (out / ".done" / "extract-00001-of-00002.json").exists()
+    assert leftovers(out) == []
+
+
+def test_local_engine_gives_each_gpu_part_its_own_gpu(tmp_path):
+    out, state = tmp_path / "out", tmp_path / "state"
+    env = _env(FAKE_STATE=str(state), FAKE_SLEEP="0.5", CUDA_VISIBLE_DEVICES="0,1")
+    rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out, shards=4), "--set", "stages.extract.gpus=1",
+         "--until", "extract", "--workers", "4", env=env)
+    runs = [(p.read_text().split()) for p in sorted(state.glob("ran-*-4"))]
+    assert len(runs) == 4 and all(gpu in ("0", "1") for gpu, _, _ in runs)
+    spans = [(float(a), float(b)) for _, a, b in runs]
+    for t in {a for a, _ in spans}:  # never more parts at once than GPUs, though 4 workers were free
+        assert sum(a <= t < b for a, b in spans) <= 2
+    for (g1, a1, b1), (g2, a2, b2) in ((x, y) for x in runs for y in runs if x is not y):
+        assert not (g1 == g2 and float(a1) < float(b2) and float(a2) < float(b1)), "two parts shared a GPU"
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_stop_the_parts_and_leave_no_temporaries(tmp_path, signum, status):
+    out = tmp_path / "out"
+    state = tmp_path / "state"
+    env = _env(FAKE_STATE=str(state), FAKE_HANG="1", FAKE_FAIL_SHARD="1/2")
+    run = subprocess.Popen([sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *_fake_settings(tmp_path, out),
+                            "--until", "extract", "--workers", "2"], env=env, cwd=ROOT, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 120
+    while not (state / "pid").exists():
+        assert run.poll() is None and time.monotonic() < deadline, "the hanging part never started"
+        time.sleep(0.1)
+    time.sleep(0.2)
+    child = int((state / "pid").read_text())
+    assert leftovers(out), "the hanging part should have left temporaries to clean"
+    run.send_signal(signum)
+    assert run.wait(60) == status
+    assert "interrupted" in run.stderr.read()
+    assert leftovers(out) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_path):
+    """SIGKILL `rsyn run` during a sharded pass; the rerun runs only the parts without a marker."""
+    out, _ = local_run
+    slow = ["sh", "-c", 'sleep 1; exec "$0" "$@"', "rsyn"]  # each part takes a second: the kill lands mid-pass
+    sets = [*example_settings(example, out), "--set", "stages.split-image.shards=3",
+            "--set", f"stages.split-image.program={json.dumps(slow)}", "--until", "split-image", "--workers", "1"]
+    run = subprocess.Popen([sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets], env=_env(), cwd=ROOT,
+                           stderr=subprocess.DEVNULL)
+    first = out / ".done" / "split-image-00000-of-00003.json"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert run.poll() is None and time.monotonic() < deadline, "the sharded pass never finished a part"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    time.sleep(0.5)  # the part it was running gets SIGKILL too (PR_SET_PDEATHSIG): no orphan races the rerun
+    assert _processes_naming(out / "shards") == []
+    done_before = {p.name for p in (out / ".done").glob("split-image-*.json")}
+    assert 1 <= len(done_before) < 3
+    # what a dead attempt leaves: a half-written output and a spill in its TMPDIR
+    stale = out / "shards" / ".images-00002-of-00003.jsonl.zst.rsyn-tmp-999999"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"half")
+    (out / ".tmp" / "split-image-00002-of-00003" / "rsyn-dedup-x").mkdir(parents=True)
+
+    again = rsyn("run", EXAMPLE, *sets)
+    started = re.findall(r"rsyn run: (split-image-\S+): started", again.stderr)
+    expected = sorted({f"split-image-{k:05d}-of-00003" for k in range(3)} - {n[:-5] for n in done_before})
+    assert sorted(started) == expected
+    logged = [(out / "logs" / f"{name}.log").read_text().count(": done") for name in expected]
+    assert logged == [1] * len(expected)
+    assert leftovers(out) == []
+    for k in range(3):  # each part equals the same command run once, uninterrupted
+        ref = tmp_path / f"ref-{k}.jsonl.zst"
+        rsyn("cat", out / "semdedup.jsonl.zst", "--kind", "image", "--shard", f"{k}/3", "--quiet", "-o", ref)
+        assert (out / "shards" / f"images-{k:05d}-of-00003.jsonl.zst").read_bytes() == ref.read_bytes()
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """Pids of the live processes whose command line mentions `path` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_bad_pipeline_files_fail_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[stages.dedup]\nshards = 4\n')
+    proc = rsyn("plan", bad, "--emit", "make", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "dedup compares records across the whole stream" in proc.stderr
+    bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[thresholds]\nmax_pp = 3\n')
+    proc = rsyn("run", bad, check=False)
+    assert proc.returncode == 2 and "[thresholds] has no 'max_pp'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = rsyn("run", EXAMPLE, "--part", "embed/7", check=False)
+    assert proc.returncode == 2 and "--part 'embed/7': no such part" in proc.stderr
+
+
+def test_ray_engine_without_ray_says_how_to_install(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from rsyn.cli import main; "
+            f"sys.argv = ['rsyn', 'run', {str(EXAMPLE)!r}, '--engine', 'ray', '--set', 'pipeline.output={tmp_path}']; "
+            "main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "rsyn: error: the ray engine needs Ray: pip install 'rsyn[ray]'\n"

@@ -34,17 +34,20 @@ assert hasattr(faiss, 'StandardGpuResources'), 'module faiss is not the GPU buil
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 VIRTUAL_ENV=/opt/rsyn PATH=/opt/rsyn/bin:$PATH
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 VIRTUAL_ENV=/opt/rsyn PATH=/opt/rsyn/bin:$PATH \
+    HOME=/home/rsyn
 # No make, g++ or the rest of build-essential. gcc, libc6-dev and python3-dev stay: Triton (vLLM's kernels,
 # torch.compile) builds its small CUDA launcher module with the system C compiler and Python's headers at run time.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 gcc libc6-dev python3-dev \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --create-home --shell /usr/sbin/nologin --uid 10001 rsyn
+ && useradd --create-home --shell /usr/sbin/nologin --uid 10001 rsyn \
+ && chmod 1777 /home/rsyn
 COPY --from=build /opt/rsyn /opt/rsyn
 
-# Weights come from the Hugging Face cache mounted at /home/rsyn/.cache/huggingface (or any local path given to
-# --model / --ppl-model / --captioner / --llm-model); set HF_HUB_OFFLINE=1 on machines without internet.
+# HOME is writable by any uid (`docker run -u $(id -u)` writes files as you): the torch, Triton and Hugging Face
+# caches live there. Weights come from a Hugging Face cache mounted there or at $HF_HOME (or any local path
+# given to --model / --ppl-model / --captioner / --llm-model); set HF_HUB_OFFLINE=1 on machines without internet.
 USER 10001
 WORKDIR /data
 ENTRYPOINT ["rsyn"]

@@ -44,8 +44,13 @@ def run_dir(tmp_path):
                                            "thresholds": {"min_words": 3, "max_words": 81, "min_entropy": 0.3,
                                                           "min_ppl": 30.0, "max_ppl": 200.0, "min_complexity": 1}}},
            t)
+    _stats(tmp_path, "dedup", {"command": "dedup", "in": 140, "out": 120, "dropped": {"near": 20},
+                               "stage": {"exact": {}, "near": {}}}, t + 0.5)
     _stats(tmp_path, "embed", {"command": "embed", "in": 120, "out": 120, "dropped": {},
-                               "stage": {"model": "tiny-clip", "images": 25, "texts": 95}}, t + 1)
+                               "stage": {"model": "tiny-clip", "emb_field": "emb", "images": 25, "texts": 95}}, t + 1)
+    _stats(tmp_path, "embed-syn", {"command": "embed", "in": 22, "out": 22, "dropped": {},  # syn_text: not a funnel step
+                                   "stage": {"model": "tiny-clip", "emb_field": "syn_emb", "images": 0, "texts": 22}},
+           t + 3.5)
     _stats(tmp_path, "index", {"command": "index", "in": 95, "out": 0, "dropped": {}, "stage": {"indexed": 95}}, t + 2)
     _stats(tmp_path, "retrieve", {"command": "retrieve", "in": 25, "out": 22, "dropped": {"no_text": 3},
                                   "stage": {"k": 3, "nprobe": 8, "passed_through": 0}}, t + 3)
@@ -118,7 +123,9 @@ def test_report_shows_gallery_funnel_figures_and_settings(run_dir):
     funnel = page[page.index("id='funnel'"):]
     for step in ("documents</td><td class='num'>40", "after the image filters</td><td class='num'>30",
                  "after the text filters</td><td class='num'>110", "indexed for retrieval</td><td class='num'>95",
-                 "with retrieved texts</td><td class='num'>22", "packed image-text pairs</td><td class='num'>12"):
+                 "with retrieved texts</td><td class='num'>22", "packed image-text pairs</td><td class='num'>12",
+                 "<th>images</th><td>embedded</td><td class='num'>25",
+                 "<th>images + sentences</th><td>after dedup (exact, near)</td><td class='num'>120"):
         assert step in funnel, step
     assert "lane-images" in funnel and "lane-sentences" in funnel
     # every figure, as inline SVG with its text as text; thresholds and the similarity window marked
@@ -201,7 +208,7 @@ def _headless(browser, tmp_path, *args):
                            "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
                            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
                            "--window-size=1280,2000", "--virtual-time-budget=5000", *map(str, args)],
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     # the page runs no script of its own: any console message is a failed load, a CSP refusal or an error
     console = [line for line in proc.stderr.decode(errors="replace").splitlines() if ":CONSOLE" in line]
@@ -225,11 +232,11 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     probed.write_text(text.replace("</body>", PROBE + "</body>"))
     dom, console = _headless(browser, tmp_path, "--dump-dom", probed.as_uri())
     assert console == []
-    found = re.search(r'<pre id="probe-out">(.*?)</pre>', dom, re.S)
+    found = re.search(r'<pre id="probe-out">(.*?)</pre>', dom, re.DOTALL)
     assert found and found.group(1), "the measuring script did not run"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert result["gallery"] and result["cards"] == 6
-    assert result["funnel"] and result["funnelRows"] >= 10
+    assert result["funnel"] and result["funnelRows"] == 13  # header, documents, 6 image, 4 sentence, 1 dedup
     assert len(result["thumbs"]) == 5
     assert all(t["data"] and t["loaded"] and t["visible"] for t in result["thumbs"]), result["thumbs"]
     assert {f["id"] for f in result["figures"]} == {"fig-words", "fig-entropy", "fig-ppl", "fig-cat", "fig-top1",

@@ -19,7 +19,7 @@ def report(
     images: Annotated[Optional[str], typer.Option(
         "--images", metavar="DIR", help="img2dataset output folder to find gallery images in by URL.")] = None,
     gallery: Annotated[int, typer.Option("--gallery", min=0, max=500,
-                                         help="Number of sample pairs shown, drawn at random (--seed).")] = 24,
+                                         help="Number of sample pairs shown, drawn at random (--seed).")] = 12,
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "rsyn pipeline report",
     path_root: PathRootOption = None,
     max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,

@@ -329,54 +329,52 @@ def add_thumbnails(items: list[dict], images: str | None, packed: str | None, pa
 
 
 def funnel(stats: list[dict]) -> dict:
-    """Documents, then the images and the sentences left after each stage (last stats file of a command wins)."""
-    last = {s["command"]: s for s in stats}
-    images, sentences = [], []
-    ext = last.get("extract", {}).get("stage", {})
-    documents = ext.get("documents")
-    if "images_in" in ext:
-        images += [("in the documents", ext["images_in"]), ("after the image filters", ext["images_out"])]
-        sentences += [("in the documents", ext["sentences_in"]), ("after the text filters", ext["sentences_out"])]
-    if "dedup" in last:
-        d = last["dedup"]
-        images.append(("after dedup (images and sentences together)", None, d["out"]))
-    emb = last.get("embed", {}).get("stage", {})
-    if "images" in emb:
-        images.append(("embedded", emb["images"]))
-        sentences.append(("embedded", emb.get("texts", 0)))
-    if "indexed" in last.get("index", {}).get("stage", {}):
-        sentences.append(("indexed for retrieval", last["index"]["stage"]["indexed"]))
-    if "retrieve" in last:
-        r = last["retrieve"]
-        images.append(("with retrieved texts", r["out"] - r.get("stage", {}).get("passed_through", 0)))
-    for command, label in (("caption", "with caption, tags, synthetic text"),
-                           ("balance", "after semantic balancing"), ("pack", "packed image-text pairs")):
-        if command in last:
-            images.append((label, last[command]["out"]))
-    return {"documents": documents, "images": images, "sentences": sentences}
+    """Documents, then what is left after each stage, walked in pipeline (stats file) order, images and
+    sentences apart; dedup, which sees both kinds at once, gets rows of its own."""
+    documents, lanes = None, {"images": [], "sentences": [], "both": []}
+    for stat in stats:
+        command, stage = stat["command"], stat.get("stage", {})
+        if command == "extract" and "images_in" in stage:
+            documents = stage.get("documents")
+            lanes["images"] += [("in the documents", stage["images_in"]), ("after the image filters", stage["images_out"])]
+            lanes["sentences"] += [("in the documents", stage["sentences_in"]),
+                                   ("after the text filters", stage["sentences_out"])]
+        elif command == "dedup":
+            modes = [m for m in ("exact", "near", "perceptual", "semantic") if m in stage]
+            lanes["both"].append((f"after dedup ({', '.join(modes) or 'all modes'})", stat["out"]))
+        elif command == "embed" and "images" in stage and stage.get("emb_field") != "syn_emb":
+            lanes["images"].append(("embedded", stage["images"]))
+            lanes["sentences"].append(("embedded", stage.get("texts", 0)))
+        elif command == "index" and "indexed" in stage:
+            lanes["sentences"].append(("indexed for retrieval", stage["indexed"]))
+        elif command == "retrieve":
+            lanes["images"].append(("with retrieved texts", stat["out"] - stage.get("passed_through", 0)))
+        elif command in FUNNEL_IMAGE_STEPS:
+            lanes["images"].append((FUNNEL_IMAGE_STEPS[command], stat["out"]))
+    return {"documents": documents, **lanes}
+
+
+FUNNEL_IMAGE_STEPS = {"caption": "with caption, tags, synthetic text", "balance": "after semantic balancing",
+                      "pack": "packed image-text pairs"}
 
 
 def _funnel_html(data: dict) -> str:
-    rows = []
+    rows = []  # (css class, kind, step, count, share of the lane's first count)
     if data["documents"] is not None:
-        rows.append(("documents", "documents", data["documents"], None))
-    for lane, name in (("images", "images"), ("sentences", "sentences")):
+        rows.append(("documents", "documents", "documents", data["documents"], None))
+    for lane, name in (("images", "images"), ("sentences", "sentences"), ("both", "images + sentences")):
         first = None
-        for step in data[lane]:
-            if len(step) == 3:  # a count over both kinds
-                rows.append(("both", step[0], step[2], None))
-                continue
-            label, count = step
+        for label, count in data[lane]:
             first = first or count
-            rows.append((name, label, count, count / first if first else None))
+            rows.append((lane, name, label, count, count / first if first and lane != "both" else None))
     if not rows:
-        return "<p>No extract / embed / retrieve / caption / balance / pack stats given.</p>"
-    top = max(r[2] for r in rows) or 1
+        return "<p>No extract / dedup / embed / index / retrieve / caption / balance / pack stats given.</p>"
+    top = max(r[3] for r in rows) or 1
     body = []
-    for lane, label, count, share in rows:
+    for css, kind, label, count, share in rows:
         width = max(0.3, 100 * count / top)
         pct = f"{share:.1%}" if share is not None else ""
-        body.append(f"<tr class='lane-{lane}'><th>{html.escape(lane)}</th><td>{html.escape(label)}</td>"
+        body.append(f"<tr class='lane-{css}'><th>{html.escape(kind)}</th><td>{html.escape(label)}</td>"
                     f"<td class='num'>{count:,}</td><td class='num'>{pct}</td>"
                     f"<td class='barcell'><div class='bar' style='width:{width:.1f}%'></div></td></tr>")
     return ("<table class='funnel' id='funnel'><tr><th>kind</th><th>step</th><th>left</th>"
@@ -409,7 +407,6 @@ def _style():
 def histogram(values: list[float], title: str, xlabel: str, marks: list[tuple[float, str]] = (),
               window: tuple[float, float] | None = None, log: bool = False) -> str:
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     with _style():
         fig, ax = plt.subplots(figsize=(5.4, 3.3))
@@ -418,23 +415,42 @@ def histogram(values: list[float], title: str, xlabel: str, marks: list[tuple[fl
             data = data[data > 0]
             bins = np.geomspace(data.min(), data.max(), 41) if data.size and data.max() > data.min() else 40
             ax.set_xscale("log")
-            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-            ax.xaxis.set_major_formatter(plain)
-            ax.xaxis.set_minor_formatter(plain)
+            _plain_ticks(ax.xaxis)
         else:
             bins = 40
         ax.hist(data, bins=bins, color="#4c72b0")
         if window is not None:
             ax.axvspan(window[0], window[1], color="#55a868", alpha=0.25, label=f"kept: {window[0]:.3g} to {window[1]:.3g}")
         for x, label in marks:
-            ax.axvline(x, color="#c44e52", linestyle="--", label=label)
+            if _on_scale(x, data, log):
+                ax.axvline(x, color="#c44e52", linestyle="--", label=label)
+            else:  # a threshold far outside the data (opened up on purpose) would squash the histogram
+                ax.plot([], [], " ", label=f"{label} (off scale)")
         if window is not None or marks:
-            ax.legend(loc="upper right", framealpha=0.9)
+            ax.legend(loc="best", framealpha=0.9)
         ax.set_title(f"{title} (n={len(values):,})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("count")
         fig.tight_layout()
         return _svg(fig)
+
+
+def _on_scale(x: float, data: np.ndarray, log: bool) -> bool:
+    if not data.size:
+        return False
+    lo, hi = float(data.min()), float(data.max())
+    if log:
+        return x > 0 and lo / 3 <= x <= hi * 3
+    span = (hi - lo) or 1.0
+    return lo - span / 2 <= x <= hi + span / 2
+
+
+def _plain_ticks(axis) -> None:
+    """Log-axis labels as plain numbers (20, 50, 100), only where they do not crowd each other."""
+    import matplotlib.ticker
+
+    axis.set_major_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.5)))
 
 
 def plot_cluster_sizes(before: list[int], after: list[int] | None) -> str:
@@ -449,6 +465,7 @@ def plot_cluster_sizes(before: list[int], after: list[int] | None) -> str:
         ax.set_xlabel("cluster rank")
         ax.set_ylabel("images in cluster")
         ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
         ax.legend()
         ax.set_title("Cluster sizes (paper's Figure 9)")
         fig.tight_layout()
@@ -539,6 +556,7 @@ def settings(stats: list[dict], models: dict) -> tuple[list[dict], list[dict]]:
                 model_rows.append({"stage": s["command"], "role": what, "model": stage[key]})
         if isinstance(stage.get("cat"), dict) and stage["cat"].get("spacy_model"):
             model_rows.append({"stage": s["command"], "role": "spaCy (CAT)", "model": stage["cat"]["spacy_model"]})
+    model_rows = [dict(t) for t in dict.fromkeys(tuple(r.items()) for r in model_rows)]  # a model once per role
     roles = {"emb_model": "CLIP (records)", "tag_model": "tagger", "caption_model": "captioner", "llm_model": "LLM"}
     for field, names in models.items():
         for name, count in sorted(names.items()):
@@ -578,7 +596,7 @@ def render(stats: list[dict], scan: dict | None, text_rows: list[dict] | None, t
     esc = html.escape
     versions = sorted({str(s.get("version")) for s in stats if s.get("version")})
     newest = max((s["_mtime"] for s in stats), default=None)
-    date = dt.datetime.fromtimestamp(newest, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if newest else "unknown"
+    date = dt.datetime.fromtimestamp(newest, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if newest else "unknown"
     run_rows = [{"run by rsyn": ", ".join(versions) or "unknown", "report by rsyn": __version__,
                  "last stats written": date, "seeds": ", ".join(sorted({str(s.get('seed')) for s in stats}))}]
     parts = [f"<h1>{esc(title)}</h1>", _table(run_rows, "run")]
@@ -613,7 +631,7 @@ def render(stats: list[dict], scan: dict | None, text_rows: list[dict] | None, t
 
 
 def run_report(run: Run, records: list[str], packed: str | None, images: str | None, title: str,
-               gallery: int = 24, path_root: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+               gallery: int = 12, path_root: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -84,6 +84,11 @@ def run_dir(tmp_path):
             rec["emb"], rec["syn_emb"] = e[i], s[i]
         images.append(rec)
     images[5]["texts"][0]["text"] = HOSTILE
+    images += [  # hostile fields: skipped or shown without harm, never a traceback
+        {"id": "h1", "kind": "image", "texts": "x", "tags": 5, "sim": "0.3", "scores": [1], "emb": "!!", "syn_emb": "!"},
+        {"id": "h2", "kind": "image", "texts": [{"text": 5, "score": "high"}], "path": 7, "scores": {"words": "many"}},
+        {"id": "h3", "kind": "image", "path": "/etc/passwd", "syn_text": "outside the root", "tags": ["a", 3]},
+    ]
     (tmp_path / "records.jsonl.zst").write_bytes(compress(jsonl(texts + images), "zstd"))
     packed = tmp_path / "packed"  # rsyn pack --format webdataset: images 3 and 4 come from here, 5 has none
     packed.mkdir()
@@ -110,12 +115,13 @@ def _report(run_dir, *extra):
 def test_report_shows_gallery_funnel_figures_and_settings(run_dir):
     page = _report(run_dir).read_text()
     # gallery: six cards; thumbnails of the five images found (3 by path, 2 from the packed tars) as JPEG data URIs
-    assert page.count("<figure class='card'>") == 6
+    assert page.count("<figure class='card'>") == 7  # h1 and h2 have nothing to show
     assert len(re.findall(r"<img class='thumb' src='data:image/jpeg;base64,", page)) == 5
-    assert page.count("no image: not found locally") == 1
+    assert page.count("no image: not found locally") == 1 and page.count("no image: outside_root") == 1
     assert "0.300</span> a red thing number 0" in page and "<b>tags</b> red, square" in page
     assert "cos 0.220" in page  # syn_text cosine from `sim`
     assert len(re.findall(r"cos -?0\.\d{3}", page)) == 6  # and computed from emb / syn_emb where there is no `sim`
+    assert "Image vs synthetic text (n=6)" in page  # 3 `sim` + 3 computed; h1's undecodable pair left out
     # a hostile text is escaped, and the page may load nothing at all
     assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "default-src 'none'; img-src data:" in page
@@ -144,12 +150,22 @@ def test_report_is_byte_identical_for_the_same_inputs_and_seed(run_dir):
     assert _report(run_dir).read_bytes() == first
 
 
-def test_report_refuses_what_is_not_a_stats_file(tmp_path):
+@pytest.mark.parametrize("content", ["[1, 2]", '{"command": "x", "in": "12", "out": 1}',
+                                     '{"command": "x", "in": 1, "out": 1, "dropped": {"a": "<b>"}}',
+                                     '{"command": "x", "in": 1, "out": 1, "stage": [1]}', "{not json"])
+def test_report_refuses_what_is_not_a_stats_file(tmp_path, content):
     bad = tmp_path / "x.json"
-    bad.write_text("[1, 2]")
+    bad.write_text(content)
     proc = rsyn_here("report", bad, "-o", tmp_path / "r.html")
-    assert proc.returncode == 2 and "not an rsyn --stats file" in proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "not a" in err and "Traceback" not in err and "<b>" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_reads_packs_done_marker_by_either_name(run_dir):
+    (run_dir / "packed" / "_stats.json").rename(run_dir / "packed" / "stats.json")
+    page = _report(run_dir).read_text()
+    assert "packed image-text pairs</td><td class='num'>12" in page
 
 
 def test_report_packed_parquet_text_table(tmp_path):
@@ -235,7 +251,7 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     found = re.search(r'<pre id="probe-out">(.*?)</pre>', dom, re.DOTALL)
     assert found and found.group(1), "the measuring script did not run"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert result["gallery"] and result["cards"] == 6
+    assert result["gallery"] and result["cards"] == 7
     assert result["funnel"] and result["funnelRows"] == 13  # header, documents, 6 image, 4 sentence, 1 dedup
     assert len(result["thumbs"]) == 5
     assert all(t["data"] and t["loaded"] and t["visible"] for t in result["thumbs"]), result["thumbs"]

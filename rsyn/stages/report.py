@@ -83,12 +83,24 @@ def load_stats(paths: list[str]) -> list[dict]:
             data = orjson.loads(Path(path).read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise RsynError(f"{path}: not a readable --stats JSON file: {type(exc).__name__}") from None
-        if not isinstance(data, dict) or "command" not in data or "in" not in data:
-            raise RsynError(f"{path}: not an rsyn --stats file (no 'command' / 'in')")
+        _check_stats(data, path)
         data["_file"] = Path(path).name
         data["_mtime"] = os.path.getmtime(path)
         stats.append(data)
     return stats
+
+
+def _check_stats(data, path) -> None:
+    """The shape the report relies on; anything else is refused with one line, not a traceback."""
+    if not isinstance(data, dict) or not isinstance(data.get("command"), str) or "in" not in data:
+        raise RsynError(f"{path}: not an rsyn --stats file (no 'command' / 'in')")
+    if not all(type(data.get(k)) is int for k in ("in", "out")):
+        raise RsynError(f"{path}: not an rsyn --stats file ('in' / 'out' are not counts)")
+    for key in ("dropped", "errors", "stage"):
+        if not isinstance(data.get(key, {}), dict):
+            raise RsynError(f"{path}: not an rsyn --stats file ('{key}' is not an object)")
+        if key != "stage" and not all(type(v) is int for v in data.get(key, {}).values()):
+            raise RsynError(f"{path}: not an rsyn --stats file ('{key}' holds something other than counts)")
 
 
 def packed_marker(directory: str) -> dict | None:
@@ -101,6 +113,7 @@ def packed_marker(directory: str) -> dict | None:
             except (OSError, orjson.JSONDecodeError):
                 raise RsynError(f"{path}: not a readable rsyn pack done marker") from None
             if isinstance(data, dict) and "command" in data:
+                _check_stats(data, path)
                 data["_file"] = f"{Path(directory).name}/{name}"
                 data["_mtime"] = path.stat().st_mtime
                 return data
@@ -183,8 +196,8 @@ def scan_records(paths: list[str], gallery_size: int, seed: int) -> dict:
     except StreamError as exc:
         raise RsynError(str(exc)) from None
     numbers = {key: r.items for key, r in values.items()}
-    if pairs.items and not numbers["sim"]:
-        numbers["sim"] = _cosines([a for a, _ in pairs.items], [b for _, b in pairs.items])
+    if pairs.items:  # records without `sim`: their cosine from the two embeddings
+        numbers["sim"] = numbers["sim"] + _cosines([a for a, _ in pairs.items], [b for _, b in pairs.items])
     for item in gallery.items:
         if item["sim"] is None and isinstance(item["emb"], str) and isinstance(item["syn_emb"], str):
             cos = _cosines([item["emb"]], [item["syn_emb"]])
@@ -194,12 +207,15 @@ def scan_records(paths: list[str], gallery_size: int, seed: int) -> dict:
 
 
 def _cosines(a: list[str], b: list[str]) -> list[float]:
+    """cosine(a[i], b[i]) for every pair whose two embeddings decode to the same dimension; others left out."""
     try:
         x, y = decode_embeddings(a), decode_embeddings(b)
-    except Exception:  # noqa: BLE001 - undecodable vectors (hostile or foreign) only cost this one histogram
-        return []
+    except Exception:  # noqa: BLE001 - some vector is undecodable (hostile or foreign): go pair by pair
+        if len(a) == 1:
+            return []
+        return [c for pair in zip(a, b) for c in _cosines([pair[0]], [pair[1]])]
     if x.shape != y.shape:
-        return []
+        return [] if len(a) == 1 else [c for pair in zip(a, b) for c in _cosines([pair[0]], [pair[1]])]
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
     return np.einsum("ij,ij->i", x, y).astype(float).tolist()
@@ -246,16 +262,20 @@ def cluster_sizes(stat: dict) -> tuple[list[int] | None, list[int] | None]:
     """Cluster sizes before/after balancing, from `rsyn balance --stats` (stage.before/after.size_counts)."""
     stage = stat.get("stage", {})
     if isinstance(stage.get("before"), dict) and "size_counts" in stage["before"]:
+        after = stage.get("after")
         return (_expand(stage["before"]["size_counts"]),
-                _expand(stage.get("after", {}).get("size_counts", {})))
+                _expand(after.get("size_counts", {}) if isinstance(after, dict) else {}))
     return None, None
 
 
 def _expand(size_counts: dict) -> list[int]:
     """{size: number of clusters of that size} -> every cluster's size (for a rank plot)."""
     sizes: list[int] = []
+    if not isinstance(size_counts, dict):
+        return sizes
     for size, count in size_counts.items():
-        sizes.extend([int(size)] * int(count))
+        if str(size).isdigit() and type(count) is int and 0 < count <= 10_000_000:
+            sizes.extend([int(size)] * count)
     return sizes
 
 
@@ -330,27 +350,36 @@ def add_thumbnails(items: list[dict], images: str | None, packed: str | None, pa
 
 def funnel(stats: list[dict]) -> dict:
     """Documents, then what is left after each stage, walked in pipeline (stats file) order, images and
-    sentences apart; dedup, which sees both kinds at once, gets rows of its own."""
+    sentences apart; dedup, which sees both kinds at once, gets rows of its own. A count that is not a
+    count (a hand-edited or foreign stats file) leaves its row out."""
     documents, lanes = None, {"images": [], "sentences": [], "both": []}
+
+    def add(lane: str, label: str, count) -> None:
+        if type(count) is int and count >= 0:
+            lanes[lane].append((label, count))
+
     for stat in stats:
-        command, stage = stat["command"], stat.get("stage", {})
+        command, stage = stat["command"], stat.get("stage")
+        stage = stage if isinstance(stage, dict) else {}
         if command == "extract" and "images_in" in stage:
-            documents = stage.get("documents")
-            lanes["images"] += [("in the documents", stage["images_in"]), ("after the image filters", stage["images_out"])]
-            lanes["sentences"] += [("in the documents", stage["sentences_in"]),
-                                   ("after the text filters", stage["sentences_out"])]
+            documents = stage.get("documents") if type(stage.get("documents")) is int else None
+            add("images", "in the documents", stage.get("images_in"))
+            add("images", "after the image filters", stage.get("images_out"))
+            add("sentences", "in the documents", stage.get("sentences_in"))
+            add("sentences", "after the text filters", stage.get("sentences_out"))
         elif command == "dedup":
             modes = [m for m in ("exact", "near", "perceptual", "semantic") if m in stage]
-            lanes["both"].append((f"after dedup ({', '.join(modes) or 'all modes'})", stat["out"]))
+            add("both", f"after dedup ({', '.join(modes) or 'all modes'})", stat["out"])
         elif command == "embed" and "images" in stage and stage.get("emb_field") != "syn_emb":
-            lanes["images"].append(("embedded", stage["images"]))
-            lanes["sentences"].append(("embedded", stage.get("texts", 0)))
+            add("images", "embedded", stage["images"])
+            add("sentences", "embedded", stage.get("texts", 0))
         elif command == "index" and "indexed" in stage:
-            lanes["sentences"].append(("indexed for retrieval", stage["indexed"]))
+            add("sentences", "indexed for retrieval", stage["indexed"])
         elif command == "retrieve":
-            lanes["images"].append(("with retrieved texts", stat["out"] - stage.get("passed_through", 0)))
+            passed = stage.get("passed_through", 0)
+            add("images", "with retrieved texts", stat["out"] - passed if type(passed) is int else None)
         elif command in FUNNEL_IMAGE_STEPS:
-            lanes["images"].append((FUNNEL_IMAGE_STEPS[command], stat["out"]))
+            add("images", FUNNEL_IMAGE_STEPS[command], stat["out"])
     return {"documents": documents, **lanes}
 
 
@@ -459,9 +488,11 @@ def plot_cluster_sizes(before: list[int], after: list[int] | None) -> str:
     with _style():
         fig, ax = plt.subplots(figsize=(5.4, 3.3))
         for sizes, label, color in ((before, "before balancing", "#c44e52"), (after, "after balancing", "#4c72b0")):
-            if sizes:
-                ordered = sorted((s for s in sizes if s > 0), reverse=True)
-                ax.plot(range(1, len(ordered) + 1), ordered, label=label, color=color)
+            ordered = np.sort(np.asarray([s for s in sizes or [] if s > 0]))[::-1]
+            if ordered.size:
+                # at most ~2,000 points, log-spaced over the ranks: a million clusters stay a small SVG
+                ranks = np.unique(np.geomspace(1, ordered.size, 2000).astype(int))
+                ax.plot(ranks, ordered[ranks - 1], label=label, color=color)
         ax.set_xlabel("cluster rank")
         ax.set_ylabel("images in cluster")
         ax.set_yscale("log")
@@ -475,7 +506,8 @@ def plot_cluster_sizes(before: list[int], after: list[int] | None) -> str:
 def figures(numbers: dict, stats: list[dict]) -> list[tuple[str, str]]:
     """(id, svg) of every histogram there is data for, thresholds and the similarity window marked."""
     last = {s["command"]: s for s in stats}
-    thresholds = last.get("extract", {}).get("stage", {}).get("thresholds", {})
+    thresholds = last.get("extract", {}).get("stage", {}).get("thresholds")
+    thresholds = thresholds if isinstance(thresholds, dict) else {}
     out = []
     for key, _, title, (low, high) in FILTER_SCORES:
         if numbers.get(key):
@@ -489,7 +521,8 @@ def figures(numbers: dict, stats: list[dict]) -> list[tuple[str, str]]:
         out.append(("fig-topk", histogram(numbers["topk"], "Retrieval scores, all top-k texts", "cosine(image, text)")))
     if numbers.get("sim"):
         window = last.get("balance", {}).get("stage", {}).get("sim_window")
-        span = (window["lo"], window["hi"]) if isinstance(window, dict) and "lo" in window else None
+        span = (_number(window.get("lo")), _number(window.get("hi"))) if isinstance(window, dict) else None
+        span = span if span and None not in span else None
         out.append(("fig-sim", histogram(numbers["sim"], "Image vs synthetic text", "cosine(image, syn_text)",
                                          window=span)))
     for stat in stats:

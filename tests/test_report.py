@@ -260,3 +260,25 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     assert all(f["visible"] for f in result["figures"]), result["figures"]
     assert result["svgFont"] >= 11, result  # figure labels readable at the page's size
     assert result["htmlFont"] >= 11, result
+
+
+def test_reservoir_sample_is_uniform_and_seeded():
+    import random
+    from collections import Counter
+
+    from rsyn.stages.report import Reservoir
+
+    counts = Counter()
+    for seed in range(2000):
+        sample = Reservoir(10, random.Random(seed))
+        for i in range(100):
+            sample.offer(i)
+        assert len(sample.items) == len(set(sample.items)) == 10
+        counts.update(sample.items)
+    # each of the 100 items kept 200 times in expectation (sd 13.4): early and late items alike
+    assert all(130 <= counts[i] <= 270 for i in range(100)), counts
+    assert abs(sum(counts[i] for i in range(20)) - sum(counts[i] for i in range(80, 100))) < 250
+    first, again = Reservoir(5, random.Random(7)), Reservoir(5, random.Random(7))
+    for i in range(1000):
+        first.offer(i), again.offer(i)
+    assert first.items == again.items

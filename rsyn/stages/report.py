@@ -25,6 +25,7 @@ import base64
 import datetime as dt
 import html
 import io
+import math
 import os
 import random
 import tarfile
@@ -42,6 +43,7 @@ from rsyn.stream import StreamError, read_records, write_bytes_atomic
 TEXT_COLUMNS = ["text1", "text2", "text3", "syn_text"]
 DONE_MARKERS = ["_stats.json", "stats.json"]  # rsyn pack's done marker, new name first
 SAMPLE_VALUES = 200_000  # per plotted quantity: a seeded reservoir keeps memory flat on any corpus
+COSINE_BATCH = 4096  # image / syn_text embedding pairs decoded at a time
 THUMB_SIDE = 240
 FIELD_CHARS = {"text": 400, "caption": 300, "syn_text": 800, "url": 200, "tag": 60}
 MAX_TAGS = 20
@@ -55,21 +57,30 @@ FILTER_SCORES = [  # (key in scores, nested key, title, threshold names in extra
 
 
 class Reservoir:
-    """At most `size` values, a uniform sample of all offered (Algorithm R), seeded."""
+    """At most `size` values, a uniform sample of all offered, seeded (Li's Algorithm L: once full, it draws
+    how many offers to skip, so most offers cost one comparison)."""
 
     def __init__(self, size: int, rng: random.Random):
         self.size, self.rng = size, rng
         self.items: list = []
         self.seen = 0
+        self._w = 1.0
+        self._next = -1  # the offer number that replaces an item next
 
     def offer(self, item) -> None:
         self.seen += 1
         if len(self.items) < self.size:
             self.items.append(item)
-        else:
-            j = self.rng.randrange(self.seen)
-            if j < self.size:
-                self.items[j] = item
+            if len(self.items) == self.size:
+                self._schedule()
+        elif self.seen == self._next:
+            self.items[self.rng.randrange(self.size)] = item
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._w *= math.exp(math.log(max(self.rng.random(), 1e-300)) / self.size)
+        skip = math.floor(math.log(max(self.rng.random(), 1e-300)) / math.log1p(-self._w))
+        self._next = self.seen + skip + 1
 
 
 # --------------------------------------------------------------------------- inputs
@@ -121,7 +132,7 @@ def packed_marker(directory: str) -> dict | None:
 
 
 def _number(value) -> float | None:
-    if type(value) in (int, float) and np.isfinite(value):
+    if type(value) in (int, float) and math.isfinite(value):  # bool is not a score
         return float(value)
     return None
 
@@ -155,7 +166,13 @@ def scan_records(paths: list[str], gallery_size: int, seed: int) -> dict:
     values = {key: Reservoir(SAMPLE_VALUES, rng) for key in
               ["top1", "topk", "sim"] + [key for key, *_ in FILTER_SCORES]}
     gallery = Reservoir(gallery_size, rng)
-    pairs = Reservoir(SAMPLE_VALUES, rng)  # (emb, syn_emb) of records without `sim`, cosine computed at the end
+    pairs: list[tuple[str, str]] = []  # (emb, syn_emb) of records without `sim`: cosines computed per batch
+
+    def flush_pairs() -> None:
+        for cos in _cosines([a for a, _ in pairs], [b for _, b in pairs]):
+            values["sim"].offer(cos)
+        pairs.clear()
+
     models: dict[str, dict[str, int]] = {}
     kinds = {"image": 0, "text": 0}
     try:
@@ -188,16 +205,17 @@ def scan_records(paths: list[str], gallery_size: int, seed: int) -> dict:
             if sim is not None:
                 values["sim"].offer(sim)
             elif isinstance(record.get("emb"), str) and isinstance(record.get("syn_emb"), str):
-                pairs.offer((record["emb"], record["syn_emb"]))
+                pairs.append((record["emb"], record["syn_emb"]))
+                if len(pairs) == COSINE_BATCH:
+                    flush_pairs()
             if kind == "image":
                 item = gallery_item(record)
                 if item is not None:
                     gallery.offer(item)
+        flush_pairs()
     except StreamError as exc:
         raise RsynError(str(exc)) from None
     numbers = {key: r.items for key, r in values.items()}
-    if pairs.items:  # records without `sim`: their cosine from the two embeddings
-        numbers["sim"] = numbers["sim"] + _cosines([a for a, _ in pairs.items], [b for _, b in pairs.items])
     for item in gallery.items:
         if item["sim"] is None and isinstance(item["emb"], str) and isinstance(item["syn_emb"], str):
             cos = _cosines([item["emb"]], [item["syn_emb"]])

@@ -338,7 +338,7 @@ def add_thumbnails(items: list[dict], images: str | None, packed: str | None, pa
     if images:
         try:
             folder = ImageFolder(images, max_bytes)
-        except FileNotFoundError as exc:
+        except (OSError, ValueError) as exc:  # no such folder (or, as other stages may rule, one with no images)
             raise RsynError(str(exc)) from None
     loader = ImageLoader(folder, None, max_bytes=max_bytes, root=path_root)
     urls = {i["source"]["url"] for i in items if "url" in i["source"]}
@@ -690,8 +690,9 @@ def run_report(run: Run, records: list[str], packed: str | None, images: str | N
         raise RsynError("give the --stats JSON files of a run, e.g. rsyn report 'work/*.stats.json' -o report.html")
     if not run.output or run.output == "-":
         raise RsynError("the report is an HTML file: give -o PATH")
-    if packed and not Path(packed).is_dir():
-        raise RsynError(f"--packed {packed}: no such folder")
+    for option, folder in (("--packed", packed), ("--images", images)):
+        if folder and not Path(folder).is_dir():  # before the pass over the records, not after it
+            raise RsynError(f"{option} {folder}: no such folder")
     stats = load_stats(run.input_paths())
     if packed and not any(s["command"] == "pack" for s in stats):
         marker = packed_marker(packed)

@@ -69,6 +69,16 @@ class ExtractOptions:
     parquet_batch_rows: int = 512
 
 
+def thresholds(opts: ExtractOptions, enabled: list[str]) -> dict:
+    """The limits of the enabled filters, as --stats reports them."""
+    limits = {"size": {"min_side": opts.min_side, "max_aspect": opts.max_aspect},
+              "words": {"min_words": opts.min_words, "max_words": opts.max_words},
+              "cat": {"min_complexity": opts.min_complexity, "require_action": opts.require_action},
+              "entropy": {"min_entropy": opts.min_entropy},
+              "ppl": {"min_ppl": opts.min_ppl, "max_ppl": opts.max_ppl}}
+    return {k: v for name in enabled for k, v in limits.get(name, {}).items()}
+
+
 def run_extract(run: Run, opts: ExtractOptions) -> None:
     _check_options(opts)
     paths = run.input_paths()
@@ -83,6 +93,7 @@ def run_extract(run: Run, opts: ExtractOptions) -> None:
     stats = run.extra
     stats.update(documents=0, images_in=0, images_out=0, sentences_in=0, sentences_out=0, paragraphs=0,
                  end_markers_removed=0, filters=[f.name for f in filters])
+    stats["thresholds"] = thresholds(opts, enabled)  # rsyn report marks them on the score histograms
     ok = False
     try:
         run.write(_extract(run, paths, opts, filters))

@@ -32,7 +32,7 @@ def pipeline(tmp_path_factory):
 def test_packed_parquet_has_the_realsyn_schema(pipeline):
     shards = sorted((pipeline / "packed").glob("*.parquet"))
     assert shards
-    stats = json.loads((pipeline / "packed" / "stats.json").read_text())
+    stats = json.loads((pipeline / "packed" / "_stats.json").read_text())
     rows = 0
     for shard in shards:
         table = pq.read_table(shard)

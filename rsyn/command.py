@@ -163,6 +163,10 @@ class Run:
         return False
 
     def _finish(self) -> None:
+        if self._device is None and (self.device_option or "").strip().lower().startswith("cuda"):
+            # checked after the run, so it holds for every code path: the stage never asked for a device
+            self.note(f"warning: --device {self.device_option} was given, but this run used no GPU "
+                      "(nothing in it runs on one)")
         summary = self.summary()
         if self.stats_path:
             write_bytes_atomic(self.stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")

@@ -61,8 +61,8 @@ def embed(
     ] = "image,text",
     images: Annotated[Optional[str], typer.Option(
         "--images", metavar="DIR", rich_help_panel=_IMAGES,
-        help="img2dataset output folder (webdataset tars or files): images are found there by URL, "
-             "never fetched.")] = None,
+        help="img2dataset output folder (any output_format: webdataset, parquet or files): images are "
+             "found there by URL, never fetched. A folder with no img2dataset output in it is refused.")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=0, rich_help_panel=_IMAGES,
         help="Threads fetching and decoding images; 0: 4 per CPU core, 8 to 64.")] = 0,

@@ -23,8 +23,8 @@ def pack(
                                 "sim.")] = False,
     images: Annotated[Optional[str], typer.Option(
         "--images", metavar="DIR",
-        help="For --format webdataset: take each record's image from this img2dataset output (webdataset or "
-             "files format), matched by URL; records whose URL it could not download are dropped "
+        help="For --format webdataset: take each record's image from this img2dataset output (webdataset, "
+             "parquet or files output_format), matched by URL; records whose URL it could not download are dropped "
              "(not_downloaded). A record's own `path` comes first.")] = None,
     text_style: Annotated[TextStyle, typer.Option(
         "--text-style",

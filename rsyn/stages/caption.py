@@ -187,13 +187,13 @@ class CaptionStage:
         if self._loader is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            from rsyn.images import Fetcher, ImageFolder, ImageLoader
+            from rsyn.images import Fetcher, ImageLoader, open_image_folder
 
             folder = None
             if self.opts.images:
                 try:
-                    folder = ImageFolder(self.opts.images, self.opts.max_bytes)
-                except FileNotFoundError as exc:
+                    folder = open_image_folder(self.opts.images, self.opts.max_bytes)
+                except ValueError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
             o = self.opts

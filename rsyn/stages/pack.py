@@ -346,18 +346,14 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
 
 def _image_loader(run: Run, images: str | None, path_root: str | None, max_bytes: int):
     """Reads each record's image from its `path` (under --path-root) or the --images folder; never downloads."""
-    from rsyn.images import ImageFolder, ImageLoader
+    from rsyn.images import ImageLoader, open_image_folder
 
     folder = None
     if images:
         try:
-            folder = ImageFolder(images, max_bytes)
-        except FileNotFoundError as exc:
+            folder = open_image_folder(images, max_bytes)
+        except ValueError as exc:
             raise RsynError(str(exc)) from None
-        if not len(folder):
-            folder.close()
-            raise RsynError(f"--images {images}: no img2dataset images found in it (webdataset tars or "
-                            "KEY.jpg files with their url metadata)")
         run.note(f"{len(folder):,} downloaded images in {images}")
     return ImageLoader(folder, None, max_bytes=max_bytes, root=path_root)
 

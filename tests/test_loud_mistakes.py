@@ -39,8 +39,8 @@ def test_hub_model_missing_offline_fails_at_once_with_one_line(tmp_path):
                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2
-    assert err[-1].startswith("rsyn: error: perplexity filter: causal LM 'gpt2-large' is not in the Hugging Face "
-                              "cache") and "HF_HUB_OFFLINE" in err[-1]
+    assert err[-1].startswith("rsyn: error: perplexity filter: cannot load causal LM 'gpt2-large' (Hugging Face "
+                              "id): not in the Hugging Face cache") and "HF_HUB_OFFLINE" in err[-1]
     assert not any("Traceback" in line or "etry" in line for line in err)  # no retries, no traceback
     assert not (tmp_path / "out.jsonl.zst").exists()
 
@@ -59,7 +59,7 @@ def test_unreachable_hub_fails_without_retries(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(RsynError, match=r"captioner 'org/model' is not in the Hugging Face cache .* cannot be "
+    with pytest.raises(RsynError, match=r"captioner 'org/model' \(Hugging Face id\): not in the Hugging Face cache .* cannot be "
                                         r"reached \(Connection refused\)"):
         require_hub_model("org/model", "captioner", "pass a folder")
     # a cached model is never checked against the network

@@ -39,12 +39,13 @@ def require_hub_model(name: str, what: str, hint: str, probe_file: str = "config
     if isinstance(cached, str):
         return
     if constants.HF_HUB_OFFLINE:
-        raise RsynError(f"{what} {name!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                        f"HF_HUB_OFFLINE is set; {hint}")
+        raise RsynError(f"cannot load {what} {name!r} (Hugging Face id): not in the Hugging Face cache "
+                        f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; {hint}")
     unreachable = hub_unreachable(constants.ENDPOINT)
     if unreachable:
-        raise RsynError(f"{what} {name!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                        f"{constants.ENDPOINT} cannot be reached ({unreachable}); {hint}")
+        raise RsynError(f"cannot load {what} {name!r} (Hugging Face id): not in the Hugging Face cache "
+                        f"({constants.HF_HUB_CACHE}) and {constants.ENDPOINT} cannot be reached ({unreachable}); "
+                        f"{hint}")
 
 
 def hub_unreachable(endpoint: str, timeout: float = PROBE_SECONDS) -> str | None:

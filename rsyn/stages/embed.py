@@ -320,6 +320,7 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
         record[model_field] = clip.name
         out.append(record)
     run.write(out)
+    run.advance(len(chunk.items))
     return model_seconds
 
 

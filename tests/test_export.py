@@ -8,10 +8,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import jsonl, rsyn_here
-from rsyn.records import decode_embeddings, encode_embeddings
 from test_pack import image_server  # noqa: F401 - the fixture: a real HTTP server of JPEGs on 127.0.0.1
+
+from rsyn.records import decode_embeddings, encode_embeddings
 
 DIM = 16
 
@@ -60,7 +60,7 @@ def test_round_trip_in_clip_retrieval_layout(tmp_path, dtype):
     assert sorted(os.listdir(out / "text_emb")) == ["text_emb_0.npy", "text_emb_1.npy"]
     images = [r for r in records if r["kind"] == "image" and "emb" in r]
     texts = [r for r in records if r["kind"] == "text" and "emb" in r]
-    files, vectors, metas = load_all(out, "img_emb", "img_emb", "metadata", "metadata")
+    _, vectors, metas = load_all(out, "img_emb", "img_emb", "metadata", "metadata")
     assert vectors.dtype == np.dtype(dtype) and vectors.shape == (7, DIM)
     assert np.array_equal(vectors.astype(np.float32), decode_embeddings([r["emb"] for r in images]))
     assert [m["id"] for m in metas] == [r["id"] for r in images]
@@ -90,7 +90,7 @@ def test_split_run_equals_the_one_process_run(tmp_path):
     whole = np.load(tmp_path / "whole" / "img_emb" / "img_emb_0.npy")
     split = np.concatenate([np.load(p / "img_emb" / "img_emb_0.npy") for p in parts])
     whole_ids = pq.read_table(tmp_path / "whole" / "metadata").column("id").to_pylist()
-    split_ids = sum((pq.read_table(p / "metadata").column("id").to_pylist() for p in parts), [])
+    split_ids = [i for p in parts for i in pq.read_table(p / "metadata").column("id").to_pylist()]
     # records are dealt to shards by position (one input file): the same rows, in shard-then-position order
     order = [whole_ids.index(i) for i in split_ids]
     assert sorted(split_ids) == sorted(whole_ids) and np.array_equal(split, whole[order])
@@ -129,4 +129,4 @@ def test_img2dataset_downloads_the_exported_url_list(tmp_path, image_server):  #
              processes_count=1, thread_count=2, resize_mode="no", timeout=5, retries=0, enable_wandb=False)
     got = pq.read_table(downloaded / "00000.parquet").to_pylist()
     ok = {row["id"]: row["caption"] for row in got if row["status"] == "success"}
-    assert ok == {f"img{i}": ("synthetic caption %d" % i if i % 2 else f"retrieved text {i}") for i in range(6)}
+    assert ok == {f"img{i}": (f"synthetic caption {i}" if i % 2 else f"retrieved text {i}") for i in range(6)}

@@ -9,9 +9,9 @@ from functools import partial
 
 import numpy as np
 import pytest
+from conftest import jsonl, read_stream_file, rsyn_here
 from PIL import Image
 
-from conftest import jsonl, read_stream_file, rsyn_here
 from rsyn.images import ImageFolder
 
 N_IMAGES = 5  # served: 0..4.jpg; 5.jpg is a 404
@@ -55,7 +55,7 @@ def downloads(tmp_path_factory):
 
 
 def test_parquet_output_format_is_indexed(downloads):
-    folder, urls, www = downloads
+    folder, urls, _ = downloads
     images = ImageFolder(folder)
     assert sorted(images.index) == sorted(urls[:N_IMAGES])
     assert urls[N_IMAGES] in images.failed  # the 404, with img2dataset's reason
@@ -69,7 +69,7 @@ def test_parquet_folder_reads_beyond_its_row_group_cache(downloads, monkeypatch)
     import rsyn.images
 
     monkeypatch.setattr(rsyn.images, "PARQUET_CACHE_BYTES", 1)  # every read evicts the last row group
-    folder, urls, www = downloads
+    folder, urls, _ = downloads
     images = ImageFolder(folder)
     first = {url: images.get(url)[0] for url in urls[:N_IMAGES]}
     for i in [4, 0, 3, 1, 2] * 2:
@@ -82,7 +82,7 @@ def test_embed_and_pack_take_images_from_a_parquet_download(downloads, tmp_path)
     from rsyn.models.clip import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "clip", seed=0)
-    folder, urls, www = downloads
+    folder, urls, _ = downloads
     records = [{"id": f"img{i}", "kind": "image", "url": url, "texts": [{"id": "t", "text": "x", "score": 0.5}]}
                for i, url in enumerate(urls)]
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))

@@ -5,7 +5,6 @@ import socket
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import jsonl, rsyn, rsyn_here
 
 RECORDS = [{"id": "i1", "kind": "image", "url": "http://x/1.jpg"}, {"id": "t1", "kind": "text", "text": "a b c"}]
@@ -59,8 +58,8 @@ def test_unreachable_hub_fails_without_retries(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(RsynError, match=r"captioner 'org/model' \(Hugging Face id\): not in the Hugging Face cache .* cannot be "
-                                        r"reached \(Connection refused\)"):
+    expected = r"captioner 'org/model' \(Hugging Face id\): not in the Hugging Face cache .* cannot be reached"
+    with pytest.raises(RsynError, match=expected + r" \(Connection refused\)"):
         require_hub_model("org/model", "captioner", "pass a folder")
     # a cached model is never checked against the network
     snapshot = tmp_path / "models--org--model" / "snapshots" / "abc"

@@ -3,13 +3,14 @@ stage of a pipe that writes to a terminal, plain lines every --log-every seconds
 
 import os
 import re
+import select
 import subprocess
 import sys
 import time
 
 import pytest
-
 from conftest import jsonl, rsyn_here
+
 from rsyn.progress import Snapshot, describe
 
 TEXTS = [{"id": f"t{i}", "kind": "text", "text": f"Sentence {i} about a red barn and two horses."} for i in range(100)]
@@ -17,8 +18,8 @@ PROGRESS_LINE = re.compile(r"^rsyn cat: [\d,]+(/~?[\d,]+)? records")
 
 
 def snap(**kw):
-    base = dict(done=0, n_out=0, dropped=0, errors=0, bytes_read=0, in_at_bytes_read=0, total_bytes=None, n_in=0,
-                input_complete=False, elapsed=10.0)
+    base = {"done": 0, "n_out": 0, "dropped": 0, "errors": 0, "bytes_read": 0, "in_at_bytes_read": 0,
+            "total_bytes": None, "n_in": 0, "input_complete": False, "elapsed": 10.0}
     return Snapshot(**{**base, **kw})
 
 
@@ -47,57 +48,70 @@ def test_embed_reports_progress_per_finished_batch(tmp_path, monkeypatch):
     assert [out for _, out in calls] == [32, 64, 96, 100]
 
 
-def _slow_cat(args, stdout, stderr, pause=1.0):
-    """`rsyn cat` reading stdin that arrives in two parts, `pause` seconds apart: a run that lasts."""
+def _cat_until_progress(args, stdout, stderr_fd, read_fd):
+    """`rsyn cat` with stdin held open until its stderr (read from read_fd) shows a progress line, then closed:
+    the run lasts as long as the check needs, however slow the machine. Returns (exit status, stderr text)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", *args], stdin=subprocess.PIPE, stdout=stdout,
-                            stderr=stderr, env=env)
+                            stderr=stderr_fd, env=env)
+    if stderr_fd != subprocess.PIPE:
+        os.close(stderr_fd)
     proc.stdin.write(jsonl(TEXTS[:50]))
     proc.stdin.flush()
-    time.sleep(pause)
+    got, deadline = b"", time.monotonic() + 120
+    while b"records" not in got and time.monotonic() < deadline:
+        if select.select([read_fd], [], [], 1.0)[0]:
+            chunk = _read(read_fd)
+            if not chunk:
+                break
+            got += chunk
     proc.stdin.write(jsonl(TEXTS[50:]))
     proc.stdin.close()
-    return proc
-
-
-def test_plain_log_lines_when_stderr_is_not_a_terminal(tmp_path):
-    proc = _slow_cat(["--log-every", "0.2", "-o", tmp_path / "out.jsonl.zst"], None, subprocess.PIPE)
-    err = proc.stderr.read().decode()
-    assert proc.wait(30) == 0
-    lines = err.strip().splitlines()
-    assert lines[-1].startswith("rsyn cat: 100 in, 100 out")
-    logged = [line for line in lines[:-1] if PROGRESS_LINE.match(line)]
-    assert len(logged) >= 2 and "\x1b" not in err
-    quiet = _slow_cat(["--log-every", "0", "-o", tmp_path / "out2.jsonl.zst"], None, subprocess.PIPE, pause=0.5)
-    assert not [line for line in quiet.stderr.read().decode().splitlines() if PROGRESS_LINE.match(line)]
-    assert quiet.wait(30) == 0
-
-
-def _on_a_terminal(stdout, tmp_path):
-    """stderr of a slow `rsyn cat` on a pseudo-terminal; stdout as given. Returns what the terminal got."""
-    pty = pytest.importorskip("pty")
-    leader, follower = pty.openpty()
-    proc = _slow_cat(["--log-every", "0.2"], stdout, follower, pause=1.5)
-    os.close(follower)
-    got = b""
     while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed: the process exited
-            break
+        chunk = _read(read_fd)
         if not chunk:
             break
         got += chunk
+    return proc.wait(60), got.decode(errors="replace")
+
+
+def _read(fd):
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # a pseudo-terminal whose other end closed
+        return b""
+
+
+def test_plain_log_lines_when_stderr_is_not_a_terminal(tmp_path):
+    read_fd, write_fd = os.pipe()
+    code, err = _cat_until_progress(["--log-every", "0.2", "-o", tmp_path / "out.jsonl.zst"], None, write_fd, read_fd)
+    os.close(read_fd)
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("rsyn cat: 100 in, 100 out")
+    assert [line for line in lines[:-1] if PROGRESS_LINE.match(line)] and "\x1b" not in err
+    quiet = rsyn_here("cat", "--log-every", "0", "-o", tmp_path / "out2.jsonl.zst", input=jsonl(TEXTS), check=True)
+    assert not [line for line in quiet.stderr.decode().splitlines() if PROGRESS_LINE.match(line)]
+
+
+def _on_a_terminal(stdout):
+    """What the pseudo-terminal on a `rsyn cat`'s stderr shows; stdout as given."""
+    pty = pytest.importorskip("pty")
+    leader, follower = pty.openpty()
+    code, got = _cat_until_progress(["--log-every", "0.2"], stdout, follower, leader)
     os.close(leader)
-    assert proc.wait(30) == 0
-    return got.decode(errors="replace")
+    assert code == 0
+    return got
 
 
 def test_only_the_last_stage_of_a_pipe_draws_a_live_line(tmp_path):
     with open(tmp_path / "out.jsonl", "wb") as out:  # stdout a file: this is the last stage
-        live = _on_a_terminal(out, tmp_path)
+        live = _on_a_terminal(out)
     assert "\x1b[" in live and "records" in live  # redrawn in place
-    piped = _on_a_terminal(subprocess.PIPE, tmp_path)  # stdout a pipe: a stage in the middle
+    read_fd, write_fd = os.pipe()  # stdout a pipe: a stage in the middle
+    piped = _on_a_terminal(write_fd)
+    os.close(write_fd)
+    os.close(read_fd)
     assert "\x1b[" not in piped
     assert [line for line in piped.splitlines() if PROGRESS_LINE.match(line.strip())]
 

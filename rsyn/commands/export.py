@@ -12,7 +12,8 @@ class Dtype(str, Enum):
     float32 = "float32"
 
 
-@rsyn_command(app, "export", "Write embeddings as .npy + parquet (clip-retrieval, autofaiss) and an img2dataset url list.")
+@rsyn_command(app, "export",
+              "Write embeddings as .npy + parquet (clip-retrieval, autofaiss) and an img2dataset url list.")
 def export(
     run: Run,
     dtype: Annotated[Dtype, typer.Option(

@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Pipeline order; each name is a module in rsyn/commands that registers itself.
-COMMANDS = ["extract", "dedup", "embed", "index", "retrieve", "caption", "balance", "pack", "cat", "report"]
+COMMANDS = ["extract", "dedup", "embed", "index", "retrieve", "caption", "balance", "pack", "export", "cat", "report"]
 
 
 def _version(value: bool) -> None:

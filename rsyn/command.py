@@ -18,6 +18,7 @@ import glob
 import inspect
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -96,6 +97,11 @@ _COMMON = [
                                            rich_help_panel="Common options")], "auto"),
     ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stderr.",
                                            rich_help_panel="Common options")], False),
+    ("log_every", Annotated[float, typer.Option(
+        "--log-every", metavar="SECONDS", min=0,
+        help="When stderr is not a terminal (a log file, Slurm, nohup), or stdout is a pipe into the next stage, "
+             "a progress line every SECONDS (records done of the total, rate, ETA); 0: none. In a terminal the "
+             "last stage of a pipe draws a live line instead.", rich_help_panel="Common options")], 30.0),
 ]
 COMMON_NAMES = [name for name, _, _ in _COMMON]
 
@@ -104,7 +110,7 @@ class Run:
     """One command invocation: shared options, input/output, counters, rejects, summary."""
 
     def __init__(self, command: str, inputs=None, output=None, shard=None, on_error=OnError.fail,
-                 rejects=None, stats=None, seed=0, device="auto", quiet=False):
+                 rejects=None, stats=None, seed=0, device="auto", quiet=False, log_every=30.0):
         self.command = command
         self.inputs = list(inputs or [])
         self._output = output
@@ -123,30 +129,37 @@ class Run:
         self.dropped: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.extra: dict[str, Any] = {}  # stage-specific numbers for --stats
+        # `in` and `out` per kind of record, shown in the summary line (extract: images and sentences apart)
+        self.in_parts: dict[str, int] = {}
+        self.out_parts: dict[str, int] = {}
         self.where_file = ""  # the place of the record last read by records()
         self.where_line = 0
         self._device = None
         self._writer: RecordWriter | None = None
         self._rejects: RecordWriter | None = None
         self._start = time.perf_counter()
-        self._progress = None
-        self._task = None
+        self.log_every = log_every
+        self._ticker = None  # rsyn.progress.Ticker: draws the counts below from its own thread
+        self._advanced: int | None = None  # input records finished, for stages that report it (advance)
+        self._bytes_read = 0  # compressed input bytes read so far, for the estimated total
+        self._in_at_bytes_read = 0  # records read from those bytes
+        self._total_bytes: int | None = None
+        self._input_complete = False
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Run:
-        if not self.quiet and sys.stderr.isatty():
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rsyn.progress import Ticker, choose_mode
 
-            self._progress = Progress(SpinnerColumn(), TextColumn("[bold]rsyn {task.description}"),
-                                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                      console=_stderr_console(), transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task(self.command, status="")
+        mode = choose_mode(self.quiet, self.log_every)
+        if mode is not None:
+            self._ticker = Ticker(self.command, mode, self._snapshot, self.log_every)
+            self._ticker.start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
         if exc_type is None:
             if (self._writer is None and self._output not in (None, STDIO) and not self._output_claimed
                     and not self._written_elsewhere):
@@ -163,6 +176,10 @@ class Run:
         return False
 
     def _finish(self) -> None:
+        if self._device is None and (self.device_option or "").strip().lower().startswith("cuda"):
+            # checked after the run, so it holds for every code path: the stage never asked for a device
+            self.note(f"warning: --device {self.device_option} was given, but this run used no GPU "
+                      "(nothing in it runs on one)")
         summary = self.summary()
         if self.stats_path:
             write_bytes_atomic(self.stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
@@ -184,6 +201,8 @@ class Run:
             "seed": self.seed,
             "device": self._device,
             **({"stage": self.extra} if self.extra else {}),
+            **({"in_parts": dict(self.in_parts)} if self.in_parts else {}),
+            **({"out_parts": dict(self.out_parts)} if self.out_parts else {}),
         }
 
     @staticmethod
@@ -191,7 +210,10 @@ class Run:
         def part(counts: dict) -> str:
             return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 
-        line = f"rsyn {s['command']}: {s['in']} in, {s['out']} out"
+        def split(key: str) -> str:
+            return f" ({', '.join(f'{v} {k}' for k, v in s[key].items())})" if s.get(key) else ""
+
+        line = f"rsyn {s['command']}: {s['in']} in{split('in_parts')}, {s['out']} out{split('out_parts')}"
         n_drop = sum(s["dropped"].values())
         if n_drop:
             line += f", {n_drop} dropped ({part(s['dropped'])})"
@@ -213,8 +235,8 @@ class Run:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            if self._progress is not None:
-                self._progress.console.print(f"rsyn {self.command}: {message}")
+            if self._ticker is not None:
+                self._ticker.print(f"rsyn {self.command}: {message}")
             else:
                 print(f"rsyn {self.command}: {message}", file=sys.stderr)
 
@@ -293,14 +315,18 @@ class Run:
         plan = self.shard_plan()
         by_position = plan.rule == "records"
         self._position = -1
-        progress = self._progress is not None
+        self._total_bytes = _total_size(plan.paths)
         for path in plan.paths:
             name = "<stdin>" if path == STDIO else path
             self.where_file = name
-            for first, lines in iter_line_blocks(path, on_corrupt=self._corrupt_stream):
-                if progress:
-                    self._tick()
+            for first, lines in iter_line_blocks(path, on_corrupt=self._corrupt_stream, on_read=self._count_read):
                 yield name, first, lines, (self._this_shard(lines, first, plan) if by_position else None)
+        self._input_complete = True
+
+    def _count_read(self, n_bytes: int) -> None:
+        # called between blocks: the records read so far came from exactly these bytes
+        self._bytes_read += n_bytes
+        self._in_at_bytes_read = self.n_in
 
     def _corrupt_stream(self, exc: TruncatedStream) -> None:
         self.error(exc.where, exc.message, reason="corrupt_stream",
@@ -328,13 +354,22 @@ class Run:
                     kept.append((lineno, line))
         return kept
 
-    def tick(self) -> None:
-        """Refresh the progress line (for stages that read their input themselves, e.g. documents)."""
-        if self._progress is not None:
-            self._tick()
+    def advance(self, n_records: int) -> None:
+        """n more input records are finished (written, dropped or skipped): for stages that read ahead and
+        work in batches (embed, caption), so that progress follows the work rather than the reading."""
+        self._advanced = (self._advanced or 0) + n_records
 
-    def _tick(self) -> None:
-        self._progress.update(self._task, status=f"{self.n_in:,} in, {self.n_out:,} out")
+    def tick(self) -> None:
+        """Kept for stages written before the progress thread: it draws the counts by itself."""
+
+    def _snapshot(self):
+        from rsyn.progress import Snapshot
+
+        return Snapshot(done=self.n_in if self._advanced is None else self._advanced, n_out=self.n_out,
+                        dropped=sum(self.dropped.values()), errors=sum(self.errors.values()),
+                        bytes_read=self._bytes_read, in_at_bytes_read=self._in_at_bytes_read,
+                        total_bytes=self._total_bytes, n_in=self.n_in,
+                        input_complete=self._input_complete, elapsed=time.perf_counter() - self._start)
 
     # ------------------------------------------------------------------ output
     @property
@@ -410,10 +445,18 @@ class Run:
             self.dropped.setdefault(reason, 0)
 
 
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+def _total_size(paths: list[str]) -> int | None:
+    """Bytes of the inputs, or None when one has no size known in advance (stdin, a pipe)."""
+    total = 0
+    for path in paths:
+        try:
+            st = os.stat(path) if path != STDIO else None
+        except OSError:
+            return None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        total += st.st_size
+    return total
 
 
 def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) -> Callable:

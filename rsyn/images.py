@@ -43,6 +43,10 @@ from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them a
 from rsyn.localfiles import LocalFileError, allowed_root, read_local_file, resolve_under
 
 METADATA_MAX_BYTES = 1 << 20  # an img2dataset KEY.json is a few hundred bytes
+PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset's encode_format names the image column
+PARQUET_CACHE_BYTES = 256 << 20  # row groups of images kept decoded: img2dataset writes them 100 rows each
+EXPECTED_LAYOUTS = ("webdataset SHARD.tar (+ SHARD.parquet), parquet SHARD.parquet with a jpg/png/webp column, "
+                    "or files SHARD/KEY.jpg with SHARD/KEY.json")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
 
 # We enforce our own pixel cap before decoding; PIL's warning about big images is noise then.
@@ -244,20 +248,23 @@ class Fetcher:
 
 @dataclass(frozen=True)
 class _Stored:
-    source: int  # index into ImageFolder.sources (a tar file or None for plain files)
-    location: str | int  # file path, or byte offset in the tar
-    size: int
+    source: int  # index into ImageFolder.sources (a tar or parquet file), -1 for plain files
+    location: str | int | tuple[int, int]  # file path, byte offset in the tar, or (row group, row) in the parquet
+    size: int  # -1: not known before reading (parquet)
     original_width: int | None = None  # img2dataset's size before it resized, when it says
     original_height: int | None = None
 
 
 class ImageFolder:
-    """An img2dataset output folder, indexed by URL: `*.tar` (webdataset) or `SHARD/KEY.jpg` files.
+    """An img2dataset output folder, indexed by URL, in any of its output formats: `*.tar` (webdataset),
+    `*.parquet` with the image bytes in a column named by the encode format (parquet), or `SHARD/KEY.jpg` (files).
 
     The URL of each image comes from the shard's parquet (`url`, `key`,
     `status`, `error_message` columns) when there is one, else from the
     `KEY.json` next to the image. Images are read straight from the tar at
-    their offset (os.pread, safe from many threads). Failed downloads listed in
+    their offset (os.pread, safe from many threads); from a parquet, a row group
+    at a time (kept in a bounded cache: records usually come in the order
+    img2dataset downloaded them). Failed downloads listed in
     the parquet are remembered so the drop can say why. Only regular files are
     read (a FIFO named `x.tar` would block), none larger than `max_bytes`, and
     plain files only inside the folder.
@@ -274,6 +281,10 @@ class ImageFolder:
         self.failed: dict[str, str] = {}  # url -> img2dataset's error message
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._parquet: dict[int, tuple[object, str]] = {}  # source -> (pq.ParquetFile, image column)
+        self._row_groups: dict[tuple[int, int], list] = {}  # (source, row group) -> image bytes, oldest first
+        self._cached_bytes = 0
+        self._parquet_lock = threading.Lock()
         self._build()
 
     def __len__(self) -> int:
@@ -284,9 +295,65 @@ class ImageFolder:
         for tar_path in sorted(self.root.rglob("*.tar")):
             if tar_path.is_file():
                 self._index_tar(tar_path)
+        for parquet_path in sorted(self.root.rglob("*.parquet")):
+            if parquet_path.is_file() and not parquet_path.with_suffix(".tar").exists():
+                self._index_parquet(parquet_path)
         for json_path in sorted(self.root.rglob("*.json")):
             if json_path.is_file():
                 self._index_file(json_path)
+
+    def _index_parquet(self, path: Path) -> None:
+        """img2dataset's parquet output_format: key, url, status... and the image bytes in one column."""
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+            names = set(parquet.schema_arrow.names)
+        except Exception:  # not a parquet file, or a damaged one: not part of the folder's images
+            return
+        column = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
+        if column is None or "url" not in names:
+            return  # a files-format shard's metadata (its images are SHARD/KEY.jpg), or some other table
+        wanted = [c for c in ("url", "status", "error_message", "original_width", "original_height") if c in names]
+        source = len(self.sources)
+        self.sources.append(str(path))
+        self._parquet[source] = (parquet, column)
+        try:
+            for group in range(parquet.num_row_groups):
+                rows = parquet.read_row_group(group, columns=wanted).to_pydict()
+                for row in range(len(rows["url"])):
+                    url = rows["url"][row]
+                    if not isinstance(url, str):
+                        continue
+                    status = rows["status"][row] if "status" in rows else "success"
+                    if status not in (None, "success"):
+                        message = rows["error_message"][row] if "error_message" in rows else None
+                        self.failed.setdefault(url, message or str(status))
+                        continue
+                    self.index.setdefault(url, _Stored(
+                        source, (group, row), -1,
+                        _int_or_none(rows["original_width"][row]) if "original_width" in rows else None,
+                        _int_or_none(rows["original_height"][row]) if "original_height" in rows else None))
+        except Exception:  # a truncated shard: keep the row groups before the cut
+            return
+
+    def _parquet_image(self, stored: _Stored) -> bytes:
+        group, row = stored.location
+        key = (stored.source, group)
+        with self._parquet_lock:  # one reader per ParquetFile at a time; the cache is shared
+            images = self._row_groups.pop(key, None)
+            if images is None:
+                parquet, column = self._parquet[stored.source]
+                images = parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
+                self._cached_bytes += sum(len(b) for b in images if b)
+            self._row_groups[key] = images  # most recently used last
+            while self._cached_bytes > PARQUET_CACHE_BYTES and len(self._row_groups) > 1:
+                oldest = next(iter(self._row_groups))
+                self._cached_bytes -= sum(len(b) for b in self._row_groups.pop(oldest) if b)
+        data = images[row] if row < len(images) else None
+        if not data:
+            raise ImageError("read_failed", "the parquet row holds no image")
+        return data
 
     def _parquet_meta(self, shard: Path) -> dict[str, dict] | None:
         """key -> {url, status, error_message, original_width, original_height} from SHARD.parquet."""
@@ -378,12 +445,21 @@ class ImageFolder:
         try:
             if stored.source < 0:
                 return read_local_file(stored.location, root=self.real_root, max_bytes=self.max_bytes), stored
+            if stored.source in self._parquet:
+                data = self._parquet_image(stored)
+                if len(data) > self.max_bytes:
+                    raise ImageError("too_large", f"{len(data):,} bytes > {self.max_bytes:,}")
+                return data, stored
             if stored.size > self.max_bytes:
                 raise ImageError("too_large", f"{stored.size:,} bytes > {self.max_bytes:,}")
             data = os.pread(self._fd(stored.source), stored.size, stored.location)
         except LocalFileError as exc:
             raise ImageError(exc.reason, exc.message) from None
         except OSError as exc:
+            raise ImageError("read_failed", _short(exc)) from None
+        except ImageError:
+            raise
+        except Exception as exc:  # pyarrow's errors on a damaged parquet (ArrowInvalid is not an OSError)
             raise ImageError("read_failed", _short(exc)) from None
         if len(data) != stored.size:
             raise ImageError("read_failed", "the tar is shorter than its index says")
@@ -403,6 +479,23 @@ class ImageFolder:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+        with self._parquet_lock:
+            self._row_groups.clear()
+            self._cached_bytes = 0
+
+
+def open_image_folder(root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageFolder:
+    """The --images folder, refused (ValueError, one line) when it indexes no image and lists no failed download:
+    a wrong folder would otherwise drop every record as not_downloaded."""
+    try:
+        folder = ImageFolder(root, max_bytes)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if not folder.index and not folder.failed:
+        folder.close()
+        raise ValueError(f"--images {root}: no img2dataset output found in it (expected {EXPECTED_LAYOUTS}, "
+                         "each image with its url)")
+    return folder
 
 
 def _json_type(value) -> str:

@@ -385,8 +385,8 @@ def _loss_error(where: str, kind: str, loss: _Loss) -> TruncatedStream:
                            lost_lines=loss.lines, lost_bytes=loss.skipped)
 
 
-def iter_line_blocks(path: str, on_corrupt: Callable[[TruncatedStream], None] | None = None
-                     ) -> Iterator[tuple[int, list[bytes]]]:
+def iter_line_blocks(path: str, on_corrupt: Callable[[TruncatedStream], None] | None = None,
+                     on_read: Callable[[int], None] | None = None) -> Iterator[tuple[int, list[bytes]]]:
     """Yield (number of the block's first line, lines) of one input, decompressing as the first bytes say.
 
     Lines come in blocks (one per zstd frame or ~1 MiB read) because a
@@ -394,6 +394,7 @@ def iter_line_blocks(path: str, on_corrupt: Callable[[TruncatedStream], None] | 
     compressed stream raises TruncatedStream after every complete line before
     the damage; given `on_corrupt`, that is called instead and, for zstd,
     reading goes on at the next frame (a damaged gzip stream ends there).
+    `on_read(n)` is told the bytes of each chunk once its lines are out (progress: bytes read of the input's size).
     """
     fh = _open_binary(path)
     name = "<stdin>" if path == STDIO else path
@@ -428,6 +429,8 @@ def iter_line_blocks(path: str, on_corrupt: Callable[[TruncatedStream], None] | 
                 if lines:
                     yield lineno + 1, lines
                     lineno += len(lines)
+            if on_read is not None:  # told once the chunk's lines are all out: bytes consumed, not read ahead
+                on_read(len(chunk))
             if not chunk:
                 break
             chunk = fh.read(CHUNK)

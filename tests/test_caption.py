@@ -140,6 +140,22 @@ def test_local_models_end_to_end_and_byte_identical_across_processes(models, cor
     assert second.read_bytes() == first.read_bytes()
 
 
+def test_progress_follows_finished_batches(models, corpus, tmp_path, monkeypatch):
+    """Progress counts a batch once its records are written, not when it is read (rsyn/progress.py)."""
+    from rsyn.command import Run
+
+    calls = []
+    advance = Run.advance
+    monkeypatch.setattr(Run, "advance", lambda self, n: (calls.append((n, self.n_in)), advance(self, n)))
+    sampling = ["--temperature", "0.9", "--top-p", "0.9", "--seed", "5"]  # as above: usable random-model text
+    result = invoke("caption", *local_args(models, corpus, tmp_path / "out.jsonl", "--quiet", "--batch-size", "2",
+                                           *sampling))
+    assert result.exit_code == 0, result.output
+    # one call per batch of 2 images (texts ride along with the batch they were read in)
+    images = sum(r["kind"] == "image" for r in corpus["records"])
+    assert len(calls) == -(-images // 2) and sum(n for n, _ in calls) == len(corpus["records"])
+
+
 def test_tags_are_cosine_scores_of_the_records_model_best_first(models, corpus, tmp_path):
     from rsyn.models.clip import load_clip
     from rsyn.records import decode_embeddings

@@ -116,7 +116,10 @@ def test_embed_stops_when_most_images_fail(server, tiny_models, tmp_path):
     proc, err, summary, _ = _run(tmp_path, *args, "--max-error-rate", "0.8")
     assert proc.returncode == 0 and summary["dropped"] == {"http_404": 90} and summary["out"] == 30
     # what img2dataset could not download failed before this run: not counted
-    (tmp_path / "images").mkdir()
+    from test_images import write_img2dataset_tar
+
+    write_img2dataset_tar(tmp_path / "images", 0, [], with_parquet=True,
+                          failed=[(r["url"], "HTTP Error 404") for r in records])
     proc, err, summary, _ = _run(tmp_path, *args, "--images", tmp_path / "images")
     assert proc.returncode == 0 and summary["dropped"] == {"not_downloaded": 120}
 

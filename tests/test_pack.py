@@ -40,7 +40,7 @@ def test_parquet_has_exactly_the_release_columns(tmp_path):
     records = [image_record(i, n_texts=i % 5) for i in range(25)]
     out = tmp_path / "release"
     proc = pack("-o", out, "--rows-per-shard", "10", records=records + [{"id": "t", "kind": "text", "text": "x"}])
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00001.parquet", "00002.parquet", "stats.json"]
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00001.parquet", "00002.parquet", "_SUCCESS", "_stats.json"]
     schema = pq.read_schema(out / "00000.parquet")
     assert schema.names == RELEASE and all(t == pa.string() for t in schema.types)
     rows = read_rows(out)
@@ -49,7 +49,7 @@ def test_parquet_has_exactly_the_release_columns(tmp_path):
         texts = [t["text"] for t in record["texts"][:3]]
         assert row == {"raw_image_url": record["url"], "syn_text": record["syn_text"],
                        **{f"text{j + 1}": texts[j] if j < len(texts) else None for j in range(3)}}
-    stats = orjson.loads((out / "stats.json").read_bytes())
+    stats = orjson.loads((out / "_stats.json").read_bytes())
     assert stats["rows"] == 25 and [s["rows"] for s in stats["shards"]] == [10, 10, 5]
     real = sum(min(i % 5, 3) for i in range(25))
     assert stats["realistic_texts_per_image"] == round(real / 25, 4)
@@ -73,7 +73,7 @@ def test_same_input_gives_identical_bytes(tmp_path):
     records = [image_record(i) for i in range(30)]
     pack("-o", tmp_path / "a", records=records)
     pack("-o", tmp_path / "b", records=records)
-    for name in ["00000.parquet", "stats.json"]:
+    for name in ["00000.parquet", "_stats.json", "_SUCCESS"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -99,6 +99,22 @@ def test_existing_directory_is_replaced_only_with_overwrite(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["release"]
 
 
+def test_dataset_readers_load_the_directory_itself(tmp_path):
+    """The done marker and the stats are named so that Arrow (and Spark, datasets) skip them: no glob needed."""
+    records = [image_record(i) for i in range(12)]
+    out = tmp_path / "release"
+    pack("-o", out, "--rows-per-shard", "5", records=records)
+    table = pq.read_table(out)
+    assert table.num_rows == 12 and table.column_names == RELEASE
+    assert table.column("raw_image_url").to_pylist() == [r["url"] for r in records]
+    try:
+        import datasets
+    except ImportError:
+        return  # not a dependency of rsyn; pyarrow's directory reading is what it builds on
+    loaded = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    assert loaded.num_rows == 12
+
+
 def _jpeg(width, height, value):
     buf = io.BytesIO()
     Image.fromarray(np.full((height, width, 3), value, dtype=np.uint8)).save(buf, format="JPEG")
@@ -117,7 +133,7 @@ def test_webdataset_from_local_images(tmp_path):
     out = tmp_path / "wds"
     pack("-o", out, "--format", "webdataset", "--rows-per-shard", "3", "--extra-columns", "--path-root", tmp_path,
          records=records)
-    assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "stats.json"]
+    assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "_SUCCESS", "_stats.json"]
     samples = list(wds.WebDataset(str(out / "{00000..00001}.tar"), shardshuffle=False)
                    .decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
     assert [s[0] for s in samples] == ["000000000", "000000001", "000000002", "000010000", "000010001"]
@@ -126,7 +142,7 @@ def test_webdataset_from_local_images(tmp_path):
         assert meta["text2"] == record["texts"][1]["text"] and meta["syn_text"] == record["syn_text"]
         assert meta["id"] == record["id"] and meta["raw_image_url"] == record["url"]
     assert samples[0][1].size == (32, 24) and samples[4][1].size == (30, 20)
-    assert orjson.loads((out / "stats.json").read_bytes())["reencoded_to_jpeg"] == 1
+    assert orjson.loads((out / "_stats.json").read_bytes())["reencoded_to_jpeg"] == 1
     del records[2]["path"]
     proc = pack("-o", tmp_path / "w2", "--format", "webdataset", "--path-root", tmp_path, records=records, check=False)
     assert proc.returncode == 2 and "<stdin>:3: no local image (`path`)" in proc.stderr.decode()

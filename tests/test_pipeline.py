@@ -19,20 +19,24 @@ def pipeline(tmp_path_factory):
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     work = tmp_path_factory.mktemp("pipeline") / "work"
+    proc = _make(work)
+    assert proc.returncode == 0, f"example pipeline failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return work
+
+
+def _make(work, *args):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = ["make", "-C", str(ROOT / "examples"), f"W={work}", "DOCS=12", "MMC4=3", "CLUSTERS=4", "PER_CLUSTER=3",
-           f"PYTHON={sys.executable}", f"RSYN={bin_dir / 'rsyn'}", "DEVICE=cpu"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"example pipeline failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return work
+           f"PYTHON={sys.executable}", f"RSYN={bin_dir / 'rsyn'}", "DEVICE=cpu", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_packed_parquet_has_the_realsyn_schema(pipeline):
     shards = sorted((pipeline / "packed").glob("*.parquet"))
     assert shards
-    stats = json.loads((pipeline / "packed" / "stats.json").read_text())
+    stats = json.loads((pipeline / "packed" / "_stats.json").read_text())
     rows = 0
     for shard in shards:
         table = pq.read_table(shard)
@@ -98,3 +102,20 @@ def test_sharded_embed_merges_to_the_single_run(pipeline):
     with_emb = [i for i in ids if "emb" in single[i]]
     assert with_emb and within_one_float16_ulp([merged[i]["emb"] for i in with_emb],
                                                [single[i]["emb"] for i in with_emb]).all()
+
+
+@pytest.mark.slow
+def test_a_touched_step_rebuilds_what_follows_and_succeeds(pipeline):
+    """The issue's case: after `touch work/dedup.jsonl.zst && make -j2` the rebuild used to stop at pack (its
+    directory existed). Every later step runs again and gives the same release (tests/test_makefile.py checks
+    which steps run for every input)."""
+    packed = pipeline / "packed"
+    before = pq.read_table(packed).to_pylist()
+    done_before = (packed / "_SUCCESS").stat().st_mtime_ns
+    (pipeline / "dedup.jsonl.zst").touch()
+    proc = _make(pipeline, "-j2")
+    assert proc.returncode == 0, f"rebuild failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "rsyn pack" in proc.stdout and "rsyn extract" not in proc.stdout
+    assert (packed / "_SUCCESS").stat().st_mtime_ns > done_before
+    assert pq.read_table(packed).to_pylist() == before  # same seed, same inputs: the same rows
+    assert _make(pipeline, "-q").returncode == 0

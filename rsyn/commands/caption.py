@@ -52,7 +52,8 @@ def caption(
         rich_help_panel=CAPTION)] = "Salesforce/blip-image-captioning-base",
     images: Annotated[Optional[str], typer.Option(
         "--images", metavar="DIR", rich_help_panel=CAPTION,
-        help="img2dataset output folder: images without a `path` are found there by URL.")] = None,
+        help="img2dataset output folder (webdataset, parquet or files output_format): images without a `path` "
+             "are found there by URL. A folder with no img2dataset output in it is refused.")] = None,
     fetch: Annotated[bool, typer.Option(
         "--fetch/--no-fetch", rich_help_panel=CAPTION,
         help="Download by URL an image found neither at `path` nor in --images.")] = True,

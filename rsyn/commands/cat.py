@@ -1,3 +1,4 @@
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -7,13 +8,18 @@ from rsyn.command import Run, rsyn_command
 from rsyn.stream import RecordWriter
 
 
+class Kind(str, Enum):
+    image = "image"
+    text = "text"
+
+
 @rsyn_command(app, "cat", "Concatenate and convert record streams (any compression in, zstd out).")
 def cat(
     run: Run,
     plain: Annotated[bool, typer.Option("--plain", help="Write uncompressed JSONL.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N records.")] = None,
-    kind: Annotated[Optional[str], typer.Option(
-        "--kind", help="Keep only records of this kind (image or text); the others are counted as dropped.")] = None,
+    kind: Annotated[Optional[Kind], typer.Option(
+        "--kind", help="Keep only records of this kind; the others are counted as dropped.")] = None,
 ) -> None:
     """Concatenate and convert record streams: zstd, gzip or plain JSONL in (detected from the bytes), zstd out.
 
@@ -27,7 +33,7 @@ def cat(
         return
     records = run.records()
     if kind is not None:
-        records = _of_kind(run, records, kind)
+        records = _of_kind(run, records, kind.value)
     if limit is not None:
         records = _take(records, limit)
     run.write(records)

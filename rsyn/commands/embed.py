@@ -19,6 +19,16 @@ from rsyn.image_limits import (
 )
 
 _MODEL = "Model"
+KINDS = ("image", "text")
+
+
+def _parse_kinds(value: str) -> str:
+    """--kinds is a comma-separated subset of KINDS: an unknown kind is a usage error, not an empty run."""
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise typer.BadParameter(f"{value!r}: give one or more of {', '.join(KINDS)}, comma-separated")
+    return value
 _IMAGES = "Images"
 
 
@@ -46,12 +56,13 @@ def embed(
         help="Field for the embedding; default emb for text, syn_emb for syn_text, FIELD_emb otherwise. "
              "The model goes in EMB_FIELD_model (emb_model, syn_emb_model).")] = None,
     kinds: Annotated[str, typer.Option(
-        "--kinds", rich_help_panel=_MODEL,
-        help="Comma-separated record kinds to embed; other records pass through untouched.")] = "image,text",
+        "--kinds", rich_help_panel=_MODEL, callback=_parse_kinds, metavar="image,text",
+        help="Comma-separated record kinds to embed (image, text); other records pass through untouched.")
+    ] = "image,text",
     images: Annotated[Optional[str], typer.Option(
         "--images", metavar="DIR", rich_help_panel=_IMAGES,
-        help="img2dataset output folder (webdataset tars or files): images are found there by URL, "
-             "never fetched.")] = None,
+        help="img2dataset output folder (any output_format: webdataset, parquet or files): images are "
+             "found there by URL, never fetched. A folder with no img2dataset output in it is refused.")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=0, rich_help_panel=_IMAGES,
         help="Threads fetching and decoding images; 0: 4 per CPU core, 8 to 64.")] = 0,

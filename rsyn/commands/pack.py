@@ -23,8 +23,8 @@ def pack(
                                 "sim.")] = False,
     images: Annotated[Optional[str], typer.Option(
         "--images", metavar="DIR",
-        help="For --format webdataset: take each record's image from this img2dataset output (webdataset or "
-             "files format), matched by URL; records whose URL it could not download are dropped "
+        help="For --format webdataset: take each record's image from this img2dataset output (webdataset, "
+             "parquet or files output_format), matched by URL; records whose URL it could not download are dropped "
              "(not_downloaded). A record's own `path` comes first.")] = None,
     text_style: Annotated[TextStyle, typer.Option(
         "--text-style",
@@ -32,18 +32,19 @@ def pack(
              "lowercased Penn Treebank tokens (\"it 's just epcot now )\"), syn_text lowercased.")
     ] = TextStyle.original,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace an earlier pack output (a directory holding its stats.json; any other "
+        "--overwrite", help="Replace an earlier pack output (a directory holding its _SUCCESS; any other "
                             "non-empty directory is refused), swapped in only when the new one is complete.")] = False,
     path_root: PathRootOption = None,
     max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
 ) -> None:
-    """Pack image records into the RealSyn release format: -o DIR gets zero-padded shards and stats.json.
+    """Pack image records into the RealSyn release format: -o DIR gets zero-padded shards, _stats.json and _SUCCESS.
 
     parquet rows are exactly raw_image_url, text1, text2, text3, syn_text (strings; text1..3 the retrieved texts,
     best first; a missing one is null). Fetch the images with img2dataset --input_format parquet
     --url_col raw_image_url --caption_col text1 --save_additional_columns '["text2","text3","syn_text"]'.
-    stats.json (rows, texts per image, mean tokens per text) is written last: it marks the directory complete,
-    and the directory appears under its name only then. Non-image records are dropped (counted as not_image).
+    _stats.json (rows, texts per image, mean tokens per text) and the empty done marker _SUCCESS are written last,
+    and the directory appears under its name only then; readers such as pq.read_table(DIR) and `datasets` skip
+    both (leading underscore). Non-image records are dropped (counted as not_image).
     """
     from rsyn.stages.pack import run_pack
 

@@ -65,6 +65,10 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
     key = (str(name_or_path), device, dtype)
     if key in _CACHE:
         return _CACHE[key]
+    from rsyn.models.hub import require_hub_model
+
+    require_hub_model(name_or_path, "captioner", "pass a local model directory (see `hf download`), or "
+                      "--captioner none")
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     from rsyn.command import RsynError

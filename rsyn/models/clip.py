@@ -334,6 +334,11 @@ def _load(spec: str, device: str, precision: str) -> Clip:
 
     if spec.startswith((LOCAL_DIR, HF_HUB)):
         model_name, pretrained = spec, None
+        if spec.startswith(HF_HUB):
+            from rsyn.models.hub import require_hub_model
+
+            require_hub_model(spec[len(HF_HUB):], "CLIP model", "pass --model local-dir:DIR (a folder in "
+                              "open_clip's format)", probe_file="open_clip_config.json")
     else:
         model_name, _, pretrained = spec.partition("@")
     random_weights = pretrained == RANDOM

@@ -51,6 +51,9 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
     key = (str(name_or_path), device, dtype)
     if key in _CACHE:
         return _CACHE[key]
+    from rsyn.models.hub import require_hub_model
+
+    require_hub_model(name_or_path, "causal LM", "pass a local model directory (made e.g. with `hf download`)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

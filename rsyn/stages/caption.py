@@ -187,13 +187,13 @@ class CaptionStage:
         if self._loader is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            from rsyn.images import Fetcher, ImageFolder, ImageLoader
+            from rsyn.images import Fetcher, ImageLoader, open_image_folder
 
             folder = None
             if self.opts.images:
                 try:
-                    folder = ImageFolder(self.opts.images, self.opts.max_bytes)
-                except FileNotFoundError as exc:
+                    folder = open_image_folder(self.opts.images, self.opts.max_bytes)
+                except ValueError as exc:
                     raise RsynError(str(exc)) from None
                 self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
             o = self.opts
@@ -432,13 +432,17 @@ def run_caption(run: Run, opts: CaptionOptions) -> None:
 
 def _batches(run: Run, stage: CaptionStage):
     """Output records in input order; with a server, one batch's requests stay in flight while the next is prepared."""
-    in_flight: deque[Pending] = deque()
+    in_flight: deque[tuple[Pending, int]] = deque()
     for batch in _read_batches(run, stage.batch_size):
-        in_flight.append(stage.start(batch))
+        in_flight.append((stage.start(batch), len(batch)))
         while len(in_flight) > stage.batches_in_flight:
-            yield from stage.finish(in_flight.popleft())
+            pending, n = in_flight.popleft()
+            yield from stage.finish(pending)
+            run.advance(n)  # progress follows finished batches, not the reading ahead
     while in_flight:
-        yield from stage.finish(in_flight.popleft())
+        pending, n = in_flight.popleft()
+        yield from stage.finish(pending)
+        run.advance(n)
 
 
 def _read_batches(run: Run, size: int):

@@ -31,8 +31,8 @@ from rsyn.images import (
     MIN_SIDE,
     Fetcher,
     ImageError,
-    ImageFolder,
     ImageLoader,
+    open_image_folder,
     size_rule,
 )
 from rsyn.records import encode_embeddings
@@ -123,8 +123,8 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     if not text_only and "image" in opts.kinds:
         if opts.images:
             try:
-                folder = ImageFolder(opts.images, opts.max_bytes)
-            except FileNotFoundError as exc:
+                folder = open_image_folder(opts.images, opts.max_bytes)
+            except ValueError as exc:
                 raise RsynError(str(exc)) from None
             run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
         fetcher = None if folder else Fetcher(opts.timeout, opts.deadline, opts.retries, opts.max_bytes,
@@ -320,6 +320,7 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
         record[model_field] = clip.name
         out.append(record)
     run.write(out)
+    run.advance(len(chunk.items))
     return model_seconds
 
 

@@ -98,6 +98,8 @@ def run_extract(run: Run, opts: ExtractOptions) -> None:
     try:
         run.write(_extract(run, paths, opts, filters))
         ok = True
+        run.in_parts.update(images=stats["images_in"], sentences=stats["sentences_in"])
+        run.out_parts.update(images=stats["images_out"], sentences=stats["sentences_out"])
     finally:
         for f in filters:
             f.close(ok)

@@ -10,8 +10,11 @@ webdataset: tars `00000.tar`, ... of KEY.jpg (the local image of the record's
 img2dataset writes them and the `webdataset` library reads them.
 
 The output directory is built under a hidden temporary name next to it and
-renamed into place at the end, with stats.json (the done marker) written last:
-a killed run leaves no directory that looks complete.
+renamed into place at the end. `_stats.json` (the pack's numbers) and then
+`_SUCCESS` (the done marker) are written last: a killed run leaves no directory
+that looks complete. The leading underscore is what Spark, Arrow
+(pq.read_table(DIR), pyarrow.dataset) and Hugging Face `datasets` skip, so
+DIR reads directly as a dataset.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def release_schema(extra_columns: bool):
 # --------------------------------------------------------------------------- output directory
 
 
-DONE_MARKER = "stats.json"  # written last: a directory holding it is a complete rsyn pack output
+STATS_FILE = "_stats.json"  # the pack's numbers; "_" so that dataset readers skip it
+DONE_MARKER = "_SUCCESS"  # written last (empty, as Spark writes it): the directory is a complete rsyn pack output
 
 
 # --------------------------------------------------------------------------- rows
@@ -325,7 +329,8 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
             summary["reencoded_to_jpeg"] = shards.reencoded
         run.extra.update({k: v for k, v in summary.items() if k != "shards"})
         run.extra["shards"] = len(shards.shards)
-        write_bytes_atomic(out.tmp / DONE_MARKER, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        write_bytes_atomic(out.tmp / STATS_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        write_bytes_atomic(out.tmp / DONE_MARKER, b"")
         out.commit()
         run.count_out(stats.rows)
     except BaseException:
@@ -341,18 +346,14 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
 
 def _image_loader(run: Run, images: str | None, path_root: str | None, max_bytes: int):
     """Reads each record's image from its `path` (under --path-root) or the --images folder; never downloads."""
-    from rsyn.images import ImageFolder, ImageLoader
+    from rsyn.images import ImageLoader, open_image_folder
 
     folder = None
     if images:
         try:
-            folder = ImageFolder(images, max_bytes)
-        except FileNotFoundError as exc:
+            folder = open_image_folder(images, max_bytes)
+        except ValueError as exc:
             raise RsynError(str(exc)) from None
-        if not len(folder):
-            folder.close()
-            raise RsynError(f"--images {images}: no img2dataset images found in it (webdataset tars or "
-                            "KEY.jpg files with their url metadata)")
         run.note(f"{len(folder):,} downloaded images in {images}")
     return ImageLoader(folder, None, max_bytes=max_bytes, root=path_root)
 

@@ -27,15 +27,21 @@ def use_faiss_gpu(device: str) -> bool:
     return device.startswith("cuda") and faiss_gpu_count() > 0
 
 
+# From this many clusters on, train_kmeans splits the work in two levels (auto): flat k-means costs
+# grow with clusters x sample = clusters^2 x points per cluster; two-level with 2 x clusters^1.5.
+TWO_LEVEL_FROM = 4096
+
+
 def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, device: str = "cpu",
-                 max_points_per_centroid: int = 256, spherical: bool = True, nredo: int = 1) -> np.ndarray:
-    """k-means centroids (k, d) float32 of unit vectors (spherical: centroids re-normalised).
+                 max_points_per_centroid: int = 256, spherical: bool = True, nredo: int = 1,
+                 two_level: bool | None = None) -> np.ndarray:
+    """k-means centroids (k, d) float32 (spherical: unit centroids), deterministic from `seed`.
 
-    faiss samples at most k * max_points_per_centroid training points itself,
-    deterministically from `seed`.
+    Trains on at most k * max_points_per_centroid rows, a seeded random sample. `two_level` (None: auto,
+    from TWO_LEVEL_FROM clusters on) first splits the sample into about sqrt(k) coarse clusters, then
+    trains each coarse cluster's share of the k centroids as an independent k-means: the sub-problems are
+    small, so 2M clusters train where one flat k-means would not.
     """
-    import faiss
-
     n, d = vectors.shape
     k = max(1, min(int(k), n))
     cap = k * max_points_per_centroid
@@ -45,11 +51,69 @@ def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
         x = np.ascontiguousarray(vectors[rows], dtype=np.float32)
     else:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
-    km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
-                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
+    if two_level is None:
+        two_level = k >= TWO_LEVEL_FROM
+    if not two_level or k < 4:
+        return _flat_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+    return _two_level_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+
+
+def _flat_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool,
+                 nredo: int) -> np.ndarray:
+    """faiss k-means on all of `x` (the caller sampled it)."""
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
+                      max_points_per_centroid=max(1, -(-len(x) // k)), min_points_per_centroid=1,
                       nredo=nredo, gpu=use_faiss_gpu(device), verbose=False)
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool,
+                      nredo: int) -> np.ndarray:
+    """sqrt(k) coarse clusters, then each coarse cluster's share of k (by its size) trained on its own points.
+
+    The centroids come out grouped by coarse cluster, in coarse-cluster order.
+    """
+    coarse_k = max(2, int(round(np.sqrt(k))))
+    coarse = _flat_kmeans(x, coarse_k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+    labels, _ = nearest_centroid(x, coarse, device=device)
+    sizes = np.bincount(labels, minlength=coarse_k)
+    shares = split_clusters(sizes, k)
+    order = np.argsort(labels, kind="stable")  # points of each coarse cluster, in sample order
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    parts = []
+    for i in range(coarse_k):
+        if shares[i] == 0:
+            continue
+        points = x[order[bounds[i]:bounds[i + 1]]]
+        parts.append(_flat_kmeans(points, int(shares[i]), seed=seed + 1 + i, niter=niter, device=device,
+                                  spherical=spherical, nredo=nredo))
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
+    """k centroids shared among groups in proportion to their sizes (largest remainders), at least one per
+    non-empty group and at most one per point."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    k = min(k, total)
+    exact = sizes * (k / total)
+    shares = np.minimum(np.maximum(np.floor(exact).astype(np.int64), (sizes > 0).astype(np.int64)), sizes)
+    # hand out (or take back) the difference one at a time, by remainder: ties go to the lower group number
+    remainder = exact - shares
+    while shares.sum() < k:
+        open_ = shares < sizes
+        i = int(np.argmax(np.where(open_, remainder, -np.inf)))
+        shares[i] += 1
+        remainder[i] -= 1
+    while shares.sum() > k:
+        closable = shares > 1
+        i = int(np.argmin(np.where(closable, remainder, np.inf)))
+        shares[i] -= 1
+        remainder[i] += 1
+    return shares
 
 
 def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, *, device: str = "cpu",

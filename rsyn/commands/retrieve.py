@@ -31,6 +31,10 @@ def retrieve(
         "--distinct", metavar="COSINE", min=-1.0, max=1.0,
         help="Skip a candidate whose cosine to a text already taken is >= COSINE (e.g. 0.95), so the k texts "
              "differ. Off by default.")] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify/--no-verify",
+        help="Check every index file against its checksum in meta.json before searching (one sequential read "
+             "of the index, which also loads it into the page cache that concurrent retrieves share).")] = True,
 ) -> None:
     """Read image records with embeddings and add `texts`: the top-k sentences of the index as
     {id, text, score} (score = cosine), best first. Other records pass through unchanged; every field is kept.
@@ -41,4 +45,4 @@ def retrieve(
     """
     from rsyn.stages.retrieve import run_retrieve
 
-    run_retrieve(run, index_dir=index_dir, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct)
+    run_retrieve(run, index_dir=index_dir, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct, verify=verify)

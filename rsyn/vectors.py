@@ -6,7 +6,9 @@ device was asked for; otherwise on CPU. Results agree within float tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -212,3 +214,24 @@ class VectorSpill:
 def to_float32(matrix: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
     """A contiguous float32 copy of rows [start, stop) of a (possibly memmapped float16) matrix."""
     return np.ascontiguousarray(matrix[start:stop], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def faiss_stdout_silenced():
+    """Send what faiss's C++ code prints to stdout (on-disk lists print progress there) to /dev/null:
+    stdout carries rsyn's record stream. Both Python's and C's buffers are flushed on either side."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

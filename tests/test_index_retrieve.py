@@ -101,6 +101,12 @@ def test_index_directory_contract(planted):
     n = len(planted["sentences"])
     assert meta["model"] == MODEL and meta["dim"] == DIM and meta["count"] == n and meta["clusters"] == 30
     assert meta["index_type"] == "ivf_flat" and meta["ignored"] == {"not_text": 1}
+    # the flat/PQ choice depends on this machine's RAM unless --max-memory pins it: printed and recorded
+    assert meta["layout"]["chosen_by"].startswith("auto: half of this machine's")
+    assert "chose ivf_flat" in planted["stderr"] and "auto: half of this machine's" in planted["stderr"]
+    assert sorted(meta["files"]) == ["centroids.npy", "ivf.faiss", "sentences.sqlite"]
+    for name, recorded in meta["files"].items():
+        assert recorded == {"bytes": (index / name).stat().st_size, "blake2b": file_checksum(index / name)}
     assert meta["rsyn_version"] and meta["parameters"]["seed"] == 0
     assert meta["cluster_sizes"]["max"] >= meta["cluster_sizes"]["median"] >= meta["cluster_sizes"]["min"]
     centroids = np.load(index / "centroids.npy")
@@ -285,6 +291,7 @@ def test_pq_lists_under_a_memory_budget_rerank_to_exact_cosines(planted, tmp_pat
          "--max-memory", "90K", "--device", "cpu", "-q", check=True)
     meta = orjson.loads((tmp_path / "pq" / "meta.json").read_bytes())
     assert meta["index_type"] == "ivf_pq" and meta["parameters"]["pq_bytes"] == 16
+    assert meta["layout"]["chosen_by"] == "--max-memory 90K" and meta["layout"]["memory_budget_bytes"] == 90 << 10
     assert (tmp_path / "pq" / "vectors.npy").exists()
     queries = jsonl(image_records(planted["queries"]))
     flat = decode_stream(rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries,

@@ -52,7 +52,7 @@ from rsyn import __version__
 from rsyn.command import Run, RsynError
 from rsyn.records import decode_embeddings
 from rsyn.stream import STDIO, expand_inputs, write_bytes_atomic
-from rsyn.vectors import train_kmeans, use_faiss_gpu
+from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
 
 FORMAT = "rsyn-index"
 FORMAT_VERSION = 2  # 2: meta.json "files" hold {bytes, blake2b}; "lists" says where the inverted lists are
@@ -319,7 +319,8 @@ def collect_part(run: Run, out: Path) -> dict:
     Writes part.json last and returns it.
     """
     run.declare_reasons(["not_text"])
-    files = {("<stdin>" if path == STDIO else path): i for i, path in enumerate(expand_inputs(run.inputs))}
+    inputs = expand_inputs(run.inputs)
+    files = {("<stdin>" if path == STDIO else path): i for i, path in enumerate(inputs)}
     db = sqlite3.connect(out / SENTENCES)
     # a build directory is thrown away whole on failure, so no journal is needed
     db.execute("PRAGMA journal_mode=OFF")
@@ -360,7 +361,7 @@ def collect_part(run: Run, out: Path) -> dict:
     db.close()
     info = {"format": PART_FORMAT, "model": state["model"], "dim": state["dim"], "count": state["count"],
             "ignored": {"not_text": run.dropped.get("not_text", 0)}, "errors": dict(run.errors),
-            "shard": f"{run.shard[0]}/{run.shard[1]}" if run.shard else None,
+            "shard": f"{run.shard[0]}/{run.shard[1]}" if run.shard else None, "inputs": inputs,
             "first_key": int(_edge_key(out, state["count"], 0)), "last_key": int(_edge_key(out, state["count"], -1))}
     # what add and merge check that they were given the same parts as train: content, not path
     info["identity"] = hashlib.blake2b(orjson.dumps(info, option=orjson.OPT_SORT_KEYS)
@@ -449,10 +450,14 @@ def open_parts(paths: list[str | Path]) -> list[Part]:
 
 
 def in_input_order(parts: list[Part]) -> bool:
-    """True when each part's sentences all come before the next part's (contiguous shards): then rows are
-    plain offsets, and the inverted lists need no re-ordering after the merge."""
+    """True when rows are plain offsets: each part's sentences all come before the next part's.
+
+    Parts that are shards of one stream (the same inputs, --shard K/N) are numbered in input order, and
+    record-position shards interleave; parts collected from different inputs are concatenated as given.
+    """
     full = [p for p in parts if p.count]
-    return all(a.info["last_key"] < b.info["first_key"] for a, b in zip(full, full[1:]))
+    one_stream = len({orjson.dumps(p.info["inputs"]) for p in full}) == 1 and all(p.info["shard"] for p in full)
+    return not one_stream or all(a.info["last_key"] < b.info["first_key"] for a, b in zip(full, full[1:]))
 
 
 def part_rows(parts: list[Part], p: int) -> np.ndarray:
@@ -624,7 +629,11 @@ def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, 
         if on_disk:
             from faiss.contrib.ondisk import merge_ondisk
 
-            merge_ondisk(index, [str(Path(a) / ADDED) for a in added], str(out / ONDISK_LISTS))
+            with faiss_stdout_silenced():
+                merge_ondisk(index, [str(Path(a) / ADDED) for a in added], str(out / ONDISK_LISTS))
+            # ivf.faiss names its lists file: the bare name (not the temporary directory's path) keeps the
+            # bytes reproducible; readers look for it next to ivf.faiss (faiss.IO_FLAG_ONDISK_SAME_DIR)
+            faiss.downcast_InvertedLists(index.invlists).filename = ONDISK_LISTS
         else:
             for a in added:
                 index.merge_from(faiss.read_index(str(Path(a) / ADDED)), 0)
@@ -683,8 +692,8 @@ def sort_lists_by_row(invlists, nlist: int, code_size: int) -> None:
             continue
         codes = faiss.rev_swig_ptr(invlists.get_codes(i), size * code_size).copy().reshape(size, code_size)
         order = np.argsort(ids, kind="stable")
-        invlists.update_entries(i, 0, size, faiss.swig_ptr(np.ascontiguousarray(ids[order])),
-                                faiss.swig_ptr(np.ascontiguousarray(codes[order])))
+        ids, codes = np.ascontiguousarray(ids[order]), np.ascontiguousarray(codes[order])  # alive during the call
+        invlists.update_entries(i, 0, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
 
 
 def merge_sentences(parts: list[Part], path: Path) -> None:

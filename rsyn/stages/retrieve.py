@@ -28,7 +28,7 @@ from rsyn.stages.index import (
     file_checksum,
     unit_rows,
 )
-from rsyn.vectors import use_faiss_gpu
+from rsyn.vectors import faiss_stdout_silenced, use_faiss_gpu
 
 BATCH = 4096  # images searched per faiss call
 SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 keeps ties visible
@@ -60,7 +60,8 @@ class IndexDirectory:
         # an in-file index is mapped where its lists lie in ivf.faiss; on-disk lists lie in lists.ivfdata
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if self.meta.get("lists") == "on_disk" else faiss.IO_FLAG_MMAP
         try:
-            index = faiss.read_index(str(self.path / IVF), flags)
+            with faiss_stdout_silenced():  # it prints where it found the on-disk lists
+                index = faiss.read_index(str(self.path / IVF), flags)
         except RuntimeError as exc:
             self._corrupt(f"{IVF} cannot be read by faiss ({_first_line(exc)})")
         if not isinstance(index, faiss.IndexIVF):

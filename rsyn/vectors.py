@@ -32,6 +32,7 @@ def use_faiss_gpu(device: str) -> bool:
 # From this many clusters on, train_kmeans splits the work in two levels (auto): flat k-means costs
 # grow with clusters x sample = clusters^2 x points per cluster; two-level with 2 x clusters^1.5.
 TWO_LEVEL_FROM = 4096
+COARSE_POINTS_PER_CLUSTER = 256
 
 
 def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, device: str = "cpu",
@@ -79,7 +80,11 @@ def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: s
     The centroids come out grouped by coarse cluster, in coarse-cluster order.
     """
     coarse_k = max(2, int(round(np.sqrt(k))))
-    coarse = _flat_kmeans(x, coarse_k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+    # the coarse split only routes points to sub-problems: a few hundred points per coarse cluster place it
+    cap = coarse_k * COARSE_POINTS_PER_CLUSTER
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=cap, replace=False)) if len(x) > cap else None
+    coarse = _flat_kmeans(x if rows is None else x[rows], coarse_k, seed=seed, niter=niter, device=device,
+                          spherical=spherical, nredo=nredo)
     labels, _ = nearest_centroid(x, coarse, device=device)
     sizes = np.bincount(labels, minlength=coarse_k)
     shares = split_clusters(sizes, k)

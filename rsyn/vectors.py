@@ -101,8 +101,8 @@ def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: s
 
 
 def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
-    """k centroids shared among groups in proportion to their sizes (largest remainders), at least one per
-    non-empty group and at most one per point."""
+    """k centroids shared among groups in proportion to their sizes (largest remainders), at most one per
+    point, and at least one per non-empty group while k allows."""
     sizes = np.asarray(sizes, dtype=np.int64)
     total = int(sizes.sum())
     k = min(k, total)
@@ -115,8 +115,8 @@ def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
         i = int(np.argmax(np.where(open_, remainder, -np.inf)))
         shares[i] += 1
         remainder[i] -= 1
-    while shares.sum() > k:
-        closable = shares > 1
+    while shares.sum() > k:  # more non-empty groups than centroids: the least deserving get none
+        closable = shares > 1 if (shares > 1).any() else shares > 0
         i = int(np.argmin(np.where(closable, remainder, np.inf)))
         shares[i] -= 1
         remainder[i] += 1

@@ -313,65 +313,88 @@ class Part:
         return np.memmap(self.path / PART_KEYS, dtype="<i8", mode="r", shape=(self.count,))
 
 
-def collect_part(run: Run, out: Path) -> dict:
-    """Read this shard of the sentence stream into `out`: SQLite rows, float16 vectors, input places.
+class PartWriter:
+    """Writes a collect part: sentences (SQLite, rows local to the part), float16 vectors, input places."""
 
-    Writes part.json last and returns it.
-    """
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.count = 0
+        self.dim: int | None = None
+        self.db = sqlite3.connect(out / SENTENCES)
+        # a build directory is thrown away whole on failure, so no journal is needed
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, "
+                        "doc TEXT)")
+        self.vectors = open(out / PART_VECTORS, "wb")
+        self.keys = open(out / PART_KEYS, "wb")
+
+    def add(self, matrix: np.ndarray, keys: np.ndarray, rows: list[tuple[str, str, str | None]]) -> None:
+        """Sentences (id, text, doc) with their vectors and input places (file number << 40 | line)."""
+        if not rows:
+            return
+        self.dim = self.dim or matrix.shape[1]
+        self.vectors.write(np.ascontiguousarray(matrix, dtype="<f2").tobytes())
+        self.keys.write(np.asarray(keys, dtype="<i8").tobytes())
+        self.db.executemany("INSERT INTO sentences VALUES (?, ?, ?, ?)",
+                            [(self.count + i, *row) for i, row in enumerate(rows)])
+        self.count += len(rows)
+
+    def finish(self, *, model: str | None, inputs: list[str], shard: str | None, ignored: dict, errors: dict) -> dict:
+        """Close the files and write part.json, last; return it."""
+        self.vectors.close()
+        self.keys.close()
+        self.db.commit()
+        self.db.close()
+        keys = np.fromfile(self.out / PART_KEYS, dtype="<i8", count=1), self._last_key()
+        info = {"format": PART_FORMAT, "model": model, "dim": self.dim, "count": self.count, "ignored": ignored,
+                "errors": errors, "shard": shard, "inputs": inputs,
+                "first_key": int(keys[0][0]) if self.count else -1, "last_key": keys[1]}
+        # what add and merge check that they were given the same parts as train: content, not path
+        info["identity"] = hashlib.blake2b(orjson.dumps(info, option=orjson.OPT_SORT_KEYS)
+                                           + file_checksum(self.out / PART_KEYS).encode(), digest_size=8).hexdigest()
+        write_marker(self.out / PART_MARKER, info)
+        return info
+
+    def _last_key(self) -> int:
+        if not self.count:
+            return -1
+        with open(self.out / PART_KEYS, "rb") as fh:
+            fh.seek(-8, os.SEEK_END)
+            return int(np.frombuffer(fh.read(8), dtype="<i8")[0])
+
+
+def collect_part(run: Run, out: Path) -> dict:
+    """Read this shard of the sentence stream into `out` (a PartWriter); return part.json, written last."""
     run.declare_reasons(["not_text"])
     inputs = expand_inputs(run.inputs)
     files = {("<stdin>" if path == STDIO else path): i for i, path in enumerate(inputs)}
-    db = sqlite3.connect(out / SENTENCES)
-    # a build directory is thrown away whole on failure, so no journal is needed
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)")
-    state = {"count": 0, "model": None, "dim": None, "emb_length": None}
+    writer = PartWriter(out)
+    state = {"model": None, "emb_length": None}
     batch: list[tuple] = []  # (id, text, doc, emb, file, line)
-    with open(out / PART_VECTORS, "wb") as vectors, open(out / PART_KEYS, "wb") as keys:
-        def flush() -> None:
-            matrix, kept = _decode_batch(run, batch)
-            if kept:
-                if state["dim"] is None:
-                    state["dim"] = matrix.shape[1]
-                vectors.write(matrix.astype("<f2").tobytes())
-                keys.write(np.array([(files.setdefault(file, len(files)) << LINE_BITS) | line for *_, file, line in kept],
-                                    dtype="<i8").tobytes())
-                start = state["count"]
-                db.executemany("INSERT INTO sentences VALUES (?, ?, ?, ?)",
-                               [(start + i, sid, text, doc) for i, (sid, text, doc, *_) in enumerate(kept)])
-                state["count"] += len(kept)
-            batch.clear()
 
-        for record in run.records():
-            if record.get("kind") != "text":
-                run.drop(record, "not_text")
-                continue
-            problem = _sentence_problem(record, state)
-            if problem:
-                run.error(run.where, problem[1], record=record, reason=problem[0])
-                continue
-            doc = record.get("doc")
-            batch.append((record["id"], record["text"], doc if doc is None or type(doc) is str else str(doc),
-                          record["emb"], run.where_file, run.where_line))
-            if len(batch) >= BATCH:
-                flush()
-        flush()
-    db.commit()
-    db.close()
-    info = {"format": PART_FORMAT, "model": state["model"], "dim": state["dim"], "count": state["count"],
-            "ignored": {"not_text": run.dropped.get("not_text", 0)}, "errors": dict(run.errors),
-            "shard": f"{run.shard[0]}/{run.shard[1]}" if run.shard else None, "inputs": inputs,
-            "first_key": int(_edge_key(out, state["count"], 0)), "last_key": int(_edge_key(out, state["count"], -1))}
-    # what add and merge check that they were given the same parts as train: content, not path
-    info["identity"] = hashlib.blake2b(orjson.dumps(info, option=orjson.OPT_SORT_KEYS)
-                                       + file_checksum(out / PART_KEYS).encode(), digest_size=8).hexdigest()
-    write_marker(out / PART_MARKER, info)
-    return info
+    def flush() -> None:
+        matrix, kept = _decode_batch(run, batch)
+        keys = [(files.setdefault(file, len(files)) << LINE_BITS) | line for *_, file, line in kept]
+        writer.add(matrix, np.array(keys, dtype=np.int64), [(sid, text, doc) for sid, text, doc, *_ in kept])
+        batch.clear()
 
-
-def _edge_key(out: Path, count: int, which: int) -> int:
-    return -1 if count == 0 else np.memmap(out / PART_KEYS, dtype="<i8", mode="r", shape=(count,))[which]
+    for record in run.records():
+        if record.get("kind") != "text":
+            run.drop(record, "not_text")
+            continue
+        problem = _sentence_problem(record, state)
+        if problem:
+            run.error(run.where, problem[1], record=record, reason=problem[0])
+            continue
+        doc = record.get("doc")
+        batch.append((record["id"], record["text"], doc if doc is None or type(doc) is str else str(doc),
+                      record["emb"], run.where_file, run.where_line))
+        if len(batch) >= BATCH:
+            flush()
+    flush()
+    return writer.finish(model=state["model"], inputs=inputs, shard=f"{run.shard[0]}/{run.shard[1]}" if run.shard
+                         else None, ignored={"not_text": run.dropped.get("not_text", 0)}, errors=dict(run.errors))
 
 
 def _sentence_problem(record: dict, state: dict) -> tuple[str, str] | None:

@@ -86,7 +86,8 @@ def main() -> None:
 
     flat = results["flat"]
     print()
-    print("| k-means | seconds | time vs flat | objective (training sample) | vs flat | objective (held out) | vs flat |")
+    print("| k-means | seconds | time vs flat | objective (training sample) | vs flat "
+          "| objective (held out) | vs flat |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (seconds, train_obj, held_obj) in results.items():
         print(f"| {name} | {seconds:.1f} | {seconds / flat[0]:.3f}x | {train_obj:.5f} | {train_obj / flat[1] - 1:+.2%} "

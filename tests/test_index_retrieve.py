@@ -106,7 +106,7 @@ def test_index_directory_contract(planted):
     assert "chose ivf_flat" in planted["stderr"] and "auto: half of this machine's" in planted["stderr"]
     assert sorted(meta["files"]) == ["centroids.npy", "ivf.faiss", "sentences.sqlite"]
     for name, recorded in meta["files"].items():
-        assert recorded == {"bytes": (index / name).stat().st_size, "blake2b": file_checksum(index / name)}
+        assert recorded == {"bytes": (index / name).stat().st_size, "xxh3_128": file_checksum(index / name)}
     assert meta["rsyn_version"] and meta["parameters"]["seed"] == 0
     assert meta["cluster_sizes"]["max"] >= meta["cluster_sizes"]["median"] >= meta["cluster_sizes"]["min"]
     centroids = np.load(index / "centroids.npy")
@@ -272,7 +272,7 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
         db.close()
         meta = orjson.loads((index / "meta.json").read_bytes())
         meta["files"]["sentences.sqlite"] = {"bytes": (index / "sentences.sqlite").stat().st_size,
-                                             "blake2b": file_checksum(index / "sentences.sqlite")}
+                                             "xxh3_128": file_checksum(index / "sentences.sqlite")}
         (index / "meta.json").write_bytes(orjson.dumps(meta))
         expect = "sentences.sqlite has"
     else:

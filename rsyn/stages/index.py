@@ -22,7 +22,7 @@ An index directory holds:
   sentences.sqlite   sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT);
                      `row` is the faiss id (retrieve and caption read it)
   meta.json          written last: the done marker (model, dim, counts, clusters, index type, parameters,
-                     size and blake2b checksum of every file)
+                     size and xxh3-128 checksum of every file)
 
 Rows are numbered in input order (input file, then line), whichever way the stream was split into
 parts, so the passes give the same index, byte for byte, as the one-process run. Every directory is
@@ -55,7 +55,7 @@ from rsyn.stream import STDIO, expand_inputs, write_bytes_atomic
 from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
 
 FORMAT = "rsyn-index"
-FORMAT_VERSION = 2  # 2: meta.json "files" hold {bytes, blake2b}; "lists" says where the inverted lists are
+FORMAT_VERSION = 2  # 2: meta.json "files" hold {bytes, xxh3_128}; "lists" says where the inverted lists are
 META, CENTROIDS, IVF, VECTORS, SENTENCES = "meta.json", "centroids.npy", "ivf.faiss", "vectors.npy", "sentences.sqlite"
 ONDISK_LISTS = "lists.ivfdata"
 PART_MARKER, PART_VECTORS, PART_KEYS = "part.json", "vectors.f16", "keys.i64"
@@ -76,6 +76,7 @@ ADD_BATCH = 16384     # vectors read, converted to float32 and added to faiss pe
 ID_BYTES = 8          # faiss stores one int64 id per vector in the inverted lists
 LINE_BITS = 40        # a sentence's input place as one int64: file number << 40 | line number
 HASH_BLOCK = 1 << 20
+CHECKSUM = "xxh3_128"  # the checksum's name in meta.json "files"
 
 
 def default_clusters(count: int) -> int:
@@ -261,8 +262,11 @@ def write_marker(path: Path, content: dict) -> None:
 
 
 def file_checksum(path: Path) -> str:
-    """blake2b (128-bit) of the file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.blake2b(digest_size=16)
+    """xxh3-128 of the file's bytes, read in 1 MiB blocks: a check against damage, not against an attacker,
+    so the fastest well-kept hash (several times blake2b's speed: docs/retrieval.md)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
     with open(path, "rb") as fh:
         while block := fh.read(HASH_BLOCK):
             digest.update(block)
@@ -559,7 +563,7 @@ def train_index(parts: list[Part], out: Path, *, clusters: int | None, budget: B
         "parameters": {"seed": seed, "niter": niter, "points_per_cluster": points_per_cluster,
                        "training_points": len(sample), "pq_bytes": layout.pq_bytes},
         "parts": [p.identity for p in parts],
-        "centroids_blake2b": file_checksum(out / CENTROIDS),
+        "centroids_checksum": file_checksum(out / CENTROIDS),
         "seconds": timer.seconds,
     }
     write_marker(out / TRAIN_MARKER, info)
@@ -621,7 +625,7 @@ def add_parts(parts: list[Part], which: range, trained: Path, out: Path, *, devi
         index = faiss.index_gpu_to_cpu(target)
     faiss.write_index(index, str(out / ADDED))
     added = {"format": ADD_FORMAT, "parts": [parts[p].identity for p in which], "count": int(index.ntotal),
-             "centroids_blake2b": info["centroids_blake2b"]}
+             "centroids_checksum": info["centroids_checksum"]}
     write_marker(out / ADD_MARKER, added)
     return added
 
@@ -644,7 +648,7 @@ def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, 
     if covered != [p.identity for p in parts]:
         raise RsynError(f"the add directories cover {len(covered)} parts, not the {len(parts)} collect parts given, "
                         f"once each and in order (give every rsyn index add --part K/N output, K = 0..N-1, in order)")
-    if any(a["centroids_blake2b"] != info["centroids_blake2b"] for a in adds):
+    if any(a["centroids_checksum"] != info["centroids_checksum"] for a in adds):
         raise RsynError(f"an add directory was made with another train directory than {trained}")
     timer = _Timer()
     with timer("lists_seconds"):
@@ -673,7 +677,7 @@ def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, 
     sizes = np.array([index.invlists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
     names = [IVF, CENTROIDS, SENTENCES] + [name for name in (ONDISK_LISTS, VECTORS) if (out / name).exists()]
     with timer("checksum_seconds"):
-        files = {name: {"bytes": (out / name).stat().st_size, "blake2b": file_checksum(out / name)} for name in names}
+        files = {name: {"bytes": (out / name).stat().st_size, CHECKSUM: file_checksum(out / name)} for name in names}
     ignored: dict[str, int] = {}
     for part in parts:
         for reason, count in part.info["ignored"].items():

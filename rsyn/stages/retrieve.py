@@ -19,6 +19,7 @@ from rsyn.command import Run, RsynError
 from rsyn.records import decode_embeddings
 from rsyn.stages.index import (
     CENTROIDS,
+    CHECKSUM,
     FORMAT,
     IVF,
     META,
@@ -89,7 +90,8 @@ class IndexDirectory:
         file = self.path / name
         if not file.exists():
             self._corrupt(f"{name} is missing")
-        size, checksum = (recorded, None) if isinstance(recorded, int) else (recorded["bytes"], recorded["blake2b"])
+        # format 1 recorded sizes only
+        size, checksum = (recorded, None) if isinstance(recorded, int) else (recorded["bytes"], recorded[CHECKSUM])
         if file.stat().st_size != size:
             self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
         if verify and checksum is not None and file_checksum(file) != checksum:

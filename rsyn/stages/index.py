@@ -789,11 +789,13 @@ def run_index(run: Run, *, clusters: int | None, max_memory: str | None, index_t
         train_index(parts, work / "train", clusters=clusters, budget=budget, index_type=index_type,
                     pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter, seed=run.seed,
                     device=run.device, note=run.note)
+        start = time.perf_counter()
         add_parts(parts, part_range(1, None), work / "train", work / "add", device=run.device)
+        add_seconds = round(time.perf_counter() - start, 3)
         meta = merge_index(parts, work / "train", [work / "add"], building, on_disk=False, note=run.note)
         shutil.rmtree(work)
     run.extra.update({"indexed": meta["count"], "clusters": meta["clusters"], "index_type": meta["index_type"],
-                      **meta["seconds"]})
+                      **meta["seconds"], "add_seconds": add_seconds})
     run.count_out(meta["count"])
     run.note(f"{meta['count']:,} sentences in {meta['clusters']:,} clusters ({meta['index_type']}) -> {run.output}")
 

@@ -103,10 +103,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name in results[small]:
         (r1, _, _), (r2, s2, d2) = results[small][name], results[large][name]
-        per_shard = args.shards if name.startswith(("collect", "add")) else 1
+        # add reads only its parts; collect's record-position shards each read (and parse) the whole input
+        per_shard = args.shards if name.startswith("add") else 1
         slope = (r2 - r1) / ((large - small) / per_shard)
         print(f"| {name} | {r1 / 2**20:,.0f} | {r2 / 2**20:,.0f} | {slope:,.0f} | {s2:,.1f} | {d2 / large:,.0f} |")
-    print("\n(per-shard passes: the slope is per record of the shard; disk: all parts together)")
+    print("\n(RSS slope per input record, for add per record of its part; disk: all parts together)")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

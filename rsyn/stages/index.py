@@ -661,6 +661,8 @@ def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, 
             # ivf.faiss names its lists file: the bare name (not the temporary directory's path) keeps the
             # bytes reproducible; readers look for it next to ivf.faiss (faiss.IO_FLAG_ONDISK_SAME_DIR)
             faiss.downcast_InvertedLists(index.invlists).filename = ONDISK_LISTS
+        elif len(added) == 1:  # already the whole index: no second copy to merge into
+            index = faiss.read_index(str(Path(added[0]) / ADDED))
         else:
             for a in added:
                 index.merge_from(faiss.read_index(str(Path(a) / ADDED)), 0)

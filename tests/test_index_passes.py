@@ -166,3 +166,23 @@ def test_a_killed_index_build_leaves_litter_that_the_next_run_removes(tmp_path):
     (tmp_path / "small.jsonl").write_bytes(jsonl(sentence_records(vectors[:500])))
     rsyn("index", tmp_path / "small.jsonl", "-o", target, "--clusters", "5", "-q", "--device", "cpu", check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "s.jsonl", "small.jsonl"]
+
+
+def test_parts_collected_from_separate_files_are_concatenated_in_the_order_given(corpus, tmp_path):
+    # contiguous parts: rows are offsets and the lists need no re-ordering; equal to rsyn index FILE0 FILE1
+    lines = corpus["input"].read_bytes().splitlines(keepends=True)
+    files = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    files[0].write_bytes(b"".join(lines[:1800]))
+    files[1].write_bytes(b"".join(lines[1800:]))
+    common = ["-q", "--device", "cpu", "--on-error", "skip"]
+    rsyn_here("index", *files, "-o", tmp_path / "whole", "--clusters", "24", *common, check=True)
+    parts = [tmp_path / "p0", tmp_path / "p1"]
+    for file, part in zip(files, parts):
+        rsyn_here("index", "collect", file, "-o", part, *common, check=True)
+    rsyn_here("index", "train", *parts, "-o", tmp_path / "train", "--clusters", "24", *common, check=True)
+    rsyn_here("index", "add", *parts, "--trained", tmp_path / "train", "--part", "0/1", "-o", tmp_path / "add",
+              *common, check=True)
+    rsyn_here("index", "merge", *parts, "--trained", tmp_path / "train", "--added", tmp_path / "add", "-o",
+              tmp_path / "index", *common, check=True)
+    for name in INDEX_FILES:
+        assert (tmp_path / "index" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

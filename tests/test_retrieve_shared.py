@@ -9,6 +9,7 @@ the sharing. The benchmark at a larger size is benchmarks/retrieve_shared.py.
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,9 +65,11 @@ def retrieve_together(index: Path, stream: bytes, count: int, *, env=None) -> tu
     """Start `count` retrieves on one index; once every one has searched (its mapping of ivf.faiss is
     resident), sum their PSS; then let them finish. (summed PSS KiB, outputs)."""
     lists_kib = (index / "ivf.faiss").stat().st_size // 1024
+    # outputs go to files: a full stdout pipe would block a process before it is measured
+    sinks = [tempfile.TemporaryFile() for _ in range(count)]
     procs = [subprocess.Popen([sys.executable, "-m", "rsyn", "retrieve", "--index", str(index), "--nprobe", "1000",
-                               "-q", "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env={**os.environ, **(env or {})}) for _ in range(count)]
+                               "-q", "--device", "cpu"], stdin=subprocess.PIPE, stdout=sink,
+                              stderr=subprocess.PIPE, env={**os.environ, **(env or {})}) for sink in sinks]
     try:
         for proc in procs:
             proc.stdin.write(stream)  # the batch is searched; the process then waits for more input
@@ -84,10 +87,12 @@ def retrieve_together(index: Path, stream: bytes, count: int, *, env=None) -> tu
         total = sum(pss for pss, _ in samples)
     finally:
         outputs = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
+        for proc, sink in zip(procs, sinks):
+            _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
-            outputs.append(out)
+            sink.seek(0)
+            outputs.append(sink.read())
+            sink.close()
     return total, outputs
 
 

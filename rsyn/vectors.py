@@ -33,6 +33,8 @@ def use_faiss_gpu(device: str) -> bool:
 # grow with clusters x sample = clusters^2 x points per cluster; two-level with 2 x clusters^1.5.
 TWO_LEVEL_FROM = 4096
 COARSE_POINTS_PER_CLUSTER = 256
+REFINE_ITERATIONS = 3  # Lloyd iterations over the whole sample after the two levels
+REFINE_NPROBE = 8  # coarse cells whose centroids a point is compared with in those iterations
 
 
 def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, device: str = "cpu",
@@ -97,7 +99,46 @@ def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: s
         points = x[order[bounds[i]:bounds[i + 1]]]
         parts.append(_flat_kmeans(points, int(shares[i]), seed=seed + 1 + i, niter=niter, device=device,
                                   spherical=spherical, nredo=nredo))
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    centroids = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    # a point near a coarse border was clustered with one side only: a few Lloyd iterations over the whole
+    # sample move centroids across borders. Each point is compared with the centroids of its nearest
+    # coarse cells only (an IVF over the centroids), which keeps an iteration far cheaper than a flat one.
+    for _ in range(REFINE_ITERATIONS):
+        labels = _nearest_in_cells(x, centroids, coarse, spherical=spherical)
+        centroids = _cluster_means(x, labels, centroids, spherical=spherical)
+    return centroids
+
+
+def _nearest_in_cells(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, *, spherical: bool) -> np.ndarray:
+    """Each row's nearest centroid among those in its REFINE_NPROBE nearest coarse cells."""
+    import faiss
+
+    d = x.shape[1]
+    metric = faiss.METRIC_INNER_PRODUCT if spherical else faiss.METRIC_L2
+    quantizer = faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
+    quantizer.add(coarse)
+    index = faiss.IndexIVFFlat(quantizer, d, len(coarse), metric)
+    index.is_trained = True
+    index.add(centroids)
+    index.nprobe = min(REFINE_NPROBE, len(coarse))
+    labels = np.empty(len(x), dtype=np.int64)
+    for start in range(0, len(x), 65536):
+        labels[start:start + 65536] = index.search(x[start:start + 65536], 1)[1][:, 0]
+    return labels
+
+
+def _cluster_means(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, *, spherical: bool) -> np.ndarray:
+    """The mean of each cluster's rows (unit length if spherical); an empty cluster keeps its centroid.
+    Sums run in row order within each cluster, so the result does not depend on the thread count."""
+    counts = np.bincount(labels, minlength=len(centroids))
+    order = np.argsort(labels, kind="stable")
+    full = counts > 0
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[full]
+    means = centroids.copy()
+    means[full] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)[:, :] / counts[full, None]
+    if spherical:
+        means[full] /= np.linalg.norm(means[full], axis=1, keepdims=True)
+    return np.ascontiguousarray(means, dtype=np.float32)
 
 
 def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:

@@ -240,7 +240,8 @@ def _flip_list_bytes(index):
 
 
 @pytest.mark.parametrize("damage", ["no_meta", "truncated_index", "garbage_index", "bad_meta", "sqlite_rows",
-                                    "not_a_dir", "flipped_bytes", "flipped_bytes_unverified"])
+                                    "not_a_dir", "flipped_bytes", "flipped_bytes_unverified", "foreign_file",
+                                    "bad_file_entry"])
 def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, damage):
     index = _copy_index(planted["index"], tmp_path / "idx")
     options = []
@@ -275,6 +276,15 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
                                              "xxh3_128": file_checksum(index / "sentences.sqlite")}
         (index / "meta.json").write_bytes(orjson.dumps(meta))
         expect = "sentences.sqlite has"
+    elif damage in ("foreign_file", "bad_file_entry"):
+        meta = orjson.loads((index / "meta.json").read_bytes())
+        if damage == "foreign_file":  # a hostile meta.json must not make retrieve read other files
+            meta["files"]["../../etc/passwd"] = {"bytes": 1, "xxh3_128": "0"}
+            expect = "meta.json: 'files' must map the index's own file names"
+        else:
+            meta["files"]["ivf.faiss"] = {"bytes": "many"}
+            expect = "meta.json: the entry for ivf.faiss is not {bytes, xxh3_128}"
+        (index / "meta.json").write_bytes(orjson.dumps(meta))
     else:
         index = tmp_path / "missing"
         expect = "no such index directory"

@@ -36,6 +36,7 @@ SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 kee
 DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
 # float32 inner products of unit vectors stay within a few ulps of [-1, 1]; anything past this is damage
 COSINE_TOLERANCE = 1 + 1e-4
+INDEX_FILES = {IVF, CENTROIDS, SENTENCES, VECTORS, ONDISK_LISTS}  # meta.json names no other file
 CHUNK = 256  # queries whose candidate vectors are gathered at once (re-ranking, --distinct)
 
 
@@ -90,8 +91,12 @@ class IndexDirectory:
         file = self.path / name
         if not file.exists():
             self._corrupt(f"{name} is missing")
-        # format 1 recorded sizes only
-        size, checksum = (recorded, None) if isinstance(recorded, int) else (recorded["bytes"], recorded[CHECKSUM])
+        if isinstance(recorded, int):  # format 1 recorded sizes only
+            size, checksum = recorded, None
+        elif isinstance(recorded, dict) and type(recorded.get("bytes")) is int and type(recorded.get(CHECKSUM)) is str:
+            size, checksum = recorded["bytes"], recorded[CHECKSUM]
+        else:
+            self._corrupt(f"{META}: the entry for {name} is not {{bytes, {CHECKSUM}}}")
         if file.stat().st_size != size:
             self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
         if verify and checksum is not None and file_checksum(file) != checksum:
@@ -115,6 +120,8 @@ class IndexDirectory:
             self._corrupt(f"{META} lacks {', '.join(missing)}")
         if meta["index_type"] not in ("ivf_flat", "ivf_pq"):
             self._corrupt(f"{META}: unknown index type {meta['index_type']!r}")
+        if not isinstance(meta["files"], dict) or not set(meta["files"]) <= INDEX_FILES:
+            self._corrupt(f"{META}: 'files' must map the index's own file names to their sizes and checksums")
         needed = (IVF, CENTROIDS, SENTENCES) + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ()) + (
             (ONDISK_LISTS,) if meta.get("lists") == "on_disk" else ())
         for name in needed:

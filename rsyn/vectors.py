@@ -110,21 +110,41 @@ def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: s
 
 
 def _nearest_in_cells(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, *, spherical: bool) -> np.ndarray:
-    """Each row's nearest centroid among those in its REFINE_NPROBE nearest coarse cells."""
+    """Each row's nearest centroid among those of its REFINE_NPROBE nearest coarse cells, computed cell by
+    cell as matrix products (the rows that probe a cell x that cell's centroids), not as a scan per row."""
+    nprobe = min(REFINE_NPROBE, len(coarse))
+    cells = flat_ip_index(coarse) if spherical else _flat_l2(coarse)
+    probes = cells.search(np.ascontiguousarray(x), nprobe)[1]
+    centroid_cell = cells.search(np.ascontiguousarray(centroids), 1)[1][:, 0]
+    by_cell = np.argsort(centroid_cell, kind="stable")
+    cell_bounds = np.searchsorted(centroid_cell[by_cell], np.arange(len(coarse) + 1))
+    pair_cells = probes.ravel()
+    pairs = np.argsort(pair_cells, kind="stable")
+    pair_bounds = np.searchsorted(pair_cells[pairs], np.arange(len(coarse) + 1))
+    # for L2, argmin |x - c|^2 = argmax x.c - |c|^2 / 2
+    offset = np.zeros(len(centroids), np.float32) if spherical else -0.5 * (centroids ** 2).sum(axis=1)
+    best = np.full(len(x), -np.inf, dtype=np.float32)
+    labels = np.zeros(len(x), dtype=np.int64)
+    for cell in range(len(coarse)):
+        members = by_cell[cell_bounds[cell]:cell_bounds[cell + 1]]
+        rows = pairs[pair_bounds[cell]:pair_bounds[cell + 1]] // nprobe
+        for start in range(0, len(rows) if len(members) else 0, 16384):  # bounds the (rows x members) block
+            part = rows[start:start + 16384]
+            scores = x[part] @ centroids[members].T + offset[members]
+            top = np.argmax(scores, axis=1)
+            value = scores[np.arange(len(part)), top]
+            better = value > best[part]  # cells in order, first best kept: deterministic
+            best[part[better]] = value[better]
+            labels[part[better]] = members[top[better]]
+    return labels
+
+
+def _flat_l2(vectors: np.ndarray):
     import faiss
 
-    d = x.shape[1]
-    metric = faiss.METRIC_INNER_PRODUCT if spherical else faiss.METRIC_L2
-    quantizer = faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
-    quantizer.add(coarse)
-    index = faiss.IndexIVFFlat(quantizer, d, len(coarse), metric)
-    index.is_trained = True
-    index.add(centroids)
-    index.nprobe = min(REFINE_NPROBE, len(coarse))
-    labels = np.empty(len(x), dtype=np.int64)
-    for start in range(0, len(x), 65536):
-        labels[start:start + 65536] = index.search(x[start:start + 65536], 1)[1][:, 0]
-    return labels
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
 
 
 def _cluster_means(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, *, spherical: bool) -> np.ndarray:

@@ -149,13 +149,16 @@ def _flat_l2(vectors: np.ndarray):
 
 def _cluster_means(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, *, spherical: bool) -> np.ndarray:
     """The mean of each cluster's rows (unit length if spherical); an empty cluster keeps its centroid.
-    Sums run in row order within each cluster, so the result does not depend on the thread count."""
+    The sums are one sparse (clusters x rows) product, each cluster's rows added in row order, so the
+    result does not depend on the thread count."""
+    from scipy.sparse import csr_matrix
+
     counts = np.bincount(labels, minlength=len(centroids))
-    order = np.argsort(labels, kind="stable")
+    members = csr_matrix((np.ones(len(x), np.float32), (labels, np.arange(len(x)))), shape=(len(centroids), len(x)))
+    sums = np.asarray(members @ x, dtype=np.float32)
     full = counts > 0
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[full]
     means = centroids.copy()
-    means[full] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)[:, :] / counts[full, None]
+    means[full] = sums[full] / counts[full, None]
     if spherical:
         means[full] /= np.linalg.norm(means[full], axis=1, keepdims=True)
     return np.ascontiguousarray(means, dtype=np.float32)

@@ -6,7 +6,9 @@ device was asked for; otherwise on CPU. Results agree within float tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,15 +29,24 @@ def use_faiss_gpu(device: str) -> bool:
     return device.startswith("cuda") and faiss_gpu_count() > 0
 
 
+# From this many clusters on, train_kmeans splits the work in two levels (auto): flat k-means costs
+# grow with clusters x sample = clusters^2 x points per cluster; two-level with 2 x clusters^1.5.
+TWO_LEVEL_FROM = 4096
+COARSE_POINTS_PER_CLUSTER = 256
+REFINE_ITERATIONS = 3  # Lloyd iterations over the whole sample after the two levels
+REFINE_NPROBE = 8  # coarse cells whose centroids a point is compared with in those iterations
+
+
 def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, device: str = "cpu",
-                 max_points_per_centroid: int = 256, spherical: bool = True, nredo: int = 1) -> np.ndarray:
-    """k-means centroids (k, d) float32 of unit vectors (spherical: centroids re-normalised).
+                 max_points_per_centroid: int = 256, spherical: bool = True, nredo: int = 1,
+                 two_level: bool | None = None) -> np.ndarray:
+    """k-means centroids (k, d) float32 (spherical: unit centroids), deterministic from `seed`.
 
-    faiss samples at most k * max_points_per_centroid training points itself,
-    deterministically from `seed`.
+    Trains on at most k * max_points_per_centroid rows, a seeded random sample. `two_level` (None: auto,
+    from TWO_LEVEL_FROM clusters on) first splits the sample into about sqrt(k) coarse clusters, then
+    trains each coarse cluster's share of the k centroids as an independent k-means: the sub-problems are
+    small, so 2M clusters train where one flat k-means would not.
     """
-    import faiss
-
     n, d = vectors.shape
     k = max(1, min(int(k), n))
     cap = k * max_points_per_centroid
@@ -45,11 +56,135 @@ def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
         x = np.ascontiguousarray(vectors[rows], dtype=np.float32)
     else:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
-    km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
-                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
+    if two_level is None:
+        two_level = k >= TWO_LEVEL_FROM
+    if not two_level or k < 4:
+        return _flat_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+    return _two_level_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+
+
+def _flat_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool,
+                 nredo: int) -> np.ndarray:
+    """faiss k-means on all of `x` (the caller sampled it)."""
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
+                      max_points_per_centroid=max(1, -(-len(x) // k)), min_points_per_centroid=1,
                       nredo=nredo, gpu=use_faiss_gpu(device), verbose=False)
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool,
+                      nredo: int) -> np.ndarray:
+    """sqrt(k) coarse clusters, then each coarse cluster's share of k (by its size) trained on its own points.
+
+    The centroids come out grouped by coarse cluster, in coarse-cluster order.
+    """
+    coarse_k = max(2, int(round(np.sqrt(k))))
+    # the coarse split only routes points to sub-problems: a few hundred points per coarse cluster place it
+    cap = coarse_k * COARSE_POINTS_PER_CLUSTER
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=cap, replace=False)) if len(x) > cap else None
+    coarse = _flat_kmeans(x if rows is None else x[rows], coarse_k, seed=seed, niter=niter, device=device,
+                          spherical=spherical, nredo=nredo)
+    labels, _ = nearest_centroid(x, coarse, device=device)
+    sizes = np.bincount(labels, minlength=coarse_k)
+    shares = split_clusters(sizes, k)
+    order = np.argsort(labels, kind="stable")  # points of each coarse cluster, in sample order
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    parts = []
+    for i in range(coarse_k):
+        if shares[i] == 0:
+            continue
+        points = x[order[bounds[i]:bounds[i + 1]]]
+        parts.append(_flat_kmeans(points, int(shares[i]), seed=seed + 1 + i, niter=niter, device=device,
+                                  spherical=spherical, nredo=nredo))
+    centroids = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    # a point near a coarse border was clustered with one side only: a few Lloyd iterations over the whole
+    # sample move centroids across borders. Each point is compared with the centroids of its nearest
+    # coarse cells only (an IVF over the centroids), which keeps an iteration far cheaper than a flat one.
+    for _ in range(REFINE_ITERATIONS):
+        labels = _nearest_in_cells(x, centroids, coarse, spherical=spherical)
+        centroids = _cluster_means(x, labels, centroids, spherical=spherical)
+    return centroids
+
+
+def _nearest_in_cells(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, *, spherical: bool) -> np.ndarray:
+    """Each row's nearest centroid among those of its REFINE_NPROBE nearest coarse cells, computed cell by
+    cell as matrix products (the rows that probe a cell x that cell's centroids), not as a scan per row."""
+    nprobe = min(REFINE_NPROBE, len(coarse))
+    cells = flat_ip_index(coarse) if spherical else _flat_l2(coarse)
+    probes = cells.search(np.ascontiguousarray(x), nprobe)[1]
+    centroid_cell = cells.search(np.ascontiguousarray(centroids), 1)[1][:, 0]
+    by_cell = np.argsort(centroid_cell, kind="stable")
+    cell_bounds = np.searchsorted(centroid_cell[by_cell], np.arange(len(coarse) + 1))
+    pair_cells = probes.ravel()
+    pairs = np.argsort(pair_cells, kind="stable")
+    pair_bounds = np.searchsorted(pair_cells[pairs], np.arange(len(coarse) + 1))
+    # for L2, argmin |x - c|^2 = argmax x.c - |c|^2 / 2
+    offset = np.zeros(len(centroids), np.float32) if spherical else -0.5 * (centroids ** 2).sum(axis=1)
+    best = np.full(len(x), -np.inf, dtype=np.float32)
+    labels = np.zeros(len(x), dtype=np.int64)
+    for cell in range(len(coarse)):
+        members = by_cell[cell_bounds[cell]:cell_bounds[cell + 1]]
+        rows = pairs[pair_bounds[cell]:pair_bounds[cell + 1]] // nprobe
+        for start in range(0, len(rows) if len(members) else 0, 16384):  # bounds the (rows x members) block
+            part = rows[start:start + 16384]
+            scores = x[part] @ centroids[members].T + offset[members]
+            top = np.argmax(scores, axis=1)
+            value = scores[np.arange(len(part)), top]
+            better = value > best[part]  # cells in order, first best kept: deterministic
+            best[part[better]] = value[better]
+            labels[part[better]] = members[top[better]]
+    return labels
+
+
+def _flat_l2(vectors: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def _cluster_means(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, *, spherical: bool) -> np.ndarray:
+    """The mean of each cluster's rows (unit length if spherical); an empty cluster keeps its centroid.
+    The sums are one sparse (clusters x rows) product, each cluster's rows added in row order, so the
+    result does not depend on the thread count."""
+    from scipy.sparse import csr_matrix
+
+    counts = np.bincount(labels, minlength=len(centroids))
+    members = csr_matrix((np.ones(len(x), np.float32), (labels, np.arange(len(x)))), shape=(len(centroids), len(x)))
+    sums = np.asarray(members @ x, dtype=np.float32)
+    full = counts > 0
+    means = centroids.copy()
+    means[full] = sums[full] / counts[full, None]
+    if spherical:
+        means[full] /= np.linalg.norm(means[full], axis=1, keepdims=True)
+    return np.ascontiguousarray(means, dtype=np.float32)
+
+
+def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
+    """k centroids shared among groups in proportion to their sizes (largest remainders), at most one per
+    point, and at least one per non-empty group while k allows."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    k = min(k, total)
+    exact = sizes * (k / total)
+    shares = np.minimum(np.maximum(np.floor(exact).astype(np.int64), (sizes > 0).astype(np.int64)), sizes)
+    # hand out (or take back) the difference one at a time, by remainder: ties go to the lower group number
+    remainder = exact - shares
+    while shares.sum() < k:
+        open_ = shares < sizes
+        i = int(np.argmax(np.where(open_, remainder, -np.inf)))
+        shares[i] += 1
+        remainder[i] -= 1
+    while shares.sum() > k:  # more non-empty groups than centroids: the least deserving get none
+        closable = shares > 1 if (shares > 1).any() else shares > 0
+        i = int(np.argmin(np.where(closable, remainder, np.inf)))
+        shares[i] -= 1
+        remainder[i] += 1
+    return shares
 
 
 def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, *, device: str = "cpu",
@@ -148,3 +283,24 @@ class VectorSpill:
 def to_float32(matrix: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
     """A contiguous float32 copy of rows [start, stop) of a (possibly memmapped float16) matrix."""
     return np.ascontiguousarray(matrix[start:stop], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def faiss_stdout_silenced():
+    """Send what faiss's C++ code prints to stdout (on-disk lists print progress there) to /dev/null:
+    stdout carries rsyn's record stream. Both Python's and C's buffers are flushed on either side."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

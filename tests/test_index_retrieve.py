@@ -8,6 +8,7 @@ import pytest
 
 from conftest import decode_stream, jsonl, read_stream_file, rsyn
 from rsyn.records import decode_embeddings, encode_embeddings
+from rsyn.stages.index import file_checksum
 
 MODEL = "tiny-clip-test"
 DIM = 64
@@ -100,6 +101,12 @@ def test_index_directory_contract(planted):
     n = len(planted["sentences"])
     assert meta["model"] == MODEL and meta["dim"] == DIM and meta["count"] == n and meta["clusters"] == 30
     assert meta["index_type"] == "ivf_flat" and meta["ignored"] == {"not_text": 1}
+    # the flat/PQ choice depends on this machine's RAM unless --max-memory pins it: printed and recorded
+    assert meta["layout"]["chosen_by"].startswith("auto: half of this machine's")
+    assert "chose ivf_flat" in planted["stderr"] and "auto: half of this machine's" in planted["stderr"]
+    assert sorted(meta["files"]) == ["centroids.npy", "ivf.faiss", "sentences.sqlite"]
+    for name, recorded in meta["files"].items():
+        assert recorded == {"bytes": (index / name).stat().st_size, "xxh3_128": file_checksum(index / name)}
     assert meta["rsyn_version"] and meta["parameters"]["seed"] == 0
     assert meta["cluster_sizes"]["max"] >= meta["cluster_sizes"]["median"] >= meta["cluster_sizes"]["min"]
     centroids = np.load(index / "centroids.npy")
@@ -224,10 +231,20 @@ def _copy_index(src, dst):
     return dst
 
 
+def _flip_list_bytes(index):
+    """Overwrite bytes inside the inverted lists of ivf.faiss (same size), as a bad disk or copy would."""
+    data = bytearray((index / "ivf.faiss").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = b"\x7f" * 64  # float32 0x7f7f7f7f: about 3.4e38
+    (index / "ivf.faiss").write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage", ["no_meta", "truncated_index", "garbage_index", "bad_meta", "sqlite_rows",
-                                    "not_a_dir"])
+                                    "not_a_dir", "flipped_bytes", "flipped_bytes_unverified", "foreign_file",
+                                    "bad_file_entry"])
 def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, damage):
     index = _copy_index(planted["index"], tmp_path / "idx")
+    options = []
     if damage == "no_meta":
         (index / "meta.json").unlink()
         expect = "meta.json is missing"
@@ -238,7 +255,13 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
     elif damage == "garbage_index":
         size = (index / "ivf.faiss").stat().st_size
         (index / "ivf.faiss").write_bytes(b"\x00" * size)
-        expect = "ivf.faiss cannot be read by faiss"
+        options, expect = ["--no-verify"], "ivf.faiss cannot be read by faiss"
+    elif damage == "flipped_bytes":
+        _flip_list_bytes(index)
+        expect = "ivf.faiss does not match its checksum in meta.json"
+    elif damage == "flipped_bytes_unverified":
+        _flip_list_bytes(index)
+        options, expect = ["--no-verify", "--nprobe", "30"], "ivf.faiss gives scores outside [-1, 1]"
     elif damage == "bad_meta":
         (index / "meta.json").write_bytes(b'{"format": "rsyn-index", "model": ')
         expect = "meta.json is not valid JSON"
@@ -249,13 +272,24 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
         db.commit()
         db.close()
         meta = orjson.loads((index / "meta.json").read_bytes())
-        meta["files"]["sentences.sqlite"] = (index / "sentences.sqlite").stat().st_size
+        meta["files"]["sentences.sqlite"] = {"bytes": (index / "sentences.sqlite").stat().st_size,
+                                             "xxh3_128": file_checksum(index / "sentences.sqlite")}
         (index / "meta.json").write_bytes(orjson.dumps(meta))
         expect = "sentences.sqlite has"
+    elif damage in ("foreign_file", "bad_file_entry"):
+        meta = orjson.loads((index / "meta.json").read_bytes())
+        if damage == "foreign_file":  # a hostile meta.json must not make retrieve read other files
+            meta["files"]["../../etc/passwd"] = {"bytes": 1, "xxh3_128": "0"}
+            expect = "meta.json: 'files' must map the index's own file names"
+        else:
+            meta["files"]["ivf.faiss"] = {"bytes": "many"}
+            expect = "meta.json: the entry for ivf.faiss is not {bytes, xxh3_128}"
+        (index / "meta.json").write_bytes(orjson.dumps(meta))
     else:
         index = tmp_path / "missing"
         expect = "no such index directory"
-    proc = rsyn("retrieve", "--index", index, "--device", "cpu", input=jsonl(image_records(planted["queries"][:2])))
+    proc = rsyn("retrieve", "--index", index, "--device", "cpu", *options,
+                input=jsonl(image_records(planted["queries"][:2])))
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
     assert err[-1].startswith(f"rsyn: error: {index}") and expect in err[-1], err
@@ -267,6 +301,7 @@ def test_pq_lists_under_a_memory_budget_rerank_to_exact_cosines(planted, tmp_pat
          "--max-memory", "90K", "--device", "cpu", "-q", check=True)
     meta = orjson.loads((tmp_path / "pq" / "meta.json").read_bytes())
     assert meta["index_type"] == "ivf_pq" and meta["parameters"]["pq_bytes"] == 16
+    assert meta["layout"]["chosen_by"] == "--max-memory 90K" and meta["layout"]["memory_budget_bytes"] == 90 << 10
     assert (tmp_path / "pq" / "vectors.npy").exists()
     queries = jsonl(image_records(planted["queries"]))
     flat = decode_stream(rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries,

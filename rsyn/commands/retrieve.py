@@ -5,7 +5,7 @@ import typer
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 
-# Measured by bin/bench_retrieve.py (docs/retrieval.md): the smallest of 1, 4, 8, 16, 64 reaching
+# Measured by benchmarks/retrieve.py (docs/retrieval.md): the smallest of 1, 4, 8, 16, 64 reaching
 # recall@3 >= 0.95 against exact search on clustered data at the paper's cluster size
 # (1M sentences in 2,381 clusters, 10k queries: recall@3 0.952 at 12x the brute-force speed; nprobe 8: 0.878).
 DEFAULT_NPROBE = 16
@@ -22,15 +22,19 @@ def retrieve(
         help=f"Clusters visited per image: the nearest centroids first, then the sentences inside them. "
              f"1 is the paper's choice (fastest, misses neighbours across cluster borders); the default "
              f"{DEFAULT_NPROBE} is the smallest value that reached recall@3 >= 0.95 against exact search in "
-             f"bin/bench_retrieve.py (1M sentences: recall@3 0.952 at 12x the brute-force speed).")] = DEFAULT_NPROBE,
+             f"benchmarks/retrieve.py (1M sentences: recall@3 0.952 at 12x the brute-force speed).")] = DEFAULT_NPROBE,
     rerank: Annotated[int, typer.Option(
         "--rerank", min=1,
         help="ivf_pq indexes only: PQ candidates per image re-scored exactly from the float16 vectors "
-             "(64-byte codes, 512-d: 50 gave recall@3 0.92, 200 gave 0.996 in bin/bench_retrieve.py).")] = 200,
+             "(64-byte codes, 512-d: 50 gave recall@3 0.92, 200 gave 0.996 in benchmarks/retrieve.py).")] = 200,
     distinct: Annotated[Optional[float], typer.Option(
         "--distinct", metavar="COSINE", min=-1.0, max=1.0,
         help="Skip a candidate whose cosine to a text already taken is >= COSINE (e.g. 0.95), so the k texts "
              "differ. Off by default.")] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify/--no-verify",
+        help="Check every index file against its checksum in meta.json before searching (one sequential read "
+             "of the index, which also loads it into the page cache that concurrent retrieves share).")] = True,
 ) -> None:
     """Read image records with embeddings and add `texts`: the top-k sentences of the index as
     {id, text, score} (score = cosine), best first. Other records pass through unchanged; every field is kept.
@@ -41,4 +45,4 @@ def retrieve(
     """
     from rsyn.stages.retrieve import run_retrieve
 
-    run_retrieve(run, index_dir=index_dir, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct)
+    run_retrieve(run, index_dir=index_dir, k=k, nprobe=nprobe, rerank=rerank, distinct=distinct, verify=verify)

@@ -17,19 +17,38 @@ import orjson
 
 from rsyn.command import Run, RsynError
 from rsyn.records import decode_embeddings
-from rsyn.stages.index import CENTROIDS, FORMAT, IVF, META, SENTENCES, VECTORS, unit_rows
-from rsyn.vectors import use_faiss_gpu
+from rsyn.stages.index import (
+    CENTROIDS,
+    CHECKSUM,
+    FORMAT,
+    IVF,
+    META,
+    ONDISK_LISTS,
+    SENTENCES,
+    VECTORS,
+    file_checksum,
+    unit_rows,
+)
+from rsyn.vectors import faiss_stdout_silenced, use_faiss_gpu
 
 BATCH = 4096  # images searched per faiss call
 SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 keeps ties visible
 DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
+# float32 inner products of unit vectors stay within a few ulps of [-1, 1]; anything past this is damage
+COSINE_TOLERANCE = 1 + 1e-4
+INDEX_FILES = {IVF, CENTROIDS, SENTENCES, VECTORS, ONDISK_LISTS}  # meta.json names no other file
 CHUNK = 256  # queries whose candidate vectors are gathered at once (re-ranking, --distinct)
 
 
 class IndexDirectory:
-    """An index directory opened for search; refuses one that is incomplete or corrupt with one line."""
+    """An index directory opened for search; refuses one that is incomplete or corrupt with one line.
 
-    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
+    The inverted lists are memory-mapped, not read into this process: several retrieve processes on one
+    node share one copy of the index through the page cache. Unless `verify` is off, every file's
+    checksum in meta.json is checked first (one sequential read, which also warms that cache).
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", verify: bool = True) -> None:
         import faiss
 
         self.path = Path(path)
@@ -38,14 +57,13 @@ class IndexDirectory:
         self.dim: int = self.meta["dim"]
         self.count: int = self.meta["count"]
         self.index_type: str = self.meta["index_type"]
-        for name, size in self.meta["files"].items():
-            file = self.path / name
-            if not file.exists():
-                self._corrupt(f"{name} is missing")
-            if file.stat().st_size != size:
-                self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
+        for name, recorded in self.meta["files"].items():
+            self._check_file(name, recorded, verify)
+        # an in-file index is mapped where its lists lie in ivf.faiss; on-disk lists lie in lists.ivfdata
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR if self.meta.get("lists") == "on_disk" else faiss.IO_FLAG_MMAP
         try:
-            index = faiss.read_index(str(self.path / IVF))
+            with faiss_stdout_silenced():  # it prints where it found the on-disk lists
+                index = faiss.read_index(str(self.path / IVF), flags)
         except RuntimeError as exc:
             self._corrupt(f"{IVF} cannot be read by faiss ({_first_line(exc)})")
         if not isinstance(index, faiss.IndexIVF):
@@ -69,6 +87,22 @@ class IndexDirectory:
                 self._corrupt(f"{VECTORS} has shape {self.vectors.shape}, expected {(self.count, self.dim)}")
         self.db = self._open_sentences()
 
+    def _check_file(self, name: str, recorded, verify: bool) -> None:
+        file = self.path / name
+        if not file.exists():
+            self._corrupt(f"{name} is missing")
+        if isinstance(recorded, int):  # format 1 recorded sizes only
+            size, checksum = recorded, None
+        elif isinstance(recorded, dict) and type(recorded.get("bytes")) is int and type(recorded.get(CHECKSUM)) is str:
+            size, checksum = recorded["bytes"], recorded[CHECKSUM]
+        else:
+            self._corrupt(f"{META}: the entry for {name} is not {{bytes, {CHECKSUM}}}")
+        if file.stat().st_size != size:
+            self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
+        if verify and checksum is not None and file_checksum(file) != checksum:
+            self._corrupt(f"{name} does not match its checksum in meta.json (the file is damaged; "
+                          f"--no-verify skips this check)")
+
     # ------------------------------------------------------------------ opening
     def _read_meta(self) -> dict:
         if not self.path.is_dir():
@@ -86,7 +120,11 @@ class IndexDirectory:
             self._corrupt(f"{META} lacks {', '.join(missing)}")
         if meta["index_type"] not in ("ivf_flat", "ivf_pq"):
             self._corrupt(f"{META}: unknown index type {meta['index_type']!r}")
-        for name in (IVF, CENTROIDS, SENTENCES) + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ()):
+        if not isinstance(meta["files"], dict) or not set(meta["files"]) <= INDEX_FILES:
+            self._corrupt(f"{META}: 'files' must map the index's own file names to their sizes and checksums")
+        needed = (IVF, CENTROIDS, SENTENCES) + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ()) + (
+            (ONDISK_LISTS,) if meta.get("lists") == "on_disk" else ())
+        for name in needed:
             if name not in meta["files"]:
                 self._corrupt(f"{META} does not list {name}")
         return meta
@@ -124,6 +162,9 @@ class IndexDirectory:
             scores, rows = self.index.search(queries, pool)
         if self.vectors is not None:
             scores, rows = self._rescore(queries, rows, k)
+        found = scores[rows >= 0]
+        if found.size and not (np.abs(found) <= COSINE_TOLERANCE).all():  # NaN fails too
+            self._corrupt(f"{IVF} gives scores outside [-1, 1], which no cosine can be: the index is damaged")
         return scores, rows
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,8 +237,9 @@ def distinct_choice(scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k
 # --------------------------------------------------------------------------- the command
 
 
-def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None) -> None:
-    index = IndexDirectory(index_dir, device=run.device)
+def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None,
+                 verify: bool = True) -> None:
+    index = IndexDirectory(index_dir, device=run.device, verify=verify)
     run.note(f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "
              f"({index.index_type}), model {index.model}, nprobe {min(nprobe, index.meta['clusters'])}")
     run.extra.update({"nprobe": nprobe, "k": k, "images": 0, "passed_through": 0})

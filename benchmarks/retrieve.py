@@ -5,16 +5,18 @@ Generates clustered unit vectors the way CLIP text embeddings of web sentences
 look: topics of Zipf-distributed sizes, each a few sub-topics, with per-cluster
 noise; image queries drawn from the same topics with more noise (an image is
 never as close to a sentence as two paraphrases are). Builds the index through
-the same `build` that `rsyn index` runs (float16 vectors memory-mapped from
-disk, as `rsyn index` spills them), searches through the same IndexDirectory
-that `rsyn retrieve` uses, and prints:
+the same passes that `rsyn index` runs (a collect part written from the arrays,
+then train, add, merge), searches through the same IndexDirectory that
+`rsyn retrieve` uses, and prints:
 
   - k-means and index build time;
-  - for each nprobe: recall@3 against exact search and queries/s of both;
+  - for each nprobe: recall@3 against exact search and queries/s of both, in-process;
+  - with --commands: the same as whole processes, `rsyn retrieve` against a brute-force command
+    (same JSONL in and out, faiss IndexFlatIP over the float16 vectors loaded from disk);
   - peak RSS of the real `rsyn index` command (subprocess, JSONL input) per million vectors;
   - an estimate for the paper's scale (198M images x 0.84B sentences) on one GPU.
 
-Full size (the issue's): bin/bench_retrieve.py --sentences 1000000 --queries 10000
+Full size (the issue's): benchmarks/retrieve.py --sentences 1000000 --queries 10000
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rsyn.stages.index import META, SENTENCES, build, default_clusters  # noqa: E402
+from rsyn.stages.index import (  # noqa: E402
+    Budget,
+    PartWriter,
+    add_parts,
+    default_clusters,
+    merge_index,
+    open_parts,
+    train_index,
+)
 from rsyn.stages.retrieve import IndexDirectory  # noqa: E402
 
 MODEL = "synthetic-512"
@@ -71,16 +81,26 @@ def make_data(n: int, n_queries: int, dim: int, topics: int, zipf: float, seed: 
     return draw(n, 1.0), draw(n_queries, 1.7).astype(np.float32)
 
 
-def write_sentences(path: Path, n: int) -> None:
-    """The sentence table rsyn index writes (the benchmark's vectors have no real text)."""
-    import sqlite3
-
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)")
-    db.executemany("INSERT INTO sentences VALUES (?, ?, ?, NULL)",
-                   ((i, f"s{i}", f"synthetic sentence {i}") for i in range(n)))
-    db.commit()
-    db.close()
+def build_index(vectors16: np.ndarray, out: Path, *, clusters: int, pq_bytes: int, seed: int) -> tuple[dict, float]:
+    """The index of `vectors16` through rsyn index's passes (one part written from the array); meta, seconds."""
+    work = out.parent / "passes"
+    for name in ("collect", "train", "add"):
+        (work / name).mkdir(parents=True)
+    out.mkdir()
+    writer = PartWriter(work / "collect")
+    for start in range(0, len(vectors16), 100_000):
+        chunk = vectors16[start:start + 100_000]
+        rows = [(f"s{start + i}", f"synthetic sentence {start + i}", None) for i in range(len(chunk))]
+        writer.add(chunk, np.arange(start, start + len(chunk)), rows)
+    writer.finish(model=MODEL, inputs=["synthetic"], shard=None, ignored={}, errors={})
+    parts = open_parts([work / "collect"])
+    t = time.perf_counter()
+    train_index(parts, work / "train", clusters=clusters, budget=Budget(1 << 40, "benchmark"),
+                index_type="pq" if pq_bytes else "flat", pq_bytes=pq_bytes or None, points_per_cluster=64, niter=20,
+                seed=seed, device="cpu", note=lambda m: print(f"# {m}", flush=True))
+    add_parts(parts, range(1), work / "train", work / "add", device="cpu")
+    meta = merge_index(parts, work / "train", [work / "add"], out, on_disk=False, note=print)
+    return meta, time.perf_counter() - t
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
@@ -113,6 +133,77 @@ def timed_command(*args: str) -> tuple[int, float]:
     return int(proc.stderr.decode().strip().splitlines()[-1]) * 1024, time.perf_counter() - start
 
 
+def brute_force_command(directory: Path) -> None:
+    """The reference as a whole command: the same JSONL in and out as `rsyn retrieve`, exact top 3 by
+    faiss IndexFlatIP over the float16 vectors loaded from disk, texts from the same SQLite table."""
+    import sqlite3
+
+    import faiss
+
+    from rsyn.records import decode_embeddings
+    from rsyn.stream import RecordWriter, read_records
+
+    vectors = np.load(directory / "vectors.npy")
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    for start in range(0, len(vectors), 100_000):
+        flat.add(unit(vectors[start:start + 100_000].astype(np.float32)))
+    db = sqlite3.connect(directory / "index" / "sentences.sqlite")
+    out = RecordWriter(str(directory / "brute.jsonl.zst"))
+    batch: list[dict] = []
+
+    def flush() -> None:
+        queries = unit(decode_embeddings([r["emb"] for r in batch]))
+        scores, rows = flat.search(queries, 3)
+        for record, q_rows, q_scores in zip(batch, rows.tolist(), scores.tolist()):
+            found = dict(((r, (i, t)) for r, i, t in db.execute(
+                f"SELECT row, id, text FROM sentences WHERE row IN ({','.join('?' * len(q_rows))})", q_rows)))
+            record["texts"] = [{"id": found[r][0], "text": found[r][1], "score": round(s, 5)}
+                               for r, s in zip(q_rows, q_scores)]
+            out.write(record)
+        batch.clear()
+
+    for record in read_records([str(directory / "images.jsonl")]):
+        batch.append(record)
+        if len(batch) >= 4096:
+            flush()
+    if batch:
+        flush()
+    out.close()
+
+
+def whole_commands(tmp: Path, sentences16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                   nprobes: list[int]) -> None:
+    """`rsyn retrieve` and the brute-force command as whole processes (start-up, index open, JSONL in and out)."""
+    from rsyn.stream import read_records
+
+    np.save(tmp / "vectors.npy", sentences16)
+    write_records(tmp / "images.jsonl", queries, "image")
+    here = Path(__file__).resolve()
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(here), "--brute-force-command", str(tmp)], check=True,
+                   cwd=here.parent.parent)
+    brute = time.perf_counter() - start
+
+    def found_rows(path: Path) -> np.ndarray:
+        return np.array([[int(t["id"][1:]) for t in r["texts"]] for r in read_records([str(path)])])
+
+    print()
+    print(f"whole commands on {len(queries):,} image records (JSONL in, zstd JSONL out):")
+    print(f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s, "
+          f"recall@3 {recall_at(found_rows(tmp / 'brute.jsonl.zst'), truth):.4f}")
+    print()
+    print("| nprobe | recall@3 | rsyn retrieve s | --no-verify s | brute-force command s | speed-up (verified) |")
+    print("|-------:|---------:|----------------:|--------------:|----------------------:|--------------------:|")
+    for nprobe in nprobes:
+        row = []
+        for verify in ("--verify", "--no-verify"):
+            _, seconds = timed_command("retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"),
+                                       "-o", str(tmp / "out.jsonl.zst"), "--nprobe", str(nprobe), verify)
+            row.append(seconds)
+        recall = recall_at(found_rows(tmp / "out.jsonl.zst"), truth)
+        print(f"| {nprobe} | {recall:.4f} | {row[0]:.1f} | {row[1]:.1f} | {brute:.1f} | {brute / row[0]:.1f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sentences", type=int, default=200_000)
@@ -127,7 +218,13 @@ def main() -> None:
     p.add_argument("--rss-sentences", type=int, default=100_000,
                    help="size of the end-to-end `rsyn index` run whose peak RSS is measured (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--commands", action="store_true",
+                   help="also time whole `rsyn retrieve` processes against a brute-force command")
+    p.add_argument("--brute-force-command", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.brute_force_command:
+        brute_force_command(Path(args.brute_force_command))
+        return
 
     import faiss
 
@@ -145,26 +242,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="rsyn-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        spill = np.lib.format.open_memmap(tmp / "spill.npy", mode="w+", dtype="<f2", shape=sentences16.shape)
-        spill[:] = sentences16
-        spill.flush()
-        vectors = np.load(tmp / "spill.npy", mmap_mode="r")  # what rsyn index builds from: float16 on disk
-
         k = args.clusters or default_clusters(n)
-        (tmp / "index").mkdir()
-        t = time.perf_counter()
-        meta, timings = build(vectors, tmp / "index", model=MODEL, seed=args.seed, device="cpu",
-                              note=lambda m: print(f"# {m}", flush=True), clusters=k, budget=1 << 40,
-                              index_type="pq" if args.pq_bytes else "flat", pq_bytes=args.pq_bytes or None)
-        build_seconds = time.perf_counter() - t
-        write_sentences(tmp / "index" / SENTENCES, n)
-        meta["files"][SENTENCES] = (tmp / "index" / SENTENCES).stat().st_size
-        (tmp / "index" / META).write_bytes(orjson.dumps(meta))
+        meta, build_seconds = build_index(sentences16, tmp / "index", clusters=k, pq_bytes=args.pq_bytes,
+                                          seed=args.seed)
+        timings = meta["seconds"]
         index = IndexDirectory(tmp / "index")
-        del vectors, spill
 
         # exact search: brute-force IndexFlatIP over the same float32 vectors
         sentences = unit(sentences16.astype(np.float32))
+        sentences16_kept = sentences16 if args.commands else None
         del sentences16
         flat = faiss.IndexFlatIP(dim)
         flat.add(sentences)
@@ -190,6 +276,8 @@ def main() -> None:
         coarse.search(queries, 1)
         coarse_seconds = time.perf_counter() - t
         index.close()
+        if args.commands:
+            whole_commands(tmp, sentences16_kept, queries, truth, [int(x) for x in args.nprobe.split(",")])
 
         print()
         print(f"index {meta['index_type']}" + (f" ({args.pq_bytes}-byte codes, {args.rerank} re-ranked)"
@@ -197,7 +285,7 @@ def main() -> None:
         print(f"sentences {n:,}  dim {dim}  clusters {meta['clusters']:,} (median list {meta['cluster_sizes']['median']:.0f}, "
               f"max {meta['cluster_sizes']['max']:,})  queries {nq:,}")
         print(f"k-means {timings['kmeans_seconds']:.1f}s ({meta['parameters']['training_points']:,} training points, "
-              f"{meta['parameters']['niter']} iterations)   add to IVF {timings['add_seconds']:.1f}s   "
+              f"{meta['parameters']['niter']} iterations)   merge {timings['lists_seconds']:.1f}s   "
               f"index build total {build_seconds:.1f}s")
         print(f"brute force (faiss IndexFlatIP): {brute_seconds:.1f}s, {brute_qps:,.0f} queries/s")
         print()

@@ -520,7 +520,8 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
         if not entry.name.startswith(prefix):
             continue
         owner_host, _, pid = entry.name[len(prefix):].rpartition("-")
-        if owner_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        # "" is the older form without a host name (written on this host by an earlier rsyn)
+        if owner_host not in ("", host) or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -561,14 +562,15 @@ class AtomicDirectory:
     left by dead runs.
     """
 
-    def __init__(self, path: str | os.PathLike, *, marker: str, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, *, marker: str | Iterable[str], overwrite: bool = False):
         self.path = Path(path)
+        markers = (marker,) if isinstance(marker, str) else tuple(marker)
         if self.path.exists() or self.path.is_symlink():
             if self.path.is_symlink() or not self.path.is_dir():
                 raise OutputExists(f"-o {path}: exists and is not a directory")
             if any(self.path.iterdir()):
-                if not (self.path / marker).is_file():
-                    raise OutputExists(f"-o {path}: directory exists and is not an rsyn output (no {marker}); "
+                if not any((self.path / name).is_file() for name in markers):
+                    raise OutputExists(f"-o {path}: directory exists and is not an rsyn output (no {' or '.join(markers)}); "
                                        "refusing to replace it")
                 if not overwrite:
                     raise OutputExists(f"-o {path}: directory exists and is not empty (use --overwrite to replace it)")

@@ -125,20 +125,21 @@ def test_whole_index_refuses_a_shard_and_passes_refuse_mismatched_directories(co
     assert not (tmp_path / "idx").exists() and not (tmp_path / "t2").exists()
 
 
-def test_remove_dead_temporaries_spares_live_and_foreign_ones(tmp_path):
-    from rsyn.stages.index import remove_dead_temporaries
+def test_dead_runs_temporaries_are_removed_and_others_spared(tmp_path):
+    from rsyn.stream import remove_stale_temporaries
 
     dead = _dead_pid()
     host = socket.gethostname()
-    names = {f".idx.rsyn-tmp-{host}-{dead}": True, f".idx.rsyn-old-{host}-{dead}": True,
-             f".idx.rsyn-tmp-{dead}": True,  # the form without a host name
+    names = {f".idx.rsyn-tmp-{host}-{dead}": True, f".idx.replaced.rsyn-tmp-{host}-{dead}": False,
+             f".idx.rsyn-tmp-{dead}": True,  # the older form without a host name
              f".idx.rsyn-tmp-{host}-{os.getpid()}": False,  # alive: this test
              f".idx.rsyn-tmp-otherhost-{dead}": False,  # another host's: its pid means nothing here
              f".other.rsyn-tmp-{host}-{dead}": False}  # another target's
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "ivf.faiss").write_bytes(b"x" * 10)
-    assert sorted(remove_dead_temporaries(tmp_path / "idx")) == sorted(n for n, gone in names.items() if gone)
+    removed = remove_stale_temporaries(tmp_path / "idx")
+    assert sorted(p.name for p in removed) == sorted(n for n, gone in names.items() if gone)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, gone in names.items() if not gone)
 
 

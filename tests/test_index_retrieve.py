@@ -347,7 +347,7 @@ def test_replacing_an_index_and_refusing_other_directories(planted, tmp_path):
     precious.mkdir()
     (precious / "thesis.txt").write_text("do not delete")
     proc = rsyn("index", small, "-o", precious, "--device", "cpu")
-    assert proc.returncode == 2 and "not an rsyn index directory; refusing to replace it" in proc.stderr.decode()
+    assert proc.returncode == 2 and "is not an rsyn output (no meta.json" in proc.stderr.decode()
     assert (precious / "thesis.txt").read_text() == "do not delete"
 
 

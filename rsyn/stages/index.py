@@ -36,9 +36,7 @@ import contextlib
 import hashlib
 import heapq
 import os
-import re
 import shutil
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +49,7 @@ import orjson
 from rsyn import __version__
 from rsyn.command import Run, RsynError
 from rsyn.records import decode_embeddings
-from rsyn.stream import STDIO, expand_inputs, write_bytes_atomic
+from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs, write_bytes_atomic
 from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
 
 FORMAT = "rsyn-index"
@@ -164,97 +162,25 @@ def choose_layout(count: int, dim: int, clusters: int, *, budget: int, index_typ
 # --------------------------------------------------------------------------- directories
 
 
-def remove_dead_temporaries(target: Path) -> list[str]:
-    """Remove the hidden temporaries of `target` (`.NAME.rsyn-tmp-HOST-PID`, `.NAME.rsyn-old-HOST-PID`, and the
-    older `...-PID` form) whose process, on this host, is no longer alive; return their names.
-
-    A run killed with SIGKILL cannot clean up after itself, so the next run does. Temporaries of other hosts
-    (a shared file system) and of live processes are left alone.
-    To be replaced by the shared rsyn.stream.remove_stale_temporaries(target) (issue 13) when it lands.
-    """
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        return []
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.rsyn-(?:tmp|old)-(?:(?P<host>.+)-)?(?P<pid>\d+)")
-    host = socket.gethostname()
-    removed = []
-    for entry in parent.iterdir():
-        found = pattern.fullmatch(entry.name)
-        if not found or found["host"] not in (None, host) or _alive(int(found["pid"])):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-        removed.append(entry.name)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def _temporary(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.rsyn-{kind}-{socket.gethostname()}-{os.getpid()}"
-
-
-def check_replaceable(target: Path) -> None:
-    """Refuse to replace anything that rsyn's index passes did not write (an empty directory is fine)."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise RsynError(f"{target}: exists and is not a directory")
-    if not any((target / marker).exists() for marker in MARKERS) and any(target.iterdir()):
-        raise RsynError(f"{target}: exists and is not an rsyn index directory; refusing to replace it")
-
-
 @contextlib.contextmanager
 def building_directory(target: Path | str | None) -> Iterator[Path]:
     """An empty hidden directory next to `target`, renamed to `target` when the body ends without error.
 
-    The body writes its done marker last; an older directory of rsyn's at `target` is replaced.
+    The body writes its done marker last; an older directory of rsyn's index passes at `target` is replaced,
+    anything else is refused. Temporaries that killed runs left beside `target` are removed first.
     """
     if target in (None, STDIO):
         raise RsynError("this command writes a directory: give it with -o DIR")
-    target = Path(target)
-    check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(target)
-    building = _temporary(target, "tmp")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
     try:
-        yield building
-        sync_files(building)
-        publish(building, target)
+        out = AtomicDirectory(target, marker=MARKERS, overwrite=True)
+    except OutputExists as exc:
+        raise RsynError(str(exc)) from None
+    try:
+        yield out.tmp
+        out.commit()
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        out.discard()
         raise
-
-
-def sync_files(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def publish(building: Path, target: Path) -> None:
-    """Rename the finished directory into place; an older one there is swapped out, then removed."""
-    if target.exists():
-        old = _temporary(target, "old")
-        os.replace(target, old)
-        os.replace(building, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(building, target)
 
 
 def write_marker(path: Path, content: dict) -> None:

@@ -32,7 +32,7 @@ from rsyn.pipeline.graph import Graph, Part, Pass, part_name
 # [models] key -> the options of the passes that take it
 MODEL_OPTIONS: dict[str, list[tuple[str, str]]] = {
     "ppl": [("extract", "--ppl-model")],
-    "clip": [("embed", "--model"), ("embed-syn", "--model")],
+    "clip": [("embed", "--model"), ("caption", "--model"), ("embed-syn", "--model")],  # caption: tags by CLIP
     "captioner": [("caption", "--captioner")],
     "llm_backend": [("caption", "--llm-backend")],
     "llm": [("caption", "--llm-model")],

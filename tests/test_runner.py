@@ -277,41 +277,43 @@ def test_sigterm_and_sigint_stop_the_parts_and_leave_no_temporaries(tmp_path, si
 
 
 def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_path):
-    """SIGKILL `rsyn run` during a sharded pass; the rerun runs only the parts without a marker."""
+    """SIGKILL `rsyn run` during a split pass (dedup-filter, 3 parts); the rerun runs only the parts without a
+    marker, and the parts equal those of the uninterrupted run."""
     out, _ = local_run
+    name = "dedup-filter"
+    parts = [f"{name}-{k:05d}-of-00003" for k in range(3)]
+    outputs = [out / "shards" / f"dedup-{k:05d}-of-00003.jsonl.zst" for k in range(3)]
+    reference = [p.read_bytes() for p in outputs]
     slow = ["sh", "-c", 'sleep 1; exec "$0" "$@"', "rsyn"]  # each part takes a second: the kill lands mid-pass
-    sets = [*example_settings(example, out), "--set", "stages.split-image.shards=3",
-            "--set", f"stages.split-image.program={json.dumps(slow)}", "--until", "split-image", "--workers", "1"]
+    sets = [*example_settings(example, out), "--set", f"stages.{name}.program={json.dumps(slow)}",
+            "--until", name, "--workers", "1"]
+    first = out / ".done" / f"{parts[0]}.json"
+    first.unlink()  # the program changed, so the whole pass reruns: wait for its first new marker
     run = subprocess.Popen([sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets], env=_env(), cwd=ROOT,
                            stderr=subprocess.DEVNULL)
-    first = out / ".done" / "split-image-00000-of-00003.json"
     deadline = time.monotonic() + 120
     while not first.exists():
-        assert run.poll() is None and time.monotonic() < deadline, "the sharded pass never finished a part"
+        assert run.poll() is None and time.monotonic() < deadline, "the split pass never finished a part"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
     time.sleep(0.5)  # the part it was running gets SIGKILL too (PR_SET_PDEATHSIG): no orphan races the rerun
-    assert _processes_naming(out / "shards") == []
-    done_before = {p.name for p in (out / ".done").glob("split-image-*.json")}
+    assert _processes_naming(out / "work") == []
+    done_before = {p.name[:-5] for p in (out / ".done").glob(f"{name}-*.json")
+                   if json.loads(p.read_text())["argv"][:2] == slow[:2]}
     assert 1 <= len(done_before) < 3
     # what a dead attempt leaves: a half-written output and a spill in its TMPDIR
-    stale = out / "shards" / ".images-00002-of-00003.jsonl.zst.rsyn-tmp-999999"
-    stale.parent.mkdir(exist_ok=True)
-    stale.write_bytes(b"half")
-    (out / ".tmp" / "split-image-00002-of-00003" / "rsyn-dedup-x").mkdir(parents=True)
+    (out / "shards" / ".dedup-00002-of-00003.jsonl.zst.rsyn-tmp-999999").write_bytes(b"half")
+    (out / ".tmp" / parts[2] / "rsyn-dedup-x").mkdir(parents=True)
 
     again = rsyn("run", EXAMPLE, *sets)
-    started = re.findall(r"rsyn run: (split-image-\S+): started", again.stderr)
-    expected = sorted({f"split-image-{k:05d}-of-00003" for k in range(3)} - {n[:-5] for n in done_before})
-    assert sorted(started) == expected
-    logged = [(out / "logs" / f"{name}.log").read_text().count(": done") for name in expected]
-    assert logged == [1] * len(expected)
+    started = re.findall(r"rsyn run: (\S+): started", again.stderr)
+    expected = sorted(set(parts) - done_before)
+    assert sorted(started) == expected  # nothing before the split pass, none of its finished parts
+    logged = [(out / "logs" / f"{part}.log").read_text().count("attempt 1: done") for part in expected]
+    assert logged == [2] * len(expected)  # the first whole run's and the rerun's; a killed attempt logs no end
     assert leftovers(out) == []
-    for k in range(3):  # each part equals the same command run once, uninterrupted
-        ref = tmp_path / f"ref-{k}.jsonl.zst"
-        rsyn("cat", out / "semdedup.jsonl.zst", "--kind", "image", "--shard", f"{k}/3", "--quiet", "-o", ref)
-        assert (out / "shards" / f"images-{k:05d}-of-00003.jsonl.zst").read_bytes() == ref.read_bytes()
+    assert [p.read_bytes() for p in outputs] == reference
 
 
 def _processes_naming(path: Path) -> list[int]:
@@ -328,10 +330,14 @@ def _processes_naming(path: Path) -> list[int]:
 
 def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[stages.dedup]\nshards = 4\n')
-    proc = rsyn("plan", bad, "--emit", "make", check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "dedup compares records across the whole stream" in proc.stderr
+    head = '[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n'
+    for table, message in (("[stages.index]\nshards = 4", "index compares records across the whole stream"),
+                           ("[stages.embed]\npartitions = 2", "only dedup and semdedup have per-partition passes"),
+                           ("[stages.dedup-near]\nshards = 2", "part counts are set on the stage, [stages.dedup]"),
+                           ("[stages.dedup-nope]\ncpus = 2", "[stages.dedup-nope] is not a stage or a pass")):
+        bad.write_text(f"{head}[stages.dedup]\nshards = 2\n{table}\n")
+        proc = rsyn("plan", bad, "--emit", "make", check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[thresholds]\nmax_pp = 3\n')
     proc = rsyn("run", bad, check=False)
     assert proc.returncode == 2 and "[thresholds] has no 'max_pp'" in proc.stderr and "Traceback" not in proc.stderr

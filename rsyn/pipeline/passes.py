@@ -195,8 +195,11 @@ def _build(p: Pipeline) -> Graph:
     # a rerun replaces the release it made before (pack refuses a non-empty directory otherwise)
     packed = b.stage("pack", "pack", balanced, "packed", ["--extra-columns", "--overwrite"])
     records = [opt for f in retrieved.files + syn.files for opt in ("--records", f)]
-    # the stats of this graph's parts by name, not stats/*.json: no stale part of an earlier shard count
-    stats = sorted(part.stats for q in b.graph.passes.values() for part in q.parts if part.stats)
+    # the stats of this graph's parts by name, not stats/*.json: no stale part of an earlier shard count. Only
+    # passes that read or drop records (those with --rejects): a split stage's inner passes (keys, edges, k-means)
+    # and its range cuts (copies) would only add empty funnels.
+    stats = sorted(part.stats for q in b.graph.passes.values() for part in q.parts
+                   if part.stats and len(part.optional_outputs) == 2 and not q.name.endswith("-split"))
     b.single("report", "report", _Stream(stats, packed.passes + retrieved.passes + syn.passes),
              [str(out / "report.html")],
              ["--quiet", *records, "--packed", packed.files[0]], side=[*retrieved.files, *syn.files, *packed.files],

@@ -127,6 +127,21 @@ def test_local_engine_gives_the_makefile_release(example, local_run):
         assert len(files) >= 2 and lines(*files) == lines(example / f"{whole}.jsonl.zst"), parts
 
 
+def test_rerun_skips_every_done_part_and_redoes_a_changed_one(example, local_run):
+    out, _ = local_run
+    n = len(part_names(graph_of(example, out), "pack"))
+    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
+    assert f"{n}/{n} parts done (0 run, {n} already done)" in again.stderr
+    # a different option for one pass: that pass and everything after it run again, nothing before it
+    # (per_cluster is an option of balance's cap pass: not of its scan, plan or assign)
+    changed = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack",
+                   "--set", "thresholds.per_cluster=2")
+    started = re.findall(r"rsyn run: (\S+): started", changed.stderr)
+    assert sorted(started) == ["balance-cap", "balance-filter-00000-of-00002", "balance-filter-00001-of-00002", "pack"]
+    rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")  # back to the reference settings
+    assert release(out / "packed") == release(example / "packed")
+
+
 def test_ray_engine_gives_the_makefile_release(example):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'rsyn[ray]')")
     out = example.parent / "ray"

@@ -13,7 +13,8 @@
 #
 # Per-record stages shard freely: extract, embed, retrieve, caption, pack (pack writes its own
 # shards). Whole-stream stages -- dedup, index, balance -- compare records with each other: run
-# them once over all shards (they read globs), see docs/scaling.md.
+# them as their passes (rsyn dedup-scan ... dedup-filter, rsyn balance scan ... filter; docs/dedup.md,
+# docs/balance_pack.md), which a pipeline file chains for you (docs/running.md), or once over all shards.
 #SBATCH --job-name=rsyn
 #SBATCH --gpus-per-task=1
 #SBATCH --cpus-per-task=8

@@ -46,16 +46,38 @@ def example_settings(work: Path, out: Path) -> list[str]:
     return [w for s in sets for w in ("--set", s)]
 
 
+def graph_of(work: Path, out: Path, *extra: str):
+    """The pass graph `rsyn run` builds for the example with these settings."""
+    from rsyn.pipeline.config import load_pipeline
+    from rsyn.pipeline.passes import build_graph
+
+    sets = example_settings(work, out) + list(extra)
+    return build_graph(load_pipeline(EXAMPLE, sets[1::2]))
+
+
+def part_names(graph, until: str | None = None) -> list[str]:
+    names = graph.upstream([until]) if until else list(graph.passes)
+    return [part.name for n in names for part in graph.passes[n].parts]
+
+
+def lines(*paths: Path) -> list[bytes]:
+    """The records of rsyn outputs, concatenated in order (multi-frame zstd: rsyn's own reader)."""
+    from rsyn.stream import iter_line_blocks
+
+    return [line for p in paths for _, block in iter_line_blocks(str(p)) for line in block if line.strip()]
+
+
 def release(directory: Path) -> dict[str, bytes]:
     files = {p.name: p.read_bytes() for p in sorted(directory.glob("*.parquet"))}
     assert files, f"no parquet in {directory}"
-    files["stats.json"] = (directory / "stats.json").read_bytes()
+    files["_stats.json"] = (directory / "_stats.json").read_bytes()
+    files["_SUCCESS"] = (directory / "_SUCCESS").read_bytes()
     return files
 
 
 def leftovers(out: Path) -> list[str]:
     """Temporaries a run must not leave: rsyn's atomic-write names and the parts' TMPDIRs."""
-    found = [str(p) for p in out.rglob("*") if re.search(r"\.rsyn-(tmp|old)-\d+$", p.name)]
+    found = [str(p) for p in out.rglob("*") if re.search(r"\.rsyn-(tmp|old)-(.+-)?\d+$", p.name)]
     return found + [str(p) for p in out.rglob(".tmp")]
 
 
@@ -66,7 +88,7 @@ def example(tmp_path_factory):
         pytest.skip("GNU make is not installed")
     work = tmp_path_factory.mktemp("runner") / "work"
     cmd = ["make", "-C", str(ROOT / "examples"), f"W={work}", "DOCS=15", "MMC4=3", "CLUSTERS=4", "PER_CLUSTER=3",
-           f"PYTHON={sys.executable}", f"RSYN={BIN / 'rsyn'}", "DEVICE=cpu", f"{work}/packed/stats.json"]
+           f"PYTHON={sys.executable}", f"RSYN={BIN / 'rsyn'}", "DEVICE=cpu", f"{work}/packed/_SUCCESS"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"example Makefile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return work
@@ -83,25 +105,40 @@ def test_local_engine_gives_the_makefile_release(example, local_run):
     out, log = local_run
     assert release(out / "packed") == release(example / "packed")
     assert (out / "report.html").stat().st_size > 0
-    passes = ["extract", "dedup", "embed", "semdedup", "split-text", "split-image", "index", "retrieve", "caption",
-              "embed-syn", "balance", "pack", "report"]
-    for name in passes:
+    graph = graph_of(example, out)
+    counts = {name: len(q.parts) for name, q in graph.passes.items()}
+    # dedup, semdedup and balance ran as their split passes, with the example file's shard and partition counts
+    assert {k: v for k, v in counts.items() if k.startswith(("dedup", "semdedup", "balance"))} == {
+        "dedup-split": 3, "dedup-scan": 3, "dedup-exact": 2, "dedup-settle-exact": 1, "dedup-near": 2,
+        "dedup-settle-near": 1, "dedup-filter": 3,
+        "semdedup-split": 3, "semdedup-scan": 3, "semdedup-train": 1, "semdedup-assign": 3, "semdedup-pairs": 2,
+        "semdedup-select": 1, "semdedup-filter": 3,
+        "balance-split": 2, "balance-scan": 2, "balance-plan": 1, "balance-assign": 2, "balance-cap": 1,
+        "balance-filter": 2}
+    names = part_names(graph)
+    for name in names:
         marker = json.loads((out / ".done" / f"{name}.json").read_text())
-        assert marker["status"] == 0 and marker["argv"][1] in name + " cat dedup embed"
+        assert marker["status"] == 0
         assert (out / "logs" / f"{name}.log").read_text().count("attempt 1: done") == 1
-    assert "13/13 parts done (13 run, 0 already done)" in log
+    assert f"{len(names)}/{len(names)} parts done ({len(names)} run, 0 already done)" in log
     assert leftovers(out) == []
+    # the split passes' part files, in part order, are the Makefile's one-process outputs, record for record
+    for parts, whole in (("dedup", "dedup"), ("semdedup", "semdedup"), ("balanced", "balanced")):
+        files = sorted((out / "shards").glob(f"{parts}-0*.jsonl.zst"))
+        assert len(files) >= 2 and lines(*files) == lines(example / f"{whole}.jsonl.zst"), parts
 
 
 def test_rerun_skips_every_done_part_and_redoes_a_changed_one(example, local_run):
     out, _ = local_run
+    n = len(part_names(graph_of(example, out), "pack"))
     again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
-    assert "12/12 parts done (0 run, 12 already done)" in again.stderr
+    assert f"{n}/{n} parts done (0 run, {n} already done)" in again.stderr
     # a different option for one pass: that pass and everything after it run again, nothing before it
+    # (per_cluster is an option of balance's cap pass: not of its scan, plan or assign)
     changed = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack",
                    "--set", "thresholds.per_cluster=2")
     started = re.findall(r"rsyn run: (\S+): started", changed.stderr)
-    assert started == ["balance", "pack"]
+    assert sorted(started) == ["balance-cap", "balance-filter-00000-of-00002", "balance-filter-00001-of-00002", "pack"]
     rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")  # back to the reference settings
     assert release(out / "packed") == release(example / "packed")
 
@@ -110,7 +147,8 @@ def test_ray_engine_gives_the_makefile_release(example):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'rsyn[ray]')")
     out = example.parent / "ray"
     proc = rsyn("run", EXAMPLE, *example_settings(example, out), "--engine", "ray", "--workers", "2", "--until", "pack")
-    assert "12/12 parts done (12 run" in proc.stderr
+    n = len(part_names(graph_of(example, out), "pack"))
+    assert f"{n}/{n} parts done ({n} run" in proc.stderr
     assert release(out / "packed") == release(example / "packed")
     assert leftovers(out) == []
 
@@ -119,17 +157,19 @@ def test_emitted_makefile_with_make_j2_gives_the_same_release(example, tmp_path)
     out = example.parent / "make"
     rsyn("plan", EXAMPLE, "--emit", "make", "-o", tmp_path, *example_settings(example, out))
     makefile = (tmp_path / "Makefile").read_text()
-    assert f"{out}/.done/embed.json: {out}/.done/dedup.json" in makefile
+    filters = " ".join(f"{out}/.done/dedup-filter-{k:05d}-of-00003.json" for k in range(3))
+    assert f"{out}/.done/embed.json: {filters}\n" in makefile
     proc = subprocess.run(["make", "-C", str(tmp_path), "-j2", "pack", f"RSYN={sys.executable} -m rsyn"], env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert release(out / "packed") == release(example / "packed")
     # every part ran through `rsyn run --part`: its marker and log are there, and make now has nothing to do
-    assert len(list((out / ".done").glob("*.json"))) == 12
+    n = len(part_names(graph_of(example, out), "pack"))
+    assert len(list((out / ".done").glob("*.json"))) == n
     assert subprocess.run(["make", "-C", str(tmp_path), "-q", "pack"], env=_env()).returncode == 0
     # and the markers make's parts wrote are the ones `rsyn run` resumes from
     again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
-    assert "12/12 parts done (0 run, 12 already done)" in again.stderr
+    assert f"{n}/{n} parts done (0 run, {n} already done)" in again.stderr
 
 
 def _normalised(text: str) -> str:
@@ -147,10 +187,20 @@ def test_emitted_sbatch_scripts_match_the_golden_files(tmp_path):
     golden = {p.name: p.read_text() for p in sorted(GOLDEN.iterdir())}
     assert emitted == golden
     # the properties the golden files hold, stated
-    embed = emitted["04-embed.sbatch"]
+    embed = emitted["09-embed.sbatch"]
     assert "#SBATCH --array=0-511" in embed and "#SBATCH --gpus-per-task=1" in embed
-    assert "--gpus-per-task" not in emitted["03-dedup.sbatch"]
-    assert "--dependency=afterok:$job_split_image:$job_index 09-retrieve.sbatch" in emitted["submit.sh"]
+    # split passes: per shard, per partition or once, GPUs only where a pass uses them, per-pass memory
+    assert "#SBATCH --array=0-511" in emitted["03-dedup-scan.sbatch"]
+    assert "--gpus-per-task" not in emitted["03-dedup-scan.sbatch"]
+    assert "#SBATCH --array=0-255" in emitted["06-dedup-near.sbatch"] and "--mem=96G" in emitted["06-dedup-near.sbatch"]
+    assert "#SBATCH --array=0-0" in emitted["05-dedup-settle-exact.sbatch"]
+    assert "--gpus-per-task=1" in emitted["13-semdedup-pairs.sbatch"]
+    assert "--gpus-per-task" not in emitted["10-semdedup-scan.sbatch"]
+    assert "--gpus-per-task=1" in emitted["23-balance-plan.sbatch"]
+    assert "--gpus-per-task" not in emitted["24-balance-assign.sbatch"]
+    # parts line up: each split pass reads its upstream stage's part files directly, with no split pass
+    assert not any("split.sbatch" in name and "split-" not in name for name in emitted)
+    assert "--dependency=afterok:$job_split_image:$job_index 19-retrieve.sbatch" in emitted["submit.sh"]
 
 
 def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_path):
@@ -163,9 +213,11 @@ def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_pa
     proc = subprocess.run(["bash", str(plan / "submit.sh")], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [json.loads(line) for line in (shim / "jobs.jsonl").read_text().splitlines()]
-    assert len(jobs) == 12 and all(job["ok"] for job in jobs), jobs
-    assert next(j for j in jobs if j["script"] == "08-retrieve.sbatch")["after"] == [
-        next(j["id"] for j in jobs if j["script"] == s) for s in ("06-split-image.sbatch", "07-index.sbatch")]
+    graph = graph_of(example, out)
+    assert len(jobs) == len(graph.upstream(["pack"])) and all(job["ok"] for job in jobs), jobs
+    script = {j["script"].split("-", 1)[1].removesuffix(".sbatch"): j for j in jobs}
+    assert script["retrieve"]["after"] == [script[s]["id"] for s in ("split-image", "index")]
+    assert len(script["dedup-near"]["tasks"]) == 2 and len(script["dedup-filter"]["tasks"]) == 3
     assert release(out / "packed") == release(example / "packed")
     assert leftovers(out) == []
 
@@ -241,41 +293,43 @@ def test_sigterm_and_sigint_stop_the_parts_and_leave_no_temporaries(tmp_path, si
 
 
 def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_path):
-    """SIGKILL `rsyn run` during a sharded pass; the rerun runs only the parts without a marker."""
+    """SIGKILL `rsyn run` during a split pass (dedup-filter, 3 parts); the rerun runs only the parts without a
+    marker, and the parts equal those of the uninterrupted run."""
     out, _ = local_run
+    name = "dedup-filter"
+    parts = [f"{name}-{k:05d}-of-00003" for k in range(3)]
+    outputs = [out / "shards" / f"dedup-{k:05d}-of-00003.jsonl.zst" for k in range(3)]
+    reference = [p.read_bytes() for p in outputs]
     slow = ["sh", "-c", 'sleep 1; exec "$0" "$@"', "rsyn"]  # each part takes a second: the kill lands mid-pass
-    sets = [*example_settings(example, out), "--set", "stages.split-image.shards=3",
-            "--set", f"stages.split-image.program={json.dumps(slow)}", "--until", "split-image", "--workers", "1"]
+    sets = [*example_settings(example, out), "--set", f"stages.{name}.program={json.dumps(slow)}",
+            "--until", name, "--workers", "1"]
+    first = out / ".done" / f"{parts[0]}.json"
+    first.unlink()  # the program changed, so the whole pass reruns: wait for its first new marker
     run = subprocess.Popen([sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets], env=_env(), cwd=ROOT,
                            stderr=subprocess.DEVNULL)
-    first = out / ".done" / "split-image-00000-of-00003.json"
     deadline = time.monotonic() + 120
     while not first.exists():
-        assert run.poll() is None and time.monotonic() < deadline, "the sharded pass never finished a part"
+        assert run.poll() is None and time.monotonic() < deadline, "the split pass never finished a part"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
     time.sleep(0.5)  # the part it was running gets SIGKILL too (PR_SET_PDEATHSIG): no orphan races the rerun
-    assert _processes_naming(out / "shards") == []
-    done_before = {p.name for p in (out / ".done").glob("split-image-*.json")}
+    assert _processes_naming(out / "work") == []
+    done_before = {p.name[:-5] for p in (out / ".done").glob(f"{name}-*.json")
+                   if json.loads(p.read_text())["argv"][:2] == slow[:2]}
     assert 1 <= len(done_before) < 3
     # what a dead attempt leaves: a half-written output and a spill in its TMPDIR
-    stale = out / "shards" / ".images-00002-of-00003.jsonl.zst.rsyn-tmp-999999"
-    stale.parent.mkdir(exist_ok=True)
-    stale.write_bytes(b"half")
-    (out / ".tmp" / "split-image-00002-of-00003" / "rsyn-dedup-x").mkdir(parents=True)
+    (out / "shards" / ".dedup-00002-of-00003.jsonl.zst.rsyn-tmp-999999").write_bytes(b"half")
+    (out / ".tmp" / parts[2] / "rsyn-dedup-x").mkdir(parents=True)
 
     again = rsyn("run", EXAMPLE, *sets)
-    started = re.findall(r"rsyn run: (split-image-\S+): started", again.stderr)
-    expected = sorted({f"split-image-{k:05d}-of-00003" for k in range(3)} - {n[:-5] for n in done_before})
-    assert sorted(started) == expected
-    logged = [(out / "logs" / f"{name}.log").read_text().count(": done") for name in expected]
-    assert logged == [1] * len(expected)
+    started = re.findall(r"rsyn run: (\S+): started", again.stderr)
+    expected = sorted(set(parts) - done_before)
+    assert sorted(started) == expected  # nothing before the split pass, none of its finished parts
+    logged = [(out / "logs" / f"{part}.log").read_text().count("attempt 1: done") for part in expected]
+    assert logged == [2] * len(expected)  # the first whole run's and the rerun's; a killed attempt logs no end
     assert leftovers(out) == []
-    for k in range(3):  # each part equals the same command run once, uninterrupted
-        ref = tmp_path / f"ref-{k}.jsonl.zst"
-        rsyn("cat", out / "semdedup.jsonl.zst", "--kind", "image", "--shard", f"{k}/3", "--quiet", "-o", ref)
-        assert (out / "shards" / f"images-{k:05d}-of-00003.jsonl.zst").read_bytes() == ref.read_bytes()
+    assert [p.read_bytes() for p in outputs] == reference
 
 
 def _processes_naming(path: Path) -> list[int]:
@@ -292,10 +346,14 @@ def _processes_naming(path: Path) -> list[int]:
 
 def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[stages.dedup]\nshards = 4\n')
-    proc = rsyn("plan", bad, "--emit", "make", check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "dedup compares records across the whole stream" in proc.stderr
+    head = '[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n'
+    for table, message in (("[stages.index]\nshards = 4", "index compares records across the whole stream"),
+                           ("[stages.embed]\npartitions = 2", "only dedup and semdedup have per-partition passes"),
+                           ("[stages.dedup-near]\nshards = 2", "part counts are set on the stage, [stages.dedup]"),
+                           ("[stages.dedup-nope]\ncpus = 2", "[stages.dedup-nope] is not a stage or a pass")):
+        bad.write_text(f"{head}[stages.dedup]\nshards = 2\n{table}\n")
+        proc = rsyn("plan", bad, "--emit", "make", check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[thresholds]\nmax_pp = 3\n')
     proc = rsyn("run", bad, check=False)
     assert proc.returncode == 2 and "[thresholds] has no 'max_pp'" in proc.stderr and "Traceback" not in proc.stderr

@@ -23,7 +23,7 @@ class PipelineError(Exception):
 # key -> (type check, default); types are checked so a misspelt value fails at plan time, not on the cluster
 _PIPELINE_KEYS = {"output": str, "seed": int, "device": str, "on_error": str, "program": list}
 _INPUT_KEYS = {"documents": list, "images": str, "tags": str}
-_STAGE_KEYS = {"shards": int, "gpus": int, "cpus": int, "memory": str, "time": str, "options": dict,
+_STAGE_KEYS = {"shards": int, "partitions": int, "gpus": int, "cpus": int, "memory": str, "time": str, "options": dict,
                "merge": bool, "program": list, "ray_cpus": float}
 _RAY_KEYS = {"cpus_per_part": float}
 _SLURM_KEYS = {"partition": str, "account": str, "time": str, "extra": list}
@@ -35,6 +35,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 @dataclass
 class StageSettings:
     shards: int = 1
+    partitions: int = 1  # dedup: the per-partition passes (key, bucket or cluster partitions) run as this many parts
     gpus: int = 0
     cpus: int = 1
     memory: str = "4G"
@@ -43,6 +44,11 @@ class StageSettings:
     merge: bool = False
     program: list[str] | None = None
     ray_cpus: float | None = None
+    given: tuple[str, ...] = ()  # the keys the file set: a pass's table overrides only these of its stage's
+
+    def under(self, stage: StageSettings) -> StageSettings:
+        """These settings of a pass ([stages.PASS]) over its stage's ([stages.STAGE]): the keys given here win."""
+        return StageSettings(**{**stage.__dict__, **{k: getattr(self, k) for k in self.given}, "given": self.given})
 
 
 @dataclass
@@ -177,9 +183,10 @@ def _build(raw: dict, path: Path, overrides: list[str]) -> Pipeline:
         raise PipelineError(f"{path}: [stages] must be a table of [stages.NAME]")
     for name, table in stages.items():
         settings = _check(table, _STAGE_KEYS, f"stages.{name}", path)
-        if settings.get("shards", 1) < 1:
-            raise PipelineError(f"{path}: [stages.{name}] shards must be >= 1")
-        p.stages[name] = StageSettings(**settings)
+        for key in ("shards", "partitions"):
+            if settings.get(key, 1) < 1:
+                raise PipelineError(f"{path}: [stages.{name}] {key} must be >= 1")
+        p.stages[name] = StageSettings(**settings, given=tuple(settings))
     p.ray_cpus_per_part = float(_check(raw.get("ray", {}), _RAY_KEYS, "ray", path).get("cpus_per_part", 0.5))
     p.slurm = dict(_check(raw.get("slurm", {}), _SLURM_KEYS, "slurm", path))
     return p

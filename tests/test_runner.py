@@ -196,11 +196,14 @@ def test_emitted_sbatch_scripts_match_the_golden_files(tmp_path):
     assert "#SBATCH --array=0-0" in emitted["05-dedup-settle-exact.sbatch"]
     assert "--gpus-per-task=1" in emitted["13-semdedup-pairs.sbatch"]
     assert "--gpus-per-task" not in emitted["10-semdedup-scan.sbatch"]
-    assert "--gpus-per-task=1" in emitted["23-balance-plan.sbatch"]
-    assert "--gpus-per-task" not in emitted["24-balance-assign.sbatch"]
+    assert "--gpus-per-task=1" in emitted["26-balance-plan.sbatch"]
+    assert "--gpus-per-task" not in emitted["27-balance-assign.sbatch"]
+    assert "#SBATCH --array=0-511" in emitted["18-index-collect.sbatch"]
+    assert "#SBATCH --array=0-63" in emitted["20-index-add.sbatch"] and "--mem=96G" in emitted["20-index-add.sbatch"]
+    assert "#SBATCH --array=0-0" in emitted["21-index-merge.sbatch"]
     # parts line up: each split pass reads its upstream stage's part files directly, with no split pass
     assert not any("split.sbatch" in name and "split-" not in name for name in emitted)
-    assert "--dependency=afterok:$job_split_image:$job_index 19-retrieve.sbatch" in emitted["submit.sh"]
+    assert "--dependency=afterok:$job_split_image:$job_index_merge 22-retrieve.sbatch" in emitted["submit.sh"]
 
 
 def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_path):

@@ -128,6 +128,15 @@ SPLIT_STAGES: dict[str, tuple[SplitPass, ...]] = {
         SplitPass("filter", ("balance", "filter", "{assign:k}", "--cap", "{cap}"), "shard", "", reads=("{inputs}",),
                   common=True),
     ),
+    "index": (
+        SplitPass("collect", ("index", "collect", "{inputs}", "--shard", "{k}/{n}"), "shard", "collect/{k}",
+                  common=True),
+        SplitPass("train", ("index", "train", "{collect*}"), "once", "train", common=True, takes=("*",)),
+        SplitPass("add", ("index", "add", "{collect*}", "--trained", "{train}", "--part", "{k}/{n}"), "partition",
+                  "add/{k}", common=True),
+        SplitPass("merge", ("index", "merge", "{collect*}", "--trained", "{train}", "{add*|--added}"), "once", "",
+                  common=True),
+    ),
 }
 
 
@@ -145,8 +154,8 @@ def build_graph(p: Pipeline) -> Graph:
             raise PipelineError(f"{p.path}: [stages.{name}] shards = {settings.shards}: {name} compares records "
                                 f"across the whole stream and runs as one part")
         if settings.partitions > 1 and not any(sp.per == "partition" for sp in SPLIT_STAGES.get(name, ())):
-            raise PipelineError(f"{p.path}: [stages.{name}] partitions = {settings.partitions}: only dedup and "
-                                f"semdedup have per-partition passes")
+            raise PipelineError(f"{p.path}: [stages.{name}] partitions = {settings.partitions}: only dedup, "
+                                f"semdedup and index have per-partition passes")
     graph = _build(p)
     for name, settings in p.stages.items():
         if name in STAGES:
@@ -182,7 +191,7 @@ def _build(p: Pipeline) -> Graph:
     semdedup = b.whole("semdedup", "dedup", embedded, "semdedup.jsonl.zst", ["--mode", "semantic"])
     sentences = b.stage("split-text", "cat", semdedup, "sentences.jsonl.zst", ["--kind", "text"])
     image_records = b.stage("split-image", "cat", semdedup, "images.jsonl.zst", ["--kind", "image"])
-    index = b.stage("index", "index", sentences, "index", [])
+    index = b.whole("index", "index", sentences, "index", [])
     index_dir = index.files[0]
     retrieved = b.stage("retrieve", "retrieve", image_records, "retrieved.jsonl.zst", ["--index", index_dir],
                         side=[index_dir], after=index.passes)
@@ -304,9 +313,9 @@ class _Builder:
             self._add(f"{name}-split", parts, source.passes, settings_of=name, cpu_only=True)
             source = _Stream(ranges, [f"{name}-split"])
         work = str(out / "work" / f"{name}-{n}x{m}")  # the counts in the name: no stale parts of other counts
-        targets = ([str(out / output)] if n == 1 else
-                   [str(out / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)])
         declared = SPLIT_STAGES[name]
+        targets = ([str(out / output)] if n == 1 or declared[-1].per == "once" else
+                   [str(out / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)])
         routed: dict[str, list[str]] = {sp.name: [] for sp in declared}
         for option, words in ([(options[0], options)] if options else []) + self._stage_groups(name):
             taker = next((sp.name for sp in declared if option in sp.takes), None)
@@ -327,13 +336,13 @@ class _Builder:
                 uses_inputs = "{inputs}" in (*sp.words, *sp.reads)
                 words, inputs = [], [*source.files] if uses_inputs else []
                 for word in sp.words:
-                    ref = re.fullmatch(r"\{([a-z-]+)(\*|:k)?\}", word)
+                    ref = re.fullmatch(r"\{([a-z-]+)(\*|:k)?(?:\|(--[a-z-]+))?\}", word)
                     if word == "{inputs}":
                         words += source.files
                     elif ref and ref.group(1) in written:
                         files = written[ref.group(1)]
                         picked = files if ref.group(2) == "*" else [files[k if ref.group(2) else 0]]
-                        words += picked
+                        words += [w for f in picked for w in ((ref.group(3), f) if ref.group(3) else (f,))]
                         inputs += picked
                         named.add(ref.group(1))
                     else:

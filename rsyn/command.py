@@ -203,11 +203,22 @@ class Run:
     # ------------------------------------------------------------------ device
     @property
     def device(self) -> str:
-        """The torch device to use ('cpu', 'cuda:0', ...), resolved once and announced on stderr."""
+        """The torch device for a model ('cpu', 'cuda:0', ...), resolved once, when first asked (so just
+        before a model loads), and announced on stderr. torch is imported only if a GPU might exist."""
         if self._device is None:
             from rsyn.models.device import resolve_device
 
             self._device = resolve_device(self.device_option)
+            self.note(f"device {self._device}")
+        return self._device
+
+    @property
+    def faiss_device(self) -> str:
+        """Like `device`, for a stage that runs only faiss: resolved without importing torch."""
+        if self._device is None:
+            from rsyn.models.device import resolve_faiss_device
+
+            self._device = resolve_faiss_device(self.device_option)
             self.note(f"device {self._device}")
         return self._device
 

@@ -315,10 +315,12 @@ def _resolve_precision(precision: str, device: str) -> str:
 def _load(spec: str, device: str, precision: str) -> Clip:
     import logging
 
-    import open_clip
     import torch
 
     from rsyn.command import RsynError
+    from rsyn.models.imports import import_open_clip
+
+    open_clip = import_open_clip(spec)
 
     if spec.startswith((LOCAL_DIR, HF_HUB)):
         model_name, pretrained = spec, None

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 # open_clip module -> the optional library it looks for at import
@@ -55,9 +56,10 @@ def open_clip_model_config(spec: str) -> dict | None:
         return None
 
 
-def import_open_clip(spec: str):
-    """open_clip, imported with only the optional libraries that the model `spec` names needs."""
-    needs = open_clip_needs(open_clip_model_config(spec))
+def import_open_clip(spec: str | None = None):
+    """open_clip, imported with only the optional libraries that the model `spec` names needs
+    (none when no model is named: open_clip's own tokenizer and CLIP class need neither)."""
+    needs = open_clip_needs(open_clip_model_config(spec)) if spec is not None else set()
     if "open_clip" in sys.modules:
         for library in sorted(needs & _hidden_at_import):
             _hidden_at_import.discard(library)
@@ -95,3 +97,28 @@ def import_spacy():
         if sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return spacy
+
+
+def clip_bpe_tokenizer():
+    """open_clip's SimpleTokenizer (CLIP's BPE), for counting tokens, without torch when it is not loaded.
+
+    Its module imports torch only for tensor-returning helpers and annotations; `encode` is plain
+    Python. Loading just that file with a placeholder for torch spares a report seconds and a GiB.
+    """
+    if "torch" in sys.modules:
+        return import_open_clip().tokenizer.SimpleTokenizer()
+    found = importlib.util.find_spec("open_clip")
+    if found is None or not found.submodule_search_locations:
+        raise ImportError("open_clip is not installed")
+    path = Path(list(found.submodule_search_locations)[0]) / "tokenizer.py"
+    spec = importlib.util.spec_from_file_location("rsyn._open_clip_tokenizer", path)
+    module = importlib.util.module_from_spec(spec)
+    placeholder = types.ModuleType("torch")
+    placeholder.__getattr__ = lambda name: object  # torch.LongTensor etc. in annotations
+    sys.modules["torch"] = placeholder
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if sys.modules.get("torch") is placeholder:
+            del sys.modules["torch"]
+    return module.SimpleTokenizer()

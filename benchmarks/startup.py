@@ -106,7 +106,8 @@ def stages(work: Path, tmp: Path) -> list[tuple[str, bool, list[str], str]]:
         ("embed (syn_text)", True, ["embed", str(captioned), "--model", clip, "--text-field", "syn_text",
                                     "--emb-field", "syn_emb"], "open_clip"),
         ("balance", False, ["balance", str(syn), "--sim-range", "auto", "--clusters", "1", "--per-cluster", "20"], "numpy, faiss"),
-        ("pack", False, ["pack", str(balanced), "--extra-columns", "-o", str(tmp / "packed")], "pyarrow.parquet"),
+        ("pack", False, ["pack", str(balanced), "--extra-columns", "--overwrite", "-o", str(tmp / "packed")],
+         "pyarrow.parquet"),
         ("report", False, ["report", str(work / "stats" / "pack.json"), "--packed", str(work / "packed"),
                            "-o", str(tmp / "report.html")], "numpy, matplotlib.pyplot, pyarrow.parquet"),
     ]

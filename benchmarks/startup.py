@@ -75,7 +75,8 @@ def one_document(corpus: Path, out: Path) -> Path:
 
 
 def stages(work: Path, tmp: Path) -> list[tuple[str, bool, list[str], str]]:
-    """(name, runs a model, rsyn arguments, the libraries imported bare as the reference)."""
+    """(name, the model it runs (True: a torch model, "spaCy", False: none), rsyn arguments, the libraries
+    imported bare as the reference)."""
     m = work / "models"
     clip = f"local-dir:{(m / 'clip').resolve()}"
     doc = one_document(work / "corpus", tmp / "doc.parquet")
@@ -90,7 +91,7 @@ def stages(work: Path, tmp: Path) -> list[tuple[str, bool, list[str], str]]:
     balanced = first_record(work / "balanced.jsonl.zst", tmp / "balanced.jsonl")
     images = str(work / "corpus" / "images")
     return [
-        ("extract (no ppl model)", False, ["extract", str(doc), "--disable", "ppl"], "pyarrow.parquet, spacy"),
+        ("extract (no ppl model)", "spaCy", ["extract", str(doc), "--disable", "ppl"], "pyarrow.parquet, spacy"),
         ("extract --ppl-model", True, ["extract", str(doc), "--ppl-model", str(m / "gpt2"), "--min-ppl", "0",
                                        "--max-ppl", "1e12"], "pyarrow.parquet, spacy, torch, transformers"),
         ("dedup exact,near", False, ["dedup", str(extracted), "--mode", "exact,near"], "datasketch"),
@@ -144,7 +145,8 @@ def main() -> None:
             if libraries not in bare_cache:
                 bare_cache[libraries] = measure([py, "-c", f"import {libraries}"], args.repeat, env)
             bare_wall, bare_rss = bare_cache[libraries]
-            print(f"| {name} | {'yes' if model else 'no'} | {wall:.2f} | {rss:.0f} | {bare_wall:.2f} "
+            kind = model if isinstance(model, str) else "yes" if model else "no"
+            print(f"| {name} | {kind} | {wall:.2f} | {rss:.0f} | {bare_wall:.2f} "
                   f"(`{libraries}`) | {bare_rss:.0f} | {wall / bare_wall:.2f}x |", flush=True)
         print()
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")

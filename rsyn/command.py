@@ -126,6 +126,7 @@ class Run:
         self.where_file = ""  # the place of the record last read by records()
         self.where_line = 0
         self._device = None
+        self._faiss_device = None  # faiss and torch may see different GPUs (a CPU-only build of either)
         self._writer: RecordWriter | None = None
         self._rejects: RecordWriter | None = None
         self._start = time.perf_counter()
@@ -182,7 +183,7 @@ class Run:
             **({"shard_rule": self._plan.rule, "shard_files": self._plan.paths}
                if self.shard and self._plan is not None else {}),
             "seed": self.seed,
-            "device": self._device,
+            "device": self._device or self._faiss_device,
             **({"stage": self.extra} if self.extra else {}),
         }
 
@@ -215,12 +216,13 @@ class Run:
     @property
     def faiss_device(self) -> str:
         """Like `device`, for a stage that runs only faiss: resolved without importing torch."""
-        if self._device is None:
+        if self._faiss_device is None:
             from rsyn.models.device import resolve_faiss_device
 
-            self._device = resolve_faiss_device(self.device_option)
-            self.note(f"device {self._device}")
-        return self._device
+            self._faiss_device = resolve_faiss_device(self.device_option)
+            if self._faiss_device != self._device:
+                self.note(f"device {self._faiss_device}")
+        return self._faiss_device
 
     def note(self, message: str) -> None:
         if not self.quiet:

@@ -27,9 +27,12 @@ def fresh(code: str, env: dict | None = None) -> dict:
 
 
 def test_auto_device_without_a_gpu_is_answered_without_torch():
-    out = fresh("from rsyn.models.device import resolve_device, resolve_faiss_device\n"
-                "result = [resolve_device('auto'), resolve_faiss_device('auto'), resolve_device('cpu')]", NO_GPU)
-    assert out["result"] == ["cpu", "cpu", "cpu"]
+    out = fresh("from rsyn.command import Run\n"
+                "from rsyn.models.device import resolve_device, resolve_faiss_device\n"
+                "run = Run('test', quiet=True)\n"
+                "result = [resolve_device('auto'), resolve_faiss_device('auto'), resolve_device('cpu'), "
+                "run.faiss_device, run.summary()['device']]", NO_GPU)
+    assert out["result"] == ["cpu"] * 5
     assert "torch" not in out["modules"] and "faiss" not in out["modules"]
 
 

@@ -16,9 +16,10 @@ state: time inside model calls (rsyn: `model_seconds`; loop: its encode_text cal
 (rsyn tokenizes in a thread beside the model calls: its share is that thread's wall time, which
 overlaps the model calls and includes waits for the interpreter lock) and the rest (reading,
 parsing, writing). The last rows compare with the loop's model calls alone, on texts already
-tokenized: no pipeline can reach that rate; it shows what the model itself costs. Random weights: a model's speed does not depend on its weights. --model tiny is
-the test suite's 2-layer, 32-wide CLIP; any other name is an open_clip architecture. Rounds
-alternate the two sides; the best of each is shown (the machine is shared).
+tokenized: no pipeline can reach that rate; it shows what the model itself costs. Random
+weights: a model's speed does not depend on its weights. --model tiny is the test suite's
+2-layer, 32-wide CLIP; any other name is an open_clip architecture. Rounds alternate the two
+sides; the best of each is shown (the machine is shared).
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +45,7 @@ def measure(argv: list[str], repeat: int, env: dict) -> tuple[float, float]:
     walls, peaks = [], []
     with tempfile.NamedTemporaryFile() as result:
         for _ in range(repeat):
-            proc = subprocess.run([sys.executable, "-I", "-S", "-c", _LAUNCH, result.name, *argv], env=env,
+            proc = subprocess.run([sys.executable, "-I", "-S", "-c", _LAUNCH, result.name, *argv], env=env, check=False,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
             wall, rss, code = Path(result.name).read_text().split()
             if proc.returncode or int(code):

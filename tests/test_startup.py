@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import jsonl
+
 from rsyn.records import encode_embeddings
 
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # hides any GPU: the answer must come without torch
@@ -18,7 +18,7 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # hides any GPU: the answer must come wit
 def fresh(code: str, env: dict | None = None) -> dict:
     """Run `code` in a new interpreter; it sets `result` (JSON-able); also returns the modules it loaded."""
     wrapper = code + "\nimport json, sys\nprint(json.dumps({'result': result, 'modules': sorted(sys.modules)}))\n"
-    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", wrapper], check=False, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -50,7 +50,7 @@ def open_clip_model_config(spec: str) -> dict | None:
         if found is None or not found.submodule_search_locations:
             return None
         name = spec.partition("@")[0].replace("/", "-")
-        path = Path(list(found.submodule_search_locations)[0]) / "model_configs" / f"{name}.json"
+        path = Path(next(iter(found.submodule_search_locations))) / "model_configs" / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         return None
@@ -110,7 +110,7 @@ def clip_bpe_tokenizer():
     found = importlib.util.find_spec("open_clip")
     if found is None or not found.submodule_search_locations:
         raise ImportError("open_clip is not installed")
-    path = Path(list(found.submodule_search_locations)[0]) / "tokenizer.py"
+    path = Path(next(iter(found.submodule_search_locations))) / "tokenizer.py"
     spec = importlib.util.spec_from_file_location("rsyn._open_clip_tokenizer", path)
     module = importlib.util.module_from_spec(spec)
     placeholder = types.ModuleType("torch")

@@ -135,6 +135,7 @@ class Run:
         self.where_file = ""  # the place of the record last read by records()
         self.where_line = 0
         self._device = None
+        self._faiss_device = None  # faiss and torch may see different GPUs (a CPU-only build of either)
         self._writer: RecordWriter | None = None
         self._rejects: RecordWriter | None = None
         self._start = time.perf_counter()
@@ -176,7 +177,8 @@ class Run:
         return False
 
     def _finish(self) -> None:
-        if self._device is None and (self.device_option or "").strip().lower().startswith("cuda"):
+        asked_cuda = (self.device_option or "").strip().lower().startswith("cuda")
+        if asked_cuda and self._device is None and self._faiss_device is None:
             # checked after the run, so it holds for every code path: the stage never asked for a device
             self.note(f"warning: --device {self.device_option} was given, but this run used no GPU "
                       "(nothing in it runs on one)")
@@ -199,7 +201,7 @@ class Run:
             **({"shard_rule": self._plan.rule, "shard_files": self._plan.paths}
                if self.shard and self._plan is not None else {}),
             "seed": self.seed,
-            "device": self._device,
+            "device": self._device or self._faiss_device,
             **({"stage": self.extra} if self.extra else {}),
             **({"in_parts": dict(self.in_parts)} if self.in_parts else {}),
             **({"out_parts": dict(self.out_parts)} if self.out_parts else {}),
@@ -225,13 +227,25 @@ class Run:
     # ------------------------------------------------------------------ device
     @property
     def device(self) -> str:
-        """The torch device to use ('cpu', 'cuda:0', ...), resolved once and announced on stderr."""
+        """The torch device for a model ('cpu', 'cuda:0', ...), resolved once, when first asked (so just
+        before a model loads), and announced on stderr. torch is imported only if a GPU might exist."""
         if self._device is None:
             from rsyn.models.device import resolve_device
 
             self._device = resolve_device(self.device_option)
             self.note(f"device {self._device}")
         return self._device
+
+    @property
+    def faiss_device(self) -> str:
+        """Like `device`, for a stage that runs only faiss: resolved without importing torch."""
+        if self._faiss_device is None:
+            from rsyn.models.device import resolve_faiss_device
+
+            self._faiss_device = resolve_faiss_device(self.device_option)
+            if self._faiss_device != self._device:
+                self.note(f"device {self._faiss_device}")
+        return self._faiss_device
 
     def note(self, message: str) -> None:
         if not self.quiet:

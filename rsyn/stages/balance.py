@@ -587,7 +587,7 @@ def plan_pass(run: Run, scans: list[PassDir], out: Path, *, window: SimRange, cl
             meta["seconds"]["sample"] = round(time.perf_counter() - clock, 3)
             run.note(f"k-means: {k} clusters from {len(sample):,} of {in_window:,} image embeddings")
             clock = time.perf_counter()
-            centroids = train_kmeans(sample, k, seed=run.seed, niter=kmeans_iters, device=run.device,
+            centroids = train_kmeans(sample, k, seed=run.seed, niter=kmeans_iters, device=run.faiss_device,
                                      max_points_per_centroid=max(256, math.ceil(len(sample) / k)))
             meta["seconds"]["kmeans"] = round(time.perf_counter() - clock, 3)
             meta["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
@@ -673,7 +673,7 @@ def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
     centroids = np.load(plan.file("centroids.npy"), allow_pickle=False)
     sizes = np.zeros(k, dtype=np.int64)
     count = scan.meta["count"]
-    nearest = NearestCentroid(centroids, run.device) if k else None
+    nearest = NearestCentroid(centroids, run.faiss_device) if k else None
     with open(out / "labels.i4", "wb") as fh:
         for start in range(0, count, ROWS):
             stop = min(start + ROWS, count)

@@ -99,6 +99,7 @@ class Chunk:
     text_batches: list = field(default_factory=list)  # (positions, tokens)
     failures: dict = field(default_factory=dict)  # position -> ImageError
     sizes: dict = field(default_factory=dict)  # position -> (width, height)
+    tokenize_seconds: float = 0.0  # in the assembler thread, beside the model calls
 
 
 def run_embed(run: Run, opts: EmbedOptions) -> None:
@@ -135,7 +136,7 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
 
     counts = {"images": 0, "texts": 0, "size_checked": 0}
     rate = ErrorRate(opts.max_error_rate, "images")
-    compute_seconds = 0.0
+    compute_seconds = tokenize_seconds = 0.0
     pool = ThreadPoolExecutor(workers, thread_name_prefix="rsyn-image")
     # one assembler: it waits on the pool's futures, so it must not be a pool thread itself
     assembler = ThreadPoolExecutor(1, thread_name_prefix="rsyn-batch")
@@ -149,10 +150,12 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
             pending.append(assembler.submit(_assemble, items, batch_size, clip, on_cuda))
             while len(pending) > PREFETCH_CHUNKS:
                 chunk = pending.popleft().result()
+                tokenize_seconds += chunk.tokenize_seconds
                 compute_seconds += _finish(run, chunk, clip, emb_field, model_field, counts, rule, rate)
         while pending:
-            compute_seconds += _finish(run, pending.popleft().result(), clip, emb_field, model_field, counts, rule,
-                                       rate)
+            chunk = pending.popleft().result()
+            tokenize_seconds += chunk.tokenize_seconds
+            compute_seconds += _finish(run, chunk, clip, emb_field, model_field, counts, rule, rate)
         finished = True
     finally:
         for future in pending:
@@ -170,7 +173,7 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
         "batch_size": batch_size, "workers": workers, "emb_field": emb_field, "text_field": opts.text_field,
         "images": counts["images"], "texts": counts["texts"], "size_rule_applied": counts["size_checked"],
         "model_load_seconds": round(load_seconds, 3), "embed_seconds": round(seconds, 3),
-        "model_seconds": round(compute_seconds, 3),
+        "model_seconds": round(compute_seconds, 3), "tokenize_seconds": round(tokenize_seconds, 3),
         "images_per_second": round(counts["images"] / seconds, 2) if seconds and counts["images"] else 0,
         "texts_per_second": round(counts["texts"] / seconds, 2) if seconds and counts["texts"] else 0,
     })
@@ -264,6 +267,7 @@ def _assemble(items: list[Item], batch_size: int, clip, pin: bool) -> Chunk:
             text_positions.append(position)
     flush_images()
     if texts:
+        started = time.perf_counter()
         tokens = clip.tokenize(texts)
         # texts of similar length share a batch, so cutting the padding (clip.encode_tokens) saves most
         # of the work: web sentences are ~20 tokens of CLIP's 77
@@ -271,6 +275,7 @@ def _assemble(items: list[Item], batch_size: int, clip, pin: bool) -> Chunk:
         for start in range(0, len(texts), batch_size):
             picked = order[start:start + batch_size]
             chunk.text_batches.append(([text_positions[i] for i in picked], tokens[torch.from_numpy(picked)]))
+        chunk.tokenize_seconds = time.perf_counter() - started
     return chunk
 
 

@@ -716,9 +716,9 @@ def run_index(run: Run, *, clusters: int | None, max_memory: str | None, index_t
         parts = open_parts([work / "collect"])
         train_index(parts, work / "train", clusters=clusters, budget=budget, index_type=index_type,
                     pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter, seed=run.seed,
-                    device=run.device, note=run.note)
+                    device=run.faiss_device, note=run.note)
         start = time.perf_counter()
-        add_parts(parts, part_range(1, None), work / "train", work / "add", device=run.device)
+        add_parts(parts, part_range(1, None), work / "train", work / "add", device=run.faiss_device)
         add_seconds = round(time.perf_counter() - start, 3)
         meta = merge_index(parts, work / "train", [work / "add"], building, on_disk=False, note=run.note)
         shutil.rmtree(work)
@@ -751,7 +751,7 @@ def run_train(run: Run, *, clusters: int | None, max_memory: str | None, index_t
     with building_directory(run.output) as building:
         info = train_index(parts, building, clusters=clusters, budget=budget, index_type=index_type,
                            pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter, seed=run.seed,
-                           device=run.device, note=run.note)
+                           device=run.faiss_device, note=run.note)
     run.extra.update({"clusters": info["clusters"], "index_type": info["index_type"], **info["seconds"]})
 
 
@@ -759,7 +759,7 @@ def run_add(run: Run, *, trained: str, part: tuple[int, int] | None) -> None:
     parts = _pass_inputs(run, "add")
     which = part_range(len(parts), part)
     with building_directory(run.output) as building:
-        info = add_parts(parts, which, Path(trained), building, device=run.device)
+        info = add_parts(parts, which, Path(trained), building, device=run.faiss_device)
     run.extra.update({"parts": len(which), "vectors": info["count"]})
     run.count_out(info["count"])
 

@@ -268,9 +268,9 @@ def packed_text_stats(directory: str) -> list[dict]:
 def _bpe_counter():
     """Token count with CLIP's BPE (the paper's Table 15 counts tokens); words if open_clip is absent."""
     try:
-        from open_clip.tokenizer import SimpleTokenizer
+        from rsyn.models.imports import clip_bpe_tokenizer
 
-        tok = SimpleTokenizer()
+        tok = clip_bpe_tokenizer()
         return lambda text: len(tok.encode(text))
     except Exception:  # noqa: BLE001 - a missing optional tokenizer only changes the unit
         return lambda text: len(text.split())

@@ -239,7 +239,7 @@ def distinct_choice(scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k
 
 def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None,
                  verify: bool = True) -> None:
-    index = IndexDirectory(index_dir, device=run.device, verify=verify)
+    index = IndexDirectory(index_dir, device=run.faiss_device, verify=verify)
     run.note(f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "
              f"({index.index_type}), model {index.model}, nprobe {min(nprobe, index.meta['clusters'])}")
     run.extra.update({"nprobe": nprobe, "k": k, "images": 0, "passed_through": 0})

@@ -122,7 +122,7 @@ def run_dedup(run: Run, options: DedupOptions) -> None:
             group_pass(run, work, "semantic", (0, 1))
             info = settle_pass(run, work, "semantic")
             info.pop("dropped")
-            stage["semantic"] = {**info, "device": run.device}
+            stage["semantic"] = {**info, "device": run.faiss_device}
         run.extra.clear()
         run.extra.update(stage)
         filter_pass(run, work, (0, 1), count_in=False)
@@ -166,7 +166,7 @@ def group_pass(run: Run, work: Work, mode: str, partition: tuple[int, int]) -> d
         else:
             from rsyn.stages.dedup.semantic import pairs
 
-            info = pairs(shards, work, part, *partition, device=run.device)
+            info = pairs(shards, work, part, *partition, device=run.faiss_device)
         part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
@@ -200,7 +200,7 @@ def train_pass(run: Run, work: Work) -> dict:
     shards = Shards(work)
     _modes(shards, "semantic", "dedup-train")
     with work.single("semantic/train").writing() as part:
-        info = train(shards, work, part, run.device)
+        info = train(shards, work, part, run.faiss_device)
         part.finish({**info, "scan": shards.stamp})
     run.extra.update(info)
     return info
@@ -213,7 +213,7 @@ def assign_pass(run: Run, work: Work, shard: tuple[int, int]) -> dict:
     _modes(shards, "semantic", "dedup-assign")
     _check_shard(shards, shard)
     with work.part("semantic/assign", *shard).writing() as part:
-        info = assign(shards, work, part, shard[0], run.device)
+        info = assign(shards, work, part, shard[0], run.faiss_device)
         part.finish({**info, "scan": shards.stamp})
     return info
 

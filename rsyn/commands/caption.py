@@ -6,7 +6,14 @@ import typer
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
-from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_options import (
+    AllowPrivateUrlsOption,
+    DeadlineOption,
+    MaxBytesOption,
+    PathRootOption,
+    RetriesOption,
+    TimeoutOption,
+)
 from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 
@@ -57,23 +64,12 @@ def caption(
     fetch: Annotated[bool, typer.Option(
         "--fetch/--no-fetch", rich_help_panel=CAPTION,
         help="Download by URL an image found neither at `path` nor in --images.")] = True,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.01, rich_help_panel=CAPTION,
-        help="Image downloads: seconds to connect and for each read (within --deadline).")] = DEFAULT_TIMEOUT,
-    deadline: Annotated[float, typer.Option(
-        "--deadline", min=0.01, rich_help_panel=CAPTION,
-        help="Image downloads: seconds for one whole download, redirects and retries included.")
-    ] = DEFAULT_DEADLINE,
-    retries: Annotated[int, typer.Option(
-        "--retries", min=0, rich_help_panel=CAPTION,
-        help="Image downloads: retries after a connection error, a timeout or a 429/5xx answer.")
-    ] = DEFAULT_RETRIES,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
+    retries: RetriesOption = DEFAULT_RETRIES,
     max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
     path_root: PathRootOption = None,
-    allow_private_urls: Annotated[bool, typer.Option(
-        "--allow-private-urls", rich_help_panel=CAPTION,
-        help="Also download images from loopback, private, link-local and other non-public addresses "
-             "(tests, intranets). By default such a URL fails its record as private_address.")] = False,
+    allow_private_urls: AllowPrivateUrlsOption = False,
     image_workers: Annotated[int, typer.Option("--image-workers", min=1, rich_help_panel=CAPTION,
                                                help="Threads reading, fetching and decoding images.")] = 16,
     caption_max_tokens: Annotated[int, typer.Option("--caption-max-tokens", min=1, rich_help_panel=CAPTION,

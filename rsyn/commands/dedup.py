@@ -7,7 +7,7 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, parse_shard, rsyn_command, run_command
-from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_options import MaxBytesOption, PathRootOption
 from rsyn.image_limits import DEFAULT_MAX_BYTES
 
 WORK_HELP = "The work directory the passes share (part files and done markers)."

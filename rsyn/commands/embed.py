@@ -5,7 +5,14 @@ import typer
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
-from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_options import (
+    AllowPrivateUrlsOption,
+    DeadlineOption,
+    MaxBytesOption,
+    PathRootOption,
+    RetriesOption,
+    TimeoutOption,
+)
 from rsyn.image_limits import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -14,7 +21,6 @@ from rsyn.image_limits import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
     MAX_ASPECT,
-    MAX_REDIRECTS,
     MIN_SIDE,
 )
 
@@ -66,17 +72,9 @@ def embed(
     workers: Annotated[int, typer.Option(
         "--workers", min=0, rich_help_panel=_IMAGES,
         help="Threads fetching and decoding images; 0: 4 per CPU core, 8 to 64.")] = 0,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.01, rich_help_panel=_IMAGES,
-        help="Seconds to connect and for each read (within --deadline).")] = DEFAULT_TIMEOUT,
-    deadline: Annotated[float, typer.Option(
-        "--deadline", min=0.01, rich_help_panel=_IMAGES,
-        help="Seconds for one whole download: connecting, headers, body, redirects and retries together.")
-    ] = DEFAULT_DEADLINE,
-    retries: Annotated[int, typer.Option(
-        "--retries", min=0, rich_help_panel=_IMAGES,
-        help=f"Retries (with backoff) after a connection error, a timeout or a 429/5xx answer. Up to "
-             f"{MAX_REDIRECTS} redirects are followed apart from these.")] = DEFAULT_RETRIES,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
+    retries: RetriesOption = DEFAULT_RETRIES,
     max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
     path_root: PathRootOption = None,
     max_pixels: Annotated[int, typer.Option(
@@ -84,10 +82,7 @@ def embed(
         help="Largest width x height decoded (bigger: dropped as too_many_pixels).")] = DEFAULT_MAX_PIXELS,
     user_agent: Annotated[str, typer.Option(
         "--user-agent", rich_help_panel=_IMAGES, help="User-Agent header for downloads.")] = DEFAULT_USER_AGENT,
-    allow_private_urls: Annotated[bool, typer.Option(
-        "--allow-private-urls", rich_help_panel=_IMAGES,
-        help="Also download from loopback, private, link-local and other non-public addresses (tests, "
-             "intranets). By default a URL whose host resolves there is dropped as private_address.")] = False,
+    allow_private_urls: AllowPrivateUrlsOption = False,
     max_error_rate: Annotated[float, typer.Option(
         "--max-error-rate", min=0.0, max=1.0, rich_help_panel=_IMAGES,
         help=f"Stop (exit 2) when more than this share of the images could not be had (fetched, read or "

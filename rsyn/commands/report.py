@@ -4,7 +4,7 @@ import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
-from rsyn.file_options import MaxBytesOption, PathRootOption
+from rsyn.image_options import MaxBytesOption, PathRootOption
 from rsyn.image_limits import DEFAULT_MAX_BYTES
 
 

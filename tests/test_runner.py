@@ -219,7 +219,7 @@ def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_pa
     graph = graph_of(example, out)
     assert len(jobs) == len(graph.upstream(["pack"])) and all(job["ok"] for job in jobs), jobs
     script = {j["script"].split("-", 1)[1].removesuffix(".sbatch"): j for j in jobs}
-    assert script["retrieve"]["after"] == [script[s]["id"] for s in ("split-image", "index")]
+    assert script["retrieve"]["after"] == [script[s]["id"] for s in ("split-image", "index-merge")]
     assert len(script["dedup-near"]["tasks"]) == 2 and len(script["dedup-filter"]["tasks"]) == 3
     assert release(out / "packed") == release(example / "packed")
     assert leftovers(out) == []
@@ -350,8 +350,8 @@ def _processes_naming(path: Path) -> list[int]:
 def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     head = '[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n'
-    for table, message in (("[stages.index]\nshards = 4", "index compares records across the whole stream"),
-                           ("[stages.embed]\npartitions = 2", "only dedup and semdedup have per-partition passes"),
+    for table, message in (("[stages.pack]\nshards = 4", "pack compares records across the whole stream"),
+                           ("[stages.embed]\npartitions = 2", "only dedup, semdedup and index have per-partition passes"),
                            ("[stages.dedup-near]\nshards = 2", "part counts are set on the stage, [stages.dedup]"),
                            ("[stages.dedup-nope]\ncpus = 2", "[stages.dedup-nope] is not a stage or a pass")):
         bad.write_text(f"{head}[stages.dedup]\nshards = 2\n{table}\n")

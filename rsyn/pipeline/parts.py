@@ -167,6 +167,18 @@ def remove_temporaries(part: Part) -> int:
     return n
 
 
+def make_tmpdir(path: str) -> None:
+    """Create a part's TMPDIR under OUTPUT/.tmp, which a part finishing beside this one (make -j, a Slurm
+    array) may remove between our creating it and creating the TMPDIR in it (remove_temporaries): retry."""
+    for _ in range(100):
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    Path(path).mkdir(parents=True, exist_ok=True)
+
+
 def sweep_output(output: Path) -> int:
     """Remove every temporary under OUTPUT: only while holding its exclusive lock (no part is running)."""
     n = 0
@@ -236,7 +248,7 @@ class PartProcess:
         remove_temporaries(part)
         for path in (*part.outputs, *part.optional_outputs, part.log, part.marker):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(part.tmp).mkdir(parents=True, exist_ok=True)
+        make_tmpdir(part.tmp)
         try:
             os.unlink(part.marker)  # a stale marker (other argv or inputs) must not survive a failed attempt
         except FileNotFoundError:

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+import harness  # benchmarks/harness.py
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BARE_BALANCE = r"""
@@ -134,15 +136,8 @@ def make_input(path: str, n: int, dim: int, true_clusters: int, seed: int = 0) -
 
 def measure(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in GiB) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{err.decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 2**20
+    seconds, _cpu, rss_mib = harness.measure(cmd)
+    return seconds, rss_mib / 1024
 
 
 def main() -> None:

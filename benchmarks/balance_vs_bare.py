@@ -86,8 +86,10 @@ for line in io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(sr
 if cols["raw_image_url"]: flush()
 """
 
-WORDS = ("a dog runs across the green field while two children play with red kites near the old river under a "
-         "bright summer sky and people walk by").split()
+WORDS = (
+    "a dog runs across the green field while two children play with red kites near the old river under a "
+    "bright summer sky and people walk by"
+).split()
 
 
 def make_input(path: str, n: int, dim: int, true_clusters: int, seed: int = 0) -> int:
@@ -121,12 +123,23 @@ def make_input(path: str, n: int, dim: int, true_clusters: int, seed: int = 0) -
             lines = []
             for j in range(m):
                 i = seed * n + start + j
-                texts = [{"id": f"{i:012x}{t}", "text": " ".join(WORDS[w] for w in words[j, t]), "score": 0.3 - 0.01 * t}
-                         for t in range(3)]
-                rec = {"id": f"{i:020x}", "kind": "image", "doc": f"https://example.org/p/{i // 5}",
-                       "url": f"https://img.example.org/{i}.jpg", "emb": embs[j], "emb_model": "ViT-B-16/bench",
-                       "syn_emb": syns[j], "texts": texts, "caption": "a dog in a field", "tags": ["dog", "field"],
-                       "syn_text": "a dog runs across a green field while children fly red kites by the river"}
+                texts = [
+                    {"id": f"{i:012x}{t}", "text": " ".join(WORDS[w] for w in words[j, t]), "score": 0.3 - 0.01 * t}
+                    for t in range(3)
+                ]
+                rec = {
+                    "id": f"{i:020x}",
+                    "kind": "image",
+                    "doc": f"https://example.org/p/{i // 5}",
+                    "url": f"https://img.example.org/{i}.jpg",
+                    "emb": embs[j],
+                    "emb_model": "ViT-B-16/bench",
+                    "syn_emb": syns[j],
+                    "texts": texts,
+                    "caption": "a dog in a field",
+                    "tags": ["dog", "field"],
+                    "syn_text": "a dog runs across a green field while children fly red kites by the river",
+                }
                 lines.append(orjson.dumps(rec) + b"\n")
             data = b"".join(lines)
             raw += len(data)
@@ -160,26 +173,66 @@ def main() -> None:
         src = os.path.join(tmp, "in.jsonl.zst")
         t0 = time.perf_counter()
         # made in a child: peak RSS survives exec, so this process must stay small for the children's numbers
-        made = subprocess.run([py, __file__, "--make-input", src, "--records", str(args.records), "--dim",
-                               str(args.dim), "--true-clusters", str(args.true_clusters)],
-                              check=True, capture_output=True)
+        made = subprocess.run(
+            [
+                py,
+                __file__,
+                "--make-input",
+                src,
+                "--records",
+                str(args.records),
+                "--dim",
+                str(args.dim),
+                "--true-clusters",
+                str(args.true_clusters),
+            ],
+            check=True,
+            capture_output=True,
+        )
         raw = int(made.stdout)
-        print(f"input: {args.records:,} image records, {args.dim}-d emb + syn_emb, {raw / args.records:,.0f} bytes "
-              f"each, {raw / 1e9:.2f} GB JSONL, {os.path.getsize(src) / 1e9:.2f} GB zstd "
-              f"(made in {time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"input: {args.records:,} image records, {args.dim}-d emb + syn_emb, {raw / args.records:,.0f} bytes "
+            f"each, {raw / 1e9:.2f} GB JSONL, {os.path.getsize(src) / 1e9:.2f} GB zstd "
+            f"(made in {time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
         k, t = str(args.clusters), str(args.per_cluster)
         out, bare_out = os.path.join(tmp, "out.jsonl.zst"), os.path.join(tmp, "bare.jsonl.zst")
         stats = os.path.join(tmp, "stats.json")
         results = {}
-        results["rsyn cat (one pass)"] = measure([py, "-m", "rsyn", "cat", src, "-o", os.path.join(tmp, "cat.zst"),
-                                                  "--quiet"])
+        results["rsyn cat (one pass)"] = measure(
+            [py, "-m", "rsyn", "cat", src, "-o", os.path.join(tmp, "cat.zst"), "--quiet"]
+        )
         os.unlink(os.path.join(tmp, "cat.zst"))
-        results["bare balance (in memory)"] = measure([py, "-c", BARE_BALANCE, src, bare_out, k, t, HERE,
-                                                       str(args.kmeans_sample)])
-        results["rsyn balance"] = measure([py, "-m", "rsyn", "balance", src, "-o", out, "--quiet", "--device", "cpu",
-                                           "--sim-range", "auto", "--clusters", k, "--per-cluster", t,
-                                           "--kmeans-sample", str(args.kmeans_sample), "--stats", stats,
-                                           "--spill-dir", tmp])
+        results["bare balance (in memory)"] = measure(
+            [py, "-c", BARE_BALANCE, src, bare_out, k, t, HERE, str(args.kmeans_sample)]
+        )
+        results["rsyn balance"] = measure(
+            [
+                py,
+                "-m",
+                "rsyn",
+                "balance",
+                src,
+                "-o",
+                out,
+                "--quiet",
+                "--device",
+                "cpu",
+                "--sim-range",
+                "auto",
+                "--clusters",
+                k,
+                "--per-cluster",
+                t,
+                "--kmeans-sample",
+                str(args.kmeans_sample),
+                "--stats",
+                stats,
+                "--spill-dir",
+                tmp,
+            ]
+        )
         import orjson
 
         s = orjson.loads(open(stats, "rb").read())
@@ -196,13 +249,17 @@ def main() -> None:
         bp, rp = results["bare pack"], results["rsyn pack"]
         print(f"pack ratio bare/rsyn: {bp[0] / rp[0]:.2f}x ({kept / rp[0]:,.0f} rows/s)")
         st = s["stage"]
-        print(f"\nbalance kept {kept:,} of {s['in']:,}; window {st['sim_window']['lo']}..{st['sim_window']['hi']} "
-              f"({st['sim_window']['chosen']}); {st['clusters']} clusters, t = {st['per_cluster']}")
+        print(
+            f"\nbalance kept {kept:,} of {s['in']:,}; window {st['sim_window']['lo']}..{st['sim_window']['hi']} "
+            f"({st['sim_window']['chosen']}); {st['clusters']} clusters, t = {st['per_cluster']}"
+        )
         print("  rsyn balance phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in st["phase_seconds"].items()))
         for when in ("before", "after"):
             d = st[when]
-            print(f"  {when:6} max share {d['max_share']:.2%}  Gini {d['gini']:.3f}  singletons {d['singletons']}  "
-                  f"largest {d['largest']}  median {d['median']}")
+            print(
+                f"  {when:6} max share {d['max_share']:.2%}  Gini {d['gini']:.3f}  singletons {d['singletons']}  "
+                f"largest {d['largest']}  median {d['median']}"
+            )
 
 
 if __name__ == "__main__":

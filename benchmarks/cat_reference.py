@@ -31,8 +31,24 @@ def sentences_of(docs: str) -> list[str]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.jsonl.zst")
-        subprocess.run([sys.executable, "-m", "rsyn", "extract", docs, "--filters", "emoji,url,words", "--ppl-model",
-                        "none", "-o", out, "--quiet"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rsyn",
+                "extract",
+                docs,
+                "--filters",
+                "emoji,url,words",
+                "--ppl-model",
+                "none",
+                "-o",
+                out,
+                "--quiet",
+            ],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         return list(dict.fromkeys(r["text"] for r in read_records([out]) if r["kind"] == "text"))
 
 
@@ -64,8 +80,10 @@ def compare(model: str, sentences: list[str], examples: int) -> None:
     agree = sum((c >= 1) == (r >= 1) for _, c, _, r in rows) / n
     exact = sum(c == r for _, c, _, r in rows) / n
     print(f"## {model}: {n} sentences")
-    print("| complexity >= 1, rsyn | complexity >= 1, reference | agreement on >= 1 | agreement on exact value "
-          "| CAT share (rsyn) | CAT share with the reference's complexity |")
+    print(
+        "| complexity >= 1, rsyn | complexity >= 1, reference | agreement on >= 1 | agreement on exact value "
+        "| CAT share (rsyn) | CAT share with the reference's complexity |"
+    )
     print(f"| {ours / n:.1%} | {ref / n:.1%} | {agree:.1%} | {exact:.1%} | {cat_share:.1%} | {ref_cat_share:.1%} |")
     only_ours = [(t, c, r) for t, c, _, r in rows if c >= 1 and r == 0]
     only_ref = [(t, c, r) for t, c, _, r in rows if c == 0 and r >= 1]
@@ -96,8 +114,11 @@ def main() -> None:
     parser.add_argument("--docs", default=str(ROOT / "tests/data/mmc4_shard151_107docs.jsonl.zst"))
     parser.add_argument("--model", action="append", help="spaCy model name or path (repeatable)")
     parser.add_argument("--examples", type=int, default=8)
-    parser.add_argument("--captions", metavar="PARQUET", help="also: CAT parts on this parquet's TEXT column "
-                                                              "(e.g. ../shared/data/laion-10k.parquet)")
+    parser.add_argument(
+        "--captions",
+        metavar="PARQUET",
+        help="also: CAT parts on this parquet's TEXT column (e.g. ../shared/data/laion-10k.parquet)",
+    )
     args = parser.parse_args()
     if args.captions:
         import pyarrow.parquet as pq

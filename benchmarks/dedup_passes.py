@@ -78,8 +78,10 @@ def write_files(directory: Path, records: list[dict], files: int = FILES) -> lis
 
 def text_corpus(directory: Path, n: int) -> list[str]:
     texts = sentences(n)
-    return write_files(directory, [{"id": f"t{i}", "kind": "text", "doc": f"d{i // 30}", "pos": i % 30, "text": t}
-                                   for i, t in enumerate(texts)])
+    return write_files(
+        directory,
+        [{"id": f"t{i}", "kind": "text", "doc": f"d{i // 30}", "pos": i % 30, "text": t} for i, t in enumerate(texts)],
+    )
 
 
 def vector_corpus(directory: Path, n: int, d: int = 512) -> list[str]:
@@ -96,8 +98,10 @@ def vector_corpus(directory: Path, n: int, d: int = 512) -> list[str]:
     w -= (w * x[src]).sum(1, keepdims=True) * x[src]
     w /= np.linalg.norm(w, axis=1, keepdims=True)
     x = np.vstack([x, c * x[src] + np.sqrt(1 - c * c) * w])[rng.permutation(n)]
-    records = [{"id": f"i{i}", "kind": "image", "url": f"http://img/{i}.jpg", "emb": e, "emb_model": "bench"}
-               for i, e in enumerate(encode_embeddings(x))]
+    records = [
+        {"id": f"i{i}", "kind": "image", "url": f"http://img/{i}.jpg", "emb": e, "emb_model": "bench"}
+        for i, e in enumerate(encode_embeddings(x))
+    ]
     return write_files(directory, records)
 
 
@@ -127,39 +131,96 @@ def stage(name: str, commands: list[list], cwd: Path, jobs: int) -> dict:
         batch = [start(c, cwd) for c in pending[:jobs]]
         pending = pending[jobs:]
         results += [finish(j) for j in batch]
-    return {"pass": name, "processes": len(commands), "wall": time.perf_counter() - t0,
-            "cpu": sum(r["cpu"] for r in results), "rss_mib": max(r["rss_mib"] for r in results)}
+    return {
+        "pass": name,
+        "processes": len(commands),
+        "wall": time.perf_counter() - t0,
+        "cpu": sum(r["cpu"] for r in results),
+        "rss_mib": max(r["rss_mib"] for r in results),
+    }
 
 
 def near_passes(paths: list[str], work: Path, out: Path, shards: int, parts: int, jobs: int) -> list[dict]:
     w = ["--work", work]
     return [
-        stage("scan (per shard)", [["dedup-scan", *paths, *w, "--shard", f"{k}/{shards}"] for k in range(shards)],
-              out, jobs),
-        stage("exact (per partition)", [["dedup-exact", *w, "--part", f"{m}/{parts}"] for m in range(parts)], out, jobs),
+        stage(
+            "scan (per shard)",
+            [["dedup-scan", *paths, *w, "--shard", f"{k}/{shards}"] for k in range(shards)],
+            out,
+            jobs,
+        ),
+        stage(
+            "exact (per partition)", [["dedup-exact", *w, "--part", f"{m}/{parts}"] for m in range(parts)], out, jobs
+        ),
         stage("settle exact (once)", [["dedup-settle", *w, "--mode", "exact"]], out, jobs),
         stage("near (per partition)", [["dedup-near", *w, "--part", f"{m}/{parts}"] for m in range(parts)], out, jobs),
         stage("settle near (once)", [["dedup-settle", *w, "--mode", "near"]], out, jobs),
-        stage("filter (per shard)", [["dedup-filter", *w, "--shard", f"{k}/{shards}", "-o", out / f"out-{k}.jsonl.zst",
-                                      "--rejects", out / f"rej-{k}.jsonl.zst"] for k in range(shards)], out, jobs),
+        stage(
+            "filter (per shard)",
+            [
+                [
+                    "dedup-filter",
+                    *w,
+                    "--shard",
+                    f"{k}/{shards}",
+                    "-o",
+                    out / f"out-{k}.jsonl.zst",
+                    "--rejects",
+                    out / f"rej-{k}.jsonl.zst",
+                ]
+                for k in range(shards)
+            ],
+            out,
+            jobs,
+        ),
     ]
 
 
 def semantic_passes(paths, work, out, shards, parts, jobs, mode_args) -> list[dict]:
     w = ["--work", work]
     return [
-        stage("scan (per shard)", [["dedup-scan", *paths, *w, *mode_args, "--shard", f"{k}/{shards}"]
-                                   for k in range(shards)], out, jobs),
-        stage("exact (per partition)", [["dedup-exact", *w, "--part", f"{m}/{parts}"] for m in range(parts)], out, jobs),
+        stage(
+            "scan (per shard)",
+            [["dedup-scan", *paths, *w, *mode_args, "--shard", f"{k}/{shards}"] for k in range(shards)],
+            out,
+            jobs,
+        ),
+        stage(
+            "exact (per partition)", [["dedup-exact", *w, "--part", f"{m}/{parts}"] for m in range(parts)], out, jobs
+        ),
         stage("settle exact (once)", [["dedup-settle", *w, "--mode", "exact"]], out, jobs),
         stage("train (once)", [["dedup-train", *w, "--device", "cpu"]], out, jobs),
-        stage("assign (per shard)", [["dedup-assign", *w, "--shard", f"{k}/{shards}", "--device", "cpu"]
-                                     for k in range(shards)], out, jobs),
-        stage("pairs (per partition)", [["dedup-pairs", *w, "--part", f"{m}/{parts}", "--device", "cpu"]
-                                        for m in range(parts)], out, jobs),
+        stage(
+            "assign (per shard)",
+            [["dedup-assign", *w, "--shard", f"{k}/{shards}", "--device", "cpu"] for k in range(shards)],
+            out,
+            jobs,
+        ),
+        stage(
+            "pairs (per partition)",
+            [["dedup-pairs", *w, "--part", f"{m}/{parts}", "--device", "cpu"] for m in range(parts)],
+            out,
+            jobs,
+        ),
         stage("select (once)", [["dedup-select", *w]], out, jobs),
-        stage("filter (per shard)", [["dedup-filter", *w, "--shard", f"{k}/{shards}", "-o", out / f"out-{k}.jsonl.zst",
-                                      "--rejects", out / f"rej-{k}.jsonl.zst"] for k in range(shards)], out, jobs),
+        stage(
+            "filter (per shard)",
+            [
+                [
+                    "dedup-filter",
+                    *w,
+                    "--shard",
+                    f"{k}/{shards}",
+                    "-o",
+                    out / f"out-{k}.jsonl.zst",
+                    "--rejects",
+                    out / f"rej-{k}.jsonl.zst",
+                ]
+                for k in range(shards)
+            ],
+            out,
+            jobs,
+        ),
     ]
 
 
@@ -167,19 +228,28 @@ def lines(paths) -> list[bytes]:
     found = []
     for p in paths:
         if Path(p).exists():
-            data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(Path(p).read_bytes()), read_across_frames=True).read()
+            data = (
+                zstandard.ZstdDecompressor()
+                .stream_reader(io.BytesIO(Path(p).read_bytes()), read_across_frames=True)
+                .read()
+            )
             found += [x for x in data.splitlines() if x]
     return sorted(found)
 
 
 def check_equal(out: Path, shards: int) -> bool:
-    return (lines([out / "one.jsonl.zst"]) == lines([out / f"out-{k}.jsonl.zst" for k in range(shards)])
-            and lines([out / "one-rej.jsonl.zst"]) == lines([out / f"rej-{k}.jsonl.zst" for k in range(shards)]))
+    return lines([out / "one.jsonl.zst"]) == lines([out / f"out-{k}.jsonl.zst" for k in range(shards)]) and lines(
+        [out / "one-rej.jsonl.zst"]
+    ) == lines([out / f"rej-{k}.jsonl.zst" for k in range(shards)])
 
 
 def one_process(paths, out: Path, extra=()) -> dict:
-    return stage("rsyn dedup (one process)", [["dedup", *paths, *extra, "-o", out / "one.jsonl.zst",
-                                               "--rejects", out / "one-rej.jsonl.zst"]], out, 1)
+    return stage(
+        "rsyn dedup (one process)",
+        [["dedup", *paths, *extra, "-o", out / "one.jsonl.zst", "--rejects", out / "one-rej.jsonl.zst"]],
+        out,
+        1,
+    )
 
 
 def table(rows: list[dict], records: dict | None = None, small: dict | None = None) -> None:
@@ -217,21 +287,31 @@ def bench_near(tmp: Path, n: int, jobs: int) -> None:
     one, rows, equal = sizes[n]
     small_one, small_rows, _ = sizes[2000]
     small = {r["pass"]: r["rss_mib"] for r in small_rows + [small_one]}
-    per = {"rsyn dedup (one process)": n, "scan (per shard)": n // 2, "filter (per shard)": n // 2,
-           "exact (per partition)": n // 2, "near (per partition)": n // 2}
+    per = {
+        "rsyn dedup (one process)": n,
+        "scan (per shard)": n // 2,
+        "filter (per shard)": n // 2,
+        "exact (per partition)": n // 2,
+        "near (per partition)": n // 2,
+    }
     table([one], per, small)
     print()
     table(rows, per, small)
     total = sum(r["wall"] for r in rows)
-    print(f"\npasses total: {total:.1f} s wall, {sum(r['cpu'] for r in rows):.1f} CPU s; one process "
-          f"{one['wall']:.1f} s wall, {one['cpu']:.1f} CPU s; wall ratio passes / one process = "
-          f"{total / one['wall']:.2f}; outputs equal: {equal}")
+    print(
+        f"\npasses total: {total:.1f} s wall, {sum(r['cpu'] for r in rows):.1f} CPU s; one process "
+        f"{one['wall']:.1f} s wall, {one['cpu']:.1f} CPU s; wall ratio passes / one process = "
+        f"{total / one['wall']:.2f}; outputs equal: {equal}"
+    )
 
 
 def bench_flat(tmp: Path, n: int, jobs: int) -> None:
     print(f"\n## flat: per-shard peak RSS at a fixed shard size ({n // 2:,} sentences per shard)\n")
-    print("| corpus | shards x partitions | " + " | ".join(["scan", "exact", "settle exact", "near", "settle near",
-                                                           "filter"]) + " |")
+    print(
+        "| corpus | shards x partitions | "
+        + " | ".join(["scan", "exact", "settle exact", "near", "settle near", "filter"])
+        + " |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for count, shards in ((n, 2), (2 * n, 4)):
         directory = tmp / f"flat-{count}"
@@ -254,9 +334,11 @@ def bench_semantic(tmp: Path, n: int, jobs: int) -> None:
     rows = semantic_passes(paths, directory / "work", out, 4, 3, jobs, ["--mode", "exact,semantic"])
     table([one] + rows)
     total = sum(r["wall"] for r in rows)
-    print(f"\npasses total: {total:.1f} s wall, {sum(r['cpu'] for r in rows):.1f} CPU s; one process "
-          f"{one['wall']:.1f} s wall, {one['cpu']:.1f} CPU s; ratio {total / one['wall']:.2f}; "
-          f"outputs equal: {check_equal(out, 4)}")
+    print(
+        f"\npasses total: {total:.1f} s wall, {sum(r['cpu'] for r in rows):.1f} CPU s; one process "
+        f"{one['wall']:.1f} s wall, {one['cpu']:.1f} CPU s; ratio {total / one['wall']:.2f}; "
+        f"outputs equal: {check_equal(out, 4)}"
+    )
 
 
 def main() -> None:
@@ -268,8 +350,10 @@ def main() -> None:
     parser.add_argument("--only", default="near,flat,semantic")
     parser.add_argument("--tmp", default=None)
     a = parser.parse_args()
-    print(f"# dedup_passes ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')})")
+    print(
+        f"# dedup_passes ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')})"
+    )
     with tempfile.TemporaryDirectory(prefix="rsyn-bench-dedup-", dir=a.tmp) as tmp:
         only = a.only.split(",")
         if "near" in only:

@@ -113,7 +113,7 @@ def truth_pairs(sets: list[set], threshold: float) -> np.ndarray:
     mt = m.T.tocsr()
     found = []
     for lo in range(0, len(sets), 2000):
-        inter = (m[lo:lo + 2000] @ mt).tocoo()
+        inter = (m[lo : lo + 2000] @ mt).tocoo()
         i, j, v = inter.row + lo, inter.col, inter.data
         keep = i < j
         i, j, v = i[keep], j[keep], v[keep]
@@ -137,8 +137,12 @@ def first_of_components(n: int, pairs: np.ndarray) -> np.ndarray:
 def write_records(path: Path, texts: list[str]) -> None:
     with open(path, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as out:
         for i, t in enumerate(texts):
-            out.write(orjson.dumps({"id": text_id(t) + f"-{i}", "kind": "text", "doc": f"d{i // 20}", "pos": i % 20,
-                                    "text": t}) + b"\n")
+            out.write(
+                orjson.dumps(
+                    {"id": text_id(t) + f"-{i}", "kind": "text", "doc": f"d{i // 20}", "pos": i % 20, "text": t}
+                )
+                + b"\n"
+            )
 
 
 def run_cli(args: list) -> tuple[float, float, int]:
@@ -185,7 +189,12 @@ def bench_near(tmp: Path, rng) -> None:
     truth_first = first_of_components(n, truth)
     truth_drop = set(np.flatnonzero(truth_first != np.arange(n)).tolist())
 
-    src, out, rejects, stats = tmp / "near.jsonl.zst", tmp / "near-out.jsonl.zst", tmp / "near-rej.jsonl", tmp / "s.json"
+    src, out, rejects, stats = (
+        tmp / "near.jsonl.zst",
+        tmp / "near-out.jsonl.zst",
+        tmp / "near-rej.jsonl",
+        tmp / "s.json",
+    )
     write_records(src, corpus)
     seconds, _, _ = run_cli(["dedup", src, "--mode", "near", "-o", out, "--rejects", rejects, "--stats", stats, "-q"])
     index_of = {}
@@ -203,8 +212,10 @@ def bench_near(tmp: Path, rng) -> None:
 
     pair_recall = np.mean([rep(i) == rep(j) for i, j in truth]) if len(truth) else 1.0
     stage = orjson.loads(stats.read_bytes())["stage"]["near"]
-    print(f"\n## near: {len(texts)} real captions + {len(planted)} planted edits = {n} sentences, threshold {THRESHOLD}, "
-          f"word {NGRAM}-grams, {stage['num_perm']} permutations, {stage['bands']} bands x {stage['rows']} rows")
+    print(
+        f"\n## near: {len(texts)} real captions + {len(planted)} planted edits = {n} sentences, threshold {THRESHOLD}, "
+        f"word {NGRAM}-grams, {stage['num_perm']} permutations, {stage['bands']} bands x {stage['rows']} rows"
+    )
     print("| measure | value | target |\n|---|---|---|")
     print(f"| pairs with exact Jaccard >= {THRESHOLD} (brute force, {brute_s:.1f}s) | {len(truth)} | |")
     print(f"| records to drop (truth, union-find) | {len(truth_drop)} | |")
@@ -222,8 +233,10 @@ def bench_near(tmp: Path, rng) -> None:
     for lo, hi in bins:
         sel = (js >= lo) & (js < hi)
         if sel.any():
-            print(f"| [{lo:.2f}, {min(hi, 1):.2f}{']' if hi > 1 else ')'} | {sel.sum()} | {together[sel].mean():.3f} | "
-                  f"{'1.0' if lo >= THRESHOLD else '0 (unless linked through others)'} |")
+            print(
+                f"| [{lo:.2f}, {min(hi, 1):.2f}{']' if hi > 1 else ')'} | {sel.sum()} | {together[sel].mean():.3f} | "
+                f"{'1.0' if lo >= THRESHOLD else '0 (unless linked through others)'} |"
+            )
 
 
 # --------------------------------------------------------------------------- speed vs datasketch
@@ -267,17 +280,26 @@ def bench_speed(tmp: Path, n: int, repeat: int, rng) -> None:
             rss[name] = max(rss.get(name, 0), peak)
     best = {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
     ds_wall, ds_cpu = best["datasketch"]
-    print(f"\n## speed: {n} sentences (real captions and word-swapped variants, mean "
-          f"{np.mean([len(t.split()) for t in corpus]):.1f} words), best of {repeat}; CPU seconds are the fair "
-          "number on a shared machine")
+    print(
+        f"\n## speed: {n} sentences (real captions and word-swapped variants, mean "
+        f"{np.mean([len(t.split()) for t in corpus]):.1f} words), best of {repeat}; CPU seconds are the fair "
+        "number on a shared machine"
+    )
     print("| what | wall s | CPU s | sentences/CPU-s | ratio to datasketch (CPU) | ratio (wall) | peak RSS |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| datasketch MinHash.bulk, 128 perm (hashing only, no I/O) | {ds_wall:.2f} | {ds_cpu:.2f} | "
-          f"{n / ds_cpu:,.0f} | 1.00 | 1.00 | |")
-    for name, label in (("near", "rsyn dedup --mode near, end to end"), ("default", "rsyn dedup (exact,near), end to end")):
+    print(
+        f"| datasketch MinHash.bulk, 128 perm (hashing only, no I/O) | {ds_wall:.2f} | {ds_cpu:.2f} | "
+        f"{n / ds_cpu:,.0f} | 1.00 | 1.00 | |"
+    )
+    for name, label in (
+        ("near", "rsyn dedup --mode near, end to end"),
+        ("default", "rsyn dedup (exact,near), end to end"),
+    ):
         wall, cpu = best[name]
-        print(f"| {label} | {wall:.2f} | {cpu:.2f} | {n / cpu:,.0f} | {ds_cpu / cpu:.2f} | {ds_wall / wall:.2f} | "
-              f"{rss[name] / 1024:.0f} MiB |")
+        print(
+            f"| {label} | {wall:.2f} | {cpu:.2f} | {n / cpu:,.0f} | {ds_cpu / cpu:.2f} | {ds_wall / wall:.2f} | "
+            f"{rss[name] / 1024:.0f} MiB |"
+        )
 
 
 # --------------------------------------------------------------------------- semantic
@@ -331,11 +353,26 @@ def semantic_groups(vectors, rows, threshold, cluster_size, probes=3, seed=0, de
             part.save("id_end", np.cumsum([len(i) for i in ids], dtype=np.int64))
             part.save("emb-image", np.asarray(vectors[rows], dtype="<f2"))
             part.save("emb-image-rows", np.arange(m, dtype=np.int64))
-            options = DedupOptions(modes=("semantic",), semantic_threshold=threshold, cluster_size=cluster_size,
-                                   perceptual_threshold=max(threshold, 0.95), probes=probes)
-            part.finish({"shard": [0, 1], "options": options.recorded(seed), "files": ["bench"], "records": m,
-                         "texts": 0, "images": m, "images_with_content_hash": 0,
-                         "embedding_model": {"image": "bench"}, "embedding_dim": {"image": int(vectors.shape[1])}})
+            options = DedupOptions(
+                modes=("semantic",),
+                semantic_threshold=threshold,
+                cluster_size=cluster_size,
+                perceptual_threshold=max(threshold, 0.95),
+                probes=probes,
+            )
+            part.finish(
+                {
+                    "shard": [0, 1],
+                    "options": options.recorded(seed),
+                    "files": ["bench"],
+                    "records": m,
+                    "texts": 0,
+                    "images": m,
+                    "images_with_content_hash": 0,
+                    "embedding_model": {"image": "bench"},
+                    "embedding_dim": {"image": int(vectors.shape[1])},
+                }
+            )
         with Run("bench", quiet=True, device=device) as run:
             train_pass(run, work)
             assign_pass(run, work, (0, 1))
@@ -343,8 +380,11 @@ def semantic_groups(vectors, rows, threshold, cluster_size, probes=3, seed=0, de
             info = settle_pass(run, work, "semantic")
         dropped = np.zeros(m, dtype=bool)
         dropped[np.asarray(work.single("semantic/settled").load("drop-0-rows"))] = True
-    return {"dropped": dropped, "clusters": info["image"]["clusters"],
-            "largest_cluster": info["image"]["largest_cluster"]}
+    return {
+        "dropped": dropped,
+        "clusters": info["image"]["clusters"],
+        "largest_cluster": info["image"]["largest_cluster"],
+    }
 
 
 def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
@@ -355,10 +395,14 @@ def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
     t0 = time.perf_counter()
     vectors, planted = synthetic_embeddings(tmp / "emb.npy", n, d, rng)
     gen_s = time.perf_counter() - t0
-    print(f"\n## semantic: {n:,} synthetic unit {d}-d embeddings (generated in {gen_s:.0f}s), threshold {threshold}, "
-          f"--cluster-size {cluster_size}, CPU")
-    print("| --probes | clusters (largest) | wall s | CPU s | vectors/CPU-s | dropped | planted perceptual dropped | "
-          "planted semantic dropped | planted near misses dropped |")
+    print(
+        f"\n## semantic: {n:,} synthetic unit {d}-d embeddings (generated in {gen_s:.0f}s), threshold {threshold}, "
+        f"--cluster-size {cluster_size}, CPU"
+    )
+    print(
+        "| --probes | clusters (largest) | wall s | CPU s | vectors/CPU-s | dropped | planted perceptual dropped | "
+        "planted semantic dropped | planted near misses dropped |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for probes in (1, 2, 3):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -366,21 +410,25 @@ def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         dropped = result["dropped"]
         share = {name: dropped[rows].mean() for name, (rows, _, _) in planted.items()}
-        print(f"| {probes} | {result['clusters']} ({result['largest_cluster']}) | {seconds:.1f} | {cpu:.1f} | {n / cpu:,.0f} | "
-              f"{dropped.sum():,} | {share['perceptual']:.3f} | {share['semantic']:.3f} | {share['near miss']:.3f} |")
+        print(
+            f"| {probes} | {result['clusters']} ({result['largest_cluster']}) | {seconds:.1f} | {cpu:.1f} | {n / cpu:,.0f} | "
+            f"{dropped.sum():,} | {share['perceptual']:.3f} | {share['semantic']:.3f} | {share['near miss']:.3f} |"
+        )
 
     # a subsample holding planted pairs: clustered against brute force all pairs (same keep-first rule)
     copies = np.concatenate([rows for rows, _, _ in planted.values()])
     sources = np.concatenate([src for _, src, _ in planted.values()])
     pick = rng.choice(len(copies), size=min(subsample // 4, len(copies)), replace=False)
     background = rng.choice(n, size=subsample, replace=False)
-    sub = np.unique(np.concatenate([copies[pick], sources[pick], background]))[:subsample + subsample // 2]
-    t0, c0 = time.perf_counter(), time.process_time()
+    sub = np.unique(np.concatenate([copies[pick], sources[pick], background]))[: subsample + subsample // 2]
+    c0 = time.process_time()
     reference = semantic_groups(vectors, sub, threshold, len(sub), seed=0, device="cpu")  # one cluster: all pairs
-    brute_s, brute_cpu = time.perf_counter() - t0, time.process_time() - c0
+    brute_cpu = time.process_time() - c0
     drop_bf = reference["dropped"]
-    print(f"\nsubsample of {len(sub):,} (with planted pairs): brute force all pairs {brute_cpu:.1f} CPU s; brute force "
-          f"on all {n:,} would take ~{brute_cpu * (n / len(sub)) ** 2:,.0f} CPU s (quadratic)")
+    print(
+        f"\nsubsample of {len(sub):,} (with planted pairs): brute force all pairs {brute_cpu:.1f} CPU s; brute force "
+        f"on all {n:,} would take ~{brute_cpu * (n / len(sub)) ** 2:,.0f} CPU s (quadratic)"
+    )
     print("| on the subsample | CPU s | dropped | recall vs brute force | precision |\n|---|---|---|---|---|")
     print(f"| brute force all pairs, keep-first (reference) | {brute_cpu:.2f} | {drop_bf.sum()} | 1.000 | 1.000 |")
     for size in (250, cluster_size):
@@ -390,22 +438,26 @@ def bench_semantic(tmp: Path, n: int, subsample: int, rng) -> None:
             seconds = time.process_time() - c0
             drop = r["dropped"]
             both = (drop & drop_bf).sum()
-            print(f"| --cluster-size {size} ({r['clusters']} clusters), --probes {probes} | {seconds:.2f} | {drop.sum()} "
-                  f"| {both / max(drop_bf.sum(), 1):.3f} | {both / max(drop.sum(), 1):.3f} |")
+            print(
+                f"| --cluster-size {size} ({r['clusters']} clusters), --probes {probes} | {seconds:.2f} | {drop.sum()} "
+                f"| {both / max(drop_bf.sum(), 1):.3f} | {both / max(drop.sum(), 1):.3f} |"
+            )
     # what union-find grouping (the paper's) would do on the same threshold graph
     x = np.asarray(vectors[sub], dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     i, j = [], []
     for lo in range(0, len(sub), 2048):
-        bi, bj = np.nonzero(x[lo:lo + 2048] @ x.T >= threshold)
+        bi, bj = np.nonzero(x[lo : lo + 2048] @ x.T >= threshold)
         keep = bi + lo < bj
         i.append(bi[keep] + lo)
         j.append(bj[keep])
     i, j = np.concatenate(i), np.concatenate(j)
     _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(sub), len(sub))), directed=False)
     sizes = np.bincount(comp)
-    print(f"| brute force all pairs, union-find groups (the paper's grouping) | | {len(sub) - len(sizes)} | "
-          f"largest group {sizes.max()} | |")
+    print(
+        f"| brute force all pairs, union-find groups (the paper's grouping) | | {len(sub) - len(sizes)} | "
+        f"largest group {sizes.max()} | |"
+    )
 
 
 def bench_memory(tmp: Path, n: int, rng) -> None:
@@ -423,8 +475,10 @@ def bench_memory(tmp: Path, n: int, rng) -> None:
     print("| sentences | wall s | CPU s | peak RSS |\n|---|---|---|---|")
     for size, wall, cpu, peak in rows:
         print(f"| {size:,} | {wall:.1f} | {cpu:.1f} | {peak / 1024:.0f} MiB |")
-    print(f"\nslope: {(p2 - p1) / (n2 - n1) * 1e6 / 1024 ** 2:.2f} GiB per million sentences "
-          f"(plus ~100 MiB for the interpreter and libraries)")
+    print(
+        f"\nslope: {(p2 - p1) / (n2 - n1) * 1e6 / 1024**2:.2f} GiB per million sentences "
+        f"(plus ~100 MiB for the interpreter and libraries)"
+    )
 
 
 def bench_semantic_cli(tmp: Path, n: int, rng) -> None:
@@ -435,19 +489,32 @@ def bench_semantic_cli(tmp: Path, n: int, rng) -> None:
     src = tmp / "emb.jsonl.zst"
     with open(src, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as out:
         for lo in range(0, n, 10_000):
-            embs = encode_embeddings(np.asarray(vectors[lo:lo + 10_000], dtype=np.float32))
+            embs = encode_embeddings(np.asarray(vectors[lo : lo + 10_000], dtype=np.float32))
             for i, e in enumerate(embs, lo):
-                out.write(orjson.dumps({"id": f"{i:020x}", "kind": "image", "doc": f"d{i // 20}", "pos": i % 20,
-                                        "url": f"https://example.org/{i}.jpg", "emb": e,
-                                        "emb_model": "synthetic-512"}) + b"\n")
+                out.write(
+                    orjson.dumps(
+                        {
+                            "id": f"{i:020x}",
+                            "kind": "image",
+                            "doc": f"d{i // 20}",
+                            "pos": i % 20,
+                            "url": f"https://example.org/{i}.jpg",
+                            "emb": e,
+                            "emb_model": "synthetic-512",
+                        }
+                    )
+                    + b"\n"
+                )
     size = src.stat().st_size
-    wall, cpu, peak = run_cli(["dedup", src, "--mode", "exact,semantic", "--device", "cpu", "-o",
-                               tmp / "emb-out.jsonl.zst", "-q"])
-    print(f"\n## semantic, end to end: {n:,} image records with inline 512-d embeddings "
-          f"({size / 2 ** 20:.0f} MiB zstd)")
+    wall, cpu, peak = run_cli(
+        ["dedup", src, "--mode", "exact,semantic", "--device", "cpu", "-o", tmp / "emb-out.jsonl.zst", "-q"]
+    )
+    print(f"\n## semantic, end to end: {n:,} image records with inline 512-d embeddings ({size / 2**20:.0f} MiB zstd)")
     print("| command | wall s | CPU s | records/CPU-s | peak RSS |\n|---|---|---|---|---|")
-    print(f"| rsyn dedup --mode exact,semantic --device cpu | {wall:.1f} | {cpu:.1f} | {n / cpu:,.0f} | "
-          f"{peak / 1024:.0f} MiB |")
+    print(
+        f"| rsyn dedup --mode exact,semantic --device cpu | {wall:.1f} | {cpu:.1f} | {n / cpu:,.0f} | "
+        f"{peak / 1024:.0f} MiB |"
+    )
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data/laion-10k.parquet")
 
-BARE_LOOP = r'''
+BARE_LOOP = r"""
 import sys, time
 import numpy as np, orjson, open_clip, torch
 records, spec, batch, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -61,7 +61,7 @@ with torch.inference_mode():
 np.save(out, np.concatenate(parts))
 seconds = time.perf_counter() - start
 print(orjson.dumps({"seconds": seconds, "model_seconds": model_time, "tokenize_seconds": tokenize}).decode())
-'''
+"""
 
 
 def make_records(path: Path, n: int) -> None:
@@ -70,19 +70,33 @@ def make_records(path: Path, n: int) -> None:
     captions = [t for t in pq.read_table(DATA, columns=["TEXT"])["TEXT"].to_pylist() if t]
     with open(path, "w") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"t{i}", "kind": "text", "doc": "bench", "pos": i,
-                                 "text": captions[i % len(captions)]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"id": f"t{i}", "kind": "text", "doc": "bench", "pos": i, "text": captions[i % len(captions)]}
+                )
+                + "\n"
+            )
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
 
 
 def bare(records: Path, spec: str, batch: int, work: Path) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", BARE_LOOP, str(records), spec, str(batch), str(work / "bare.npy")],
-                          capture_output=True, text=True, env=env(), check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", BARE_LOOP, str(records), spec, str(batch), str(work / "bare.npy")],
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=True,
+    )
     wall = time.perf_counter() - start
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall": wall}
 
@@ -90,13 +104,36 @@ def bare(records: Path, spec: str, batch: int, work: Path) -> dict:
 def rsyn(records: Path, spec: str, batch: int, work: Path) -> dict:
     stats = work / "rsyn.stats.json"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "rsyn", "embed", str(records), "--model", spec, "--device", "cpu",
-                    "--batch-size", str(batch), "-o", str(work / "rsyn.jsonl.zst"), "--stats", str(stats), "-q"],
-                   check=True, env=env())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsyn",
+            "embed",
+            str(records),
+            "--model",
+            spec,
+            "--device",
+            "cpu",
+            "--batch-size",
+            str(batch),
+            "-o",
+            str(work / "rsyn.jsonl.zst"),
+            "--stats",
+            str(stats),
+            "-q",
+        ],
+        check=True,
+        env=env(),
+    )
     wall = time.perf_counter() - start
     stage = json.loads(stats.read_text())["stage"]
-    return {"seconds": stage["embed_seconds"], "model_seconds": stage["model_seconds"],
-            "tokenize_seconds": stage.get("tokenize_seconds", 0.0), "wall": wall}
+    return {
+        "seconds": stage["embed_seconds"],
+        "model_seconds": stage["model_seconds"],
+        "tokenize_seconds": stage.get("tokenize_seconds", 0.0),
+        "wall": wall,
+    }
 
 
 def main() -> None:
@@ -127,9 +164,11 @@ def main() -> None:
                 else:
                     best[side]["wall"] = min(best[side]["wall"], r["wall"])
     n = args.texts
-    print(f"text embedding: {args.model} (random weights), {n} LAION captions, batch {args.batch_size}, CPU "
-          f"({os.cpu_count()} cores, OMP_NUM_THREADS={env()['OMP_NUM_THREADS']}), best of {args.rounds}, "
-          f"load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"text embedding: {args.model} (random weights), {n} LAION captions, batch {args.batch_size}, CPU "
+        f"({os.cpu_count()} cores, OMP_NUM_THREADS={env()['OMP_NUM_THREADS']}), best of {args.rounds}, "
+        f"load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at the end"
+    )
     print()
     print("| | steady state (texts/s) | whole process (texts/s) | in model calls | tokenizing | other |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -138,8 +177,10 @@ def main() -> None:
         model, tok = r["model_seconds"] / r["seconds"], r["tokenize_seconds"] / r["seconds"]
         other = max(0.0, 1 - model - (tok if side == "bare" else 0))
         tok_note = "" if side == "bare" else " (beside)"
-        print(f"| {label} | {n / r['seconds']:.0f} | {n / r['wall']:.0f} | {100 * model:.0f}% | "
-              f"{100 * tok:.0f}%{tok_note} | {100 * other:.0f}% |")
+        print(
+            f"| {label} | {n / r['seconds']:.0f} | {n / r['wall']:.0f} | {100 * model:.0f}% | "
+            f"{100 * tok:.0f}%{tok_note} | {100 * other:.0f}% |"
+        )
     b, r = best["bare"], best["rsyn"]
     print(f"| ratio rsyn / bare | {b['seconds'] / r['seconds']:.2f}x | {b['wall'] / r['wall']:.2f}x | | | |")
     # not a pipeline anyone can run (the texts must be tokenized), but the floor of the model's own work

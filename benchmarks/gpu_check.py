@@ -82,7 +82,7 @@ def make_images(directory: Path, count: int, side: int) -> list[Path]:
         pixels = np.stack([np.sin(6 * a * x + i), np.cos(6 * b * y), (x * c + y * (1 - c))], axis=-1)
         pixels = (pixels - pixels.min()) / (np.ptp(pixels) + 1e-9) * 255
         block = rng.integers(0, side // 2)
-        pixels[block:block + side // 4, block:block + side // 4] = rng.integers(0, 255, 3)
+        pixels[block : block + side // 4, block : block + side // 4] = rng.integers(0, 255, 3)
         path = directory / f"{i:05d}.jpg"
         Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
         paths.append(path)
@@ -105,8 +105,9 @@ def real_sentences(count: int) -> list[str]:
 
 def rsyn_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "rsyn", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rsyn", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 # --------------------------------------------------------------------------- checks
@@ -119,10 +120,22 @@ def check_clip_embed(device: str, work: Path, sizes: Sizes, models: dict) -> lis
     images = make_images(work / "images", max(sizes.equal_images, sizes.speed_images), sizes.image_side)
     with open(work / "images.jsonl", "w") as fh:
         for i, path in enumerate(images):
-            fh.write(json.dumps({"id": f"i{i}", "kind": "image", "doc": "d", "pos": i, "path": str(path),
-                                 "width": sizes.image_side, "height": sizes.image_side}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"i{i}",
+                        "kind": "image",
+                        "doc": "d",
+                        "pos": i,
+                        "path": str(path),
+                        "width": sizes.image_side,
+                        "height": sizes.image_side,
+                    }
+                )
+                + "\n"
+            )
     with open(work / "equal.jsonl", "w") as fh:
-        fh.writelines(open(work / "images.jsonl").readlines()[:sizes.equal_images])
+        fh.writelines(open(work / "images.jsonl").readlines()[: sizes.equal_images])
 
     def embed(inputs: str, dev: str, model: str, pretrained: str | None, tag: str) -> tuple[np.ndarray, float]:
         out, stats = work / f"{tag}.jsonl.zst", work / f"{tag}.stats.json"
@@ -145,17 +158,26 @@ def check_clip_embed(device: str, work: Path, sizes: Sizes, models: dict) -> lis
     cosine = float(np.min(np.sum(cpu * dev, axis=1))) if len(cpu) == len(dev) and len(cpu) else float("nan")
     # fp16 against fp32; fp32 against itself still differs in the last bits with batch composition and threads
     tolerance = 0.99 if device.startswith("cuda") else 0.999
-    rows.append(row("clip_embed", "ok" if cosine >= tolerance else "mismatch",
-                    f"{len(cpu)} images, min cosine {cosine:.5f} (>= {tolerance})",
-                    f"{model}: {device} {'fp16' if device.startswith('cuda') else 'fp32'} vs cpu fp32"))
+    rows.append(
+        row(
+            "clip_embed",
+            "ok" if cosine >= tolerance else "mismatch",
+            f"{len(cpu)} images, min cosine {cosine:.5f} (>= {tolerance})",
+            f"{model}: {device} {'fp16' if device.startswith('cuda') else 'fp32'} vs cpu fp32",
+        )
+    )
     if not sizes.quick:
         _, seconds = embed("images.jsonl", device, model, pretrained, "speed")
     ours = sizes.speed_images / seconds
-    bare = bare_open_clip_rate(images[:sizes.speed_images], model, pretrained, device)
-    rows.append(row("clip_embed_speed", "ok", f"rsyn {ours:,.1f} img/s, bare open_clip loop {bare:,.1f} img/s, "
-                                              f"ratio {ours / bare:.2f}",
-                    f"{sizes.speed_images} images of {sizes.image_side}px; model load in both, "
-                    "rsyn's imports too"))
+    bare = bare_open_clip_rate(images[: sizes.speed_images], model, pretrained, device)
+    rows.append(
+        row(
+            "clip_embed_speed",
+            "ok",
+            f"rsyn {ours:,.1f} img/s, bare open_clip loop {bare:,.1f} img/s, ratio {ours / bare:.2f}",
+            f"{sizes.speed_images} images of {sizes.image_side}px; model load in both, rsyn's imports too",
+        )
+    )
     return rows
 
 
@@ -226,11 +248,16 @@ def check_perplexity(device: str, work: Path, sizes: Sizes, models: dict) -> lis
     unexplained = [int(i) for i in flips if near[i] > HALF_PRECISION_PPL_ERROR]
     dtype = str(model.dtype).replace("torch.", "")
     close = float(np.median(relative)) <= HALF_PRECISION_PPL_ERROR
-    return [row("perplexity", "ok" if close and not unexplained else "mismatch",
-                f"{len(texts)} texts, {len(flips)} decisions differ ({len(unexplained)} not within "
-                f"{HALF_PRECISION_PPL_ERROR:.0%} of a threshold), rel. diff median {np.median(relative):.1e} max "
-                f"{relative.max():.1e}; {dev_rate:,.0f} vs {cpu_rate:,.0f} texts/s",
-                f"{device} {dtype} vs cpu float32, thresholds at the CPU quartiles")]
+    return [
+        row(
+            "perplexity",
+            "ok" if close and not unexplained else "mismatch",
+            f"{len(texts)} texts, {len(flips)} decisions differ ({len(unexplained)} not within "
+            f"{HALF_PRECISION_PPL_ERROR:.0%} of a threshold), rel. diff median {np.median(relative):.1e} max "
+            f"{relative.max():.1e}; {dev_rate:,.0f} vs {cpu_rate:,.0f} texts/s",
+            f"{device} {dtype} vs cpu float32, thresholds at the CPU quartiles",
+        )
+    ]
 
 
 def faiss_gpu_reason(device: str) -> str | None:
@@ -265,10 +292,15 @@ def check_faiss_kmeans(device: str, work: Path, sizes: Sizes, models: dict) -> l
         timings[dev] = time.perf_counter() - start
         objectives[dev] = float(nearest_centroid(x, centroids, device="cpu")[1].mean())
     gap = abs(objectives[device] - objectives["cpu"]) / abs(objectives["cpu"])
-    return [row("faiss_kmeans", "ok" if gap <= 0.01 else "mismatch",
-                f"objective {objectives[device]:.4f} vs {objectives['cpu']:.4f} (gap {gap:.2%}); "
-                f"{timings['cpu'] / timings[device]:.1f}x faster than cpu",
-                f"{sizes.faiss_n:,} x {sizes.faiss_d}, k={sizes.faiss_k}, 10 iterations")]
+    return [
+        row(
+            "faiss_kmeans",
+            "ok" if gap <= 0.01 else "mismatch",
+            f"objective {objectives[device]:.4f} vs {objectives['cpu']:.4f} (gap {gap:.2%}); "
+            f"{timings['cpu'] / timings[device]:.1f}x faster than cpu",
+            f"{sizes.faiss_n:,} x {sizes.faiss_d}, k={sizes.faiss_k}, 10 iterations",
+        )
+    ]
 
 
 def check_faiss_search(device: str, work: Path, sizes: Sizes, models: dict) -> list[dict]:
@@ -286,9 +318,14 @@ def check_faiss_search(device: str, work: Path, sizes: Sizes, models: dict) -> l
         _, ids[dev] = index.search(queries, 10)
         timings[dev] = time.perf_counter() - start
     same = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids["cpu"], ids[device])]))
-    return [row("faiss_search", "ok" if same >= 0.999 else "mismatch",
-                f"top-10 overlap {same:.4f}; {timings['cpu'] / max(timings[device], 1e-9):.1f}x faster than cpu",
-                f"{len(queries):,} queries over {len(base):,} x {sizes.faiss_d}")]
+    return [
+        row(
+            "faiss_search",
+            "ok" if same >= 0.999 else "mismatch",
+            f"top-10 overlap {same:.4f}; {timings['cpu'] / max(timings[device], 1e-9):.1f}x faster than cpu",
+            f"{len(queries):,} queries over {len(base):,} x {sizes.faiss_d}",
+        )
+    ]
 
 
 def check_captioner(device: str, work: Path, sizes: Sizes, models: dict) -> list[dict]:
@@ -306,9 +343,14 @@ def check_captioner(device: str, work: Path, sizes: Sizes, models: dict) -> list
     captions = fast.caption(images, max_new_tokens=tokens)
     rate = len(images) / (time.perf_counter() - start)
     same = sum(a == b for a, b in zip(cpu, exact))
-    return [row("captioner", "ok" if same == len(images) and all(captions) else "mismatch",
-                f"{same}/{len(images)} fp32 captions equal to cpu; {rate:,.1f} captions/s ({fast.dtype})",
-                "tiny random BLIP, beam search 3")]
+    return [
+        row(
+            "captioner",
+            "ok" if same == len(images) and all(captions) else "mismatch",
+            f"{same}/{len(images)} fp32 captions equal to cpu; {rate:,.1f} captions/s ({fast.dtype})",
+            "tiny random BLIP, beam search 3",
+        )
+    ]
 
 
 def _prompts(count: int):
@@ -333,9 +375,14 @@ def check_hf_llm(device: str, work: Path, sizes: Sizes, models: dict) -> list[di
     rate = len(prompts) / (time.perf_counter() - start)
     same = sum(a.text == b.text for a, b in zip(cpu, exact))
     failed = sum(g.text is None for g in out)
-    return [row("hf_llm", "ok" if same == len(prompts) and not failed else "mismatch",
-                f"{same}/{len(prompts)} fp32 greedy generations equal to cpu; {rate:,.1f} prompts/s",
-                "tiny random GPT-2, greedy")]
+    return [
+        row(
+            "hf_llm",
+            "ok" if same == len(prompts) and not failed else "mismatch",
+            f"{same}/{len(prompts)} fp32 greedy generations equal to cpu; {rate:,.1f} prompts/s",
+            "tiny random GPT-2, greedy",
+        )
+    ]
 
 
 def check_vllm(device: str, work: Path, sizes: Sizes, models: dict) -> list[dict]:
@@ -348,15 +395,22 @@ def check_vllm(device: str, work: Path, sizes: Sizes, models: dict) -> list[dict
     from rsyn.llm import Sampling, VLLMBackend
 
     prompts = _prompts(sizes.prompts)
-    backend = VLLMBackend(models["gpt2"], Sampling(max_tokens=24), device=device, gpu_memory_utilization=0.3,
-                          max_model_len=128)
+    backend = VLLMBackend(
+        models["gpt2"], Sampling(max_tokens=24), device=device, gpu_memory_utilization=0.3, max_model_len=128
+    )
     start = time.perf_counter()
     out = backend.generate(prompts, list(range(len(prompts))))
     rate = len(prompts) / (time.perf_counter() - start)
     backend.close()
     failed = sum(g.text is None for g in out)
-    return [row("vllm", "ok" if not failed else "mismatch", f"{len(prompts) - failed}/{len(prompts)} generated; "
-                                                            f"{rate:,.1f} prompts/s", "tiny random GPT-2")]
+    return [
+        row(
+            "vllm",
+            "ok" if not failed else "mismatch",
+            f"{len(prompts) - failed}/{len(prompts)} generated; {rate:,.1f} prompts/s",
+            "tiny random GPT-2",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- the run
@@ -367,8 +421,11 @@ def build_models(work: Path) -> dict:
     from rsyn.models.clip import build_tiny_clip
     from rsyn.models.lm import build_tiny_gpt2
 
-    return {"clip": build_tiny_clip(work / "clip", seed=0), "gpt2": str(build_tiny_gpt2(work / "gpt2", seed=0)),
-            "captioner": str(build_tiny_captioner(work / "captioner", seed=0))}
+    return {
+        "clip": build_tiny_clip(work / "clip", seed=0),
+        "gpt2": str(build_tiny_gpt2(work / "gpt2", seed=0)),
+        "captioner": str(build_tiny_captioner(work / "captioner", seed=0)),
+    }
 
 
 def cuda_available() -> bool:
@@ -406,8 +463,10 @@ def run_checks(device: str, quick: bool, budget: float, only: list[str], clip_mo
 
 
 def render(rows: list[dict], device: str) -> str:
-    widths = [max(len("check"), *(len(r["check"]) for r in rows)),
-              max(len("status"), *(len(r["status"]) for r in rows))]
+    widths = [
+        max(len("check"), *(len(r["check"]) for r in rows)),
+        max(len("status"), *(len(r["status"]) for r in rows)),
+    ]
     lines = [f"rsyn GPU check on {device}", f"{'check':<{widths[0]}}  {'status':<{widths[1]}}  numbers"]
     for r in rows:
         extra = "; ".join(part for part in (r["numbers"], r["note"]) if part)
@@ -423,8 +482,11 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; later checks are skipped after it")
     parser.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    parser.add_argument("--clip-model", help="open_clip architecture for the clip checks, with seeded random "
-                                             "weights (default ViT-B-32; --quick: the tiny CLIP)")
+    parser.add_argument(
+        "--clip-model",
+        help="open_clip architecture for the clip checks, with seeded random "
+        "weights (default ViT-B-32; --quick: the tiny CLIP)",
+    )
     args = parser.parse_args()
     only = [name for name in args.only.split(",") if name]
     unknown = sorted(set(only) - set(CHECKS))

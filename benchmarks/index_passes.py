@@ -37,17 +37,32 @@ def write_corpus(path: Path, n: int, dim: int, seed: int = 0) -> None:
             m = min(20_000, n - start)
             x = centers[rng.integers(0, len(centers), m)] + rng.normal(size=(m, dim)).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            fh.write(b"".join(orjson.dumps({"id": f"s{start + i}", "kind": "text", "doc": f"d{(start + i) // 20}",
-                                            "text": f"synthetic sentence number {start + i} of the corpus",
-                                            "emb": e, "emb_model": "synthetic"}) + b"\n"
-                              for i, e in enumerate(encode_embeddings(x))))
+            fh.write(
+                b"".join(
+                    orjson.dumps(
+                        {
+                            "id": f"s{start + i}",
+                            "kind": "text",
+                            "doc": f"d{(start + i) // 20}",
+                            "text": f"synthetic sentence number {start + i} of the corpus",
+                            "emb": e,
+                            "emb_model": "synthetic",
+                        }
+                    )
+                    + b"\n"
+                    for i, e in enumerate(encode_embeddings(x))
+                )
+            )
 
 
 def command(*args) -> tuple[int, float]:
     """Peak RSS (bytes) and wall seconds of `rsyn ARGS`."""
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "rsyn", *map(str, args), "-q",
-                           "--device", "cpu"], capture_output=True, cwd=root)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "rsyn", *map(str, args), "-q", "--device", "cpu"],
+        capture_output=True,
+        cwd=root,
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr.decode())
     return int(proc.stderr.decode().split()[-1]) * 1024, time.perf_counter() - start
@@ -67,19 +82,22 @@ def run_size(tmp: Path, n: int, dim: int, shards: int) -> dict:
     rss, secs = command("index", "train", *parts, "-o", tmp / "train")
     out["train"] = (rss, secs, disk(tmp / "train"))
     adds = [tmp / f"add-{k}" for k in range(shards)]
-    runs = [command("index", "add", *parts, "--trained", tmp / "train", "--part", f"{k}/{shards}", "-o", adds[k])
-            for k in range(shards)]
+    runs = [
+        command("index", "add", *parts, "--trained", tmp / "train", "--part", f"{k}/{shards}", "-o", adds[k])
+        for k in range(shards)
+    ]
     out["add (per part)"] = (max(r[0] for r in runs), sum(r[1] for r in runs), sum(disk(a) for a in adds))
     added = [x for a in adds for x in ("--added", a)]
     rss, secs = command("index", "merge", *parts, "--trained", tmp / "train", *added, "-o", tmp / "ram")
     out["merge (in RAM)"] = (rss, secs, disk(tmp / "ram"))
-    rss, secs = command("index", "merge", *parts, "--trained", tmp / "train", *added, "-o", tmp / "disk",
-                        "--on-disk")
+    rss, secs = command("index", "merge", *parts, "--trained", tmp / "train", *added, "-o", tmp / "disk", "--on-disk")
     out["merge --on-disk"] = (rss, secs, disk(tmp / "disk"))
     rss, secs = command("index", corpus, "-o", tmp / "whole")
     out["rsyn index (one process)"] = (rss, secs, disk(tmp / "whole"))
-    same = all((tmp / "ram" / f).read_bytes() == (tmp / "whole" / f).read_bytes()
-               for f in ("ivf.faiss", "centroids.npy", "sentences.sqlite", "meta.json"))
+    same = all(
+        (tmp / "ram" / f).read_bytes() == (tmp / "whole" / f).read_bytes()
+        for f in ("ivf.faiss", "centroids.npy", "sentences.sqlite", "meta.json")
+    )
     print(f"# {n:,} records: passes give the one-process index byte for byte: {same}", flush=True)
     return out
 
@@ -91,15 +109,20 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=4)
     args = p.parse_args()
     small, large = (int(s) for s in args.sizes.split(","))
-    print(f"# index_passes: {small:,} and {large:,} records x {args.dim}-d, {args.shards} shards; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    print(
+        f"# index_passes: {small:,} and {large:,} records x {args.dim}-d, {args.shards} shards; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
     results = {}
     for n in (small, large):
         with tempfile.TemporaryDirectory(prefix="rsyn-bench-index-") as name:
             results[n] = run_size(Path(name), n, args.dim, args.shards)
     print()
-    print(f"| pass | peak RSS at {small:,} (MiB) | at {large:,} (MiB) | RSS bytes per record (slope) | "
-          f"seconds at {large:,} (all processes) | output disk bytes per record |")
+    print(
+        f"| pass | peak RSS at {small:,} (MiB) | at {large:,} (MiB) | RSS bytes per record (slope) | "
+        f"seconds at {large:,} (all processes) | output disk bytes per record |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name in results[small]:
         (r1, _, _), (r2, s2, d2) = results[small][name], results[large][name]

@@ -42,7 +42,7 @@ def make_data(n: int, dim: int, topics: int, seed: int) -> np.ndarray:
         m = min(100_000, n - start)
         sub = rng.choice(topics, size=m, p=weights) * 8 + rng.integers(0, 8, m)
         noise = rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim)
-        out[start:start + m] = unit(subs[sub] + sigma[sub][:, None] * noise)
+        out[start : start + m] = unit(subs[sub] + sigma[sub][:, None] * noise)
     return out
 
 
@@ -63,13 +63,15 @@ def main() -> None:
     args = p.parse_args()
     import faiss
 
-    print(f"# kmeans_two_level: {args.n:,} x {args.dim}-d into {args.clusters:,} clusters, "
-          f"{args.points_per_cluster} points per cluster, {args.niter} iterations; faiss {faiss.__version__}, "
-          f"{faiss.omp_get_max_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
-          flush=True)
+    print(
+        f"# kmeans_two_level: {args.n:,} x {args.dim}-d into {args.clusters:,} clusters, "
+        f"{args.points_per_cluster} points per cluster, {args.niter} iterations; faiss {faiss.__version__}, "
+        f"{faiss.omp_get_max_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
     t = time.perf_counter()
     data = make_data(args.n + args.eval, args.dim, max(10, args.n // 1000), args.seed)
-    corpus, held_out = data[:args.n], data[args.n:]
+    corpus, held_out = data[: args.n], data[args.n :]
     print(f"# data in {time.perf_counter() - t:.1f}s", flush=True)
     cap = args.clusters * args.points_per_cluster
     train_rows = np.sort(np.random.default_rng(args.seed).choice(args.n, size=min(cap, args.n), replace=False))
@@ -78,20 +80,29 @@ def main() -> None:
     results = {}
     for name, two_level in (("two-level", True), ("flat", False)):
         t = time.perf_counter()
-        centroids = train_kmeans(corpus, args.clusters, seed=args.seed, niter=args.niter,
-                                 max_points_per_centroid=args.points_per_cluster, two_level=two_level)
+        centroids = train_kmeans(
+            corpus,
+            args.clusters,
+            seed=args.seed,
+            niter=args.niter,
+            max_points_per_centroid=args.points_per_cluster,
+            two_level=two_level,
+        )
         seconds = time.perf_counter() - t
         results[name] = (seconds, objective(sample, centroids), objective(held_out, centroids))
         print(f"# {name}: {seconds:.1f}s", flush=True)
 
     flat = results["flat"]
     print()
-    print("| k-means | seconds | time vs flat | objective (training sample) | vs flat "
-          "| objective (held out) | vs flat |")
+    print(
+        "| k-means | seconds | time vs flat | objective (training sample) | vs flat | objective (held out) | vs flat |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (seconds, train_obj, held_obj) in results.items():
-        print(f"| {name} | {seconds:.1f} | {seconds / flat[0]:.3f}x | {train_obj:.5f} | {train_obj / flat[1] - 1:+.2%} "
-              f"| {held_obj:.5f} | {held_obj / flat[2] - 1:+.2%} |")
+        print(
+            f"| {name} | {seconds:.1f} | {seconds / flat[0]:.3f}x | {train_obj:.5f} | {train_obj / flat[1] - 1:+.2%} "
+            f"| {held_obj:.5f} | {held_obj / flat[2] - 1:+.2%} |"
+        )
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 

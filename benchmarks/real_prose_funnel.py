@@ -27,8 +27,25 @@ BUCKETS = [(3, 5), (6, 8), (9, 12), (13, 20), (21, 40), (41, 81)]
 
 def extract(docs: str, out: Path, stats: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "rsyn", "extract", docs, "--ppl-model", "none", "-o", out, "--stats", stats,
-                    "--quiet", *extra], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsyn",
+            "extract",
+            docs,
+            "--ppl-model",
+            "none",
+            "-o",
+            out,
+            "--stats",
+            stats,
+            "--quiet",
+            *extra,
+        ],
+        check=True,
+        env=env,
+    )
     return json.loads(stats.read_text())
 
 
@@ -42,21 +59,33 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        funnel = extract(args.docs, tmp / "a.jsonl.zst", tmp / "a.json", "--spacy-model", args.spacy_model,
-                         "--min-entropy", str(args.min_entropy))
-        extract(args.docs, tmp / "b.jsonl.zst", tmp / "b.json", "--spacy-model", args.spacy_model,
-                "--min-entropy", "0")
+        funnel = extract(
+            args.docs,
+            tmp / "a.jsonl.zst",
+            tmp / "a.json",
+            "--spacy-model",
+            args.spacy_model,
+            "--min-entropy",
+            str(args.min_entropy),
+        )
+        extract(args.docs, tmp / "b.jsonl.zst", tmp / "b.json", "--spacy-model", args.spacy_model, "--min-entropy", "0")
         reached = [r for r in read_records([str(tmp / "b.jsonl.zst")]) if r["kind"] == "text"]
     sentences = funnel["stage"]["sentences_in"]
-    print(f"{funnel['stage']['documents']} documents, {funnel['stage']['paragraphs']} paragraphs, "
-          f"{sentences} sentences; CAT model {funnel['stage']['cat']['spacy_model']}\n")
+    print(
+        f"{funnel['stage']['documents']} documents, {funnel['stage']['paragraphs']} paragraphs, "
+        f"{sentences} sentences; CAT model {funnel['stage']['cat']['spacy_model']}\n"
+    )
     print("| step | dropped | of the sentences reaching it | of all sentences |")
     print("|---|---:|---:|---:|")
     left = sentences
-    for reasons, name in [(("has_emoji",), "emoji"), (("has_url",), "URL"),
-                          (("too_few_words", "too_many_words"), "3..81 words"),
-                          (("cat_low_complexity",), "CAT: complexity"), (("cat_no_action",), "CAT: action"),
-                          (("low_entropy",), f"entropy >= {args.min_entropy}")]:
+    for reasons, name in [
+        (("has_emoji",), "emoji"),
+        (("has_url",), "URL"),
+        (("too_few_words", "too_many_words"), "3..81 words"),
+        (("cat_low_complexity",), "CAT: complexity"),
+        (("cat_no_action",), "CAT: action"),
+        (("low_entropy",), f"entropy >= {args.min_entropy}"),
+    ]:
         dropped = sum(funnel["dropped"].get(r, 0) for r in reasons)
         print(f"| {name} | {dropped} | {dropped / left:.1%} | {dropped / sentences:.1%} |")
         left -= dropped
@@ -71,8 +100,10 @@ def main() -> None:
         n, d = int(inside.sum()), int(drop[inside].sum())
         share_of_drops = d / max(int(drop.sum()), 1)
         print(f"| {low}-{high} | {n} | {n / len(words):.1%} | {d} | {d / max(n, 1):.1%} | {share_of_drops:.1%} |")
-    print(f"\nmedian words: kept {np.median(words[~drop]):.0f}, dropped {np.median(words[drop]):.0f}; "
-          f"median entropy {np.median(entropy):.3f} nats")
+    print(
+        f"\nmedian words: kept {np.median(words[~drop]):.0f}, dropped {np.median(words[drop]):.0f}; "
+        f"median entropy {np.median(entropy):.3f} nats"
+    )
 
 
 if __name__ == "__main__":

@@ -19,25 +19,39 @@ import tempfile
 
 import numpy as np
 import orjson
+from harness import measure  # benchmarks/harness.py
 
 from rsyn.records import encode_embeddings
 from rsyn.stream import write_records
-
-from harness import measure  # benchmarks/harness.py
 
 
 def records(n_sentences: int, n_images: int):
     rng = random.Random(0)
     vectors = encode_embeddings(np.random.default_rng(0).normal(size=(1000, 512)))
     for i in range(n_sentences):
-        yield {"id": f"t{i}", "kind": "text", "text": "a sentence of a few words",
-               "scores": {"words": rng.randint(3, 80), "entropy": rng.random() * 3, "ppl": rng.uniform(30, 200),
-                          "cat": {"complexity": rng.randint(1, 6), "actions": 1}}}
+        yield {
+            "id": f"t{i}",
+            "kind": "text",
+            "text": "a sentence of a few words",
+            "scores": {
+                "words": rng.randint(3, 80),
+                "entropy": rng.random() * 3,
+                "ppl": rng.uniform(30, 200),
+                "cat": {"complexity": rng.randint(1, 6), "actions": 1},
+            },
+        }
     for i in range(n_images):
-        yield {"id": f"i{i}", "kind": "image", "url": f"http://x.invalid/{i}.jpg",
-               "texts": [{"id": f"t{j}", "text": "a text", "score": rng.random()} for j in range(3)],
-               "caption": "a caption", "tags": ["a", "b"], "syn_text": "a synthetic text",
-               "emb": vectors[i % 1000], "syn_emb": vectors[(i * 7) % 1000]}
+        yield {
+            "id": f"i{i}",
+            "kind": "image",
+            "url": f"http://x.invalid/{i}.jpg",
+            "texts": [{"id": f"t{j}", "text": "a text", "score": rng.random()} for j in range(3)],
+            "caption": "a caption",
+            "tags": ["a", "b"],
+            "syn_text": "a synthetic text",
+            "emb": vectors[i % 1000],
+            "syn_emb": vectors[(i * 7) % 1000],
+        }
 
 
 def main() -> None:
@@ -56,8 +70,10 @@ def main() -> None:
         cat = measure(rsyn + ["cat", data, "-o", os.path.join(tmp, "copy.jsonl.zst"), "--quiet"])
         report = measure(rsyn + ["report", stats, "--records", data, "-o", os.path.join(tmp, "r.html"), "--quiet"])
         n = args.sentences + args.images
-        print(f"{n:,} records ({args.sentences:,} sentences, {args.images:,} images), "
-              f"{os.path.getsize(data) / 2**20:.0f} MiB zstd; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{n:,} records ({args.sentences:,} sentences, {args.images:,} images), "
+            f"{os.path.getsize(data) / 2**20:.0f} MiB zstd; load average {os.getloadavg()[0]:.1f}"
+        )
         print(f"{'command':<14}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}{'CPU vs cat':>12}")
         for name, (wall, cpu, rss) in (("rsyn cat", cat), ("rsyn report", report)):
             print(f"{name:<14}{wall:>9.1f}{cpu:>9.1f}{rss:>10.0f}{cpu / cat[1]:>11.2f}x")

@@ -74,7 +74,7 @@ def make_data(n: int, n_queries: int, dim: int, topics: int, zipf: float, seed: 
             sub = topic * subs_per_topic + rng.integers(0, subs_per_topic, m)
             noise = rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim)
             x = sub_centers[sub] + (sigma[sub] * extra_noise)[:, None] * noise
-            out[start:start + m] = unit(x)
+            out[start : start + m] = unit(x)
         return out
 
     # an image sits farther from its topic than its sentences do (cosine to the centre about 0.45 to 0.65)
@@ -89,15 +89,25 @@ def build_index(vectors16: np.ndarray, out: Path, *, clusters: int, pq_bytes: in
     out.mkdir()
     writer = PartWriter(work / "collect")
     for start in range(0, len(vectors16), 100_000):
-        chunk = vectors16[start:start + 100_000]
+        chunk = vectors16[start : start + 100_000]
         rows = [(f"s{start + i}", f"synthetic sentence {start + i}", None) for i in range(len(chunk))]
         writer.add(chunk, np.arange(start, start + len(chunk)), rows)
     writer.finish(model=MODEL, inputs=["synthetic"], shard=None, ignored={}, errors={})
     parts = open_parts([work / "collect"])
     t = time.perf_counter()
-    train_index(parts, work / "train", clusters=clusters, budget=Budget(1 << 40, "benchmark"),
-                index_type="pq" if pq_bytes else "flat", pq_bytes=pq_bytes or None, points_per_cluster=64, niter=20,
-                seed=seed, device="cpu", note=lambda m: print(f"# {m}", flush=True))
+    train_index(
+        parts,
+        work / "train",
+        clusters=clusters,
+        budget=Budget(1 << 40, "benchmark"),
+        index_type="pq" if pq_bytes else "flat",
+        pq_bytes=pq_bytes or None,
+        points_per_cluster=64,
+        niter=20,
+        seed=seed,
+        device="cpu",
+        note=lambda m: print(f"# {m}", flush=True),
+    )
     add_parts(parts, range(1), work / "train", work / "add", device="cpu")
     meta = merge_index(parts, work / "train", [work / "add"], out, on_disk=False, note=print)
     return meta, time.perf_counter() - t
@@ -113,14 +123,30 @@ def write_records(path: Path, vectors: np.ndarray, kind: str) -> None:
 
     with open(path, "wb") as fh:
         for start in range(0, len(vectors), 50_000):
-            embs = encode_embeddings(vectors[start:start + 50_000].astype(np.float32))
+            embs = encode_embeddings(vectors[start : start + 50_000].astype(np.float32))
             if kind == "text":
-                records = ({"id": f"s{start + i}", "kind": "text", "doc": f"d{(start + i) // 20}",
-                            "text": f"synthetic sentence {start + i}", "emb": e, "emb_model": MODEL}
-                           for i, e in enumerate(embs))
+                records = (
+                    {
+                        "id": f"s{start + i}",
+                        "kind": "text",
+                        "doc": f"d{(start + i) // 20}",
+                        "text": f"synthetic sentence {start + i}",
+                        "emb": e,
+                        "emb_model": MODEL,
+                    }
+                    for i, e in enumerate(embs)
+                )
             else:
-                records = ({"id": f"i{start + i}", "kind": "image", "url": f"http://example.com/{start + i}.jpg",
-                            "emb": e, "emb_model": MODEL} for i, e in enumerate(embs))
+                records = (
+                    {
+                        "id": f"i{start + i}",
+                        "kind": "image",
+                        "url": f"http://example.com/{start + i}.jpg",
+                        "emb": e,
+                        "emb_model": MODEL,
+                    }
+                    for i, e in enumerate(embs)
+                )
             fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
 
 
@@ -128,8 +154,12 @@ def timed_command(*args: str) -> tuple[int, float]:
     """Peak RSS (bytes, of this one child, by GNU time) and wall seconds of `rsyn ARGS`."""
     command = [sys.executable, "-m", "rsyn", *args, "-q", "--device", "cpu"]
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *command], check=True, capture_output=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *command],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     return int(proc.stderr.decode().strip().splitlines()[-1]) * 1024, time.perf_counter() - start
 
 
@@ -146,7 +176,7 @@ def brute_force_command(directory: Path) -> None:
     vectors = np.load(directory / "vectors.npy")
     flat = faiss.IndexFlatIP(vectors.shape[1])
     for start in range(0, len(vectors), 100_000):
-        flat.add(unit(vectors[start:start + 100_000].astype(np.float32)))
+        flat.add(unit(vectors[start : start + 100_000].astype(np.float32)))
     db = sqlite3.connect(directory / "index" / "sentences.sqlite")
     out = RecordWriter(str(directory / "brute.jsonl.zst"))
     batch: list[dict] = []
@@ -155,10 +185,17 @@ def brute_force_command(directory: Path) -> None:
         queries = unit(decode_embeddings([r["emb"] for r in batch]))
         scores, rows = flat.search(queries, 3)
         for record, q_rows, q_scores in zip(batch, rows.tolist(), scores.tolist()):
-            found = dict(((r, (i, t)) for r, i, t in db.execute(
-                f"SELECT row, id, text FROM sentences WHERE row IN ({','.join('?' * len(q_rows))})", q_rows)))
-            record["texts"] = [{"id": found[r][0], "text": found[r][1], "score": round(s, 5)}
-                               for r, s in zip(q_rows, q_scores)]
+            found = dict(
+                (
+                    (r, (i, t))
+                    for r, i, t in db.execute(
+                        f"SELECT row, id, text FROM sentences WHERE row IN ({','.join('?' * len(q_rows))})", q_rows
+                    )
+                )
+            )
+            record["texts"] = [
+                {"id": found[r][0], "text": found[r][1], "score": round(s, 5)} for r, s in zip(q_rows, q_scores)
+            ]
             out.write(record)
         batch.clear()
 
@@ -171,8 +208,9 @@ def brute_force_command(directory: Path) -> None:
     out.close()
 
 
-def whole_commands(tmp: Path, sentences16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                   nprobes: list[int]) -> None:
+def whole_commands(
+    tmp: Path, sentences16: np.ndarray, queries: np.ndarray, truth: np.ndarray, nprobes: list[int]
+) -> None:
     """`rsyn retrieve` and the brute-force command as whole processes (start-up, index open, JSONL in and out)."""
     from rsyn.stream import read_records
 
@@ -180,8 +218,7 @@ def whole_commands(tmp: Path, sentences16: np.ndarray, queries: np.ndarray, trut
     write_records(tmp / "images.jsonl", queries, "image")
     here = Path(__file__).resolve()
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(here), "--brute-force-command", str(tmp)], check=True,
-                   cwd=here.parent.parent)
+    subprocess.run([sys.executable, str(here), "--brute-force-command", str(tmp)], check=True, cwd=here.parent.parent)
     brute = time.perf_counter() - start
 
     def found_rows(path: Path) -> np.ndarray:
@@ -189,16 +226,27 @@ def whole_commands(tmp: Path, sentences16: np.ndarray, queries: np.ndarray, trut
 
     print()
     print(f"whole commands on {len(queries):,} image records (JSONL in, zstd JSONL out):")
-    print(f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s, "
-          f"recall@3 {recall_at(found_rows(tmp / 'brute.jsonl.zst'), truth):.4f}")
+    print(
+        f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s, "
+        f"recall@3 {recall_at(found_rows(tmp / 'brute.jsonl.zst'), truth):.4f}"
+    )
     print()
     print("| nprobe | recall@3 | rsyn retrieve s | --no-verify s | brute-force command s | speed-up (verified) |")
     print("|-------:|---------:|----------------:|--------------:|----------------------:|--------------------:|")
     for nprobe in nprobes:
         row = []
         for verify in ("--verify", "--no-verify"):
-            _, seconds = timed_command("retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"),
-                                       "-o", str(tmp / "out.jsonl.zst"), "--nprobe", str(nprobe), verify)
+            _, seconds = timed_command(
+                "retrieve",
+                "--index",
+                str(tmp / "index"),
+                str(tmp / "images.jsonl"),
+                "-o",
+                str(tmp / "out.jsonl.zst"),
+                "--nprobe",
+                str(nprobe),
+                verify,
+            )
             row.append(seconds)
         recall = recall_at(found_rows(tmp / "out.jsonl.zst"), truth)
         print(f"| {nprobe} | {recall:.4f} | {row[0]:.1f} | {row[1]:.1f} | {brute:.1f} | {brute / row[0]:.1f}x |")
@@ -213,13 +261,22 @@ def main() -> None:
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the topic sizes")
     p.add_argument("--clusters", type=int, default=0, help="k-means clusters (default: rsyn's, sentences / 420)")
     p.add_argument("--nprobe", default="1,4,16,64")
-    p.add_argument("--pq-bytes", type=int, default=0, help="build PQ lists of this many bytes (re-ranked) instead of flat")
+    p.add_argument(
+        "--pq-bytes", type=int, default=0, help="build PQ lists of this many bytes (re-ranked) instead of flat"
+    )
     p.add_argument("--rerank", type=int, default=200, help="PQ candidates re-scored exactly (with --pq-bytes)")
-    p.add_argument("--rss-sentences", type=int, default=100_000,
-                   help="size of the end-to-end `rsyn index` run whose peak RSS is measured (0: skip)")
+    p.add_argument(
+        "--rss-sentences",
+        type=int,
+        default=100_000,
+        help="size of the end-to-end `rsyn index` run whose peak RSS is measured (0: skip)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--commands", action="store_true",
-                   help="also time whole `rsyn retrieve` processes against a brute-force command")
+    p.add_argument(
+        "--commands",
+        action="store_true",
+        help="also time whole `rsyn retrieve` processes against a brute-force command",
+    )
     p.add_argument("--brute-force-command", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.brute_force_command:
@@ -233,8 +290,11 @@ def main() -> None:
         end_to_end(args, dim)
         return
     topics = args.topics or max(10, n // 1000)
-    print(f"# bench_retrieve: {n:,} sentences x {dim}-d, {nq:,} queries, {topics:,} Zipf({args.zipf}) topics, "
-          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} cores", flush=True)
+    print(
+        f"# bench_retrieve: {n:,} sentences x {dim}-d, {nq:,} queries, {topics:,} Zipf({args.zipf}) topics, "
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} cores",
+        flush=True,
+    )
 
     t = time.perf_counter()
     sentences16, queries = make_data(n, nq, dim, topics, args.zipf, args.seed)
@@ -243,8 +303,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rsyn-bench-") as tmp_name:
         tmp = Path(tmp_name)
         k = args.clusters or default_clusters(n)
-        meta, build_seconds = build_index(sentences16, tmp / "index", clusters=k, pq_bytes=args.pq_bytes,
-                                          seed=args.seed)
+        meta, build_seconds = build_index(
+            sentences16, tmp / "index", clusters=k, pq_bytes=args.pq_bytes, seed=args.seed
+        )
         timings = meta["seconds"]
         index = IndexDirectory(tmp / "index")
 
@@ -280,13 +341,19 @@ def main() -> None:
             whole_commands(tmp, sentences16_kept, queries, truth, [int(x) for x in args.nprobe.split(",")])
 
         print()
-        print(f"index {meta['index_type']}" + (f" ({args.pq_bytes}-byte codes, {args.rerank} re-ranked)"
-                                               if args.pq_bytes else ""))
-        print(f"sentences {n:,}  dim {dim}  clusters {meta['clusters']:,} (median list {meta['cluster_sizes']['median']:.0f}, "
-              f"max {meta['cluster_sizes']['max']:,})  queries {nq:,}")
-        print(f"k-means {timings['kmeans_seconds']:.1f}s ({meta['parameters']['training_points']:,} training points, "
-              f"{meta['parameters']['niter']} iterations)   merge {timings['lists_seconds']:.1f}s   "
-              f"index build total {build_seconds:.1f}s")
+        print(
+            f"index {meta['index_type']}"
+            + (f" ({args.pq_bytes}-byte codes, {args.rerank} re-ranked)" if args.pq_bytes else "")
+        )
+        print(
+            f"sentences {n:,}  dim {dim}  clusters {meta['clusters']:,} (median list {meta['cluster_sizes']['median']:.0f}, "
+            f"max {meta['cluster_sizes']['max']:,})  queries {nq:,}"
+        )
+        print(
+            f"k-means {timings['kmeans_seconds']:.1f}s ({meta['parameters']['training_points']:,} training points, "
+            f"{meta['parameters']['niter']} iterations)   merge {timings['lists_seconds']:.1f}s   "
+            f"index build total {build_seconds:.1f}s"
+        )
         print(f"brute force (faiss IndexFlatIP): {brute_seconds:.1f}s, {brute_qps:,.0f} queries/s")
         print()
         print("| nprobe | recall@3 | IVF queries/s | brute-force queries/s | speed-up |")
@@ -303,25 +370,35 @@ def main() -> None:
         images, n_paper, k_paper = 198e6, 0.84e9, 2e6
         list_len = n_paper / k_paper
         print()
-        print(f"Paper scale (198M images x 0.84B sentences, 2M clusters of {list_len:.0f}), from the costs measured here:")
-        print(f"  coarse step on this CPU: {coarse_per_centroid * 1e9:.2f} ns per query-centroid pair "
-              f"-> {images * k_paper * coarse_per_centroid / 3600:,.0f} CPU-hours")
+        print(
+            f"Paper scale (198M images x 0.84B sentences, 2M clusters of {list_len:.0f}), from the costs measured here:"
+        )
+        print(
+            f"  coarse step on this CPU: {coarse_per_centroid * 1e9:.2f} ns per query-centroid pair "
+            f"-> {images * k_paper * coarse_per_centroid / 3600:,.0f} CPU-hours"
+        )
         for nprobe, _, _, seconds in rows:
             scanned = min(nprobe, meta["clusters"]) * n / meta["clusters"]
             fine_per_vector = max(seconds - coarse_seconds, 0) / nq / scanned
-            print(f"  fine step at nprobe {nprobe}: {fine_per_vector * 1e9:.2f} ns per scanned vector "
-                  f"-> {images * nprobe * list_len * fine_per_vector / 3600:,.0f} CPU-hours")
+            print(
+                f"  fine step at nprobe {nprobe}: {fine_per_vector * 1e9:.2f} ns per scanned vector "
+                f"-> {images * nprobe * list_len * fine_per_vector / 3600:,.0f} CPU-hours"
+            )
         brute_per_pair = brute_seconds / nq / n
-        print(f"  brute force on this CPU: {brute_per_pair * 1e9:.3f} ns per query-sentence pair "
-              f"-> {images * n_paper * brute_per_pair / 3600:,.0f} CPU-hours")
+        print(
+            f"  brute force on this CPU: {brute_per_pair * 1e9:.3f} ns per query-sentence pair "
+            f"-> {images * n_paper * brute_per_pair / 3600:,.0f} CPU-hours"
+        )
         # one GPU: the same operations at an A100's rates (assumed, not measured: no GPU here)
         tflops, bandwidth = 15e12, 1.5e12  # sustained fp32 GEMM, HBM bytes/s
         coarse_h = 2 * images * k_paper * dim / tflops / 3600
         fine_h = images * list_len * dim * 4 / bandwidth / 3600
         brute_h = 2 * images * n_paper * dim / tflops / 3600
-        print(f"  one A100 (assumed {tflops / 1e12:.0f} TFLOP/s fp32 GEMM, {bandwidth / 1e12:.1f} TB/s): coarse "
-              f"{coarse_h:.1f} h + fine {fine_h:.2f} h per unit of nprobe; brute force {brute_h:,.0f} h. "
-              f"Paper: about 40 GPU-hours (8 A100s) vs more than 10,000 for brute force.")
+        print(
+            f"  one A100 (assumed {tflops / 1e12:.0f} TFLOP/s fp32 GEMM, {bandwidth / 1e12:.1f} TB/s): coarse "
+            f"{coarse_h:.1f} h + fine {fine_h:.2f} h per unit of nprobe; brute force {brute_h:,.0f} h. "
+            f"Paper: about 40 GPU-hours (8 A100s) vs more than 10,000 for brute force."
+        )
 
     if args.rss_sentences:
         end_to_end(args, dim)
@@ -339,16 +416,23 @@ def end_to_end(args, dim: int) -> None:
             write_records(tmp / "images.jsonl", queries, "image")
             peak, seconds = timed_command("index", str(tmp / "sentences.jsonl"), "-o", str(tmp / "index"))
             peaks.append(peak)
-            print(f"rsyn index on {size:,} JSONL records ({dim}-d): {seconds:.1f}s ({size / seconds:,.0f} records/s), "
-                  f"peak RSS {peak / 2**20:,.0f} MiB")
-            peak, seconds = timed_command("retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"),
-                                          "-o", str(tmp / "out.jsonl.zst"))
-            print(f"rsyn retrieve of {len(queries):,} image records (nprobe default): {seconds:.1f}s "
-                  f"({len(queries) / seconds:,.0f} records/s), peak RSS {peak / 2**20:,.0f} MiB")
+            print(
+                f"rsyn index on {size:,} JSONL records ({dim}-d): {seconds:.1f}s ({size / seconds:,.0f} records/s), "
+                f"peak RSS {peak / 2**20:,.0f} MiB"
+            )
+            peak, seconds = timed_command(
+                "retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"), "-o", str(tmp / "out.jsonl.zst")
+            )
+            print(
+                f"rsyn retrieve of {len(queries):,} image records (nprobe default): {seconds:.1f}s "
+                f"({len(queries) / seconds:,.0f} records/s), peak RSS {peak / 2**20:,.0f} MiB"
+            )
     slope = (peaks[1] - peaks[0]) / (args.rss_sentences * 3 / 4)
-    print(f"rsyn index peak RSS per million {dim}-d vectors: {slope * 1e6 / 2**30:.2f} GiB "
-          f"(+ {(peaks[0] - slope * args.rss_sentences / 4) / 2**20:,.0f} MiB fixed); the float32 IVF lists alone "
-          f"are {(4 * dim + 8) / 2**30 * 1e6:.2f} GiB per million")
+    print(
+        f"rsyn index peak RSS per million {dim}-d vectors: {slope * 1e6 / 2**30:.2f} GiB "
+        f"(+ {(peaks[0] - slope * args.rss_sentences / 4) / 2**20:,.0f} MiB fixed); the float32 IVF lists alone "
+        f"are {(4 * dim + 8) / 2**30 * 1e6:.2f} GiB per million"
+    )
 
 
 if __name__ == "__main__":

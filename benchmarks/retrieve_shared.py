@@ -29,8 +29,11 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--clusters", type=int, default=256)
     args = p.parse_args()
-    print(f"# retrieve_shared: {args.sentences:,} x {args.dim}-d ivf_flat, load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores", flush=True)
+    print(
+        f"# retrieve_shared: {args.sentences:,} x {args.dim}-d ivf_flat, load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="rsyn-bench-shared-") as name:
         tmp = Path(name)
         build_index(tmp / "index", n=args.sentences, dim=args.dim, clusters=args.clusters)
@@ -48,8 +51,10 @@ def main() -> None:
         print("| processes | PSS together (MiB) | vs one process | index's share vs one (fixed cost taken out) |")
         print("|---:|---:|---:|---:|")
         for count, total in rows:
-            print(f"| {count} | {total / 1024:,.0f} | {total / one:.2f}x | "
-                  f"{(total - count * fixed) / (one - fixed):.2f}x |")
+            print(
+                f"| {count} | {total / 1024:,.0f} | {total / one:.2f}x | "
+                f"{(total - count * fixed) / (one - fixed):.2f}x |"
+            )
 
 
 if __name__ == "__main__":

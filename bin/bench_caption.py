@@ -48,19 +48,34 @@ def build_inputs(work: Path, n: int):
     from rsyn.models.lm import build_tiny_gpt2
     from rsyn.records import encode_embeddings
 
-    models = {"clip": build_tiny_clip(work / "clip"), "captioner": build_tiny_captioner(work / "blip"),
-              "gpt2": build_tiny_gpt2(work / "gpt2")}
-    texts = [t for t in pq.read_table(DATA / "laion-10k.parquet", columns=["TEXT"]).column("TEXT").to_pylist()
-             if t and 5 <= len(t.split()) <= 40][:n]
+    models = {
+        "clip": build_tiny_clip(work / "clip"),
+        "captioner": build_tiny_captioner(work / "blip"),
+        "gpt2": build_tiny_gpt2(work / "gpt2"),
+    }
+    texts = [
+        t
+        for t in pq.read_table(DATA / "laion-10k.parquet", columns=["TEXT"]).column("TEXT").to_pylist()
+        if t and 5 <= len(t.split()) <= 40
+    ][:n]
     images = sorted(str(p) for p in (DATA / "images").glob("*.jpg"))
     clip = load_clip(models["clip"], None, "cpu")
     embeddings = encode_embeddings(clip.encode_images([Image.open(p).convert("RGB") for p in images]))
     records = []
     for i in range(n):
-        records.append({"id": f"{i:08x}", "kind": "image", "doc": f"https://example.org/{i}", "pos": 0,
-                        "url": f"https://example.org/{i}.jpg", "path": images[i % len(images)],
-                        "emb": embeddings[i % len(images)], "emb_model": models["clip"],
-                        "texts": [{"id": f"t{i}", "text": texts[i % len(texts)], "score": 0.3}]})
+        records.append(
+            {
+                "id": f"{i:08x}",
+                "kind": "image",
+                "doc": f"https://example.org/{i}",
+                "pos": 0,
+                "url": f"https://example.org/{i}.jpg",
+                "path": images[i % len(images)],
+                "emb": embeddings[i % len(images)],
+                "emb_model": models["clip"],
+                "texts": [{"id": f"t{i}", "text": texts[i % len(texts)], "score": 0.3}],
+            }
+        )
     source = work / "retrieved.jsonl"
     source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     tags = DATA / "ram_tag_list.txt"
@@ -106,26 +121,33 @@ def bare_loop(models, records, tags_file, cache_dir):
     context = lm.config.n_positions - 16
     out = []
     for start in range(0, len(records), 64):
-        batch = records[start:start + 64]
+        batch = records[start : start + 64]
         scores = decode_embeddings([r["emb"] for r in batch]) @ tag_matrix.T
         top = np.argsort(-scores, axis=1)[:, :3]
         images = [_open(r["path"], captioner.input_side) for r in batch]
         captions = []
         with torch.inference_mode():
             for i in range(0, len(images), 32):
-                pixels = captioner.image_processor(images=images[i:i + 32], return_tensors="pt")["pixel_values"]
+                pixels = captioner.image_processor(images=images[i : i + 32], return_tensors="pt")["pixel_values"]
                 ids = captioner.model.generate(pixel_values=pixels, max_new_tokens=30, num_beams=1, do_sample=False)
                 captions.extend(captioner.tokenizer.batch_decode(ids, skip_special_tokens=True))
             # the same prompt text as rsyn's (what the model reads must be the same on both sides)
-            prompts = [template.render(r["texts"][0]["text"], c, [tags[j] for j in row]).completion
-                       for r, c, row in zip(batch, captions, top)]
+            prompts = [
+                template.render(r["texts"][0]["text"], c, [tags[j] for j in row]).completion
+                for r, c, row in zip(batch, captions, top)
+            ]
             for i in range(0, len(prompts), 16):
-                ids = [x[-context:] for x in tokenizer(prompts[i:i + 16], verbose=False)["input_ids"]]
+                ids = [x[-context:] for x in tokenizer(prompts[i : i + 16], verbose=False)["input_ids"]]
                 width = max(map(len, ids))
                 tokens = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
                 mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-                new = lm.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=16, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id)[:, width:]
+                new = lm.generate(
+                    input_ids=tokens,
+                    attention_mask=mask,
+                    max_new_tokens=16,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )[:, width:]
                 out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return out
 
@@ -139,12 +161,21 @@ def bare_client(url: str, records: list[dict], count: int, concurrency: int) -> 
     from rsyn.prompts import PromptTemplate
 
     template = PromptTemplate()
-    bodies = [{"model": "m", "max_tokens": 160, "temperature": 0.0, "seed": i,
-               "messages": template.render(records[i % len(records)]["texts"][0]["text"], None, []).messages()}
-              for i in range(count)]
+    bodies = [
+        {
+            "model": "m",
+            "max_tokens": 160,
+            "temperature": 0.0,
+            "seed": i,
+            "messages": template.render(records[i % len(records)]["texts"][0]["text"], None, []).messages(),
+        }
+        for i in range(count)
+    ]
     start = time.perf_counter()
-    with httpx.Client(limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)) as client, \
-            ThreadPoolExecutor(concurrency) as pool:
+    with (
+        httpx.Client(limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
         replies = list(pool.map(lambda body: client.post(f"{url}/chat/completions", json=body).json(), bodies))
     assert all(r["choices"][0]["message"]["content"] for r in replies)
     return time.perf_counter() - start
@@ -163,8 +194,7 @@ time.sleep(1e9)
 @contextmanager
 def loopback_server(latency: float):
     """The tests' loopback server in its own process, so its Python work does not share rsyn's GIL."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "tests"), str(latency)],
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "tests"), str(latency)], stdout=subprocess.PIPE)
     try:
         yield proc.stdout.readline().decode().strip()
     finally:
@@ -178,8 +208,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both sides (tiny models gain nothing from more; 0 = torch default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both sides (tiny models gain nothing from more; 0 = torch default)",
+    )
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -191,10 +225,37 @@ def main() -> None:
         work = Path(tmp)
         models, records, source, tags = build_inputs(work, opts.records)
         cache = work / "cache"
-        local = [source, "-o", work / "out.jsonl.zst", "--tags", tags, "--tag-threshold", "-1", "--max-tags", "3",
-                 "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "hf",
-                 "--llm-model", models["gpt2"], "--llm-max-tokens", "16", "--llm-api", "completion",
-                 "--cache-dir", cache, "--device", "cpu", "--on-error", "skip", "--temperature", "0"]
+        local = [
+            source,
+            "-o",
+            work / "out.jsonl.zst",
+            "--tags",
+            tags,
+            "--tag-threshold",
+            "-1",
+            "--max-tags",
+            "3",
+            "--captioner",
+            models["captioner"],
+            "--caption-beams",
+            "1",
+            "--llm-backend",
+            "hf",
+            "--llm-model",
+            models["gpt2"],
+            "--llm-max-tokens",
+            "16",
+            "--llm-api",
+            "completion",
+            "--cache-dir",
+            cache,
+            "--device",
+            "cpu",
+            "--on-error",
+            "skip",
+            "--temperature",
+            "0",
+        ]
         rsyn_caption(local)  # warm-up: loads the models, fills the tag-embedding cache
         bare_loop(models, records[:32], tags, cache)
         best = {"rsyn": float("inf"), "bare": float("inf")}
@@ -206,8 +267,10 @@ def main() -> None:
             bare_loop(models, records, tags, cache)
             best["bare"] = min(best["bare"], time.perf_counter() - start)
         n = len(records)
-        print(f"\n1. orchestration overhead, CPU ({torch.get_num_threads()} torch threads), {n} records, "
-              f"{len(Path(tags).read_text().splitlines())} tags, best of {opts.repeat}")
+        print(
+            f"\n1. orchestration overhead, CPU ({torch.get_num_threads()} torch threads), {n} records, "
+            f"{len(Path(tags).read_text().splitlines())} tags, best of {opts.repeat}"
+        )
         print(f"{'':24}{'seconds':>10}{'records/s':>12}")
         for name in ("rsyn", "bare"):
             label = "rsyn caption (CLI)" if name == "rsyn" else "bare model loop"
@@ -215,30 +278,55 @@ def main() -> None:
         print(f"{'ratio rsyn / bare':24}{best['bare'] / best['rsyn']:>22.2f}   (target >= 0.9)")
 
         print(f"\n2. server backend against a loopback server answering after {opts.latency * 1000:.0f} ms")
-        print(f"{'concurrency':>12}{'records':>9}{'rsyn rec/s':>12}{'bare rec/s':>12}{'ideal':>8}"
-              f"{'rsyn/ideal':>12}{'rsyn/bare':>11}")
-        light = ["--max-tags", "0", "--captioner", "none", "--llm-backend", "openai", "--llm-model", "m",
-                 "--llm-timeout", "30"]
+        print(
+            f"{'concurrency':>12}{'records':>9}{'rsyn rec/s':>12}{'bare rec/s':>12}{'ideal':>8}"
+            f"{'rsyn/ideal':>12}{'rsyn/bare':>11}"
+        )
+        light = [
+            "--max-tags",
+            "0",
+            "--captioner",
+            "none",
+            "--llm-backend",
+            "openai",
+            "--llm-model",
+            "m",
+            "--llm-timeout",
+            "30",
+        ]
         for concurrency in map(int, opts.concurrency.split(",")):
             count = max(256, 64 * concurrency)  # 64+ latencies of work: fixed start-up costs fade
             server_input = work / f"server-{count}.jsonl"
             if not server_input.exists():
                 import orjson
 
-                server_input.write_bytes(b"".join(orjson.dumps({**records[i % n], "id": f"s{i}"}) + b"\n"
-                                                  for i in range(count)))
+                server_input.write_bytes(
+                    b"".join(orjson.dumps({**records[i % n], "id": f"s{i}"}) + b"\n" for i in range(count))
+                )
             seconds = {"rsyn": float("inf"), "bare": float("inf")}
             with loopback_server(opts.latency) as url:
                 for _ in range(opts.repeat):
                     start = time.perf_counter()
-                    rsyn_caption([server_input, "-o", work / "server.jsonl.zst", *light, "--llm-url", url,
-                                  "--llm-concurrency", concurrency])
+                    rsyn_caption(
+                        [
+                            server_input,
+                            "-o",
+                            work / "server.jsonl.zst",
+                            *light,
+                            "--llm-url",
+                            url,
+                            "--llm-concurrency",
+                            concurrency,
+                        ]
+                    )
                     seconds["rsyn"] = min(seconds["rsyn"], time.perf_counter() - start)
                     seconds["bare"] = min(seconds["bare"], bare_client(url, records, count, concurrency))
             ideal = concurrency / opts.latency
             rate, bare = count / seconds["rsyn"], count / seconds["bare"]
-            print(f"{concurrency:>12}{count:>9}{rate:>12.1f}{bare:>12.1f}{ideal:>8.0f}{rate / ideal:>12.0%}"
-                  f"{rate / bare:>11.2f}")
+            print(
+                f"{concurrency:>12}{count:>9}{rate:>12.1f}{bare:>12.1f}{ideal:>8.0f}{rate / ideal:>12.0%}"
+                f"{rate / bare:>11.2f}"
+            )
 
 
 if __name__ == "__main__":

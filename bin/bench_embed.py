@@ -54,8 +54,20 @@ def make_inputs(work: Path, n_images: int, n_texts: int) -> tuple[Path, Path, li
     with open(image_records, "w") as fh:
         for i, (path, (width, height)) in enumerate(zip(paths, sizes)):
             # sizes known, as extract gives them: every image is embedded, as in the bare loop
-            fh.write(json.dumps({"id": f"i{i}", "kind": "image", "doc": "bench", "pos": i, "path": str(path),
-                                 "width": width, "height": height}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"i{i}",
+                        "kind": "image",
+                        "doc": "bench",
+                        "pos": i,
+                        "path": str(path),
+                        "width": width,
+                        "height": height,
+                    }
+                )
+                + "\n"
+            )
     text_records = work / "texts.jsonl"
     with open(text_records, "w") as fh:
         for i, text in enumerate(texts):
@@ -73,9 +85,9 @@ def bare_loop(model_name: str, device: str, batch: int, paths: list[Path], texts
     clip = load_clip(model_name, "random", device)  # the same loader, so the same model and precision
     image_batches = []
     for start in range(0, len(paths), batch):
-        tensors = [clip.preprocess(Image.open(p).convert("RGB")) for p in paths[start:start + batch]]
+        tensors = [clip.preprocess(Image.open(p).convert("RGB")) for p in paths[start : start + batch]]
         image_batches.append(torch.stack(tensors))
-    token_batches = [clip.tokenize(texts[s:s + batch]) for s in range(0, len(texts), batch)]
+    token_batches = [clip.tokenize(texts[s : s + batch]) for s in range(0, len(texts), batch)]
     model = clip.model
 
     def run_images():
@@ -109,9 +121,30 @@ def bare_loop(model_name: str, device: str, batch: int, paths: list[Path], texts
 def rsyn_embed(records: Path, out: Path, model_name: str, device: str, batch: int) -> dict:
     stats = out.with_suffix(".stats.json")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "rsyn", "embed", str(records), "--model", model_name, "--pretrained",
-                    "random", "--device", device, "--batch-size", str(batch), "-o", str(out), "--stats", str(stats),
-                    "--quiet"], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsyn",
+            "embed",
+            str(records),
+            "--model",
+            model_name,
+            "--pretrained",
+            "random",
+            "--device",
+            device,
+            "--batch-size",
+            str(batch),
+            "-o",
+            str(out),
+            "--stats",
+            str(stats),
+            "--quiet",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - start
     summary = json.loads(stats.read_text())
     return {**summary["stage"], "wall": wall}
@@ -151,19 +184,25 @@ def main() -> None:
             best["rsyn_texts"] = max(best["rsyn_texts"], r["texts_per_second"])
             best["share_texts"] = max(best.get("share_texts", 0), r["model_seconds"] / r["embed_seconds"])
             walls["texts"] = (r["wall"], r["model_load_seconds"])
-    print(f"rsyn embed benchmark: {args.model} (random weights), {card}, device {device}, batch {batch}, "
-          f"torch {torch.__version__}, best of {args.rounds}")
+    print(
+        f"rsyn embed benchmark: {args.model} (random weights), {card}, device {device}, batch {batch}, "
+        f"torch {torch.__version__}, best of {args.rounds}"
+    )
     print()
     # "in model calls": the share of rsyn's embed time spent inside the model; the rest is what the
     # pipeline failed to hide (reading, decoding, tokenizing, writing)
     print("| workload | bare open_clip loop (items/s) | rsyn embed (items/s) | ratio | rsyn time in model calls |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| {args.images} images: JPEG files -> decode, preprocess, embed | {best['bare_images']:.1f} | "
-          f"{best['rsyn_images']:.1f} | {best['rsyn_images'] / best['bare_images']:.2f}x | "
-          f"{100 * best['share_images']:.0f}% |")
-    print(f"| {args.texts} texts: LAION captions -> tokenize, embed | {best['bare_texts']:.1f} | "
-          f"{best['rsyn_texts']:.1f} | {best['rsyn_texts'] / best['bare_texts']:.2f}x | "
-          f"{100 * best['share_texts']:.0f}% |")
+    print(
+        f"| {args.images} images: JPEG files -> decode, preprocess, embed | {best['bare_images']:.1f} | "
+        f"{best['rsyn_images']:.1f} | {best['rsyn_images'] / best['bare_images']:.2f}x | "
+        f"{100 * best['share_images']:.0f}% |"
+    )
+    print(
+        f"| {args.texts} texts: LAION captions -> tokenize, embed | {best['bare_texts']:.1f} | "
+        f"{best['rsyn_texts']:.1f} | {best['rsyn_texts'] / best['bare_texts']:.2f}x | "
+        f"{100 * best['share_texts']:.0f}% |"
+    )
     print()
     for kind, (wall, load) in walls.items():
         print(f"{kind}: whole command {wall:.1f}s, of which model load {load:.1f}s (process start and imports apart)")

@@ -72,8 +72,10 @@ def main() -> None:
     table = pq.read_table(DATA, columns=["URL", "TEXT"]).slice(0, args.captions)
     captions = [c or "" for c in table.column("TEXT").to_pylist()]
     urls = table.column("URL").to_pylist()
-    print(f"bench_extract: {len(captions)} real LAION captions, each a paragraph; CPU, {os.cpu_count()} cores "
-          f"(load average {os.getloadavg()[0]:.1f})\n")
+    print(
+        f"bench_extract: {len(captions)} real LAION captions, each a paragraph; CPU, {os.cpu_count()} cores "
+        f"(load average {os.getloadavg()[0]:.1f})\n"
+    )
     print(f"| {'step':<44} | {'items':>7} | {'seconds':>8} | {'items/s':>10} | ratio  | note")
     print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|{'-' * 12}|{'-' * 8}|------")
 
@@ -98,7 +100,7 @@ def main() -> None:
     # CAT: naive (full pipeline, one call per sentence) vs rsyn (pipes cut, nlp.pipe batches, worker pool)
     import spacy
 
-    sample = sentences[:args.cat_sample]
+    sample = sentences[: args.cat_sample]
     model = resolve_spacy_model("auto")
     full_nlp = spacy.load(model)
     naive, naive_seconds = timed(lambda: [cat_scores(full_nlp(s)) for s in sample])
@@ -118,34 +120,63 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lm_path = args.ppl_model or build_tiny_gpt2(Path(tmp) / "tiny-gpt2")
         lm = load_causal_lm(lm_path, "cpu")
-        ppl_sample = sentences[:args.cat_sample]
+        ppl_sample = sentences[: args.cat_sample]
         _, seconds = timed(perplexities, ppl_sample, *lm)
         label = "tiny RANDOM GPT-2" if not args.ppl_model else Path(args.ppl_model).name
-        row(f"perplexity ({label}), batch 32", len(ppl_sample), seconds, note="plumbing only" if not args.ppl_model
-            else "")
+        row(
+            f"perplexity ({label}), batch 32",
+            len(ppl_sample),
+            seconds,
+            note="plumbing only" if not args.ppl_model else "",
+        )
 
         # the whole stage through the CLI, on an OBELICS parquet: image, caption, image, caption, ...
         docs = []
         for start in range(0, len(captions), 10):
             images, texts = [], []
-            for url, caption in zip(urls[start:start + 10], captions[start:start + 10]):
+            for url, caption in zip(urls[start : start + 10], captions[start : start + 10]):
                 images += [url, None]
                 texts += [None, caption]
-            docs.append({"images": images, "texts": texts,
-                         "general_metadata": orjson.dumps({"url": f"https://bench/{start // 10}"}).decode()})
+            docs.append(
+                {
+                    "images": images,
+                    "texts": texts,
+                    "general_metadata": orjson.dumps({"url": f"https://bench/{start // 10}"}).decode(),
+                }
+            )
         parquet = Path(tmp) / "docs.parquet"
         pq.write_table(pa.Table.from_pylist(docs), parquet, row_group_size=100)
         stats_by_processes = {}
         for processes in (1, args.processes):
             stats_path = Path(tmp) / f"stats-{processes}.json"
             out = Path(tmp) / f"out-{processes}.jsonl.zst"
-            cmd = [sys.executable, "-m", "rsyn", "extract", str(parquet), "--ppl-model", "none", "--min-entropy", "0",
-                   "--spacy-processes", str(processes), "-o", str(out), "--stats", str(stats_path), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "rsyn",
+                "extract",
+                str(parquet),
+                "--ppl-model",
+                "none",
+                "--min-entropy",
+                "0",
+                "--spacy-processes",
+                str(processes),
+                "-o",
+                str(out),
+                "--stats",
+                str(stats_path),
+                "--quiet",
+            ]
             _, seconds = timed(subprocess.run, cmd)
             stats = orjson.loads(stats_path.read_bytes())
             stats_by_processes[processes] = (stats, out.read_bytes())
-            row(f"whole stage, rsyn extract, {processes} spaCy process{'es' if processes > 1 else ''}",
-                stats["stage"]["sentences_in"], seconds, note="incl. start-up, both passes")
+            row(
+                f"whole stage, rsyn extract, {processes} spaCy process{'es' if processes > 1 else ''}",
+                stats["stage"]["sentences_in"],
+                seconds,
+                note="incl. start-up, both passes",
+            )
         identical = stats_by_processes[1][1] == stats_by_processes[args.processes][1]
         print(f"|   output bytes identical for 1 and {args.processes} processes: {identical}")
 
@@ -155,23 +186,43 @@ def main() -> None:
         outputs = {}
         for order in ("size,emoji,url,words,cat,entropy", "size,emoji,url,words,entropy,cat"):
             out = Path(tmp) / f"out-{len(outputs)}-paper.jsonl.zst"
-            cmd = [sys.executable, "-m", "rsyn", "extract", str(parquet), "--ppl-model", "none", "--filters", order,
-                   "-o", str(out), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "rsyn",
+                "extract",
+                str(parquet),
+                "--ppl-model",
+                "none",
+                "--filters",
+                order,
+                "-o",
+                str(out),
+                "--quiet",
+            ]
             _, seconds = timed(subprocess.run, cmd)
             outputs[order] = list(read_records([str(out)]))
-            row(f"whole stage, entropy >= 0.3, {order.split(',')[4]} before {order.split(',')[5]}",
-                stats["stage"]["sentences_in"], seconds, note="1 process")
+            row(
+                f"whole stage, entropy >= 0.3, {order.split(',')[4]} before {order.split(',')[5]}",
+                stats["stage"]["sentences_in"],
+                seconds,
+                note="1 process",
+            )
         first, second = outputs.values()
-        print(f"|   same records in both orders: {first == second} ({sum(r['kind'] == 'text' for r in first)} "
-              "sentences kept)")
+        print(
+            f"|   same records in both orders: {first == second} ({sum(r['kind'] == 'text' for r in first)} "
+            "sentences kept)"
+        )
 
         stats, output = stats_by_processes[1]
         print("\nfunnel of the whole-stage run (entropy threshold 0 here, see below):")
         print(f"  in {stats['in']} = {stats['stage']['images_in']} images + {stats['stage']['sentences_in']} sentences")
         for reason, n in stats["dropped"].items():
             print(f"  {reason:<24} {n:>6}")
-        print(f"  out {stats['out']} = {stats['stage']['images_out']} images + {stats['stage']['sentences_out']} "
-              "sentences")
+        print(
+            f"  out {stats['out']} = {stats['stage']['images_out']} images + {stats['stage']['sentences_out']} "
+            "sentences"
+        )
 
         out_path = Path(tmp) / "out-1.jsonl.zst"
         entropies = np.array([r["scores"]["entropy"] for r in read_records([str(out_path)]) if r["kind"] == "text"])
@@ -181,10 +232,14 @@ def main() -> None:
         print("|-----------|-----------------------------|-----------------------------|-----------------------|")
         for threshold in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
             in_bits = entropies / math.log(2)
-            print(f"| {threshold:>9} | {np.mean(entropies < threshold):>27.1%} | {np.mean(in_bits < threshold):>27.1%} "
-                  f"| {np.mean(all_sentence_entropy < threshold):>21.1%} |")
-        print(f"({len(entropies)} sentences reach the entropy filter: after emoji, URL, 3..81 words and CAT; "
-              f"median entropy {np.median(entropies):.3f} nats)")
+            print(
+                f"| {threshold:>9} | {np.mean(entropies < threshold):>27.1%} | {np.mean(in_bits < threshold):>27.1%} "
+                f"| {np.mean(all_sentence_entropy < threshold):>21.1%} |"
+            )
+        print(
+            f"({len(entropies)} sentences reach the entropy filter: after emoji, URL, 3..81 words and CAT; "
+            f"median entropy {np.median(entropies):.3f} nats)"
+        )
 
 
 if __name__ == "__main__":

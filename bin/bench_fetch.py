@@ -91,8 +91,10 @@ def main() -> None:
                     start = time.perf_counter()
                     volume = sum(map(len, pool.map(fetch, urls)))
                     best[name] = min(best[name], time.perf_counter() - start)
-        print(f"{opts.images} images ({volume / 1e6:.0f} MB) from a loopback server, {opts.threads} threads, "
-              f"best of {opts.rounds}; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{opts.images} images ({volume / 1e6:.0f} MB) from a loopback server, {opts.threads} threads, "
+            f"best of {opts.rounds}; load average {os.getloadavg()[0]:.1f}"
+        )
         print(f"{'':16}{'seconds':>10}{'images/s':>10}{'MB/s':>8}")
         for name, seconds in best.items():
             print(f"{name:16}{seconds:>10.2f}{opts.images / seconds:>10.0f}{volume / 1e6 / seconds:>8.0f}")

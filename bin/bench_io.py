@@ -43,8 +43,14 @@ def make_input(path: str, n: int) -> int:
     with open(path, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as out:
         for i in range(n):
             text = " ".join(rng.choice(words) for _ in range(rng.randint(12, 22)))
-            rec = {"id": f"{rng.getrandbits(80):020x}", "kind": "text", "doc": f"https://example.org/page/{i // 40}",
-                   "pos": i % 40, "text": text, "scores": {"words": len(text.split()), "entropy": round(rng.random(), 4)}}
+            rec = {
+                "id": f"{rng.getrandbits(80):020x}",
+                "kind": "text",
+                "doc": f"https://example.org/page/{i // 40}",
+                "pos": i % 40,
+                "text": text,
+                "scores": {"words": len(text.split()), "entropy": round(rng.random(), 4)},
+            }
             line = orjson.dumps(rec) + b"\n"
             raw += len(line)
             out.write(line)
@@ -65,8 +71,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "in.jsonl.zst")
         raw = make_input(src, args.records)
-        print(f"input: {args.records:,} records, {raw / args.records:.0f} bytes each, "
-              f"{raw / 1e6:.0f} MB uncompressed, {os.path.getsize(src) / 1e6:.0f} MB zstd")
+        print(
+            f"input: {args.records:,} records, {raw / args.records:.0f} bytes each, "
+            f"{raw / 1e6:.0f} MB uncompressed, {os.path.getsize(src) / 1e6:.0f} MB zstd"
+        )
         bare_cmd = [sys.executable, "-c", BARE_LOOP, src, os.path.join(tmp, "bare.zst")]
         rsyn_cmd = [sys.executable, "-m", "rsyn", "cat", src, "-o", os.path.join(tmp, "rsyn.jsonl.zst"), "--quiet"]
         bare, rsyn = [], []

@@ -26,32 +26,136 @@ import random
 import tarfile
 from pathlib import Path
 
-SUBJECTS = ["A young woman", "Two children", "The old fisherman", "A brown dog", "Our guide", "The chef",
-            "A cyclist", "Three students", "The farmer", "A street musician", "My grandmother", "The volunteers",
-            "A small boy", "The photographer", "Two hikers", "The baker", "A tired runner", "The team captain",
-            "An elderly couple", "The gardener", "A black cat", "The pilot", "Local artists", "A tall man"]
-VERBS = ["is carrying", "carried", "is painting", "painted", "is feeding", "fed", "repaired", "is repairing",
-         "photographed", "climbed", "is climbing", "cleaned", "is selling", "sold", "built", "is building",
-         "pushed", "is pulling", "opened", "is holding", "threw", "caught", "is riding", "rode", "decorated"]
-OBJECTS = ["a wooden boat", "the narrow bridge", "a basket of apples", "an old bicycle", "the red door",
-           "a heavy box", "a kite", "the fence", "a loaf of bread", "the garden wall", "a blue umbrella",
-           "a pile of books", "the wooden table", "a stone wall", "a bunch of flowers", "the broken window",
-           "a paper lantern", "a small sailboat", "the market stall", "a big drum", "the yellow tent"]
-PLACES = ["near the harbour", "in the morning market", "under a cloudy sky", "beside the old church",
-          "on the busy street", "at the edge of the forest", "in the village square", "along the river bank",
-          "on a snowy hill", "behind the train station", "in the crowded plaza", "at the end of the pier"]
-EXTRAS = ["while tourists watched from the pier", "before the rain started", "as the sun went down",
-          "after a long day of work", "while a dog barked nearby", "during the summer festival",
-          "as children laughed in the background", "while the music played"]
-STATIVE = ["The weather was nice.", "It is a lovely place.", "This recipe is my favourite.",
-           "The museum is open every day.", "Prices are subject to change."]
-NOISE = ["Click here.", "Read more", "Share this:", "All rights reserved.", "Posted in Travel",
-         "Visit https://shop.example.com/sale for the full collection of photos and prints.",
-         "Follow us on www.instagram.com/example to see more pictures of the harbour.",
-         "What a great day at the beach with all of my friends 😀 and family!",
-         "We loved every minute of the parade in the old town 🎉 this year."]
-COLORS = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (230, 200, 40), (120, 60, 160), (240, 140, 30),
-          (30, 170, 170), (90, 90, 90), (250, 250, 250), (20, 20, 20)]
+SUBJECTS = [
+    "A young woman",
+    "Two children",
+    "The old fisherman",
+    "A brown dog",
+    "Our guide",
+    "The chef",
+    "A cyclist",
+    "Three students",
+    "The farmer",
+    "A street musician",
+    "My grandmother",
+    "The volunteers",
+    "A small boy",
+    "The photographer",
+    "Two hikers",
+    "The baker",
+    "A tired runner",
+    "The team captain",
+    "An elderly couple",
+    "The gardener",
+    "A black cat",
+    "The pilot",
+    "Local artists",
+    "A tall man",
+]
+VERBS = [
+    "is carrying",
+    "carried",
+    "is painting",
+    "painted",
+    "is feeding",
+    "fed",
+    "repaired",
+    "is repairing",
+    "photographed",
+    "climbed",
+    "is climbing",
+    "cleaned",
+    "is selling",
+    "sold",
+    "built",
+    "is building",
+    "pushed",
+    "is pulling",
+    "opened",
+    "is holding",
+    "threw",
+    "caught",
+    "is riding",
+    "rode",
+    "decorated",
+]
+OBJECTS = [
+    "a wooden boat",
+    "the narrow bridge",
+    "a basket of apples",
+    "an old bicycle",
+    "the red door",
+    "a heavy box",
+    "a kite",
+    "the fence",
+    "a loaf of bread",
+    "the garden wall",
+    "a blue umbrella",
+    "a pile of books",
+    "the wooden table",
+    "a stone wall",
+    "a bunch of flowers",
+    "the broken window",
+    "a paper lantern",
+    "a small sailboat",
+    "the market stall",
+    "a big drum",
+    "the yellow tent",
+]
+PLACES = [
+    "near the harbour",
+    "in the morning market",
+    "under a cloudy sky",
+    "beside the old church",
+    "on the busy street",
+    "at the edge of the forest",
+    "in the village square",
+    "along the river bank",
+    "on a snowy hill",
+    "behind the train station",
+    "in the crowded plaza",
+    "at the end of the pier",
+]
+EXTRAS = [
+    "while tourists watched from the pier",
+    "before the rain started",
+    "as the sun went down",
+    "after a long day of work",
+    "while a dog barked nearby",
+    "during the summer festival",
+    "as children laughed in the background",
+    "while the music played",
+]
+STATIVE = [
+    "The weather was nice.",
+    "It is a lovely place.",
+    "This recipe is my favourite.",
+    "The museum is open every day.",
+    "Prices are subject to change.",
+]
+NOISE = [
+    "Click here.",
+    "Read more",
+    "Share this:",
+    "All rights reserved.",
+    "Posted in Travel",
+    "Visit https://shop.example.com/sale for the full collection of photos and prints.",
+    "Follow us on www.instagram.com/example to see more pictures of the harbour.",
+    "What a great day at the beach with all of my friends 😀 and family!",
+    "We loved every minute of the parade in the old town 🎉 this year.",
+]
+COLORS = [
+    (200, 40, 40),
+    (40, 160, 60),
+    (40, 80, 200),
+    (230, 200, 40),
+    (120, 60, 160),
+    (240, 140, 30),
+    (30, 170, 170),
+    (90, 90, 90),
+    (250, 250, 250),
+    (20, 20, 20),
+]
 
 
 def scene_sentence(rng: random.Random) -> str:
@@ -124,8 +228,16 @@ class ImageFolder:
             self.close()
             self.tar = tarfile.open(self.root / f"{shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT)
         key = f"{shard:05d}{index:04d}"
-        meta = {"url": url, "key": key, "status": "success", "caption": caption, "width": width, "height": height,
-                "original_width": width, "original_height": height}
+        meta = {
+            "url": url,
+            "key": key,
+            "status": "success",
+            "caption": caption,
+            "width": width,
+            "height": height,
+            "original_width": width,
+            "original_height": height,
+        }
         for suffix, data in ((".jpg", jpeg), (".txt", caption.encode()), (".json", json.dumps(meta).encode())):
             info = tarfile.TarInfo(key + suffix)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -159,8 +271,9 @@ def make_document(rng: random.Random, doc_no: int, shared: list[str], images: Im
         if rng.random() < 0.95:  # the rest were "never downloaded"
             images.add(url, draw_image(rng, width, height), width, height, alt)
         known = rng.random() < 0.8  # some pages do not say how big their images are
-        record["nodes"].append({"url": url, "width": width if known else None,
-                                "height": height if known else None, "alt": alt})
+        record["nodes"].append(
+            {"url": url, "width": width if known else None, "height": height if known else None, "alt": alt}
+        )
         if rng.random() < 0.05:  # the same image twice on one page
             record["nodes"].append(dict(record["nodes"][-1]))
     return record
@@ -181,8 +294,7 @@ def to_obelics(doc: dict) -> dict:
                 meta.update(original_width=node["width"], original_height=node["height"])
             metadata.append(meta)
     general = {"url": doc["page"], "warc_filename": "example.warc.gz"}
-    return {"images": images, "texts": texts, "metadata": json.dumps(metadata),
-            "general_metadata": json.dumps(general)}
+    return {"images": images, "texts": texts, "metadata": json.dumps(metadata), "general_metadata": json.dumps(general)}
 
 
 def to_mmc4(doc: dict, rng: random.Random) -> dict:
@@ -191,11 +303,21 @@ def to_mmc4(doc: dict, rng: random.Random) -> dict:
         if "text" in node:
             text_list.extend(p for p in node["text"].split("\n\n") if "END_OF_DOCUMENT" not in p)
         else:
-            image_info.append({"image_name": node["url"].rsplit("/", 1)[-1], "raw_url": node["url"],
-                               "matched_text_index": max(0, len(text_list) - 1),
-                               "matched_sim": round(rng.uniform(0.15, 0.35), 4)})
-    return {"url": doc["page"], "text_list": text_list, "image_info": image_info,
-            "similarity_matrix": [], "could_have_url_duplicate": 0}
+            image_info.append(
+                {
+                    "image_name": node["url"].rsplit("/", 1)[-1],
+                    "raw_url": node["url"],
+                    "matched_text_index": max(0, len(text_list) - 1),
+                    "matched_sim": round(rng.uniform(0.15, 0.35), 4),
+                }
+            )
+    return {
+        "url": doc["page"],
+        "text_list": text_list,
+        "image_info": image_info,
+        "similarity_matrix": [],
+        "could_have_url_duplicate": 0,
+    }
 
 
 def main() -> None:
@@ -218,8 +340,14 @@ def main() -> None:
 
     (args.out / "obelics").mkdir(parents=True, exist_ok=True)
     rows = [to_obelics(d) for d in docs[: args.docs]]
-    schema = pa.schema([("images", pa.list_(pa.string())), ("texts", pa.list_(pa.string())),
-                        ("metadata", pa.string()), ("general_metadata", pa.string())])
+    schema = pa.schema(
+        [
+            ("images", pa.list_(pa.string())),
+            ("texts", pa.list_(pa.string())),
+            ("metadata", pa.string()),
+            ("general_metadata", pa.string()),
+        ]
+    )
     table = pa.Table.from_pylist(rows, schema=schema)
     tmp = args.out / "obelics" / ".docs-0000.parquet.tmp"
     pq.write_table(table, tmp, row_group_size=args.row_group)
@@ -228,11 +356,10 @@ def main() -> None:
     (args.out / "mmc4").mkdir(parents=True, exist_ok=True)
     tmp = args.out / "mmc4" / ".docs.jsonl.tmp"
     with open(tmp, "w") as fh:
-        for doc in docs[args.docs:]:
+        for doc in docs[args.docs :]:
             fh.write(json.dumps(to_mmc4(doc, rng)) + "\n")
     tmp.replace(args.out / "mmc4" / "docs.jsonl")
-    print(f"make_corpus: {args.docs} OBELICS + {args.mmc4_docs} MMC4 documents, {images.count} images in "
-          f"{args.out}")
+    print(f"make_corpus: {args.docs} OBELICS + {args.mmc4_docs} MMC4 documents, {images.count} images in {args.out}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,8 +32,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
 ) -> None:
     pass
 

@@ -22,15 +22,15 @@ import stat
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import orjson
 import typer
 
 from rsyn import __version__
+from rsyn.errors import RsynError
 from rsyn.stream import (
     STDIO,
     RecordWriter,
@@ -43,10 +43,6 @@ from rsyn.stream import (
     plan_shard,
     write_bytes_atomic,
 )
-
-
-class RsynError(Exception):
-    """A user-facing failure: printed as one line `rsyn: error: ...`, exit status 2."""
 
 
 class Terminated(BaseException):
@@ -72,36 +68,115 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 
 # Shared options, defined once. The decorator appends them to every command's signature.
 _COMMON = [
-    ("inputs", Annotated[Optional[list[str]], typer.Argument(
-        help="Input files or quoted globs; '-' or nothing reads stdin.", show_default=False)], None),
-    ("output", Annotated[Optional[str], typer.Option(
-        "-o", "--output", help="Output file ('-' = stdout). Written to a temporary name, renamed when complete.",
-        rich_help_panel="Common options")], None),
-    ("shard", Annotated[Optional[str], typer.Option(
-        "--shard", metavar="K/N",
-        help="Process the K-th of N disjoint slices of the input: a contiguous range of whole files when there "
-             "are at least N input files, else the records at positions K mod N (docs/scaling.md).",
-        rich_help_panel="Common options")], None),
-    ("on_error", Annotated[OnError, typer.Option(
-        "--on-error", help="fail: stop at the first bad input (exit 2); skip: count it, log it to --rejects, go on.",
-        rich_help_panel="Common options")], OnError.fail),
-    ("rejects", Annotated[Optional[str], typer.Option(
-        "--rejects", metavar="PATH", help="JSONL of dropped and rejected records with their reason and place.",
-        rich_help_panel="Common options")], None),
-    ("stats", Annotated[Optional[str], typer.Option(
-        "--stats", metavar="PATH", help="Write the run summary (in, out, dropped per reason, seconds) as JSON.",
-        rich_help_panel="Common options")], None),
-    ("seed", Annotated[int, typer.Option("--seed", help="Seed for every random choice.",
-                                         rich_help_panel="Common options")], 0),
-    ("device", Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.",
-                                           rich_help_panel="Common options")], "auto"),
-    ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stderr.",
-                                           rich_help_panel="Common options")], False),
-    ("log_every", Annotated[float, typer.Option(
-        "--log-every", metavar="SECONDS", min=0,
-        help="When stderr is not a terminal (a log file, Slurm, nohup), or stdout is a pipe into the next stage, "
-             "a progress line every SECONDS (records done of the total, rate, ETA); 0: none. In a terminal the "
-             "last stage of a pipe draws a live line instead.", rich_help_panel="Common options")], 30.0),
+    (
+        "inputs",
+        Annotated[
+            list[str] | None,
+            typer.Argument(help="Input files or quoted globs; '-' or nothing reads stdin.", show_default=False),
+        ],
+        None,
+    ),
+    (
+        "output",
+        Annotated[
+            str | None,
+            typer.Option(
+                "-o",
+                "--output",
+                help="Output file ('-' = stdout). Written to a temporary name, renamed when complete.",
+                rich_help_panel="Common options",
+            ),
+        ],
+        None,
+    ),
+    (
+        "shard",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--shard",
+                metavar="K/N",
+                help="Process the K-th of N disjoint slices of the input: a contiguous range of whole files when there "
+                "are at least N input files, else the records at positions K mod N (docs/scaling.md).",
+                rich_help_panel="Common options",
+            ),
+        ],
+        None,
+    ),
+    (
+        "on_error",
+        Annotated[
+            OnError,
+            typer.Option(
+                "--on-error",
+                help="fail: stop at the first bad input (exit 2); skip: count it, log it to --rejects, go on.",
+                rich_help_panel="Common options",
+            ),
+        ],
+        OnError.fail,
+    ),
+    (
+        "rejects",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--rejects",
+                metavar="PATH",
+                help="JSONL of dropped and rejected records with their reason and place.",
+                rich_help_panel="Common options",
+            ),
+        ],
+        None,
+    ),
+    (
+        "stats",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--stats",
+                metavar="PATH",
+                help="Write the run summary (in, out, dropped per reason, seconds) as JSON.",
+                rich_help_panel="Common options",
+            ),
+        ],
+        None,
+    ),
+    (
+        "seed",
+        Annotated[int, typer.Option("--seed", help="Seed for every random choice.", rich_help_panel="Common options")],
+        0,
+    ),
+    (
+        "device",
+        Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel="Common options")],
+        "auto",
+    ),
+    (
+        "quiet",
+        Annotated[
+            bool,
+            typer.Option(
+                "--quiet", "-q", help="No progress and no summary on stderr.", rich_help_panel="Common options"
+            ),
+        ],
+        False,
+    ),
+    (
+        "log_every",
+        Annotated[
+            float,
+            typer.Option(
+                "--log-every",
+                metavar="SECONDS",
+                min=0,
+                help="When stderr is not a terminal (a log file, Slurm, nohup), or stdout is a pipe into the next "
+                "stage, a progress line every SECONDS (records done of the total, rate, ETA); 0: none. In a terminal the "
+                "last stage of a pipe draws a live line instead.",
+                rich_help_panel="Common options",
+            ),
+        ],
+        30.0,
+    ),
 ]
 COMMON_NAMES = [name for name, _, _ in _COMMON]
 
@@ -109,8 +184,20 @@ COMMON_NAMES = [name for name, _, _ in _COMMON]
 class Run:
     """One command invocation: shared options, input/output, counters, rejects, summary."""
 
-    def __init__(self, command: str, inputs=None, output=None, shard=None, on_error=OnError.fail,
-                 rejects=None, stats=None, seed=0, device="auto", quiet=False, log_every=30.0):
+    def __init__(
+        self,
+        command: str,
+        inputs=None,
+        output=None,
+        shard=None,
+        on_error=OnError.fail,
+        rejects=None,
+        stats=None,
+        seed=0,
+        device="auto",
+        quiet=False,
+        log_every=30.0,
+    ):
         self.command = command
         self.inputs = list(inputs or [])
         self._output = output
@@ -162,8 +249,12 @@ class Run:
             self._ticker.stop()
             self._ticker = None
         if exc_type is None:
-            if (self._writer is None and self._output not in (None, STDIO) and not self._output_claimed
-                    and not self._written_elsewhere):
+            if (
+                self._writer is None
+                and self._output not in (None, STDIO)
+                and not self._output_claimed
+                and not self._written_elsewhere
+            ):
                 self.writer()  # no record came out: -o is still written (empty), as make expects
             if self._writer is not None:
                 self._writer.close()
@@ -180,11 +271,15 @@ class Run:
         asked_cuda = (self.device_option or "").strip().lower().startswith("cuda")
         if asked_cuda and self._device is None and self._faiss_device is None:
             # checked after the run, so it holds for every code path: the stage never asked for a device
-            self.note(f"warning: --device {self.device_option} was given, but this run used no GPU "
-                      "(nothing in it runs on one)")
+            self.note(
+                f"warning: --device {self.device_option} was given, but this run used no GPU "
+                "(nothing in it runs on one)"
+            )
         summary = self.summary()
         if self.stats_path:
-            write_bytes_atomic(self.stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            write_bytes_atomic(
+                self.stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+            )
         if not self.quiet:
             print(self.summary_line(summary), file=sys.stderr)
 
@@ -198,8 +293,11 @@ class Run:
             "errors": dict(self.errors),
             "seconds": round(time.perf_counter() - self._start, 3),
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
-            **({"shard_rule": self._plan.rule, "shard_files": self._plan.paths}
-               if self.shard and self._plan is not None else {}),
+            **(
+                {"shard_rule": self._plan.rule, "shard_files": self._plan.paths}
+                if self.shard and self._plan is not None
+                else {}
+            ),
             "seed": self.seed,
             "device": self._device or self._faiss_device,
             **({"stage": self.extra} if self.extra else {}),
@@ -275,8 +373,9 @@ class Run:
             except OSError as exc:
                 raise RsynError(f"{exc.filename}: {exc.strerror}") from None
             if self._plan.rule == "files":
-                self.note(f"shard {self.shard[0]}/{self.shard[1]} reads {len(self._plan.paths)} of "
-                          f"{len(paths)} input files")
+                self.note(
+                    f"shard {self.shard[0]}/{self.shard[1]} reads {len(self._plan.paths)} of {len(paths)} input files"
+                )
         return self._plan
 
     def shard_paths(self) -> list[str]:
@@ -343,8 +442,12 @@ class Run:
         self._in_at_bytes_read = self.n_in
 
     def _corrupt_stream(self, exc: TruncatedStream) -> None:
-        self.error(exc.where, exc.message, reason="corrupt_stream",
-                   details={"lost_lines": exc.lost_lines, "lost_bytes": exc.lost_bytes})
+        self.error(
+            exc.where,
+            exc.message,
+            reason="corrupt_stream",
+            details={"lost_lines": exc.lost_lines, "lost_bytes": exc.lost_bytes},
+        )
 
     def _parse_lines(self, name: str, numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, dict]]:
         """(line number, record) of each line that is a JSON object; blank lines skipped, others reported."""
@@ -379,11 +482,18 @@ class Run:
     def _snapshot(self):
         from rsyn.progress import Snapshot
 
-        return Snapshot(done=self.n_in if self._advanced is None else self._advanced, n_out=self.n_out,
-                        dropped=sum(self.dropped.values()), errors=sum(self.errors.values()),
-                        bytes_read=self._bytes_read, in_at_bytes_read=self._in_at_bytes_read,
-                        total_bytes=self._total_bytes, n_in=self.n_in,
-                        input_complete=self._input_complete, elapsed=time.perf_counter() - self._start)
+        return Snapshot(
+            done=self.n_in if self._advanced is None else self._advanced,
+            n_out=self.n_out,
+            dropped=sum(self.dropped.values()),
+            errors=sum(self.errors.values()),
+            bytes_read=self._bytes_read,
+            in_at_bytes_read=self._in_at_bytes_read,
+            total_bytes=self._total_bytes,
+            n_in=self.n_in,
+            input_complete=self._input_complete,
+            elapsed=time.perf_counter() - self._start,
+        )
 
     # ------------------------------------------------------------------ output
     @property
@@ -431,11 +541,20 @@ class Run:
         """
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         if self.rejects_path:
-            self._reject_line({"reason": reason, "kind": "drop", "where": where or self.where, **details,
-                               "record": record})
+            self._reject_line(
+                {"reason": reason, "kind": "drop", "where": where or self.where, **details, "record": record}
+            )
 
-    def error(self, where: str, message: str, *, record: dict | None = None, raw: bytes | None = None,
-              reason: str = "bad_input", details: dict | None = None) -> None:
+    def error(
+        self,
+        where: str,
+        message: str,
+        *,
+        record: dict | None = None,
+        raw: bytes | None = None,
+        reason: str = "bad_input",
+        details: dict | None = None,
+    ) -> None:
         """Bad input: raise (exit 2, one line) or, with --on-error skip, count and log it."""
         if not self.skip_errors:
             raise RsynError(f"{where}: {message}")
@@ -479,8 +598,7 @@ def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) ->
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
         own = [p for p in sig.parameters.values() if p.name != "run"]
-        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
-                  for n, a, d in _COMMON]
+        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in _COMMON]
         # inputs is positional: put it first so Typer treats it as the argument list
         params = [common[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common[1:]
 
@@ -544,11 +662,6 @@ def _silence_stdout() -> None:
 def fail(message: str, status: int = 2):
     print(f"rsyn: error: {message}", file=sys.stderr)
     raise typer.Exit(status)
-
-
-def stable_hash(text: str) -> int:
-    """A process-independent hash (Python's hash() is salted per process)."""
-    return zlib.crc32(text.encode("utf-8"))
 
 
 def not_built(name: str, issue: int) -> Callable[[Run], None]:

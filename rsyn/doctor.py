@@ -39,8 +39,12 @@ def _torch() -> dict:
         import torch
     except Exception as exc:  # a broken install is a finding, not a crash
         return {"installed": True, "error": f"import failed: {type(exc).__name__}"}
-    return {"installed": True, "version": torch.__version__, "cuda_build": torch.version.cuda,
-            "bf16_supported": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())}
+    return {
+        "installed": True,
+        "version": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "bf16_supported": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+    }
 
 
 def _faiss() -> dict:
@@ -52,8 +56,12 @@ def _faiss() -> dict:
         return {"installed": True, "error": f"import failed: {type(exc).__name__}"}
     gpu_build = hasattr(faiss, "StandardGpuResources")
     gpus = faiss.get_num_gpus() if gpu_build and hasattr(faiss, "get_num_gpus") else 0
-    return {"installed": True, "version": getattr(faiss, "__version__", _version("faiss")), "gpu_build": gpu_build,
-            "gpus": gpus}
+    return {
+        "installed": True,
+        "version": getattr(faiss, "__version__", _version("faiss")),
+        "gpu_build": gpu_build,
+        "gpus": gpus,
+    }
 
 
 def _vllm() -> dict:
@@ -61,11 +69,14 @@ def _vllm() -> dict:
     if version is None or importlib.util.find_spec("vllm") is None:
         return {"installed": False}
     try:
-        proc = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True,
-                              timeout=VLLM_IMPORT_SECONDS)
+        proc = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, timeout=VLLM_IMPORT_SECONDS)
     except subprocess.TimeoutExpired:
-        return {"installed": True, "version": version, "imports": False,
-                "error": f"import took over {VLLM_IMPORT_SECONDS} s"}
+        return {
+            "installed": True,
+            "version": version,
+            "imports": False,
+            "error": f"import took over {VLLM_IMPORT_SECONDS} s",
+        }
     result = {"installed": True, "version": version, "imports": proc.returncode == 0}
     if proc.returncode != 0:
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
@@ -88,8 +99,12 @@ def _gpus() -> dict:
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            proc = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=20)
+            proc = subprocess.run(
+                [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             if proc.returncode == 0:
                 gpus = []
                 for line in proc.stdout.strip().splitlines():
@@ -186,8 +201,10 @@ def render(report: dict) -> str:
     def have(name: str) -> str:
         return packages[name] or "not installed"
 
-    lines = [f"rsyn {report['rsyn']}  python {report['python']['version']}  ({report['python']['executable']})",
-             f"platform      {report['platform']}, {report['cpus']} CPUs"]
+    lines = [
+        f"rsyn {report['rsyn']}  python {report['python']['version']}  ({report['python']['executable']})",
+        f"platform      {report['platform']}, {report['cpus']} CPUs",
+    ]
     if torch.get("installed"):
         build = f"CUDA {torch['cuda_build']}" if torch.get("cuda_build") else "CPU-only build"
         lines.append(f"torch         {torch.get('version', '?')} ({torch.get('error') or build})")
@@ -199,8 +216,11 @@ def render(report: dict) -> str:
     else:
         lines.append("GPUs          none visible (CPU only)")
     if faiss.get("installed"):
-        gpu = (f"GPU build, {faiss['gpus']} GPU(s) usable" if faiss.get("gpu_build") else "CPU build: k-means and "
-               "search run on CPU")
+        gpu = (
+            f"GPU build, {faiss['gpus']} GPU(s) usable"
+            if faiss.get("gpu_build")
+            else "CPU build: k-means and search run on CPU"
+        )
         lines.append(f"faiss         {faiss.get('version', '?')} ({faiss.get('error') or gpu})")
     else:
         lines.append("faiss         not installed")

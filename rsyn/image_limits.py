@@ -11,5 +11,4 @@ DEFAULT_DEADLINE = 30.0  # seconds for a whole download, retries included
 DEFAULT_RETRIES = 2
 MAX_REDIRECTS = 5  # followed whatever the retries; more is too_many_redirects (a loop, most often)
 # Many image hosts refuse library user agents; this is what a current desktop browser sends.
-DEFAULT_USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                      "Chrome/124.0 Safari/537.36")
+DEFAULT_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"

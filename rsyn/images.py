@@ -45,8 +45,10 @@ from rsyn.localfiles import LocalFileError, allowed_root, read_local_file, resol
 METADATA_MAX_BYTES = 1 << 20  # an img2dataset KEY.json is a few hundred bytes
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset's encode_format names the image column
 PARQUET_CACHE_BYTES = 256 << 20  # row groups of images kept decoded: img2dataset writes them 100 rows each
-EXPECTED_LAYOUTS = ("webdataset SHARD.tar (+ SHARD.parquet), parquet SHARD.parquet with a jpg/png/webp column, "
-                    "or files SHARD/KEY.jpg with SHARD/KEY.json")
+EXPECTED_LAYOUTS = (
+    "webdataset SHARD.tar (+ SHARD.parquet), parquet SHARD.parquet with a jpg/png/webp column, "
+    "or files SHARD/KEY.jpg with SHARD/KEY.json"
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
 
 # We enforce our own pixel cap before decoding; PIL's warning about big images is noise then.
@@ -65,8 +67,9 @@ class ImageError(Exception):
 # --------------------------------------------------------------------------- the size rule
 
 
-def size_rule(width: int, height: int, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
-              ) -> tuple[bool, int, float]:
+def size_rule(
+    width: int, height: int, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
+) -> tuple[bool, int, float]:
     """(passes, shorter side, aspect w/h) under the paper's rule (or the given thresholds)."""
     shorter = min(width, height)
     aspect = width / height if height else float("inf")
@@ -193,17 +196,27 @@ class Fetcher:
     # what rsyn.net calls a failure -> the drop reason
     REASONS = {"timeout": "fetch_timeout", "connect_failed": "fetch_failed", "transport": "fetch_failed"}
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, deadline: float = DEFAULT_DEADLINE,
-                 retries: int = DEFAULT_RETRIES, max_bytes: int = DEFAULT_MAX_BYTES,
-                 user_agent: str = DEFAULT_USER_AGENT, pool_size: int = 16, allow_private: bool = False):
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
+        retries: int = DEFAULT_RETRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        user_agent: str = DEFAULT_USER_AGENT,
+        pool_size: int = 16,
+        allow_private: bool = False,
+    ):
         from rsyn.net import BoundedHTTP
 
         self.deadline = deadline
         self.retries = retries
         self.max_bytes = max_bytes
         self.allow_private = allow_private
-        self._http = BoundedHTTP(timeout=timeout, pool_size=pool_size, headers={
-            "User-Agent": user_agent, "Accept": "image/avif,image/webp,image/*,*/*;q=0.8"})
+        self._http = BoundedHTTP(
+            timeout=timeout,
+            pool_size=pool_size,
+            headers={"User-Agent": user_agent, "Accept": "image/avif,image/webp,image/*,*/*;q=0.8"},
+        )
 
     def fetch(self, url: str) -> bytes:
         """The bytes at `url`, or ImageError (http_NNN, fetch_timeout, fetch_failed, too_large, bad_url,
@@ -214,8 +227,14 @@ class Fetcher:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                reply = self._http.request("GET", url, until=until, max_bytes=self.max_bytes,
-                                           max_redirects=MAX_REDIRECTS, allow_private=self.allow_private)
+                reply = self._http.request(
+                    "GET",
+                    url,
+                    until=until,
+                    max_bytes=self.max_bytes,
+                    max_redirects=MAX_REDIRECTS,
+                    allow_private=self.allow_private,
+                )
             except HTTPFailure as exc:
                 reason = self.REASONS.get(exc.reason, exc.reason)
                 if reason == "fetch_timeout" and time.monotonic() >= until:
@@ -233,7 +252,7 @@ class Fetcher:
     @staticmethod
     def _back_off(attempt: int, until: float) -> bool:
         """Sleep before the next attempt; False when the deadline leaves no time for one."""
-        pause = min(4.0, 0.5 * 2 ** attempt)
+        pause = min(4.0, 0.5 * 2**attempt)
         if time.monotonic() + pause >= until:
             return False
         time.sleep(pause)
@@ -330,10 +349,16 @@ class ImageFolder:
                         message = rows["error_message"][row] if "error_message" in rows else None
                         self.failed.setdefault(url, message or str(status))
                         continue
-                    self.index.setdefault(url, _Stored(
-                        source, (group, row), -1,
-                        _int_or_none(rows["original_width"][row]) if "original_width" in rows else None,
-                        _int_or_none(rows["original_height"][row]) if "original_height" in rows else None))
+                    self.index.setdefault(
+                        url,
+                        _Stored(
+                            source,
+                            (group, row),
+                            -1,
+                            _int_or_none(rows["original_width"][row]) if "original_width" in rows else None,
+                            _int_or_none(rows["original_height"][row]) if "original_height" in rows else None,
+                        ),
+                    )
         except Exception:  # a truncated shard: keep the row groups before the cut
             return
 
@@ -366,8 +391,9 @@ class ImageFolder:
             names = set(pq.read_schema(parquet).names)
             if not {"key", "url"} <= names:
                 return None
-            wanted = [c for c in ("key", "url", "status", "error_message", "original_width", "original_height")
-                      if c in names]
+            wanted = [
+                c for c in ("key", "url", "status", "error_message", "original_width", "original_height") if c in names
+            ]
             table = pq.read_table(parquet, columns=wanted).to_pydict()
         except Exception:  # an unreadable parquet: fall back to the json files
             return None
@@ -417,9 +443,13 @@ class ImageFolder:
                 continue
             if member.offset_data + member.size > size:
                 continue  # cut off by the truncation
-            self.index[info["url"]] = _Stored(source, member.offset_data, member.size,
-                                              _int_or_none(info.get("original_width")),
-                                              _int_or_none(info.get("original_height")))
+            self.index[info["url"]] = _Stored(
+                source,
+                member.offset_data,
+                member.size,
+                _int_or_none(info.get("original_width")),
+                _int_or_none(info.get("original_height")),
+            )
 
     def _index_file(self, json_path: Path) -> None:
         # plain-files layout: SHARD/KEY.json beside SHARD/KEY.jpg (tars were handled above)
@@ -432,9 +462,16 @@ class ImageFolder:
         except (orjson.JSONDecodeError, LocalFileError):
             return
         if isinstance(info, dict) and isinstance(info.get("url"), str):
-            self.index.setdefault(info["url"], _Stored(-1, str(image_path), image_path.stat().st_size,
-                                                       _int_or_none(info.get("original_width")),
-                                                       _int_or_none(info.get("original_height"))))
+            self.index.setdefault(
+                info["url"],
+                _Stored(
+                    -1,
+                    str(image_path),
+                    image_path.stat().st_size,
+                    _int_or_none(info.get("original_width")),
+                    _int_or_none(info.get("original_height")),
+                ),
+            )
 
     # ---- lookup
     def get(self, url: str) -> tuple[bytes, _Stored]:
@@ -493,14 +530,16 @@ def open_image_folder(root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTE
         raise ValueError(str(exc)) from None
     if not folder.index and not folder.failed:
         folder.close()
-        raise ValueError(f"--images {root}: no img2dataset output found in it (expected {EXPECTED_LAYOUTS}, "
-                         "each image with its url)")
+        raise ValueError(
+            f"--images {root}: no img2dataset output found in it (expected {EXPECTED_LAYOUTS}, each image with its url)"
+        )
     return folder
 
 
 def _json_type(value) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), f"a {type(value).__name__}")
+        type(value), f"a {type(value).__name__}"
+    )
 
 
 def _int_or_none(value) -> int | None:
@@ -528,9 +567,15 @@ class ImageLoader:
     as a regular file and at most `max_bytes` of it (rsyn.localfiles).
     """
 
-    def __init__(self, images: ImageFolder | None = None, fetcher: Fetcher | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 draft_side: int | None = None, root: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        images: ImageFolder | None = None,
+        fetcher: Fetcher | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        draft_side: int | None = None,
+        root: str | os.PathLike | None = None,
+    ):
         self.images = images
         self.fetcher = fetcher
         self.max_pixels = max_pixels

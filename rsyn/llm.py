@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 from rsyn.prompts import ANSWER_CUE, Prompt
 
 BACKENDS = ("vllm", "openai", "hf")
@@ -69,9 +69,14 @@ class LLMStats:
     errors: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        out = {"prompts": self.prompts, "failed": self.failed, "generated_tokens": self.tokens,
-               "seconds": round(self.seconds, 3), "retries": self.retries,
-               "truncated_prompts": self.truncated_prompts}
+        out = {
+            "prompts": self.prompts,
+            "failed": self.failed,
+            "generated_tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "retries": self.retries,
+            "truncated_prompts": self.truncated_prompts,
+        }
         if self.seconds > 0:
             out["prompts_per_s"] = round(self.prompts / self.seconds, 2)
             out["tokens_per_s"] = round(self.tokens / self.seconds, 1)
@@ -143,20 +148,38 @@ class VLLMBackend(LLMBackend):
 
     backend = "vllm"
 
-    def __init__(self, model: str, sampling: Sampling, api: str = "auto", seed: int = 0, device: str = "cuda:0",
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto"):
+    def __init__(
+        self,
+        model: str,
+        sampling: Sampling,
+        api: str = "auto",
+        seed: int = 0,
+        device: str = "cuda:0",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+    ):
         super().__init__(model, sampling, api)
         if not device.startswith("cuda"):
-            raise RsynError("--llm-backend vllm needs a CUDA GPU; on CPU use --llm-backend hf "
-                            "(or --llm-backend openai with a server elsewhere)")
+            raise RsynError(
+                "--llm-backend vllm needs a CUDA GPU; on CPU use --llm-backend hf "
+                "(or --llm-backend openai with a server elsewhere)"
+            )
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
-            raise RsynError("--llm-backend vllm: vLLM is not installed (pip install 'rsyn[gpu]' on a CUDA machine)") from None
+            raise RsynError(
+                "--llm-backend vllm: vLLM is not installed (pip install 'rsyn[gpu]' on a CUDA machine)"
+            ) from None
         self._SamplingParams = SamplingParams
-        engine_args = dict(model=model, seed=seed, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                           gpu_memory_utilization=gpu_memory_utilization)
+        engine_args = dict(
+            model=model,
+            seed=seed,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
         if max_model_len:
             engine_args["max_model_len"] = max_model_len
         try:
@@ -170,9 +193,16 @@ class VLLMBackend(LLMBackend):
     def _generate(self, prompts: list[Prompt], seeds: list[int]) -> list[Generation]:
         s = self.sampling
         # one SamplingParams per prompt: each record's seed is its own, so batching does not change its text
-        params = [self._SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=seed,
-                                       stop=None if self.api == "chat" else COMPLETION_STOPS)
-                  for seed in seeds]
+        params = [
+            self._SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=seed,
+                stop=None if self.api == "chat" else COMPLETION_STOPS,
+            )
+            for seed in seeds
+        ]
         try:
             if self.api == "chat":
                 try:
@@ -221,9 +251,19 @@ class OpenAIBackend(LLMBackend):
     RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
     FATAL_STATUS = {401, 403, 404}
 
-    def __init__(self, model: str | None, sampling: Sampling, url: str, api: str = "auto", concurrency: int = 16,
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, api_key: str | None = None,
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES):
+    def __init__(
+        self,
+        model: str | None,
+        sampling: Sampling,
+        url: str,
+        api: str = "auto",
+        concurrency: int = 16,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        api_key: str | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+    ):
         from rsyn.net import BoundedHTTP
 
         self.base_url = normalize_base_url(url)
@@ -242,8 +282,9 @@ class OpenAIBackend(LLMBackend):
         super().__init__(model or self._served_model(), sampling, "chat" if api == "auto" else api)
 
     def _call(self, method: str, url: str, body: bytes | None = None):
-        return self.http.request(method, url, body=body, until=time.monotonic() + self.timeout,
-                                 max_bytes=self.max_reply_bytes)
+        return self.http.request(
+            method, url, body=body, until=time.monotonic() + self.timeout, max_bytes=self.max_reply_bytes
+        )
 
     def _served_model(self) -> str:
         # `vllm serve` and most servers list what they serve: with no --llm-model, use the first one
@@ -260,8 +301,9 @@ class OpenAIBackend(LLMBackend):
                 raise ValueError("no model id in the list")
             return name
         except (HTTPFailure, ValueError) as exc:
-            raise RsynError(f"--llm-url {self.base_url}: no --llm-model given and GET /models did not name one "
-                            f"({_first_line(exc)})") from None
+            raise RsynError(
+                f"--llm-url {self.base_url}: no --llm-model given and GET /models did not name one ({_first_line(exc)})"
+            ) from None
 
     def _submit(self, prompts: list[Prompt], seeds: list[int]):
         futures = [self.pool.submit(self._request, prompt, seed) for prompt, seed in zip(prompts, seeds)]
@@ -279,8 +321,14 @@ class OpenAIBackend(LLMBackend):
 
     def _body(self, prompt: Prompt, seed: int) -> tuple[str, dict]:
         s = self.sampling
-        body = {"model": self.model, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
-                "seed": seed, "n": 1}
+        body = {
+            "model": self.model,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": seed,
+            "n": 1,
+        }
         if self.api == "chat":
             return "/chat/completions", {**body, "messages": prompt.messages()}
         return "/completions", {**body, "prompt": prompt.completion, "stop": COMPLETION_STOPS}
@@ -303,8 +351,9 @@ class OpenAIBackend(LLMBackend):
                 if exc.reason == "connect_failed":
                     last = f"unreachable: {exc.detail}"
                     if attempt > self.retries:
-                        raise ServerUnavailable(f"--llm-url {self.base_url}: cannot connect after {attempt} attempts "
-                                                f"({exc.detail})") from None
+                        raise ServerUnavailable(
+                            f"--llm-url {self.base_url}: cannot connect after {attempt} attempts ({exc.detail})"
+                        ) from None
                 elif exc.reason == "timeout":
                     last = f"timeout: no whole reply within {self.timeout:g}s"
                 elif exc.reason == "too_large":
@@ -320,8 +369,9 @@ class OpenAIBackend(LLMBackend):
                         return generation
                     last = generation.error
                 elif status in self.FATAL_STATUS:
-                    raise RsynError(f"--llm-url {url}: HTTP {status} ({text}); "
-                                    "check --llm-url, --llm-model and the API key")
+                    raise RsynError(
+                        f"--llm-url {url}: HTTP {status} ({text}); check --llm-url, --llm-model and the API key"
+                    )
                 elif status in self.RETRY_STATUS:
                     last = f"http_{status}: {text}"
                     retry_after = _retry_after(reply)
@@ -334,6 +384,7 @@ class OpenAIBackend(LLMBackend):
 
     def _parse(self, body: bytes, attempt: int) -> Generation:
         """The generation in a 200 reply; any field of the wrong type or shape is a malformed reply."""
+
         def malformed(why: str) -> Generation:
             return Generation(error=f"malformed: {why}", attempts=attempt)
 
@@ -364,7 +415,7 @@ class OpenAIBackend(LLMBackend):
         usage = payload.get("usage")
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
         # usage only feeds --stats: a count that is not a plain non-negative integer is unknown, i.e. 0
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 10 ** 9:
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 10**9:
             tokens = 0
         return Generation(text=content or "", tokens=tokens, attempts=attempt)
 
@@ -415,8 +466,16 @@ class HFBackend(LLMBackend):
 
     backend = "hf"
 
-    def __init__(self, model: str, sampling: Sampling, api: str = "auto", device: str = "cpu", dtype: str = "auto",
-                 batch_size: int = 16, seed: int = 0):
+    def __init__(
+        self,
+        model: str,
+        sampling: Sampling,
+        api: str = "auto",
+        device: str = "cpu",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        seed: int = 0,
+    ):
         from rsyn.models.lm import _max_positions, load_causal_lm
 
         super().__init__(model, sampling, api)
@@ -431,8 +490,10 @@ class HFBackend(LLMBackend):
         if self.context < 2 * sampling.max_tokens:
             # a small model (e.g. the tiny test GPT-2, 128 positions): keep half of its context for the prompt
             self.sampling = replace(sampling, max_tokens=max(1, self.context // 2))
-            self.notice = (f"{model} has a context of {self.context} tokens: generating at most "
-                           f"{self.sampling.max_tokens} tokens, not {sampling.max_tokens}")
+            self.notice = (
+                f"{model} has a context of {self.context} tokens: generating at most "
+                f"{self.sampling.max_tokens} tokens, not {sampling.max_tokens}"
+            )
 
     def _text(self, prompt: Prompt) -> str:
         if self.api != "chat":
@@ -472,21 +533,27 @@ class HFBackend(LLMBackend):
         sample = s.temperature > 0
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
+                batch = order[start : start + self.batch_size]
                 width = max(len(encoded[i]) for i in batch)
                 tokens = np.full((len(batch), width), pad, dtype=np.int64)
                 mask = np.zeros((len(batch), width), dtype=np.int64)
                 for row, index in enumerate(batch):
                     ids = encoded[index]
-                    tokens[row, width - len(ids):] = ids  # left padding: every row's new tokens start at `width`
-                    mask[row, width - len(ids):] = 1
+                    tokens[row, width - len(ids) :] = ids  # left padding: every row's new tokens start at `width`
+                    mask[row, width - len(ids) :] = 1
                 if sample:
                     # generate() samples from the global torch generator: seed it from the batch's own seeds
-                    torch.manual_seed(sum(seeds[i] for i in batch) % (2 ** 63))
-                kwargs = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if sample else dict(do_sample=False)
-                output = self.lm.generate(input_ids=torch.from_numpy(tokens).to(self.device),
-                                          attention_mask=torch.from_numpy(mask).to(self.device),
-                                          max_new_tokens=s.max_tokens, pad_token_id=pad, **kwargs)
+                    torch.manual_seed(sum(seeds[i] for i in batch) % (2**63))
+                kwargs = (
+                    dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if sample else dict(do_sample=False)
+                )
+                output = self.lm.generate(
+                    input_ids=torch.from_numpy(tokens).to(self.device),
+                    attention_mask=torch.from_numpy(mask).to(self.device),
+                    max_new_tokens=s.max_tokens,
+                    pad_token_id=pad,
+                    **kwargs,
+                )
                 new = output[:, width:].cpu().numpy()
                 for row, index in enumerate(batch):
                     ids = new[row]
@@ -501,12 +568,27 @@ class HFBackend(LLMBackend):
 # --------------------------------------------------------------------------- choosing one
 
 
-def open_backend(backend: str, model: str | None, sampling: Sampling, *, api: str = "auto", url: str | None = None,
-                 device: str = "cpu", seed: int = 0, concurrency: int = 16, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 0.5, batch_size: int = 16, api_key: str | None = None,
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto") -> LLMBackend:
+def open_backend(
+    backend: str,
+    model: str | None,
+    sampling: Sampling,
+    *,
+    api: str = "auto",
+    url: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    concurrency: int = 16,
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    batch_size: int = 16,
+    api_key: str | None = None,
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    dtype: str = "auto",
+) -> LLMBackend:
     if backend not in BACKENDS:
         raise RsynError(f"--llm-backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if api not in APIS:
@@ -514,31 +596,55 @@ def open_backend(backend: str, model: str | None, sampling: Sampling, *, api: st
     if backend == "openai":
         if not url:
             raise RsynError("--llm-backend openai needs --llm-url (e.g. http://127.0.0.1:8000/v1 for `vllm serve`)")
-        return OpenAIBackend(model, sampling, url, api=api, concurrency=concurrency, timeout=timeout,
-                             retries=retries, backoff=backoff, api_key=api_key, max_reply_bytes=max_reply_bytes)
+        return OpenAIBackend(
+            model,
+            sampling,
+            url,
+            api=api,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            api_key=api_key,
+            max_reply_bytes=max_reply_bytes,
+        )
     if backend == "vllm":
-        return VLLMBackend(model or DEFAULT_VLLM_MODEL, sampling, api=api, seed=seed, device=device,
-                           tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                           max_model_len=max_model_len, dtype=dtype)
-    return HFBackend(model or DEFAULT_HF_MODEL, sampling, api=api, device=device, dtype=dtype, batch_size=batch_size,
-                     seed=seed)
+        return VLLMBackend(
+            model or DEFAULT_VLLM_MODEL,
+            sampling,
+            api=api,
+            seed=seed,
+            device=device,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            dtype=dtype,
+        )
+    return HFBackend(
+        model or DEFAULT_HF_MODEL, sampling, api=api, device=device, dtype=dtype, batch_size=batch_size, seed=seed
+    )
 
 
 # --------------------------------------------------------------------------- cleaning the output
 
-_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:synthetic\s+text|synthetic\s+caption|rewritten\s+description|description|"
-                    r"final\s+description|merged\s+description|caption|output|answer|response|result|text)\s*"
-                    r"(?:\*\*)?\s*[:：\-–]\s*(?:\*\*)?", re.IGNORECASE)
-_PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|below is)\b[^\n]*?(?::|\n|$)",
-                       re.IGNORECASE)
+_LABEL = re.compile(
+    r"^\s*(?:\*\*)?\s*(?:synthetic\s+text|synthetic\s+caption|rewritten\s+description|description|"
+    r"final\s+description|merged\s+description|caption|output|answer|response|result|text)\s*"
+    r"(?:\*\*)?\s*[:：\-–]\s*(?:\*\*)?",
+    re.IGNORECASE,
+)
+_PREAMBLE = re.compile(
+    r"^\s*(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|below is)\b[^\n]*?(?::|\n|$)", re.IGNORECASE
+)
 _SECTION = re.compile(r"\n\s*(?:raw text|caption|tags|description|note)\s*:", re.IGNORECASE)
 _QUOTES = "\"'“”‘’«»`*_"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
-def clean_generation(text: str | None, prompt: Prompt | None = None, max_words: int = 80,
-                     max_chars: int = DEFAULT_MAX_SYN_CHARS) -> str:
+def clean_generation(
+    text: str | None, prompt: Prompt | None = None, max_words: int = 80, max_chars: int = DEFAULT_MAX_SYN_CHARS
+) -> str:
     """The synthetic text in a raw LLM output, or "" when there is none.
 
     Removes an echoed prompt, chat preambles ("Sure! Here is ..."), labels
@@ -553,18 +659,18 @@ def clean_generation(text: str | None, prompt: Prompt | None = None, max_words: 
         for echoed in (prompt.completion, prompt.user):
             at = text.find(echoed.strip()) if echoed.strip() else -1
             if at != -1:
-                text = text[at + len(echoed.strip()):]
+                text = text[at + len(echoed.strip()) :]
                 break
         cue = text.find(ANSWER_CUE)
         if cue != -1 and cue < 40:
-            text = text[cue + len(ANSWER_CUE):]
+            text = text[cue + len(ANSWER_CUE) :]
     text = text.strip()
     preamble = _PREAMBLE.match(text)
-    if preamble and text[preamble.end():].strip():
-        text = text[preamble.end():].strip()
+    if preamble and text[preamble.end() :].strip():
+        text = text[preamble.end() :].strip()
     label = _LABEL.match(text)
     if label:
-        text = text[label.end():]
+        text = text[label.end() :]
     section = _SECTION.search(text)
     if section:
         text = text[: section.start()]

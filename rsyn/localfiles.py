@@ -49,8 +49,9 @@ def resolve_under(path: str, root: Path) -> Path:
         raise LocalFileError("bad_path", f"path {shown(str(path))} is not a usable file name")
     real = Path(os.path.realpath(path))
     if real != root and root not in real.parents:
-        raise LocalFileError("outside_root", f"path {shown(path)} is outside the allowed root {str(root)!r} "
-                             "(see --path-root)")
+        raise LocalFileError(
+            "outside_root", f"path {shown(path)} is outside the allowed root {str(root)!r} (see --path-root)"
+        )
     return real
 
 
@@ -62,7 +63,9 @@ def read_local_file(path: str, *, root: Path, max_bytes: int) -> bytes:
     except FileNotFoundError:
         raise LocalFileError("file_not_found", f"no file at {shown(path)}") from None
     except OSError as exc:
-        raise LocalFileError("read_failed", f"cannot open {shown(path)}: {exc.strerror or type(exc).__name__}") from None
+        raise LocalFileError(
+            "read_failed", f"cannot open {shown(path)}: {exc.strerror or type(exc).__name__}"
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -80,6 +83,8 @@ def read_local_file(path: str, *, root: Path, max_bytes: int) -> bytes:
             raise LocalFileError("too_large", f"{shown(path)}: more than {max_bytes:,} bytes")
         return b"".join(chunks)
     except OSError as exc:
-        raise LocalFileError("read_failed", f"cannot read {shown(path)}: {exc.strerror or type(exc).__name__}") from None
+        raise LocalFileError(
+            "read_failed", f"cannot read {shown(path)}: {exc.strerror or type(exc).__name__}"
+        ) from None
     finally:
         os.close(fd)

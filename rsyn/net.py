@@ -74,9 +74,14 @@ def address_refusal(address) -> str | None:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             return address_refusal(embedded)
-    for kind, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
-                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                       ("reserved", ip.is_reserved), ("private", ip.is_private)):
+    for kind, flag in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
+    ):
         if flag:
             return kind
     if not ip.is_global:  # e.g. 100.64.0.0/10, the carrier-grade NAT range
@@ -259,11 +264,15 @@ class _GuardedConnection:
             # header, TLS server name and certificate check)
             try:
                 sock = urllib3.util.connection.create_connection(
-                    (address, self.port), self.timeout, source_address=self.source_address,
-                    socket_options=self.socket_options)
-            except socket.timeout:
+                    (address, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError:
                 error = urllib3.exceptions.ConnectTimeoutError(
-                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})")
+                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+                )
                 continue
             except OSError as exc:
                 error = urllib3.exceptions.NewConnectionError(self, f"Failed to establish a new connection: {exc}")
@@ -305,15 +314,24 @@ class BoundedHTTP:
         self._pools = urllib3.PoolManager(num_pools=64, maxsize=pool_size, block=False, retries=False)
         self._pools.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
-    def request(self, method: str, url: str, *, until: float, max_bytes: int, body: bytes | None = None,
-                headers: dict | None = None, max_redirects: int = 0, allow_private: bool = True) -> Reply:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        until: float,
+        max_bytes: int,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        max_redirects: int = 0,
+        allow_private: bool = True,
+    ) -> Reply:
         """One request, done by time.monotonic() `until`; `allow_private=False` refuses non-public addresses."""
         guard = _Guard(until, None if allow_private else address_refusal)
         previous, _local.guard = getattr(_local, "guard", None), guard
         _WATCHDOG.add(guard)
         try:
-            return self._follow(method, url, body, {**self.headers, **(headers or {})}, max_redirects, max_bytes,
-                                guard)
+            return self._follow(method, url, body, {**self.headers, **(headers or {})}, max_redirects, max_bytes, guard)
         except HTTPFailure as exc:
             if guard.expired and exc.reason != "timeout":
                 raise HTTPFailure("timeout", LATE) from None
@@ -340,9 +358,17 @@ class BoundedHTTP:
             if left <= 0:
                 raise HTTPFailure("timeout", LATE)
             per_step = min(self.timeout, left)
-            response = self._pools.urlopen(method, url, body=body, headers=headers, redirect=False, retries=False,
-                                           preload_content=False, decode_content=True,
-                                           timeout=urllib3.Timeout(connect=per_step, read=per_step))
+            response = self._pools.urlopen(
+                method,
+                url,
+                body=body,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=True,
+                timeout=urllib3.Timeout(connect=per_step, read=per_step),
+            )
             if max_redirects and response.status in REDIRECTS:
                 location = response.headers.get("Location")
                 _discard(response)

@@ -133,9 +133,13 @@ class Ticker:
             from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn
 
-            self.progress = Progress(SpinnerColumn(), TextColumn("[bold]rsyn {task.description}"),
-                                     TextColumn("{task.fields[status]}"), console=Console(stderr=True),
-                                     transient=True)
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]rsyn {task.description}"),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.task = self.progress.add_task(command, status="starting")
         self._thread = threading.Thread(target=self._loop, name=f"rsyn-progress-{command}", daemon=True)
 

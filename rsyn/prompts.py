@@ -61,7 +61,7 @@ class PromptTemplate:
             lines = text.strip("\n").split("\n")
             cut = next((i for i, line in enumerate(lines) if line.strip() == "---"), None)
             self.system = "\n".join(lines[:cut]).strip() if cut is not None else ""
-            self.body = "\n".join(lines[cut + 1:] if cut is not None else lines).strip()
+            self.body = "\n".join(lines[cut + 1 :] if cut is not None else lines).strip()
         else:
             self.system = text.strip()
             self.body = ""
@@ -70,7 +70,7 @@ class PromptTemplate:
     def from_file(cls, path: str | None) -> PromptTemplate:
         if path is None:
             return cls()
-        from rsyn.command import RsynError
+        from rsyn.errors import RsynError
 
         try:
             text = Path(path).read_text(encoding="utf-8")

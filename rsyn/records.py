@@ -6,6 +6,7 @@ import base64
 import hashlib
 import re
 import unicodedata
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,3 +84,8 @@ def decode_embeddings(strings: Sequence[str], dim: int | None = None) -> np.ndar
 
 def decode_embedding(string: str) -> np.ndarray:
     return decode_embeddings([string])[0]
+
+
+def stable_hash(text: str) -> int:
+    """A process-independent hash (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode("utf-8"))

@@ -132,7 +132,7 @@ def plan_shard(paths: list[str], shard: tuple[int, int] | None) -> ShardPlan:
     if len(paths) < n or STDIO in paths:
         return ShardPlan("records", list(paths), k, n)
     bounds = split_by_size([max(os.path.getsize(p), 1) for p in paths], n)
-    return ShardPlan("files", list(paths[bounds[k]:bounds[k + 1]]), k, n)
+    return ShardPlan("files", list(paths[bounds[k] : bounds[k + 1]]), k, n)
 
 
 def split_by_size(sizes: list[int], n: int) -> list[int]:
@@ -320,7 +320,7 @@ class _ZstdFrames:
         if at < 0:
             keep = min(len(data), len(ZSTD_MAGIC) - 1)  # a magic may straddle two reads
             self._offset += len(data) - keep
-            self._tail = data[len(data) - keep:]
+            self._tail = data[len(data) - keep :]
             return b""
         self._tail = b""
         loss, self._searching = self._searching, None
@@ -381,12 +381,17 @@ def _loss_error(where: str, kind: str, loss: _Loss) -> TruncatedStream:
         rest = f"skipped {loss.skipped} bytes to the next frame"
         if not loss.complete:
             rest += "; line numbers after this point may be off"
-    return TruncatedStream(where, f"corrupt {kind} frame at byte {loss.offset} ({loss.detail}): {lines}, {rest}",
-                           lost_lines=loss.lines, lost_bytes=loss.skipped)
+    return TruncatedStream(
+        where,
+        f"corrupt {kind} frame at byte {loss.offset} ({loss.detail}): {lines}, {rest}",
+        lost_lines=loss.lines,
+        lost_bytes=loss.skipped,
+    )
 
 
-def iter_line_blocks(path: str, on_corrupt: Callable[[TruncatedStream], None] | None = None,
-                     on_read: Callable[[int], None] | None = None) -> Iterator[tuple[int, list[bytes]]]:
+def iter_line_blocks(
+    path: str, on_corrupt: Callable[[TruncatedStream], None] | None = None, on_read: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, list[bytes]]]:
     """Yield (number of the block's first line, lines) of one input, decompressing as the first bytes say.
 
     Lines come in blocks (one per zstd frame or ~1 MiB read) because a
@@ -453,8 +458,12 @@ def parse_line(line: bytes, where_file: str, lineno: int) -> dict:
     except orjson.JSONDecodeError as exc:
         raise StreamError(f"{where_file}:{lineno}", f"invalid JSON: {exc}", raw=line, reason="invalid_json") from None
     if type(record) is not dict:
-        raise StreamError(f"{where_file}:{lineno}", f"record is a JSON {type(record).__name__}, not an object",
-                          raw=line, reason="not_an_object")
+        raise StreamError(
+            f"{where_file}:{lineno}",
+            f"record is a JSON {type(record).__name__}, not an object",
+            raw=line,
+            reason="not_an_object",
+        )
     return record
 
 
@@ -519,7 +528,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     for entry in entries:
         if not entry.name.startswith(prefix):
             continue
-        owner_host, _, pid = entry.name[len(prefix):].rpartition("-")
+        owner_host, _, pid = entry.name[len(prefix) :].rpartition("-")
         # "" is the older form without a host name (written on this host by an earlier rsyn)
         if owner_host not in ("", host) or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
@@ -570,8 +579,10 @@ class AtomicDirectory:
                 raise OutputExists(f"-o {path}: exists and is not a directory")
             if any(self.path.iterdir()):
                 if not any((self.path / name).is_file() for name in markers):
-                    raise OutputExists(f"-o {path}: directory exists and is not an rsyn output (no {' or '.join(markers)}); "
-                                       "refusing to replace it")
+                    raise OutputExists(
+                        f"-o {path}: directory exists and is not an rsyn output (no {' or '.join(markers)}); "
+                        "refusing to replace it"
+                    )
                 if not overwrite:
                     raise OutputExists(f"-o {path}: directory exists and is not empty (use --overwrite to replace it)")
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 from rsyn.stream import write_bytes_atomic
 
 DEFAULT_TEMPLATE = "a photo of {}."
@@ -36,7 +36,8 @@ _DROP_POS = {"DET", "NUM", "PRON", "PUNCT", "SYM", "X", "SPACE", "PART", "CCONJ"
 
 def default_cache_dir() -> Path:
     root = os.environ.get("RSYN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rsyn")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rsyn"
+    )
     return Path(root) / "caption"
 
 
@@ -100,10 +101,11 @@ def sample_sentences(sqlite_file: Path, sample: int, seed: int) -> list[str]:
             rows.sort()
             texts: list[str] = []
             for start in range(0, len(rows), 900):  # below SQLite's older 999-variable limit
-                chunk = rows[start:start + 900].tolist()
+                chunk = rows[start : start + 900].tolist()
                 marks = ",".join("?" * len(chunk))
-                texts.extend(t for (t,) in db.execute(f"SELECT text FROM sentences WHERE row IN ({marks}) ORDER BY row",
-                                                      chunk))
+                texts.extend(
+                    t for (t,) in db.execute(f"SELECT text FROM sentences WHERE row IN ({marks}) ORDER BY row", chunk)
+                )
             return texts
         finally:
             db.close()
@@ -125,9 +127,17 @@ def noun_phrases(doc, max_words: int = 3) -> set[str]:
     return found
 
 
-def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 100_000, min_count: int = 3, seed: int = 0,
-              exclude: set[str] | None = None, cache_dir: Path | None = None, note=None,
-              spacy_model: str | None = None) -> list[str]:
+def mine_tags(
+    index_or_file: str,
+    n_tags: int = 4000,
+    sample: int = 100_000,
+    min_count: int = 3,
+    seed: int = 0,
+    exclude: set[str] | None = None,
+    cache_dir: Path | None = None,
+    note=None,
+    spacy_model: str | None = None,
+) -> list[str]:
     """The `n_tags` most frequent noun phrases of the sentence store (each at least `min_count` times).
 
     `exclude` (e.g. the given vocabulary) is left out so the mined tags add to it.
@@ -135,8 +145,17 @@ def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 100_000, min
     """
     sqlite_file = sentences_path(index_or_file)
     stat = sqlite_file.stat()
-    key = _digest(str(sqlite_file.resolve()), stat.st_size, stat.st_mtime_ns, n_tags, sample, min_count, seed,
-                  spacy_model or "", *sorted(exclude or ()))
+    key = _digest(
+        str(sqlite_file.resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        n_tags,
+        sample,
+        min_count,
+        seed,
+        spacy_model or "",
+        *sorted(exclude or ()),
+    )
     cache = Path(cache_dir or default_cache_dir()) / f"mined-tags-{key}.txt"
     if cache.exists():
         return cache.read_text(encoding="utf-8").splitlines()
@@ -151,8 +170,10 @@ def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 100_000, min
     for doc in nlp.pipe(texts, batch_size=256, n_process=processes):
         counts.update(noun_phrases(doc))
     exclude = exclude or set()
-    ranked = sorted((phrase for phrase, n in counts.items() if n >= min_count and phrase not in exclude),
-                    key=lambda phrase: (-counts[phrase], phrase))
+    ranked = sorted(
+        (phrase for phrase, n in counts.items() if n >= min_count and phrase not in exclude),
+        key=lambda phrase: (-counts[phrase], phrase),
+    )
     tags = ranked[:n_tags]
     write_bytes_atomic(cache, "".join(f"{t}\n" for t in tags).encode("utf-8"))
     return tags
@@ -164,8 +185,14 @@ def mine_tags(index_or_file: str, n_tags: int = 4000, sample: int = 100_000, min
 class ZeroShotTagger:
     """Scores every tag of the vocabulary against image embeddings of the tagger's CLIP model."""
 
-    def __init__(self, tags: list[str], clip, template: str = DEFAULT_TEMPLATE, cache_dir: Path | None = None,
-                 batch_size: int = 512):
+    def __init__(
+        self,
+        tags: list[str],
+        clip,
+        template: str = DEFAULT_TEMPLATE,
+        cache_dir: Path | None = None,
+        batch_size: int = 512,
+    ):
         if not tags:
             raise RsynError("no tags to score: give --tags FILE and/or --mine-tags-from INDEX_DIR, or --max-tags 0")
         if "{}" not in template:
@@ -205,12 +232,15 @@ def tag_embeddings(tags: list[str], clip, template: str, cache_dir: Path, batch_
         try:
             matrix = np.load(cache)
             # the same name may hold other weights (a rebuilt local model): one fresh embedding must agree
-            if matrix.shape == (len(tags), clip.dim) and np.allclose(matrix[0], clip.encode_texts(prompts[:1])[0],
-                                                                      atol=1e-3):
+            if matrix.shape == (len(tags), clip.dim) and np.allclose(
+                matrix[0], clip.encode_texts(prompts[:1])[0], atol=1e-3
+            ):
                 return matrix
         except (OSError, ValueError):
             pass  # a damaged cache file is recomputed and replaced
-    matrix = np.concatenate([clip.encode_texts(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
+    matrix = np.concatenate(
+        [clip.encode_texts(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    )
     buffer = io.BytesIO()
     np.save(buffer, matrix.astype(np.float32))
     write_bytes_atomic(cache, buffer.getvalue())

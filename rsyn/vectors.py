@@ -37,9 +37,18 @@ REFINE_ITERATIONS = 3  # Lloyd iterations over the whole sample after the two le
 REFINE_NPROBE = 8  # coarse cells whose centroids a point is compared with in those iterations
 
 
-def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, device: str = "cpu",
-                 max_points_per_centroid: int = 256, spherical: bool = True, nredo: int = 1,
-                 two_level: bool | None = None) -> np.ndarray:
+def train_kmeans(
+    vectors: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = 20,
+    device: str = "cpu",
+    max_points_per_centroid: int = 256,
+    spherical: bool = True,
+    nredo: int = 1,
+    two_level: bool | None = None,
+) -> np.ndarray:
     """k-means centroids (k, d) float32 (spherical: unit centroids), deterministic from `seed`.
 
     Trains on at most k * max_points_per_centroid rows, a seeded random sample. `two_level` (None: auto,
@@ -63,20 +72,31 @@ def train_kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 20,
     return _two_level_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
 
 
-def _flat_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool,
-                 nredo: int) -> np.ndarray:
+def _flat_kmeans(
+    x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool, nredo: int
+) -> np.ndarray:
     """faiss k-means on all of `x` (the caller sampled it)."""
     import faiss
 
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=spherical,
-                      max_points_per_centroid=max(1, -(-len(x) // k)), min_points_per_centroid=1,
-                      nredo=nredo, gpu=use_faiss_gpu(device), verbose=False)
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=int(seed) & 0x7FFFFFFF,
+        spherical=spherical,
+        max_points_per_centroid=max(1, -(-len(x) // k)),
+        min_points_per_centroid=1,
+        nredo=nredo,
+        gpu=use_faiss_gpu(device),
+        verbose=False,
+    )
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool,
-                      nredo: int) -> np.ndarray:
+def _two_level_kmeans(
+    x: np.ndarray, k: int, *, seed: int, niter: int, device: str, spherical: bool, nredo: int
+) -> np.ndarray:
     """sqrt(k) coarse clusters, then each coarse cluster's share of k (by its size) trained on its own points.
 
     The centroids come out grouped by coarse cluster, in coarse-cluster order.
@@ -85,8 +105,15 @@ def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: s
     # the coarse split only routes points to sub-problems: a few hundred points per coarse cluster place it
     cap = coarse_k * COARSE_POINTS_PER_CLUSTER
     rows = np.sort(np.random.default_rng(seed).choice(len(x), size=cap, replace=False)) if len(x) > cap else None
-    coarse = _flat_kmeans(x if rows is None else x[rows], coarse_k, seed=seed, niter=niter, device=device,
-                          spherical=spherical, nredo=nredo)
+    coarse = _flat_kmeans(
+        x if rows is None else x[rows],
+        coarse_k,
+        seed=seed,
+        niter=niter,
+        device=device,
+        spherical=spherical,
+        nredo=nredo,
+    )
     labels, _ = nearest_centroid(x, coarse, device=device)
     sizes = np.bincount(labels, minlength=coarse_k)
     shares = split_clusters(sizes, k)
@@ -96,9 +123,12 @@ def _two_level_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: s
     for i in range(coarse_k):
         if shares[i] == 0:
             continue
-        points = x[order[bounds[i]:bounds[i + 1]]]
-        parts.append(_flat_kmeans(points, int(shares[i]), seed=seed + 1 + i, niter=niter, device=device,
-                                  spherical=spherical, nredo=nredo))
+        points = x[order[bounds[i] : bounds[i + 1]]]
+        parts.append(
+            _flat_kmeans(
+                points, int(shares[i]), seed=seed + 1 + i, niter=niter, device=device, spherical=spherical, nredo=nredo
+            )
+        )
     centroids = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     # a point near a coarse border was clustered with one side only: a few Lloyd iterations over the whole
     # sample move centroids across borders. Each point is compared with the centroids of its nearest
@@ -122,14 +152,14 @@ def _nearest_in_cells(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, 
     pairs = np.argsort(pair_cells, kind="stable")
     pair_bounds = np.searchsorted(pair_cells[pairs], np.arange(len(coarse) + 1))
     # for L2, argmin |x - c|^2 = argmax x.c - |c|^2 / 2
-    offset = np.zeros(len(centroids), np.float32) if spherical else -0.5 * (centroids ** 2).sum(axis=1)
+    offset = np.zeros(len(centroids), np.float32) if spherical else -0.5 * (centroids**2).sum(axis=1)
     best = np.full(len(x), -np.inf, dtype=np.float32)
     labels = np.zeros(len(x), dtype=np.int64)
     for cell in range(len(coarse)):
-        members = by_cell[cell_bounds[cell]:cell_bounds[cell + 1]]
-        rows = pairs[pair_bounds[cell]:pair_bounds[cell + 1]] // nprobe
+        members = by_cell[cell_bounds[cell] : cell_bounds[cell + 1]]
+        rows = pairs[pair_bounds[cell] : pair_bounds[cell + 1]] // nprobe
         for start in range(0, len(rows) if len(members) else 0, 16384):  # bounds the (rows x members) block
-            part = rows[start:start + 16384]
+            part = rows[start : start + 16384]
             scores = x[part] @ centroids[members].T + offset[members]
             top = np.argmax(scores, axis=1)
             value = scores[np.arange(len(part)), top]
@@ -187,17 +217,18 @@ def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
     return shares
 
 
-def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, *, device: str = "cpu",
-                     batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def nearest_centroid(
+    vectors: np.ndarray, centroids: np.ndarray, *, device: str = "cpu", batch: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64, inner products float32) of each vector's nearest centroid, in batches."""
     index = flat_ip_index(centroids, device)
     labels = np.empty(len(vectors), dtype=np.int64)
     sims = np.empty(len(vectors), dtype=np.float32)
     for start in range(0, len(vectors), batch):
-        chunk = np.ascontiguousarray(vectors[start:start + batch], dtype=np.float32)
+        chunk = np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32)
         s, i = index.search(chunk, 1)
-        labels[start:start + len(chunk)] = i[:, 0]
-        sims[start:start + len(chunk)] = s[:, 0]
+        labels[start : start + len(chunk)] = i[:, 0]
+        sims[start : start + len(chunk)] = s[:, 0]
     return labels, sims
 
 

@@ -17,8 +17,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # img2dataset imports albumentati
 def rsyn(*args, input: bytes | None = None, check: bool = False, cwd=None, env=None, timeout=600):
     """Run the real `rsyn` command line in a subprocess (stdin/stdout as bytes)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "rsyn", *map(str, args)], input=input, capture_output=True,
-                          cwd=cwd, env=full_env, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rsyn", *map(str, args)],
+        input=input,
+        capture_output=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr.decode()}")
     return proc

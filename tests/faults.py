@@ -23,7 +23,7 @@ def drip(h, data: bytes, every: float, limit_s: float) -> None:
     h.close_connection = True
     end = time.monotonic() + limit_s
     for i in range(len(data)):
-        if time.monotonic() > end or not _write(h, data[i:i + 1]):
+        if time.monotonic() > end or not _write(h, data[i : i + 1]):
             return
         time.sleep(every)
 
@@ -41,8 +41,9 @@ def drip_body(h, every: float = 0.2, limit_s: float = 8.0, content_type: str = "
         drip(h, b'{"choices": [' + b" " * 99_986, every, limit_s)
 
 
-def stream_huge(h, total: int = 1 << 30, chunked: bool = True, declared: bool = False,
-                content_type: str = "image/jpeg") -> int:
+def stream_huge(
+    h, total: int = 1 << 30, chunked: bool = True, declared: bool = False, content_type: str = "image/jpeg"
+) -> int:
     """Up to `total` bytes (1 GiB) as fast as the client reads; chunked, Content-Length or close-delimited.
     Returns the bytes sent before the client hung up."""
     h.close_connection = True
@@ -73,8 +74,10 @@ def gzip_bomb(h, inflated: int = 100 << 20) -> None:
     import zlib
 
     h.close_connection = True
-    if not _write(h, b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Encoding: gzip\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n"):
+    if not _write(
+        h,
+        b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ):
         return
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: with the gzip header
     block = b"\0" * (1 << 20)

@@ -28,7 +28,8 @@ if os.environ.get("FAKE_SLEEP"):  # record the GPUs it was given and when it ran
     began = time.time()
     time.sleep(float(os.environ["FAKE_SLEEP"]))
     (state / f"ran-{shard.replace('/', '-')}").write_text(
-        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')} {began} {time.time()}")
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')} {began} {time.time()}"
+    )
 counter = state / f"attempts-{shard.replace('/', '-')}"
 n = int(counter.read_text()) + 1 if counter.exists() else 1
 counter.write_text(str(n))

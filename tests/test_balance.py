@@ -9,10 +9,10 @@ import random
 import numpy as np
 import orjson
 import pytest
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from rsyn.records import encode_embeddings
 from rsyn.stages.balance import cap_for_target, rank_in_cluster, size_distribution
 
@@ -23,7 +23,7 @@ MODEL = "ViT-B-32/openai"
 def make_records(sizes, sims=0.56, dim=DIM, model=MODEL, seed=0, prefix="r"):
     """Image records in clusters of the given sizes around orthogonal centres; cos(emb, syn_emb) = sims."""
     rng = np.random.default_rng(seed)
-    centres = np.eye(dim, dtype=np.float32)[:len(sizes)]
+    centres = np.eye(dim, dtype=np.float32)[: len(sizes)]
     n = sum(sizes)
     sims = np.broadcast_to(np.asarray(sims, dtype=np.float64), (n,))
     records, row = [], 0
@@ -33,20 +33,31 @@ def make_records(sizes, sims=0.56, dim=DIM, model=MODEL, seed=0, prefix="r"):
         other = rng.standard_normal((size, dim))
         other -= (other * image).sum(1, keepdims=True) * image
         other /= np.linalg.norm(other, axis=1, keepdims=True)
-        s = sims[row:row + size, None]
+        s = sims[row : row + size, None]
         syn = s * image + np.sqrt(1 - s * s) * other
         for i, (emb, syn_emb) in enumerate(zip(encode_embeddings(image), encode_embeddings(syn))):
-            records.append({"id": f"{prefix}{c}-{i}", "kind": "image", "doc": f"doc{c}", "url": f"http://h/{c}/{i}.jpg",
-                            "emb": emb, "emb_model": model, "syn_emb": syn_emb,
-                            "texts": [{"id": f"t{c}{i}", "text": f"text {c} {i}", "score": 0.3}],
-                            "syn_text": f"synthetic {c} {i}", "true_cluster": c})
+            records.append(
+                {
+                    "id": f"{prefix}{c}-{i}",
+                    "kind": "image",
+                    "doc": f"doc{c}",
+                    "url": f"http://h/{c}/{i}.jpg",
+                    "emb": emb,
+                    "emb_model": model,
+                    "syn_emb": syn_emb,
+                    "texts": [{"id": f"t{c}{i}", "text": f"text {c} {i}", "score": 0.3}],
+                    "syn_text": f"synthetic {c} {i}",
+                    "true_cluster": c,
+                }
+            )
         row += size
     return records, centres
 
 
 def balance(*args, records=None, check=True):
-    return rsyn_here("balance", "--device", "cpu", *args, input=jsonl(records) if records is not None else None,
-                check=check)
+    return rsyn_here(
+        "balance", "--device", "cpu", *args, input=jsonl(records) if records is not None else None, check=check
+    )
 
 
 def stage_stats(path):
@@ -71,8 +82,9 @@ def clustered(tmp_path):
 def test_caps_big_clusters_and_keeps_small_ones_whole(tmp_path, clustered):
     records, centres = clustered
     stats = tmp_path / "stats.json"
-    out = balance("--sim-range", "0.5", "0.6", "--centroids", centres, "--per-cluster", "10", "--stats", stats,
-                  records=records).stdout
+    out = balance(
+        "--sim-range", "0.5", "0.6", "--centroids", centres, "--per-cluster", "10", "--stats", stats, records=records
+    ).stdout
     kept = decode_stream(out)
     assert by_true_cluster(kept) == {0: 10, 1: 10, 2: 3, 3: 1}
     # one label per true cluster, the sim on every record
@@ -81,9 +93,17 @@ def test_caps_big_clusters_and_keeps_small_ones_whole(tmp_path, clustered):
     assert [r["id"] for r in kept] == [r["id"] for r in records if r["id"] in {k["id"] for k in kept}]  # input order
     s = stage_stats(stats)
     assert s["in"] == 66 and s["out"] == 24 and s["dropped"]["over_cluster_cap"] == 42
-    assert s["stage"]["before"] == {"images": 66, "clusters": 4, "largest": 50, "max_share": round(50 / 66, 6),
-                                    "gini": s["stage"]["before"]["gini"], "singletons": 1, "median": 7.5,
-                                    "mean": 16.5, "size_counts": {"1": 1, "3": 1, "12": 1, "50": 1}}
+    assert s["stage"]["before"] == {
+        "images": 66,
+        "clusters": 4,
+        "largest": 50,
+        "max_share": round(50 / 66, 6),
+        "gini": s["stage"]["before"]["gini"],
+        "singletons": 1,
+        "median": 7.5,
+        "mean": 16.5,
+        "size_counts": {"1": 1, "3": 1, "12": 1, "50": 1},
+    }
     assert s["stage"]["after"]["largest"] == 10 and s["stage"]["after"]["singletons"] == 1
     assert s["stage"]["after"]["gini"] < s["stage"]["before"]["gini"]
 
@@ -93,26 +113,39 @@ def test_window_drops_outside_pairs_and_logs_them(tmp_path, clustered):
     sims = [0.3] * 5 + [0.56] * 10 + [0.8] * 5
     records, _ = make_records([20], sims=sims)
     rejects = tmp_path / "rejects.jsonl"
-    proc = balance("--sim-range", "0.51,0.61", "--centroids", centres, "--per-cluster", "100", "--rejects",
-                   rejects, records=records)
+    proc = balance(
+        "--sim-range",
+        "0.51,0.61",
+        "--centroids",
+        centres,
+        "--per-cluster",
+        "100",
+        "--rejects",
+        rejects,
+        records=records,
+    )
     kept = decode_stream(proc.stdout)
     assert len(kept) == 10 and all(0.51 <= r["sim"] <= 0.61 for r in kept)
     logged = read_stream_file(rejects)
     assert sorted(e["reason"] for e in logged) == ["sim_above_window"] * 5 + ["sim_below_window"] * 5
-    assert all(e["where"] == f"<stdin>:{records.index(next(r for r in records if r['id'] == e['record']['id'])) + 1}"
-               for e in logged)
+    assert all(
+        e["where"] == f"<stdin>:{records.index(next(r for r in records if r['id'] == e['record']['id'])) + 1}"
+        for e in logged
+    )
     assert "10 dropped (sim_below_window 5, sim_above_window 5)" in proc.stderr.decode()
 
 
 def test_window_edges_are_inclusive(clustered):
     _, centres = clustered
     records, _ = make_records([40], sims=np.linspace(0.45, 0.65, 40))
-    everything = decode_stream(balance("--sim-range", "-1", "1", "--centroids", centres, "--per-cluster", "100",
-                                       records=records).stdout)
+    everything = decode_stream(
+        balance("--sim-range", "-1", "1", "--centroids", centres, "--per-cluster", "100", records=records).stdout
+    )
     sims = sorted({r["sim"] for r in everything})
     lo, hi = sims[10], sims[30]  # stored values: re-applying the window to them gives balance's decision
-    kept = decode_stream(balance("--sim-range", str(lo), str(hi), "--centroids", centres, "--per-cluster", "100",
-                                 records=records).stdout)
+    kept = decode_stream(
+        balance("--sim-range", str(lo), str(hi), "--centroids", centres, "--per-cluster", "100", records=records).stdout
+    )
     assert {r["id"] for r in kept} == {r["id"] for r in everything if lo <= r["sim"] <= hi}
     assert {r["sim"] for r in kept} >= {lo, hi}
 
@@ -123,8 +156,11 @@ def test_target_picks_the_largest_cap_that_fits(tmp_path, clustered):
     stats = tmp_path / "stats.json"
     # sum(min(size, t)): t=12 gives 12+12+5+1 = 30, t=13 gives 32
     for target, expected in [(30, 30), (31, 30), (1000, 66)]:
-        kept = decode_stream(balance("--sim-range", "auto:0,1", "--centroids", centres, "--target", target,
-                                     "--stats", stats, records=records).stdout)
+        kept = decode_stream(
+            balance(
+                "--sim-range", "auto:0,1", "--centroids", centres, "--target", target, "--stats", stats, records=records
+            ).stdout
+        )
         assert len(kept) == expected
     assert stage_stats(stats)["stage"]["per_cluster"] == 40
     proc = balance("--sim-range", "auto:0,1", "--centroids", centres, "--target", "3", records=records, check=False)
@@ -163,8 +199,20 @@ def test_same_seed_same_bytes_and_order_and_split_do_not_matter(tmp_path):
 def test_whole_run_refuses_shard_and_names_the_passes(tmp_path, clustered):
     records, centres = clustered
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
-    proc = balance("--sim-range", "0.5,0.6", "--centroids", centres, "--per-cluster", "7", tmp_path / "in.jsonl",
-                   "--shard", "0/3", "-o", tmp_path / "part0.jsonl.zst", check=False)
+    proc = balance(
+        "--sim-range",
+        "0.5,0.6",
+        "--centroids",
+        centres,
+        "--per-cluster",
+        "7",
+        tmp_path / "in.jsonl",
+        "--shard",
+        "0/3",
+        "-o",
+        tmp_path / "part0.jsonl.zst",
+        check=False,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1
     assert "scan, plan, assign, cap, filter" in err and "rsyn balance scan --shard K/N" in err
@@ -180,19 +228,24 @@ def test_default_window_only_for_the_paper_model(tmp_path, clustered):
     assert "0.51..0.61 holds for EVA02-E-14-plus only" in err and "--sim-range auto" in err
     eva, _ = make_records([10], sims=[0.5] + [0.55] * 8 + [0.62], model="EVA02-E-14-plus/laion2b_s9b_b144k")
     stats = tmp_path / "stats.json"
-    kept = decode_stream(balance("--per-cluster", "100", "--centroids", centres, "--stats", stats,
-                                 records=eva).stdout)
+    kept = decode_stream(balance("--per-cluster", "100", "--centroids", centres, "--stats", stats, records=eva).stdout)
     assert len(kept) == 8
-    assert stage_stats(stats)["stage"]["sim_window"] == {"lo": 0.51, "hi": 0.61,
-                                                         "chosen": "paper default for EVA02-E-14-plus"}
+    assert stage_stats(stats)["stage"]["sim_window"] == {
+        "lo": 0.51,
+        "hi": 0.61,
+        "chosen": "paper default for EVA02-E-14-plus",
+    }
 
 
 def test_auto_window_uses_quantiles_of_observed_sims(tmp_path, clustered):
     _, centres = clustered
     records, _ = make_records([200], sims=np.linspace(0.2, 0.4, 200))
     stats = tmp_path / "stats.json"
-    kept = decode_stream(balance("--sim-range", "auto", "--centroids", centres, "--per-cluster", "1000",
-                                 "--stats", stats, records=records).stdout)
+    kept = decode_stream(
+        balance(
+            "--sim-range", "auto", "--centroids", centres, "--per-cluster", "1000", "--stats", stats, records=records
+        ).stdout
+    )
     window = stage_stats(stats)["stage"]["sim_window"]
     assert "quantiles 0.075..0.925" in window["chosen"]
     assert 0.21 < window["lo"] < 0.22 and 0.38 < window["hi"] < 0.39
@@ -212,9 +265,12 @@ def test_bad_records_name_their_line_or_are_counted(tmp_path, clustered):
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.strip() == (
         "rsyn: error: <stdin>:5: image record has no `syn_emb` "
-        "(run `rsyn embed --text-field syn_text --emb-field syn_emb`)")
+        "(run `rsyn embed --text-field syn_text --emb-field syn_emb`)"
+    )
     stats = tmp_path / "stats.json"
-    proc = rsyn_here("balance", "--device", "cpu", *args, "--on-error", "skip", "--stats", stats, input=stream, check=True)
+    proc = rsyn_here(
+        "balance", "--device", "cpu", *args, "--on-error", "skip", "--stats", stats, input=stream, check=True
+    )
     assert len(decode_stream(proc.stdout)) == 3
     s = stage_stats(stats)
     assert s["errors"] == {"missing_field": 1, "bad_embedding": 1, "model_mismatch": 1}
@@ -232,11 +288,15 @@ def test_rerun_on_its_own_output_is_stable(clustered):
 def test_saved_centroids_reproduce_the_clusters(tmp_path):
     records, _ = make_records([30, 20, 10], seed=3)
     saved = tmp_path / "c.npy"
-    first = decode_stream(balance("--sim-range", "auto", "--clusters", "3", "--per-cluster", "100",
-                                  "--save-centroids", saved, records=records).stdout)
+    first = decode_stream(
+        balance(
+            "--sim-range", "auto", "--clusters", "3", "--per-cluster", "100", "--save-centroids", saved, records=records
+        ).stdout
+    )
     assert np.load(saved).shape == (3, DIM)
-    again = decode_stream(balance("--sim-range", "auto", "--centroids", saved, "--per-cluster", "100",
-                                  records=records).stdout)
+    again = decode_stream(
+        balance("--sim-range", "auto", "--centroids", saved, "--per-cluster", "100", records=records).stdout
+    )
     assert [(r["id"], r["cluster"]) for r in again] == [(r["id"], r["cluster"]) for r in first]
 
 
@@ -262,7 +322,7 @@ def test_files_are_read_twice_and_give_the_same_bytes_as_stdin(tmp_path, cluster
 
 
 def test_sim_range_spellings(tmp_path):
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.stages.balance import SimRange, parse_sim_range
 
     existing = tmp_path / "0.7"

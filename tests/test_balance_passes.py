@@ -57,10 +57,12 @@ def corpus(tmp_path_factory):
     order = rng.permutation(len(records))
     records = [records[i] for i in order]
     records.insert(17, {"id": "t1", "kind": "text", "doc": "d", "text": "a sentence"})
-    records.insert(200, {"id": "bad", "kind": "image", "emb": "not base64!", "syn_emb": "x",
-                           "emb_model": records[5]["emb_model"]})
-    records.insert(333, {"id": "nosyn", "kind": "image", "emb": records[5]["emb"],
-                         "emb_model": records[5]["emb_model"]})
+    records.insert(
+        200, {"id": "bad", "kind": "image", "emb": "not base64!", "syn_emb": "x", "emb_model": records[5]["emb_model"]}
+    )
+    records.insert(
+        333, {"id": "nosyn", "kind": "image", "emb": records[5]["emb"], "emb_model": records[5]["emb_model"]}
+    )
     paths = []
     for f, part in enumerate(np.array_split(np.arange(len(records)), 3)):
         path = root / f"in{f}.jsonl.zst"
@@ -71,8 +73,25 @@ def corpus(tmp_path_factory):
 
 def whole(root, paths, name, window, cut):
     out, rejects, stats = root / f"{name}.jsonl.zst", root / f"{name}.rejects.jsonl", root / f"{name}.stats.json"
-    call("balance", *paths, "--device", "cpu", "--sim-range", window, "--clusters", 6, *cut, "--on-error", "skip",
-         "-o", out, "--rejects", rejects, "--stats", stats)
+    call(
+        "balance",
+        *paths,
+        "--device",
+        "cpu",
+        "--sim-range",
+        window,
+        "--clusters",
+        6,
+        *cut,
+        "--on-error",
+        "skip",
+        "-o",
+        out,
+        "--rejects",
+        rejects,
+        "--stats",
+        stats,
+    )
     return lines_of(out), lines_of(rejects), json.loads(stats.read_text())
 
 
@@ -82,8 +101,21 @@ def scans(corpus):
     out = []
     for k in range(SHARDS):
         scan = root / "work" / "scan" / str(k)
-        call("balance", "scan", *paths, "--shard", f"{k}/{SHARDS}", "--on-error", "skip", "-o", scan,
-             "--rejects", root / f"scan{k}.rejects.jsonl", "--stats", root / f"scan{k}.stats.json")
+        call(
+            "balance",
+            "scan",
+            *paths,
+            "--shard",
+            f"{k}/{SHARDS}",
+            "--on-error",
+            "skip",
+            "-o",
+            scan,
+            "--rejects",
+            root / f"scan{k}.rejects.jsonl",
+            "--stats",
+            root / f"scan{k}.stats.json",
+        )
         assert (scan / "done.json").exists()
         out.append(scan)
     return out
@@ -104,8 +136,21 @@ def test_four_shards_equal_the_single_run(corpus, scans, window):
     root, paths = corpus
     work = root / "work" / window.replace(",", "-")
     plan = work / "plan"
-    call("balance", "plan", *scans, "--device", "cpu", "--sim-range", window, "--clusters", 6, "-o", plan,
-         "--stats", work / "plan.stats.json")
+    call(
+        "balance",
+        "plan",
+        *scans,
+        "--device",
+        "cpu",
+        "--sim-range",
+        window,
+        "--clusters",
+        6,
+        "-o",
+        plan,
+        "--stats",
+        work / "plan.stats.json",
+    )
     assigns = [work / "assign" / str(k) for k in range(SHARDS)]
     for scan, assign in zip(scans, assigns):
         call("balance", "assign", scan, "--plan", plan, "--device", "cpu", "-o", assign)
@@ -116,8 +161,11 @@ def test_four_shards_equal_the_single_run(corpus, scans, window):
         call("balance", "cap", *assigns, *cut, "-o", cap, "--stats", work / f"cap-{name}.stats.json")
         outputs, rejects, dropped = [], list(scan_rejects), {}
         for k, assign in enumerate(assigns):
-            out, rej, stats = (work / f"{name}-{k}.jsonl.zst", work / f"{name}-{k}.rejects.jsonl",
-                               work / f"{name}-{k}.stats.json")
+            out, rej, stats = (
+                work / f"{name}-{k}.jsonl.zst",
+                work / f"{name}-{k}.rejects.jsonl",
+                work / f"{name}-{k}.stats.json",
+            )
             call("balance", "filter", assign, "--cap", cap, "-o", out, "--rejects", rej, "--stats", stats)
             outputs.append(lines_of(out))
             rejects += lines_of(rej)
@@ -127,8 +175,14 @@ def test_four_shards_equal_the_single_run(corpus, scans, window):
         assert sorted(rejects) == sorted(single_rejects)
         # every reason occurs: the test covers the window, the cap and bad input
         reasons = {orjson.loads(line)["reason"] for line in single_rejects}
-        assert reasons == {"not_image", "sim_below_window", "sim_above_window", "over_cluster_cap",
-                           "missing_field", "bad_embedding"}
+        assert reasons == {
+            "not_image",
+            "sim_below_window",
+            "sim_above_window",
+            "over_cluster_cap",
+            "missing_field",
+            "bad_embedding",
+        }
         assert {**single_stats["dropped"], "not_image": 0} == {**dropped, "not_image": 0}
         cap_stage = json.loads((work / f"cap-{name}.stats.json").read_text())["stage"]
         for key in ("per_cluster", "before", "after", "clusters"):
@@ -144,8 +198,9 @@ def test_pass_directories_are_checked(corpus, scans, tmp_path):
     proc = rsyn_here("balance", "plan", str(root), "--sim-range", "auto", "-o", str(tmp_path / "p"))
     assert proc.returncode == 2 and "not a finished `rsyn balance scan` directory" in proc.stderr.decode()
     assert not (tmp_path / "p").exists() and not list(tmp_path.iterdir())  # a failed pass leaves nothing
-    proc = rsyn_here("balance", "plan", *map(str, scans), "--seed", "3", "--sim-range", "auto", "-o",
-                     str(tmp_path / "p"))
+    proc = rsyn_here(
+        "balance", "plan", *map(str, scans), "--seed", "3", "--sim-range", "auto", "-o", str(tmp_path / "p")
+    )
     assert proc.returncode == 2 and "give every pass the same --seed" in proc.stderr.decode()
     proc = rsyn_here("balance", "plan", *map(str, scans), "--shard", "0/2", "-o", str(tmp_path / "p"))
     assert proc.returncode == 2 and "takes no --shard" in proc.stderr.decode()
@@ -158,21 +213,51 @@ def test_filter_refuses_an_input_that_changed(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(jsonl(records))
     call("balance", "scan", src, "-o", tmp_path / "scan")
-    call("balance", "plan", tmp_path / "scan", "--sim-range", "auto", "--clusters", 2, "--device", "cpu",
-         "-o", tmp_path / "plan")
-    call("balance", "assign", tmp_path / "scan", "--plan", tmp_path / "plan", "--device", "cpu",
-         "-o", tmp_path / "assign")
+    call(
+        "balance",
+        "plan",
+        tmp_path / "scan",
+        "--sim-range",
+        "auto",
+        "--clusters",
+        2,
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "plan",
+    )
+    call(
+        "balance",
+        "assign",
+        tmp_path / "scan",
+        "--plan",
+        tmp_path / "plan",
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "assign",
+    )
     call("balance", "cap", tmp_path / "assign", "--per-cluster", 5, "-o", tmp_path / "cap")
     src.write_bytes(jsonl(records[::-1]))
-    proc = rsyn_here("balance", "filter", str(tmp_path / "assign"), "--cap", str(tmp_path / "cap"),
-                     "-o", str(tmp_path / "out.jsonl.zst"))
+    proc = rsyn_here(
+        "balance",
+        "filter",
+        str(tmp_path / "assign"),
+        "--cap",
+        str(tmp_path / "cap"),
+        "-o",
+        str(tmp_path / "out.jsonl.zst"),
+    )
     assert proc.returncode == 2 and "changed since `rsyn balance scan` read it" in proc.stderr.decode()
     assert not (tmp_path / "out.jsonl.zst").exists()
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(-SIM_SCALE, SIM_SCALE), min_size=1, max_size=300),
-       st.floats(0, 1), st.sampled_from([0.0, 0.075, 0.5, 0.925, 1.0]))
+@given(
+    st.lists(st.integers(-SIM_SCALE, SIM_SCALE), min_size=1, max_size=300),
+    st.floats(0, 1),
+    st.sampled_from([0.0, 0.075, 0.5, 0.925, 1.0]),
+)
 def test_histogram_quantiles_equal_numpy_inverted_cdf(codes, q, fixed):
     """The auto window from merged histograms is exactly np.quantile(sims, q, method="inverted_cdf")."""
     codes = np.array(codes)
@@ -199,7 +284,7 @@ def test_nearest_centroid_is_exact_and_batch_invariant():
     scores = x.astype(np.float64) @ centroids.astype(np.float64).T
     nearest = NearestCentroid(centroids, "cpu")
     batch = nearest.labels(x)
-    one_by_one = np.concatenate([nearest.labels(x[i:i + 1]) for i in range(0, 3000, 1)][:3000])
+    one_by_one = np.concatenate([nearest.labels(x[i : i + 1]) for i in range(0, 3000, 1)][:3000])
     # exact: within float64 rounding of the best, the lowest index
     best = scores.max(axis=1, keepdims=True)
     exact = np.argmax(scores >= best - 1e-12, axis=1)

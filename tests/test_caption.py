@@ -10,11 +10,11 @@ import sqlite3
 import numpy as np
 import orjson
 import pytest
+from conftest import jsonl, read_stream_file, rsyn
+from test_llm import LoopbackLLMServer, expected_syn_text
 from typer.testing import CliRunner
 
-from conftest import jsonl, read_stream_file, rsyn
 from rsyn.cli import app
-from test_llm import LoopbackLLMServer, expected_syn_text
 
 TAGS = ["dog", "cat", "red car", "old house", "beach", "tree", "city street", "ball"]
 N_IMAGES = 6
@@ -49,8 +49,12 @@ def models(tmp_path_factory):
     weights["transformer.ln_f.weight"] = torch.zeros_like(weights["transformer.ln_f.weight"])
     weights["transformer.ln_f.bias"] = torch.zeros_like(weights["transformer.ln_f.bias"])
     save_file(weights, f"{mute}/model.safetensors", metadata={"format": "pt"})
-    return {"clip": build_tiny_clip(root / "clip"), "captioner": build_tiny_captioner(root / "blip"),
-            "gpt2": gpt2, "mute_gpt2": str(mute)}
+    return {
+        "clip": build_tiny_clip(root / "clip"),
+        "captioner": build_tiny_captioner(root / "blip"),
+        "gpt2": gpt2,
+        "mute_gpt2": str(mute),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +76,23 @@ def corpus(models, tmp_path_factory):
     embeddings = encode_embeddings(clip.encode_images([Image.open(p).convert("RGB") for p in paths]))
     records = []
     for i in range(N_IMAGES):
-        records.append({"id": f"img{i}", "kind": "image", "doc": f"https://example.org/page{i}", "pos": 1,
-                        "url": f"https://example.org/{i}.jpg", "path": paths[i], "emb": embeddings[i],
-                        "emb_model": models["clip"], "scores": {"words": 9},
-                        "texts": [{"id": f"t{i}", "text": f"Rex the dog plays with a red ball in Brighton, day {i}.",
-                                   "score": 0.31},
-                                  {"id": "u", "text": "A second, weaker sentence.", "score": 0.2}]})
+        records.append(
+            {
+                "id": f"img{i}",
+                "kind": "image",
+                "doc": f"https://example.org/page{i}",
+                "pos": 1,
+                "url": f"https://example.org/{i}.jpg",
+                "path": paths[i],
+                "emb": embeddings[i],
+                "emb_model": models["clip"],
+                "scores": {"words": 9},
+                "texts": [
+                    {"id": f"t{i}", "text": f"Rex the dog plays with a red ball in Brighton, day {i}.", "score": 0.31},
+                    {"id": "u", "text": "A second, weaker sentence.", "score": 0.2},
+                ],
+            }
+        )
         if i in (1, 4):
             records.append({"id": f"text{i}", "kind": "text", "doc": "d", "text": "a sentence passing through"})
     tags = root / "tags.txt"
@@ -93,10 +108,34 @@ def invoke(*args):
 
 
 def local_args(models, corpus, out, *extra):
-    return [corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1", "--max-tags", "3",
-            "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "hf",
-            "--llm-model", models["gpt2"], "--llm-max-tokens", "12", "--cache-dir", corpus["root"] / "cache",
-            "--device", "cpu", "--path-root", corpus["root"].parent, *extra]  # images under pytest's base temp
+    return [
+        corpus["input"],
+        "-o",
+        out,
+        "--tags",
+        corpus["tags"],
+        "--tag-threshold",
+        "-1",
+        "--max-tags",
+        "3",
+        "--captioner",
+        models["captioner"],
+        "--caption-beams",
+        "1",
+        "--llm-backend",
+        "hf",
+        "--llm-model",
+        models["gpt2"],
+        "--llm-max-tokens",
+        "12",
+        "--cache-dir",
+        corpus["root"] / "cache",
+        "--device",
+        "cpu",
+        "--path-root",
+        corpus["root"].parent,
+        *extra,
+    ]  # images under pytest's base temp
 
 
 def assert_captioned(records, corpus, caption_model, llm_model):
@@ -123,7 +162,9 @@ def assert_captioned(records, corpus, caption_model, llm_model):
 def test_local_models_end_to_end_and_byte_identical_across_processes(models, corpus, tmp_path):
     first, second, stats = tmp_path / "a.jsonl.zst", tmp_path / "b.jsonl.zst", tmp_path / "stats.json"
     sampling = ["--temperature", "0.9", "--top-p", "0.9", "--seed", "5"]
-    proc = rsyn("caption", *local_args(models, corpus, first, "--stats", stats, *sampling), env={"OMP_NUM_THREADS": "1"})
+    proc = rsyn(
+        "caption", *local_args(models, corpus, first, "--stats", stats, *sampling), env={"OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     records = read_stream_file(first)
     assert_captioned(records, corpus, models["captioner"], models["gpt2"])
@@ -148,8 +189,9 @@ def test_progress_follows_finished_batches(models, corpus, tmp_path, monkeypatch
     advance = Run.advance
     monkeypatch.setattr(Run, "advance", lambda self, n: (calls.append((n, self.n_in)), advance(self, n)))
     sampling = ["--temperature", "0.9", "--top-p", "0.9", "--seed", "5"]  # as above: usable random-model text
-    result = invoke("caption", *local_args(models, corpus, tmp_path / "out.jsonl", "--quiet", "--batch-size", "2",
-                                           *sampling))
+    result = invoke(
+        "caption", *local_args(models, corpus, tmp_path / "out.jsonl", "--quiet", "--batch-size", "2", *sampling)
+    )
     assert result.exit_code == 0, result.output
     # one call per batch of 2 images (texts ride along with the batch they were read in)
     images = sum(r["kind"] == "image" for r in corpus["records"])
@@ -162,14 +204,36 @@ def test_tags_are_cosine_scores_of_the_records_model_best_first(models, corpus, 
 
     out = tmp_path / "out.jsonl"
     cache = tmp_path / "cache"
-    args = [corpus["input"], "-o", out, "--tags", corpus["tags"], "--max-tags", "4", "--tag-threshold", "0.0",
-            "--captioner", "none", "--cache-dir", cache, "--quiet"]
+    args = [
+        corpus["input"],
+        "-o",
+        out,
+        "--tags",
+        corpus["tags"],
+        "--max-tags",
+        "4",
+        "--tag-threshold",
+        "0.0",
+        "--captioner",
+        "none",
+        "--cache-dir",
+        cache,
+        "--quiet",
+    ]
     with LoopbackLLMServer() as server:
         result = invoke("caption", *args, "--llm-backend", "openai", "--llm-url", server.url)
         assert result.exit_code == 0, result.output
         assert len(list(cache.glob("tag-embeddings-*.npy"))) == 1  # computed once, then read from the disk cache
-        again = invoke("caption", *args[:2], tmp_path / "again.jsonl", *args[3:], "--llm-backend", "openai",
-                       "--llm-url", server.url)
+        again = invoke(
+            "caption",
+            *args[:2],
+            tmp_path / "again.jsonl",
+            *args[3:],
+            "--llm-backend",
+            "openai",
+            "--llm-url",
+            server.url,
+        )
         assert again.exit_code == 0 and len(list(cache.glob("tag-embeddings-*.npy"))) == 1
     records = [r for r in read_stream_file(out) if r["kind"] == "image"]
     assert read_stream_file(tmp_path / "again.jsonl") == read_stream_file(out)
@@ -192,11 +256,37 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
     prompt_file.write_text("Fuse these.\n---\nRaw text: {raw_text}\nCaption: {caption}\nTags: {tags}\n")
     out = tmp_path / "out.jsonl"
     with LoopbackLLMServer(latency=0.05) as server:
-        result = invoke("caption", corpus["input"], "-o", out, "--tags", corpus["tags"], "--tag-threshold", "-1",
-                        "--max-tags", "3", "--captioner", models["captioner"], "--caption-beams", "1",
-                        "--path-root", corpus["root"], "--llm-backend", "openai", "--llm-url", server.url,
-                        "--llm-model", "served-model",
-                        "--llm-concurrency", "4", "--prompt-file", prompt_file, "--cache-dir", tmp_path, "--quiet")
+        result = invoke(
+            "caption",
+            corpus["input"],
+            "-o",
+            out,
+            "--tags",
+            corpus["tags"],
+            "--tag-threshold",
+            "-1",
+            "--max-tags",
+            "3",
+            "--captioner",
+            models["captioner"],
+            "--caption-beams",
+            "1",
+            "--path-root",
+            corpus["root"],
+            "--llm-backend",
+            "openai",
+            "--llm-url",
+            server.url,
+            "--llm-model",
+            "served-model",
+            "--llm-concurrency",
+            "4",
+            "--prompt-file",
+            prompt_file,
+            "--cache-dir",
+            tmp_path,
+            "--quiet",
+        )
     assert result.exit_code == 0, result.output
     records = read_stream_file(out)
     assert_captioned(records, corpus, models["captioner"], "served-model")
@@ -207,8 +297,10 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
     by_raw = {r["body"]["messages"][1]["content"].splitlines()[0]: r["body"] for r in server.requests}
     for record in images:
         body = by_raw[f"Raw text: {record['texts'][0]['text']}"]
-        assert body["messages"][1]["content"].splitlines()[1:] == [f"Caption: {record['caption']}",
-                                                                    f"Tags: {', '.join(record['tags'])}"]
+        assert body["messages"][1]["content"].splitlines()[1:] == [
+            f"Caption: {record['caption']}",
+            f"Tags: {', '.join(record['tags'])}",
+        ]
         assert body["model"] == "served-model"
 
 
@@ -227,19 +319,49 @@ def _faulty_input(corpus, tmp_path):
 def test_server_faults_are_per_record_errors_under_the_shared_rules(corpus, tmp_path):
     path, records = _faulty_input(corpus, tmp_path)
     # one request at a time in batches of 4 images: two batches are in flight at once, output order must hold
-    light = ["--max-tags", "0", "--captioner", "none", "--llm-backend", "openai", "--llm-retries", "1",
-             "--llm-timeout", "5", "--llm-concurrency", "1", "--batch-size", "1"]
+    light = [
+        "--max-tags",
+        "0",
+        "--captioner",
+        "none",
+        "--llm-backend",
+        "openai",
+        "--llm-retries",
+        "1",
+        "--llm-timeout",
+        "5",
+        "--llm-concurrency",
+        "1",
+        "--batch-size",
+        "1",
+    ]
     with LoopbackLLMServer() as server:
         only_500 = tmp_path / "only500.jsonl"
         only_500.write_bytes(jsonl(records[:3]))
         proc = rsyn("caption", only_500, *light, "--llm-url", server.url)
         err = proc.stderr.decode()
         assert proc.returncode == 2 and "Traceback" not in err
-        assert err.strip().splitlines()[-1].startswith(f"rsyn: error: {only_500}:2: LLM openai:loopback-llm failed: "
-                                                       "http_500")
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(f"rsyn: error: {only_500}:2: LLM openai:loopback-llm failed: http_500")
+        )
         out, rejects, stats = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl", tmp_path / "stats.json"
-        proc = rsyn("caption", path, *light, "--llm-url", server.url, "--on-error", "skip", "-o", out,
-                    "--rejects", rejects, "--stats", stats)
+        proc = rsyn(
+            "caption",
+            path,
+            *light,
+            "--llm-url",
+            server.url,
+            "--on-error",
+            "skip",
+            "-o",
+            out,
+            "--rejects",
+            rejects,
+            "--stats",
+            stats,
+        )
         assert proc.returncode == 0, proc.stderr.decode()
     summary = orjson.loads(stats.read_bytes())
     assert summary["errors"] == {"llm_failed": 2, "empty_generation": 1, "missing_texts": 1}
@@ -256,8 +378,24 @@ def test_server_faults_are_per_record_errors_under_the_shared_rules(corpus, tmp_
 def test_unreachable_server_and_missing_vocabulary_stop_with_one_line(corpus, tmp_path):
     with LoopbackLLMServer() as server:
         url = server.url  # closed when the block ends: nothing listens there any more
-    proc = rsyn("caption", corpus["input"], "--max-tags", "0", "--captioner", "none", "--llm-backend", "openai",
-                "--llm-url", url, "--llm-model", "m", "--llm-retries", "1", "--on-error", "skip")
+    proc = rsyn(
+        "caption",
+        corpus["input"],
+        "--max-tags",
+        "0",
+        "--captioner",
+        "none",
+        "--llm-backend",
+        "openai",
+        "--llm-url",
+        url,
+        "--llm-model",
+        "m",
+        "--llm-retries",
+        "1",
+        "--on-error",
+        "skip",
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "cannot connect" in err and "Traceback" not in err
     assert not [line for line in err.splitlines() if line.startswith("rsyn: error:")][1:]
@@ -299,8 +437,10 @@ def test_empty_generation_and_bad_images_fail_per_record(models, corpus, tmp_pat
 def _sentence_store(path, sentences):
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)")
-    db.executemany("INSERT INTO sentences(row, id, text, doc) VALUES (?, ?, ?, ?)",
-                   [(i, f"s{i}", text, "d") for i, text in enumerate(sentences)])
+    db.executemany(
+        "INSERT INTO sentences(row, id, text, doc) VALUES (?, ?, ?, ?)",
+        [(i, f"s{i}", text, "d") for i, text in enumerate(sentences)],
+    )
     db.commit()
     db.close()
 
@@ -310,10 +450,13 @@ def test_tags_mined_from_the_index_sentence_store(models, corpus, tmp_path):
 
     index = tmp_path / "index"
     index.mkdir()
-    sentences = (["The two red cars were parked near the old lighthouse."] * 4
-                 + ["A red car drives past a wooden lighthouse at night."] * 3
-                 + ["Our chef cooks fresh pasta in the kitchen."] * 3
-                 + ["She bought it yesterday."] * 5 + ["A unique zebra crossing."])
+    sentences = (
+        ["The two red cars were parked near the old lighthouse."] * 4
+        + ["A red car drives past a wooden lighthouse at night."] * 3
+        + ["Our chef cooks fresh pasta in the kitchen."] * 3
+        + ["She bought it yesterday."] * 5
+        + ["A unique zebra crossing."]
+    )
     _sentence_store(index / "sentences.sqlite", sentences)
     mined = mine_tags(str(index), n_tags=10, min_count=3, exclude={"kitchen"}, cache_dir=tmp_path / "cache")
     assert mined[:2] == ["red car", "old lighthouse"]  # most frequent first; plural lemmatised
@@ -325,13 +468,36 @@ def test_tags_mined_from_the_index_sentence_store(models, corpus, tmp_path):
 
     saved, out = tmp_path / "vocabulary.txt", tmp_path / "out.jsonl"
     with LoopbackLLMServer() as server:
-        result = invoke("caption", corpus["input"], "-o", out, "--tags", corpus["tags"], "--index", index,
-                        "--mine-min-count", "3", "--save-tags", saved, "--tag-threshold", "-1", "--max-tags", "20",
-                        "--captioner", "none", "--llm-backend", "openai", "--llm-url", server.url,
-                        "--cache-dir", tmp_path / "cache", "--quiet")
+        result = invoke(
+            "caption",
+            corpus["input"],
+            "-o",
+            out,
+            "--tags",
+            corpus["tags"],
+            "--index",
+            index,
+            "--mine-min-count",
+            "3",
+            "--save-tags",
+            saved,
+            "--tag-threshold",
+            "-1",
+            "--max-tags",
+            "20",
+            "--captioner",
+            "none",
+            "--llm-backend",
+            "openai",
+            "--llm-url",
+            server.url,
+            "--cache-dir",
+            tmp_path / "cache",
+            "--quiet",
+        )
     assert result.exit_code == 0, result.output
     vocabulary = saved.read_text().splitlines()
-    assert vocabulary[:len(TAGS)] == TAGS and "red car" in vocabulary and "old lighthouse" in vocabulary
+    assert vocabulary[: len(TAGS)] == TAGS and "red car" in vocabulary and "old lighthouse" in vocabulary
     assert len(vocabulary) == len(set(vocabulary)) == len(TAGS) + 6  # "red car" was given already
     tagged = {t for r in read_stream_file(out) for t in r.get("tags", [])}
     assert tagged == set(vocabulary)  # with no threshold and room for all, every tag scores
@@ -359,9 +525,25 @@ def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_bytes(jsonl(records))
     with LoopbackLLMServer() as server:
-        result = invoke("caption", source, "-o", out, "--images", tmp_path / "images", "--max-tags", "0",
-                        "--captioner", models["captioner"], "--caption-beams", "1", "--llm-backend", "openai",
-                        "--llm-url", server.url, "--quiet")
+        result = invoke(
+            "caption",
+            source,
+            "-o",
+            out,
+            "--images",
+            tmp_path / "images",
+            "--max-tags",
+            "0",
+            "--captioner",
+            models["captioner"],
+            "--caption-beams",
+            "1",
+            "--llm-backend",
+            "openai",
+            "--llm-url",
+            server.url,
+            "--quiet",
+        )
     assert result.exit_code == 0, result.output
     captioned = [r for r in read_stream_file(out) if r["kind"] == "image"]
     assert len(captioned) == N_IMAGES and all(r["caption"] and r["syn_text"] for r in captioned)

@@ -9,8 +9,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rsyn(*args, stdin=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rsyn", *map(str, args)], capture_output=True, text=True,
-                          input=stdin, cwd=ROOT, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "rsyn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
 
 
 def records(path: Path) -> list[str]:
@@ -22,13 +29,15 @@ def records(path: Path) -> list[str]:
 def test_ranges_are_contiguous_nearly_equal_and_concatenate_to_the_input(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text("".join(json.dumps({"id": f"a{i}", "kind": "text", "text": "x"}) + "\n" for i in range(7)) + "\n")
-    b.write_text("".join(json.dumps({"id": f"b{i}", "kind": "text", "text": "y"}) + "\n" for i in range(4))
-                 + "not json\n")
+    b.write_text(
+        "".join(json.dumps({"id": f"b{i}", "kind": "text", "text": "y"}) + "\n" for i in range(4)) + "not json\n"
+    )
     parts = []
     for k in range(3):
         out = tmp_path / f"part-{k}.jsonl.zst"
-        proc = rsyn("cat", a, b, "--range", f"{k}/3", "--on-error", "skip", "--stats", tmp_path / f"s{k}.json",
-                    "-q", "-o", out)
+        proc = rsyn(
+            "cat", a, b, "--range", f"{k}/3", "--on-error", "skip", "--stats", tmp_path / f"s{k}.json", "-q", "-o", out
+        )
         assert proc.returncode == 0, proc.stderr
         parts.append(records(out))
     # 12 non-blank lines (11 records, one bad line at position 11): ranges [0,4) [4,8) [8,12)
@@ -43,7 +52,10 @@ def test_range_refuses_shard_and_stdin(tmp_path):
     src = tmp_path / "a.jsonl"
     src.write_text('{"id": "1"}\n')
     proc = rsyn("cat", src, "--range", "0/2", "--shard", "0/2")
-    assert proc.returncode == 2 and proc.stderr == "rsyn: error: --range and --shard are two ways to slice the input: give one\n"
+    assert (
+        proc.returncode == 2
+        and proc.stderr == "rsyn: error: --range and --shard are two ways to slice the input: give one\n"
+    )
     proc = rsyn("cat", "-", "--range", "0/2", stdin='{"id": "1"}\n')
     assert proc.returncode == 2 and "give files, not stdin" in proc.stderr and "Traceback" not in proc.stderr
     proc = rsyn("cat", src, "--range", "2/2")

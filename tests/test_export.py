@@ -23,13 +23,29 @@ def make_records(n_images=7, n_texts=5, url="http://example.org", seed=0):
     records = []
     for i in range(max(n_images, n_texts)):
         if i < n_images:
-            records.append({"id": f"img{i}", "kind": "image", "url": f"{url}/{i}.jpg", "doc": f"d{i // 2}",
-                            "texts": [{"id": f"t{i}", "text": f"retrieved text {i}", "score": 0.5}],
-                            "syn_text": f"synthetic caption {i}" if i % 2 else None,
-                            "emb": img_emb[i], "emb_model": "clip-x"})
+            records.append(
+                {
+                    "id": f"img{i}",
+                    "kind": "image",
+                    "url": f"{url}/{i}.jpg",
+                    "doc": f"d{i // 2}",
+                    "texts": [{"id": f"t{i}", "text": f"retrieved text {i}", "score": 0.5}],
+                    "syn_text": f"synthetic caption {i}" if i % 2 else None,
+                    "emb": img_emb[i],
+                    "emb_model": "clip-x",
+                }
+            )
         if i < n_texts:
-            records.append({"id": f"txt{i}", "kind": "text", "text": f"sentence {i}", "doc": f"d{i}",
-                            "emb": txt_emb[i], "emb_model": "clip-x"})
+            records.append(
+                {
+                    "id": f"txt{i}",
+                    "kind": "text",
+                    "text": f"sentence {i}",
+                    "doc": f"d{i}",
+                    "emb": txt_emb[i],
+                    "emb_model": "clip-x",
+                }
+            )
     records.append({"id": "img-no-emb", "kind": "image", "url": f"{url}/no-emb.jpg", "caption": "a photo"})
     records.append({"id": "txt-no-emb", "kind": "text", "text": "not embedded"})  # nothing to export
     return records
@@ -42,8 +58,9 @@ def export(*args, records, check=True):
 def load_all(directory, folder, stem, meta_folder, meta_stem):
     files = sorted(os.listdir(directory / folder), key=lambda n: int(n.rsplit("_", 1)[1].split(".")[0]))
     vectors = np.concatenate([np.load(directory / folder / f) for f in files])
-    metas = pa.concat_tables(pq.read_table(directory / meta_folder / f"{meta_stem}_{f.rsplit('_', 1)[1][:-4]}.parquet")
-                             for f in files).to_pylist()
+    metas = pa.concat_tables(
+        pq.read_table(directory / meta_folder / f"{meta_stem}_{f.rsplit('_', 1)[1][:-4]}.parquet") for f in files
+    ).to_pylist()
     return files, vectors, metas
 
 
@@ -53,8 +70,15 @@ def test_round_trip_in_clip_retrieval_layout(tmp_path, dtype):
     out = tmp_path / "exported"
     proc = export("-o", out, "--rows-per-shard", "3", "--dtype", dtype, records=records)
     # clip-retrieval's documented names: img_emb/img_emb_0.npy, text_emb/text_emb_0.npy, metadata/metadata_0.parquet
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "_stats.json", "img2dataset", "img_emb", "metadata", "text_emb",
-                                       "text_metadata"]
+    assert sorted(os.listdir(out)) == [
+        "_SUCCESS",
+        "_stats.json",
+        "img2dataset",
+        "img_emb",
+        "metadata",
+        "text_emb",
+        "text_metadata",
+    ]
     assert sorted(os.listdir(out / "img_emb")) == ["img_emb_0.npy", "img_emb_1.npy", "img_emb_2.npy"]
     assert sorted(os.listdir(out / "metadata")) == ["metadata_0.parquet", "metadata_1.parquet", "metadata_2.parquet"]
     assert sorted(os.listdir(out / "text_emb")) == ["text_emb_0.npy", "text_emb_1.npy"]
@@ -64,8 +88,13 @@ def test_round_trip_in_clip_retrieval_layout(tmp_path, dtype):
     assert vectors.dtype == np.dtype(dtype) and vectors.shape == (7, DIM)
     assert np.array_equal(vectors.astype(np.float32), decode_embeddings([r["emb"] for r in images]))
     assert [m["id"] for m in metas] == [r["id"] for r in images]
-    assert metas[1] == {"id": "img1", "url": "http://example.org/1.jpg", "caption": "synthetic caption 1",
-                        "doc": "d0", "emb_model": "clip-x"}
+    assert metas[1] == {
+        "id": "img1",
+        "url": "http://example.org/1.jpg",
+        "caption": "synthetic caption 1",
+        "doc": "d0",
+        "emb_model": "clip-x",
+    }
     assert metas[0]["caption"] == "retrieved text 0"  # no syn_text: the best retrieved text
     _, tvectors, tmetas = load_all(out, "text_emb", "text_emb", "text_metadata", "text_metadata")
     assert np.array_equal(tvectors.astype(np.float32), decode_embeddings([r["emb"] for r in texts]))
@@ -112,8 +141,9 @@ def test_bad_input_leaves_no_directory_and_existing_output_needs_overwrite(tmp_p
     other = make_records()
     other[0]["emb"] = encode_embeddings(np.ones((1, DIM + 1)))[0]  # another dimension
     mixed = export("-o", tmp_path / "mixed", records=other[::-1], check=False)
-    assert mixed.returncode == 2 and "embedding of 17 dims, the earlier image embeddings have 16" in \
-        mixed.stderr.decode()
+    assert (
+        mixed.returncode == 2 and "embedding of 17 dims, the earlier image embeddings have 16" in mixed.stderr.decode()
+    )
 
 
 def test_img2dataset_downloads_the_exported_url_list(tmp_path, image_server):  # noqa: F811
@@ -124,9 +154,21 @@ def test_img2dataset_downloads_the_exported_url_list(tmp_path, image_server):  #
     from img2dataset import download
 
     downloaded = tmp_path / "downloaded"
-    download(url_list=str(out / "img2dataset"), input_format="parquet", url_col="url", caption_col="caption",
-             save_additional_columns=["id"], output_format="files", output_folder=str(downloaded),
-             processes_count=1, thread_count=2, resize_mode="no", timeout=5, retries=0, enable_wandb=False)
+    download(
+        url_list=str(out / "img2dataset"),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=["id"],
+        output_format="files",
+        output_folder=str(downloaded),
+        processes_count=1,
+        thread_count=2,
+        resize_mode="no",
+        timeout=5,
+        retries=0,
+        enable_wandb=False,
+    )
     got = pq.read_table(downloaded / "00000.parquet").to_pylist()
     ok = {row["id"]: row["caption"] for row in got if row["status"] == "success"}
     assert ok == {f"img{i}": (f"synthetic caption {i}" if i % 2 else f"retrieved text {i}") for i in range(6)}

@@ -17,9 +17,8 @@ import numpy as np
 import orjson
 import pytest
 import zstandard
-from PIL import Image
-
 from conftest import jsonl, read_stream_file, rsyn, rsyn_here
+from PIL import Image
 
 SECRET = b"root:x:0:0:root:/root:/bin/bash\n"
 LINE_REASONS = {"invalid_json", "not_an_object", "corrupt_stream", "unreadable_input"}  # no record was read
@@ -35,12 +34,14 @@ def jpeg(width=120, height=110, value=90):
 
 def png_claiming(width, height):
     """A small, valid PNG whose header claims width x height pixels (a decompression bomb in 100 bytes)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +91,18 @@ def image_path(files, name):
 
 
 def image_record(i, **fields):
-    return {"id": f"img{i:03d}", "kind": "image", "doc": f"https://example.org/{i}", "pos": 0, "scores": {},
-            **fields}
+    return {"id": f"img{i:03d}", "kind": "image", "doc": f"https://example.org/{i}", "pos": 0, "scores": {}, **fields}
 
 
 def text_record(i, text="The farmer fed the horses in the barn."):
-    return {"id": f"txt{i:03d}", "kind": "text", "doc": f"https://example.org/{i}", "pos": 1, "text": text,
-            "scores": {}}
+    return {
+        "id": f"txt{i:03d}",
+        "kind": "text",
+        "doc": f"https://example.org/{i}",
+        "pos": 1,
+        "text": text,
+        "scores": {},
+    }
 
 
 def summary(path):
@@ -138,7 +144,7 @@ def _stream(records) -> bytes:
 
 
 def _flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]
 
 
 GOOD = [text_record(i, f"Sentence number {i} about a red barn and horses.") for i in range(200)]
@@ -147,8 +153,12 @@ CORRUPT_STREAMS = {
     "flipped_zstd": lambda: _flip(_stream(GOOD), len(_stream(GOOD)) // 2),
     "truncated_gzip": lambda: gzip.compress(jsonl(GOOD))[:300],
     "garbage": lambda: bytes(range(256)) * 4,
-    "bad_lines": lambda: jsonl(GOOD[:3]) + b'{"id": "x", "kind": \n[1, 2]\n"a string"\nnull\n\x00\x01\n'
-                         + jsonl(GOOD[3:5]) + b'{"id": "no newline at the end"',
+    "bad_lines": lambda: (
+        jsonl(GOOD[:3])
+        + b'{"id": "x", "kind": \n[1, 2]\n"a string"\nnull\n\x00\x01\n'
+        + jsonl(GOOD[3:5])
+        + b'{"id": "no newline at the end"'
+    ),
 }
 
 
@@ -169,8 +179,15 @@ def test_cat_and_pack_survive_corrupted_streams(kind, tmp_path):
 
 
 def test_cat_kind_filter_with_wrong_typed_kinds(tmp_path):
-    records = [text_record(0), {"kind": 5}, {"kind": ["image"]}, {"kind": None}, {}, image_record(1, url="u"),
-               {"kind": "image", "id": {"nested": True}, "url": 7}]
+    records = [
+        text_record(0),
+        {"kind": 5},
+        {"kind": ["image"]},
+        {"kind": None},
+        {},
+        image_record(1, url="u"),
+        {"kind": "image", "id": {"nested": True}, "url": 7},
+    ]
     stats = tmp_path / "stats.json"
     proc = rsyn_here("cat", "--kind", "image", "--stats", stats, "-o", tmp_path / "out.jsonl", input=jsonl(records))
     assert_clean(proc.stderr.decode(), proc.returncode)
@@ -182,10 +199,12 @@ def test_cat_kind_filter_with_wrong_typed_kinds(tmp_path):
 
 
 def _obelics(i, **change):
-    doc = {"images": ["https://img.example/a.jpg", None],
-           "texts": [None, "A farmer walks his two brown horses along the river at dawn."],
-           "metadata": orjson.dumps([{"original_width": 640, "original_height": 480}, None]).decode(),
-           "general_metadata": orjson.dumps({"url": f"https://example.org/doc{i}"}).decode()}
+    doc = {
+        "images": ["https://img.example/a.jpg", None],
+        "texts": [None, "A farmer walks his two brown horses along the river at dawn."],
+        "metadata": orjson.dumps([{"original_width": 640, "original_height": 480}, None]).decode(),
+        "general_metadata": orjson.dumps({"url": f"https://example.org/doc{i}"}).decode(),
+    }
     doc.update(change)
     return doc
 
@@ -203,18 +222,27 @@ BAD_DOCUMENTS = [
     _obelics(10, images=["https://img.example/a.jpg"]),  # ragged
     {"url": "https://example.org/m", "text_list": ["A paragraph.", None], "image_info": []},
     {"url": "https://example.org/m", "text_list": ["A paragraph."], "image_info": [{"raw_url": 5}]},
-    {"url": "https://example.org/m", "text_list": ["A paragraph."],
-     "image_info": [{"raw_url": "https://i/x.jpg", "matched_text_index": "0"}]},
-    {"url": "https://example.org/m", "text_list": ["A paragraph."],
-     "image_info": [{"raw_url": "https://i/x.jpg", "image_name": 5}]},
+    {
+        "url": "https://example.org/m",
+        "text_list": ["A paragraph."],
+        "image_info": [{"raw_url": "https://i/x.jpg", "matched_text_index": "0"}],
+    },
+    {
+        "url": "https://example.org/m",
+        "text_list": ["A paragraph."],
+        "image_info": [{"raw_url": "https://i/x.jpg", "image_name": 5}],
+    },
     {"url": ["not", "a", "string"], "text_list": [], "image_info": []},
     {"neither": "format"},
 ]
 GOOD_DOCUMENTS = [
     _obelics(100),
     _obelics(101, texts=[None, "word " * 100_000]),  # a 500 kB paragraph: filtered, not a crash
-    {"url": "https://example.org/mmc4", "text_list": ["The old lighthouse stands on the rocky coast."],
-     "image_info": [{"raw_url": "https://i/l.jpg", "image_name": "l.jpg", "matched_text_index": 0}]},
+    {
+        "url": "https://example.org/mmc4",
+        "text_list": ["The old lighthouse stands on the rocky coast."],
+        "image_info": [{"raw_url": "https://i/l.jpg", "image_name": "l.jpg", "matched_text_index": 0}],
+    },
 ]
 
 
@@ -223,8 +251,18 @@ def test_extract_counts_every_malformed_document(tmp_path):
     lines = [orjson.dumps(d) for d in GOOD_DOCUMENTS + BAD_DOCUMENTS] + [b"[1]", b"{broken", b"\x00\xff"]
     source.write_bytes(b"\n".join(lines) + b"\n")
     stats = tmp_path / "stats.json"
-    proc = rsyn_here("extract", source, "--ppl-model", "none", "--on-error", "skip", "--stats", stats,
-                     "-o", tmp_path / "out.jsonl.zst")
+    proc = rsyn_here(
+        "extract",
+        source,
+        "--ppl-model",
+        "none",
+        "--on-error",
+        "skip",
+        "--stats",
+        stats,
+        "-o",
+        tmp_path / "out.jsonl.zst",
+    )
     assert_clean(proc.stderr.decode(), proc.returncode)
     result = summary(stats)
     assert result["stage"]["documents"] == len(GOOD_DOCUMENTS)
@@ -244,10 +282,17 @@ def test_mmc4_parquet_without_a_url_column_reads_like_its_jsonl(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    docs = [{"text_list": ["The old lighthouse stands on the rocky coast of the island.",
-                           "Fishing boats come back to the harbour in the evening."],
-             "image_info": [{"raw_url": "https://i/l.jpg", "image_name": "l.jpg", "matched_text_index": 1,
-                             "matched_sim": 0.3}]}]
+    docs = [
+        {
+            "text_list": [
+                "The old lighthouse stands on the rocky coast of the island.",
+                "Fishing boats come back to the harbour in the evening.",
+            ],
+            "image_info": [
+                {"raw_url": "https://i/l.jpg", "image_name": "l.jpg", "matched_text_index": 1, "matched_sim": 0.3}
+            ],
+        }
+    ]
     pq.write_table(pa.Table.from_pylist(docs), tmp_path / "mmc4.parquet")
     (tmp_path / "mmc4.jsonl").write_bytes(jsonl(docs))
     outputs = []
@@ -273,31 +318,60 @@ def test_embed_accounts_for_bad_images_hostile_paths_and_wrong_types(files, tiny
         records.append(image_record(i, path=image_path(files, name)))
         expected[records[-1]["id"]] = reason
     wrong = [  # (record fields, reason) for image records
-        ({"path": 5}, "missing_field"), ({"path": ["good.jpg"]}, "missing_field"),
+        ({"path": 5}, "missing_field"),
+        ({"path": ["good.jpg"]}, "missing_field"),
         ({"path": {"a": 1}}, "missing_field"),
         ({"path": 5, "url": "https://example.org/x.jpg"}, "bad_path"),
         ({"path": str(root / "good.jpg"), "url": 12}, "bad_url"),
         ({"path": str(root / "good.jpg"), "width": "wide", "height": None, "scores": [1]}, None),
-        ({"path": str(root / "good.jpg"), "width": True, "height": 2 ** 62, "id": ["x"]}, None),
+        ({"path": str(root / "good.jpg"), "width": True, "height": 2**62, "id": ["x"]}, None),
         ({"path": str(root / "good.png"), "url": "http://127.0.0.1:9/never.jpg"}, "size_rule"),
     ]
     for j, (fields, reason) in enumerate(wrong, start=100):
         records.append(image_record(j, **fields))
         expected[f"img{j:03d}"] = reason
     records += [image_record(200), image_record(201, url=None, path=None)]  # no source at all: errors
-    records += [text_record(300), text_record(301, None), text_record(302, ["a"]), text_record(303, 5),
-                text_record(304, "x" * 2_000_000), {"id": "odd", "kind": 7}, {"kind": None}]
+    records += [
+        text_record(300),
+        text_record(301, None),
+        text_record(302, ["a"]),
+        text_record(303, 5),
+        text_record(304, "x" * 2_000_000),
+        {"id": "odd", "kind": 7},
+        {"kind": None},
+    ]
     source = tmp_path / "in.jsonl"
     source.write_bytes(jsonl(records))
     out, rejects, stats = tmp_path / "out.jsonl.zst", tmp_path / "rejects.jsonl", tmp_path / "stats.json"
     # a subprocess with a deadline: a FIFO or /dev/zero that blocked or grew would fail here, not hang
-    proc = rsyn("embed", source, "--model", tiny_clip, "--path-root", root, "--on-error", "skip", "--workers", "4",
-                "-o", out, "--rejects", rejects, "--stats", stats, "--device", "cpu", timeout=120)
+    proc = rsyn(
+        "embed",
+        source,
+        "--model",
+        tiny_clip,
+        "--path-root",
+        root,
+        "--on-error",
+        "skip",
+        "--workers",
+        "4",
+        "-o",
+        out,
+        "--rejects",
+        rejects,
+        "--stats",
+        stats,
+        "--device",
+        "cpu",
+        timeout=120,
+    )
     assert_clean(proc.stderr.decode(), proc.returncode)
     result = summary(stats)
     assert_accounted(result, len(records))
-    logged = {entry["record"].get("id") if isinstance(entry["record"].get("id"), str) else "?": entry
-              for entry in read_stream_file(rejects)}
+    logged = {
+        entry["record"].get("id") if isinstance(entry["record"].get("id"), str) else "?": entry
+        for entry in read_stream_file(rejects)
+    }
     for record_id, reason in expected.items():
         if reason is None:
             continue
@@ -315,6 +389,7 @@ def test_embed_accounts_for_bad_images_hostile_paths_and_wrong_types(files, tiny
 
 # --------------------------------------------------------------------------- dedup (exact, by image file)
 
+
 def _dedup(files, tmp_path, probes, timeout=30):
     """dedup --mode exact over [good.jpg, *probes, a text], run from the data folder (the default root)."""
     records = [image_record(0, url="https://example.org/0.jpg", path=str(files["root"] / "good.jpg"))]
@@ -322,8 +397,22 @@ def _dedup(files, tmp_path, probes, timeout=30):
     source = tmp_path / "in.jsonl"
     source.write_bytes(jsonl(records + [text_record(99)]))
     stats, rejects = tmp_path / "stats.json", tmp_path / "rejects.jsonl"
-    proc = rsyn("dedup", source, "--mode", "exact", "--on-error", "skip", "--stats", stats, "--rejects", rejects,
-                "-o", tmp_path / "out.jsonl", cwd=files["root"], timeout=timeout)
+    proc = rsyn(
+        "dedup",
+        source,
+        "--mode",
+        "exact",
+        "--on-error",
+        "skip",
+        "--stats",
+        stats,
+        "--rejects",
+        rejects,
+        "-o",
+        tmp_path / "out.jsonl",
+        cwd=files["root"],
+        timeout=timeout,
+    )
     assert_clean(proc.stderr.decode(), proc.returncode)
     result = summary(stats)
     assert_accounted(result, len(records) + 1)
@@ -339,12 +428,22 @@ def test_dedup_exact_hashes_image_files(files, tmp_path):
 
 
 def test_dedup_counts_wrong_typed_fields(tmp_path):
-    records = [image_record(0, url="https://x/0.jpg", sha256=5), image_record(1, url=7), image_record(2, url=["u"]),
-               text_record(3, 5), text_record(4, ["x"]), text_record(5, None), text_record(6, "t " * 200_000),
-               {**text_record(7), "id": 7}, {"kind": [1]}, {"kind": "image", "url": "https://x/9.jpg", "sha256": []}]
+    records = [
+        image_record(0, url="https://x/0.jpg", sha256=5),
+        image_record(1, url=7),
+        image_record(2, url=["u"]),
+        text_record(3, 5),
+        text_record(4, ["x"]),
+        text_record(5, None),
+        text_record(6, "t " * 200_000),
+        {**text_record(7), "id": 7},
+        {"kind": [1]},
+        {"kind": "image", "url": "https://x/9.jpg", "sha256": []},
+    ]
     stats = tmp_path / "stats.json"
-    proc = rsyn_here("dedup", "--on-error", "skip", "--stats", stats, "-o", tmp_path / "out.jsonl",
-                     input=jsonl(records))
+    proc = rsyn_here(
+        "dedup", "--on-error", "skip", "--stats", stats, "-o", tmp_path / "out.jsonl", input=jsonl(records)
+    )
     assert_clean(proc.stderr.decode(), proc.returncode)
     assert_accounted(summary(stats), len(records))
     assert summary(stats)["errors"], summary(stats)
@@ -362,14 +461,24 @@ def test_dedup_exact_refuses_special_and_outside_files(files, tmp_path):
 
 
 def release_record(i, **fields):
-    return {"id": f"img{i:03d}", "kind": "image", "doc": "https://example.org/d", "url": f"https://i.example/{i}.jpg",
-            "texts": [{"id": f"t{i}", "text": f"retrieved text {i}", "score": 0.4}], "syn_text": f"synthetic {i}",
-            "caption": "a photo", "tags": ["photo"], "cluster": 3, "sim": 0.5, **fields}
+    return {
+        "id": f"img{i:03d}",
+        "kind": "image",
+        "doc": "https://example.org/d",
+        "url": f"https://i.example/{i}.jpg",
+        "texts": [{"id": f"t{i}", "text": f"retrieved text {i}", "score": 0.4}],
+        "syn_text": f"synthetic {i}",
+        "caption": "a photo",
+        "tags": ["photo"],
+        "cluster": 3,
+        "sim": 0.5,
+        **fields,
+    }
 
 
 WRONG_TYPED = [  # fields that make a record unusable for --extra-columns (and the message's words)
     ({"cluster": True}, "`cluster` is a boolean"),
-    ({"cluster": 2 ** 63}, "`cluster` is an integer out of range"),
+    ({"cluster": 2**63}, "`cluster` is an integer out of range"),
     ({"cluster": "3"}, "`cluster` is a string"),
     ({"sim": "high"}, "`sim` is a string"),
     ({"sim": [0.5]}, "`sim` is a list"),
@@ -389,12 +498,24 @@ WRONG_TYPED = [  # fields that make a record unusable for --extra-columns (and t
 
 
 def test_pack_extra_columns_refuse_wrong_types_record_by_record(tmp_path):
-    good = [release_record(i) for i in range(3)] + [release_record(3, cluster=None, sim=None, tags=None, caption=None,
-                                                                   texts=[], syn_text=None, url="u" * 100_000)]
+    good = [release_record(i) for i in range(3)] + [
+        release_record(3, cluster=None, sim=None, tags=None, caption=None, texts=[], syn_text=None, url="u" * 100_000)
+    ]
     bad = [release_record(10 + i, **fields) for i, (fields, _) in enumerate(WRONG_TYPED)]
     stats, rejects = tmp_path / "stats.json", tmp_path / "rejects.jsonl"
-    proc = rsyn_here("pack", "--extra-columns", "-o", tmp_path / "out", "--on-error", "skip", "--stats", stats,
-                     "--rejects", rejects, input=jsonl(good + bad + [{"kind": 5}, {"kind": "image", "url": 5}]))
+    proc = rsyn_here(
+        "pack",
+        "--extra-columns",
+        "-o",
+        tmp_path / "out",
+        "--on-error",
+        "skip",
+        "--stats",
+        stats,
+        "--rejects",
+        rejects,
+        input=jsonl(good + bad + [{"kind": 5}, {"kind": "image", "url": 5}]),
+    )
     assert_clean(proc.stderr.decode(), proc.returncode)
     result = summary(stats)
     assert_accounted(result, len(good) + len(bad) + 2)
@@ -403,8 +524,13 @@ def test_pack_extra_columns_refuse_wrong_types_record_by_record(tmp_path):
     for (_, words), message in zip(WRONG_TYPED, messages):
         assert words in message, (words, message)
     for fields, words in WRONG_TYPED[:3]:  # fail mode: one line naming the record's line
-        proc = rsyn_here("pack", "--extra-columns", "-o", tmp_path / "failed",
-                         input=jsonl([release_record(0), release_record(1, **fields)]))
+        proc = rsyn_here(
+            "pack",
+            "--extra-columns",
+            "-o",
+            tmp_path / "failed",
+            input=jsonl([release_record(0), release_record(1, **fields)]),
+        )
         assert_clean(proc.stderr.decode(), proc.returncode, fail_mode=True)
         assert proc.stderr.decode().strip().splitlines()[-1].startswith(f"rsyn: error: <stdin>:2: {words}")
         assert not (tmp_path / "failed").exists()
@@ -422,8 +548,23 @@ def test_pack_webdataset_accounts_for_bad_images(files, tmp_path):
     records.append(release_record(90, path=7))
     expected["img090"] = "bad_path"
     stats, rejects = tmp_path / "stats.json", tmp_path / "rejects.jsonl"
-    proc = rsyn("pack", "--format", "webdataset", "--path-root", root, "-o", tmp_path / "wds", "--on-error", "skip",
-                "--stats", stats, "--rejects", rejects, input=jsonl(records), timeout=60)
+    proc = rsyn(
+        "pack",
+        "--format",
+        "webdataset",
+        "--path-root",
+        root,
+        "-o",
+        tmp_path / "wds",
+        "--on-error",
+        "skip",
+        "--stats",
+        stats,
+        "--rejects",
+        rejects,
+        input=jsonl(records),
+        timeout=60,
+    )
     assert_clean(proc.stderr.decode(), proc.returncode)
     result = summary(stats)
     assert_accounted(result, len(records))
@@ -438,8 +579,9 @@ def test_pack_webdataset_fail_mode_is_one_clean_line(files, tmp_path, name):
     """One real process: a tar writer left open under a closed file prints "Exception ignored ..." at exit."""
     records = [release_record(0, path=str(files["root"] / "good.jpg")), release_record(1, path=image_path(files, name))]
     run = rsyn if name == "page.jpg" else rsyn_here
-    proc = run("pack", "--format", "webdataset", "--path-root", files["root"], "-o", tmp_path / "wds",
-               input=jsonl(records))
+    proc = run(
+        "pack", "--format", "webdataset", "--path-root", files["root"], "-o", tmp_path / "wds", input=jsonl(records)
+    )
     assert_clean(proc.stderr.decode(), proc.returncode, fail_mode=True)
     assert proc.stderr.decode().strip().splitlines()[-1].startswith("rsyn: error: <stdin>:2: image of record 'img001'")
     assert os.listdir(tmp_path) == []  # no directory, no temporary twin

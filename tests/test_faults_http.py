@@ -9,10 +9,9 @@ Commands run in this process (the models load once); any exception other than th
 
 import time
 
+import faults
 import orjson
 import pytest
-
-import faults
 from conftest import jsonl, read_stream_file, rsyn_here
 from test_images import ImageServer, jpeg_bytes
 from test_llm import LoopbackLLMServer
@@ -85,11 +84,23 @@ def test_embed_through_http_faults(server, tiny_models, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_bytes(jsonl(records))
     out = tmp_path / "out.jsonl"
-    proc, err, summary, _ = _run(tmp_path, "embed", source, "-o", out, "--model", tiny_models["clip"],
-                                 "--workers", "16", "--allow-private-urls", *NET)
+    proc, err, summary, _ = _run(
+        tmp_path,
+        "embed",
+        source,
+        "-o",
+        out,
+        "--model",
+        tiny_models["clip"],
+        "--workers",
+        "16",
+        "--allow-private-urls",
+        *NET,
+    )
     assert proc.returncode == 0, err
-    assert summary["dropped"] == {reason: list(IMAGE_FAULTS.values()).count(reason)
-                                  for reason in set(IMAGE_FAULTS.values())}
+    assert summary["dropped"] == {
+        reason: list(IMAGE_FAULTS.values()).count(reason) for reason in set(IMAGE_FAULTS.values())
+    }
     assert summary["out"] == 4 and summary["errors"] == {} and _accounted(summary)
     # the downloads run side by side: the whole stage waits about one deadline (a retry included), no more
     assert summary["stage"]["embed_seconds"] < DEADLINE + MARGIN, summary["stage"]
@@ -111,15 +122,17 @@ def test_embed_stops_when_most_images_fail(server, tiny_models, tmp_path):
     args = ["embed", source, "-o", out, "--model", tiny_models["clip"], "--allow-private-urls", *NET]
     proc, err, _, _ = _run(tmp_path, *args)
     assert proc.returncode == 2 and not out.exists()
-    assert err.strip().splitlines()[-1] == ("rsyn: error: 90 of 120 images failed (75%), more than "
-                                            "--max-error-rate 0.5 allows; most often http_404 90")
+    assert err.strip().splitlines()[-1] == (
+        "rsyn: error: 90 of 120 images failed (75%), more than --max-error-rate 0.5 allows; most often http_404 90"
+    )
     proc, err, summary, _ = _run(tmp_path, *args, "--max-error-rate", "0.8")
     assert proc.returncode == 0 and summary["dropped"] == {"http_404": 90} and summary["out"] == 30
     # what img2dataset could not download failed before this run: not counted
     from test_images import write_img2dataset_tar
 
-    write_img2dataset_tar(tmp_path / "images", 0, [], with_parquet=True,
-                          failed=[(r["url"], "HTTP Error 404") for r in records])
+    write_img2dataset_tar(
+        tmp_path / "images", 0, [], with_parquet=True, failed=[(r["url"], "HTTP Error 404") for r in records]
+    )
     proc, err, summary, _ = _run(tmp_path, *args, "--images", tmp_path / "images")
     assert proc.returncode == 0 and summary["dropped"] == {"not_downloaded": 120}
 
@@ -131,8 +144,24 @@ def _captionable(i, url):
     return _image(i, url, texts=[{"id": f"t{i}", "text": f"A brown dog runs on the beach, day {i}.", "score": 0.3}])
 
 
-LIGHT = ["--max-tags", "0", "--captioner", "none", "--llm-backend", "openai", "--llm-model", "m",
-         "--llm-timeout", str(DEADLINE), "--llm-retries", "1", "--on-error", "skip", "--device", "cpu"]
+LIGHT = [
+    "--max-tags",
+    "0",
+    "--captioner",
+    "none",
+    "--llm-backend",
+    "openai",
+    "--llm-model",
+    "m",
+    "--llm-timeout",
+    str(DEADLINE),
+    "--llm-retries",
+    "1",
+    "--on-error",
+    "skip",
+    "--device",
+    "cpu",
+]
 
 
 def test_caption_fetches_images_through_http_faults(server, tiny_models, tmp_path):
@@ -143,10 +172,26 @@ def test_caption_fetches_images_through_http_faults(server, tiny_models, tmp_pat
     out = tmp_path / "out.jsonl"
     light = [a for a in LIGHT if a not in ("--captioner", "none")]
     with LoopbackLLMServer() as llm:
-        proc, err, summary, seconds = _run(tmp_path, "caption", source, "-o", out, *light, "--llm-url", llm.url,
-                                           "--captioner", tiny_models["captioner"], "--caption-beams", "1",
-                                           "--image-workers", "16", "--allow-private-urls", *NET,
-                                           "--rejects", tmp_path / "rejects.jsonl")
+        proc, err, summary, seconds = _run(
+            tmp_path,
+            "caption",
+            source,
+            "-o",
+            out,
+            *light,
+            "--llm-url",
+            llm.url,
+            "--captioner",
+            tiny_models["captioner"],
+            "--caption-beams",
+            "1",
+            "--image-workers",
+            "16",
+            "--allow-private-urls",
+            *NET,
+            "--rejects",
+            tmp_path / "rejects.jsonl",
+        )
     assert proc.returncode == 0, err
     assert summary["errors"] == {"bad_image": len(IMAGE_FAULTS)} and summary["out"] == 3 and _accounted(summary)
     assert summary["stage"]["seconds"]["caption"] < DEADLINE + MARGIN, summary["stage"]
@@ -186,8 +231,9 @@ def test_caption_through_llm_server_faults(fault, tmp_path):
     source.write_bytes(jsonl(records))
     out = tmp_path / "out.jsonl"
     with LoopbackLLMServer(fault=answer) as llm:
-        proc, err, summary, seconds = _run(tmp_path, "caption", source, "-o", out, *LIGHT, "--llm-url", llm.url,
-                                           "--llm-max-reply-bytes", "65536")
+        proc, err, summary, seconds = _run(
+            tmp_path, "caption", source, "-o", out, *LIGHT, "--llm-url", llm.url, "--llm-max-reply-bytes", "65536"
+        )
     assert proc.returncode == 0, err
     assert summary["errors"] == ({reason: 4} if reason else {}) and _accounted(summary)
     # two attempts of one --llm-timeout each, a backoff of at most 1 s between them, all requests side by side
@@ -202,9 +248,25 @@ def test_caption_stops_when_most_llm_calls_fail(tmp_path):
     source.write_bytes(jsonl(records))
     out = tmp_path / "out.jsonl"
     with LoopbackLLMServer(mode="500") as llm:
-        proc, err, _, _ = _run(tmp_path, "caption", source, "-o", out, *LIGHT, "--llm-url", llm.url,
-                               "--llm-retries", "0", "--batch-size", "16", "--llm-concurrency", "4")
+        proc, err, _, _ = _run(
+            tmp_path,
+            "caption",
+            source,
+            "-o",
+            out,
+            *LIGHT,
+            "--llm-url",
+            llm.url,
+            "--llm-retries",
+            "0",
+            "--batch-size",
+            "16",
+            "--llm-concurrency",
+            "4",
+        )
     assert proc.returncode == 2 and not out.exists()
     # checked after each batch of 4 x 4 records, once at least 100 were seen
-    assert err.strip().splitlines()[-1] == ("rsyn: error: 112 of 112 LLM generations failed (100%), more than "
-                                            "--max-error-rate 0.5 allows; most often llm_failed 112")
+    assert err.strip().splitlines()[-1] == (
+        "rsyn: error: 112 of 112 LLM generations failed (100%), more than "
+        "--max-error-rate 0.5 allows; most often llm_failed 112"
+    )

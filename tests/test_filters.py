@@ -34,10 +34,17 @@ def text(sentence):
 
 def test_image_size_boundaries():
     f = ImageSizeFilter()
-    records = [image(100, 100), image(99, 500), image(300, 100), image(301, 100), image(100, 300), image(100, 301),
-               image(3000, 1000), image()]
-    assert f.apply(records) == [None, "image_too_small", None, "image_bad_aspect", None, "image_bad_aspect",
-                                None, None]
+    records = [
+        image(100, 100),
+        image(99, 500),
+        image(300, 100),
+        image(301, 100),
+        image(100, 300),
+        image(100, 301),
+        image(3000, 1000),
+        image(),
+    ]
+    assert f.apply(records) == [None, "image_too_small", None, "image_bad_aspect", None, "image_bad_aspect", None, None]
     assert records[0]["scores"] == {"min_side": 100, "aspect": 1.0}
     assert records[3]["scores"]["aspect"] == pytest.approx(3.01)
     assert records[-1]["scores"] == {"size": "unknown"} and "width" not in records[-1]
@@ -45,7 +52,9 @@ def test_image_size_boundaries():
 
 def test_image_size_is_tunable():
     assert ImageSizeFilter(min_side=50, max_aspect=4).apply([image(60, 240), image(49, 100)]) == [
-        None, "image_too_small"]
+        None,
+        "image_too_small",
+    ]
 
 
 def test_word_count_boundaries():
@@ -59,28 +68,34 @@ def test_word_count_boundaries():
     assert words_of("Don't stop — it's 5 o'clock! 😀") == ["don't", "stop", "it's", "5", "o'clock"]
 
 
-@pytest.mark.parametrize("sentence,has", [
-    ("A dog plays in the garden 😀", True),
-    ("Flags 🇫🇷 on the wall", True),
-    ("A heart ❤️ drawn on sand", True),
-    ("Press 1️⃣ to continue", True),
-    ("Copyright © 2020 and ™ and ✓ are text symbols", False),
-    ("A plain sentence with numbers 123 and #tags", False),
-])
+@pytest.mark.parametrize(
+    "sentence,has",
+    [
+        ("A dog plays in the garden 😀", True),
+        ("Flags 🇫🇷 on the wall", True),
+        ("A heart ❤️ drawn on sand", True),
+        ("Press 1️⃣ to continue", True),
+        ("Copyright © 2020 and ™ and ✓ are text symbols", False),
+        ("A plain sentence with numbers 123 and #tags", False),
+    ],
+)
 def test_emoji(sentence, has):
     record = text(sentence)
     assert EmojiFilter().apply([record]) == ["has_emoji" if has else None]
     assert ("emoji" in record["scores"]) is has
 
 
-@pytest.mark.parametrize("sentence,url", [
-    ("See https://example.org/a?b=1 for details", "https://example.org/a?b=1"),
-    ("Visit www.shop.example now", "www.shop.example"),
-    ("Buy it on amazon.com today", "amazon.com"),
-    ("Mail us at info@photos.co.uk please", "photos.co.uk"),
-    ("The dog ran e.g. to the park at 5 p.m.", None),
-    ("A file named photo.jpg on a desk", None),
-])
+@pytest.mark.parametrize(
+    "sentence,url",
+    [
+        ("See https://example.org/a?b=1 for details", "https://example.org/a?b=1"),
+        ("Visit www.shop.example now", "www.shop.example"),
+        ("Buy it on amazon.com today", "amazon.com"),
+        ("Mail us at info@photos.co.uk please", "photos.co.uk"),
+        ("The dog ran e.g. to the park at 5 p.m.", None),
+        ("A file named photo.jpg on a desk", None),
+    ],
+)
 def test_url(sentence, url):
     record = text(sentence)
     assert UrlFilter().apply([record]) == ["has_url" if url else None]
@@ -95,17 +110,27 @@ def cat():
 
 
 def test_cat_complexity_and_action(cat):
-    records = [text(s) for s in [
-        "A dog runs on the beach.",            # dog -runs-> (on) beach: complexity 1, one action
-        "Two children play football in the park.",
-        "A red car parked near the station.",  # a verb in a reduced relative clause
-        "A red car.",                          # no verb
-        "The view from the top of the mountain at sunset.",  # objects and relations, no verb
-        "Click here to learn more.",           # imperative: no subject, no relation
-        "Buy now and save big on shoes",       # imperative: no subject, no relation
-    ]]
-    assert cat.apply(records) == [None, None, None, "cat_no_action", "cat_no_action", "cat_low_complexity",
-                                  "cat_low_complexity"]
+    records = [
+        text(s)
+        for s in [
+            "A dog runs on the beach.",  # dog -runs-> (on) beach: complexity 1, one action
+            "Two children play football in the park.",
+            "A red car parked near the station.",  # a verb in a reduced relative clause
+            "A red car.",  # no verb
+            "The view from the top of the mountain at sunset.",  # objects and relations, no verb
+            "Click here to learn more.",  # imperative: no subject, no relation
+            "Buy now and save big on shoes",  # imperative: no subject, no relation
+        ]
+    ]
+    assert cat.apply(records) == [
+        None,
+        None,
+        None,
+        "cat_no_action",
+        "cat_no_action",
+        "cat_low_complexity",
+        "cat_low_complexity",
+    ]
     assert records[0]["scores"]["cat"] == {"complexity": 1, "actions": 1}
     assert records[1]["scores"]["cat"]["complexity"] >= 2
     assert records[3]["scores"]["cat"] == {"complexity": 1, "actions": 0}
@@ -121,23 +146,26 @@ def test_cat_is_tunable(cat):
 
 # Sentences from real web pages that the parse used to get wrong (issue 17), with what CAT must say now.
 # (complexity lower bound, actions lower bound or exact 0)
-@pytest.mark.parametrize("sentence, min_complexity, has_action", [
-    # pronoun subjects and objects are scene-graph objects
-    ("It runs.", 1, True),
-    ("She loves him.", 1, True),
-    # a verb under xcomp takes its head's subject: He -round up-> bombers
-    ("He has promised to round up suicide bombers before they strike.", 1, True),
-    # ... or its head's direct object (the controller in Universal Dependencies): her -leave-> room
-    ("He asked her to leave the room.", 1, True),
-    # a numeral with a determiner is a noun phrase: we -pick-> eleven -for-> Test
-    ("we'll be picking the best possible eleven for the Sydney Test", 1, True),
-    # a conjoined verb takes the first verb's subject: man -walked into-> room
-    ("The man opened the door and walked into the room.", 1, True),
-    # a "verb" with a compound modifier is a misread noun: an object, no action
-    ("wheel covers with one hole", 1, False),
-    # a participle used as an adjective (amod) describes a state, not an action
-    ("Used cars for sale in Texas.", 1, False),
-])
+@pytest.mark.parametrize(
+    "sentence, min_complexity, has_action",
+    [
+        # pronoun subjects and objects are scene-graph objects
+        ("It runs.", 1, True),
+        ("She loves him.", 1, True),
+        # a verb under xcomp takes its head's subject: He -round up-> bombers
+        ("He has promised to round up suicide bombers before they strike.", 1, True),
+        # ... or its head's direct object (the controller in Universal Dependencies): her -leave-> room
+        ("He asked her to leave the room.", 1, True),
+        # a numeral with a determiner is a noun phrase: we -pick-> eleven -for-> Test
+        ("we'll be picking the best possible eleven for the Sydney Test", 1, True),
+        # a conjoined verb takes the first verb's subject: man -walked into-> room
+        ("The man opened the door and walked into the room.", 1, True),
+        # a "verb" with a compound modifier is a misread noun: an object, no action
+        ("wheel covers with one hole", 1, False),
+        # a participle used as an adjective (amod) describes a state, not an action
+        ("Used cars for sale in Texas.", 1, False),
+    ],
+)
 def test_cat_parse_fixes(cat, sentence, min_complexity, has_action):
     complexity, actions = cat.scores([sentence])[0]
     assert complexity >= min_complexity
@@ -228,20 +256,35 @@ def test_real_prose_funnel(tmp_path):
     from conftest import rsyn_here
 
     stats = tmp_path / "stats.json"
-    rsyn_here("extract", REAL_PROSE, "--ppl-model", "none", "-o", tmp_path / "out.jsonl.zst", "--stats", stats,
-              "--quiet", check=True)
+    rsyn_here(
+        "extract",
+        REAL_PROSE,
+        "--ppl-model",
+        "none",
+        "-o",
+        tmp_path / "out.jsonl.zst",
+        "--stats",
+        stats,
+        "--quiet",
+        check=True,
+    )
     funnel = json.loads(stats.read_text())
     dropped, sentences = funnel["dropped"], funnel["stage"]["sentences_in"]
     assert sentences == 2082
-    before_entropy = sum(dropped[r] for r in ("has_emoji", "has_url", "too_few_words", "too_many_words",
-                                               "cat_low_complexity", "cat_no_action"))
+    before_entropy = sum(
+        dropped[r]
+        for r in ("has_emoji", "has_url", "too_few_words", "too_many_words", "cat_low_complexity", "cat_no_action")
+    )
     shares = {
         "emoji, url, words and CAT, of all sentences": before_entropy / sentences,
         "CAT, of all sentences": (dropped["cat_low_complexity"] + dropped["cat_no_action"]) / sentences,
         "entropy >= 0.3, of what reaches it": dropped["low_entropy"] / (sentences - before_entropy),
     }
-    today = {"emoji, url, words and CAT, of all sentences": 0.186, "CAT, of all sentences": 0.157,
-             "entropy >= 0.3, of what reaches it": 0.245}
+    today = {
+        "emoji, url, words and CAT, of all sentences": 0.186,
+        "CAT, of all sentences": 0.157,
+        "entropy >= 0.3, of what reaches it": 0.245,
+    }
     for name, share in shares.items():
         assert abs(share - today[name]) <= 0.02, f"{name}: {share:.1%}, documented {today[name]:.1%}"
 
@@ -250,15 +293,19 @@ def test_extract_exposes_the_cat_parts(tmp_path):
     """--cat-min-complexity and --cat-require-action reach the filter (the paper's rule is the default)."""
     from conftest import rsyn_here
 
-    doc = {"url": "http://page", "image_info": [],
-           "text_list": ["A small house with a red roof.", "A dog runs on the beach."]}
+    doc = {
+        "url": "http://page",
+        "image_info": [],
+        "text_list": ["A small house with a red roof.", "A dog runs on the beach."],
+    }
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps(doc) + "\n")
 
     def kept(*options):
         out = tmp_path / "out.jsonl"
-        rsyn_here("extract", docs, "--filters", "words,cat", "--ppl-model", "none", "-o", out, "--quiet", *options,
-                  check=True)
+        rsyn_here(
+            "extract", docs, "--filters", "words,cat", "--ppl-model", "none", "-o", out, "--quiet", *options, check=True
+        )
         return [json.loads(line)["text"] for line in out.read_text().splitlines()]
 
     assert kept() == ["A dog runs on the beach."]  # the verbless caption has no action

@@ -13,8 +13,9 @@ CHECKS = ["clip_embed", "perplexity", "faiss_kmeans", "faiss_search", "captioner
 
 def test_without_cuda_every_line_is_skipped():
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}  # no GPU even on a GPU machine
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "rsyn GPU check on cuda"
@@ -26,10 +27,26 @@ def test_without_cuda_every_line_is_skipped():
 def test_every_check_runs_cpu_against_cpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     rows_file = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
-                           "--json", rows_file], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--json", rows_file],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status = {row["check"]: row["status"] for row in json.loads(rows_file.read_text())}
     assert status.pop("vllm").startswith("skipped")  # vLLM needs CUDA
-    assert status == {name: "ok" for name in ["build_models", "clip_embed", "clip_embed_speed", "perplexity",
-                                              "faiss_kmeans", "faiss_search", "captioner", "hf_llm"]}
+    assert status == {
+        name: "ok"
+        for name in [
+            "build_models",
+            "clip_embed",
+            "clip_embed_speed",
+            "perplexity",
+            "faiss_kmeans",
+            "faiss_search",
+            "captioner",
+            "hf_llm",
+        ]
+    }

@@ -45,9 +45,18 @@ def downloads(tmp_path_factory):
     from img2dataset import download
 
     try:
-        download(url_list=str(tmp / "urls.txt"), input_format="txt", output_format="parquet",
-                 output_folder=str(tmp / "parquet"), processes_count=1, thread_count=2, resize_mode="no",
-                 timeout=5, retries=0, enable_wandb=False)
+        download(
+            url_list=str(tmp / "urls.txt"),
+            input_format="txt",
+            output_format="parquet",
+            output_folder=str(tmp / "parquet"),
+            processes_count=1,
+            thread_count=2,
+            resize_mode="no",
+            timeout=5,
+            retries=0,
+            enable_wandb=False,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -83,8 +92,10 @@ def test_embed_and_pack_take_images_from_a_parquet_download(downloads, tmp_path)
 
     clip = build_tiny_clip(tmp_path / "clip", seed=0)
     folder, urls, _ = downloads
-    records = [{"id": f"img{i}", "kind": "image", "url": url, "texts": [{"id": "t", "text": "x", "score": 0.5}]}
-               for i, url in enumerate(urls)]
+    records = [
+        {"id": f"img{i}", "kind": "image", "url": url, "texts": [{"id": "t", "text": "x", "score": 0.5}]}
+        for i, url in enumerate(urls)
+    ]
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
     out = tmp_path / "out.jsonl.zst"
     proc = rsyn_here("embed", tmp_path / "in.jsonl", "--model", clip, "--images", folder, "-o", out, check=True)
@@ -97,12 +108,31 @@ def test_embed_and_pack_take_images_from_a_parquet_download(downloads, tmp_path)
         (tmp_path / f"{i}.jpg").write_bytes(images.get(url)[0])
     local = [{**r, "path": str(tmp_path / f"{i}.jpg")} for i, r in enumerate(records[:N_IMAGES])]
     (tmp_path / "local.jsonl").write_bytes(jsonl(local))
-    rsyn_here("embed", tmp_path / "local.jsonl", "--model", clip, "--path-root", tmp_path, "-o", tmp_path / "l.jsonl.zst",
-              check=True)
-    assert [{k: v for k, v in r.items() if k != "path"} for r in read_stream_file(tmp_path / "l.jsonl.zst")] \
-        == from_parquet
-    rsyn_here("pack", tmp_path / "in.jsonl", "--format", "webdataset", "--images", folder,
-              "-o", tmp_path / "packed", check=True)
+    rsyn_here(
+        "embed",
+        tmp_path / "local.jsonl",
+        "--model",
+        clip,
+        "--path-root",
+        tmp_path,
+        "-o",
+        tmp_path / "l.jsonl.zst",
+        check=True,
+    )
+    assert [
+        {k: v for k, v in r.items() if k != "path"} for r in read_stream_file(tmp_path / "l.jsonl.zst")
+    ] == from_parquet
+    rsyn_here(
+        "pack",
+        tmp_path / "in.jsonl",
+        "--format",
+        "webdataset",
+        "--images",
+        folder,
+        "-o",
+        tmp_path / "packed",
+        check=True,
+    )
 
 
 def test_a_folder_with_no_img2dataset_output_is_refused(tmp_path):
@@ -111,8 +141,7 @@ def test_a_folder_with_no_img2dataset_output_is_refused(tmp_path):
     for i in range(3):
         (plain / f"{i}.jpg").write_bytes(_jpeg(64, 64, i))
     records = [{"id": "a", "kind": "image", "url": "http://127.0.0.1:9/0.jpg"}]
-    proc = rsyn_here("pack", "--format", "webdataset", "--images", plain, "-o", tmp_path / "out",
-                     input=jsonl(records))
+    proc = rsyn_here("pack", "--format", "webdataset", "--images", plain, "-o", tmp_path / "out", input=jsonl(records))
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1, err
     assert err[0].startswith(f"rsyn: error: --images {plain}: no img2dataset output found in it (expected ")

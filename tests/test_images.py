@@ -8,11 +8,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import faults
 import numpy as np
 import pytest
 from PIL import Image
-
-import faults
 
 from rsyn.images import (
     DEFAULT_USER_AGENT,
@@ -141,7 +140,7 @@ class ImageServer:
             left = int(path.split("/")[2])
             return faults.redirect(h, f"/chain/{left - 1}" if left > 1 else "/img/a.jpg", status=301 + left % 2)
         if path.startswith("/to/"):  # /to/URL: a redirect there
-            return faults.redirect(h, path[len("/to/"):])
+            return faults.redirect(h, path[len("/to/") :])
         return self._send(h, 404, b"missing")
 
     @staticmethod
@@ -172,17 +171,30 @@ def write_img2dataset_tar(folder, shard, samples, with_parquet=False, failed=())
     with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
         for i, (url, data, original) in enumerate(samples):
             key = f"{shard:05d}{i:04d}"
-            meta = {"url": url, "key": key, "status": "success", "error_message": None,
-                    "original_width": original[0] if original else None,
-                    "original_height": original[1] if original else None}
+            meta = {
+                "url": url,
+                "key": key,
+                "status": "success",
+                "error_message": None,
+                "original_width": original[0] if original else None,
+                "original_height": original[1] if original else None,
+            }
             rows.append(meta)
             for suffix, payload in ((".jpg", data), (".txt", b"caption"), (".json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(key + suffix)
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
     for j, (url, message) in enumerate(failed):
-        rows.append({"url": url, "key": f"{shard:05d}{len(samples) + j:04d}", "status": "failed_to_download",
-                     "error_message": message, "original_width": None, "original_height": None})
+        rows.append(
+            {
+                "url": url,
+                "key": f"{shard:05d}{len(samples) + j:04d}",
+                "status": "failed_to_download",
+                "error_message": message,
+                "original_width": None,
+                "original_height": None,
+            }
+        )
     if with_parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -193,8 +205,19 @@ def write_img2dataset_tar(folder, shard, samples, with_parquet=False, failed=())
 # --------------------------------------------------------------------------- the size rule
 
 
-@pytest.mark.parametrize("w,h,ok", [(100, 100, True), (99, 500, False), (300, 100, True), (301, 100, False),
-                                    (100, 300, True), (100, 301, False), (4000, 3000, True), (1, 1, False)])
+@pytest.mark.parametrize(
+    "w,h,ok",
+    [
+        (100, 100, True),
+        (99, 500, False),
+        (300, 100, True),
+        (301, 100, False),
+        (100, 300, True),
+        (100, 301, False),
+        (4000, 3000, True),
+        (1, 1, False),
+    ],
+)
 def test_size_rule_matches_the_paper(w, h, ok):
     passes, min_side, aspect = size_rule(w, h)
     assert passes is ok and min_side == min(w, h) and aspect == pytest.approx(w / h)
@@ -256,14 +279,17 @@ def test_animation_gives_the_first_frame():
     assert r > 200 and b < 50
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"", "not_an_image"),
-    (b"<html>hello</html>", "not_an_image"),
-    (os.urandom(5000), "not_an_image"),
-    (jpeg_bytes(400, 300)[:600], "decode_failed"),  # header intact, scan data cut
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not_an_image"),  # a PNG signature, then nonsense
-    (png_bytes(Image.new("RGB", (300, 200), "red"))[:-40] + b"\1" * 40, "decode_failed"),  # corrupt data
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "not_an_image"),
+        (b"<html>hello</html>", "not_an_image"),
+        (os.urandom(5000), "not_an_image"),
+        (jpeg_bytes(400, 300)[:600], "decode_failed"),  # header intact, scan data cut
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not_an_image"),  # a PNG signature, then nonsense
+        (png_bytes(Image.new("RGB", (300, 200), "red"))[:-40] + b"\1" * 40, "decode_failed"),  # corrupt data
+    ],
+)
 def test_broken_bytes_raise_a_reason_not_a_crash(data, reason):
     with pytest.raises(ImageError) as err:
         decode_image(data)
@@ -296,15 +322,18 @@ def test_fetch_ok_redirect_and_retry(server, fetcher):
     assert server.hits["/flaky"] == 2
 
 
-@pytest.mark.parametrize("path,reason", [
-    ("/status/404", "http_404"),
-    ("/status/403", "http_403"),
-    ("/status/500", "http_500"),
-    ("/slow", "fetch_timeout"),
-    ("/drip", "fetch_timeout"),
-    ("/huge", "too_large"),
-    ("/huge-undeclared", "too_large"),
-])
+@pytest.mark.parametrize(
+    "path,reason",
+    [
+        ("/status/404", "http_404"),
+        ("/status/403", "http_403"),
+        ("/status/500", "http_500"),
+        ("/slow", "fetch_timeout"),
+        ("/drip", "fetch_timeout"),
+        ("/huge", "too_large"),
+        ("/huge-undeclared", "too_large"),
+    ],
+)
 def test_fetch_failures_have_reasons_and_end_in_time(server, fetcher, path, reason):
     start = time.perf_counter()
     with pytest.raises(ImageError) as err:
@@ -326,8 +355,15 @@ def test_fetch_refused_connection_and_bad_urls(fetcher):
     with pytest.raises(ImageError) as err:
         ImageLoader(fetcher=fetcher).load({"url": "ftp://example.com/x.jpg"})
     assert err.value.reason == "unsupported_url"
-    for url in ("http://", "http:///x", "http://[::1", "http://exa mple.com/", "http://host:99999/", "http://%00/",
-                "http://a\r\nb/"):
+    for url in (
+        "http://",
+        "http:///x",
+        "http://[::1",
+        "http://exa mple.com/",
+        "http://host:99999/",
+        "http://%00/",
+        "http://a\r\nb/",
+    ):
         with pytest.raises(ImageError) as err:
             fetcher.fetch(url)
         assert err.value.reason == "bad_url", (url, err.value)
@@ -408,12 +444,23 @@ def test_private_addresses_are_refused_before_any_connect(server, connects):
     fetcher = Fetcher(timeout=0.5, deadline=2.0, retries=2)  # the default: no private addresses
     port = server.base.rsplit(":", 1)[1]
     hits = dict(server.hits)
-    for url in (server.url("/img/a.jpg"), f"http://[::1]:{port}/img/a.jpg", "http://10.1.2.3/a.jpg",
-                "http://169.254.169.254/latest/meta-data/", f"http://[::ffff:127.0.0.1]:{port}/img/a.jpg",
-                "http://0.0.0.0/a.jpg", "http://224.0.0.1/a.jpg", "http://192.168.1.1/a.jpg",
-                "http://[fe80::1]/a.jpg", "http://100.64.0.1/a.jpg", f"http://localhost:{port}/img/a.jpg",
-                f"http://LOCALHOST:{port}/img/a.jpg", f"http://0x7f.1:{port}/img/a.jpg",
-                f"http://2130706433:{port}/img/a.jpg", f"http://127.1:{port}/img/a.jpg"):
+    for url in (
+        server.url("/img/a.jpg"),
+        f"http://[::1]:{port}/img/a.jpg",
+        "http://10.1.2.3/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        f"http://[::ffff:127.0.0.1]:{port}/img/a.jpg",
+        "http://0.0.0.0/a.jpg",
+        "http://224.0.0.1/a.jpg",
+        "http://192.168.1.1/a.jpg",
+        "http://[fe80::1]/a.jpg",
+        "http://100.64.0.1/a.jpg",
+        f"http://localhost:{port}/img/a.jpg",
+        f"http://LOCALHOST:{port}/img/a.jpg",
+        f"http://0x7f.1:{port}/img/a.jpg",
+        f"http://2130706433:{port}/img/a.jpg",
+        f"http://127.1:{port}/img/a.jpg",
+    ):
         error, seconds = _timed_failure(fetcher, url)
         assert error.reason == "private_address", (url, error)
         assert "address" in error.detail and seconds < 0.5
@@ -437,16 +484,37 @@ def test_every_redirect_hop_is_checked(server, connects, monkeypatch):
     fetcher.close()
 
 
-@pytest.mark.parametrize("address,refusal", [
-    ("8.8.8.8", None), ("93.184.216.34", None), ("2606:4700:4700::1111", None),
-    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
-    ("10.0.0.1", "private"), ("172.16.5.4", "private"), ("192.168.0.1", "private"), ("fc00::1", "private"),
-    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("fe80::1%2", "link-local"),
-    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
-    ("240.0.0.1", "reserved"), ("255.255.255.255", "reserved"), ("100.64.0.1", "non-global"),
-    ("::ffff:127.0.0.1", "loopback"), ("::ffff:10.0.0.1", "private"), ("::ffff:8.8.8.8", None),
-    ("2002:7f00:1::", "loopback"), ("64:ff9b::a00:1", "private"), ("64:ff9b::808:808", None),
-])
+@pytest.mark.parametrize(
+    "address,refusal",
+    [
+        ("8.8.8.8", None),
+        ("93.184.216.34", None),
+        ("2606:4700:4700::1111", None),
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.0.1", "private"),
+        ("fc00::1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("fe80::1%2", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "reserved"),
+        ("100.64.0.1", "non-global"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:8.8.8.8", None),
+        ("2002:7f00:1::", "loopback"),
+        ("64:ff9b::a00:1", "private"),
+        ("64:ff9b::808:808", None),
+    ],
+)
 def test_address_rule(address, refusal):
     from rsyn.net import address_refusal
 
@@ -508,8 +576,10 @@ def test_special_files_are_refused_without_reading_or_blocking(tmp_path):
     (a FIFO nobody writes to blocks open()) or eating the machine (/dev/zero has st_size 0 and never ends)."""
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    records = [{"path": path, "url": "http://127.0.0.1:9/never-fetched.jpg"} for path in (str(fifo), "/dev/zero",
-                                                                                          str(tmp_path))]
+    records = [
+        {"path": path, "url": "http://127.0.0.1:9/never-fetched.jpg"}
+        for path in (str(fifo), "/dev/zero", str(tmp_path))
+    ]
     assert _reasons_in_child("ImageLoader(root='/')", records) == ["not_a_regular_file"] * 3
 
 
@@ -529,9 +599,11 @@ def _reasons_in_child(loader: str, records: list[dict]) -> list[str]:
         "        loader.load(record)\n"
         "        print('loaded')\n"
         "    except ImageError as exc:\n"
-        "        print(exc.reason)\n")
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(records)], capture_output=True, text=True,
-                          timeout=30)
+        "        print(exc.reason)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(records)], capture_output=True, text=True, timeout=30
+    )
     return proc.stdout.split() or [proc.stderr]
 
 
@@ -541,9 +613,14 @@ def test_local_reads_are_capped_and_wrong_types_are_refused(tmp_path):
     with pytest.raises(ImageError) as err:
         loader.load({"path": str(tmp_path / "big.jpg")})
     assert err.value.reason == "too_large"
-    for record, reason in (({"path": 5}, "bad_path"), ({"path": ["a.jpg"]}, "bad_path"),
-                           ({"url": {"href": "x"}}, "bad_url"), ({"path": "a\x00b"}, "bad_path"), ({}, "no_source"),
-                           ({"path": None, "url": None}, "no_source")):
+    for record, reason in (
+        ({"path": 5}, "bad_path"),
+        ({"path": ["a.jpg"]}, "bad_path"),
+        ({"url": {"href": "x"}}, "bad_url"),
+        ({"path": "a\x00b"}, "bad_path"),
+        ({}, "no_source"),
+        ({"path": None, "url": None}, "no_source"),
+    ):
         with pytest.raises(ImageError) as err:
             loader.load(record)
         assert err.value.reason == reason, record
@@ -570,8 +647,9 @@ def test_img2dataset_folder_reads_are_bounded(tmp_path):
 def test_img2dataset_tars_are_found_by_url(tmp_path, with_parquet):
     samples = [(f"https://example.com/{i}.jpg", jpeg_bytes(120 + i, 130), None) for i in range(5)]
     samples.append(("https://example.com/resized.jpg", jpeg_bytes(256, 256), (1024, 2000)))
-    write_img2dataset_tar(tmp_path / "dl", 0, samples[:3], with_parquet,
-                          failed=[("https://example.com/dead.jpg", "HTTP Error 410: Gone")])
+    write_img2dataset_tar(
+        tmp_path / "dl", 0, samples[:3], with_parquet, failed=[("https://example.com/dead.jpg", "HTTP Error 410: Gone")]
+    )
     write_img2dataset_tar(tmp_path / "dl", 1, samples[3:], with_parquet)
     folder = ImageFolder(tmp_path / "dl")
     assert len(folder) == 6

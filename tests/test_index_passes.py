@@ -14,7 +14,6 @@ import time
 import numpy as np
 import orjson
 import pytest
-
 from conftest import decode_stream, jsonl, rsyn, rsyn_here
 from test_index_retrieve import DIM, clustered, image_records, sentence_records, unit
 
@@ -31,10 +30,36 @@ def corpus(tmp_path_factory):
     records.insert(100, {"id": "img", "kind": "image", "url": "u"})
     records[2000]["emb"] = "not base64 at all!!"
     (tmp / "s.jsonl").write_bytes(jsonl(records))
-    rsyn("index", tmp / "s.jsonl", "-o", tmp / "whole", "--clusters", "24", "--on-error", "skip", "-q",
-         "--device", "cpu", check=True)
-    rsyn("index", tmp / "s.jsonl", "-o", tmp / "whole_pq", "--clusters", "24", "--on-error", "skip", "-q",
-         "--max-memory", "100K", "--device", "cpu", check=True)
+    rsyn(
+        "index",
+        tmp / "s.jsonl",
+        "-o",
+        tmp / "whole",
+        "--clusters",
+        "24",
+        "--on-error",
+        "skip",
+        "-q",
+        "--device",
+        "cpu",
+        check=True,
+    )
+    rsyn(
+        "index",
+        tmp / "s.jsonl",
+        "-o",
+        tmp / "whole_pq",
+        "--clusters",
+        "24",
+        "--on-error",
+        "skip",
+        "-q",
+        "--max-memory",
+        "100K",
+        "--device",
+        "cpu",
+        check=True,
+    )
     queries = unit(vectors[rng.integers(0, 3000, 40)] + 0.3 * rng.normal(size=(40, DIM)) / np.sqrt(DIM) * 4)
     return {"tmp": tmp, "input": tmp / "s.jsonl", "queries": queries}
 
@@ -49,11 +74,23 @@ def run_passes(corpus, work, *, shards=4, adds=4, on_disk=False, extra=()):
     rsyn_here("index", "train", *parts, "-o", work / "train", "--clusters", "24", *extra, *common, check=True)
     added = [work / f"add-{k}" for k in range(adds)]
     for k, out in enumerate(added):
-        rsyn_here("index", "add", *parts, "--trained", work / "train", "--part", f"{k}/{adds}", "-o", out, *common,
-                  check=True)
+        rsyn_here(
+            "index", "add", *parts, "--trained", work / "train", "--part", f"{k}/{adds}", "-o", out, *common, check=True
+        )
     merged = [opt for out in added for opt in ("--added", out)]
-    rsyn_here("index", "merge", *parts, "--trained", work / "train", *merged, "-o", work / "index",
-              *(["--on-disk"] if on_disk else []), *common, check=True)
+    rsyn_here(
+        "index",
+        "merge",
+        *parts,
+        "--trained",
+        work / "train",
+        *merged,
+        "-o",
+        work / "index",
+        *(["--on-disk"] if on_disk else []),
+        *common,
+        check=True,
+    )
     return work / "index"
 
 
@@ -84,10 +121,12 @@ def test_on_disk_merge_retrieves_what_the_in_ram_index_retrieves(corpus, tmp_pat
     os.replace(index, moved)
     images = jsonl(image_records(corpus["queries"]))
     for nprobe in ("1", "8"):
-        ram = rsyn("retrieve", "--index", whole, "--nprobe", nprobe, "-q", "--device", "cpu", input=images,
-                   check=True).stdout
-        disk = rsyn("retrieve", "--index", moved, "--nprobe", nprobe, "-q", "--device", "cpu", input=images,
-                    check=True).stdout
+        ram = rsyn(
+            "retrieve", "--index", whole, "--nprobe", nprobe, "-q", "--device", "cpu", input=images, check=True
+        ).stdout
+        disk = rsyn(
+            "retrieve", "--index", moved, "--nprobe", nprobe, "-q", "--device", "cpu", input=images, check=True
+        ).stdout
         assert disk == ram and len(decode_stream(disk)) == 40
 
 
@@ -96,8 +135,7 @@ def test_whole_index_refuses_a_shard_and_passes_refuse_mismatched_directories(co
     assert proc.returncode == 2
     line = proc.stderr.decode().strip().splitlines()[-1]
     assert line.startswith("rsyn: error: rsyn index builds one index from the whole corpus and takes no --shard")
-    for name in ("rsyn index collect --shard K/N", "rsyn index train", "rsyn index add --part K/N",
-                 "rsyn index merge"):
+    for name in ("rsyn index collect --shard K/N", "rsyn index train", "rsyn index add --part K/N", "rsyn index merge"):
         assert name in line
     assert not (tmp_path / "x").exists()
 
@@ -112,16 +150,19 @@ def test_whole_index_refuses_a_shard_and_passes_refuse_mismatched_directories(co
         assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
         return proc.stderr.decode().strip().splitlines()[-1]
 
-    assert "was trained on other collect parts" in error("add", b, a, "--trained", tmp_path / "t", "-o",
-                                                         tmp_path / "add")
-    rsyn_here("index", "add", a, b, "--trained", tmp_path / "t", "--part", "0/2", "-o", tmp_path / "add0", *common,
-              check=True)
-    assert "the add directories cover 1 parts" in error("merge", a, b, "--trained", tmp_path / "t", "--added",
-                                                        tmp_path / "add0", "-o", tmp_path / "idx")
-    assert "not a finished index collect part (no part.json" in error("train", a, tmp_path / "t", "-o",
-                                                                       tmp_path / "t2")
-    assert "--part '2/2': need 0 <= K < N" in error("add", a, b, "--trained", tmp_path / "t", "--part", "2/2",
-                                                    "-o", tmp_path / "add9")
+    assert "was trained on other collect parts" in error(
+        "add", b, a, "--trained", tmp_path / "t", "-o", tmp_path / "add"
+    )
+    rsyn_here(
+        "index", "add", a, b, "--trained", tmp_path / "t", "--part", "0/2", "-o", tmp_path / "add0", *common, check=True
+    )
+    assert "the add directories cover 1 parts" in error(
+        "merge", a, b, "--trained", tmp_path / "t", "--added", tmp_path / "add0", "-o", tmp_path / "idx"
+    )
+    assert "not a finished index collect part (no part.json" in error("train", a, tmp_path / "t", "-o", tmp_path / "t2")
+    assert "--part '2/2': need 0 <= K < N" in error(
+        "add", a, b, "--trained", tmp_path / "t", "--part", "2/2", "-o", tmp_path / "add9"
+    )
     assert not (tmp_path / "idx").exists() and not (tmp_path / "t2").exists()
 
 
@@ -130,11 +171,14 @@ def test_dead_runs_temporaries_are_removed_and_others_spared(tmp_path):
 
     dead = _dead_pid()
     host = socket.gethostname()
-    names = {f".idx.rsyn-tmp-{host}-{dead}": True, f".idx.replaced.rsyn-tmp-{host}-{dead}": False,
-             f".idx.rsyn-tmp-{dead}": True,  # the older form without a host name
-             f".idx.rsyn-tmp-{host}-{os.getpid()}": False,  # alive: this test
-             f".idx.rsyn-tmp-otherhost-{dead}": False,  # another host's: its pid means nothing here
-             f".other.rsyn-tmp-{host}-{dead}": False}  # another target's
+    names = {
+        f".idx.rsyn-tmp-{host}-{dead}": True,
+        f".idx.replaced.rsyn-tmp-{host}-{dead}": False,
+        f".idx.rsyn-tmp-{dead}": True,  # the older form without a host name
+        f".idx.rsyn-tmp-{host}-{os.getpid()}": False,  # alive: this test
+        f".idx.rsyn-tmp-otherhost-{dead}": False,  # another host's: its pid means nothing here
+        f".other.rsyn-tmp-{host}-{dead}": False,
+    }  # another target's
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "ivf.faiss").write_bytes(b"x" * 10)
@@ -154,8 +198,23 @@ def test_a_killed_index_build_leaves_litter_that_the_next_run_removes(tmp_path):
     vectors, _ = clustered(rng, 60000, clusters=50)
     (tmp_path / "s.jsonl").write_bytes(jsonl(sentence_records(vectors)))
     target = tmp_path / "idx"
-    proc = subprocess.Popen([sys.executable, "-m", "rsyn", "index", str(tmp_path / "s.jsonl"), "-o", str(target),
-                             "--clusters", "50", "-q", "--device", "cpu"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rsyn",
+            "index",
+            str(tmp_path / "s.jsonl"),
+            "-o",
+            str(target),
+            "--clusters",
+            "50",
+            "-q",
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".idx.rsyn-tmp-*/.passes/collect/vectors.f16")):  # mid-build
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
@@ -181,9 +240,31 @@ def test_parts_collected_from_separate_files_are_concatenated_in_the_order_given
     for file, part in zip(files, parts):
         rsyn_here("index", "collect", file, "-o", part, *common, check=True)
     rsyn_here("index", "train", *parts, "-o", tmp_path / "train", "--clusters", "24", *common, check=True)
-    rsyn_here("index", "add", *parts, "--trained", tmp_path / "train", "--part", "0/1", "-o", tmp_path / "add",
-              *common, check=True)
-    rsyn_here("index", "merge", *parts, "--trained", tmp_path / "train", "--added", tmp_path / "add", "-o",
-              tmp_path / "index", *common, check=True)
+    rsyn_here(
+        "index",
+        "add",
+        *parts,
+        "--trained",
+        tmp_path / "train",
+        "--part",
+        "0/1",
+        "-o",
+        tmp_path / "add",
+        *common,
+        check=True,
+    )
+    rsyn_here(
+        "index",
+        "merge",
+        *parts,
+        "--trained",
+        tmp_path / "train",
+        "--added",
+        tmp_path / "add",
+        "-o",
+        tmp_path / "index",
+        *common,
+        check=True,
+    )
     for name in INDEX_FILES:
         assert (tmp_path / "index" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

@@ -5,8 +5,8 @@ import sqlite3
 import numpy as np
 import orjson
 import pytest
-
 from conftest import decode_stream, jsonl, read_stream_file, rsyn
+
 from rsyn.records import decode_embeddings, encode_embeddings
 from rsyn.stages.index import file_checksum
 
@@ -21,15 +21,36 @@ def unit(x):
 
 def sentence_records(vectors, model=MODEL, start=0):
     embs = encode_embeddings(vectors)
-    return [{"id": f"s{start + i:05d}", "kind": "text", "doc": f"doc{(start + i) // 7}", "pos": i % 7,
-             "text": f"sentence number {start + i}", "scores": {"words": 3}, "emb": e, "emb_model": model}
-            for i, e in enumerate(embs)]
+    return [
+        {
+            "id": f"s{start + i:05d}",
+            "kind": "text",
+            "doc": f"doc{(start + i) // 7}",
+            "pos": i % 7,
+            "text": f"sentence number {start + i}",
+            "scores": {"words": 3},
+            "emb": e,
+            "emb_model": model,
+        }
+        for i, e in enumerate(embs)
+    ]
 
 
 def image_records(vectors, model=MODEL):
     embs = encode_embeddings(vectors)
-    return [{"id": f"img{i:04d}", "kind": "image", "doc": f"page{i}", "url": f"http://x/{i}.jpg", "width": 640,
-             "custom_field": [i, "kept"], "emb": e, "emb_model": model} for i, e in enumerate(embs)]
+    return [
+        {
+            "id": f"img{i:04d}",
+            "kind": "image",
+            "doc": f"page{i}",
+            "url": f"http://x/{i}.jpg",
+            "width": 640,
+            "custom_field": [i, "kept"],
+            "emb": e,
+            "emb_model": model,
+        }
+        for i, e in enumerate(embs)
+    ]
 
 
 def clustered(rng, n, clusters=40, dim=DIM, spread=0.35):
@@ -67,10 +88,18 @@ def planted(tmp_path_factory):
     mixed = sentences[:1000] + [{"id": "stray-image", "kind": "image", "url": "u"}] + sentences[1000:]
     (tmp / "sentences.jsonl").write_bytes(jsonl(mixed))
     index = tmp / "index"
-    proc = rsyn("index", tmp / "sentences.jsonl", "-o", index, "--clusters", "30", "--stats", tmp / "stats.json",
-                check=True)
-    return {"tmp": tmp, "index": index, "sentences": sentences, "queries": queries, "rows": planted_rows,
-            "cosines": cosines, "stderr": proc.stderr.decode()}
+    proc = rsyn(
+        "index", tmp / "sentences.jsonl", "-o", index, "--clusters", "30", "--stats", tmp / "stats.json", check=True
+    )
+    return {
+        "tmp": tmp,
+        "index": index,
+        "sentences": sentences,
+        "queries": queries,
+        "rows": planted_rows,
+        "cosines": cosines,
+        "stderr": proc.stderr.decode(),
+    }
 
 
 def test_retrieve_returns_planted_neighbours_first_with_descending_cosines(planted):
@@ -154,8 +183,9 @@ def test_ivf_recall_against_exact_search_on_clustered_data(tmp_path):
     assert orjson.loads((tmp_path / "default" / "meta.json").read_bytes())["clusters"] == 14  # 6000 / 420
     assert recall(tmp_path / "default", "--nprobe", "14") == 1.0  # visiting every cluster is exact search
 
-    rsyn("index", tmp_path / "s.jsonl", "-o", tmp_path / "fine", "--clusters", "100", "--device", "cpu", "-q",
-         check=True)
+    rsyn(
+        "index", tmp_path / "s.jsonl", "-o", tmp_path / "fine", "--clusters", "100", "--device", "cpu", "-q", check=True
+    )
     paper, default = recall(tmp_path / "fine", "--nprobe", "1"), recall(tmp_path / "fine")
     assert default >= 0.95  # the default --nprobe
     assert paper < 0.9  # one cluster misses neighbours across cluster borders
@@ -176,17 +206,39 @@ def test_retrieve_refuses_another_model(planted, tmp_path):
     images = image_records(planted["queries"][:3])
     images[1]["emb_model"] = "some-other-clip"
     (tmp_path / "images.jsonl").write_bytes(jsonl(images))
-    proc = rsyn("retrieve", "--index", planted["index"], tmp_path / "images.jsonl", "-o", tmp_path / "out.zst",
-                "--device", "cpu")
+    proc = rsyn(
+        "retrieve",
+        "--index",
+        planted["index"],
+        tmp_path / "images.jsonl",
+        "-o",
+        tmp_path / "out.zst",
+        "--device",
+        "cpu",
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(f"rsyn: error: {tmp_path / 'images.jsonl'}:2: image embedding "
-                                                   f"from model 'some-other-clip'")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"rsyn: error: {tmp_path / 'images.jsonl'}:2: image embedding from model 'some-other-clip'")
+    )
     assert MODEL in err
     assert not (tmp_path / "out.zst").exists()
     # skipping it instead: counted, logged, the others retrieved
-    proc = rsyn("retrieve", "--index", planted["index"], tmp_path / "images.jsonl", "--on-error", "skip",
-                "--rejects", tmp_path / "rejects.jsonl", "--device", "cpu", check=True)
+    proc = rsyn(
+        "retrieve",
+        "--index",
+        planted["index"],
+        tmp_path / "images.jsonl",
+        "--on-error",
+        "skip",
+        "--rejects",
+        tmp_path / "rejects.jsonl",
+        "--device",
+        "cpu",
+        check=True,
+    )
     assert [r["id"] for r in decode_stream(proc.stdout)] == ["img0000", "img0002"]
     assert "1 skipped errors (model_mismatch 1)" in proc.stderr.decode()
     assert read_stream_file(tmp_path / "rejects.jsonl")[0]["record"]["id"] == "img0001"
@@ -199,8 +251,12 @@ def test_index_refuses_mixed_models_and_bad_embeddings(tmp_path):
     (tmp_path / "mixed.jsonl").write_bytes(jsonl(records))
     proc = rsyn("index", tmp_path / "mixed.jsonl", "-o", tmp_path / "idx", "--device", "cpu")
     assert proc.returncode == 2
-    assert proc.stderr.decode().strip().splitlines()[-1].startswith(
-        f"rsyn: error: {tmp_path / 'mixed.jsonl'}:11: embedding from model 'other'")
+    assert (
+        proc.stderr.decode()
+        .strip()
+        .splitlines()[-1]
+        .startswith(f"rsyn: error: {tmp_path / 'mixed.jsonl'}:11: embedding from model 'other'")
+    )
     assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx*"))  # nothing left behind
 
     records[10]["emb_model"] = MODEL
@@ -210,8 +266,19 @@ def test_index_refuses_mixed_models_and_bad_embeddings(tmp_path):
     proc = rsyn("index", tmp_path / "bad.jsonl", "-o", tmp_path / "idx", "--device", "cpu")
     assert proc.returncode == 2
     assert f"{tmp_path / 'bad.jsonl'}:31: text record has no embedding" in proc.stderr.decode()
-    proc = rsyn("index", tmp_path / "bad.jsonl", "-o", tmp_path / "idx", "--device", "cpu", "--on-error", "skip",
-                "--stats", tmp_path / "stats.json", check=True)
+    proc = rsyn(
+        "index",
+        tmp_path / "bad.jsonl",
+        "-o",
+        tmp_path / "idx",
+        "--device",
+        "cpu",
+        "--on-error",
+        "skip",
+        "--stats",
+        tmp_path / "stats.json",
+        check=True,
+    )
     stats = orjson.loads((tmp_path / "stats.json").read_bytes())
     assert stats["errors"] == {"missing_emb": 1, "bad_emb": 1} and stats["stage"]["indexed"] == 48
     db = sqlite3.connect(tmp_path / "idx" / "sentences.sqlite")
@@ -235,13 +302,25 @@ def _flip_list_bytes(index):
     """Overwrite bytes inside the inverted lists of ivf.faiss (same size), as a bad disk or copy would."""
     data = bytearray((index / "ivf.faiss").read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 64] = b"\x7f" * 64  # float32 0x7f7f7f7f: about 3.4e38
+    data[middle : middle + 64] = b"\x7f" * 64  # float32 0x7f7f7f7f: about 3.4e38
     (index / "ivf.faiss").write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["no_meta", "truncated_index", "garbage_index", "bad_meta", "sqlite_rows",
-                                    "not_a_dir", "flipped_bytes", "flipped_bytes_unverified", "foreign_file",
-                                    "bad_file_entry"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "no_meta",
+        "truncated_index",
+        "garbage_index",
+        "bad_meta",
+        "sqlite_rows",
+        "not_a_dir",
+        "flipped_bytes",
+        "flipped_bytes_unverified",
+        "foreign_file",
+        "bad_file_entry",
+    ],
+)
 def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, damage):
     index = _copy_index(planted["index"], tmp_path / "idx")
     options = []
@@ -272,8 +351,10 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
         db.commit()
         db.close()
         meta = orjson.loads((index / "meta.json").read_bytes())
-        meta["files"]["sentences.sqlite"] = {"bytes": (index / "sentences.sqlite").stat().st_size,
-                                             "xxh3_128": file_checksum(index / "sentences.sqlite")}
+        meta["files"]["sentences.sqlite"] = {
+            "bytes": (index / "sentences.sqlite").stat().st_size,
+            "xxh3_128": file_checksum(index / "sentences.sqlite"),
+        }
         (index / "meta.json").write_bytes(orjson.dumps(meta))
         expect = "sentences.sqlite has"
     elif damage in ("foreign_file", "bad_file_entry"):
@@ -288,8 +369,9 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
     else:
         index = tmp_path / "missing"
         expect = "no such index directory"
-    proc = rsyn("retrieve", "--index", index, "--device", "cpu", *options,
-                input=jsonl(image_records(planted["queries"][:2])))
+    proc = rsyn(
+        "retrieve", "--index", index, "--device", "cpu", *options, input=jsonl(image_records(planted["queries"][:2]))
+    )
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
     assert err[-1].startswith(f"rsyn: error: {index}") and expect in err[-1], err
@@ -297,21 +379,36 @@ def test_incomplete_or_corrupt_index_is_refused_in_one_line(planted, tmp_path, d
 
 def test_pq_lists_under_a_memory_budget_rerank_to_exact_cosines(planted, tmp_path):
     # 3060 x 64-d float32 lists need ~0.8 MB; a 90 KB budget forces 16-byte PQ codes (24 would not fit)
-    rsyn("index", planted["tmp"] / "sentences.jsonl", "-o", tmp_path / "pq", "--clusters", "30",
-         "--max-memory", "90K", "--device", "cpu", "-q", check=True)
+    rsyn(
+        "index",
+        planted["tmp"] / "sentences.jsonl",
+        "-o",
+        tmp_path / "pq",
+        "--clusters",
+        "30",
+        "--max-memory",
+        "90K",
+        "--device",
+        "cpu",
+        "-q",
+        check=True,
+    )
     meta = orjson.loads((tmp_path / "pq" / "meta.json").read_bytes())
     assert meta["index_type"] == "ivf_pq" and meta["parameters"]["pq_bytes"] == 16
     assert meta["layout"]["chosen_by"] == "--max-memory 90K" and meta["layout"]["memory_budget_bytes"] == 90 << 10
     assert (tmp_path / "pq" / "vectors.npy").exists()
     queries = jsonl(image_records(planted["queries"]))
-    flat = decode_stream(rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries,
-                              check=True).stdout)
-    pq = decode_stream(rsyn("retrieve", "--index", tmp_path / "pq", "-q", "--device", "cpu", input=queries,
-                            check=True).stdout)
+    flat = decode_stream(
+        rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries, check=True).stdout
+    )
+    pq = decode_stream(
+        rsyn("retrieve", "--index", tmp_path / "pq", "-q", "--device", "cpu", input=queries, check=True).stdout
+    )
     assert [r["texts"] for r in pq] == [r["texts"] for r in flat]  # re-ranked: same texts, same exact scores
 
-    too_small = rsyn("index", planted["tmp"] / "sentences.jsonl", "-o", tmp_path / "no", "--max-memory", "10K",
-                     "--device", "cpu")
+    too_small = rsyn(
+        "index", planted["tmp"] / "sentences.jsonl", "-o", tmp_path / "no", "--max-memory", "10K", "--device", "cpu"
+    )
     assert too_small.returncode == 2 and "--max-memory 0.00 GiB is too small" in too_small.stderr.decode()
 
 
@@ -319,17 +416,37 @@ def test_distinct_skips_near_identical_texts(tmp_path):
     rng = np.random.default_rng(3)
     query = unit(rng.normal(size=DIM))
     noise = unit(rng.normal(size=(4, DIM)))
-    near = [unit(0.95 * query + 0.31 * noise[0]), unit(0.95 * query + 0.31 * noise[0] + 0.005 * noise[1]),
-            unit(0.9 * query + 0.43 * noise[2]), unit(0.85 * query + 0.52 * noise[3])]
+    near = [
+        unit(0.95 * query + 0.31 * noise[0]),
+        unit(0.95 * query + 0.31 * noise[0] + 0.005 * noise[1]),
+        unit(0.9 * query + 0.43 * noise[2]),
+        unit(0.85 * query + 0.52 * noise[3]),
+    ]
     far = unit(rng.normal(size=(500, DIM)) - 2 * query)
     (tmp_path / "s.jsonl").write_bytes(jsonl(sentence_records(np.concatenate([near, far]))))
-    rsyn("index", tmp_path / "s.jsonl", "-o", tmp_path / "idx", "--clusters", "4", "-q", "--device", "cpu",
-         check=True)
+    rsyn("index", tmp_path / "s.jsonl", "-o", tmp_path / "idx", "--clusters", "4", "-q", "--device", "cpu", check=True)
     images = jsonl(image_records(query[None, :]))
-    plain = decode_stream(rsyn("retrieve", "--index", tmp_path / "idx", "--nprobe", "4", "-q", "--device", "cpu",
-                               input=images, check=True).stdout)[0]["texts"]
-    distinct = decode_stream(rsyn("retrieve", "--index", tmp_path / "idx", "--nprobe", "4", "--distinct", "0.99",
-                                  "-q", "--device", "cpu", input=images, check=True).stdout)[0]["texts"]
+    plain = decode_stream(
+        rsyn(
+            "retrieve", "--index", tmp_path / "idx", "--nprobe", "4", "-q", "--device", "cpu", input=images, check=True
+        ).stdout
+    )[0]["texts"]
+    distinct = decode_stream(
+        rsyn(
+            "retrieve",
+            "--index",
+            tmp_path / "idx",
+            "--nprobe",
+            "4",
+            "--distinct",
+            "0.99",
+            "-q",
+            "--device",
+            "cpu",
+            input=images,
+            check=True,
+        ).stdout
+    )[0]["texts"]
     assert sorted(t["id"] for t in plain[:2]) == ["s00000", "s00001"]  # the near-identical pair
     assert len(distinct) == 3 and [t["id"] for t in distinct][1:] == ["s00002", "s00003"]
     assert distinct[0]["id"] in ("s00000", "s00001")
@@ -361,8 +478,19 @@ def test_bad_image_embeddings_are_named_or_skipped(planted, tmp_path):
     proc = rsyn("retrieve", "--index", planted["index"], path, "--device", "cpu")
     assert proc.returncode == 2
     assert proc.stderr.decode().strip().splitlines()[-1].startswith(f"rsyn: error: {path}:4: image record has no")
-    proc = rsyn("retrieve", "--index", planted["index"], path, "--device", "cpu", "--on-error", "skip",
-                "--stats", tmp_path / "stats.json", check=True)
+    proc = rsyn(
+        "retrieve",
+        "--index",
+        planted["index"],
+        path,
+        "--device",
+        "cpu",
+        "--on-error",
+        "skip",
+        "--stats",
+        tmp_path / "stats.json",
+        check=True,
+    )
     assert [r["id"] for r in decode_stream(proc.stdout)] == ["img0000"]
     stats = orjson.loads((tmp_path / "stats.json").read_bytes())
     assert stats["errors"] == {"missing_emb": 1, "bad_emb": 2} and stats["stage"]["images"] == 1
@@ -396,10 +524,12 @@ def _faiss_gpus():
 @pytest.mark.skipif(_faiss_gpus() == 0, reason="needs faiss-gpu and a CUDA device")
 def test_gpu_search_agrees_with_cpu(planted):
     queries = jsonl(image_records(planted["queries"]))
-    cpu = decode_stream(rsyn("retrieve", "--index", planted["index"], "--device", "cpu", "-q", input=queries,
-                             check=True).stdout)
-    gpu = decode_stream(rsyn("retrieve", "--index", planted["index"], "--device", "cuda", "-q", input=queries,
-                             check=True).stdout)
+    cpu = decode_stream(
+        rsyn("retrieve", "--index", planted["index"], "--device", "cpu", "-q", input=queries, check=True).stdout
+    )
+    gpu = decode_stream(
+        rsyn("retrieve", "--index", planted["index"], "--device", "cuda", "-q", input=queries, check=True).stdout
+    )
     for a, b in zip(cpu, gpu):
         assert [t["id"] for t in a["texts"]] == [t["id"] for t in b["texts"]]
         np.testing.assert_allclose([t["score"] for t in a["texts"]], [t["score"] for t in b["texts"]], atol=1e-4)

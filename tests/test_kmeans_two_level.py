@@ -24,7 +24,7 @@ def test_two_level_objective_is_within_3_percent_of_flat_and_deterministic():
     # 1,000 true topics cut by only 32 coarse cells: without the refinement iterations over the whole
     # sample, two-level k-means is 26% worse than flat here
     data = clustered(30 * 1024 + 4000, 64, 1000, seed=0, noise=0.7)
-    x, held_out = data[:30 * 1024], data[30 * 1024:]
+    x, held_out = data[: 30 * 1024], data[30 * 1024 :]
     flat = train_kmeans(x, 1024, seed=3, niter=20, max_points_per_centroid=30, two_level=False)
     two = train_kmeans(x, 1024, seed=3, niter=20, max_points_per_centroid=30, two_level=True)
     assert two.shape == flat.shape == (1024, 64) and two.dtype == np.float32

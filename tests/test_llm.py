@@ -6,15 +6,15 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import faults
 import pytest
 
-import faults
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 from rsyn.llm import HFBackend, OpenAIBackend, Sampling, clean_generation, normalize_base_url, open_backend
 from rsyn.prompts import ANSWER_CUE, DEFAULT_INSTRUCTION, PromptTemplate
 
-
 # --------------------------------------------------------------------------- the loopback server
+
 
 def fused_reply(user: str) -> str:
     """What the loopback 'model' answers: a chatty, quoted, labelled reply built from the inputs it got."""
@@ -80,8 +80,9 @@ class LoopbackLLMServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     number = len(server.requests)
-                    server.requests.append({"path": self.path, "body": body,
-                                            "authorization": self.headers.get("Authorization")})
+                    server.requests.append(
+                        {"path": self.path, "body": body, "authorization": self.headers.get("Authorization")}
+                    )
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -112,12 +113,22 @@ class LoopbackLLMServer:
                 chat = self.path.endswith("/chat/completions")
                 user = body["messages"][-1]["content"] if chat else body["prompt"].rsplit("\n\n", 1)[-1]
                 content = "" if mode == "empty" else fused_reply(user)
-                choice = {"index": 0, "finish_reason": "stop",
-                          **({"message": {"role": "assistant", "content": content}} if chat else {"text": content})}
-                reply = {"id": f"r{number}", "object": "chat.completion" if chat else "text_completion",
-                         "model": body.get("model"), "choices": [choice],
-                         "usage": {"prompt_tokens": 50, "completion_tokens": len(content.split()),
-                                   "total_tokens": 50 + len(content.split())}}
+                choice = {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    **({"message": {"role": "assistant", "content": content}} if chat else {"text": content}),
+                }
+                reply = {
+                    "id": f"r{number}",
+                    "object": "chat.completion" if chat else "text_completion",
+                    "model": body.get("model"),
+                    "choices": [choice],
+                    "usage": {
+                        "prompt_tokens": 50,
+                        "completion_tokens": len(content.split()),
+                        "total_tokens": 50 + len(content.split()),
+                    },
+                }
                 self._send(200, json.dumps(reply).encode())
 
         class Server(ThreadingHTTPServer):
@@ -146,9 +157,17 @@ def prompts(n=6, caption="a dog on a beach", tags=("dog", "beach")):
 
 
 def backend(server, **kw):
-    return OpenAIBackend(kw.pop("model", None), Sampling(max_tokens=32), server.url, api=kw.pop("api", "chat"),
-                         concurrency=kw.pop("concurrency", 4), timeout=kw.pop("timeout", 5.0),
-                         retries=kw.pop("retries", 2), backoff=kw.pop("backoff", 0.01), **kw)
+    return OpenAIBackend(
+        kw.pop("model", None),
+        Sampling(max_tokens=32),
+        server.url,
+        api=kw.pop("api", "chat"),
+        concurrency=kw.pop("concurrency", 4),
+        timeout=kw.pop("timeout", 5.0),
+        retries=kw.pop("retries", 2),
+        backoff=kw.pop("backoff", 0.01),
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible backend
@@ -172,7 +191,8 @@ def test_server_backend_speaks_both_protocols(api):
         assert first["path"] == "/v1/chat/completions"
         assert first["body"]["messages"][0] == {"role": "system", "content": DEFAULT_INSTRUCTION}
         assert first["body"]["messages"][1]["content"] == (
-            "Raw text: Rex the dog plays in Brighton, photo 0.\nCaption: a dog on a beach\nTags: dog, beach")
+            "Raw text: Rex the dog plays in Brighton, photo 0.\nCaption: a dog on a beach\nTags: dog, beach"
+        )
     else:
         assert first["path"] == "/v1/completions"
         assert first["body"]["prompt"].endswith(f"Tags: dog, beach\n{ANSWER_CUE}") and first["body"]["stop"]
@@ -288,8 +308,14 @@ def test_a_huge_reply_is_never_read_whole(shape):
     import tracemalloc
 
     sent = []
-    fault = lambda h, n: sent.append(faults.stream_huge(h, chunked=shape == "chunked", declared=shape == "declared",
-                                                        content_type="application/json"))  # noqa: E731
+
+    def fault(h, n):
+        sent.append(
+            faults.stream_huge(
+                h, chunked=shape == "chunked", declared=shape == "declared", content_type="application/json"
+            )
+        )
+
     with LoopbackLLMServer(fault=fault) as server:
         llm = backend(server, model="m", retries=2, max_reply_bytes=1 << 20)
         tracemalloc.start()
@@ -304,23 +330,26 @@ def test_a_huge_reply_is_never_read_whole(shape):
     assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("body,why", [
-    (_chat("A dog.", usage={"completion_tokens": "many"}), None),  # usage only feeds --stats: ignored
-    (_chat("A dog.", usage={"completion_tokens": -3}), None),
-    (_chat("A dog.", usage="lots"), None),
-    (_chat(5), "content is not text"),
-    (_chat({"text": "x"}), "content is not text"),
-    (_chat([{"type": "text", "text": 7}]), "content part"),
-    ({"choices": "A dog."}, "no `choices` list"),
-    ({"choices": []}, "no `choices` list"),
-    ({"choices": ["A dog."]}, "`choices[0]` is not an object"),
-    ({"choices": [{"message": "A dog."}]}, "`choices[0].message` is not an object"),
-    ({"result": "A dog."}, "no `choices` list"),
-    (["A dog."], "not a JSON object"),
-    ("A dog.", "not a JSON object"),
-    (b"\xff\xfe not json", "not JSON"),
-    (b'{"choices": [{"message": {"content": "A do', "not JSON"),
-])
+@pytest.mark.parametrize(
+    "body,why",
+    [
+        (_chat("A dog.", usage={"completion_tokens": "many"}), None),  # usage only feeds --stats: ignored
+        (_chat("A dog.", usage={"completion_tokens": -3}), None),
+        (_chat("A dog.", usage="lots"), None),
+        (_chat(5), "content is not text"),
+        (_chat({"text": "x"}), "content is not text"),
+        (_chat([{"type": "text", "text": 7}]), "content part"),
+        ({"choices": "A dog."}, "no `choices` list"),
+        ({"choices": []}, "no `choices` list"),
+        ({"choices": ["A dog."]}, "`choices[0]` is not an object"),
+        ({"choices": [{"message": "A dog."}]}, "`choices[0].message` is not an object"),
+        ({"result": "A dog."}, "no `choices` list"),
+        (["A dog."], "not a JSON object"),
+        ("A dog.", "not a JSON object"),
+        (b"\xff\xfe not json", "not JSON"),
+        (b'{"choices": [{"message": {"content": "A do', "not JSON"),
+    ],
+)
 def test_no_field_of_a_reply_is_trusted(body, why):
     with LoopbackLLMServer(fault=_reply(body)) as server:
         llm = backend(server, model="m", retries=0)
@@ -332,8 +361,9 @@ def test_no_field_of_a_reply_is_trusted(body, why):
         assert result.error.startswith("malformed: ") and why in result.error, result.error
 
 
-@pytest.mark.parametrize("retry_after",
-                         ["inf", "nan", "1e999", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40])
+@pytest.mark.parametrize(
+    "retry_after", ["inf", "nan", "1e999", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 40]
+)
 def test_garbage_retry_after_is_ignored(retry_after):
     fault = _reply({"error": "slow down"}, status=429, headers=[("Retry-After", retry_after)])
     with LoopbackLLMServer(fault=fault, fail_first=1) as server:
@@ -370,8 +400,10 @@ def test_served_model_list_is_not_trusted():
     for body in ({"data": [{"id": 5}]}, {"data": "x"}, [], b"not json", {"data": [{"id": "x" * 5000}]}):
         with LoopbackLLMServer() as server:
             server.model = body  # what GET /models answers is below
+
             def models(h, body=body):
                 h._send(200, body if isinstance(body, bytes) else json.dumps(body).encode())
+
             server.answer_models = models
             with pytest.raises(RsynError, match="GET /models did not name one"):
                 OpenAIBackend(None, Sampling(), server.url, timeout=2, retries=0)
@@ -447,8 +479,10 @@ def test_hf_backend_uses_the_chat_template_when_there_is_one(tiny_gpt2):
 
     llm = HFBackend(tiny_gpt2, Sampling(max_tokens=4), api="auto")
     _, tokenizer = load_causal_lm(tiny_gpt2, "cpu")
-    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     try:
         chat = HFBackend(tiny_gpt2, Sampling(max_tokens=4), api="auto")
         assert llm.api == "completion" and chat.api == "chat"
@@ -461,17 +495,20 @@ def test_hf_backend_uses_the_chat_template_when_there_is_one(tiny_gpt2):
 # --------------------------------------------------------------------------- cleaning and prompts
 
 
-@pytest.mark.parametrize("raw,clean", [
-    ('Sure! Here is the description:\n\n"A red car in Paris."', "A red car in Paris."),
-    ("Description: A red car in Paris.", "A red car in Paris."),
-    ("**Synthetic text:** “A red car in Paris.”", "A red car in Paris."),
-    ("A red car\nin Paris.\n\nNote: I ignored the tag 'cat'.", "A red car in Paris."),
-    ("A red car in Paris.\nRaw text: something else", "A red car in Paris."),
-    (": - A red car in Paris.", "A red car in Paris."),
-    ("   \n\n  ", ""),
-    ('"" ** ...', ""),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ('Sure! Here is the description:\n\n"A red car in Paris."', "A red car in Paris."),
+        ("Description: A red car in Paris.", "A red car in Paris."),
+        ("**Synthetic text:** “A red car in Paris.”", "A red car in Paris."),
+        ("A red car\nin Paris.\n\nNote: I ignored the tag 'cat'.", "A red car in Paris."),
+        ("A red car in Paris.\nRaw text: something else", "A red car in Paris."),
+        (": - A red car in Paris.", "A red car in Paris."),
+        ("   \n\n  ", ""),
+        ('"" ** ...', ""),
+        (None, ""),
+    ],
+)
 def test_clean_generation(raw, clean):
     assert clean_generation(raw) == clean
 
@@ -490,10 +527,12 @@ def test_prompt_file_instruction_or_template(tmp_path):
     instruction.write_text("Merge the inputs into one sentence.\n")
     p = PromptTemplate.from_file(str(instruction)).render("Raw one.", None, ["dog"])
     assert p.system == "Merge the inputs into one sentence." and p.user == "Raw one.\nTags: dog".replace(
-        "Raw one.", "Raw text: Raw one.")
+        "Raw one.", "Raw text: Raw one."
+    )
     template = tmp_path / "template.txt"
-    template.write_text("You fuse texts. {not a placeholder}\n---\nText: {raw_text}\nCaption: {caption}\n"
-                        "Tags: {tags}\nAnswer:")
+    template.write_text(
+        "You fuse texts. {not a placeholder}\n---\nText: {raw_text}\nCaption: {caption}\nTags: {tags}\nAnswer:"
+    )
     t = PromptTemplate.from_file(str(template))
     p = t.render("Raw one.", None, ["dog", "ball"])
     assert p.system == "You fuse texts. {not a placeholder}"

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 from rsyn.models.lm import build_tiny_gpt2, load_causal_lm, perplexities
 
 
@@ -23,8 +23,14 @@ def test_tiny_gpt2_loads_by_path_with_a_pad_token(tiny_gpt2):
 
 def test_batched_perplexities_match_one_at_a_time_in_input_order(tiny_gpt2):
     model, tokenizer = load_causal_lm(tiny_gpt2, "cpu")
-    texts = ["A dog runs.", "", "The chef cooks pasta in a large kitchen with friends.", "x", "A dog runs.",
-             "Snow covers the mountains " * 60]  # longer than the 128-token context: cut, not an error
+    texts = [
+        "A dog runs.",
+        "",
+        "The chef cooks pasta in a large kitchen with friends.",
+        "x",
+        "A dog runs.",
+        "Snow covers the mountains " * 60,
+    ]  # longer than the 128-token context: cut, not an error
     batched = perplexities(texts, model, tokenizer, batch_size=2)
     single = np.array([perplexities([t], model, tokenizer)[0] for t in texts])
     assert math.isnan(batched[1]) and math.isnan(single[1])  # no tokens, no perplexity

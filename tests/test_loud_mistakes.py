@@ -10,8 +10,9 @@ from conftest import jsonl, rsyn, rsyn_here
 RECORDS = [{"id": "i1", "kind": "image", "url": "http://x/1.jpg"}, {"id": "t1", "kind": "text", "text": "a b c"}]
 
 
-@pytest.mark.parametrize("args", [("cat", "--kind", "images"), ("embed", "--kinds", "images"),
-                                  ("embed", "--kinds", "image,txt")])
+@pytest.mark.parametrize(
+    "args", [("cat", "--kind", "images"), ("embed", "--kinds", "images"), ("embed", "--kinds", "image,txt")]
+)
 def test_unknown_kind_is_a_usage_error(args):
     proc = rsyn_here(*args, input=jsonl(RECORDS))
     assert proc.returncode == 2
@@ -32,14 +33,34 @@ def test_cuda_asked_of_a_command_that_uses_no_gpu_draws_a_warning():
 
 def test_hub_model_missing_offline_fails_at_once_with_one_line(tmp_path):
     docs = tmp_path / "docs.parquet"
-    pq.write_table(pa.table({"texts": [["A cat sits on the red mat near the old door today."]],
-                             "images": [[None]], "url": ["http://example.org/doc"]}), docs)
-    proc = rsyn("extract", docs, "--ppl-model", "gpt2-large", "-o", tmp_path / "out.jsonl.zst",
-                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    pq.write_table(
+        pa.table(
+            {
+                "texts": [["A cat sits on the red mat near the old door today."]],
+                "images": [[None]],
+                "url": ["http://example.org/doc"],
+            }
+        ),
+        docs,
+    )
+    proc = rsyn(
+        "extract",
+        docs,
+        "--ppl-model",
+        "gpt2-large",
+        "-o",
+        tmp_path / "out.jsonl.zst",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2
-    assert err[-1].startswith("rsyn: error: perplexity filter: cannot load causal LM 'gpt2-large' (Hugging Face "
-                              "id): not in the Hugging Face cache") and "HF_HUB_OFFLINE" in err[-1]
+    assert (
+        err[-1].startswith(
+            "rsyn: error: perplexity filter: cannot load causal LM 'gpt2-large' (Hugging Face "
+            "id): not in the Hugging Face cache"
+        )
+        and "HF_HUB_OFFLINE" in err[-1]
+    )
     assert not any("Traceback" in line or "etry" in line for line in err)  # no retries, no traceback
     assert not (tmp_path / "out.jsonl.zst").exists()
 
@@ -47,7 +68,7 @@ def test_hub_model_missing_offline_fails_at_once_with_one_line(tmp_path):
 def test_unreachable_hub_fails_without_retries(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.models.hub import require_hub_model
 
     with socket.socket() as s:  # a port nobody listens on: connection refused

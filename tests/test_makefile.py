@@ -49,9 +49,16 @@ def downstream(changed: str) -> set[str]:
 def steps_in(dry_run: str) -> set[str]:
     """The steps whose commands `make -n` printed."""
     steps = set(re.findall(r"--stats \S+/stats/([\w-]+)\.json", dry_run))
-    steps |= {name for name, marker in (("corpus", "make_corpus.py "), ("models", "make-tiny-models "),
-                                        ("stats-dir", "touch "), ("report", " report "))
-              if marker in dry_run and (name != "stats-dir" or "stats/.dir" in dry_run)}
+    steps |= {
+        name
+        for name, marker in (
+            ("corpus", "make_corpus.py "),
+            ("models", "make-tiny-models "),
+            ("stats-dir", "touch "),
+            ("report", " report "),
+        )
+        if marker in dry_run and (name != "stats-dir" or "stats/.dir" in dry_run)
+    }
     return steps
 
 
@@ -74,8 +81,13 @@ def built(tmp_path):
 
 def make(examples, work, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the rsyn whose bin/ a copied examples/ falls back to
-    return subprocess.run(["make", "-C", str(examples), f"W={work}", "PYTHON=python", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
+    return subprocess.run(
+        ["make", "-C", str(examples), f"W={work}", "PYTHON=python", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def test_nothing_runs_when_everything_is_up_to_date(built):
@@ -83,8 +95,10 @@ def test_nothing_runs_when_everything_is_up_to_date(built):
     assert make(examples, work, "-q").returncode == 0
 
 
-@pytest.mark.parametrize("changed", ["make_corpus.py", "tags.txt", "make-tiny-models", *[
-    s for s in STEPS if s not in ("corpus", "models", "report")]])
+@pytest.mark.parametrize(
+    "changed",
+    ["make_corpus.py", "tags.txt", "make-tiny-models", *[s for s in STEPS if s not in ("corpus", "models", "report")]],
+)
 def test_a_changed_input_reruns_exactly_its_downstream_steps(built, changed, tmp_path):
     examples, work, later = built
     if changed == "make-tiny-models":  # a copy of bin/, named by BIN, so the repository's file stays untouched

@@ -5,8 +5,8 @@ import os
 import shutil
 
 import pytest
-
 from conftest import jsonl, read_stream_file, rsyn_here
+
 from rsyn.models import identity
 from rsyn.models.identity import is_local_identity, local_identity, model_identity
 
@@ -67,16 +67,41 @@ def test_caption_records_the_same_models_from_relative_and_absolute_paths(tiny_m
     captioner, gpt2 = tiny_models
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "a.png")
-    record = {"id": "img1", "kind": "image", "url": "https://example.org/a.png", "path": "a.png",
-              "texts": [{"id": "t", "text": "Rex the dog plays with a red ball in Brighton, day 0.", "score": 0.3}]}
+    record = {
+        "id": "img1",
+        "kind": "image",
+        "url": "https://example.org/a.png",
+        "path": "a.png",
+        "texts": [{"id": "t", "text": "Rex the dog plays with a red ball in Brighton, day 0.", "score": 0.3}],
+    }
     (tmp_path / "in.jsonl").write_bytes(jsonl([record]))
     os.symlink(os.path.dirname(captioner), tmp_path / "models")
     seen = []
     for i, (cap, llm) in enumerate([(captioner, gpt2), ("models/blip", "models/gpt2")]):
-        proc = rsyn_here("caption", "in.jsonl", "--max-tags", "0", "--captioner", cap, "--caption-beams", "1",
-                         "--llm-backend", "hf", "--llm-model", llm, "--llm-max-tokens", "12", "--temperature", "0.9",
-                         "--seed", "5", "--device", "cpu",
-                         "-o", f"out{i}.jsonl")
+        proc = rsyn_here(
+            "caption",
+            "in.jsonl",
+            "--max-tags",
+            "0",
+            "--captioner",
+            cap,
+            "--caption-beams",
+            "1",
+            "--llm-backend",
+            "hf",
+            "--llm-model",
+            llm,
+            "--llm-max-tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--seed",
+            "5",
+            "--device",
+            "cpu",
+            "-o",
+            f"out{i}.jsonl",
+        )
         assert proc.returncode == 0, proc.stderr.decode()
         out = read_stream_file(tmp_path / f"out{i}.jsonl")[0]
         seen.append((out["caption_model"], out["llm_model"]))
@@ -84,7 +109,7 @@ def test_caption_records_the_same_models_from_relative_and_absolute_paths(tiny_m
 
 
 def test_a_local_identity_is_not_taken_for_a_place_to_load_from():
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.models.clip import load_clip
 
     with pytest.raises(RsynError, match="pass its folder, --model DIR"):

@@ -13,19 +13,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from PIL import Image
-
 from conftest import jsonl, rsyn, rsyn_here
+from PIL import Image
 
 RELEASE = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 
 
 def image_record(i, n_texts=3, url="http://example.org", **extra):
-    texts = [{"id": f"t{i}-{j}", "text": f"retrieved text {j} of image {i}", "score": round(0.5 - 0.1 * j, 2)}
-             for j in range(n_texts)]
-    return {"id": f"img{i:04d}", "kind": "image", "doc": f"https://doc/{i // 3}", "url": f"{url}/{i}.jpg",
-            "texts": texts, "caption": f"a photo number {i}", "tags": ["photo", "test"],
-            "syn_text": f"a synthetic caption for image {i} with seven words", "sim": 0.55, "cluster": i % 4, **extra}
+    texts = [
+        {"id": f"t{i}-{j}", "text": f"retrieved text {j} of image {i}", "score": round(0.5 - 0.1 * j, 2)}
+        for j in range(n_texts)
+    ]
+    return {
+        "id": f"img{i:04d}",
+        "kind": "image",
+        "doc": f"https://doc/{i // 3}",
+        "url": f"{url}/{i}.jpg",
+        "texts": texts,
+        "caption": f"a photo number {i}",
+        "tags": ["photo", "test"],
+        "syn_text": f"a synthetic caption for image {i} with seven words",
+        "sim": 0.55,
+        "cluster": i % 4,
+        **extra,
+    }
 
 
 def pack(*args, records, check=True):
@@ -47,8 +58,11 @@ def test_parquet_has_exactly_the_release_columns(tmp_path):
     assert len(rows) == 25
     for record, row in zip(records, rows):
         texts = [t["text"] for t in record["texts"][:3]]
-        assert row == {"raw_image_url": record["url"], "syn_text": record["syn_text"],
-                       **{f"text{j + 1}": texts[j] if j < len(texts) else None for j in range(3)}}
+        assert row == {
+            "raw_image_url": record["url"],
+            "syn_text": record["syn_text"],
+            **{f"text{j + 1}": texts[j] if j < len(texts) else None for j in range(3)},
+        }
     stats = orjson.loads((out / "_stats.json").read_bytes())
     assert stats["rows"] == 25 and [s["rows"] for s in stats["shards"]] == [10, 10, 5]
     real = sum(min(i % 5, 3) for i in range(25))
@@ -131,13 +145,26 @@ def test_webdataset_from_local_images(tmp_path):
             path.write_bytes(_jpeg(32, 24, 40 * i))
         records.append(image_record(i, path=str(path)))
     out = tmp_path / "wds"
-    pack("-o", out, "--format", "webdataset", "--rows-per-shard", "3", "--extra-columns", "--path-root", tmp_path,
-         records=records)
+    pack(
+        "-o",
+        out,
+        "--format",
+        "webdataset",
+        "--rows-per-shard",
+        "3",
+        "--extra-columns",
+        "--path-root",
+        tmp_path,
+        records=records,
+    )
     assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "_SUCCESS", "_stats.json"]
-    samples = list(wds.WebDataset(str(out / "{00000..00001}.tar"), shardshuffle=False)
-                   .decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
+    samples = list(
+        wds.WebDataset(str(out / "{00000..00001}.tar"), shardshuffle=False)
+        .decode("pil")
+        .to_tuple("__key__", "jpg", "txt", "json")
+    )
     assert [s[0] for s in samples] == ["000000000", "000000001", "000000002", "000010000", "000010001"]
-    for record, (_, image, text1, meta) in zip(records, samples):
+    for record, (_, _image, text1, meta) in zip(records, samples):
         assert text1 == record["texts"][0]["text"]
         assert meta["text2"] == record["texts"][1]["text"] and meta["syn_text"] == record["syn_text"]
         assert meta["id"] == record["id"] and meta["raw_image_url"] == record["url"]
@@ -178,13 +205,26 @@ def test_img2dataset_downloads_a_packed_release(tmp_path, image_server):
     from img2dataset import download
 
     # the options of the RealSyn release's instructions; one worker process, few threads, no resizing
-    download(url_list=str(release), input_format="parquet", url_col="raw_image_url", caption_col="text1",
-             save_additional_columns=["text2", "text3", "syn_text"], output_format="webdataset",
-             output_folder=str(downloaded), processes_count=1, thread_count=4, resize_mode="no", timeout=5,
-             enable_wandb=False)
+    download(
+        url_list=str(release),
+        input_format="parquet",
+        url_col="raw_image_url",
+        caption_col="text1",
+        save_additional_columns=["text2", "text3", "syn_text"],
+        output_format="webdataset",
+        output_folder=str(downloaded),
+        processes_count=1,
+        thread_count=4,
+        resize_mode="no",
+        timeout=5,
+        enable_wandb=False,
+    )
     assert "success" in orjson.loads((downloaded / "00000_stats.json").read_bytes())["status_dict"]
-    samples = list(wds.WebDataset(sorted(glob.glob(f"{downloaded}/*.tar")), shardshuffle=False)
-                   .decode("pil").to_tuple("jpg", "txt", "json"))
+    samples = list(
+        wds.WebDataset(sorted(glob.glob(f"{downloaded}/*.tar")), shardshuffle=False)
+        .decode("pil")
+        .to_tuple("jpg", "txt", "json")
+    )
     assert len(samples) == 6
     by_url = {meta["url"]: (image, text1, meta) for image, text1, meta in samples}
     for i, record in enumerate(records[:6]):
@@ -198,7 +238,9 @@ def test_img2dataset_downloads_a_packed_release(tmp_path, image_server):
     repacked = tmp_path / "repacked"
     proc = pack("-o", repacked, "--format", "webdataset", "--images", downloaded, records=records)
     assert "7 in, 6 out, 1 dropped (not_downloaded 1)" in proc.stderr.decode()
-    mine = list(wds.WebDataset(str(repacked / "00000.tar"), shardshuffle=False).decode("pil")
-                .to_tuple("jpg", "txt", "json"))
+    mine = list(
+        wds.WebDataset(str(repacked / "00000.tar"), shardshuffle=False).decode("pil").to_tuple("jpg", "txt", "json")
+    )
     assert [(image.size, text1, meta["syn_text"]) for image, text1, meta in mine] == [
-        ((64 + 8 * i, 48), r["texts"][0]["text"], r["syn_text"]) for i, r in enumerate(records[:6])]
+        ((64 + 8 * i, 48), r["texts"][0]["text"], r["syn_text"]) for i, r in enumerate(records[:6])
+    ]

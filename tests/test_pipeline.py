@@ -26,10 +26,27 @@ def pipeline(tmp_path_factory):
 
 def _make(work, *args):
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = ["make", "-C", str(ROOT / "examples"), f"W={work}", "DOCS=12", "MMC4=3", "CLUSTERS=4", "PER_CLUSTER=3",
-           f"PYTHON={sys.executable}", f"RSYN={bin_dir / 'rsyn'}", "DEVICE=cpu", *args]
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [
+        "make",
+        "-C",
+        str(ROOT / "examples"),
+        f"W={work}",
+        "DOCS=12",
+        "MMC4=3",
+        "CLUSTERS=4",
+        "PER_CLUSTER=3",
+        f"PYTHON={sys.executable}",
+        f"RSYN={bin_dir / 'rsyn'}",
+        "DEVICE=cpu",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -43,8 +60,11 @@ def test_packed_parquet_has_the_realsyn_schema(pipeline):
         assert table.column_names[:5] == REALSYN_COLUMNS
         rows += table.num_rows
     assert rows > 0 and stats["rows"] == rows
-    balanced = subprocess.run([sys.executable, "-m", "rsyn", "cat", str(pipeline / "balanced.jsonl.zst"), "--plain"],
-                              capture_output=True, check=True).stdout.splitlines()
+    balanced = subprocess.run(
+        [sys.executable, "-m", "rsyn", "cat", str(pipeline / "balanced.jsonl.zst"), "--plain"],
+        capture_output=True,
+        check=True,
+    ).stdout.splitlines()
     assert rows == len(balanced)
 
 
@@ -71,23 +91,43 @@ def test_report_and_stats_exist(pipeline):
 
 
 def test_make_reruns_nothing_when_up_to_date(pipeline):
-    proc = subprocess.run(["make", "-C", str(ROOT / "examples"), f"W={pipeline}", "-q", "DOCS=12", "MMC4=3"],
-                          capture_output=True)
+    proc = subprocess.run(
+        ["make", "-C", str(ROOT / "examples"), f"W={pipeline}", "-q", "DOCS=12", "MMC4=3"], capture_output=True
+    )
     assert proc.returncode == 0  # `make -q`: 0 means every target is up to date
 
 
 def test_sharded_embed_merges_to_the_single_run(pipeline):
     import orjson
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(["make", "-C", str(ROOT / "examples"), f"W={pipeline}", "SHARDS=2", "DEVICE=cpu",
-                           f"RSYN={Path(sys.executable).parent / 'rsyn'}", "-j2", "sharded"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(ROOT / "examples"),
+            f"W={pipeline}",
+            "SHARDS=2",
+            "DEVICE=cpu",
+            f"RSYN={Path(sys.executable).parent / 'rsyn'}",
+            "-j2",
+            "sharded",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def lines(path):
-        out = subprocess.run([sys.executable, "-m", "rsyn", "cat", str(path), "--plain"], capture_output=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "rsyn", "cat", str(path), "--plain"], capture_output=True, check=True
+        ).stdout
         return sorted(out.splitlines())
 
     from test_sharding import within_one_float16_ulp
@@ -100,8 +140,10 @@ def test_sharded_embed_merges_to_the_single_run(pipeline):
     for i in ids:
         assert {k: v for k, v in merged[i].items() if k != "emb"} == {k: v for k, v in single[i].items() if k != "emb"}
     with_emb = [i for i in ids if "emb" in single[i]]
-    assert with_emb and within_one_float16_ulp([merged[i]["emb"] for i in with_emb],
-                                               [single[i]["emb"] for i in with_emb]).all()
+    assert (
+        with_emb
+        and within_one_float16_ulp([merged[i]["emb"] for i in with_emb], [single[i]["emb"] for i in with_emb]).all()
+    )
 
 
 @pytest.mark.slow

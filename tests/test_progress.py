@@ -18,15 +18,26 @@ PROGRESS_LINE = re.compile(r"^rsyn cat: [\d,]+(/~?[\d,]+)? records")
 
 
 def snap(**kw):
-    base = {"done": 0, "n_out": 0, "dropped": 0, "errors": 0, "bytes_read": 0, "in_at_bytes_read": 0,
-            "total_bytes": None, "n_in": 0, "input_complete": False, "elapsed": 10.0}
+    base = {
+        "done": 0,
+        "n_out": 0,
+        "dropped": 0,
+        "errors": 0,
+        "bytes_read": 0,
+        "in_at_bytes_read": 0,
+        "total_bytes": None,
+        "n_in": 0,
+        "input_complete": False,
+        "elapsed": 10.0,
+    }
     return Snapshot(**{**base, **kw})
 
 
 def test_progress_line_has_total_rate_and_eta():
     # half the compressed bytes held 500 records: about 1,000 in all
-    line = describe(snap(done=250, n_out=240, dropped=10, bytes_read=50, in_at_bytes_read=500, total_bytes=100,
-                         n_in=600), rate=25.0)
+    line = describe(
+        snap(done=250, n_out=240, dropped=10, bytes_read=50, in_at_bytes_read=500, total_bytes=100, n_in=600), rate=25.0
+    )
     assert line == "250/~1,000 records (25%), 25.0/s, ETA 30s, 240 out, 10 dropped, 10s"
     exact = describe(snap(done=900, n_out=900, n_in=1000, input_complete=True, elapsed=75), rate=10.0)
     assert exact == "900/1,000 records (90%), 10.0/s, ETA 10s, 900 out, 1m15s"
@@ -41,8 +52,9 @@ def test_embed_reports_progress_per_finished_batch(tmp_path, monkeypatch):
     calls = []
     advance = Run.advance
     monkeypatch.setattr(Run, "advance", lambda self, n: (calls.append((n, self.n_out)), advance(self, n)))
-    rsyn_here("embed", "--model", clip, "--batch-size", "8", "-o", tmp_path / "out.jsonl.zst", input=jsonl(TEXTS),
-              check=True)
+    rsyn_here(
+        "embed", "--model", clip, "--batch-size", "8", "-o", tmp_path / "out.jsonl.zst", input=jsonl(TEXTS), check=True
+    )
     # one call per chunk of 4 batches of 8, each after the chunk's records were written
     assert [n for n, _ in calls] == [32, 32, 32, 4]
     assert [out for _, out in calls] == [32, 64, 96, 100]
@@ -52,8 +64,9 @@ def _cat_until_progress(args, stdout, stderr_fd, read_fd):
     """`rsyn cat` with stdin held open until its stderr (read from read_fd) shows a progress line, then closed:
     the run lasts as long as the check needs, however slow the machine. Returns (exit status, stderr text)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", *args], stdin=subprocess.PIPE, stdout=stdout,
-                            stderr=stderr_fd, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsyn", "cat", *args], stdin=subprocess.PIPE, stdout=stdout, stderr=stderr_fd, env=env
+    )
     if stderr_fd != subprocess.PIPE:
         os.close(stderr_fd)
     proc.stdin.write(jsonl(TEXTS[:50]))
@@ -120,5 +133,8 @@ def test_extract_summary_splits_images_from_sentences(tmp_path):
     data = os.path.join(os.path.dirname(__file__), "data", "mmc4_shard151_107docs.jsonl.zst")
     proc = rsyn_here("extract", data, "--filters", "words", "-o", tmp_path / "out.jsonl.zst", check=True)
     summary = proc.stderr.decode().strip().splitlines()[-1]
-    assert re.match(r"rsyn extract: (\d+) in \((\d+) images, (\d+) sentences\), (\d+) out \((\d+) images, "
-                    r"(\d+) sentences\)", summary), summary
+    assert re.match(
+        r"rsyn extract: (\d+) in \((\d+) images, (\d+) sentences\), (\d+) out \((\d+) images, "
+        r"(\d+) sentences\)",
+        summary,
+    ), summary

@@ -13,9 +13,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import compress, jsonl, rsyn_here
 from PIL import Image
 
-from conftest import compress, jsonl, rsyn_here
 from rsyn.records import encode_embeddings
 
 HOSTILE = "<script>alert(1)</script><img src=http://127.0.0.1:9/x>"
@@ -37,44 +37,130 @@ def _stats(tmp_path, name, data, mtime):
 def run_dir(tmp_path):
     """A small finished run: stats of every stage, records with scores, local images and a webdataset pack."""
     t = 1_780_000_000
-    _stats(tmp_path, "extract", {"command": "extract", "in": 40, "out": 140, "dropped": {"words": 30, "ppl": 12},
-                                 "stage": {"documents": 40, "images_in": 50, "images_out": 30, "sentences_in": 160,
-                                           "sentences_out": 110, "ppl_model": "tiny-gpt2",
-                                           "cat": {"spacy_model": "en_core_web_sm"},
-                                           "thresholds": {"min_words": 3, "max_words": 81, "min_entropy": 0.3,
-                                                          "min_ppl": 30.0, "max_ppl": 200.0, "min_complexity": 1}}},
-           t)
-    _stats(tmp_path, "dedup", {"command": "dedup", "in": 140, "out": 120, "dropped": {"near": 20},
-                               "stage": {"exact": {}, "near": {}}}, t + 0.5)
-    _stats(tmp_path, "embed", {"command": "embed", "in": 120, "out": 120, "dropped": {},
-                               "stage": {"model": "tiny-clip", "emb_field": "emb", "images": 25, "texts": 95}}, t + 1)
-    _stats(tmp_path, "embed-syn", {"command": "embed", "in": 22, "out": 22, "dropped": {},  # syn_text: not a funnel step
-                                   "stage": {"model": "tiny-clip", "emb_field": "syn_emb", "images": 0, "texts": 22}},
-           t + 3.5)
+    _stats(
+        tmp_path,
+        "extract",
+        {
+            "command": "extract",
+            "in": 40,
+            "out": 140,
+            "dropped": {"words": 30, "ppl": 12},
+            "stage": {
+                "documents": 40,
+                "images_in": 50,
+                "images_out": 30,
+                "sentences_in": 160,
+                "sentences_out": 110,
+                "ppl_model": "tiny-gpt2",
+                "cat": {"spacy_model": "en_core_web_sm"},
+                "thresholds": {
+                    "min_words": 3,
+                    "max_words": 81,
+                    "min_entropy": 0.3,
+                    "min_ppl": 30.0,
+                    "max_ppl": 200.0,
+                    "min_complexity": 1,
+                },
+            },
+        },
+        t,
+    )
+    _stats(
+        tmp_path,
+        "dedup",
+        {"command": "dedup", "in": 140, "out": 120, "dropped": {"near": 20}, "stage": {"exact": {}, "near": {}}},
+        t + 0.5,
+    )
+    _stats(
+        tmp_path,
+        "embed",
+        {
+            "command": "embed",
+            "in": 120,
+            "out": 120,
+            "dropped": {},
+            "stage": {"model": "tiny-clip", "emb_field": "emb", "images": 25, "texts": 95},
+        },
+        t + 1,
+    )
+    _stats(
+        tmp_path,
+        "embed-syn",
+        {
+            "command": "embed",
+            "in": 22,
+            "out": 22,
+            "dropped": {},  # syn_text: not a funnel step
+            "stage": {"model": "tiny-clip", "emb_field": "syn_emb", "images": 0, "texts": 22},
+        },
+        t + 3.5,
+    )
     _stats(tmp_path, "index", {"command": "index", "in": 95, "out": 0, "dropped": {}, "stage": {"indexed": 95}}, t + 2)
-    _stats(tmp_path, "retrieve", {"command": "retrieve", "in": 25, "out": 22, "dropped": {"no_text": 3},
-                                  "stage": {"k": 3, "nprobe": 8, "passed_through": 0}}, t + 3)
-    _stats(tmp_path, "balance", {"command": "balance", "in": 22, "out": 12, "dropped": {"sim_window": 4, "cap": 6},
-                                 "stage": {"sim_window": {"lo": 0.2, "hi": 0.35, "chosen": "quantiles"},
-                                           "emb_model": "tiny-clip", "per_cluster": 3,
-                                           "before": {"clusters": 4, "gini": 0.3, "size_counts": {"9": 1, "5": 2}},
-                                           "after": {"clusters": 4, "gini": 0.1, "size_counts": {"3": 4}}}}, t + 4)
+    _stats(
+        tmp_path,
+        "retrieve",
+        {
+            "command": "retrieve",
+            "in": 25,
+            "out": 22,
+            "dropped": {"no_text": 3},
+            "stage": {"k": 3, "nprobe": 8, "passed_through": 0},
+        },
+        t + 3,
+    )
+    _stats(
+        tmp_path,
+        "balance",
+        {
+            "command": "balance",
+            "in": 22,
+            "out": 12,
+            "dropped": {"sim_window": 4, "cap": 6},
+            "stage": {
+                "sim_window": {"lo": 0.2, "hi": 0.35, "chosen": "quantiles"},
+                "emb_model": "tiny-clip",
+                "per_cluster": 3,
+                "before": {"clusters": 4, "gini": 0.3, "size_counts": {"9": 1, "5": 2}},
+                "after": {"clusters": 4, "gini": 0.1, "size_counts": {"3": 4}},
+            },
+        },
+        t + 4,
+    )
     rng = np.random.default_rng(0)
-    texts = [{"id": f"t{i}", "kind": "text", "text": f"sentence {i}",
-              "scores": {"words": int(rng.integers(3, 40)), "entropy": float(rng.uniform(0.3, 3)),
-                         "ppl": float(rng.uniform(30, 200)), "cat": {"complexity": int(rng.integers(1, 6)), "actions": 1}}}
-             for i in range(60)]
+    texts = [
+        {
+            "id": f"t{i}",
+            "kind": "text",
+            "text": f"sentence {i}",
+            "scores": {
+                "words": int(rng.integers(3, 40)),
+                "entropy": float(rng.uniform(0.3, 3)),
+                "ppl": float(rng.uniform(30, 200)),
+                "cat": {"complexity": int(rng.integers(1, 6)), "actions": 1},
+            },
+        }
+        for i in range(60)
+    ]
     (tmp_path / "img").mkdir()
     e = encode_embeddings(rng.normal(size=(6, 8)))
     s = encode_embeddings(rng.normal(size=(6, 8)))
     images = []
     colors = ["red", "green", "blue", "orange", "purple", "teal"]
     for i in range(6):
-        rec = {"id": f"i{i}", "kind": "image", "url": f"http://example.invalid/{i}.jpg",
-               "texts": [{"id": f"t{j}", "text": f"a {colors[i]} thing number {j}", "score": 0.3 - j / 100}
-                         for j in range(3)],
-               "caption": f"a {colors[i]} square", "tags": [colors[i], "square"], "syn_text": f"A {colors[i]} square.",
-               "emb_model": "tiny-clip", "caption_model": "tiny-blip", "llm_model": "tiny-llm"}
+        rec = {
+            "id": f"i{i}",
+            "kind": "image",
+            "url": f"http://example.invalid/{i}.jpg",
+            "texts": [
+                {"id": f"t{j}", "text": f"a {colors[i]} thing number {j}", "score": 0.3 - j / 100} for j in range(3)
+            ],
+            "caption": f"a {colors[i]} square",
+            "tags": [colors[i], "square"],
+            "syn_text": f"A {colors[i]} square.",
+            "emb_model": "tiny-clip",
+            "caption_model": "tiny-blip",
+            "llm_model": "tiny-llm",
+        }
         if i < 3:  # local file by `path`
             (tmp_path / "img" / f"{i}.jpg").write_bytes(_jpeg(colors[i]))
             rec["path"] = str(tmp_path / "img" / f"{i}.jpg")
@@ -85,7 +171,16 @@ def run_dir(tmp_path):
         images.append(rec)
     images[5]["texts"][0]["text"] = HOSTILE
     images += [  # hostile fields: skipped or shown without harm, never a traceback
-        {"id": "h1", "kind": "image", "texts": "x", "tags": 5, "sim": "0.3", "scores": [1], "emb": "!!", "syn_emb": "!"},
+        {
+            "id": "h1",
+            "kind": "image",
+            "texts": "x",
+            "tags": 5,
+            "sim": "0.3",
+            "scores": [1],
+            "emb": "!!",
+            "syn_emb": "!",
+        },
         {"id": "h2", "kind": "image", "texts": [{"text": 5, "score": "high"}], "path": 7, "scores": {"words": "many"}},
         {"id": "h3", "kind": "image", "path": "/etc/passwd", "syn_text": "outside the root", "tags": ["a", 3]},
     ]
@@ -94,21 +189,38 @@ def run_dir(tmp_path):
     packed.mkdir()
     with tarfile.open(packed / "00000.tar", "w") as tar:
         for i in (3, 4):
-            for suffix, data in ((".jpg", _jpeg(colors[i])),
-                                 (".json", orjson.dumps({"raw_image_url": f"http://example.invalid/{i}.jpg"}))):
+            for suffix, data in (
+                (".jpg", _jpeg(colors[i])),
+                (".json", orjson.dumps({"raw_image_url": f"http://example.invalid/{i}.jpg"})),
+            ):
                 info = tarfile.TarInfo(f"0000{i}{suffix}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    (packed / "_stats.json").write_bytes(orjson.dumps({"command": "pack", "in": 12, "out": 12, "dropped": {},
-                                                       "errors": {}, "version": "0.1.0", "seed": 0}))
+    (packed / "_stats.json").write_bytes(
+        orjson.dumps(
+            {"command": "pack", "in": 12, "out": 12, "dropped": {}, "errors": {}, "version": "0.1.0", "seed": 0}
+        )
+    )
     os.utime(packed / "_stats.json", (t + 5, t + 5))
     return tmp_path
 
 
 def _report(run_dir, *extra):
     out = run_dir / "report.html"
-    rsyn_here("report", str(run_dir / "*.stats.json"), "--records", run_dir / "records.jsonl.zst",
-              "--packed", run_dir / "packed", "--path-root", run_dir, "-o", out, *extra, check=True)
+    rsyn_here(
+        "report",
+        str(run_dir / "*.stats.json"),
+        "--records",
+        run_dir / "records.jsonl.zst",
+        "--packed",
+        run_dir / "packed",
+        "--path-root",
+        run_dir,
+        "-o",
+        out,
+        *extra,
+        check=True,
+    )
     return out
 
 
@@ -126,12 +238,17 @@ def test_report_shows_gallery_funnel_figures_and_settings(run_dir):
     assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "default-src 'none'; img-src data:" in page
     # one funnel, documents to packed pairs, images and sentences apart
-    funnel = page[page.index("id='funnel'"):]
-    for step in ("documents</td><td class='num'>40", "after the image filters</td><td class='num'>30",
-                 "after the text filters</td><td class='num'>110", "indexed for retrieval</td><td class='num'>95",
-                 "with retrieved texts</td><td class='num'>22", "packed image-text pairs</td><td class='num'>12",
-                 "<th>images</th><td>embedded</td><td class='num'>25",
-                 "<th>images + sentences</th><td>after dedup (exact, near)</td><td class='num'>120"):
+    funnel = page[page.index("id='funnel'") :]
+    for step in (
+        "documents</td><td class='num'>40",
+        "after the image filters</td><td class='num'>30",
+        "after the text filters</td><td class='num'>110",
+        "indexed for retrieval</td><td class='num'>95",
+        "with retrieved texts</td><td class='num'>22",
+        "packed image-text pairs</td><td class='num'>12",
+        "<th>images</th><td>embedded</td><td class='num'>25",
+        "<th>images + sentences</th><td>after dedup (exact, near)</td><td class='num'>120",
+    ):
         assert step in funnel, step
     assert "lane-images" in funnel and "lane-sentences" in funnel
     # every figure, as inline SVG with its text as text; thresholds and the similarity window marked
@@ -150,9 +267,16 @@ def test_report_is_byte_identical_for_the_same_inputs_and_seed(run_dir):
     assert _report(run_dir).read_bytes() == first
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '{"command": "x", "in": "12", "out": 1}',
-                                     '{"command": "x", "in": 1, "out": 1, "dropped": {"a": "<b>"}}',
-                                     '{"command": "x", "in": 1, "out": 1, "stage": [1]}', "{not json"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2]",
+        '{"command": "x", "in": "12", "out": 1}',
+        '{"command": "x", "in": 1, "out": 1, "dropped": {"a": "<b>"}}',
+        '{"command": "x", "in": 1, "out": 1, "stage": [1]}',
+        "{not json",
+    ],
+)
 def test_report_refuses_what_is_not_a_stats_file(tmp_path, content):
     bad = tmp_path / "x.json"
     bad.write_text(content)
@@ -172,9 +296,18 @@ def test_report_packed_parquet_text_table(tmp_path):
     (tmp_path / "pack.stats.json").write_bytes(orjson.dumps({"command": "pack", "in": 2, "out": 2, "dropped": {}}))
     packed = tmp_path / "packed"
     packed.mkdir()
-    pq.write_table(pa.table({"raw_image_url": ["u1", "u2"], "text1": ["a dog runs", "two cats sleep on a mat"],
-                             "text2": ["x", None], "text3": [None, None], "syn_text": ["a b c d", "e f"]}),
-                   packed / "00000.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "raw_image_url": ["u1", "u2"],
+                "text1": ["a dog runs", "two cats sleep on a mat"],
+                "text2": ["x", None],
+                "text3": [None, None],
+                "syn_text": ["a b c d", "e f"],
+            }
+        ),
+        packed / "00000.parquet",
+    )
     out = tmp_path / "report.html"
     rsyn_here("report", tmp_path / "pack.stats.json", "--packed", packed, "-o", out, check=True)
     page = out.read_text()
@@ -220,11 +353,28 @@ def _chromium():
 
 
 def _headless(browser, tmp_path, *args):
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
-                           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-                           "--window-size=1280,2000", "--virtual-time-budget=5000", *map(str, args)],
-                          capture_output=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--mute-audio",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1280,2000",
+            "--virtual-time-budget=5000",
+            *map(str, args),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     # the page runs no script of its own: any console message is a failed load, a CSP refusal or an error
     console = [line for line in proc.stderr.decode(errors="replace").splitlines() if ":CONSOLE" in line]
@@ -255,8 +405,16 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     assert result["funnel"] and result["funnelRows"] == 13  # header, documents, 6 image, 4 sentence, 1 dedup
     assert len(result["thumbs"]) == 5
     assert all(t["data"] and t["loaded"] and t["visible"] for t in result["thumbs"]), result["thumbs"]
-    assert {f["id"] for f in result["figures"]} == {"fig-words", "fig-entropy", "fig-ppl", "fig-cat", "fig-top1",
-                                                    "fig-topk", "fig-sim", "fig-clusters"}
+    assert {f["id"] for f in result["figures"]} == {
+        "fig-words",
+        "fig-entropy",
+        "fig-ppl",
+        "fig-cat",
+        "fig-top1",
+        "fig-topk",
+        "fig-sim",
+        "fig-clusters",
+    }
     assert all(f["visible"] for f in result["figures"]), result["figures"]
     assert result["svgFont"] >= 11, result  # figure labels readable at the page's size
     assert result["htmlFont"] >= 11, result

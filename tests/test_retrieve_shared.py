@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
 from test_index_retrieve import MODEL, image_records
 
 FILLER = 16384  # non-image records after the images: retrieve searches a batch once 4 x 4096 records wait
@@ -36,12 +35,24 @@ def build_index(out: Path, n: int, dim: int, clusters: int, seed: int = 0) -> No
     for start in range(0, n, 50_000):
         x = rng.normal(size=(min(50_000, n - start), dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        writer.add(x, np.arange(start, start + len(x)), [(f"s{start + i}", f"text {start + i}", None)
-                                                          for i in range(len(x))])
+        writer.add(
+            x, np.arange(start, start + len(x)), [(f"s{start + i}", f"text {start + i}", None) for i in range(len(x))]
+        )
     writer.finish(model=MODEL, inputs=["arrays"], shard=None, ignored={}, errors={})
     parts = open_parts([work / "collect"])
-    train_index(parts, work / "train", clusters=clusters, budget=Budget(1 << 40, "test"), index_type="flat",
-                pq_bytes=None, points_per_cluster=16, niter=4, seed=seed, device="cpu", note=lambda m: None)
+    train_index(
+        parts,
+        work / "train",
+        clusters=clusters,
+        budget=Budget(1 << 40, "test"),
+        index_type="flat",
+        pq_bytes=None,
+        points_per_cluster=16,
+        niter=4,
+        seed=seed,
+        device="cpu",
+        note=lambda m: None,
+    )
     add_parts(parts, range(1), work / "train", work / "add", device="cpu")
     merge_index(parts, work / "train", [work / "add"], out, on_disk=False, note=lambda m: None)
 
@@ -67,9 +78,28 @@ def retrieve_together(index: Path, stream: bytes, count: int, *, env=None) -> tu
     lists_kib = (index / "ivf.faiss").stat().st_size // 1024
     # outputs go to files: a full stdout pipe would block a process before it is measured
     sinks = [tempfile.TemporaryFile() for _ in range(count)]
-    procs = [subprocess.Popen([sys.executable, "-m", "rsyn", "retrieve", "--index", str(index), "--nprobe", "1000",
-                               "-q", "--device", "cpu"], stdin=subprocess.PIPE, stdout=sink,
-                              stderr=subprocess.PIPE, env={**os.environ, **(env or {})}) for sink in sinks]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rsyn",
+                "retrieve",
+                "--index",
+                str(index),
+                "--nprobe",
+                "1000",
+                "-q",
+                "--device",
+                "cpu",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        for sink in sinks
+    ]
     try:
         for proc in procs:
             proc.stdin.write(stream)  # the batch is searched; the process then waits for more input
@@ -78,8 +108,9 @@ def retrieve_together(index: Path, stream: bytes, count: int, *, env=None) -> tu
         while True:
             assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs if p.poll() is not None]
             samples = [smaps(p.pid, "ivf.faiss") for p in procs]
-            mapped_or_loaded = all(m >= 0.9 * lists_kib or _anonymous(p.pid) >= lists_kib
-                                   for (_, m), p in zip(samples, procs))
+            mapped_or_loaded = all(
+                m >= 0.9 * lists_kib or _anonymous(p.pid) >= lists_kib for (_, m), p in zip(samples, procs)
+            )
             if mapped_or_loaded and all(_waiting(p.pid) for p in procs):
                 break
             assert time.monotonic() < deadline, "retrieve did not search its first batch in time"
@@ -128,7 +159,9 @@ def test_two_concurrent_retrieves_hold_one_copy_of_the_index(tmp_path):
     assert outputs[0] == outputs[1] == alone and len(alone) > 0  # identical outputs
     index_one, index_two = one - fixed, two - 2 * fixed
     lists_kib = (tmp_path / "index" / "ivf.faiss").stat().st_size // 1024
-    print(f"ivf.faiss {lists_kib / 1024:.0f} MiB; PSS: fixed cost of a retrieve {fixed / 1024:.0f} MiB, one "
-          f"{one / 1024:.0f} MiB, two together {two / 1024:.0f} MiB; the index's share {index_two / index_one:.2f}x")
+    print(
+        f"ivf.faiss {lists_kib / 1024:.0f} MiB; PSS: fixed cost of a retrieve {fixed / 1024:.0f} MiB, one "
+        f"{one / 1024:.0f} MiB, two together {two / 1024:.0f} MiB; the index's share {index_two / index_one:.2f}x"
+    )
     assert index_one > 0.8 * lists_kib  # the search touched the whole index (every list probed)
     assert index_two < 1.3 * index_one

@@ -27,13 +27,27 @@ BIN = Path(sys.executable).parent
 def _env(**extra) -> dict:
     path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PATH": path, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **extra}
+    return {
+        **os.environ,
+        "PATH": path,
+        "PYTHONPATH": pythonpath,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
 
 
 def rsyn(*args, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "rsyn", *map(str, args)], capture_output=True, text=True,
-                          env=env or _env(), timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rsyn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or _env(),
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if check:
         assert proc.returncode == 0, f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     return proc
@@ -41,8 +55,13 @@ def rsyn(*args, timeout=600, env=None, check=True) -> subprocess.CompletedProces
 
 def example_settings(work: Path, out: Path) -> list[str]:
     """The example pipeline on the test corpus, with the options tests/test_pipeline.py gives the Makefile."""
-    sets = [f"vars.work={work}", f"pipeline.output={out}", "pipeline.device=cpu", "thresholds.clusters=4",
-            "thresholds.per_cluster=3"]
+    sets = [
+        f"vars.work={work}",
+        f"pipeline.output={out}",
+        "pipeline.device=cpu",
+        "thresholds.clusters=4",
+        "thresholds.per_cluster=3",
+    ]
     return [w for s in sets for w in ("--set", s)]
 
 
@@ -87,8 +106,20 @@ def example(tmp_path_factory):
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     work = tmp_path_factory.mktemp("runner") / "work"
-    cmd = ["make", "-C", str(ROOT / "examples"), f"W={work}", "DOCS=15", "MMC4=3", "CLUSTERS=4", "PER_CLUSTER=3",
-           f"PYTHON={sys.executable}", f"RSYN={BIN / 'rsyn'}", "DEVICE=cpu", f"{work}/packed/_SUCCESS"]
+    cmd = [
+        "make",
+        "-C",
+        str(ROOT / "examples"),
+        f"W={work}",
+        "DOCS=15",
+        "MMC4=3",
+        "CLUSTERS=4",
+        "PER_CLUSTER=3",
+        f"PYTHON={sys.executable}",
+        f"RSYN={BIN / 'rsyn'}",
+        "DEVICE=cpu",
+        f"{work}/packed/_SUCCESS",
+    ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"example Makefile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return work
@@ -109,12 +140,27 @@ def test_local_engine_gives_the_makefile_release(example, local_run):
     counts = {name: len(q.parts) for name, q in graph.passes.items()}
     # dedup, semdedup and balance ran as their split passes, with the example file's shard and partition counts
     assert {k: v for k, v in counts.items() if k.startswith(("dedup", "semdedup", "balance"))} == {
-        "dedup-split": 3, "dedup-scan": 3, "dedup-exact": 2, "dedup-settle-exact": 1, "dedup-near": 2,
-        "dedup-settle-near": 1, "dedup-filter": 3,
-        "semdedup-split": 3, "semdedup-scan": 3, "semdedup-train": 1, "semdedup-assign": 3, "semdedup-pairs": 2,
-        "semdedup-select": 1, "semdedup-filter": 3,
-        "balance-split": 2, "balance-scan": 2, "balance-plan": 1, "balance-assign": 2, "balance-cap": 1,
-        "balance-filter": 2}
+        "dedup-split": 3,
+        "dedup-scan": 3,
+        "dedup-exact": 2,
+        "dedup-settle-exact": 1,
+        "dedup-near": 2,
+        "dedup-settle-near": 1,
+        "dedup-filter": 3,
+        "semdedup-split": 3,
+        "semdedup-scan": 3,
+        "semdedup-train": 1,
+        "semdedup-assign": 3,
+        "semdedup-pairs": 2,
+        "semdedup-select": 1,
+        "semdedup-filter": 3,
+        "balance-split": 2,
+        "balance-scan": 2,
+        "balance-plan": 1,
+        "balance-assign": 2,
+        "balance-cap": 1,
+        "balance-filter": 2,
+    }
     names = part_names(graph)
     for name in names:
         marker = json.loads((out / ".done" / f"{name}.json").read_text())
@@ -135,8 +181,9 @@ def test_rerun_skips_every_done_part_and_redoes_a_changed_one(example, local_run
     assert f"{n}/{n} parts done (0 run, {n} already done)" in again.stderr
     # a different option for one pass: that pass and everything after it run again, nothing before it
     # (per_cluster is an option of balance's cap pass: not of its scan, plan or assign)
-    changed = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack",
-                   "--set", "thresholds.per_cluster=2")
+    changed = rsyn(
+        "run", EXAMPLE, *example_settings(example, out), "--until", "pack", "--set", "thresholds.per_cluster=2"
+    )
     started = re.findall(r"rsyn run: (\S+): started", changed.stderr)
     assert sorted(started) == ["balance-cap", "balance-filter-00000-of-00002", "balance-filter-00001-of-00002", "pack"]
     rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")  # back to the reference settings
@@ -159,8 +206,13 @@ def test_emitted_makefile_with_make_j2_gives_the_same_release(example, tmp_path)
     makefile = (tmp_path / "Makefile").read_text()
     filters = " ".join(f"{out}/.done/dedup-filter-{k:05d}-of-00003.json" for k in range(3))
     assert f"{out}/.done/embed.json: {filters}\n" in makefile
-    proc = subprocess.run(["make", "-C", str(tmp_path), "-j2", "pack", f"RSYN={sys.executable} -m rsyn"], env=_env(),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["make", "-C", str(tmp_path), "-j2", "pack", f"RSYN={sys.executable} -m rsyn"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert release(out / "packed") == release(example / "packed")
     # every part ran through `rsyn run --part`: its marker and log are there, and make now has nothing to do
@@ -211,8 +263,11 @@ def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_pa
     plan = tmp_path / "plan"
     rsyn("plan", EXAMPLE, "--emit", "slurm", "-o", plan, "--until", "pack", *example_settings(example, out))
     shim = tmp_path / "shim"
-    env = _env(PATH=f"{ROOT / 'tests' / 'slurm_shim'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
-               SHIM_DIR=str(shim), RSYN=f"{sys.executable} -m rsyn")
+    env = _env(
+        PATH=f"{ROOT / 'tests' / 'slurm_shim'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        SHIM_DIR=str(shim),
+        RSYN=f"{sys.executable} -m rsyn",
+    )
     proc = subprocess.run(["bash", str(plan / "submit.sh")], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [json.loads(line) for line in (shim / "jobs.jsonl").read_text().splitlines()]
@@ -228,8 +283,12 @@ def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_pa
 def _fake_settings(tmp_path: Path, out: Path, shards: int = 2) -> list[str]:
     docs = tmp_path / "docs.jsonl"
     docs.write_text("{}\n")
-    sets = [f"pipeline.output={out}", f"inputs.documents=['{docs}']", f"stages.extract.shards={shards}",
-            f"stages.extract.program=['{sys.executable}', '{FAKE_STAGE}']"]
+    sets = [
+        f"pipeline.output={out}",
+        f"inputs.documents=['{docs}']",
+        f"stages.extract.shards={shards}",
+        f"stages.extract.program=['{sys.executable}', '{FAKE_STAGE}']",
+    ]
     return [w for s in sets for w in ("--set", s)]
 
 
@@ -247,8 +306,9 @@ def test_a_part_that_fails_twice_is_retried_and_succeeds(tmp_path):
 def test_a_part_that_always_fails_ends_the_run_with_exit_2_naming_it_and_its_log(tmp_path):
     out = tmp_path / "out"
     env = _env(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="99", FAKE_FAIL_SHARD="1/2")
-    proc = rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out), "--until", "extract", "--retries", "2", env=env,
-                check=False)
+    proc = rsyn(
+        "run", EXAMPLE, *_fake_settings(tmp_path, out), "--until", "extract", "--retries", "2", env=env, check=False
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     log = out / "logs" / "extract-00001-of-00002.log"
@@ -261,8 +321,18 @@ def test_a_part_that_always_fails_ends_the_run_with_exit_2_naming_it_and_its_log
 def test_local_engine_gives_each_gpu_part_its_own_gpu(tmp_path):
     out, state = tmp_path / "out", tmp_path / "state"
     env = _env(FAKE_STATE=str(state), FAKE_SLEEP="0.5", CUDA_VISIBLE_DEVICES="0,1")
-    rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out, shards=4), "--set", "stages.extract.gpus=1",
-         "--until", "extract", "--workers", "4", env=env)
+    rsyn(
+        "run",
+        EXAMPLE,
+        *_fake_settings(tmp_path, out, shards=4),
+        "--set",
+        "stages.extract.gpus=1",
+        "--until",
+        "extract",
+        "--workers",
+        "4",
+        env=env,
+    )
     runs = [(p.read_text().split()) for p in sorted(state.glob("ran-*-4"))]
     assert len(runs) == 4 and all(gpu in ("0", "1") for gpu, _, _ in runs)
     spans = [(float(a), float(b)) for _, a, b in runs]
@@ -277,9 +347,24 @@ def test_sigterm_and_sigint_stop_the_parts_and_leave_no_temporaries(tmp_path, si
     out = tmp_path / "out"
     state = tmp_path / "state"
     env = _env(FAKE_STATE=str(state), FAKE_HANG="1", FAKE_FAIL_SHARD="1/2")
-    run = subprocess.Popen([sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *_fake_settings(tmp_path, out),
-                            "--until", "extract", "--workers", "2"], env=env, cwd=ROOT, stderr=subprocess.PIPE,
-                           text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rsyn",
+            "run",
+            str(EXAMPLE),
+            *_fake_settings(tmp_path, out),
+            "--until",
+            "extract",
+            "--workers",
+            "2",
+        ],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (state / "pid").exists():
         assert run.poll() is None and time.monotonic() < deadline, "the hanging part never started"
@@ -304,12 +389,20 @@ def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_pa
     outputs = [out / "shards" / f"dedup-{k:05d}-of-00003.jsonl.zst" for k in range(3)]
     reference = [p.read_bytes() for p in outputs]
     slow = ["sh", "-c", 'sleep 1; exec "$0" "$@"', "rsyn"]  # each part takes a second: the kill lands mid-pass
-    sets = [*example_settings(example, out), "--set", f"stages.{name}.program={json.dumps(slow)}",
-            "--until", name, "--workers", "1"]
+    sets = [
+        *example_settings(example, out),
+        "--set",
+        f"stages.{name}.program={json.dumps(slow)}",
+        "--until",
+        name,
+        "--workers",
+        "1",
+    ]
     first = out / ".done" / f"{parts[0]}.json"
     first.unlink()  # the program changed, so the whole pass reruns: wait for its first new marker
-    run = subprocess.Popen([sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets], env=_env(), cwd=ROOT,
-                           stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets], env=_env(), cwd=ROOT, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not first.exists():
         assert run.poll() is None and time.monotonic() < deadline, "the split pass never finished a part"
@@ -318,8 +411,9 @@ def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_pa
     run.wait()
     time.sleep(0.5)  # the part it was running gets SIGKILL too (PR_SET_PDEATHSIG): no orphan races the rerun
     assert _processes_naming(out / "work") == []
-    done_before = {p.name[:-5] for p in (out / ".done").glob(f"{name}-*.json")
-                   if json.loads(p.read_text())["argv"][:2] == slow[:2]}
+    done_before = {
+        p.name[:-5] for p in (out / ".done").glob(f"{name}-*.json") if json.loads(p.read_text())["argv"][:2] == slow[:2]
+    }
     assert 1 <= len(done_before) < 3
     # what a dead attempt leaves: a half-written output and a spill in its TMPDIR
     (out / "shards" / ".dedup-00002-of-00003.jsonl.zst.rsyn-tmp-999999").write_bytes(b"half")
@@ -350,10 +444,12 @@ def _processes_naming(path: Path) -> list[int]:
 def test_bad_pipeline_files_fail_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     head = '[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n'
-    for table, message in (("[stages.pack]\nshards = 4", "pack compares records across the whole stream"),
-                           ("[stages.embed]\npartitions = 2", "only dedup, semdedup and index have per-partition passes"),
-                           ("[stages.dedup-near]\nshards = 2", "part counts are set on the stage, [stages.dedup]"),
-                           ("[stages.dedup-nope]\ncpus = 2", "[stages.dedup-nope] is not a stage or a pass")):
+    for table, message in (
+        ("[stages.pack]\nshards = 4", "pack compares records across the whole stream"),
+        ("[stages.embed]\npartitions = 2", "only dedup, semdedup and index have per-partition passes"),
+        ("[stages.dedup-near]\nshards = 2", "part counts are set on the stage, [stages.dedup]"),
+        ("[stages.dedup-nope]\ncpus = 2", "[stages.dedup-nope] is not a stage or a pass"),
+    ):
         bad.write_text(f"{head}[stages.dedup]\nshards = 2\n{table}\n")
         proc = rsyn("plan", bad, "--emit", "make", check=False)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
@@ -365,9 +461,11 @@ def test_bad_pipeline_files_fail_with_one_line(tmp_path):
 
 
 def test_ray_engine_without_ray_says_how_to_install(tmp_path):
-    code = ("import sys; sys.modules['ray'] = None; from rsyn.cli import main; "
-            f"sys.argv = ['rsyn', 'run', {str(EXAMPLE)!r}, '--engine', 'ray', '--set', 'pipeline.output={tmp_path}']; "
-            "main()")
+    code = (
+        "import sys; sys.modules['ray'] = None; from rsyn.cli import main; "
+        f"sys.argv = ['rsyn', 'run', {str(EXAMPLE)!r}, '--engine', 'ray', '--set', 'pipeline.output={tmp_path}']; "
+        "main()"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "rsyn: error: the ray engine needs Ray: pip install 'rsyn[ray]'\n"

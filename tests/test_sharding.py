@@ -5,10 +5,10 @@ import base64
 import numpy as np
 import orjson
 import pytest
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn_here
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn_here
 from rsyn.stream import plan_shard, split_by_size
 
 RECORDS = [{"id": f"{i:05d}", "kind": "text", "text": f"sentence {i} " + "word " * (i % 17)} for i in range(3000)]
@@ -60,7 +60,7 @@ def _write_parts(tmp_path, sizes, kind="zstd"):
     """Input files of the given record counts, in name order; returns (paths, records in input order)."""
     paths, records, start = [], [], 0
     for i, count in enumerate(sizes):
-        part = RECORDS[start:start + count]
+        part = RECORDS[start : start + count]
         start += count
         path = tmp_path / f"in-{i:02d}.jsonl.zst"
         path.write_bytes(compress(jsonl(part), kind))
@@ -69,8 +69,9 @@ def _write_parts(tmp_path, sizes, kind="zstd"):
     return paths, records
 
 
-@pytest.mark.parametrize("sizes,n", [((400, 30, 200, 700, 10, 5, 900), 3), ((100, 100, 100, 100), 4),
-                                     ((1000, 1, 1, 1, 1), 2)])
+@pytest.mark.parametrize(
+    "sizes,n", [((400, 30, 200, 700, 10, 5, 900), 3), ((100, 100, 100, 100), 4), ((1000, 1, 1, 1, 1), 2)]
+)
 def test_sharded_cat_concatenates_to_the_one_process_run(tmp_path, sizes, n):
     paths, records = _write_parts(tmp_path, sizes)
     pattern = str(tmp_path / "in-*.jsonl.zst")
@@ -112,12 +113,18 @@ def test_one_file_keeps_the_record_position_rule(tmp_path):
 
 
 def _obelics_doc(i):
-    texts = [f"The brown dog number {i} runs along the sandy beach near the old wooden pier.",
-             f"A girl throws the red ball {i} times to the happy dog in the garden."]
-    return {"images": [f"http://img/{i}.jpg", None, None], "texts": [None, texts[0], texts[1]],
-            "metadata": orjson.dumps([{"src": f"http://img/{i}.jpg", "original_width": 640,
-                                       "original_height": 480}, None, None]).decode(),
-            "general_metadata": orjson.dumps({"url": f"http://example.com/{i}"}).decode()}
+    texts = [
+        f"The brown dog number {i} runs along the sandy beach near the old wooden pier.",
+        f"A girl throws the red ball {i} times to the happy dog in the garden.",
+    ]
+    return {
+        "images": [f"http://img/{i}.jpg", None, None],
+        "texts": [None, texts[0], texts[1]],
+        "metadata": orjson.dumps(
+            [{"src": f"http://img/{i}.jpg", "original_width": 640, "original_height": 480}, None, None]
+        ).decode(),
+        "general_metadata": orjson.dumps({"url": f"http://example.com/{i}"}).decode(),
+    }
 
 
 def test_sharded_extract_concatenates_to_the_one_process_run(tmp_path):
@@ -169,8 +176,14 @@ def test_sharded_embed_equals_the_single_run_within_one_float16_ulp(tmp_path):
 
     model = build_tiny_clip(tmp_path / "clip", seed=0)
     words = "a dog runs across the green field while two children play with red kites near the old river".split()
-    texts = [{"id": f"t{i:04d}", "kind": "text", "text": " ".join(words[(i * 7 + j) % len(words)]
-                                                                   for j in range(3 + i % 23))} for i in range(300)]
+    texts = [
+        {
+            "id": f"t{i:04d}",
+            "kind": "text",
+            "text": " ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 23)),
+        }
+        for i in range(300)
+    ]
     src = tmp_path / "texts.jsonl"
     src.write_bytes(jsonl(texts))
     args = ["--model", model, "--device", "cpu", "--batch-size", "16", "--quiet"]
@@ -182,6 +195,7 @@ def test_sharded_embed_equals_the_single_run_within_one_float16_ulp(tmp_path):
         merged += read_stream_file(tmp_path / f"part-{k}.jsonl")
     merged.sort(key=lambda r: r["id"])
     assert [r["id"] for r in merged] == [r["id"] for r in single]
-    assert [{k: v for k, v in r.items() if k != "emb"} for r in merged] == \
-           [{k: v for k, v in r.items() if k != "emb"} for r in single]
+    assert [{k: v for k, v in r.items() if k != "emb"} for r in merged] == [
+        {k: v for k, v in r.items() if k != "emb"} for r in single
+    ]
     assert within_one_float16_ulp([r["emb"] for r in merged], [r["emb"] for r in single]).all()

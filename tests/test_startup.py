@@ -18,8 +18,14 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # hides any GPU: the answer must come wit
 def fresh(code: str, env: dict | None = None) -> dict:
     """Run `code` in a new interpreter; it sets `result` (JSON-able); also returns the modules it loaded."""
     wrapper = code + "\nimport json, sys\nprint(json.dumps({'result': result, 'modules': sorted(sys.modules)}))\n"
-    proc = subprocess.run([sys.executable, "-c", wrapper], check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["modules"] = set(out["modules"])
@@ -27,11 +33,14 @@ def fresh(code: str, env: dict | None = None) -> dict:
 
 
 def test_auto_device_without_a_gpu_is_answered_without_torch():
-    out = fresh("from rsyn.command import Run\n"
-                "from rsyn.models.device import resolve_device, resolve_faiss_device\n"
-                "run = Run('test', quiet=True)\n"
-                "result = [resolve_device('auto'), resolve_faiss_device('auto'), resolve_device('cpu'), "
-                "run.faiss_device, run.summary()['device']]", NO_GPU)
+    out = fresh(
+        "from rsyn.command import Run\n"
+        "from rsyn.models.device import resolve_device, resolve_faiss_device\n"
+        "run = Run('test', quiet=True)\n"
+        "result = [resolve_device('auto'), resolve_faiss_device('auto'), resolve_device('cpu'), "
+        "run.faiss_device, run.summary()['device']]",
+        NO_GPU,
+    )
     assert out["result"] == ["cpu"] * 5
     assert "torch" not in out["modules"] and "faiss" not in out["modules"]
 
@@ -39,24 +48,39 @@ def test_auto_device_without_a_gpu_is_answered_without_torch():
 def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
     from conftest import rsyn
 
-    records = [{"id": "t0", "kind": "text", "doc": "d", "pos": 0, "text": "a dog", "emb": encode_embeddings(
-        np.eye(1, 8, dtype=np.float32))[0], "emb_model": "m"}]
+    records = [
+        {
+            "id": "t0",
+            "kind": "text",
+            "doc": "d",
+            "pos": 0,
+            "text": "a dog",
+            "emb": encode_embeddings(np.eye(1, 8, dtype=np.float32))[0],
+            "emb_model": "m",
+        }
+    ]
     (tmp_path / "s.jsonl").write_bytes(jsonl(records))
     proc = rsyn("index", tmp_path / "s.jsonl", "-o", tmp_path / "idx", "--device", "cuda", env=NO_GPU)
     assert proc.returncode == 2
     assert proc.stderr.decode().strip().splitlines() == [
-        "rsyn: error: --device cuda: no CUDA device is available (use --device cpu or auto)"]
+        "rsyn: error: --device cuda: no CUDA device is available (use --device cpu or auto)"
+    ]
 
 
 def test_a_faiss_stage_with_device_auto_does_not_import_torch(tmp_path):
     rows = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
-    records = [{"id": f"t{i}", "kind": "text", "doc": "d", "pos": i, "text": f"sentence {i}", "emb": e,
-                "emb_model": "m"} for i, e in enumerate(encode_embeddings(rows))]
+    records = [
+        {"id": f"t{i}", "kind": "text", "doc": "d", "pos": i, "text": f"sentence {i}", "emb": e, "emb_model": "m"}
+        for i, e in enumerate(encode_embeddings(rows))
+    ]
     (tmp_path / "s.jsonl").write_bytes(jsonl(records))
-    out = fresh("import sys\nfrom rsyn.cli import app\n"
-                f"sys.argv = ['rsyn', 'index', {str(tmp_path / 's.jsonl')!r}, '--clusters', '2', '-q', "
-                f"'-o', {str(tmp_path / 'idx')!r}]\n"
-                "try:\n    app()\nexcept SystemExit as exc:\n    result = exc.code\n", NO_GPU)
+    out = fresh(
+        "import sys\nfrom rsyn.cli import app\n"
+        f"sys.argv = ['rsyn', 'index', {str(tmp_path / 's.jsonl')!r}, '--clusters', '2', '-q', "
+        f"'-o', {str(tmp_path / 'idx')!r}]\n"
+        "try:\n    app()\nexcept SystemExit as exc:\n    result = exc.code\n",
+        NO_GPU,
+    )
     assert out["result"] in (0, None)
     assert (tmp_path / "idx" / "meta.json").exists()
     assert "faiss" in out["modules"] and "torch" not in out["modules"]
@@ -65,36 +89,58 @@ def test_a_faiss_stage_with_device_auto_does_not_import_torch(tmp_path):
 def test_open_clip_for_a_plain_clip_skips_timm_and_transformers_which_stay_importable(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
-        "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}}))
+    (plain / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": {
+                    "embed_dim": 32,
+                    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8},
+                    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+                }
+            }
+        )
+    )
     timm_based = tmp_path / "timm"
     timm_based.mkdir()
-    (timm_based / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
-        "embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "image_size": 32},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}}))
-    out = fresh("import sys\nfrom rsyn.models.imports import import_open_clip\n"
-                f"oc = import_open_clip('local-dir:{plain}')\n"
-                "before = ['timm' in sys.modules, 'transformers' in sys.modules, oc.timm_model.timm is None]\n"
-                "import importlib.util\n"
-                "findable = importlib.util.find_spec('timm') is not None\n"  # no None left behind in sys.modules
-                f"import_open_clip('local-dir:{timm_based}')\n"  # a later model that needs timm gets it
-                "result = before + [findable, oc.timm_model.timm is not None]")
+    (timm_based / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": {
+                    "embed_dim": 32,
+                    "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "image_size": 32},
+                    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+                }
+            }
+        )
+    )
+    out = fresh(
+        "import sys\nfrom rsyn.models.imports import import_open_clip\n"
+        f"oc = import_open_clip('local-dir:{plain}')\n"
+        "before = ['timm' in sys.modules, 'transformers' in sys.modules, oc.timm_model.timm is None]\n"
+        "import importlib.util\n"
+        "findable = importlib.util.find_spec('timm') is not None\n"  # no None left behind in sys.modules
+        f"import_open_clip('local-dir:{timm_based}')\n"  # a later model that needs timm gets it
+        "result = before + [findable, oc.timm_model.timm is not None]"
+    )
     assert out["result"] == [False, False, True, True, True]
 
 
 def test_spacy_loads_without_torch():
-    out = fresh("from rsyn.filters import load_spacy, resolve_spacy_model\n"
-                "nlp = load_spacy(resolve_spacy_model('auto'))\n"
-                "result = [t.dep_ for t in nlp('The dog chased the cat.')]")
+    out = fresh(
+        "from rsyn.filters import load_spacy, resolve_spacy_model\n"
+        "nlp = load_spacy(resolve_spacy_model('auto'))\n"
+        "result = [t.dep_ for t in nlp('The dog chased the cat.')]"
+    )
     assert "spacy" in out["modules"] and "torch" not in out["modules"]
     assert "nsubj" in out["result"] and "dobj" in out["result"]
 
 
 def test_report_tokenizer_counts_like_open_clip_without_torch():
     texts = ["A photo of a dog.", "Ünïcödé &amp; <b>html</b>  spaces", "", "x" * 300]
-    out = fresh("from rsyn.models.imports import clip_bpe_tokenizer\n"
-                f"result = [clip_bpe_tokenizer().encode(t) for t in {texts!r}]")
+    out = fresh(
+        "from rsyn.models.imports import clip_bpe_tokenizer\n"
+        f"result = [clip_bpe_tokenizer().encode(t) for t in {texts!r}]"
+    )
     assert "torch" not in out["modules"]
     from open_clip.tokenizer import SimpleTokenizer
 

@@ -8,14 +8,16 @@ import time
 
 import orjson
 import pytest
+from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compress, decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from rsyn.stream import RecordWriter, StreamError, iter_lines, read_records
 
-RECORDS = [{"id": f"{i:05d}", "kind": "text", "doc": f"d{i // 10}", "pos": i % 10, "text": f"sentence number {i} é ✓"}
-           for i in range(10_000)]
+RECORDS = [
+    {"id": f"{i:05d}", "kind": "text", "doc": f"d{i // 10}", "pos": i % 10, "text": f"sentence number {i} é ✓"}
+    for i in range(10_000)
+]
 
 
 def test_help_lists_the_nine_commands():
@@ -160,8 +162,9 @@ BIG_INPUT = jsonl(RECORDS * 6)  # ~5 MB: several frames are written before the i
 
 def _writer_mid_stream(out):
     """A `rsyn cat -o OUT` fed part of its input, stdin left open, once its temporary holds data."""
-    proc = subprocess.Popen([sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdin.write(BIG_INPUT)  # stdin stays open: the run is mid-stream
     proc.stdin.flush()
     deadline = time.monotonic() + 60
@@ -211,15 +214,18 @@ def test_stale_temporaries_of_dead_runs_on_this_host_are_removed(tmp_path):
     mine = temporary_name(target)
     assert mine.parent == tmp_path and mine.name.startswith(".index.rsyn-tmp-")
     assert mine.name.endswith(f"-{os.getpid()}")
-    host = mine.name[len(".index.rsyn-tmp-"):].rsplit("-", 1)[0]
+    host = mine.name[len(".index.rsyn-tmp-") :].rsplit("-", 1)[0]
     stale_dir = tmp_path / f".index.rsyn-tmp-{host}-{dead.pid}"
     (stale_dir / "sub").mkdir(parents=True)
     (stale_dir / "sub" / "part.bin").write_bytes(b"x" * 100)
     stale_file = tmp_path / f".index.rsyn-tmp-{host}-{dead.pid + 1_000_000}"  # no such pid
     stale_file.write_bytes(b"x")
-    keep = [mine, tmp_path / f".index.rsyn-tmp-otherhost-{dead.pid}",  # alive / not ours to judge
-            tmp_path / f".indexes.rsyn-tmp-{host}-{dead.pid}",  # another target
-            tmp_path / f".index.rsyn-tmp-{host}-{os.getppid()}"]  # a live process
+    keep = [
+        mine,
+        tmp_path / f".index.rsyn-tmp-otherhost-{dead.pid}",  # alive / not ours to judge
+        tmp_path / f".indexes.rsyn-tmp-{host}-{dead.pid}",  # another target
+        tmp_path / f".index.rsyn-tmp-{host}-{os.getppid()}",
+    ]  # a live process
     for path in keep:
         path.write_bytes(b"x")
     removed = remove_stale_temporaries(target)
@@ -229,8 +235,9 @@ def test_stale_temporaries_of_dead_runs_on_this_host_are_removed(tmp_path):
 
 def test_head_ends_quietly():
     src = compress(jsonl(RECORDS * 5), "zstd")
-    proc = subprocess.run(f"{sys.executable} -m rsyn cat --plain | head -n 3", shell=True, input=src,
-                          capture_output=True)
+    proc = subprocess.run(
+        f"{sys.executable} -m rsyn cat --plain | head -n 3", shell=True, input=src, capture_output=True
+    )
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
 

@@ -10,16 +10,18 @@ from unittest import mock
 import orjson
 import pytest
 import zstandard
+from conftest import decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import decode_stream, jsonl, read_stream_file, rsyn, rsyn_here
 from rsyn import stream
 from rsyn.stream import FRAME_BYTES, LINES_MAGIC, ZSTD_MAGIC, RecordWriter, iter_line_blocks
 
 # ~250 bytes a record: about 4,000 records a frame, 4 frames
-RECORDS = [{"id": f"{i:06d}", "kind": "text", "text": f"sentence {i} " + "lorem ipsum dolor " * (i % 23)}
-           for i in range(14_000)]
+RECORDS = [
+    {"id": f"{i:06d}", "kind": "text", "text": f"sentence {i} " + "lorem ipsum dolor " * (i % 23)}
+    for i in range(14_000)
+]
 LINES = [orjson.dumps(r) for r in RECORDS]
 
 
@@ -30,7 +32,7 @@ def frames_of(data: bytes) -> list[tuple[int, bytes]]:
         obj = dctx.decompressobj()
         content = obj.decompress(data[at:])
         assert obj.eof
-        if data[at:at + 4] != LINES_MAGIC:
+        if data[at : at + 4] != LINES_MAGIC:
             out.append((at, content))
         at = len(data) - len(obj.unused_data)
     return out
@@ -76,7 +78,7 @@ def test_one_flipped_byte_loses_one_frame_in_skip_mode(tmp_path, written):
     assert proc.returncode == 0, proc.stderr
     lost = frames[victim].count(b"\n")
     first_lost = sum(f.count(b"\n") for f in frames[:victim])
-    assert decode_stream(proc.stdout) == RECORDS[:first_lost] + RECORDS[first_lost + lost:]
+    assert decode_stream(proc.stdout) == RECORDS[:first_lost] + RECORDS[first_lost + lost :]
     summary = orjson.loads(stats.read_bytes())
     assert summary["errors"] == {"corrupt_stream": 1} and summary["in"] == len(RECORDS) - lost
     (entry,) = read_stream_file(rejects)

@@ -1,7 +1,7 @@
 """`rsyn balance`: the whole run, or one of its passes (`rsyn balance scan|plan|assign|cap|filter`)."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -31,40 +31,78 @@ class _WholeOrPass(TyperGroup):
         return [f"{WHOLE}-{name}" for name in PASSES]
 
 
-balance_app = typer.Typer(cls=_WholeOrPass, add_completion=False, pretty_exceptions_enable=False,
-                          context_settings={"help_option_names": ["-h", "--help"]})
-app.add_typer(balance_app, name="balance",
-              help="Keep image/syn_text pairs in the similarity window; cap each image cluster. "
-                   "`rsyn balance INPUT... --per-cluster T` does it all in one process; "
-                   "`rsyn balance scan|plan|assign|cap|filter` are its passes, for runs split over processes.",
-              short_help="Keep image/syn_text pairs in the similarity window; cap each image cluster.")
+balance_app = typer.Typer(
+    cls=_WholeOrPass,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(
+    balance_app,
+    name="balance",
+    help="Keep image/syn_text pairs in the similarity window; cap each image cluster. "
+    "`rsyn balance INPUT... --per-cluster T` does it all in one process; "
+    "`rsyn balance scan|plan|assign|cap|filter` are its passes, for runs split over processes.",
+    short_help="Keep image/syn_text pairs in the similarity window; cap each image cluster.",
+)
 
-SimRangeOption = Annotated[Optional[str], typer.Option(
-    "--sim-range", metavar="LO HI|auto",
-    help="Keep pairs with LO <= cosine(image, syn_text) <= HI (also LO,HI). Default: the paper's 0.51 0.61, "
-         "only for EVA02-E-14-plus embeddings; any other model needs a range or 'auto' (the 7.5%..92.5% "
-         "quantiles of the observed sims, the 85% share the paper kept; auto:QLO,QHI for others).")]
-ClustersOption = Annotated[Optional[int], typer.Option(
-    "--clusters", min=1, help="k-means clusters of the image embeddings. Default: images in the window / 168 "
-                              "(the paper: 168M images, 1M clusters).")]
-PerClusterOption = Annotated[Optional[int], typer.Option(
-    "--per-cluster", min=1, metavar="T",
-    help="Keep at most T pairs per cluster, all of a smaller one (paper: 20, 35, 180 for 15M, 30M, 100M).")]
-TargetOption = Annotated[Optional[int], typer.Option(
-    "--target", min=1, metavar="N", help="Instead of T: the largest T whose total output does not exceed N.")]
+SimRangeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sim-range",
+        metavar="LO HI|auto",
+        help="Keep pairs with LO <= cosine(image, syn_text) <= HI (also LO,HI). Default: the paper's 0.51 0.61, "
+        "only for EVA02-E-14-plus embeddings; any other model needs a range or 'auto' (the 7.5%..92.5% "
+        "quantiles of the observed sims, the 85% share the paper kept; auto:QLO,QHI for others).",
+    ),
+]
+ClustersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--clusters",
+        min=1,
+        help="k-means clusters of the image embeddings. Default: images in the window / 168 "
+        "(the paper: 168M images, 1M clusters).",
+    ),
+]
+PerClusterOption = Annotated[
+    int | None,
+    typer.Option(
+        "--per-cluster",
+        min=1,
+        metavar="T",
+        help="Keep at most T pairs per cluster, all of a smaller one (paper: 20, 35, 180 for 15M, 30M, 100M).",
+    ),
+]
+TargetOption = Annotated[
+    int | None,
+    typer.Option(
+        "--target", min=1, metavar="N", help="Instead of T: the largest T whose total output does not exceed N."
+    ),
+]
 ItersOption = Annotated[int, typer.Option("--kmeans-iters", min=1, help="k-means iterations.")]
-SampleOption = Annotated[Optional[int], typer.Option(
-    "--kmeans-sample", min=1, help="Train k-means on at most this many embeddings, those with the smallest hash of "
-                                   "(seed, id). Default: 256 per cluster, at most 65,536 in all but at least 8 per "
-                                   "cluster.")]
-CentroidsOption = Annotated[Optional[str], typer.Option(
-    "--centroids", metavar="NPY", help="Use these centroids (k x d .npy) instead of k-means.")]
-SaveCentroidsOption = Annotated[Optional[str], typer.Option(
-    "--save-centroids", metavar="NPY", help="Write the centroids used to this .npy file.")]
+SampleOption = Annotated[
+    int | None,
+    typer.Option(
+        "--kmeans-sample",
+        min=1,
+        help="Train k-means on at most this many embeddings, those with the smallest hash of "
+        "(seed, id). Default: 256 per cluster, at most 65,536 in all but at least 8 per "
+        "cluster.",
+    ),
+]
+CentroidsOption = Annotated[
+    str | None,
+    typer.Option("--centroids", metavar="NPY", help="Use these centroids (k x d .npy) instead of k-means."),
+]
+SaveCentroidsOption = Annotated[
+    str | None, typer.Option("--save-centroids", metavar="NPY", help="Write the centroids used to this .npy file.")
+]
 
 
-@rsyn_command(balance_app, WHOLE, "The whole balance in one process (the default: `rsyn balance INPUT...`).",
-              hidden=True)
+@rsyn_command(
+    balance_app, WHOLE, "The whole balance in one process (the default: `rsyn balance INPUT...`).", hidden=True
+)
 def balance(
     run: Run,
     sim_range: SimRangeOption = None,
@@ -75,10 +113,16 @@ def balance(
     kmeans_sample: SampleOption = None,
     centroids: CentroidsOption = None,
     save_centroids: SaveCentroidsOption = None,
-    spill_dir: Annotated[Optional[str], typer.Option(
-        "--spill-dir", metavar="DIR", help="Where the passes' files go (default: $TMPDIR): 2 bytes per embedding "
-                                           "dimension plus ~34 bytes per image, plus a zstd copy of stdin or pipe "
-                                           "input.")] = None,
+    spill_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--spill-dir",
+            metavar="DIR",
+            help="Where the passes' files go (default: $TMPDIR): 2 bytes per embedding "
+            "dimension plus ~34 bytes per image, plus a zstd copy of stdin or pipe "
+            "input.",
+        ),
+    ] = None,
 ) -> None:
     """Semantic balance sampling (RealSyn step 10), in one process.
 
@@ -93,9 +137,18 @@ def balance(
     """
     from rsyn.stages.balance import run_balance
 
-    run_balance(run, sim_range=sim_range, clusters=clusters, per_cluster=per_cluster, target=target,
-                kmeans_iters=kmeans_iters, kmeans_sample=kmeans_sample, centroids_path=centroids,
-                save_centroids=save_centroids, spill_dir=spill_dir)
+    run_balance(
+        run,
+        sim_range=sim_range,
+        clusters=clusters,
+        per_cluster=per_cluster,
+        target=target,
+        kmeans_iters=kmeans_iters,
+        kmeans_sample=kmeans_sample,
+        centroids_path=centroids,
+        save_centroids=save_centroids,
+        spill_dir=spill_dir,
+    )
 
 
 def _out_dir(run: Run, name: str):
@@ -138,8 +191,9 @@ def _dirs(run: Run, kind: str, one: bool = False):
     return [PassDir(name, kind) for name in names]
 
 
-@rsyn_command(balance_app, "balance-scan",
-              "Pass 1 (per shard): sims, keys, embedding spill and sim histogram -> -o DIR.")
+@rsyn_command(
+    balance_app, "balance-scan", "Pass 1 (per shard): sims, keys, embedding spill and sim histogram -> -o DIR."
+)
 def scan(run: Run) -> None:
     """Pass 1, per shard: validate this shard's records, compute sim and the sampling keys, spill the embeddings.
 
@@ -153,8 +207,7 @@ def scan(run: Run) -> None:
     run.extra.update({"images": meta["count"], "spilled_records": bool(meta["records"])})
 
 
-@rsyn_command(balance_app, "balance-plan",
-              "Pass 2 (once): the window, the training sample and k-means -> -o DIR.")
+@rsyn_command(balance_app, "balance-plan", "Pass 2 (once): the window, the training sample and k-means -> -o DIR.")
 def plan(
     run: Run,
     sim_range: SimRangeOption = None,
@@ -173,14 +226,27 @@ def plan(
     _no_shard(run, "plan")
     window, run.inputs = parse_sim_range(sim_range, run.inputs)
     scans = _dirs(run, "scan")
-    meta = _run_into(run, "plan", lambda out: plan_pass(
-        run, scans, out, window=window, clusters=clusters, kmeans_iters=kmeans_iters, kmeans_sample=kmeans_sample,
-        centroids_path=centroids, save_centroids=save_centroids))
+    meta = _run_into(
+        run,
+        "plan",
+        lambda out: plan_pass(
+            run,
+            scans,
+            out,
+            window=window,
+            clusters=clusters,
+            kmeans_iters=kmeans_iters,
+            kmeans_sample=kmeans_sample,
+            centroids_path=centroids,
+            save_centroids=save_centroids,
+        ),
+    )
     run.extra.update(stage_summary(meta, None))
 
 
-@rsyn_command(balance_app, "balance-assign",
-              "Pass 3 (per shard): the nearest centroid of each image in the window -> -o DIR.")
+@rsyn_command(
+    balance_app, "balance-assign", "Pass 3 (per shard): the nearest centroid of each image in the window -> -o DIR."
+)
 def assign(
     run: Run,
     plan_dir: Annotated[str, typer.Option("--plan", metavar="DIR", help="The plan directory.")],
@@ -194,8 +260,9 @@ def assign(
     run.extra.update({"images": meta["count"], "in_window": meta["in_window"]})
 
 
-@rsyn_command(balance_app, "balance-cap",
-              "Pass 4 (once): the per-cluster cut-off, from --per-cluster or --target -> -o DIR.")
+@rsyn_command(
+    balance_app, "balance-cap", "Pass 4 (once): the per-cluster cut-off, from --per-cluster or --target -> -o DIR."
+)
 def cap(run: Run, per_cluster: PerClusterOption = None, target: TargetOption = None) -> None:
     """Pass 4, once: sum the cluster sizes of all assign directories (INPUT...), fix T, find each full cluster's cut.
 
@@ -210,8 +277,7 @@ def cap(run: Run, per_cluster: PerClusterOption = None, target: TargetOption = N
     note_summary(run, run.extra)
 
 
-@rsyn_command(balance_app, "balance-filter",
-              "Pass 5 (per shard): write the survivors with sim and cluster -> -o FILE.")
+@rsyn_command(balance_app, "balance-filter", "Pass 5 (per shard): write the survivors with sim and cluster -> -o FILE.")
 def filter_(
     run: Run,
     cap_dir: Annotated[str, typer.Option("--cap", metavar="DIR", help="The cap directory.")],

@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,13 +18,21 @@ class Kind(str, Enum):
 def cat(
     run: Run,
     plain: Annotated[bool, typer.Option("--plain", help="Write uncompressed JSONL.")] = False,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N records.")] = None,
-    kind: Annotated[Optional[Kind], typer.Option(
-        "--kind", help="Keep only records of this kind; the others are counted as dropped.")] = None,
-    range_: Annotated[Optional[str], typer.Option(
-        "--range", metavar="K/N", help="Keep the K-th of N contiguous, nearly equal ranges of record positions "
-        "(the input is read twice: to count, then to copy). The N outputs, concatenated in K order, are the input; "
-        "given as N input files, a later --shard K/N reads exactly file K.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=0, help="Stop after N records.")] = None,
+    kind: Annotated[
+        Kind | None,
+        typer.Option("--kind", help="Keep only records of this kind; the others are counted as dropped."),
+    ] = None,
+    range_: Annotated[
+        str | None,
+        typer.Option(
+            "--range",
+            metavar="K/N",
+            help="Keep the K-th of N contiguous, nearly equal ranges of record positions "
+            "(the input is read twice: to count, then to copy). The N outputs, concatenated in K order, are the input; "
+            "given as N input files, a later --shard K/N reads exactly file K.",
+        ),
+    ] = None,
 ) -> None:
     """Concatenate and convert record streams: zstd, gzip or plain JSONL in (detected from the bytes), zstd out.
 

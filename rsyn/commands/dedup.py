@@ -1,14 +1,14 @@
 """`rsyn dedup` and its passes (`rsyn dedup-scan`, ... `rsyn dedup-filter`); see docs/dedup.md."""
 
 import inspect
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, parse_shard, rsyn_command, run_command
-from rsyn.image_options import MaxBytesOption, PathRootOption
 from rsyn.image_limits import DEFAULT_MAX_BYTES
+from rsyn.image_options import MaxBytesOption, PathRootOption
 
 WORK_HELP = "The work directory the passes share (part files and done markers)."
 
@@ -16,34 +16,75 @@ WORK_HELP = "The work directory the passes share (part files and done markers)."
 @rsyn_command(app, "dedup", "Remove exact, near (MinHash LSH) and semantic duplicates.")
 def dedup(
     run: Run,
-    mode: Annotated[str, typer.Option(
-        "--mode", help="Comma list of: exact (normalised text, image URL or content hash), near (sentences: "
-        "MinHash LSH + exact Jaccard), perceptual (embeddings at --perceptual-threshold), semantic (embeddings "
-        "at --semantic-threshold; needs `emb`).")] = "exact,near",
-    near_threshold: Annotated[float, typer.Option(
-        "--near-threshold", min=0.0, max=1.0, help="near: word n-gram Jaccard at or above which two sentences "
-        "are duplicates.")] = 0.8,
-    ngram: Annotated[int, typer.Option("--ngram", min=1, max=8, help="near: words per shingle (shorter "
-                                       "sentences are one shingle).")] = 2,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="Comma list of: exact (normalised text, image URL or content hash), near (sentences: "
+            "MinHash LSH + exact Jaccard), perceptual (embeddings at --perceptual-threshold), semantic (embeddings "
+            "at --semantic-threshold; needs `emb`).",
+        ),
+    ] = "exact,near",
+    near_threshold: Annotated[
+        float,
+        typer.Option(
+            "--near-threshold",
+            min=0.0,
+            max=1.0,
+            help="near: word n-gram Jaccard at or above which two sentences are duplicates.",
+        ),
+    ] = 0.8,
+    ngram: Annotated[
+        int, typer.Option("--ngram", min=1, max=8, help="near: words per shingle (shorter sentences are one shingle).")
+    ] = 2,
     num_perm: Annotated[int, typer.Option("--num-perm", min=16, max=1024, help="near: MinHash permutations.")] = 128,
-    perceptual_threshold: Annotated[float, typer.Option(
-        "--perceptual-threshold", min=-1.0, max=1.0, help="Cosine at or above which two embeddings are "
-        "perceptual (near-identical) duplicates.")] = 0.95,
-    semantic_threshold: Annotated[float, typer.Option(
-        "--semantic-threshold", min=-1.0, max=1.0, help="Cosine at or above which two embeddings are semantic "
-        "duplicates (used by --mode semantic).")] = 0.90,
-    cluster_size: Annotated[int, typer.Option(
-        "--cluster-size", min=1, help="semantic: mean records per k-means cluster (k = records / this); "
-        "records are only compared within clusters (see --probes).")] = 1000,
-    probes: Annotated[int, typer.Option(
-        "--probes", min=1, help="semantic: compare a record with every record of its nearest cluster that has "
-        "that cluster among its N nearest (1 = SemDeDup's one cluster per record, which misses duplicates split "
-        "by a cluster boundary).")] = 3,
+    perceptual_threshold: Annotated[
+        float,
+        typer.Option(
+            "--perceptual-threshold",
+            min=-1.0,
+            max=1.0,
+            help="Cosine at or above which two embeddings are perceptual (near-identical) duplicates.",
+        ),
+    ] = 0.95,
+    semantic_threshold: Annotated[
+        float,
+        typer.Option(
+            "--semantic-threshold",
+            min=-1.0,
+            max=1.0,
+            help="Cosine at or above which two embeddings are semantic duplicates (used by --mode semantic).",
+        ),
+    ] = 0.90,
+    cluster_size: Annotated[
+        int,
+        typer.Option(
+            "--cluster-size",
+            min=1,
+            help="semantic: mean records per k-means cluster (k = records / this); "
+            "records are only compared within clusters (see --probes).",
+        ),
+    ] = 1000,
+    probes: Annotated[
+        int,
+        typer.Option(
+            "--probes",
+            min=1,
+            help="semantic: compare a record with every record of its nearest cluster that has "
+            "that cluster among its N nearest (1 = SemDeDup's one cluster per record, which misses duplicates split "
+            "by a cluster boundary).",
+        ),
+    ] = 3,
     path_root: PathRootOption = None,
     max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
-    tmp_dir: Annotated[Optional[str], typer.Option(
-        "--tmp-dir", help="Where the work directory of the passes goes (spilled records, keys, embeddings; "
-        "default: the system temporary directory).")] = None,
+    tmp_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--tmp-dir",
+            help="Where the work directory of the passes goes (spilled records, keys, embeddings; "
+            "default: the system temporary directory).",
+        ),
+    ] = None,
 ) -> None:
     """Remove duplicate sentences and images; each kind is compared only with its own kind.
 
@@ -56,24 +97,58 @@ def dedup(
     """
     from rsyn.stages.dedup import run_dedup
 
-    run_dedup(run, _options(mode, near_threshold, ngram, num_perm, perceptual_threshold, semantic_threshold,
-                            cluster_size, probes, path_root, max_bytes, tmp_dir))
+    run_dedup(
+        run,
+        _options(
+            mode,
+            near_threshold,
+            ngram,
+            num_perm,
+            perceptual_threshold,
+            semantic_threshold,
+            cluster_size,
+            probes,
+            path_root,
+            max_bytes,
+            tmp_dir,
+        ),
+    )
 
 
-def _options(mode, near_threshold, ngram, num_perm, perceptual_threshold, semantic_threshold, cluster_size, probes,
-             path_root, max_bytes, tmp_dir):
+def _options(
+    mode,
+    near_threshold,
+    ngram,
+    num_perm,
+    perceptual_threshold,
+    semantic_threshold,
+    cluster_size,
+    probes,
+    path_root,
+    max_bytes,
+    tmp_dir,
+):
     from rsyn.stages.dedup import DedupOptions, check_options, parse_modes
 
-    options = DedupOptions(modes=parse_modes(mode), near_threshold=near_threshold, ngram=ngram, num_perm=num_perm,
-                           perceptual_threshold=perceptual_threshold, semantic_threshold=semantic_threshold,
-                           cluster_size=cluster_size, probes=probes, tmp_dir=tmp_dir, path_root=None if path_root is None else str(path_root),
-                           max_bytes=max_bytes)
+    options = DedupOptions(
+        modes=parse_modes(mode),
+        near_threshold=near_threshold,
+        ngram=ngram,
+        num_perm=num_perm,
+        perceptual_threshold=perceptual_threshold,
+        semantic_threshold=semantic_threshold,
+        cluster_size=cluster_size,
+        probes=probes,
+        tmp_dir=tmp_dir,
+        path_root=None if path_root is None else str(path_root),
+        max_bytes=max_bytes,
+    )
     check_options(options)
     return options
 
 
 def dedup_scan(run: Run, work: str, **options) -> None:
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.stages.dedup import Work, scan_pass
 
     if run.output is not None:
@@ -83,12 +158,19 @@ def dedup_scan(run: Run, work: str, **options) -> None:
 
 
 # dedup-scan takes dedup's options (they are stored with the scan and used by every later pass) plus --work
-_dedup_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-                 for name, p in inspect.signature(dedup).parameters.items() if name not in ("run", "tmp_dir")]
-_work_param = inspect.Parameter("work", inspect.Parameter.KEYWORD_ONLY,
-                                annotation=Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)])
-dedup_scan.__signature__ = inspect.Signature([inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-                                              _work_param, *_dedup_params])
+_dedup_params = [
+    p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+    for name, p in inspect.signature(dedup).parameters.items()
+    if name not in ("run", "tmp_dir")
+]
+_work_param = inspect.Parameter(
+    "work",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)],
+)
+dedup_scan.__signature__ = inspect.Signature(
+    [inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD), _work_param, *_dedup_params]
+)
 dedup_scan.__doc__ = """Pass 1 of dedup (per input shard, --shard K/N): validate the records and write what every
 mode needs to WORK/scan/part-K-of-N (records, order keys, exact keys, shingles and LSH bands, embeddings).
 
@@ -96,7 +178,8 @@ Bad input is handled here (--on-error, --rejects). The dedup options given here 
 by every later pass. See docs/dedup.md for the order of the passes.
 """
 rsyn_command(app, "dedup-scan", "dedup pass 1 (per shard): validate records, write keys, shingles, embeddings.")(
-    dedup_scan)
+    dedup_scan
+)
 
 
 @rsyn_command(app, "dedup-filter", "dedup last pass (per shard): write survivors with scores, drop duplicates.")
@@ -104,7 +187,7 @@ def dedup_filter(run: Run, work: Annotated[str, typer.Option("--work", metavar="
     """Last pass of dedup (per scan shard, --shard K/N, as scanned): re-read the shard's records from WORK and
     write the survivors (with `scores.dup_jaccard`, `scores.dup_sim`) to -o; duplicates go to --rejects with
     their reason, `dup_of` and `similarity`. Takes no INPUT: the records come from the scan."""
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.stages.dedup import Work, filter_pass
 
     if run.inputs:
@@ -115,10 +198,14 @@ def dedup_filter(run: Run, work: Annotated[str, typer.Option("--work", metavar="
 # --------------------------------------------------------------------------- the passes between scan and filter
 
 _Work = Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)]
-_Part = Annotated[Optional[str], typer.Option("--part", metavar="M/P", help="This pass's partition M of P "
-                                              "(default 0/1); every M from 0 to P-1 must run.")]
-_Shard = Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="The scan shard K of N.")]
-_Stats = Annotated[Optional[str], typer.Option("--stats", metavar="PATH", help="Write the pass's summary as JSON.")]
+_Part = Annotated[
+    str | None,
+    typer.Option(
+        "--part", metavar="M/P", help="This pass's partition M of P (default 0/1); every M from 0 to P-1 must run."
+    ),
+]
+_Shard = Annotated[str | None, typer.Option("--shard", metavar="K/N", help="The scan shard K of N.")]
+_Stats = Annotated[str | None, typer.Option("--stats", metavar="PATH", help="Write the pass's summary as JSON.")]
 _Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 _Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
 
@@ -127,7 +214,7 @@ def _run_pass(name: str, body, stats, device="auto", quiet=False) -> None:
     run_command(name, body, inputs=None, output=None, shard=None, stats=stats, device=device, quiet=quiet)
 
 
-def _slice(option: str, value: Optional[str]) -> tuple[int, int]:
+def _slice(option: str, value: str | None) -> tuple[int, int]:
     from rsyn.command import fail
 
     try:
@@ -155,8 +242,12 @@ def dedup_near(work: _Work, part: _Part = None, stats: _Stats = None, quiet: _Qu
 
 
 @app.command("dedup-settle", short_help="dedup pass (once): groups of the exact or near edges.")
-def dedup_settle(work: _Work, mode: Annotated[str, typer.Option("--mode", help="exact or near.")],
-                 stats: _Stats = None, quiet: _Quiet = False) -> None:
+def dedup_settle(
+    work: _Work,
+    mode: Annotated[str, typer.Option("--mode", help="exact or near.")],
+    stats: _Stats = None,
+    quiet: _Quiet = False,
+) -> None:
     """Connected components of every partition's exact (or near) edges; the first record of each group stays."""
     from rsyn.command import fail
     from rsyn.stages.dedup import Work, settle_pass
@@ -175,8 +266,9 @@ def dedup_train(work: _Work, stats: _Stats = None, device: _Device = "auto", qui
 
 
 @app.command("dedup-assign", short_help="dedup pass (per shard): nearest clusters of each record.")
-def dedup_assign(work: _Work, shard: _Shard = None, stats: _Stats = None, device: _Device = "auto",
-                 quiet: _Quiet = False) -> None:
+def dedup_assign(
+    work: _Work, shard: _Shard = None, stats: _Stats = None, device: _Device = "auto", quiet: _Quiet = False
+) -> None:
     """Semantic dedup: the --probes nearest k-means clusters of every surviving record of scan shard K."""
     from rsyn.stages.dedup import Work, assign_pass
 
@@ -185,8 +277,9 @@ def dedup_assign(work: _Work, shard: _Shard = None, stats: _Stats = None, device
 
 
 @app.command("dedup-pairs", short_help="dedup pass (per cluster partition): pairs at the cosine threshold.")
-def dedup_pairs(work: _Work, part: _Part = None, stats: _Stats = None, device: _Device = "auto",
-                quiet: _Quiet = False) -> None:
+def dedup_pairs(
+    work: _Work, part: _Part = None, stats: _Stats = None, device: _Device = "auto", quiet: _Quiet = False
+) -> None:
     """Semantic dedup: within the clusters of partition M/P, the pairs at or above the threshold."""
     from rsyn.stages.dedup import Work, group_pass
 

@@ -1,5 +1,5 @@
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -27,31 +27,54 @@ class _WholeOrPasses(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-index_app = typer.Typer(cls=_WholeOrPasses, add_completion=False,
-                        context_settings={"help_option_names": ["-h", "--help"]})
-app.add_typer(index_app, name="index",
-              help="Cluster sentence embeddings (k-means) and build the retrieval index (or run one of its passes).")
+index_app = typer.Typer(
+    cls=_WholeOrPasses, add_completion=False, context_settings={"help_option_names": ["-h", "--help"]}
+)
+app.add_typer(
+    index_app,
+    name="index",
+    help="Cluster sentence embeddings (k-means) and build the retrieval index (or run one of its passes).",
+)
 
-Clusters = Annotated[Optional[int], typer.Option(
-    "--clusters", min=1, show_default="sentences / 420",
-    help="Number of text semantic clusters (k-means centroids). The default keeps the paper's cluster "
-         "size: 0.84B sentences in 2M clusters is about 420 sentences per cluster. From 4096 clusters on, "
-         "k-means trains in two levels (sqrt(clusters) coarse clusters, then each one's share independently).")]
-MaxMemory = Annotated[str, typer.Option(
-    "--max-memory", metavar="SIZE",
-    help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit, "
-         "else product-quantized lists (largest code that fits) re-ranked exactly from float16 vectors "
-         "on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
-         "recorded in meta.json (layout); give a size to make it the same everywhere.")]
+Clusters = Annotated[
+    int | None,
+    typer.Option(
+        "--clusters",
+        min=1,
+        show_default="sentences / 420",
+        help="Number of text semantic clusters (k-means centroids). The default keeps the paper's cluster "
+        "size: 0.84B sentences in 2M clusters is about 420 sentences per cluster. From 4096 clusters on, "
+        "k-means trains in two levels (sqrt(clusters) coarse clusters, then each one's share independently).",
+    ),
+]
+MaxMemory = Annotated[
+    str,
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit, "
+        "else product-quantized lists (largest code that fits) re-ranked exactly from float16 vectors "
+        "on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
+        "recorded in meta.json (layout); give a size to make it the same everywhere.",
+    ),
+]
 IndexTypeOption = Annotated[IndexType, typer.Option("--index-type", help="auto (chosen by --max-memory), flat or pq.")]
-PqBytes = Annotated[Optional[int], typer.Option(
-    "--pq-bytes", min=1, help="PQ code size in bytes per vector (must divide the dimension); implies pq.")]
-PointsPerCluster = Annotated[int, typer.Option(
-    "--points-per-cluster", min=1,
-    help="k-means trains on a seeded random sample of this many sentences per cluster (faiss advises at least 39).")]
+PqBytes = Annotated[
+    int | None,
+    typer.Option("--pq-bytes", min=1, help="PQ code size in bytes per vector (must divide the dimension); implies pq."),
+]
+PointsPerCluster = Annotated[
+    int,
+    typer.Option(
+        "--points-per-cluster",
+        min=1,
+        help="k-means trains on a seeded random sample of this many sentences per cluster (faiss advises at least 39).",
+    ),
+]
 Niter = Annotated[int, typer.Option("--niter", min=1, help="k-means iterations.")]
-Trained = Annotated[str, typer.Option("--trained", metavar="DIR", help="The directory written by rsyn index train.",
-                                      show_default=False)]
+Trained = Annotated[
+    str, typer.Option("--trained", metavar="DIR", help="The directory written by rsyn index train.", show_default=False)
+]
 
 
 @rsyn_command(index_app, "build", "Build the whole index in one process (what plain `rsyn index` runs).")
@@ -78,8 +101,15 @@ def build(
     """
     from rsyn.stages.index import run_index
 
-    run_index(run, clusters=clusters, max_memory=max_memory, index_type="pq" if pq_bytes else index_type.value,
-              pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter)
+    run_index(
+        run,
+        clusters=clusters,
+        max_memory=max_memory,
+        index_type="pq" if pq_bytes else index_type.value,
+        pq_bytes=pq_bytes,
+        points_per_cluster=points_per_cluster,
+        niter=niter,
+    )
 
 
 @rsyn_command(index_app, "collect", "Pass 1, per shard: sentences and their vectors into a part directory.")
@@ -107,11 +137,18 @@ def train(
     (clusters x points per cluster x dim x 4 bytes), not the corpus."""
     from rsyn.stages.index import run_train
 
-    run_train(run, clusters=clusters, max_memory=max_memory, index_type="pq" if pq_bytes else index_type.value,
-              pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter)
+    run_train(
+        run,
+        clusters=clusters,
+        max_memory=max_memory,
+        index_type="pq" if pq_bytes else index_type.value,
+        pq_bytes=pq_bytes,
+        points_per_cluster=points_per_cluster,
+        niter=niter,
+    )
 
 
-def _part(value: Optional[str]):
+def _part(value: str | None):
     from rsyn.command import fail
 
     try:
@@ -124,9 +161,12 @@ def _part(value: Optional[str]):
 def add(
     run: Run,
     trained: Trained,
-    part: Annotated[Optional[str], typer.Option(
-        "--part", metavar="K/N", help="Add the K-th of N contiguous ranges of the parts given (all without it).")]
-    = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            "--part", metavar="K/N", help="Add the K-th of N contiguous ranges of the parts given (all without it)."
+        ),
+    ] = None,
 ) -> None:
     """Inputs: every collect part directory, in order (for the global rows). Writes an add directory (-o DIR):
     lists.faiss (those parts' vectors under their global rows) and add.json last."""
@@ -139,12 +179,23 @@ def add(
 def merge(
     run: Run,
     trained: Trained,
-    added: Annotated[list[str], typer.Option(
-        "--added", metavar="DIR", help="An add directory; repeat it for every --part K/N, in order.",
-        show_default=False)],
-    on_disk: Annotated[bool, typer.Option(
-        "--on-disk", help="Write the inverted lists to lists.ivfdata with faiss's on-disk lists, one list in "
-                          "memory at a time, for indexes larger than RAM (otherwise merged in RAM).")] = False,
+    added: Annotated[
+        list[str],
+        typer.Option(
+            "--added",
+            metavar="DIR",
+            help="An add directory; repeat it for every --part K/N, in order.",
+            show_default=False,
+        ),
+    ],
+    on_disk: Annotated[
+        bool,
+        typer.Option(
+            "--on-disk",
+            help="Write the inverted lists to lists.ivfdata with faiss's on-disk lists, one list in "
+            "memory at a time, for indexes larger than RAM (otherwise merged in RAM).",
+        ),
+    ] = False,
 ) -> None:
     """Inputs: every collect part directory, in order. Writes the index directory (-o DIR), the same one
     `rsyn index` writes, with meta.json last."""

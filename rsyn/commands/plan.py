@@ -1,6 +1,6 @@
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,13 +12,24 @@ from rsyn.command import fail
 def plan(
     pipeline: Annotated[str, typer.Argument(help="Pipeline file (TOML), e.g. examples/pipeline.toml.")],
     emit: Annotated[str, typer.Option("--emit", help="make: a Makefile; slurm: sbatch scripts + submit.sh.")],
-    output: Annotated[Optional[str], typer.Option(
-        "-o", "--output", help="Directory to write into (default: OUTPUT/plan-make or OUTPUT/plan-slurm).")] = None,
-    until: Annotated[Optional[list[str]], typer.Option(
-        "--until", metavar="PASS", help="Plan only this pass and the passes it needs (repeatable).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", metavar="KEY=VALUE", help="Override a setting of the file, e.g. stages.embed.shards=8 "
-        "(kept in the emitted commands).")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o", "--output", help="Directory to write into (default: OUTPUT/plan-make or OUTPUT/plan-slurm)."
+        ),
+    ] = None,
+    until: Annotated[
+        list[str] | None,
+        typer.Option("--until", metavar="PASS", help="Plan only this pass and the passes it needs (repeatable)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a setting of the file, e.g. stages.embed.shards=8 (kept in the emitted commands).",
+        ),
+    ] = None,
 ) -> None:
     """Write the pass graph of a pipeline file as a Makefile (one target per part: its done marker;
     `make -j N` runs parts in parallel) or as Slurm job arrays (one array task per part, passes

@@ -1,4 +1,4 @@
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,27 +14,49 @@ DEFAULT_NPROBE = 16
 @rsyn_command(app, "retrieve", "Add the top-k realistic texts to each image by hierarchical retrieval.")
 def retrieve(
     run: Run,
-    index_dir: Annotated[str, typer.Option(
-        "--index", metavar="DIR", help="Index directory written by rsyn index.", show_default=False)],
+    index_dir: Annotated[
+        str, typer.Option("--index", metavar="DIR", help="Index directory written by rsyn index.", show_default=False)
+    ],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Texts kept per image (the paper keeps 3).")] = 3,
-    nprobe: Annotated[int, typer.Option(
-        "--nprobe", min=1,
-        help=f"Clusters visited per image: the nearest centroids first, then the sentences inside them. "
-             f"1 is the paper's choice (fastest, misses neighbours across cluster borders); the default "
-             f"{DEFAULT_NPROBE} is the smallest value that reached recall@3 >= 0.95 against exact search in "
-             f"benchmarks/retrieve.py (1M sentences: recall@3 0.952 at 12x the brute-force speed).")] = DEFAULT_NPROBE,
-    rerank: Annotated[int, typer.Option(
-        "--rerank", min=1,
-        help="ivf_pq indexes only: PQ candidates per image re-scored exactly from the float16 vectors "
-             "(64-byte codes, 512-d: 50 gave recall@3 0.92, 200 gave 0.996 in benchmarks/retrieve.py).")] = 200,
-    distinct: Annotated[Optional[float], typer.Option(
-        "--distinct", metavar="COSINE", min=-1.0, max=1.0,
-        help="Skip a candidate whose cosine to a text already taken is >= COSINE (e.g. 0.95), so the k texts "
-             "differ. Off by default.")] = None,
-    verify: Annotated[bool, typer.Option(
-        "--verify/--no-verify",
-        help="Check every index file against its checksum in meta.json before searching (one sequential read "
-             "of the index, which also loads it into the page cache that concurrent retrieves share).")] = True,
+    nprobe: Annotated[
+        int,
+        typer.Option(
+            "--nprobe",
+            min=1,
+            help=f"Clusters visited per image: the nearest centroids first, then the sentences inside them. "
+            f"1 is the paper's choice (fastest, misses neighbours across cluster borders); the default "
+            f"{DEFAULT_NPROBE} is the smallest value that reached recall@3 >= 0.95 against exact search in "
+            f"benchmarks/retrieve.py (1M sentences: recall@3 0.952 at 12x the brute-force speed).",
+        ),
+    ] = DEFAULT_NPROBE,
+    rerank: Annotated[
+        int,
+        typer.Option(
+            "--rerank",
+            min=1,
+            help="ivf_pq indexes only: PQ candidates per image re-scored exactly from the float16 vectors "
+            "(64-byte codes, 512-d: 50 gave recall@3 0.92, 200 gave 0.996 in benchmarks/retrieve.py).",
+        ),
+    ] = 200,
+    distinct: Annotated[
+        float | None,
+        typer.Option(
+            "--distinct",
+            metavar="COSINE",
+            min=-1.0,
+            max=1.0,
+            help="Skip a candidate whose cosine to a text already taken is >= COSINE (e.g. 0.95), so the k texts "
+            "differ. Off by default.",
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check every index file against its checksum in meta.json before searching (one sequential read "
+            "of the index, which also loads it into the page cache that concurrent retrieves share).",
+        ),
+    ] = True,
 ) -> None:
     """Read image records with embeddings and add `texts`: the top-k sentences of the index as
     {id, text, score} (score = cosine), best first. Other records pass through unchanged; every field is kept.

@@ -1,4 +1,4 @@
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -9,22 +9,41 @@ from rsyn.command import fail
 @app.command("run", short_help="Run a pipeline file: every pass, resumable, here or on a Ray cluster.")
 def run(
     pipeline: Annotated[str, typer.Argument(help="Pipeline file (TOML), e.g. examples/pipeline.toml.")],
-    engine: Annotated[str, typer.Option(
-        "--engine", help="local: subprocesses on this machine; ray: Ray tasks (--address, or a local Ray).")
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="local: subprocesses on this machine; ray: Ray tasks (--address, or a local Ray)."
+        ),
     ] = "local",
-    address: Annotated[Optional[str], typer.Option(
-        "--address", help="Ray cluster to join (e.g. auto or HOST:6379); default: start a local one.")] = None,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=0, help="local: parts at a time; ray without --address: CPUs of the local Ray. "
-        "0: the CPU count.")] = 0,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster to join (e.g. auto or HOST:6379); default: start a local one."),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="local: parts at a time; ray without --address: CPUs of the local Ray. 0: the CPU count.",
+        ),
+    ] = 0,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Retries of a failed part.")] = 2,
-    until: Annotated[Optional[list[str]], typer.Option(
-        "--until", metavar="PASS", help="Run only this pass and the passes it needs (repeatable).")] = None,
-    part: Annotated[Optional[str], typer.Option(
-        "--part", metavar="PASS/K", help="Run only part K of PASS (what `rsyn plan` jobs run); its inputs "
-        "must be there.")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", metavar="KEY=VALUE", help="Override a setting of the file, e.g. stages.embed.shards=8.")] = None,
+    until: Annotated[
+        list[str] | None,
+        typer.Option("--until", metavar="PASS", help="Run only this pass and the passes it needs (repeatable)."),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            "--part",
+            metavar="PASS/K",
+            help="Run only part K of PASS (what `rsyn plan` jobs run); its inputs must be there.",
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a setting of the file, e.g. stages.embed.shards=8."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
 ) -> None:
     """Run the passes of a pipeline file. Each part writes its outputs, then a done marker

@@ -14,7 +14,7 @@ from pathlib import Path
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
-_CACHE: dict[tuple[str, str, str], "Captioner"] = {}
+_CACHE: dict[tuple[str, str, str], Captioner] = {}
 
 
 class Captioner:
@@ -35,8 +35,10 @@ class Captioner:
         if isinstance(size, int):
             return size
         # a dict, or transformers 5's SizeDict (attributes, unset ones None)
-        sides = [size.get(k) if isinstance(size, dict) else getattr(size, k, None)
-                 for k in ("height", "width", "shortest_edge")]
+        sides = [
+            size.get(k) if isinstance(size, dict) else getattr(size, k, None)
+            for k in ("height", "width", "shortest_edge")
+        ]
         sides = [v for v in sides if isinstance(v, int) and v > 0]
         return max(sides) if sides else None
 
@@ -47,11 +49,12 @@ class Captioner:
         captions: list[str] = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                chunk = [image.convert("RGB") for image in images[start:start + batch_size]]
+                chunk = [image.convert("RGB") for image in images[start : start + batch_size]]
                 pixels = self.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
                 pixels = pixels.to(self.device, dtype=self.dtype)
-                generated = self.model.generate(pixel_values=pixels, max_new_tokens=max_new_tokens,
-                                                num_beams=num_beams, do_sample=False)
+                generated = self.model.generate(
+                    pixel_values=pixels, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+                )
                 captions.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
         return [" ".join(text.split()) for text in captions]
 
@@ -67,11 +70,12 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
         return _CACHE[key]
     from rsyn.models.hub import require_hub_model
 
-    require_hub_model(name_or_path, "captioner", "pass a local model directory (see `hf download`), or "
-                      "--captioner none")
+    require_hub_model(
+        name_or_path, "captioner", "pass a local model directory (see `hf download`), or --captioner none"
+    )
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.models.identity import model_identity
     from rsyn.models.lm import _torch_dtype
 
@@ -81,7 +85,9 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
             processor = AutoProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError, TypeError, KeyError):
             processor = None  # e.g. a VisionEncoderDecoder saved with an image processor and a tokenizer only
-        image_processor = getattr(processor, "image_processor", None) or AutoImageProcessor.from_pretrained(name_or_path)
+        image_processor = getattr(processor, "image_processor", None) or AutoImageProcessor.from_pretrained(
+            name_or_path
+        )
         tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as exc:
@@ -101,9 +107,11 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
 
 # --------------------------------------------------------------------------- a tiny random BLIP for tests
 
-_WORDS = ("a an the of on in with and at by two dog cat man woman child car street house tree field beach "
-          "red green blue small large old young white black sitting standing running playing walking "
-          "photo picture view table food plate water sky city road people group").split()
+_WORDS = (
+    "a an the of on in with and at by two dog cat man woman child car street house tree field beach "
+    "red green blue small large old young white black sitting standing running playing walking "
+    "photo picture view table food plate water sky city road people group"
+).split()
 
 
 def build_tiny_captioner(directory, seed: int = 0, image_size: int = 32) -> str:
@@ -115,8 +123,13 @@ def build_tiny_captioner(directory, seed: int = 0, image_size: int = 32) -> str:
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -127,26 +140,51 @@ def build_tiny_captioner(directory, seed: int = 0, image_size: int = 32) -> str:
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     wordpiece.decoder = decoders.WordPiece()
     wordpiece.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
-                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]")
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=wordpiece,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[DEC]",
+    )
     tokenizer.model_max_length = 64
     image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
 
     config = BlipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, encoder_hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
-                         bos_token_id=vocab["[DEC]"], eos_token_id=vocab["[SEP]"], sep_token_id=vocab["[SEP]"],
-                         pad_token_id=vocab["[PAD]"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8, initializer_range=0.02),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=vocab["[DEC]"],
+            eos_token_id=vocab["[SEP]"],
+            sep_token_id=vocab["[SEP]"],
+            pad_token_id=vocab["[PAD]"],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=8,
+            initializer_range=0.02,
+        ),
         projection_dim=32,
     )
     config.name_or_path = "rsyn-tiny-blip-random-weights"
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config)
     model.save_pretrained(directory)
-    (directory / "README.md").write_text("Tiny BLIP captioner with RANDOM weights, built by rsyn for tests. "
-                                         "Its captions mean nothing.\n")
+    (directory / "README.md").write_text(
+        "Tiny BLIP captioner with RANDOM weights, built by rsyn for tests. Its captions mean nothing.\n"
+    )
     return str(directory)

@@ -63,8 +63,12 @@ def build_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "model_cfg": TINY_CONFIG,
-        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
-                           "interpolation": "bicubic", "resize_mode": "shortest"},
+        "preprocess_cfg": {
+            "mean": list(OPENAI_MEAN),
+            "std": list(OPENAI_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
         "rsyn_note": f"tiny CLIP with RANDOM weights (seed {seed}) for tests; its embeddings mean nothing",
     }
     with torch.random.fork_rng(devices=[]):
@@ -82,8 +86,9 @@ def build_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> str:
 class Clip:
     """A loaded open_clip model: unit-norm float32 embeddings of images and texts."""
 
-    def __init__(self, name: str, model: Any, preprocess: Any, tokenizer: Any, device: str, dtype: Any,
-                 spec: str | None = None):
+    def __init__(
+        self, name: str, model: Any, preprocess: Any, tokenizer: Any, device: str, dtype: Any, spec: str | None = None
+    ):
         import torch
 
         self.name = name  # the identity records carry as emb_model
@@ -266,16 +271,20 @@ def model_spec(model: str, pretrained: str | None = None) -> str:
     if not model:
         raise ValueError("empty --model")
     if is_local_identity(model) and not os.path.exists(model):
-        raise ValueError(f"{model} names a model on local disk by its folder and content hash, not where it is: "
-                         "pass its folder, --model DIR")
+        raise ValueError(
+            f"{model} names a model on local disk by its folder and content hash, not where it is: "
+            "pass its folder, --model DIR"
+        )
     if model.startswith(LOCAL_DIR):
-        path = model[len(LOCAL_DIR):]
+        path = model[len(LOCAL_DIR) :]
         if pretrained:
             raise ValueError(f"--pretrained {pretrained} cannot be used with {model} (the folder holds the weights)")
         return LOCAL_DIR + str(Path(path).expanduser().resolve())
     if model.startswith(HF_HUB):
         if pretrained:
-            raise ValueError(f"--pretrained {pretrained} cannot be used with {model} (the repository holds the weights)")
+            raise ValueError(
+                f"--pretrained {pretrained} cannot be used with {model} (the repository holds the weights)"
+            )
         return model
     if os.path.isdir(model):  # a folder in open_clip's format, given as a plain path
         if pretrained:
@@ -287,22 +296,25 @@ def model_spec(model: str, pretrained: str | None = None) -> str:
             raise ValueError(f"--model {model} already names its weights; drop --pretrained {pretrained}")
         model, pretrained = name, inline
     if not pretrained:
-        raise ValueError(f"--model {model} needs --pretrained: a tag (see `python -m open_clip.pretrained`), "
-                         f"a checkpoint file, or '{RANDOM}' for random weights")
+        raise ValueError(
+            f"--model {model} needs --pretrained: a tag (see `python -m open_clip.pretrained`), "
+            f"a checkpoint file, or '{RANDOM}' for random weights"
+        )
     if pretrained != RANDOM and os.path.exists(os.path.expanduser(pretrained)):
         pretrained = str(Path(pretrained).expanduser().resolve())
     return f"{model}@{pretrained}"
 
 
-def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "cpu",
-              precision: str = "auto") -> Clip:
+def load_clip(
+    model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "cpu", precision: str = "auto"
+) -> Clip:
     """Load (once per process) the CLIP model a spec names, on `device`.
 
     precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16. Failures
     (unknown name, weights not on disk while offline, a bad checkpoint) raise
     RsynError with one line that says what to do.
     """
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
 
     if model == DEFAULT_MODEL and not pretrained:
         pretrained = DEFAULT_PRETRAINED
@@ -319,7 +331,7 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = None, device:
 
 
 def _resolve_precision(precision: str, device: str) -> str:
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
 
     precision = (precision or "auto").lower()
     if precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -337,7 +349,7 @@ def _load(spec: str, device: str, precision: str) -> Clip:
 
     import torch
 
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
     from rsyn.models.imports import import_open_clip
 
     open_clip = import_open_clip(spec)
@@ -347,14 +359,20 @@ def _load(spec: str, device: str, precision: str) -> Clip:
         if spec.startswith(HF_HUB):
             from rsyn.models.hub import require_hub_model
 
-            require_hub_model(spec[len(HF_HUB):], "CLIP model", "pass --model local-dir:DIR (a folder in "
-                              "open_clip's format)", probe_file="open_clip_config.json")
+            require_hub_model(
+                spec[len(HF_HUB) :],
+                "CLIP model",
+                "pass --model local-dir:DIR (a folder in open_clip's format)",
+                probe_file="open_clip_config.json",
+            )
     else:
         model_name, _, pretrained = spec.partition("@")
     random_weights = pretrained == RANDOM
     if pretrained is not None and model_name.replace("/", "-") not in open_clip.list_models():
-        raise RsynError(f"cannot load CLIP model {spec}: {model_name!r} is not an open_clip architecture "
-                        f"(see open_clip.list_models()); a model folder is --model local-dir:DIR")
+        raise RsynError(
+            f"cannot load CLIP model {spec}: {model_name!r} is not an open_clip architecture "
+            f"(see open_clip.list_models()); a model folder is --model local-dir:DIR"
+        )
     # open_clip logs warnings (random init, missing weights) on the root logger; our
     # summary and errors say it in one line instead
     root = logging.getLogger()
@@ -364,8 +382,12 @@ def _load(spec: str, device: str, precision: str) -> Clip:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)  # random weights, when asked for, are the same in every run
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=None if random_weights else pretrained, device=device,
-                precision=precision, load_weights=not random_weights)
+                model_name,
+                pretrained=None if random_weights else pretrained,
+                device=device,
+                precision=precision,
+                load_weights=not random_weights,
+            )
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as exc:  # open_clip raises many types; all mean "cannot load this model"
         raise RsynError(_load_failure(spec, exc)) from None
@@ -381,7 +403,7 @@ def clip_identity(spec: str) -> str:
     from rsyn.models.identity import local_identity
 
     if spec.startswith(LOCAL_DIR):
-        return local_identity(spec[len(LOCAL_DIR):])
+        return local_identity(spec[len(LOCAL_DIR) :])
     name, at, pretrained = spec.partition("@")
     if at and pretrained != RANDOM and os.path.isabs(pretrained) and os.path.exists(pretrained):
         return f"{name}@{local_identity(pretrained)}"
@@ -394,6 +416,8 @@ def _load_failure(spec: str, exc: Exception) -> str:
         reason = reason[:300] + "..."
     message = f"cannot load CLIP model {spec}: {reason or type(exc).__name__}"
     if any(word in reason.lower() for word in ("offline", "download", "hub", "connection")):
-        message += ("; the weights are not on this machine: download them once and pass "
-                    "--model NAME --pretrained /path/to/open_clip_pytorch_model.bin, or --model local-dir:DIR")
+        message += (
+            "; the weights are not on this machine: download them once and pass "
+            "--model NAME --pretrained /path/to/open_clip_pytorch_model.bin, or --model local-dir:DIR"
+        )
     return message

@@ -40,8 +40,12 @@ class FastClipTokenizer:
             from open_clip import tokenizer as oct
         except ImportError:
             return False
-        return (type(tokenizer) is oct.SimpleTokenizer and tokenizer.clean_fn is oct._clean_lower
-                and getattr(tokenizer, "reduction_fn", None) is None and bool(tokenizer.context_length))
+        return (
+            type(tokenizer) is oct.SimpleTokenizer
+            and tokenizer.clean_fn is oct._clean_lower
+            and getattr(tokenizer, "reduction_fn", None) is None
+            and bool(tokenizer.context_length)
+        )
 
     def clean(self, text: str) -> str:
         if _PLAIN.fullmatch(text):
@@ -56,8 +60,10 @@ class FastClipTokenizer:
             found = words.get(word)
             if found is None:
                 byte_encoder, encoder = tok.byte_encoder, tok.encoder
-                found = [encoder[piece] for piece in
-                         tok.bpe("".join(byte_encoder[b] for b in word.encode("utf-8"))).split(" ")]
+                found = [
+                    encoder[piece]
+                    for piece in tok.bpe("".join(byte_encoder[b] for b in word.encode("utf-8"))).split(" ")
+                ]
                 if len(words) >= MAX_CACHED_WORDS:
                     words.clear()
                 words[word] = found
@@ -78,5 +84,5 @@ class FastClipTokenizer:
             if len(ids) > length:  # truncated, still ending with the end-of-text token (as open_clip)
                 ids = ids[:length]
                 ids[-1] = eot
-            out[row, :len(ids)] = ids
+            out[row, : len(ids)] = ids
         return torch.from_numpy(out)

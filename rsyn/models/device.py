@@ -32,13 +32,13 @@ def _parse(option: str) -> str:
     option = (option or "auto").strip().lower()
     if option in ("auto", "cpu", "cuda") or (option.startswith("cuda:") and option[5:].isdigit()):
         return option
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
 
     raise RsynError(f"--device {option!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def _no_cuda(option: str):
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
 
     return RsynError(f"--device {option}: no CUDA device is available (use --device cpu or auto)")
 

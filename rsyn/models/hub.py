@@ -30,7 +30,7 @@ def require_hub_model(name: str, what: str, hint: str, probe_file: str = "config
         return
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
 
     try:
         cached = try_to_load_from_cache(name, probe_file)
@@ -39,13 +39,17 @@ def require_hub_model(name: str, what: str, hint: str, probe_file: str = "config
     if isinstance(cached, str):
         return
     if constants.HF_HUB_OFFLINE:
-        raise RsynError(f"cannot load {what} {name!r} (Hugging Face id): not in the Hugging Face cache "
-                        f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; {hint}")
+        raise RsynError(
+            f"cannot load {what} {name!r} (Hugging Face id): not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; {hint}"
+        )
     unreachable = hub_unreachable(constants.ENDPOINT)
     if unreachable:
-        raise RsynError(f"cannot load {what} {name!r} (Hugging Face id): not in the Hugging Face cache "
-                        f"({constants.HF_HUB_CACHE}) and {constants.ENDPOINT} cannot be reached ({unreachable}); "
-                        f"{hint}")
+        raise RsynError(
+            f"cannot load {what} {name!r} (Hugging Face id): not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and {constants.ENDPOINT} cannot be reached ({unreachable}); "
+            f"{hint}"
+        )
 
 
 def hub_unreachable(endpoint: str, timeout: float = PROBE_SECONDS) -> str | None:

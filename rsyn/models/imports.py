@@ -32,8 +32,12 @@ def open_clip_needs(config: dict | None) -> set[str]:
     needs = set()
     if not isinstance(vision, dict) or vision.get("timm_model_name"):
         needs.add("timm")
-    if (not isinstance(text, dict) or text.get("hf_model_name") or text.get("hf_tokenizer_name")
-            or "multimodal_cfg" in config):
+    if (
+        not isinstance(text, dict)
+        or text.get("hf_model_name")
+        or text.get("hf_tokenizer_name")
+        or "multimodal_cfg" in config
+    ):
         needs.add("transformers")
     return needs
 
@@ -42,7 +46,7 @@ def open_clip_model_config(spec: str) -> dict | None:
     """open_clip's model_cfg for a spec, read from its JSON without importing open_clip; None if unknown."""
     try:
         if spec.startswith("local-dir:"):
-            raw = json.loads((Path(spec[len("local-dir:"):]) / "open_clip_config.json").read_text())
+            raw = json.loads((Path(spec[len("local-dir:") :]) / "open_clip_config.json").read_text())
             return raw.get("model_cfg")
         if spec.startswith("hf-hub:"):
             return None

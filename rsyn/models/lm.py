@@ -20,9 +20,14 @@ import numpy as np
 _CACHE: dict[tuple[str, str, str], tuple] = {}
 
 _DTYPE_NAMES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 
@@ -36,7 +41,7 @@ def _torch_dtype(dtype: str, device: str):
     try:
         return getattr(torch, _DTYPE_NAMES[dtype.lower()])
     except KeyError:
-        from rsyn.command import RsynError
+        from rsyn.errors import RsynError
 
         raise RsynError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
 
@@ -57,7 +62,7 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from rsyn.command import RsynError
+    from rsyn.errors import RsynError
 
     hf_logging.disable_progress_bar()  # rsyn reports progress itself; keep stderr to one line per event
 
@@ -65,8 +70,10 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
     # a Hugging Face id is "name" or "org/name"; anything else that is not on disk is a missing directory
     looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
     if looks_like_path and not Path(name_or_path).expanduser().is_dir():
-        raise RsynError(f"cannot load causal LM {name_or_path!r}: no such directory; "
-                        "offline, pass a local model directory (made e.g. with `hf download`)")
+        raise RsynError(
+            f"cannot load causal LM {name_or_path!r}: no such directory; "
+            "offline, pass a local model directory (made e.g. with `hf download`)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
@@ -118,7 +125,7 @@ def perplexities(texts: list[str], model, tokenizer, batch_size: int = 32) -> np
     device = next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             width = int(lengths[batch[0]])
             tokens = np.full((len(batch), width), pad, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -173,21 +180,35 @@ def build_tiny_gpt2(directory, seed: int = 0) -> str:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[special], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[special],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(_TRAINING_SENTENCES, trainer=trainer)
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=special, eos_token=special,
-                                  unk_token=special, pad_token=special)
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe, bos_token=special, eos_token=special, unk_token=special, pad_token=special
+    )
     tokenizer.model_max_length = 128
     tokenizer.save_pretrained(directory)
 
     special_id = tokenizer.convert_tokens_to_ids(special)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=special_id, eos_token_id=special_id, pad_token_id=special_id,
-                        name_or_path="rsyn-tiny-gpt2-random-weights")
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=special_id,
+        eos_token_id=special_id,
+        pad_token_id=special_id,
+        name_or_path="rsyn-tiny-gpt2-random-weights",
+    )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     model.save_pretrained(directory)
-    (directory / "README.md").write_text("Tiny GPT-2 with RANDOM weights, built by rsyn for tests. "
-                                         "Its perplexities mean nothing.\n")
+    (directory / "README.md").write_text(
+        "Tiny GPT-2 with RANDOM weights, built by rsyn for tests. Its perplexities mean nothing.\n"
+    )
     return str(directory)

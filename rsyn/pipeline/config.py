@@ -23,8 +23,18 @@ class PipelineError(Exception):
 # key -> (type check, default); types are checked so a misspelt value fails at plan time, not on the cluster
 _PIPELINE_KEYS = {"output": str, "seed": int, "device": str, "on_error": str, "program": list}
 _INPUT_KEYS = {"documents": list, "images": str, "tags": str}
-_STAGE_KEYS = {"shards": int, "partitions": int, "gpus": int, "cpus": int, "memory": str, "time": str, "options": dict,
-               "merge": bool, "program": list, "ray_cpus": float}
+_STAGE_KEYS = {
+    "shards": int,
+    "partitions": int,
+    "gpus": int,
+    "cpus": int,
+    "memory": str,
+    "time": str,
+    "options": dict,
+    "merge": bool,
+    "program": list,
+    "ray_cpus": float,
+}
 _RAY_KEYS = {"cpus_per_part": float}
 _SLURM_KEYS = {"partition": str, "account": str, "time": str, "extra": list}
 _TOP_KEYS = {"vars", "pipeline", "inputs", "models", "thresholds", "stages", "ray", "slurm"}
@@ -152,18 +162,22 @@ def _build(raw: dict, path: Path, overrides: list[str]) -> Pipeline:
     head = _check(raw.get("pipeline", {}), _PIPELINE_KEYS, "pipeline", path)
     inputs = _check(raw.get("inputs", {}), _INPUT_KEYS, "inputs", path)
     if "output" not in head:
-        raise PipelineError(f"{path}: [pipeline] needs output = \"DIR\"")
+        raise PipelineError(f'{path}: [pipeline] needs output = "DIR"')
     documents = inputs.get("documents", [])
     documents = [documents] if isinstance(documents, str) else documents
     if not documents:
-        raise PipelineError(f"{path}: [inputs] needs documents = [\"GLOB\", ...]")
+        raise PipelineError(f'{path}: [inputs] needs documents = ["GLOB", ...]')
     on_error = head.get("on_error", "skip")
     if on_error not in ("skip", "fail"):
         raise PipelineError(f"{path}: [pipeline] on_error must be skip or fail")
     program = head.get("program", ["rsyn"])
     p = Pipeline(
-        path=path, base=base, output=resolve_path(base, head["output"]), seed=head.get("seed", 0),
-        device=head.get("device", "auto"), on_error=on_error,
+        path=path,
+        base=base,
+        output=resolve_path(base, head["output"]),
+        seed=head.get("seed", 0),
+        device=head.get("device", "auto"),
+        on_error=on_error,
         program=[program] if isinstance(program, str) else program,
         documents=[str(resolve_path(base, d)) for d in documents],
         images=str(resolve_path(base, inputs["images"])) if "images" in inputs else None,
@@ -201,7 +215,7 @@ def resolve_path(base: Path, value: str) -> Path:
 def resolve_model(base: Path, value: str) -> str:
     """A model is a local path when written as one ('./', '../', '/', '~' or local-dir:PATH); else a hub name."""
     if value.startswith("local-dir:"):
-        return "local-dir:" + str(resolve_path(base, value[len("local-dir:"):]))
+        return "local-dir:" + str(resolve_path(base, value[len("local-dir:") :]))
     if value.startswith(("./", "../", "/", "~")):
         return str(resolve_path(base, value))
     return value

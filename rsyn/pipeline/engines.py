@@ -53,8 +53,9 @@ class Engine:
         pass
 
 
-def execute(graph: Graph, names: list[str], engine: Engine, retries: int, progress: Progress,
-            only: Part | None = None) -> None:
+def execute(
+    graph: Graph, names: list[str], engine: Engine, retries: int, progress: Progress, only: Part | None = None
+) -> None:
     """Run the parts of the named passes (or the one part `only`), skipping those already done.
 
     Whether a part is done is decided when its pass becomes ready, after the passes before it ran:
@@ -120,8 +121,10 @@ def execute(graph: Graph, names: list[str], engine: Engine, retries: int, progre
         progress.tick()
     if failed is not None:
         why = failed.message or _status_words(failed.status)
-        raise RunFailed(f"part {failed_part.name} failed {attempts[failed_part.name]} time"
-                        f"{'s' if attempts[failed_part.name] != 1 else ''} ({why}); its log: {failed_part.log}")
+        raise RunFailed(
+            f"part {failed_part.name} failed {attempts[failed_part.name]} time"
+            f"{'s' if attempts[failed_part.name] != 1 else ''} ({why}); its log: {failed_part.log}"
+        )
     not_done = [n for n in names if n not in complete]
     if not_done:  # cannot happen unless the graph is broken; say so rather than claim success
         raise RunFailed(f"passes never became ready: {', '.join(not_done)}")
@@ -156,7 +159,7 @@ class LocalEngine(Engine):
         env = {}
         taken: list[str] = []
         if p.gpus and self.has_gpus:
-            taken, self.free_gpus = self.free_gpus[:p.gpus], self.free_gpus[p.gpus:]
+            taken, self.free_gpus = self.free_gpus[: p.gpus], self.free_gpus[p.gpus :]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(taken)
         proc = PartProcess(part, attempt, env)
         proc.start()
@@ -306,4 +309,3 @@ def with_signals(body: Callable[[], None], on_signal: Callable[[], None]) -> Non
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-

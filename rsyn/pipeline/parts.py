@@ -64,7 +64,7 @@ def fingerprint(inputs: tuple[str, ...], cache: dict | None = None) -> dict[str,
 
 def _entries(item: str) -> dict[str, list]:
     entries: dict[str, list] = {}
-    for path in (sorted(glob.glob(item)) if glob.has_magic(item) else [item]):
+    for path in sorted(glob.glob(item)) if glob.has_magic(item) else [item]:
         try:
             st = os.stat(path)
         except OSError:
@@ -125,8 +125,13 @@ def _size(path: str) -> int:
 
 def write_marker(part: Part, result: PartResult, inputs: dict) -> None:
     marker = {
-        "version": MARKER_VERSION, "part": part.name, "argv": list(part.argv), "status": result.status,
-        "seconds": round(result.seconds, 3), "attempt": result.attempt, "host": socket.gethostname(),
+        "version": MARKER_VERSION,
+        "part": part.name,
+        "argv": list(part.argv),
+        "status": result.status,
+        "seconds": round(result.seconds, 3),
+        "attempt": result.attempt,
+        "host": socket.gethostname(),
         "records": {"in": result.records_in, "out": result.records_out},
         "inputs": inputs,
         "outputs": {path: _size(path) for path in (*part.outputs, *part.optional_outputs) if os.path.exists(path)},
@@ -257,14 +262,23 @@ class PartProcess:
         env = {**os.environ, **(self.env or {}), "TMPDIR": part.tmp}
         with open(part.log, "ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            log.write(f"=== rsyn run: {part.name} attempt {self.attempt} on {socket.gethostname()} at {stamp}\n"
-                      f"=== {' '.join(part.argv)}\n".encode())
+            log.write(
+                f"=== rsyn run: {part.name} attempt {self.attempt} on {socket.gethostname()} at {stamp}\n"
+                f"=== {' '.join(part.argv)}\n".encode()
+            )
             log.flush()
             self.started = time.monotonic()
             try:
-                self.proc = subprocess.Popen(list(part.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             cwd=part.cwd, env=env, start_new_session=True,
-                                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                self.proc = subprocess.Popen(
+                    list(part.argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=part.cwd,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
             except OSError as exc:
                 log.write(f"=== cannot start: {exc.strerror}\n".encode())
                 self.proc = None
@@ -305,9 +319,11 @@ class PartProcess:
             result.records_in, result.records_out = _records(part.stats)
             write_marker(part, result, self.inputs)
         with open(part.log, "ab") as log:
-            log.write(f"=== {part.name} attempt {self.attempt}: "
-                      f"{'done' if result.status == 0 else 'failed'} (exit {status}) in {seconds:.1f}s"
-                      f"{': ' + result.message if result.message else ''}\n".encode())
+            log.write(
+                f"=== {part.name} attempt {self.attempt}: "
+                f"{'done' if result.status == 0 else 'failed'} (exit {status}) in {seconds:.1f}s"
+                f"{': ' + result.message if result.message else ''}\n".encode()
+            )
         remove_temporaries(part)
         return result
 

@@ -57,8 +57,18 @@ THRESHOLD_OPTIONS: dict[str, tuple[str, str]] = {
 
 # pass -> can it run as --shard K/N parts (per-record work)?
 STAGES: dict[str, bool] = {
-    "extract": True, "dedup": False, "embed": True, "semdedup": False, "split-text": True, "split-image": True,
-    "index": False, "retrieve": True, "caption": True, "embed-syn": True, "balance": False, "pack": False,
+    "extract": True,
+    "dedup": False,
+    "embed": True,
+    "semdedup": False,
+    "split-text": True,
+    "split-image": True,
+    "index": False,
+    "retrieve": True,
+    "caption": True,
+    "embed-syn": True,
+    "balance": False,
+    "pack": False,
     "report": False,
 }
 GPU_STAGES = ("embed", "caption", "embed-syn", "extract")  # the ones a [stages.NAME] gpus = N makes sense for
@@ -86,56 +96,120 @@ class SplitPass:
 
 
 _PART = "part-{k}-of-{n}"
-_DEDUP_SCAN = SplitPass("scan", ("dedup-scan", "{inputs}", "--work", "{work}", "--shard", "{k}/{n}"), "shard",
-                        "scan/" + _PART, takes=("*",), common=True)
-_DEDUP_FILTER = SplitPass("filter", ("dedup-filter", "--work", "{work}", "--shard", "{k}/{n}"), "shard", "",
-                          reads=("*",), common=True)
+_DEDUP_SCAN = SplitPass(
+    "scan",
+    ("dedup-scan", "{inputs}", "--work", "{work}", "--shard", "{k}/{n}"),
+    "shard",
+    "scan/" + _PART,
+    takes=("*",),
+    common=True,
+)
+_DEDUP_FILTER = SplitPass(
+    "filter", ("dedup-filter", "--work", "{work}", "--shard", "{k}/{n}"), "shard", "", reads=("*",), common=True
+)
 # What the split stages run, in order (docs/dedup.md, docs/balance_pack.md): the one place to add a stage's passes.
 SPLIT_STAGES: dict[str, tuple[SplitPass, ...]] = {
     "dedup": (
         _DEDUP_SCAN,
-        SplitPass("exact", ("dedup-exact", "--work", "{work}", "--part", "{k}/{n}"), "partition", "exact/" + _PART,
-                  reads=("scan",)),
-        SplitPass("settle-exact", ("dedup-settle", "--work", "{work}", "--mode", "exact"), "once", "exact/settled",
-                  reads=("scan", "exact")),
-        SplitPass("near", ("dedup-near", "--work", "{work}", "--part", "{k}/{n}"), "partition", "near/" + _PART,
-                  reads=("scan", "settle-exact")),
-        SplitPass("settle-near", ("dedup-settle", "--work", "{work}", "--mode", "near"), "once", "near/settled",
-                  reads=("scan", "near")),
+        SplitPass(
+            "exact",
+            ("dedup-exact", "--work", "{work}", "--part", "{k}/{n}"),
+            "partition",
+            "exact/" + _PART,
+            reads=("scan",),
+        ),
+        SplitPass(
+            "settle-exact",
+            ("dedup-settle", "--work", "{work}", "--mode", "exact"),
+            "once",
+            "exact/settled",
+            reads=("scan", "exact"),
+        ),
+        SplitPass(
+            "near",
+            ("dedup-near", "--work", "{work}", "--part", "{k}/{n}"),
+            "partition",
+            "near/" + _PART,
+            reads=("scan", "settle-exact"),
+        ),
+        SplitPass(
+            "settle-near",
+            ("dedup-settle", "--work", "{work}", "--mode", "near"),
+            "once",
+            "near/settled",
+            reads=("scan", "near"),
+        ),
         _DEDUP_FILTER,
     ),
     "semdedup": (
         _DEDUP_SCAN,
-        SplitPass("train", ("dedup-train", "--work", "{work}"), "once", "semantic/train", reads=("scan",),
-                  device=True),
-        SplitPass("assign", ("dedup-assign", "--work", "{work}", "--shard", "{k}/{n}"), "shard",
-                  "semantic/assign/" + _PART, reads=("scan", "train"), device=True),
-        SplitPass("pairs", ("dedup-pairs", "--work", "{work}", "--part", "{k}/{n}"), "partition",
-                  "semantic/pairs/" + _PART, reads=("scan", "assign"), device=True),
-        SplitPass("select", ("dedup-select", "--work", "{work}"), "once", "semantic/settled",
-                  reads=("scan", "pairs")),
+        SplitPass("train", ("dedup-train", "--work", "{work}"), "once", "semantic/train", reads=("scan",), device=True),
+        SplitPass(
+            "assign",
+            ("dedup-assign", "--work", "{work}", "--shard", "{k}/{n}"),
+            "shard",
+            "semantic/assign/" + _PART,
+            reads=("scan", "train"),
+            device=True,
+        ),
+        SplitPass(
+            "pairs",
+            ("dedup-pairs", "--work", "{work}", "--part", "{k}/{n}"),
+            "partition",
+            "semantic/pairs/" + _PART,
+            reads=("scan", "assign"),
+            device=True,
+        ),
+        SplitPass("select", ("dedup-select", "--work", "{work}"), "once", "semantic/settled", reads=("scan", "pairs")),
         _DEDUP_FILTER,
     ),
     "balance": (
         SplitPass("scan", ("balance", "scan", "{inputs}", "--shard", "{k}/{n}"), "shard", "scan/{k}", common=True),
-        SplitPass("plan", ("balance", "plan", "{scan*}"), "once", "plan", common=True, device=True,
-                  takes=("--sim-range", "--clusters", "--kmeans-iters", "--kmeans-sample", "--centroids",
-                         "--save-centroids")),
-        SplitPass("assign", ("balance", "assign", "{scan:k}", "--plan", "{plan}"), "shard", "assign/{k}",
-                  common=True, device=True),
-        SplitPass("cap", ("balance", "cap", "{assign*}"), "once", "cap", common=True, takes=("--per-cluster", "--target")),
+        SplitPass(
+            "plan",
+            ("balance", "plan", "{scan*}"),
+            "once",
+            "plan",
+            common=True,
+            device=True,
+            takes=("--sim-range", "--clusters", "--kmeans-iters", "--kmeans-sample", "--centroids", "--save-centroids"),
+        ),
+        SplitPass(
+            "assign",
+            ("balance", "assign", "{scan:k}", "--plan", "{plan}"),
+            "shard",
+            "assign/{k}",
+            common=True,
+            device=True,
+        ),
+        SplitPass(
+            "cap", ("balance", "cap", "{assign*}"), "once", "cap", common=True, takes=("--per-cluster", "--target")
+        ),
         # filter re-reads the records of its scan from the input files: {inputs} is only fingerprinted, not passed
-        SplitPass("filter", ("balance", "filter", "{assign:k}", "--cap", "{cap}"), "shard", "", reads=("{inputs}",),
-                  common=True),
+        SplitPass(
+            "filter",
+            ("balance", "filter", "{assign:k}", "--cap", "{cap}"),
+            "shard",
+            "",
+            reads=("{inputs}",),
+            common=True,
+        ),
     ),
     "index": (
-        SplitPass("collect", ("index", "collect", "{inputs}", "--shard", "{k}/{n}"), "shard", "collect/{k}",
-                  common=True),
+        SplitPass(
+            "collect", ("index", "collect", "{inputs}", "--shard", "{k}/{n}"), "shard", "collect/{k}", common=True
+        ),
         SplitPass("train", ("index", "train", "{collect*}"), "once", "train", common=True, takes=("*",)),
-        SplitPass("add", ("index", "add", "{collect*}", "--trained", "{train}", "--part", "{k}/{n}"), "partition",
-                  "add/{k}", common=True),
-        SplitPass("merge", ("index", "merge", "{collect*}", "--trained", "{train}", "{add*|--added}"), "once", "",
-                  common=True),
+        SplitPass(
+            "add",
+            ("index", "add", "{collect*}", "--trained", "{train}", "--part", "{k}/{n}"),
+            "partition",
+            "add/{k}",
+            common=True,
+        ),
+        SplitPass(
+            "merge", ("index", "merge", "{collect*}", "--trained", "{train}", "{add*|--added}"), "once", "", common=True
+        ),
     ),
 }
 
@@ -151,22 +225,29 @@ def build_graph(p: Pipeline) -> Graph:
         if name not in STAGES:
             continue  # a pass's own table: checked against the graph below
         if settings.shards > 1 and not STAGES[name] and name not in SPLIT_STAGES:
-            raise PipelineError(f"{p.path}: [stages.{name}] shards = {settings.shards}: {name} compares records "
-                                f"across the whole stream and runs as one part")
+            raise PipelineError(
+                f"{p.path}: [stages.{name}] shards = {settings.shards}: {name} compares records "
+                f"across the whole stream and runs as one part"
+            )
         if settings.partitions > 1 and not any(sp.per == "partition" for sp in SPLIT_STAGES.get(name, ())):
-            raise PipelineError(f"{p.path}: [stages.{name}] partitions = {settings.partitions}: only dedup, "
-                                f"semdedup and index have per-partition passes")
+            raise PipelineError(
+                f"{p.path}: [stages.{name}] partitions = {settings.partitions}: only dedup, "
+                f"semdedup and index have per-partition passes"
+            )
     graph = _build(p)
     for name, settings in p.stages.items():
         if name in STAGES:
             continue
         if name not in graph.passes:
-            raise PipelineError(f"{p.path}: [stages.{name}] is not a stage or a pass of this pipeline (stages: "
-                                f"{', '.join(STAGES)}; passes: {', '.join(graph.passes)})")
+            raise PipelineError(
+                f"{p.path}: [stages.{name}] is not a stage or a pass of this pipeline (stages: "
+                f"{', '.join(STAGES)}; passes: {', '.join(graph.passes)})"
+            )
         fixed = [key for key in ("shards", "partitions", "merge") if key in settings.given]
         if fixed:
-            raise PipelineError(f"{p.path}: [stages.{name}] {fixed[0]}: part counts are set on the stage, "
-                                f"[stages.{name.split('-')[0]}]")
+            raise PipelineError(
+                f"{p.path}: [stages.{name}] {fixed[0]}: part counts are set on the stage, [stages.{name.split('-')[0]}]"
+            )
     return graph
 
 
@@ -179,12 +260,21 @@ def _build(p: Pipeline) -> Graph:
     if p.stage("extract").shards > 1:
         # the entropy filter needs corpus-wide word counts: counted once, then given to every shard
         counts = str(out / "word_counts.json")
-        b.single("extract-count", "extract", documents, [], ["--count-only", "--save-word-counts", counts],
-                 extra_outputs=[counts], settings_of="extract", cpu_only=True)
+        b.single(
+            "extract-count",
+            "extract",
+            documents,
+            [],
+            ["--count-only", "--save-word-counts", counts],
+            extra_outputs=[counts],
+            settings_of="extract",
+            cpu_only=True,
+        )
         documents = _Stream(documents.files, ["extract-count"])
         extract_opts = ["--word-counts", counts]
-    extracted = b.stage("extract", "extract", documents, "extracted.jsonl.zst", extract_opts,
-                        side=[counts] if extract_opts else [])
+    extracted = b.stage(
+        "extract", "extract", documents, "extracted.jsonl.zst", extract_opts, side=[counts] if extract_opts else []
+    )
     deduped = b.whole("dedup", "dedup", extracted, "dedup.jsonl.zst", ["--mode", "exact,near"])
     images = [p.images] if p.images else []
     embedded = b.stage("embed", "embed", deduped, "embedded.jsonl.zst", _opt("--images", p.images), side=images)
@@ -193,13 +283,31 @@ def _build(p: Pipeline) -> Graph:
     image_records = b.stage("split-image", "cat", semdedup, "images.jsonl.zst", ["--kind", "image"])
     index = b.whole("index", "index", sentences, "index", [])
     index_dir = index.files[0]
-    retrieved = b.stage("retrieve", "retrieve", image_records, "retrieved.jsonl.zst", ["--index", index_dir],
-                        side=[index_dir], after=index.passes)
-    captioned = b.stage("caption", "caption", retrieved, "captioned.jsonl.zst",
-                        [*_opt("--images", p.images), *_opt("--tags", p.tags), "--mine-tags-from", index_dir],
-                        side=[*images, *([p.tags] if p.tags else []), index_dir], after=index.passes)
-    syn = b.stage("embed-syn", "embed", captioned, "syn_embedded.jsonl.zst",
-                  ["--text-field", "syn_text", "--emb-field", "syn_emb"])
+    retrieved = b.stage(
+        "retrieve",
+        "retrieve",
+        image_records,
+        "retrieved.jsonl.zst",
+        ["--index", index_dir],
+        side=[index_dir],
+        after=index.passes,
+    )
+    captioned = b.stage(
+        "caption",
+        "caption",
+        retrieved,
+        "captioned.jsonl.zst",
+        [*_opt("--images", p.images), *_opt("--tags", p.tags), "--mine-tags-from", index_dir],
+        side=[*images, *([p.tags] if p.tags else []), index_dir],
+        after=index.passes,
+    )
+    syn = b.stage(
+        "embed-syn",
+        "embed",
+        captioned,
+        "syn_embedded.jsonl.zst",
+        ["--text-field", "syn_text", "--emb-field", "syn_emb"],
+    )
     balanced = b.whole("balance", "balance", syn, "balanced.jsonl.zst", [])
     # a rerun replaces the release it made before (pack refuses a non-empty directory otherwise)
     packed = b.stage("pack", "pack", balanced, "packed", ["--extra-columns", "--overwrite"])
@@ -207,12 +315,21 @@ def _build(p: Pipeline) -> Graph:
     # the stats of this graph's parts by name, not stats/*.json: no stale part of an earlier shard count. Only
     # passes that read or drop records (those with --rejects): a split stage's inner passes (keys, edges, k-means)
     # and its range cuts (copies) would only add empty funnels.
-    stats = sorted(part.stats for q in b.graph.passes.values() for part in q.parts
-                   if part.stats and len(part.optional_outputs) == 2 and not q.name.endswith("-split"))
-    b.single("report", "report", _Stream(stats, packed.passes + retrieved.passes + syn.passes),
-             [str(out / "report.html")],
-             ["--quiet", *records, "--packed", packed.files[0]], side=[*retrieved.files, *syn.files, *packed.files],
-             common=False)
+    stats = sorted(
+        part.stats
+        for q in b.graph.passes.values()
+        for part in q.parts
+        if part.stats and len(part.optional_outputs) == 2 and not q.name.endswith("-split")
+    )
+    b.single(
+        "report",
+        "report",
+        _Stream(stats, packed.passes + retrieved.passes + syn.passes),
+        [str(out / "report.html")],
+        ["--quiet", *records, "--packed", packed.files[0]],
+        side=[*retrieved.files, *syn.files, *packed.files],
+        common=False,
+    )
     return b.graph
 
 
@@ -272,19 +389,42 @@ class _Builder:
 
     def _common(self, stats: str, rejects: str) -> list[str]:
         p = self.p
-        return ["--seed", str(p.seed), "--device", p.device, "--on-error", p.on_error, "--quiet",
-                "--stats", stats, "--rejects", rejects]
+        return [
+            "--seed",
+            str(p.seed),
+            "--device",
+            p.device,
+            "--on-error",
+            p.on_error,
+            "--quiet",
+            "--stats",
+            stats,
+            "--rejects",
+            rejects,
+        ]
 
-    def stage(self, name: str, command: str, source: _Stream, output: str, options: list[str],
-              side: list[str] | None = None, after: list[str] | None = None) -> _Stream:
+    def stage(
+        self,
+        name: str,
+        command: str,
+        source: _Stream,
+        output: str,
+        options: list[str],
+        side: list[str] | None = None,
+        after: list[str] | None = None,
+    ) -> _Stream:
         """A stage: `shards` parts writing OUTPUT/shards/STEM-K-of-N.EXT, or one part writing OUTPUT/OUTPUT."""
         settings = self.p.stage(name)
         n = settings.shards
         stem, dot, ext = output.partition(".")
-        targets = ([str(self.p.output / output)] if n == 1 else
-                   [str(self.p.output / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)])
-        stream = self.single(name, command, source, targets, [*options, *self._stage_words(name)], side=side,
-                             after=after)
+        targets = (
+            [str(self.p.output / output)]
+            if n == 1
+            else [str(self.p.output / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)]
+        )
+        stream = self.single(
+            name, command, source, targets, [*options, *self._stage_words(name)], side=side, after=after
+        )
         if n == 1 or not settings.merge:
             return stream
         merged = str(self.p.output / output)
@@ -307,22 +447,45 @@ class _Builder:
             # fewer files than shards would give record-position shards (K mod N), whose outputs are not in
             # input order: cut the input into N contiguous ranges, so shard K reads exactly file K
             ranges = [str(out / "shards" / f"{stem}-in-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)]
-            parts = [self._part(f"{name}-split", k, n, self._program(f"{name}-split", name) + ["cat", *self._common(
-                *self._logs(f"{name}-split", k, n)), *source.files, "--range", f"{k}/{n}", "-o", ranges[k]],
-                source.files, [ranges[k]], *self._logs(f"{name}-split", k, n)) for k in range(n)]
+            parts = [
+                self._part(
+                    f"{name}-split",
+                    k,
+                    n,
+                    self._program(f"{name}-split", name)
+                    + [
+                        "cat",
+                        *self._common(*self._logs(f"{name}-split", k, n)),
+                        *source.files,
+                        "--range",
+                        f"{k}/{n}",
+                        "-o",
+                        ranges[k],
+                    ],
+                    source.files,
+                    [ranges[k]],
+                    *self._logs(f"{name}-split", k, n),
+                )
+                for k in range(n)
+            ]
             self._add(f"{name}-split", parts, source.passes, settings_of=name, cpu_only=True)
             source = _Stream(ranges, [f"{name}-split"])
         work = str(out / "work" / f"{name}-{n}x{m}")  # the counts in the name: no stale parts of other counts
         declared = SPLIT_STAGES[name]
-        targets = ([str(out / output)] if n == 1 or declared[-1].per == "once" else
-                   [str(out / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)])
+        targets = (
+            [str(out / output)]
+            if n == 1 or declared[-1].per == "once"
+            else [str(out / "shards" / f"{stem}-{k:05d}-of-{n:05d}{dot}{ext}") for k in range(n)]
+        )
         routed: dict[str, list[str]] = {sp.name: [] for sp in declared}
         for option, words in ([(options[0], options)] if options else []) + self._stage_groups(name):
             taker = next((sp.name for sp in declared if option in sp.takes), None)
             taker = taker or next((sp.name for sp in declared if "*" in sp.takes), None)
             if taker is None:
-                raise PipelineError(f"{self.p.path}: {option} is an option of the one-process `rsyn {name}`, which "
-                                    f"a split {name} does not run (set shards = partitions = 1 to use it)")
+                raise PipelineError(
+                    f"{self.p.path}: {option} is an option of the one-process `rsyn {name}`, which "
+                    f"a split {name} does not run (set shards = partitions = 1 to use it)"
+                )
             routed[taker] += words
         written: dict[str, list[str]] = {}
         for sp in declared:
@@ -347,16 +510,27 @@ class _Builder:
                         named.add(ref.group(1))
                     else:
                         words.append(word.replace("{work}", work).replace("{k}", str(k)).replace("{n}", str(count)))
-                target = (targets[k] if not sp.writes else
-                          os.path.join(work, sp.writes.format(k=f"{k:05d}", n=f"{count:05d}")))
+                target = (
+                    targets[k]
+                    if not sp.writes
+                    else os.path.join(work, sp.writes.format(k=f"{k:05d}", n=f"{count:05d}"))
+                )
                 stats, rejects = self._logs(full, k, count)
-                shared = (self._common(stats, rejects) if sp.common else
-                          ["--quiet", "--stats", stats, *(["--device", self.p.device] if sp.device else [])])
+                shared = (
+                    self._common(stats, rejects)
+                    if sp.common
+                    else ["--quiet", "--stats", stats, *(["--device", self.p.device] if sp.device else [])]
+                )
                 # a pass that names {work} writes there itself; the others write -o
                 own = (self.p.stages[full].options if full in self.p.stages else {}).items()
-                argv = [*self._program(full, name), *words, *shared, *routed[sp.name],
-                        *[w for o, v in own for w in option_args(o if o.startswith("-") else f"--{o}", v)],
-                        *([] if sp.writes and "{work}" in "".join(sp.words) else ["-o", target])]
+                argv = [
+                    *self._program(full, name),
+                    *words,
+                    *shared,
+                    *routed[sp.name],
+                    *[w for o, v in own for w in option_args(o if o.startswith("-") else f"--{o}", v)],
+                    *([] if sp.writes and "{work}" in "".join(sp.words) else ["-o", target]),
+                ]
                 inputs = list(dict.fromkeys([*inputs, *(f for r in reads for f in written[r])]))
                 parts.append(self._part(full, k, count, argv, inputs, [target], stats, rejects if sp.common else None))
             after = [f"{name}-{r}" for r in order if r in named or r in reads]
@@ -371,9 +545,20 @@ class _Builder:
         tag = part_name(name, k, n)
         return str(self.p.output / "stats" / f"{tag}.json"), str(self.p.output / "rejects" / f"{tag}.jsonl.zst")
 
-    def single(self, name: str, command: str, source: _Stream, targets: list[str], options: list[str],
-               side: list[str] | None = None, after: list[str] | None = None, extra_outputs: list[str] = (),
-               settings_of: str | None = None, common: bool = True, cpu_only: bool = False) -> _Stream:
+    def single(
+        self,
+        name: str,
+        command: str,
+        source: _Stream,
+        targets: list[str],
+        options: list[str],
+        side: list[str] | None = None,
+        after: list[str] | None = None,
+        extra_outputs: list[str] = (),
+        settings_of: str | None = None,
+        common: bool = True,
+        cpu_only: bool = False,
+    ) -> _Stream:
         """A pass of len(targets) parts (`--shard K/N` when more than one); part K writes `-o targets[K]`."""
         out = self.p.output
         n = len(targets) or 1
@@ -381,31 +566,76 @@ class _Builder:
         for k in range(n):
             tag = part_name(name, k, n)
             stats, rejects = str(out / "stats" / f"{tag}.json"), str(out / "rejects" / f"{tag}.jsonl.zst")
-            argv = [*self._program(name, settings_of), command, *(self._common(stats, rejects) if common else []),
-                    *source.files, *(["--shard", f"{k}/{n}"] if n > 1 else []), *options,
-                    *(["-o", targets[k]] if targets else [])]
+            argv = [
+                *self._program(name, settings_of),
+                command,
+                *(self._common(stats, rejects) if common else []),
+                *source.files,
+                *(["--shard", f"{k}/{n}"] if n > 1 else []),
+                *options,
+                *(["-o", targets[k]] if targets else []),
+            ]
             outputs = ([targets[k]] if targets else []) + list(extra_outputs)
-            parts.append(self._part(name, k, n, argv, [*source.files, *(side or [])], outputs,
-                                    stats if common else None, rejects if common else None))
+            parts.append(
+                self._part(
+                    name,
+                    k,
+                    n,
+                    argv,
+                    [*source.files, *(side or [])],
+                    outputs,
+                    stats if common else None,
+                    rejects if common else None,
+                )
+            )
         self._add(name, parts, source.passes + (after or []), settings_of=settings_of, cpu_only=cpu_only)
         return _Stream(list(targets), [name])
 
     def _program(self, name: str, settings_of: str | None = None) -> list[str]:
         return list(self._settings(name, settings_of).program or self.p.program)
 
-    def _part(self, name: str, k: int, n: int, argv: list[str], inputs: list[str], outputs: list[str],
-              stats: str | None, rejects: str | None) -> Part:
+    def _part(
+        self,
+        name: str,
+        k: int,
+        n: int,
+        argv: list[str],
+        inputs: list[str],
+        outputs: list[str],
+        stats: str | None,
+        rejects: str | None,
+    ) -> Part:
         out = self.p.output
         tag = part_name(name, k, n)
-        return Part(pass_name=name, index=k, count=n, argv=tuple(argv), inputs=tuple(inputs),
-                    outputs=tuple(outputs), optional_outputs=tuple(x for x in (stats, rejects) if x),
-                    stats=stats, log=str(out / "logs" / f"{tag}.log"), marker=str(out / ".done" / f"{tag}.json"),
-                    tmp=str(out / ".tmp" / tag), cwd=str(self.p.base))
+        return Part(
+            pass_name=name,
+            index=k,
+            count=n,
+            argv=tuple(argv),
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            optional_outputs=tuple(x for x in (stats, rejects) if x),
+            stats=stats,
+            log=str(out / "logs" / f"{tag}.log"),
+            marker=str(out / ".done" / f"{tag}.json"),
+            tmp=str(out / ".tmp" / tag),
+            cwd=str(self.p.base),
+        )
 
-    def _add(self, name: str, parts: list[Part], after: list[str], settings_of: str | None = None,
-             cpu_only: bool = False) -> None:
+    def _add(
+        self, name: str, parts: list[Part], after: list[str], settings_of: str | None = None, cpu_only: bool = False
+    ) -> None:
         s = self._settings(name, settings_of)
         ray_cpus = s.ray_cpus if s.ray_cpus is not None else self.p.ray_cpus_per_part
-        self.graph.add(Pass(name=name, parts=parts, after=list(dict.fromkeys(after)), gpus=0 if cpu_only else s.gpus,
-                            cpus=s.cpus, memory=s.memory, time=s.time or self.p.slurm.get("time"), ray_cpus=ray_cpus))
-
+        self.graph.add(
+            Pass(
+                name=name,
+                parts=parts,
+                after=list(dict.fromkeys(after)),
+                gpus=0 if cpu_only else s.gpus,
+                cpus=s.cpus,
+                memory=s.memory,
+                time=s.time or self.p.slurm.get("time"),
+                ray_cpus=ray_cpus,
+            )
+        )

@@ -79,8 +79,14 @@ def emit_slurm(p: Pipeline, graph: Graph) -> dict[str, str]:
 
 def _sbatch(p: Pipeline, q: Pass, logs: Path) -> str:
     s = p.slurm
-    lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name=rsyn-{q.name}", f"#SBATCH --array=0-{len(q.parts) - 1}",
-             "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={q.cpus}", f"#SBATCH --mem={q.memory}"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"#SBATCH --job-name=rsyn-{q.name}",
+        f"#SBATCH --array=0-{len(q.parts) - 1}",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={q.cpus}",
+        f"#SBATCH --mem={q.memory}",
+    ]
     if q.gpus:
         lines.append(f"#SBATCH --gpus-per-task={q.gpus}")
     if q.time:
@@ -89,7 +95,9 @@ def _sbatch(p: Pipeline, q: Pass, logs: Path) -> str:
         if s.get(key):
             lines.append(f"#SBATCH --{key}={s[key]}")
     lines += [f"#SBATCH {extra}" for extra in s.get("extra", [])]
-    lines += [f"#SBATCH --output={logs}/{q.name}-%A_%a.out",
-              "set -euo pipefail",
-              f"exec srun ${{RSYN:-rsyn}} run {_run_words(p)} --part {q.name}/\"$SLURM_ARRAY_TASK_ID\""]
+    lines += [
+        f"#SBATCH --output={logs}/{q.name}-%A_%a.out",
+        "set -euo pipefail",
+        f'exec srun ${{RSYN:-rsyn}} run {_run_words(p)} --part {q.name}/"$SLURM_ARRAY_TASK_ID"',
+    ]
     return "\n".join(lines) + "\n"

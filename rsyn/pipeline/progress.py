@@ -44,9 +44,14 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            self._live = RichProgress(TextColumn("[bold]{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                      console=Console(file=self.stream))
+            self._live = RichProgress(
+                TextColumn("[bold]{task.description:>14}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+            )
             self._live.start()
 
     def _say(self, line: str, event: bool = True) -> None:
@@ -129,5 +134,7 @@ class Progress:
         total = sum(s.total for s in self.passes.values())
         done = sum(s.done for s in self.passes.values())
         skipped = sum(s.skipped for s in self.passes.values())
-        return (f"{done}/{total} parts done ({done - skipped} run, {skipped} already done) "
-                f"in {_clock(time.monotonic() - self.start)}")
+        return (
+            f"{done}/{total} parts done ({done - skipped} run, {skipped} already done) "
+            f"in {_clock(time.monotonic() - self.start)}"
+        )

@@ -26,8 +26,17 @@ def select(graph: Graph, until: list[str] | None, part: str | None) -> tuple[lis
     return graph.upstream(list(until) if until else graph.final()), None
 
 
-def run_pipeline(p: Pipeline, graph: Graph, names: list[str], only: Part | None, engine: str,
-                 address: str | None, workers: int, retries: int, quiet: bool) -> None:
+def run_pipeline(
+    p: Pipeline,
+    graph: Graph,
+    names: list[str],
+    only: Part | None,
+    engine: str,
+    address: str | None,
+    workers: int,
+    retries: int,
+    quiet: bool,
+) -> None:
     """Run the passes; raises RunFailed (exit 2) or Interrupted (after the parts were stopped and swept)."""
     try:
         lock = OutputLock(p.output, exclusive=only is None)
@@ -37,8 +46,10 @@ def run_pipeline(p: Pipeline, graph: Graph, names: list[str], only: Part | None,
         if only is None:
             swept = sweep_output(p.output)  # what dead runs left; a single part sweeps only its own
             if swept and not quiet:
-                print(f"rsyn run: removed {swept} temporar{'y' if swept == 1 else 'ies'} left by a dead run",
-                      file=sys.stderr)
+                print(
+                    f"rsyn run: removed {swept} temporar{'y' if swept == 1 else 'ies'} left by a dead run",
+                    file=sys.stderr,
+                )
         progress = Progress(quiet=quiet)
         state: dict = {}
 
@@ -59,15 +70,18 @@ def run_pipeline(p: Pipeline, graph: Graph, names: list[str], only: Part | None,
             if "engine" in state:
                 stopped = state["engine"].stop()  # before close(): a local Ray must be up to cancel its tasks
                 if not quiet and stopped:
-                    print(f"rsyn run: stopped {len(stopped)} running part(s) and removed their temporaries",
-                          file=sys.stderr)
+                    print(
+                        f"rsyn run: stopped {len(stopped)} running part(s) and removed their temporaries",
+                        file=sys.stderr,
+                    )
 
         try:
             with_signals(body, stop)
         except Interrupted:
             if not quiet:
-                print("rsyn run: interrupted; finished parts keep their markers, a rerun does the rest",
-                      file=sys.stderr)
+                print(
+                    "rsyn run: interrupted; finished parts keep their markers, a rerun does the rest", file=sys.stderr
+                )
             raise
         finally:
             progress.close()

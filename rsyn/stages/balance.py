@@ -39,13 +39,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from rsyn.command import RsynError, Run
+from rsyn.errors import RsynError
 from rsyn.records import decode_embeddings
 from rsyn.stream import STDIO, RecordWriter, StreamError, expand_inputs, iter_line_blocks, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 PAPER_MODEL = "EVA02-E-14-plus"
 PAPER_WINDOW = (0.51, 0.61)
@@ -59,7 +63,7 @@ PAPER_IMAGES_PER_CLUSTER = 168
 # float16 embeddings carry about 3 significant digits anyway. Rounded sims take
 # 2 * 10^4 + 1 values: a histogram with one bin per value is exact.
 SIM_DECIMALS = 4
-SIM_SCALE = 10 ** SIM_DECIMALS
+SIM_SCALE = 10**SIM_DECIMALS
 HIST_BINS = 2 * SIM_SCALE + 1
 # Default k-means training sample: faiss's 256 points per cluster, at most
 # KMEANS_SAMPLE_MAX in all (so the cost of training stops growing with the
@@ -135,7 +139,7 @@ def parse_sim_range(value: str | None, inputs: list[str]) -> tuple[SimRange, lis
         if len(numeric) != 1:
             raise RsynError(f"--sim-range {value}: give the upper bound too (--sim-range LO HI, or LO,HI)")
         hi = float(inputs[numeric[0]])
-        inputs = inputs[:numeric[0]] + inputs[numeric[0] + 1:]
+        inputs = inputs[: numeric[0]] + inputs[numeric[0] + 1 :]
     if not -1.0 <= lo <= hi <= 1.0:
         raise RsynError(f"--sim-range {lo} {hi}: need -1 <= LO <= HI <= 1")
     return SimRange(lo=lo, hi=hi), inputs
@@ -173,9 +177,11 @@ def is_paper_model(emb_model: str | None) -> bool:
 def _paper_window_refusal(model: str | None) -> RsynError:
     lo, hi = PAPER_WINDOW
     q_lo, q_hi = AUTO_QUANTILES
-    return RsynError(f"--sim-range: the paper's window {lo}..{hi} holds for {PAPER_MODEL} only, these embeddings "
-                     f"are from {model!r}; give --sim-range LO HI, or --sim-range auto (the observed "
-                     f"{q_lo:.1%}..{q_hi:.1%} quantiles)")
+    return RsynError(
+        f"--sim-range: the paper's window {lo}..{hi} holds for {PAPER_MODEL} only, these embeddings "
+        f"are from {model!r}; give --sim-range LO HI, or --sim-range auto (the observed "
+        f"{q_lo:.1%}..{q_hi:.1%} quantiles)"
+    )
 
 
 def default_kmeans_sample(k: int) -> int:
@@ -196,8 +202,10 @@ class PassDir:
         except (OSError, orjson.JSONDecodeError):
             raise RsynError(f"{path}: not a finished `rsyn balance {kind}` directory (no readable {DONE})") from None
         if not isinstance(self.meta, dict) or self.meta.get("pass") != kind:
-            raise RsynError(f"{path}: not an `rsyn balance {kind}` directory ({DONE} says "
-                            f"{self.meta.get('pass') if isinstance(self.meta, dict) else None!r})")
+            raise RsynError(
+                f"{path}: not an `rsyn balance {kind}` directory ({DONE} says "
+                f"{self.meta.get('pass') if isinstance(self.meta, dict) else None!r})"
+            )
 
     def file(self, name: str) -> str:
         return str(self.path / name)
@@ -295,8 +303,9 @@ class _Scan:
         if not isinstance(record.get("emb"), str):
             return "missing_field", "image record has no `emb` (run `rsyn embed` first)"
         if not isinstance(record.get("syn_emb"), str):
-            return "missing_field", ("image record has no `syn_emb` "
-                                     "(run `rsyn embed --text-field syn_text --emb-field syn_emb`)")
+            return "missing_field", (
+                "image record has no `syn_emb` (run `rsyn embed --text-field syn_text --emb-field syn_emb`)"
+            )
         model = record.get("emb_model")
         syn_model = record.get("syn_emb_model", model)
         if syn_model != model:
@@ -309,8 +318,9 @@ class _Scan:
             if self.window is not None and self.window.is_unset and not is_paper_model(model):
                 raise _paper_window_refusal(model)
         elif model != self.emb_model:
-            return "model_mismatch", (f"embeddings from {model!r}, but {self._model_where} has {self.emb_model!r}: "
-                                      "one model per run")
+            return "model_mismatch", (
+                f"embeddings from {model!r}, but {self._model_where} has {self.emb_model!r}: one model per run"
+            )
         return None
 
     def _flush(self) -> None:
@@ -325,8 +335,9 @@ class _Scan:
         if bad.any():
             for i in np.flatnonzero(bad):
                 record, f, line = batch[i]
-                self.run.error(f"{self.files[f]}:{line}", "embedding is zero or not finite", record=record,
-                               reason="bad_embedding")
+                self.run.error(
+                    f"{self.files[f]}:{line}", "embedding is zero or not finite", record=record, reason="bad_embedding"
+                )
             good = ~bad
             images, codes = images[good], codes[good]
             batch = [b for b, ok in zip(batch, good) if ok]
@@ -334,8 +345,12 @@ class _Scan:
                 return
         digest = hashlib.blake2b
         key = self._seed_key
-        keys = np.frombuffer(b"".join(digest(r["id"].encode("utf-8", "surrogatepass"), digest_size=16,
-                                             key=key).digest() for r, _, _ in batch), dtype="<u8").reshape(-1, 2)
+        keys = np.frombuffer(
+            b"".join(
+                digest(r["id"].encode("utf-8", "surrogatepass"), digest_size=16, key=key).digest() for r, _, _ in batch
+            ),
+            dtype="<u8",
+        ).reshape(-1, 2)
         places = np.array([(f, line) for _, f, line in batch], dtype=np.int64).reshape(-1, 2)
         np.add.at(self.hist, codes.astype(np.int64) + SIM_SCALE, 1)
         self.columns["sim"].write(codes.astype("<i2").tobytes())
@@ -365,8 +380,9 @@ class _Scan:
                 image = decode_embeddings([record["emb"]], dim)
                 syn = decode_embeddings([record["syn_emb"]], image.shape[1])
             except ValueError as exc:
-                self.run.error(f"{self.files[f]}:{line}", f"bad `emb`/`syn_emb`: {exc}", record=record,
-                               reason="bad_embedding")
+                self.run.error(
+                    f"{self.files[f]}:{line}", f"bad `emb`/`syn_emb`: {exc}", record=record, reason="bad_embedding"
+                )
                 continue
             dim = self.dim = dim or image.shape[1]
             good.append(item)
@@ -415,12 +431,25 @@ def scan_pass(run: Run, out: Path, *, window: SimRange | None = None) -> dict:
         scan.abort()
         raise
     scan.close()
-    files = [{"name": name, "path": os.path.abspath(name) if name != "<stdin>" else None,
-              "identity": None if spill_records else _file_identity(name)} for name in scan.files]
+    files = [
+        {
+            "name": name,
+            "path": os.path.abspath(name) if name != "<stdin>" else None,
+            "identity": None if spill_records else _file_identity(name),
+        }
+        for name in scan.files
+    ]
     _save_npy(out / "hist.npy", scan.hist)
-    meta = {"pass": "scan", "count": scan.count, "dim": scan.dim, "emb_model": scan.emb_model, "seed": run.seed,
-            "files": files, "records": RECORDS if spill_records else None,
-            "shard": f"{run.shard[0]}/{run.shard[1]}" if run.shard else None}
+    meta = {
+        "pass": "scan",
+        "count": scan.count,
+        "dim": scan.dim,
+        "emb_model": scan.emb_model,
+        "seed": run.seed,
+        "files": files,
+        "records": RECORDS if spill_records else None,
+        "shard": f"{run.shard[0]}/{run.shard[1]}" if run.shard else None,
+    }
     _write_done(out, meta)
     return meta
 
@@ -454,8 +483,9 @@ def window_bounds(window: SimRange, hist: np.ndarray) -> tuple[float, float, str
         q_lo, q_hi = window.quantiles
         cumulative = np.cumsum(hist)
         # inverted-CDF quantiles pick observed values, so the bounds are sims that exist and print exactly
-        lo, hi = (float(code_values(np.array(hist_value_at(cumulative, quantile_position(n, q)))))
-                  for q in (q_lo, q_hi))
+        lo, hi = (
+            float(code_values(np.array(hist_value_at(cumulative, quantile_position(n, q))))) for q in (q_lo, q_hi)
+        )
         return lo, hi, f"auto: quantiles {q_lo}..{q_hi} of the observed sims"
     if window.is_unset:
         return (*PAPER_WINDOW, f"paper default for {PAPER_MODEL}")
@@ -509,8 +539,11 @@ def _training_sample(scans: list[PassDir], table: np.ndarray, ranked: dict[str, 
         for start in range(0, scan.meta["count"], ROWS * 16):
             stop = min(start + ROWS * 16, scan.meta["count"])
             inside = np.flatnonzero(table[scan.column("sim", start, stop).astype(np.int64) + SIM_SCALE] == _KEEP)
-            chunk = [scan.column("train_key", start, stop)[inside],
-                     ranks[scan.column("file", start, stop)[inside]], scan.column("line", start, stop)[inside]]
+            chunk = [
+                scan.column("train_key", start, stop)[inside],
+                ranks[scan.column("file", start, stop)[inside]],
+                scan.column("line", start, stop)[inside],
+            ]
             keys = [np.concatenate(pair) for pair in zip(keys, chunk)]
             where = [np.concatenate((where[0], np.full(len(inside), s))), np.concatenate((where[1], inside + start))]
             if len(keys[0]) > 2 * cap:
@@ -540,9 +573,18 @@ def _read_vectors(scan: PassDir, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def plan_pass(run: Run, scans: list[PassDir], out: Path, *, window: SimRange, clusters: int | None = None,
-              kmeans_iters: int = 20, kmeans_sample: int | None = None, centroids_path: str | None = None,
-              save_centroids: str | None = None) -> dict:
+def plan_pass(
+    run: Run,
+    scans: list[PassDir],
+    out: Path,
+    *,
+    window: SimRange,
+    clusters: int | None = None,
+    kmeans_iters: int = 20,
+    kmeans_sample: int | None = None,
+    centroids_path: str | None = None,
+    save_centroids: str | None = None,
+) -> dict:
     """Window, training sample and centroids from the scans; writes `out` and returns its done.json."""
     from rsyn.vectors import train_kmeans
 
@@ -550,13 +592,15 @@ def plan_pass(run: Run, scans: list[PassDir], out: Path, *, window: SimRange, cl
     dims = {scan.meta["dim"] for scan in scans if scan.meta["count"]}
     seeds = {scan.meta["seed"] for scan in scans}
     if len(models) > 1:
-        raise RsynError(f"the scans hold embeddings of several models ({', '.join(map(repr, sorted(models)))}): "
-                        "one model per run")
+        raise RsynError(
+            f"the scans hold embeddings of several models ({', '.join(map(repr, sorted(models)))}): one model per run"
+        )
     if len(dims) > 1:
         raise RsynError(f"the scans hold embeddings of several dimensions ({sorted(dims)})")
     if len(seeds) > 1 or (seeds and run.seed not in seeds):
-        raise RsynError(f"--seed {run.seed}: the scans were made with seed(s) {sorted(seeds)}; give every pass "
-                        "the same --seed")
+        raise RsynError(
+            f"--seed {run.seed}: the scans were made with seed(s) {sorted(seeds)}; give every pass the same --seed"
+        )
     model = models.pop() if models else None
     dim = dims.pop() if dims else None
     if window.is_unset and model is not None and not is_paper_model(model):
@@ -570,10 +614,21 @@ def plan_pass(run: Run, scans: list[PassDir], out: Path, *, window: SimRange, cl
     # ties between equal keys (records sharing an id) are broken by file name, then line
     names = sorted({f["name"] for scan in scans for f in scan.meta["files"]})
     ranked = {name: i for i, name in enumerate(names)}
-    meta = {"pass": "plan", "scans": [str(scan.path.resolve()) for scan in scans], "emb_model": model, "dim": dim,
-            "seed": run.seed, "files": names, "images": int(hist.sum()), "in_window": in_window,
-            "sim_window": {"lo": lo, "hi": hi, "chosen": how}, "sim_quantiles": hist_quantiles(hist),
-            "clusters": 0, "kmeans": None, "seconds": {}}
+    meta = {
+        "pass": "plan",
+        "scans": [str(scan.path.resolve()) for scan in scans],
+        "emb_model": model,
+        "dim": dim,
+        "seed": run.seed,
+        "files": names,
+        "images": int(hist.sum()),
+        "in_window": in_window,
+        "sim_window": {"lo": lo, "hi": hi, "chosen": how},
+        "sim_quantiles": hist_quantiles(hist),
+        "clusters": 0,
+        "kmeans": None,
+        "seconds": {},
+    }
     centroids = np.zeros((0, dim or 0), dtype=np.float32)
     if in_window:
         if centroids_path:
@@ -587,8 +642,14 @@ def plan_pass(run: Run, scans: list[PassDir], out: Path, *, window: SimRange, cl
             meta["seconds"]["sample"] = round(time.perf_counter() - clock, 3)
             run.note(f"k-means: {k} clusters from {len(sample):,} of {in_window:,} image embeddings")
             clock = time.perf_counter()
-            centroids = train_kmeans(sample, k, seed=run.seed, niter=kmeans_iters, device=run.faiss_device,
-                                     max_points_per_centroid=max(256, math.ceil(len(sample) / k)))
+            centroids = train_kmeans(
+                sample,
+                k,
+                seed=run.seed,
+                niter=kmeans_iters,
+                device=run.faiss_device,
+                max_points_per_centroid=max(256, math.ceil(len(sample) / k)),
+            )
             meta["seconds"]["kmeans"] = round(time.perf_counter() - clock, 3)
             meta["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
             del sample
@@ -633,9 +694,11 @@ class NearestCentroid:
         self.k, self.dim = centroids.shape
         self.index = flat_ip_index(self.centroids, device)
         # |float32 dot - exact| <= gamma_d * |x| * |c| (any summation order); doubled for the float64 side and margin
-        largest = max(float(np.sqrt((self.centroids[i:i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
-                      for i in range(0, self.k, 4096))
-        self.error = 2.0 * self.dim * 2.0 ** -24 / (1 - self.dim * 2.0 ** -24) * largest
+        largest = max(
+            float(np.sqrt((self.centroids[i : i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
+            for i in range(0, self.k, 4096)
+        )
+        self.error = 2.0 * self.dim * 2.0**-24 / (1 - self.dim * 2.0**-24) * largest
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         m = min(CANDIDATES, self.k)
@@ -657,7 +720,7 @@ class NearestCentroid:
     def _exhaustive(self, row: np.ndarray) -> int:
         best, label = -np.inf, -1
         for start in range(0, self.k, 4096):
-            scores = (row[None, :] * self.centroids[start:start + 4096].astype(np.float64)).sum(axis=1)
+            scores = (row[None, :] * self.centroids[start : start + 4096].astype(np.float64)).sum(axis=1)
             j = int(np.argmax(scores))
             if scores[j] > best:
                 best, label = scores[j], start + j
@@ -685,8 +748,14 @@ def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
                 sizes += np.bincount(labels[inside], minlength=k)
             fh.write(labels.astype("<i4").tobytes())
     _save_npy(out / "sizes.npy", sizes)
-    meta = {"pass": "assign", "scan": str(scan.path.resolve()), "plan": str(plan.path.resolve()), "count": count,
-            "clusters": k, "in_window": int(sizes.sum())}
+    meta = {
+        "pass": "assign",
+        "scan": str(scan.path.resolve()),
+        "plan": str(plan.path.resolve()),
+        "count": count,
+        "clusters": k,
+        "in_window": int(sizes.sum()),
+    }
     _write_done(out, meta)
     return meta
 
@@ -729,16 +798,32 @@ def size_distribution(sizes: np.ndarray) -> dict:
     """Figure 9 of the paper in numbers: how unequal the cluster sizes are."""
     s = np.sort(sizes[sizes > 0]).astype(np.float64)
     if len(s) == 0:
-        return {"images": 0, "clusters": 0, "largest": 0, "max_share": 0.0, "gini": 0.0, "singletons": 0,
-                "median": 0.0, "mean": 0.0, "size_counts": {}}
+        return {
+            "images": 0,
+            "clusters": 0,
+            "largest": 0,
+            "max_share": 0.0,
+            "gini": 0.0,
+            "singletons": 0,
+            "median": 0.0,
+            "mean": 0.0,
+            "size_counts": {},
+        }
     n, total = len(s), s.sum()
     gini = float(2.0 * np.dot(np.arange(1, n + 1), s) / (n * total) - (n + 1) / n)
     values, counts = np.unique(s.astype(np.int64), return_counts=True)
-    return {"images": int(total), "clusters": int(n), "largest": int(s[-1]),
-            "max_share": round(float(s[-1] / total), 6), "gini": round(max(gini, 0.0), 6),
-            "singletons": int((s == 1).sum()), "median": float(np.median(s)), "mean": round(float(total / n), 3),
-            # cluster size -> number of clusters of that size: the whole distribution, compact at any scale
-            "size_counts": {str(v): int(c) for v, c in zip(values, counts)}}
+    return {
+        "images": int(total),
+        "clusters": int(n),
+        "largest": int(s[-1]),
+        "max_share": round(float(s[-1] / total), 6),
+        "gini": round(max(gini, 0.0), 6),
+        "singletons": int((s == 1).sum()),
+        "median": float(np.median(s)),
+        "mean": round(float(total / n), 3),
+        # cluster size -> number of clusters of that size: the whole distribution, compact at any scale
+        "size_counts": {str(v): int(c) for v, c in zip(values, counts)},
+    }
 
 
 def _first_per_cluster(columns: list[np.ndarray], t: int) -> list[np.ndarray]:
@@ -767,15 +852,22 @@ def cap_pass(run: Run, assigns: list[PassDir], out: Path, *, per_cluster: int | 
     sizes = np.zeros(k, dtype=np.int64)
     for a in assigns:
         sizes += np.load(a.file("sizes.npy"), allow_pickle=False)
-    meta = {"pass": "cap", "plan": str(plan.path.resolve()), "assigns": [str(a.path.resolve()) for a in assigns],
-            "clusters": k, "target": target}
+    meta = {
+        "pass": "cap",
+        "plan": str(plan.path.resolve()),
+        "assigns": [str(a.path.resolve()) for a in assigns],
+        "clusters": k,
+        "target": target,
+    }
     if k == 0 or sizes.sum() == 0:
         t = 0
     elif target is not None:
         t = cap_for_target(sizes, target)
         if t == 0:
-            raise RsynError(f"--target {target} is below the number of non-empty clusters "
-                            f"({int((sizes > 0).sum())}): ask for fewer --clusters or a larger target")
+            raise RsynError(
+                f"--target {target} is below the number of non-empty clusters "
+                f"({int((sizes > 0).sum())}): ask for fewer --clusters or a larger target"
+            )
     else:
         t = per_cluster
     full = sizes > t
@@ -792,8 +884,12 @@ def cap_pass(run: Run, assigns: list[PassDir], out: Path, *, per_cluster: int | 
                 labels = read_rows(a.file("labels.i4"), "<i4", start, stop).astype(np.int64)
                 rows = np.flatnonzero(labels >= 0)
                 rows = rows[full[labels[rows]]]
-                chunk = [labels[rows], scan.column("keep_key", start, stop)[rows],
-                         ranks[scan.column("file", start, stop)[rows]], scan.column("line", start, stop)[rows]]
+                chunk = [
+                    labels[rows],
+                    scan.column("keep_key", start, stop)[rows],
+                    ranks[scan.column("file", start, stop)[rows]],
+                    scan.column("line", start, stop)[rows],
+                ]
                 held = [np.concatenate(pair) for pair in zip(held, chunk)]
                 if len(held[0]) > 2 * bound + ROWS:
                     held = _first_per_cluster(held, t)
@@ -803,8 +899,9 @@ def cap_pass(run: Run, assigns: list[PassDir], out: Path, *, per_cluster: int | 
     _save_npy(out / "full.npy", full)
     for name, column in zip(("cut_key", "cut_file", "cut_line"), cut):
         _save_npy(out / f"{name}.npy", column)
-    meta.update({"per_cluster": int(t), "before": size_distribution(sizes),
-                 "after": size_distribution(np.minimum(sizes, t))})
+    meta.update(
+        {"per_cluster": int(t), "before": size_distribution(sizes), "after": size_distribution(np.minimum(sizes, t))}
+    )
     _write_done(out, meta)
     return meta
 
@@ -843,7 +940,7 @@ def _scan_lines(scan: PassDir):
     # the scan numbered files in the order it read them, one after the other: each file's rows are one run
     bounds = np.searchsorted(files, np.arange(len(scan.meta["files"]) + 1), side="left")
     for number, f in enumerate(scan.meta["files"]):
-        wanted = lines[bounds[number]:bounds[number + 1]]  # ascending: the scan read them in this order
+        wanted = lines[bounds[number] : bounds[number + 1]]  # ascending: the scan read them in this order
         j = 0
         for start, block in iter_line_blocks(f["path"]):
             stop = start + len(block)
@@ -921,8 +1018,12 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
                     details = {"sim": sim_list[j]}
                     if label_list[j] >= 0:
                         details["cluster"] = label_list[j]
-                    run.drop(orjson.loads(line), reason_of[code], where=f"{files[file_of[start + j]]}:"
-                             f"{line_of[start + j]}", **details)
+                    run.drop(
+                        orjson.loads(line),
+                        reason_of[code],
+                        where=f"{files[file_of[start + j]]}:{line_of[start + j]}",
+                        **details,
+                    )
 
     run.write(survivors())
 
@@ -930,13 +1031,24 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
 # --------------------------------------------------------------------------- the one-process composition
 
 
-def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None = None,
-                per_cluster: int | None = None, target: int | None = None, kmeans_iters: int = 20,
-                kmeans_sample: int | None = None, centroids_path: str | None = None,
-                save_centroids: str | None = None, spill_dir: str | None = None) -> None:
+def run_balance(
+    run: Run,
+    *,
+    sim_range: str | None = None,
+    clusters: int | None = None,
+    per_cluster: int | None = None,
+    target: int | None = None,
+    kmeans_iters: int = 20,
+    kmeans_sample: int | None = None,
+    centroids_path: str | None = None,
+    save_centroids: str | None = None,
+    spill_dir: str | None = None,
+) -> None:
     if run.shard is not None:
-        raise RsynError(f"--shard: `rsyn balance` balances the whole corpus at once; to split it, run its passes "
-                        f"({PASSES}: `rsyn balance scan --shard K/N ...`, see docs/balance_pack.md)")
+        raise RsynError(
+            f"--shard: `rsyn balance` balances the whole corpus at once; to split it, run its passes "
+            f"({PASSES}: `rsyn balance scan --shard K/N ...`, see docs/balance_pack.md)"
+        )
     if (per_cluster is None) == (target is None):
         raise RsynError("give exactly one of --per-cluster T (paper: 20, 35, 180) or --target N")
     window, run.inputs = parse_sim_range(sim_range, run.inputs)
@@ -951,17 +1063,26 @@ def run_balance(run: Run, *, sim_range: str | None = None, clusters: int | None 
         seconds["scan"] = time.perf_counter() - clock
         scan = PassDir(dirs["scan"], "scan")
         clock = time.perf_counter()
-        plan_meta = plan_pass(run, [scan], dirs["plan"], window=window, clusters=clusters,
-                              kmeans_iters=kmeans_iters, kmeans_sample=kmeans_sample,
-                              centroids_path=centroids_path, save_centroids=save_centroids)
+        plan_meta = plan_pass(
+            run,
+            [scan],
+            dirs["plan"],
+            window=window,
+            clusters=clusters,
+            kmeans_iters=kmeans_iters,
+            kmeans_sample=kmeans_sample,
+            centroids_path=centroids_path,
+            save_centroids=save_centroids,
+        )
         seconds["plan"] = time.perf_counter() - clock
         plan = PassDir(dirs["plan"], "plan")
         clock = time.perf_counter()
         assign_pass(run, scan, plan, dirs["assign"])
         seconds["assign"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        cap_meta = cap_pass(run, [PassDir(dirs["assign"], "assign")], dirs["cap"], per_cluster=per_cluster,
-                            target=target)
+        cap_meta = cap_pass(
+            run, [PassDir(dirs["assign"], "assign")], dirs["cap"], per_cluster=per_cluster, target=target
+        )
         seconds["cap"] = time.perf_counter() - clock
         clock = time.perf_counter()
         filter_pass(run, PassDir(dirs["assign"], "assign"), PassDir(dirs["cap"], "cap"))
@@ -975,14 +1096,22 @@ def stage_summary(plan: dict | None, cap: dict | None) -> dict:
     """The numbers --stats shows under `stage` (the plan's and the cap's)."""
     stage = {}
     if plan is not None:
-        stage.update({"sim_window": plan["sim_window"], "sim_quantiles": plan["sim_quantiles"],
-                      "emb_model": plan["emb_model"]})
+        stage.update(
+            {"sim_window": plan["sim_window"], "sim_quantiles": plan["sim_quantiles"], "emb_model": plan["emb_model"]}
+        )
         if plan["kmeans"]:
             stage["kmeans"] = plan["kmeans"]
         stage["clusters"] = plan["clusters"]
     if cap is not None:
-        stage.update({"clusters": cap["clusters"], "per_cluster": cap["per_cluster"], "target": cap["target"],
-                      "before": cap["before"], "after": cap["after"]})
+        stage.update(
+            {
+                "clusters": cap["clusters"],
+                "per_cluster": cap["per_cluster"],
+                "target": cap["target"],
+                "before": cap["before"],
+                "after": cap["after"],
+            }
+        )
     return stage
 
 
@@ -992,6 +1121,8 @@ def note_summary(run: Run, stage: dict) -> None:
         run.note(f"sim window {w['lo']}..{w['hi']} ({w['chosen']})")
     if stage.get("clusters") and "before" in stage:
         b, a = stage["before"], stage["after"]
-        run.note(f"{stage['clusters']} clusters, at most {stage['per_cluster']} per cluster; "
-                 f"before: max share {b['max_share']:.2%}, Gini {b['gini']:.3f}, {b['singletons']} singletons; "
-                 f"after: max share {a['max_share']:.2%}, Gini {a['gini']:.3f}, {a['singletons']} singletons")
+        run.note(
+            f"{stage['clusters']} clusters, at most {stage['per_cluster']} per cluster; "
+            f"before: max share {b['max_share']:.2%}, Gini {b['gini']:.3f}, {b['singletons']} singletons; "
+            f"after: max share {a['max_share']:.2%}, Gini {a['gini']:.3f}, {a['singletons']} singletons"
+        )

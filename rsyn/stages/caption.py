@@ -21,16 +21,20 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rsyn.command import Run, RsynError, stable_hash
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.errors import RsynError
 from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 from rsyn.localfiles import shown
 from rsyn.models.identity import model_identity
-from rsyn.records import decode_embeddings
+from rsyn.records import decode_embeddings, stable_hash
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 NONE = "none"
 
@@ -144,18 +148,29 @@ class CaptionStage:
 
         opts = self.opts
         if not opts.tags_file and not opts.mine_tags_from:
-            raise RsynError("no tag vocabulary: give --tags FILE (one tag per line, e.g. the RAM++ list) and/or "
-                            "--mine-tags-from INDEX_DIR, or --max-tags 0 to write no tags")
+            raise RsynError(
+                "no tag vocabulary: give --tags FILE (one tag per line, e.g. the RAM++ list) and/or "
+                "--mine-tags-from INDEX_DIR, or --max-tags 0 to write no tags"
+            )
         given = read_tag_file(opts.tags_file) if opts.tags_file else []
         mined = []
         if opts.mine_tags_from:
-            mined = mine_tags(opts.mine_tags_from, n_tags=opts.mined_tags, sample=opts.mine_sample,
-                              min_count=opts.mine_min_count, seed=self.run.seed, exclude=set(given),
-                              cache_dir=self.cache_dir, note=self.run.note)
+            mined = mine_tags(
+                opts.mine_tags_from,
+                n_tags=opts.mined_tags,
+                sample=opts.mine_sample,
+                min_count=opts.mine_min_count,
+                seed=self.run.seed,
+                exclude=set(given),
+                cache_dir=self.cache_dir,
+                note=self.run.note,
+            )
         vocabulary = unique_tags(given + mined)
         if not vocabulary:
-            raise RsynError(f"--mine-tags-from {opts.mine_tags_from}: no noun phrase occurs "
-                            f"{opts.mine_min_count} times; lower --mine-min-count or give --tags FILE")
+            raise RsynError(
+                f"--mine-tags-from {opts.mine_tags_from}: no noun phrase occurs "
+                f"{opts.mine_min_count} times; lower --mine-min-count or give --tags FILE"
+            )
         self.run.extra["tag_vocabulary"] = {"given": len(given), "mined": len(mined), "total": len(vocabulary)}
         self.run.note(f"{len(vocabulary):,} tags ({len(given):,} given, {len(mined):,} mined)")
         if opts.save_tags:
@@ -176,8 +191,10 @@ class CaptionStage:
             else:
                 clip = load_clip(self.opts.clip_model, self.opts.clip_pretrained, self.run.device)
                 if emb_model != clip.name:
-                    self.run.note(f"tagging with --model {clip.name}; records say emb_model {emb_model}: "
-                                  "the scores mean something only if both are the same model")
+                    self.run.note(
+                        f"tagging with --model {clip.name}; records say emb_model {emb_model}: "
+                        "the scores mean something only if both are the same model"
+                    )
             self._taggers[key] = ZeroShotTagger(self.vocabulary, clip, self.opts.tag_template, self.cache_dir)
         return self._taggers[key]
 
@@ -199,11 +216,18 @@ class CaptionStage:
             o = self.opts
             fetcher = None
             if o.fetch and folder is None:
-                fetcher = Fetcher(o.timeout, o.deadline, o.retries, o.max_bytes, pool_size=o.image_workers,
-                                  allow_private=o.allow_private_urls)
+                fetcher = Fetcher(
+                    o.timeout,
+                    o.deadline,
+                    o.retries,
+                    o.max_bytes,
+                    pool_size=o.image_workers,
+                    allow_private=o.allow_private_urls,
+                )
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
-            self._loader = ImageLoader(folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side,
-                                       root=o.path_root)
+            self._loader = ImageLoader(
+                folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side, root=o.path_root
+            )
             self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
         return self._loader
 
@@ -227,12 +251,24 @@ class CaptionStage:
                 _quiet_transformers()
             sampling = Sampling(max_tokens=o.llm_max_tokens, temperature=o.temperature, top_p=o.top_p)
             device = self.run.device if o.llm_backend != "openai" else "cpu"
-            self._llm = open_backend(o.llm_backend, o.llm_model, sampling, api=o.llm_api, url=o.llm_url,
-                                     device=device, seed=self.run.seed, concurrency=o.llm_concurrency,
-                                     timeout=o.llm_timeout, retries=o.llm_retries, batch_size=o.llm_batch_size,
-                                     api_key=o.api_key, max_reply_bytes=o.llm_max_reply_bytes,
-                                     tensor_parallel_size=o.tensor_parallel_size,
-                                     gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len)
+            self._llm = open_backend(
+                o.llm_backend,
+                o.llm_model,
+                sampling,
+                api=o.llm_api,
+                url=o.llm_url,
+                device=device,
+                seed=self.run.seed,
+                concurrency=o.llm_concurrency,
+                timeout=o.llm_timeout,
+                retries=o.llm_retries,
+                batch_size=o.llm_batch_size,
+                api_key=o.api_key,
+                max_reply_bytes=o.llm_max_reply_bytes,
+                tensor_parallel_size=o.tensor_parallel_size,
+                gpu_memory_utilization=o.gpu_memory_utilization,
+                max_model_len=o.max_model_len,
+            )
             # a served model is named by its server; a local one by its folder's basename and content hash
             self.llm_model = self._llm.model if o.llm_backend == "openai" else model_identity(self._llm.model)
             self.run.note(f"LLM {self._llm.backend}:{self.llm_model} ({self._llm.api} prompts)")
@@ -261,8 +297,9 @@ class CaptionStage:
             items = self._caption(items)
             pending.items = items
             if items:
-                pending.prompts = [self.template.render(item.raw_text, item.caption, item.record.get("tags", []))
-                                   for item in items]
+                pending.prompts = [
+                    self.template.render(item.raw_text, item.caption, item.record.get("tags", [])) for item in items
+                ]
                 seeds = [stable_hash(f"{self.run.seed}\x1f{item.record.get('id', item.raw_text)}") for item in items]
                 start = time.perf_counter()
                 pending.collect = self.llm.submit(pending.prompts, seeds)
@@ -280,21 +317,30 @@ class CaptionStage:
         first = texts[0] if isinstance(texts, list) and texts else None
         raw = first.get("text") if isinstance(first, dict) else None
         if not isinstance(raw, str) or not raw.strip():
-            return self._fail(where, "image record has no retrieved text (`texts`, from `rsyn retrieve`)", record,
-                              "missing_texts")
+            return self._fail(
+                where, "image record has no retrieved text (`texts`, from `rsyn retrieve`)", record, "missing_texts"
+            )
         item = Item(record, where, raw_text=raw)
         if self.vocabulary:
             if not isinstance(record.get("emb"), str) or not isinstance(record.get("emb_model"), str):
-                return self._fail(where, "image record has no embedding (`emb` and `emb_model`, from `rsyn embed`)",
-                                  record, "missing_embedding")
+                return self._fail(
+                    where,
+                    "image record has no embedding (`emb` and `emb_model`, from `rsyn embed`)",
+                    record,
+                    "missing_embedding",
+                )
         if self.use_captioner:
             path, url = record.get("path"), record.get("url")
             has_path = isinstance(path, str) and bool(path)
             has_url = isinstance(url, str) and bool(url) and (self.opts.images or self.opts.fetch)
             if not has_path and not has_url:
-                return self._fail(where, "image record has no image for the captioner: no `path`, and no `url` "
-                                  "to look up (--images DIR) or fetch (or use --captioner none)", record,
-                                  "missing_image")
+                return self._fail(
+                    where,
+                    "image record has no image for the captioner: no `path`, and no `url` "
+                    "to look up (--images DIR) or fetch (or use --captioner none)",
+                    record,
+                    "missing_image",
+                )
         return item
 
     def _load_images(self, items: list[Item]) -> list[Item]:
@@ -370,14 +416,21 @@ class CaptionStage:
         items = self._load_images(items)
         if not items:
             return items
-        captions = captioner.caption([item.image for item in items], max_new_tokens=self.opts.caption_max_tokens,
-                                     num_beams=self.opts.caption_beams)
+        captions = captioner.caption(
+            [item.image for item in items],
+            max_new_tokens=self.opts.caption_max_tokens,
+            num_beams=self.opts.caption_beams,
+        )
         kept = []
         for item, caption in zip(items, captions):
             item.image = None  # decoded pixels are not needed any more
             if not caption:
-                self._fail(item.where, f"the captioner {captioner.name} returned an empty caption", item.record,
-                           "empty_caption")
+                self._fail(
+                    item.where,
+                    f"the captioner {captioner.name} returned an empty caption",
+                    item.record,
+                    "empty_caption",
+                )
                 continue
             item.caption = caption
             item.record["caption"] = caption
@@ -397,14 +450,22 @@ class CaptionStage:
         for item, prompt, generation in zip(pending.items, pending.prompts, generations):
             if generation.error is not None:
                 failures.append("llm_failed")
-                self._fail(item.where, f"LLM {llm.backend}:{self.llm_model} failed: {generation.error}", item.record,
-                           "llm_failed")
+                self._fail(
+                    item.where,
+                    f"LLM {llm.backend}:{self.llm_model} failed: {generation.error}",
+                    item.record,
+                    "llm_failed",
+                )
                 continue
             text = clean_generation(generation.text, prompt, self.opts.max_syn_words, self.opts.max_syn_chars)
             if not text:
                 failures.append("empty_generation")
-                self._fail(item.where, f"LLM {llm.backend}:{self.llm_model} returned no usable text "
-                           f"(raw output {generation.text[:80]!r})", item.record, "empty_generation")
+                self._fail(
+                    item.where,
+                    f"LLM {llm.backend}:{self.llm_model} returned no usable text (raw output {generation.text[:80]!r})",
+                    item.record,
+                    "empty_generation",
+                )
                 continue
             item.record["syn_text"] = text
             item.record["llm_model"] = self.llm_model

@@ -15,11 +15,12 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rsyn.command import Run, RsynError
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.errors import RsynError
 from rsyn.images import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -36,6 +37,9 @@ from rsyn.images import (
     size_rule,
 )
 from rsyn.records import encode_embeddings
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 CHUNK_BATCHES = 4  # batches per chunk: partial batches only at chunk ends
 PREFETCH_CHUNKS = 2  # chunks loading while one is on the model
@@ -116,8 +120,10 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     batch_size = opts.batch_size or (256 if on_cuda else 32)
     workers = opts.workers or max(8, min(64, 4 * (os.cpu_count() or 1)))
     random_note = " (RANDOM weights: embeddings mean nothing)" if clip.name.endswith("@random") else ""
-    run.note(f"model {clip.name}, {clip.dim} dims, {str(clip.dtype).replace('torch.', '')}, "
-             f"batch {batch_size}, {workers} image workers{random_note}")
+    run.note(
+        f"model {clip.name}, {clip.dim} dims, {str(clip.dtype).replace('torch.', '')}, "
+        f"batch {batch_size}, {workers} image workers{random_note}"
+    )
 
     loader = None
     folder = None
@@ -128,11 +134,27 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
             except ValueError as exc:
                 raise RsynError(str(exc)) from None
             run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
-        fetcher = None if folder else Fetcher(opts.timeout, opts.deadline, opts.retries, opts.max_bytes,
-                                              opts.user_agent, pool_size=workers,
-                                              allow_private=opts.allow_private_urls)
-        loader = ImageLoader(folder, fetcher, opts.max_pixels, opts.max_bytes,
-                             draft_side=clip.image_size if opts.draft else None, root=opts.path_root)
+        fetcher = (
+            None
+            if folder
+            else Fetcher(
+                opts.timeout,
+                opts.deadline,
+                opts.retries,
+                opts.max_bytes,
+                opts.user_agent,
+                pool_size=workers,
+                allow_private=opts.allow_private_urls,
+            )
+        )
+        loader = ImageLoader(
+            folder,
+            fetcher,
+            opts.max_pixels,
+            opts.max_bytes,
+            draft_side=clip.image_size if opts.draft else None,
+            root=opts.path_root,
+        )
 
     counts = {"images": 0, "texts": 0, "size_checked": 0}
     rate = ErrorRate(opts.max_error_rate, "images")
@@ -168,15 +190,27 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
         if loader is not None and loader.fetcher is not None:
             loader.fetcher.close()
     seconds = time.perf_counter() - stage_start
-    run.extra.update({
-        "model": clip.name, "dim": clip.dim, "device": device, "dtype": str(clip.dtype).replace("torch.", ""),
-        "batch_size": batch_size, "workers": workers, "emb_field": emb_field, "text_field": opts.text_field,
-        "images": counts["images"], "texts": counts["texts"], "size_rule_applied": counts["size_checked"],
-        "model_load_seconds": round(load_seconds, 3), "embed_seconds": round(seconds, 3),
-        "model_seconds": round(compute_seconds, 3), "tokenize_seconds": round(tokenize_seconds, 3),
-        "images_per_second": round(counts["images"] / seconds, 2) if seconds and counts["images"] else 0,
-        "texts_per_second": round(counts["texts"] / seconds, 2) if seconds and counts["texts"] else 0,
-    })
+    run.extra.update(
+        {
+            "model": clip.name,
+            "dim": clip.dim,
+            "device": device,
+            "dtype": str(clip.dtype).replace("torch.", ""),
+            "batch_size": batch_size,
+            "workers": workers,
+            "emb_field": emb_field,
+            "text_field": opts.text_field,
+            "images": counts["images"],
+            "texts": counts["texts"],
+            "size_rule_applied": counts["size_checked"],
+            "model_load_seconds": round(load_seconds, 3),
+            "embed_seconds": round(seconds, 3),
+            "model_seconds": round(compute_seconds, 3),
+            "tokenize_seconds": round(tokenize_seconds, 3),
+            "images_per_second": round(counts["images"] / seconds, 2) if seconds and counts["images"] else 0,
+            "texts_per_second": round(counts["texts"] / seconds, 2) if seconds and counts["texts"] else 0,
+        }
+    )
 
 
 def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: int, text_only: bool):
@@ -193,15 +227,24 @@ def _read_chunks(run: Run, opts: EmbedOptions, loader, pool, clip, chunk_size: i
             if text_only or kind != "image":
                 text = record.get(text_field)
                 if not isinstance(text, str):
-                    run.error(item.where, f"{kind} record {record.get('id', '?')} has no string `{text_field}`",
-                              record=record, reason="missing_field")
+                    run.error(
+                        item.where,
+                        f"{kind} record {record.get('id', '?')} has no string `{text_field}`",
+                        record=record,
+                        reason="missing_field",
+                    )
                     continue
                 item.text = text
             else:
                 if not (isinstance(record.get("url"), str) and record["url"]) and not (
-                        isinstance(record.get("path"), str) and record["path"]):
-                    run.error(item.where, f"image record {record.get('id', '?')} has no `url` or `path`",
-                              record=record, reason="missing_field")
+                    isinstance(record.get("path"), str) and record["path"]
+                ):
+                    run.error(
+                        item.where,
+                        f"image record {record.get('id', '?')} has no `url` or `path`",
+                        record=record,
+                        reason="missing_field",
+                    )
                     continue
                 item.image = pool.submit(_load_image, loader, prepare, record, rule)
                 item.loads_image = True
@@ -273,14 +316,22 @@ def _assemble(items: list[Item], batch_size: int, clip, pin: bool) -> Chunk:
         # of the work: web sentences are ~20 tokens of CLIP's 77
         order = np.argsort(clip.token_lengths(tokens), kind="stable") if clip.trims_padding else np.arange(len(texts))
         for start in range(0, len(texts), batch_size):
-            picked = order[start:start + batch_size]
+            picked = order[start : start + batch_size]
             chunk.text_batches.append(([text_positions[i] for i in picked], tokens[torch.from_numpy(picked)]))
         chunk.tokenize_seconds = time.perf_counter() - started
     return chunk
 
 
-def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, counts: dict,
-            rule: tuple[int, float], rate: ErrorRate) -> float:
+def _finish(
+    run: Run,
+    chunk: Chunk,
+    clip,
+    emb_field: str,
+    model_field: str,
+    counts: dict,
+    rule: tuple[int, float],
+    rate: ErrorRate,
+) -> float:
     """Run the model on a chunk, apply the size rule, write its records in input order. Returns model seconds."""
     start = time.perf_counter()
     embeddings: dict[int, str] = {}
@@ -290,15 +341,19 @@ def _finish(run: Run, chunk: Chunk, clip, emb_field: str, model_field: str, coun
     for positions, matrix in batches:
         # a NaN or zero row (e.g. a half-precision overflow) is that record's drop, not the run's end
         good = np.isfinite(matrix).all(axis=1) & (np.abs(matrix).sum(axis=1) > 0)
-        for position, emb in zip((p for p, g in zip(positions, good) if g), encode_embeddings(matrix[good]),
-                                 strict=True):
+        for position, emb in zip(
+            (p for p, g in zip(positions, good) if g), encode_embeddings(matrix[good]), strict=True
+        ):
             embeddings[position] = emb
         for position in (p for p, g in zip(positions, good) if not g):
             chunk.failures[position] = ImageError("bad_embedding", "the model gave a NaN or zero vector")
     # --max-error-rate: images this run failed to get; the size rule is a filter, and what img2dataset could not
     # download (--images) failed before this run
-    tried = [p for p, item in enumerate(chunk.items)
-             if item.loads_image and getattr(chunk.failures.get(p), "reason", None) != "not_downloaded"]
+    tried = [
+        p
+        for p, item in enumerate(chunk.items)
+        if item.loads_image and getattr(chunk.failures.get(p), "reason", None) != "not_downloaded"
+    ]
     failed = [chunk.failures[p].reason for p in tried if p in chunk.failures]
     rate.add(len(tried), [reason for reason in failed if reason != "size_rule"])  # may stop the run
     out = []
@@ -335,8 +390,9 @@ def _size_unknown(record: dict) -> bool:
     return not known or (isinstance(scores, dict) and scores.get("size") == "unknown")
 
 
-def _size_ok(run: Run, record: dict, where: str, width: int, height: int, counts: dict,
-             rule: tuple[int, float]) -> bool:
+def _size_ok(
+    run: Run, record: dict, where: str, width: int, height: int, counts: dict, rule: tuple[int, float]
+) -> bool:
     """The paper's size rule, for images whose size was unknown upstream; fills width/height."""
     if not _size_unknown(record):
         return True

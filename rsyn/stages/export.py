@@ -21,13 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from rsyn.command import RsynError, Run
+from rsyn.errors import RsynError
 from rsyn.records import decode_embeddings
 from rsyn.stream import AtomicDirectory, OutputExists, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 STATS_FILE = "_stats.json"
 DONE_MARKER = "_SUCCESS"
@@ -96,14 +100,15 @@ class Part:
         while self._pending_meta:
             room = self.rows_per_shard - self._rows_in_shard
             metas, self._pending_meta = self._pending_meta[:room], self._pending_meta[room:]
-            embs, self._pending_emb = self._pending_emb[:len(metas)], self._pending_emb[len(metas):]
+            embs, self._pending_emb = self._pending_emb[: len(metas)], self._pending_emb[len(metas) :]
             number = len(self.shards)
             if self._rows_in_shard == 0:
                 (self.root / self.folder).mkdir(exist_ok=True)
                 if self.meta_folder:
                     (self.root / self.meta_folder).mkdir(exist_ok=True)
-                    self._npy = NpyShardWriter(self.root / self.folder / f"{self.stem}_{number}.npy", self.dim,
-                                               self.dtype)
+                    self._npy = NpyShardWriter(
+                        self.root / self.folder / f"{self.stem}_{number}.npy", self.dim, self.dtype
+                    )
                     meta_path = self.root / self.meta_folder / f"{self.meta_stem}_{number}.parquet"
                 else:
                     meta_path = self.root / self.folder / f"{number:05d}.parquet"
@@ -155,8 +160,9 @@ def caption_of(record: dict, caption_field: str) -> str | None:
     return None
 
 
-def run_export(run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, caption_field: str,
-               overwrite: bool) -> None:
+def run_export(
+    run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, caption_field: str, overwrite: bool
+) -> None:
     import pyarrow as pa
 
     if not run.output or run.output == "-":
@@ -169,13 +175,29 @@ def run_export(run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, cap
         raise RsynError(str(exc)) from None
     s = pa.string()
     model_field = f"{emb_field}_model"
-    images = Part("img_emb", "img_emb", "metadata", "metadata",
-                  [pa.field(n, s) for n in ("id", "url", "caption", "doc", "emb_model")], rows_per_shard, out.tmp,
-                  dtype)
-    texts = Part("text_emb", "text_emb", "text_metadata", "text_metadata",
-                 [pa.field(n, s) for n in ("id", "text", "doc", "emb_model")], rows_per_shard, out.tmp, dtype)
-    urls = Part("img2dataset", "", None, None, [pa.field(n, s) for n in ("url", "caption", "id")], rows_per_shard,
-                out.tmp)
+    images = Part(
+        "img_emb",
+        "img_emb",
+        "metadata",
+        "metadata",
+        [pa.field(n, s) for n in ("id", "url", "caption", "doc", "emb_model")],
+        rows_per_shard,
+        out.tmp,
+        dtype,
+    )
+    texts = Part(
+        "text_emb",
+        "text_emb",
+        "text_metadata",
+        "text_metadata",
+        [pa.field(n, s) for n in ("id", "text", "doc", "emb_model")],
+        rows_per_shard,
+        out.tmp,
+        dtype,
+    )
+    urls = Part(
+        "img2dataset", "", None, None, [pa.field(n, s) for n in ("url", "caption", "id")], rows_per_shard, out.tmp
+    )
     run.declare_reasons(["nothing_to_export"])
     models: dict[str, str] = {}
     try:
@@ -186,8 +208,11 @@ def run_export(run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, cap
             if emb is not None:
                 part = images if kind == "image" else texts if kind == "text" else None
                 if part is not None and _check_embedding(run, record, emb, part, models, model_field):
-                    meta = {"id": _str(record.get("id")), "doc": _str(record.get("doc")),
-                            "emb_model": _str(record.get(model_field))}
+                    meta = {
+                        "id": _str(record.get("id")),
+                        "doc": _str(record.get("doc")),
+                        "emb_model": _str(record.get(model_field)),
+                    }
                     if kind == "image":
                         meta.update(url=_str(record.get("url")), caption=caption_of(record, caption_field))
                     else:
@@ -195,17 +220,24 @@ def run_export(run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, cap
                     part.add(meta, emb)
                     exported = True
             if kind == "image" and isinstance(record.get("url"), str) and record["url"]:
-                urls.add({"url": record["url"], "caption": caption_of(record, caption_field),
-                          "id": _str(record.get("id"))})
+                urls.add(
+                    {"url": record["url"], "caption": caption_of(record, caption_field), "id": _str(record.get("id"))}
+                )
                 exported = True
             if not exported:
                 run.drop(record, "nothing_to_export")
         for part in (images, texts, urls):
             part.finish()
-        summary = {"dtype": dtype, "emb_field": emb_field, "models": dict(sorted(models.items())),
-                   "image_embeddings": images.rows, "text_embeddings": texts.rows, "img2dataset_rows": urls.rows,
-                   "dim": {k: p.dim for k, p in (("image", images), ("text", texts)) if p.dim},
-                   "shards": {"img_emb": images.shards, "text_emb": texts.shards, "img2dataset": urls.shards}}
+        summary = {
+            "dtype": dtype,
+            "emb_field": emb_field,
+            "models": dict(sorted(models.items())),
+            "image_embeddings": images.rows,
+            "text_embeddings": texts.rows,
+            "img2dataset_rows": urls.rows,
+            "dim": {k: p.dim for k, p in (("image", images), ("text", texts)) if p.dim},
+            "shards": {"img_emb": images.shards, "text_emb": texts.shards, "img2dataset": urls.shards},
+        }
         write_bytes_atomic(out.tmp / STATS_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
         write_bytes_atomic(out.tmp / DONE_MARKER, b"")
         out.commit()
@@ -216,8 +248,9 @@ def run_export(run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, cap
         raise
     run.extra.update({k: v for k, v in summary.items() if k != "shards"})
     run.count_out(images.rows + texts.rows)
-    run.out_parts.update({"image embeddings": images.rows, "text embeddings": texts.rows,
-                          "img2dataset rows": urls.rows})
+    run.out_parts.update(
+        {"image embeddings": images.rows, "text embeddings": texts.rows, "img2dataset rows": urls.rows}
+    )
     run.note(f"{images.rows:,} image and {texts.rows:,} text embeddings, {urls.rows:,} urls -> {run.output}")
 
 
@@ -233,20 +266,34 @@ def _check_embedding(run: Run, record: dict, emb, part: Part, models: dict, mode
             raise ValueError("is not a base64 string")
         dim = len(decode_embeddings([emb])[0])
     except ValueError as exc:
-        run.error(run.where, f"{kind} record {_str(record.get('id')) or '?'}: embedding {exc}", record=record,
-                  reason="bad_embedding")
+        run.error(
+            run.where,
+            f"{kind} record {_str(record.get('id')) or '?'}: embedding {exc}",
+            record=record,
+            reason="bad_embedding",
+        )
         return False
     if part.dim is None:
         part.dim = dim
     elif dim != part.dim:
-        run.error(run.where, f"{kind} record {_str(record.get('id')) or '?'}: embedding of {dim} dims, the "
-                  f"earlier {kind} embeddings have {part.dim}", record=record, reason="bad_embedding")
+        run.error(
+            run.where,
+            f"{kind} record {_str(record.get('id')) or '?'}: embedding of {dim} dims, the "
+            f"earlier {kind} embeddings have {part.dim}",
+            record=record,
+            reason="bad_embedding",
+        )
         return False
     model = _str(record.get(model_field))
     if model is not None:
         first = models.setdefault(kind, model)
         if first != model:  # two embedding spaces in one index would make its distances meaningless
-            run.error(run.where, f"{kind} record {_str(record.get('id')) or '?'}: embedded by {model}, the earlier "
-                      f"{kind} records by {first}", record=record, reason="mixed_models")
+            run.error(
+                run.where,
+                f"{kind} record {_str(record.get('id')) or '?'}: embedded by {model}, the earlier "
+                f"{kind} records by {first}",
+                record=record,
+                reason="mixed_models",
+            )
             return False
     return True

@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rsyn.command import Run, RsynError
 from rsyn.documents import Document, DocumentError, ImagePart, parse_document, raw_documents
+from rsyn.errors import RsynError
 from rsyn.filters import (
     LOG_BASES,
     CatFilter,
@@ -36,6 +37,9 @@ from rsyn.filters import (
 )
 from rsyn.records import image_id, text_id
 from rsyn.stream import STDIO, TruncatedStream
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 FILTER_NAMES = ("size", "emoji", "url", "words", "cat", "entropy", "ppl")
 REPEATED_IMAGE = "image_repeated_in_doc"
@@ -71,11 +75,13 @@ class ExtractOptions:
 
 def thresholds(opts: ExtractOptions, enabled: list[str]) -> dict:
     """The limits of the enabled filters, as --stats reports them."""
-    limits = {"size": {"min_side": opts.min_side, "max_aspect": opts.max_aspect},
-              "words": {"min_words": opts.min_words, "max_words": opts.max_words},
-              "cat": {"min_complexity": opts.min_complexity, "require_action": opts.require_action},
-              "entropy": {"min_entropy": opts.min_entropy},
-              "ppl": {"min_ppl": opts.min_ppl, "max_ppl": opts.max_ppl}}
+    limits = {
+        "size": {"min_side": opts.min_side, "max_aspect": opts.max_aspect},
+        "words": {"min_words": opts.min_words, "max_words": opts.max_words},
+        "cat": {"min_complexity": opts.min_complexity, "require_action": opts.require_action},
+        "entropy": {"min_entropy": opts.min_entropy},
+        "ppl": {"min_ppl": opts.min_ppl, "max_ppl": opts.max_ppl},
+    }
     return {k: v for name in enabled for k, v in limits.get(name, {}).items()}
 
 
@@ -88,11 +94,22 @@ def run_extract(run: Run, opts: ExtractOptions) -> None:
         return
 
     filters = _build_filters(run, opts, enabled, counts)
-    run.declare_reasons([REPEATED_IMAGE] + [r for f in filters if f.kind == "image" for r in f.reasons]
-                        + [r for f in filters if f.kind == "text" for r in f.reasons])
+    run.declare_reasons(
+        [REPEATED_IMAGE]
+        + [r for f in filters if f.kind == "image" for r in f.reasons]
+        + [r for f in filters if f.kind == "text" for r in f.reasons]
+    )
     stats = run.extra
-    stats.update(documents=0, images_in=0, images_out=0, sentences_in=0, sentences_out=0, paragraphs=0,
-                 end_markers_removed=0, filters=[f.name for f in filters])
+    stats.update(
+        documents=0,
+        images_in=0,
+        images_out=0,
+        sentences_in=0,
+        sentences_out=0,
+        paragraphs=0,
+        end_markers_removed=0,
+        filters=[f.name for f in filters],
+    )
     stats["thresholds"] = thresholds(opts, enabled)  # rsyn report marks them on the score histograms
     ok = False
     try:
@@ -127,18 +144,23 @@ def _check_options(opts: ExtractOptions) -> None:
 # --------------------------------------------------------------------------- documents
 
 
-def _documents(run: Run, paths: list[str], opts: ExtractOptions, *, sharded: bool = True,
-               report_errors: bool = True) -> Iterator[Document]:
+def _documents(
+    run: Run, paths: list[str], opts: ExtractOptions, *, sharded: bool = True, report_errors: bool = True
+) -> Iterator[Document]:
     """Documents of the inputs, in order; this shard's only when `sharded`; bad ones per --on-error."""
     raw = _raw_documents(run, run.shard_paths() if sharded else paths, opts, report_errors)
-    for where, raw_document, fmt in (run.in_shard(raw) if sharded else raw):
+    for where, raw_document, fmt in run.in_shard(raw) if sharded else raw:
         try:
             document = parse_document(raw_document, fmt)
         except DocumentError as exc:
             if report_errors:
-                run.error(where, exc.message, reason=exc.reason,
-                          raw=raw_document if isinstance(raw_document, bytes) else None,
-                          record=raw_document if isinstance(raw_document, dict) else None)
+                run.error(
+                    where,
+                    exc.message,
+                    reason=exc.reason,
+                    raw=raw_document if isinstance(raw_document, bytes) else None,
+                    record=raw_document if isinstance(raw_document, dict) else None,
+                )
             continue
         document.where = where
         yield document
@@ -161,16 +183,21 @@ def _word_counts(run: Run, paths: list[str], opts: ExtractOptions, needed: bool)
     """Corpus word counts for the entropy filter: loaded, or counted in a first pass over the inputs."""
     if opts.word_counts:
         counts = load_word_counts(opts.word_counts)
-        run.extra["word_counts"] = {"source": opts.word_counts, "vocabulary": len(counts),
-                                    "words": sum(counts.values())}
+        run.extra["word_counts"] = {
+            "source": opts.word_counts,
+            "vocabulary": len(counts),
+            "words": sum(counts.values()),
+        }
         return counts
     if not needed and not opts.save_word_counts:
         return None
     from_stdin = STDIO in paths
     if from_stdin and not opts.save_word_counts:
-        raise RsynError("the entropy filter needs corpus word counts and stdin can be read only once: make them "
-                        "with `rsyn extract --save-word-counts FILE` over the same documents, then pass "
-                        "--word-counts FILE (or --disable entropy)")
+        raise RsynError(
+            "the entropy filter needs corpus word counts and stdin can be read only once: make them "
+            "with `rsyn extract --save-word-counts FILE` over the same documents, then pass "
+            "--word-counts FILE (or --disable entropy)"
+        )
     count_only = opts.count_only or from_stdin
     # In a two-pass run the second pass reports bad documents; counting reports them only when it is the run.
     counts: Counter = Counter()
@@ -184,10 +211,17 @@ def _word_counts(run: Run, paths: list[str], opts: ExtractOptions, needed: bool)
         run.note(f"{n} word counts written to {opts.save_word_counts}")
         source = opts.save_word_counts
         if count_only:
-            run.note("counted words only (stdin can be read once); extract with --word-counts "
-                     f"{opts.save_word_counts}" if from_stdin else "counted words only (--count-only)")
-    run.extra["word_counts"] = {"source": source, "documents": documents, "vocabulary": len(counts),
-                                "words": sum(counts.values())}
+            run.note(
+                f"counted words only (stdin can be read once); extract with --word-counts {opts.save_word_counts}"
+                if from_stdin
+                else "counted words only (--count-only)"
+            )
+    run.extra["word_counts"] = {
+        "source": source,
+        "documents": documents,
+        "vocabulary": len(counts),
+        "words": sum(counts.values()),
+    }
     return counts
 
 
@@ -208,8 +242,9 @@ def _build_filters(run: Run, opts: ExtractOptions, enabled: list[str], counts) -
         elif name == "words":
             built[name] = WordCountFilter(opts.min_words, opts.max_words)
         elif name == "cat":
-            cat = CatFilter(opts.spacy_model, opts.min_complexity, opts.require_action, opts.spacy_processes,
-                            opts.spacy_batch_size)
+            cat = CatFilter(
+                opts.spacy_model, opts.min_complexity, opts.require_action, opts.spacy_processes, opts.spacy_batch_size
+            )
             run.extra["cat"] = {"spacy_model": cat.model, "processes": cat.processes}
             built[name] = cat
         elif name == "entropy":
@@ -316,4 +351,3 @@ def _filter_window(run: Run, window: list[tuple[dict, str]], filters: list[Filte
     for record in survivors:
         run.extra["images_out" if record["kind"] == "image" else "sentences_out"] += 1
     return survivors
-

@@ -42,15 +42,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
 from rsyn import __version__
-from rsyn.command import Run, RsynError
+from rsyn.errors import RsynError
 from rsyn.records import decode_embeddings
 from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs, write_bytes_atomic
 from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 FORMAT = "rsyn-index"
 FORMAT_VERSION = 2  # 2: meta.json "files" hold {bytes, xxh3_128}; "lists" says where the inverted lists are
@@ -59,20 +63,24 @@ ONDISK_LISTS = "lists.ivfdata"
 PART_MARKER, PART_VECTORS, PART_KEYS = "part.json", "vectors.f16", "keys.i64"
 TRAIN_MARKER, TRAINED = "train.json", "trained.faiss"
 ADD_MARKER, ADDED = "add.json", "lists.faiss"
-MARKERS = {META: "an rsyn index", PART_MARKER: "an index collect part", TRAIN_MARKER: "an index train directory",
-           ADD_MARKER: "an index add directory"}
+MARKERS = {
+    META: "an rsyn index",
+    PART_MARKER: "an index collect part",
+    TRAIN_MARKER: "an index train directory",
+    ADD_MARKER: "an index add directory",
+}
 PASSES = "rsyn index collect --shard K/N, rsyn index train, rsyn index add --part K/N, rsyn index merge"
 
 # The paper put 0.84B sentences into 2M clusters: about 420 sentences per cluster.
 SENTENCES_PER_CLUSTER = 420
 # faiss warns below 39 training points per centroid; 64 keeps k-means affordable at scale.
 POINTS_PER_CLUSTER = 64
-BATCH = 8192          # records decoded per batch while reading
+BATCH = 8192  # records decoded per batch while reading
 PQ_TRAINING_POINTS = 65536
 MIN_PQ_TRAINING_POINTS = 1000
-ADD_BATCH = 16384     # vectors read, converted to float32 and added to faiss per batch (32 MiB at 512-d)
-ID_BYTES = 8          # faiss stores one int64 id per vector in the inverted lists
-LINE_BITS = 40        # a sentence's input place as one int64: file number << 40 | line number
+ADD_BATCH = 16384  # vectors read, converted to float32 and added to faiss per batch (32 MiB at 512-d)
+ID_BYTES = 8  # faiss stores one int64 id per vector in the inverted lists
+LINE_BITS = 40  # a sentence's input place as one int64: file number << 40 | line number
 HASH_BLOCK = 1 << 20
 CHECKSUM = "xxh3_128"  # the checksum's name in meta.json "files"
 
@@ -136,8 +144,7 @@ def pq_bytes_options(dim: int) -> list[int]:
     return [m for m in (128, 96, 64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if m <= dim and dim % m == 0]
 
 
-def choose_layout(count: int, dim: int, clusters: int, *, budget: int, index_type: str,
-                  pq_bytes: int | None) -> Layout:
+def choose_layout(count: int, dim: int, clusters: int, *, budget: int, index_type: str, pq_bytes: int | None) -> Layout:
     """Flat lists when they fit `budget`; else the largest PQ code that does (or what was asked)."""
     flat = flat_bytes(count, dim, clusters)
     if index_type == "flat" or (index_type == "auto" and pq_bytes is None and flat <= budget):
@@ -149,13 +156,16 @@ def choose_layout(count: int, dim: int, clusters: int, *, budget: int, index_typ
     options = pq_bytes_options(dim)
     if pq_bytes is not None:
         if pq_bytes not in options:
-            raise RsynError(f"--pq-bytes {pq_bytes}: must divide the dimension {dim}; "
-                            f"choose one of {', '.join(map(str, options))}")
+            raise RsynError(
+                f"--pq-bytes {pq_bytes}: must divide the dimension {dim}; choose one of {', '.join(map(str, options))}"
+            )
         return Layout("ivf_pq", pq_bytes, pq_size(pq_bytes))
     fitting = [m for m in options if pq_size(m) <= budget]
     if not fitting:
-        raise RsynError(f"--max-memory {budget / 2**30:.2f} GiB is too small: even {options[-1]}-byte PQ codes for "
-                        f"{count:,} vectors need {pq_size(options[-1]) / 2**30:.2f} GiB")
+        raise RsynError(
+            f"--max-memory {budget / 2**30:.2f} GiB is too small: even {options[-1]}-byte PQ codes for "
+            f"{count:,} vectors need {pq_size(options[-1]) / 2**30:.2f} GiB"
+        )
     return Layout("ivf_pq", fitting[0], pq_size(fitting[0]))
 
 
@@ -254,8 +264,9 @@ class PartWriter:
         # a build directory is thrown away whole on failure, so no journal is needed
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, "
-                        "doc TEXT)")
+        self.db.execute(
+            "CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)"
+        )
         self.vectors = open(out / PART_VECTORS, "wb")
         self.keys = open(out / PART_KEYS, "wb")
 
@@ -266,8 +277,9 @@ class PartWriter:
         self.dim = self.dim or matrix.shape[1]
         self.vectors.write(np.ascontiguousarray(matrix, dtype="<f2").tobytes())
         self.keys.write(np.asarray(keys, dtype="<i8").tobytes())
-        self.db.executemany("INSERT INTO sentences VALUES (?, ?, ?, ?)",
-                            [(self.count + i, *row) for i, row in enumerate(rows)])
+        self.db.executemany(
+            "INSERT INTO sentences VALUES (?, ?, ?, ?)", [(self.count + i, *row) for i, row in enumerate(rows)]
+        )
         self.count += len(rows)
 
     def finish(self, *, model: str | None, inputs: list[str], shard: str | None, ignored: dict, errors: dict) -> dict:
@@ -277,12 +289,23 @@ class PartWriter:
         self.db.commit()
         self.db.close()
         keys = np.fromfile(self.out / PART_KEYS, dtype="<i8", count=1), self._last_key()
-        info = {"format": PART_FORMAT, "model": model, "dim": self.dim, "count": self.count, "ignored": ignored,
-                "errors": errors, "shard": shard, "inputs": inputs,
-                "first_key": int(keys[0][0]) if self.count else -1, "last_key": keys[1]}
+        info = {
+            "format": PART_FORMAT,
+            "model": model,
+            "dim": self.dim,
+            "count": self.count,
+            "ignored": ignored,
+            "errors": errors,
+            "shard": shard,
+            "inputs": inputs,
+            "first_key": int(keys[0][0]) if self.count else -1,
+            "last_key": keys[1],
+        }
         # what add and merge check that they were given the same parts as train: content, not path
-        info["identity"] = hashlib.blake2b(orjson.dumps(info, option=orjson.OPT_SORT_KEYS)
-                                           + file_checksum(self.out / PART_KEYS).encode(), digest_size=8).hexdigest()
+        info["identity"] = hashlib.blake2b(
+            orjson.dumps(info, option=orjson.OPT_SORT_KEYS) + file_checksum(self.out / PART_KEYS).encode(),
+            digest_size=8,
+        ).hexdigest()
         write_marker(self.out / PART_MARKER, info)
         return info
 
@@ -318,13 +341,26 @@ def collect_part(run: Run, out: Path) -> dict:
             run.error(run.where, problem[1], record=record, reason=problem[0])
             continue
         doc = record.get("doc")
-        batch.append((record["id"], record["text"], doc if doc is None or type(doc) is str else str(doc),
-                      record["emb"], run.where_file, run.where_line))
+        batch.append(
+            (
+                record["id"],
+                record["text"],
+                doc if doc is None or type(doc) is str else str(doc),
+                record["emb"],
+                run.where_file,
+                run.where_line,
+            )
+        )
         if len(batch) >= BATCH:
             flush()
     flush()
-    return writer.finish(model=state["model"], inputs=inputs, shard=f"{run.shard[0]}/{run.shard[1]}" if run.shard
-                         else None, ignored={"not_text": run.dropped.get("not_text", 0)}, errors=dict(run.errors))
+    return writer.finish(
+        model=state["model"],
+        inputs=inputs,
+        shard=f"{run.shard[0]}/{run.shard[1]}" if run.shard else None,
+        ignored={"not_text": run.dropped.get("not_text", 0)},
+        errors=dict(run.errors),
+    )
 
 
 def _sentence_problem(record: dict, state: dict) -> tuple[str, str] | None:
@@ -338,11 +374,15 @@ def _sentence_problem(record: dict, state: dict) -> tuple[str, str] | None:
     if state["model"] is None:
         state["model"], state["emb_length"] = model, len(emb)
     elif model != state["model"]:
-        return "model_mismatch", (f"embedding from model {model!r}, but earlier sentences used "
-                                  f"{state['model']!r}; one index holds one model's embeddings")
+        return "model_mismatch", (
+            f"embedding from model {model!r}, but earlier sentences used "
+            f"{state['model']!r}; one index holds one model's embeddings"
+        )
     elif len(emb) != state["emb_length"]:
-        return "bad_emb", (f"embedding length differs from the first sentence's "
-                           f"({len(emb)} vs {state['emb_length']} base64 characters)")
+        return "bad_emb", (
+            f"embedding length differs from the first sentence's "
+            f"({len(emb)} vs {state['emb_length']} base64 characters)"
+        )
     return None
 
 
@@ -376,8 +416,12 @@ def _decode_batch(run: Run, batch: list[tuple]) -> tuple[np.ndarray, list[tuple]
 
 def _report(run: Run, item: tuple, message: str, reason: str) -> None:
     sid, text, doc, emb, file, line = item
-    run.error(f"{file}:{line}", message, record={"id": sid, "kind": "text", "text": text, "doc": doc, "emb": emb},
-              reason=reason)
+    run.error(
+        f"{file}:{line}",
+        message,
+        record={"id": sid, "kind": "text", "text": text, "doc": doc, "emb": emb},
+        reason=reason,
+    )
 
 
 def open_parts(paths: list[str | Path]) -> list[Part]:
@@ -391,9 +435,11 @@ def open_parts(paths: list[str | Path]) -> list[Part]:
     first = full[0]
     for part in full[1:]:
         if (part.info["model"], part.info["dim"]) != (first.info["model"], first.info["dim"]):
-            raise RsynError(f"{part.path}: embeddings from model {part.info['model']!r} (dim {part.info['dim']}), "
-                            f"but {first.path} has {first.info['model']!r} (dim {first.info['dim']}); "
-                            f"one index holds one model's embeddings")
+            raise RsynError(
+                f"{part.path}: embeddings from model {part.info['model']!r} (dim {part.info['dim']}), "
+                f"but {first.path} has {first.info['model']!r} (dim {first.info['dim']}); "
+                f"one index holds one model's embeddings"
+            )
     if len({p.identity for p in parts}) != len(parts):
         raise RsynError("the same collect part is given twice")
     return parts
@@ -432,9 +478,20 @@ def part_rows(parts: list[Part], p: int) -> np.ndarray:
 # --------------------------------------------------------------------------- pass 2: train
 
 
-def train_index(parts: list[Part], out: Path, *, clusters: int | None, budget: Budget, index_type: str,
-                pq_bytes: int | None, points_per_cluster: int, niter: int, seed: int, device: str,
-                note: Callable[[str], None]) -> dict:
+def train_index(
+    parts: list[Part],
+    out: Path,
+    *,
+    clusters: int | None,
+    budget: Budget,
+    index_type: str,
+    pq_bytes: int | None,
+    points_per_cluster: int,
+    niter: int,
+    seed: int,
+    device: str,
+    note: Callable[[str], None],
+) -> dict:
     """k-means centroids on a seeded sample, the flat/PQ choice, and the empty trained IVF index in `out`."""
     import faiss
 
@@ -446,9 +503,11 @@ def train_index(parts: list[Part], out: Path, *, clusters: int | None, budget: B
         note(f"--clusters {k} is more than the {n} sentences: using {n}")
         k = n
     layout = choose_layout(n, dim, k, budget=budget.bytes, index_type=index_type, pq_bytes=pq_bytes)
-    note(f"{n:,} sentences of dim {dim}, {k:,} clusters; chose {layout.index_type}"
-         + (f" ({layout.pq_bytes}-byte PQ codes, exact re-ranking from {VECTORS})" if layout.pq_bytes else "")
-         + f": index ~{layout.index_bytes / 2**30:.2f} GiB, budget {budget.bytes / 2**30:.1f} GiB ({budget.source})")
+    note(
+        f"{n:,} sentences of dim {dim}, {k:,} clusters; chose {layout.index_type}"
+        + (f" ({layout.pq_bytes}-byte PQ codes, exact re-ranking from {VECTORS})" if layout.pq_bytes else "")
+        + f": index ~{layout.index_bytes / 2**30:.2f} GiB, budget {budget.bytes / 2**30:.1f} GiB ({budget.source})"
+    )
     timer = _Timer()
     # PQ codebooks (256 codes per sub-vector) want more points than a small k-means does
     wanted = k * points_per_cluster if layout.pq_bytes is None else max(k * points_per_cluster, PQ_TRAINING_POINTS)
@@ -457,8 +516,15 @@ def train_index(parts: list[Part], out: Path, *, clusters: int | None, budget: B
     if len(sample) < 39 * k and k > 1:
         note(f"only {len(sample) / k:.0f} training points per cluster (faiss advises >= 39)")
     with timer("kmeans_seconds"):
-        centroids = train_kmeans(sample, k, seed=seed, niter=niter, device=device,
-                                 max_points_per_centroid=max(points_per_cluster, 1), spherical=True)
+        centroids = train_kmeans(
+            sample,
+            k,
+            seed=seed,
+            niter=niter,
+            device=device,
+            max_points_per_centroid=max(points_per_cluster, 1),
+            spherical=True,
+        )
     np.save(out / CENTROIDS, centroids)
 
     quantizer = faiss.IndexFlatIP(dim)
@@ -468,8 +534,10 @@ def train_index(parts: list[Part], out: Path, *, clusters: int | None, budget: B
         index.is_trained = True  # the coarse quantizer already holds the k-means centroids
     else:
         if len(sample) < MIN_PQ_TRAINING_POINTS:
-            raise RsynError(f"ivf_pq needs at least {MIN_PQ_TRAINING_POINTS} training vectors, got {len(sample)}: "
-                            f"use --index-type flat for a corpus this small")
+            raise RsynError(
+                f"ivf_pq needs at least {MIN_PQ_TRAINING_POINTS} training vectors, got {len(sample)}: "
+                f"use --index-type flat for a corpus this small"
+            )
         index = faiss.IndexIVFPQ(quantizer, dim, k, layout.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = int(seed) & 0x7FFFFFFF
         index.do_polysemous_training = False  # only useful for Hamming-distance search, which we do not use
@@ -480,14 +548,27 @@ def train_index(parts: list[Part], out: Path, *, clusters: int | None, budget: B
             index.train(sample)  # trains only the PQ: the quantizer is already full
     faiss.write_index(index, str(out / TRAINED))
     info = {
-        "format": TRAIN_FORMAT, "model": model, "dim": dim, "count": n, "clusters": k,
+        "format": TRAIN_FORMAT,
+        "model": model,
+        "dim": dim,
+        "count": n,
+        "clusters": k,
         "index_type": layout.index_type,
-        "layout": {"pq_bytes": layout.pq_bytes, "index_bytes_estimate": layout.index_bytes,
-                   "memory_budget_bytes": budget.bytes, "chosen_by": budget.source if index_type == "auto"
-                   and pq_bytes is None else f"--index-type {index_type}" + (f" --pq-bytes {pq_bytes}"
-                                                                             if pq_bytes else "")},
-        "parameters": {"seed": seed, "niter": niter, "points_per_cluster": points_per_cluster,
-                       "training_points": len(sample), "pq_bytes": layout.pq_bytes},
+        "layout": {
+            "pq_bytes": layout.pq_bytes,
+            "index_bytes_estimate": layout.index_bytes,
+            "memory_budget_bytes": budget.bytes,
+            "chosen_by": budget.source
+            if index_type == "auto" and pq_bytes is None
+            else f"--index-type {index_type}" + (f" --pq-bytes {pq_bytes}" if pq_bytes else ""),
+        },
+        "parameters": {
+            "seed": seed,
+            "niter": niter,
+            "points_per_cluster": points_per_cluster,
+            "training_points": len(sample),
+            "pq_bytes": layout.pq_bytes,
+        },
         "parts": [p.identity for p in parts],
         "centroids_checksum": file_checksum(out / CENTROIDS),
         "seconds": timer.seconds,
@@ -521,8 +602,10 @@ def training_sample(parts: list[Part], size: int, *, seed: int) -> np.ndarray:
 def open_trained(path: Path, parts: list[Part]) -> dict:
     info = _read_marker(path, TRAIN_MARKER, TRAIN_FORMAT, "index train directory")
     if info["parts"] != [p.identity for p in parts]:
-        raise RsynError(f"{path} was trained on other collect parts than the {len(parts)} given "
-                        f"(give the same part directories, in the same order, to every pass)")
+        raise RsynError(
+            f"{path} was trained on other collect parts than the {len(parts)} given "
+            f"(give the same part directories, in the same order, to every pass)"
+        )
     return info
 
 
@@ -546,12 +629,16 @@ def add_parts(parts: list[Part], which: range, trained: Path, out: Path, *, devi
     for p in which:
         rows = part_rows(parts, p)
         for start, chunk in row_chunks(parts[p].vectors(), ADD_BATCH):
-            target.add_with_ids(unit_rows(chunk), rows[start:start + len(chunk)])
+            target.add_with_ids(unit_rows(chunk), rows[start : start + len(chunk)])
     if gpu:
         index = faiss.index_gpu_to_cpu(target)
     faiss.write_index(index, str(out / ADDED))
-    added = {"format": ADD_FORMAT, "parts": [parts[p].identity for p in which], "count": int(index.ntotal),
-             "centroids_checksum": info["centroids_checksum"]}
+    added = {
+        "format": ADD_FORMAT,
+        "parts": [parts[p].identity for p in which],
+        "count": int(index.ntotal),
+        "centroids_checksum": info["centroids_checksum"],
+    }
     write_marker(out / ADD_MARKER, added)
     return added
 
@@ -559,8 +646,9 @@ def add_parts(parts: list[Part], which: range, trained: Path, out: Path, *, devi
 # --------------------------------------------------------------------------- pass 4: merge
 
 
-def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, *, on_disk: bool,
-                note: Callable[[str], None]) -> dict:
+def merge_index(
+    parts: list[Part], trained: Path, added: list[Path], out: Path, *, on_disk: bool, note: Callable[[str], None]
+) -> dict:
     """The index directory in `out` from the parts' rows, the trained index and the added lists, in input order.
 
     In RAM the lists are merged into one ivf.faiss (memory: the whole index); --on-disk writes them to
@@ -572,8 +660,10 @@ def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, 
     adds = [_read_marker(Path(a), ADD_MARKER, ADD_FORMAT, "index add directory") for a in added]
     covered = [identity for a in adds for identity in a["parts"]]
     if covered != [p.identity for p in parts]:
-        raise RsynError(f"the add directories cover {len(covered)} parts, not the {len(parts)} collect parts given, "
-                        f"once each and in order (give every rsyn index add --part K/N output, K = 0..N-1, in order)")
+        raise RsynError(
+            f"the add directories cover {len(covered)} parts, not the {len(parts)} collect parts given, "
+            f"once each and in order (give every rsyn index add --part K/N output, K = 0..N-1, in order)"
+        )
     if any(a["centroids_checksum"] != info["centroids_checksum"] for a in adds):
         raise RsynError(f"an add directory was made with another train directory than {trained}")
     timer = _Timer()
@@ -625,8 +715,12 @@ def merge_index(parts: list[Part], trained: Path, added: list[Path], out: Path, 
         "files": files,
         "layout": info["layout"],
         "parameters": info["parameters"],
-        "cluster_sizes": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max()),
-                          "empty": int((sizes == 0).sum())},
+        "cluster_sizes": {
+            "min": int(sizes.min()),
+            "median": float(np.median(sizes)),
+            "max": int(sizes.max()),
+            "empty": int((sizes == 0).sum()),
+        },
         "ignored": ignored,
     }
     write_marker(out / META, meta)
@@ -701,12 +795,22 @@ def merge_vectors(parts: list[Part], path: Path) -> None:
 # --------------------------------------------------------------------------- plain `rsyn index`
 
 
-def run_index(run: Run, *, clusters: int | None, max_memory: str | None, index_type: str,
-              pq_bytes: int | None, points_per_cluster: int, niter: int) -> None:
+def run_index(
+    run: Run,
+    *,
+    clusters: int | None,
+    max_memory: str | None,
+    index_type: str,
+    pq_bytes: int | None,
+    points_per_cluster: int,
+    niter: int,
+) -> None:
     """The four passes in one process, on the whole stream."""
     if run.shard is not None:
-        raise RsynError(f"rsyn index builds one index from the whole corpus and takes no --shard; "
-                        f"to split the work, run the passes: {PASSES}")
+        raise RsynError(
+            f"rsyn index builds one index from the whole corpus and takes no --shard; "
+            f"to split the work, run the passes: {PASSES}"
+        )
     budget = Budget.from_option(max_memory)
     with building_directory(run.output) as building:
         work = building / ".passes"
@@ -714,16 +818,33 @@ def run_index(run: Run, *, clusters: int | None, max_memory: str | None, index_t
             (work / name).mkdir(parents=True)
         collect_part(run, work / "collect")
         parts = open_parts([work / "collect"])
-        train_index(parts, work / "train", clusters=clusters, budget=budget, index_type=index_type,
-                    pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter, seed=run.seed,
-                    device=run.faiss_device, note=run.note)
+        train_index(
+            parts,
+            work / "train",
+            clusters=clusters,
+            budget=budget,
+            index_type=index_type,
+            pq_bytes=pq_bytes,
+            points_per_cluster=points_per_cluster,
+            niter=niter,
+            seed=run.seed,
+            device=run.faiss_device,
+            note=run.note,
+        )
         start = time.perf_counter()
         add_parts(parts, part_range(1, None), work / "train", work / "add", device=run.faiss_device)
         add_seconds = round(time.perf_counter() - start, 3)
         meta = merge_index(parts, work / "train", [work / "add"], building, on_disk=False, note=run.note)
         shutil.rmtree(work)
-    run.extra.update({"indexed": meta["count"], "clusters": meta["clusters"], "index_type": meta["index_type"],
-                      **meta["seconds"], "add_seconds": add_seconds})
+    run.extra.update(
+        {
+            "indexed": meta["count"],
+            "clusters": meta["clusters"],
+            "index_type": meta["index_type"],
+            **meta["seconds"],
+            "add_seconds": add_seconds,
+        }
+    )
     run.count_out(meta["count"])
     run.note(f"{meta['count']:,} sentences in {meta['clusters']:,} clusters ({meta['index_type']}) -> {run.output}")
 
@@ -744,14 +865,32 @@ def _pass_inputs(run: Run, what: str) -> list[Part]:
     return open_parts(run.inputs)
 
 
-def run_train(run: Run, *, clusters: int | None, max_memory: str | None, index_type: str, pq_bytes: int | None,
-              points_per_cluster: int, niter: int) -> None:
+def run_train(
+    run: Run,
+    *,
+    clusters: int | None,
+    max_memory: str | None,
+    index_type: str,
+    pq_bytes: int | None,
+    points_per_cluster: int,
+    niter: int,
+) -> None:
     parts = _pass_inputs(run, "train")
     budget = Budget.from_option(max_memory)
     with building_directory(run.output) as building:
-        info = train_index(parts, building, clusters=clusters, budget=budget, index_type=index_type,
-                           pq_bytes=pq_bytes, points_per_cluster=points_per_cluster, niter=niter, seed=run.seed,
-                           device=run.faiss_device, note=run.note)
+        info = train_index(
+            parts,
+            building,
+            clusters=clusters,
+            budget=budget,
+            index_type=index_type,
+            pq_bytes=pq_bytes,
+            points_per_cluster=points_per_cluster,
+            niter=niter,
+            seed=run.seed,
+            device=run.faiss_device,
+            note=run.note,
+        )
     run.extra.update({"clusters": info["clusters"], "index_type": info["index_type"], **info["seconds"]})
 
 
@@ -768,8 +907,15 @@ def run_merge(run: Run, *, trained: str, added: list[str], on_disk: bool) -> Non
     parts = _pass_inputs(run, "merge")
     with building_directory(run.output) as building:
         meta = merge_index(parts, Path(trained), [Path(a) for a in added], building, on_disk=on_disk, note=run.note)
-    run.extra.update({"indexed": meta["count"], "clusters": meta["clusters"], "index_type": meta["index_type"],
-                      "lists": meta["lists"], **meta["seconds"]})
+    run.extra.update(
+        {
+            "indexed": meta["count"],
+            "clusters": meta["clusters"],
+            "index_type": meta["index_type"],
+            "lists": meta["lists"],
+            **meta["seconds"],
+        }
+    )
     run.count_out(meta["count"])
 
 
@@ -782,7 +928,7 @@ def row_chunks(vectors: np.ndarray, batch: int, dtype=np.float32):
     n, dim = vectors.shape
     if not isinstance(vectors, np.memmap) or vectors.filename is None:
         for start in range(0, n, batch):
-            yield start, np.ascontiguousarray(vectors[start:start + batch], dtype=dtype)
+            yield start, np.ascontiguousarray(vectors[start : start + batch], dtype=dtype)
         return
     row_bytes = dim * vectors.dtype.itemsize
     with open(vectors.filename, "rb") as fh:

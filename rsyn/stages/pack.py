@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
-from rsyn.command import RsynError, Run
+from rsyn.errors import RsynError
 from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from rsyn.localfiles import shown
 from rsyn.stream import AtomicDirectory, OutputExists, write_bytes_atomic
 from rsyn.textstyle import apply_text_style
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 TEXT_COLUMNS = ["text1", "text2", "text3", "syn_text"]
@@ -45,8 +49,12 @@ def release_schema(extra_columns: bool):
         fields += [pa.field("id", pa.string()), pa.field("doc", pa.string())]
         fields += [pa.field(f"text{i}_id", pa.string()) for i in range(1, REAL_TEXTS + 1)]
         fields += [pa.field(f"text{i}_score", pa.float32()) for i in range(1, REAL_TEXTS + 1)]
-        fields += [pa.field("caption", pa.string()), pa.field("tags", pa.list_(pa.string())),
-                   pa.field("cluster", pa.int64()), pa.field("sim", pa.float32())]
+        fields += [
+            pa.field("caption", pa.string()),
+            pa.field("tags", pa.list_(pa.string())),
+            pa.field("cluster", pa.int64()),
+            pa.field("sim", pa.float32()),
+        ]
     return pa.schema(fields)
 
 
@@ -124,7 +132,8 @@ def _kind(value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return "an integer out of range"
     return {bool: "a boolean", str: "a string", list: "a list", dict: "an object", float: "a number"}.get(
-        type(value), f"a {type(value).__name__}")
+        type(value), f"a {type(value).__name__}"
+    )
 
 
 class TextStats:
@@ -152,10 +161,13 @@ class TextStats:
             "realistic_texts_per_image": round(real / self.rows, 4) if self.rows else 0.0,
             "texts_per_image": round((real + self.present["syn_text"]) / self.rows, 4) if self.rows else 0.0,
             "non_null": dict(self.present),
-            "mean_tokens": {name: round(self.tokens[name] / self.present[name], 3) if self.present[name] else None
-                            for name in TEXT_COLUMNS},
+            "mean_tokens": {
+                name: round(self.tokens[name] / self.present[name], 3) if self.present[name] else None
+                for name in TEXT_COLUMNS
+            },
             "mean_tokens_realistic": round(sum(self.tokens[f"text{i}"] for i in range(1, REAL_TEXTS + 1)) / real, 3)
-            if real else None,
+            if real
+            else None,
             "tokens": "whitespace-separated words",
         }
 
@@ -249,8 +261,14 @@ class WebdatasetShards(Shards):
             # mtime fixed so that the same input gives byte-identical tars
             self._tar = wds.TarWriter(self._file, mtime=0, encoder=False)
         meta = {k: v for k, v in row.items() if k != "text1"}
-        self._tar.write({"__key__": f"{len(self.shards):05d}{len(self.rows):0{self._width}d}", "jpg": image,
-                         "txt": (row["text1"] or "").encode("utf-8"), "json": orjson.dumps(meta)})
+        self._tar.write(
+            {
+                "__key__": f"{len(self.shards):05d}{len(self.rows):0{self._width}d}",
+                "jpg": image,
+                "txt": (row["text1"] or "").encode("utf-8"),
+                "json": orjson.dumps(meta),
+            }
+        )
         super().add(row)
 
     def flush(self) -> None:
@@ -285,10 +303,19 @@ class WebdatasetShards(Shards):
 # --------------------------------------------------------------------------- the stage
 
 
-def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = None, extra_columns: bool = False,
-             overwrite: bool = False, images: str | None = None, path_root: str | None = None,
-             max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-             text_style: str = "original") -> None:
+def run_pack(
+    run: Run,
+    *,
+    fmt: str = "parquet",
+    rows_per_shard: int | None = None,
+    extra_columns: bool = False,
+    overwrite: bool = False,
+    images: str | None = None,
+    path_root: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    text_style: str = "original",
+) -> None:
     if not run.output or run.output == "-":
         raise RsynError("pack writes a directory: give -o DIR")
     if fmt not in DEFAULT_ROWS:
@@ -340,8 +367,10 @@ def run_pack(run: Run, *, fmt: str = "parquet", rows_per_shard: int | None = Non
     finally:
         if loader is not None and loader.images is not None:
             loader.images.close()
-    run.note(f"{stats.rows:,} rows in {len(shards.shards)} {fmt} shard{'s' if len(shards.shards) != 1 else ''} "
-             f"-> {run.output}")
+    run.note(
+        f"{stats.rows:,} rows in {len(shards.shards)} {fmt} shard{'s' if len(shards.shards) != 1 else ''} "
+        f"-> {run.output}"
+    )
 
 
 def _image_loader(run: Run, images: str | None, path_root: str | None, max_bytes: int):
@@ -364,8 +393,13 @@ def _jpeg_of(run: Run, loader, record: dict, max_pixels: int) -> tuple[bytes, bo
 
     path = record.get("path")
     if (path is None or path == "") and loader.images is None:
-        run.error(run.where, "no local image (`path`): --format webdataset needs downloaded images "
-                  "(or --images DIR, an img2dataset output)", record=record, reason="no_local_image")
+        run.error(
+            run.where,
+            "no local image (`path`): --format webdataset needs downloaded images "
+            "(or --images DIR, an img2dataset output)",
+            record=record,
+            reason="no_local_image",
+        )
         return None
     try:
         # without --images, only the file at `path` will do (there is nothing to download from)
@@ -375,6 +409,7 @@ def _jpeg_of(run: Run, loader, record: dict, max_pixels: int) -> tuple[bytes, bo
         if exc.reason == "not_downloaded":  # img2dataset could not fetch it: expected, counted
             run.drop(record, "not_downloaded", detail=exc.detail)
             return None
-        run.error(run.where, f"image of record {shown(str(record.get('id', '?')))}: {exc}", record=record,
-                  reason=exc.reason)
+        run.error(
+            run.where, f"image of record {shown(str(record.get('id', '?')))}: {exc}", record=record, reason=exc.reason
+        )
         return None

@@ -30,15 +30,19 @@ import os
 import random
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
 from rsyn import __version__
-from rsyn.command import RsynError, Run
+from rsyn.errors import RsynError
 from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from rsyn.records import decode_embeddings
 from rsyn.stream import StreamError, read_records, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 TEXT_COLUMNS = ["text1", "text2", "text3", "syn_text"]
 DONE_MARKERS = ["_stats.json", "stats.json"]  # rsyn pack's done marker, new name first
@@ -147,24 +151,38 @@ def gallery_item(record: dict) -> dict | None:
     """A bounded copy of what the gallery shows of an image record (None: nothing to show)."""
     texts = record.get("texts")
     texts = texts if isinstance(texts, list) else []
-    shown = [{"text": _text(t.get("text"), FIELD_CHARS["text"]), "score": _number(t.get("score"))}
-             for t in texts[:3] if isinstance(t, dict) and isinstance(t.get("text"), str)]
+    shown = [
+        {"text": _text(t.get("text"), FIELD_CHARS["text"]), "score": _number(t.get("score"))}
+        for t in texts[:3]
+        if isinstance(t, dict) and isinstance(t.get("text"), str)
+    ]
     syn = _text(record.get("syn_text"), FIELD_CHARS["syn_text"])
     if not shown and syn is None:
         return None
     tags = record.get("tags")
-    tags = [_text(t, FIELD_CHARS["tag"]) for t in tags[:MAX_TAGS] if isinstance(t, str)] if isinstance(tags, list) else []
+    tags = (
+        [_text(t, FIELD_CHARS["tag"]) for t in tags[:MAX_TAGS] if isinstance(t, str)] if isinstance(tags, list) else []
+    )
     keep = {k: record.get(k) for k in ("url", "path") if isinstance(record.get(k), str)}
-    return {"id": _text(record.get("id"), 80), "texts": shown, "caption": _text(record.get("caption"), FIELD_CHARS["caption"]),
-            "tags": tags, "syn_text": syn, "sim": _number(record.get("sim")), "source": keep,
-            "emb": record.get("emb"), "syn_emb": record.get("syn_emb")}
+    return {
+        "id": _text(record.get("id"), 80),
+        "texts": shown,
+        "caption": _text(record.get("caption"), FIELD_CHARS["caption"]),
+        "tags": tags,
+        "syn_text": syn,
+        "sim": _number(record.get("sim")),
+        "source": keep,
+        "emb": record.get("emb"),
+        "syn_emb": record.get("syn_emb"),
+    }
 
 
 def scan_records(paths: list[str], gallery_size: int, seed: int) -> dict:
     """One pass over the record streams: sampled score values, models used, and the gallery sample."""
     rng = random.Random(seed)
-    values = {key: Reservoir(SAMPLE_VALUES, rng) for key in
-              ["top1", "topk", "sim"] + [key for key, *_ in FILTER_SCORES]}
+    values = {
+        key: Reservoir(SAMPLE_VALUES, rng) for key in ["top1", "topk", "sim"] + [key for key, *_ in FILTER_SCORES]
+    }
     gallery = Reservoir(gallery_size, rng)
     pairs: list[tuple[str, str]] = []  # (emb, syn_emb) of records without `sim`: cosines computed per batch
 
@@ -255,13 +273,15 @@ def packed_text_stats(directory: str) -> list[dict]:
     rows = []
     for name, values in columns.items():
         texts = [v for v in values if v]
-        rows.append({
-            "column": name,
-            "rows": len(values),
-            "non_empty": len(texts),
-            "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 2) if texts else 0.0,
-            "mean_tokens": round(float(np.mean([count_tokens(t) for t in texts])), 2) if texts else 0.0,
-        })
+        rows.append(
+            {
+                "column": name,
+                "rows": len(values),
+                "non_empty": len(texts),
+                "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 2) if texts else 0.0,
+                "mean_tokens": round(float(np.mean([count_tokens(t) for t in texts])), 2) if texts else 0.0,
+            }
+        )
     return rows
 
 
@@ -281,8 +301,10 @@ def cluster_sizes(stat: dict) -> tuple[list[int] | None, list[int] | None]:
     stage = stat.get("stage", {})
     if isinstance(stage.get("before"), dict) and "size_counts" in stage["before"]:
         after = stage.get("after")
-        return (_expand(stage["before"]["size_counts"]),
-                _expand(after.get("size_counts", {}) if isinstance(after, dict) else {}))
+        return (
+            _expand(stage["before"]["size_counts"]),
+            _expand(after.get("size_counts", {}) if isinstance(after, dict) else {}),
+        )
     return None, None
 
 
@@ -329,8 +351,9 @@ def packed_images(directory: str, urls: set[str], max_bytes: int) -> dict[str, b
     return found
 
 
-def add_thumbnails(items: list[dict], images: str | None, packed: str | None, path_root: str | None,
-                   max_bytes: int) -> None:
+def add_thumbnails(
+    items: list[dict], images: str | None, packed: str | None, path_root: str | None, max_bytes: int
+) -> None:
     """Each gallery item gets `thumb` (a JPEG data URI and its size) or `missing` (why there is none)."""
     from rsyn.images import ImageError, ImageFolder, ImageLoader, decode_image
 
@@ -401,8 +424,11 @@ def funnel(stats: list[dict]) -> dict:
     return {"documents": documents, **lanes}
 
 
-FUNNEL_IMAGE_STEPS = {"caption": "with caption, tags, synthetic text", "balance": "after semantic balancing",
-                      "pack": "packed image-text pairs"}
+FUNNEL_IMAGE_STEPS = {
+    "caption": "with caption, tags, synthetic text",
+    "balance": "after semantic balancing",
+    "pack": "packed image-text pairs",
+}
 
 
 def _funnel_html(data: dict) -> str:
@@ -421,11 +447,15 @@ def _funnel_html(data: dict) -> str:
     for css, kind, label, count, share in rows:
         width = max(0.3, 100 * count / top)
         pct = f"{share:.1%}" if share is not None else ""
-        body.append(f"<tr class='lane-{css}'><th>{html.escape(kind)}</th><td>{html.escape(label)}</td>"
-                    f"<td class='num'>{count:,}</td><td class='num'>{pct}</td>"
-                    f"<td class='barcell'><div class='bar' style='width:{width:.1f}%'></div></td></tr>")
-    return ("<table class='funnel' id='funnel'><tr><th>kind</th><th>step</th><th>left</th>"
-            "<th>of the first</th><th></th></tr>" + "".join(body) + "</table>")
+        body.append(
+            f"<tr class='lane-{css}'><th>{html.escape(kind)}</th><td>{html.escape(label)}</td>"
+            f"<td class='num'>{count:,}</td><td class='num'>{pct}</td>"
+            f"<td class='barcell'><div class='bar' style='width:{width:.1f}%'></div></td></tr>"
+        )
+    return (
+        "<table class='funnel' id='funnel'><tr><th>kind</th><th>step</th><th>left</th>"
+        "<th>of the first</th><th></th></tr>" + "".join(body) + "</table>"
+    )
 
 
 # --------------------------------------------------------------------------- figures
@@ -439,20 +469,35 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _style():
     import matplotlib
 
-    return matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "rsyn-report", "font.size": FONT_PT,
-                                  "axes.titlesize": FONT_PT + 1, "axes.labelsize": FONT_PT,
-                                  "xtick.labelsize": FONT_PT - 1, "ytick.labelsize": FONT_PT - 1,
-                                  "legend.fontsize": FONT_PT - 1, "font.family": "DejaVu Sans"})
+    return matplotlib.rc_context(
+        {
+            "svg.fonttype": "none",
+            "svg.hashsalt": "rsyn-report",
+            "font.size": FONT_PT,
+            "axes.titlesize": FONT_PT + 1,
+            "axes.labelsize": FONT_PT,
+            "xtick.labelsize": FONT_PT - 1,
+            "ytick.labelsize": FONT_PT - 1,
+            "legend.fontsize": FONT_PT - 1,
+            "font.family": "DejaVu Sans",
+        }
+    )
 
 
-def histogram(values: list[float], title: str, xlabel: str, marks: list[tuple[float, str]] = (),
-              window: tuple[float, float] | None = None, log: bool = False) -> str:
+def histogram(
+    values: list[float],
+    title: str,
+    xlabel: str,
+    marks: list[tuple[float, str]] = (),
+    window: tuple[float, float] | None = None,
+    log: bool = False,
+) -> str:
     import matplotlib.pyplot as plt
 
     with _style():
@@ -467,7 +512,9 @@ def histogram(values: list[float], title: str, xlabel: str, marks: list[tuple[fl
             bins = 40
         ax.hist(data, bins=bins, color="#4c72b0")
         if window is not None:
-            ax.axvspan(window[0], window[1], color="#55a868", alpha=0.25, label=f"kept: {window[0]:.3g} to {window[1]:.3g}")
+            ax.axvspan(
+                window[0], window[1], color="#55a868", alpha=0.25, label=f"kept: {window[0]:.3g} to {window[1]:.3g}"
+            )
         for x, label in marks:
             if _on_scale(x, data, log):
                 ax.axvline(x, color="#c44e52", linestyle="--", label=label)
@@ -529,10 +576,14 @@ def figures(numbers: dict, stats: list[dict]) -> list[tuple[str, str]]:
     out = []
     for key, _, title, (low, high) in FILTER_SCORES:
         if numbers.get(key):
-            marks = [(thresholds[name], f"{name} {thresholds[name]:g}") for name in (low, high)
-                     if name and _number(thresholds.get(name)) is not None]
-            out.append((f"fig-{key}", histogram(numbers[key], f"Filter score: {title}", title, marks,
-                                                log=(key == "ppl"))))
+            marks = [
+                (thresholds[name], f"{name} {thresholds[name]:g}")
+                for name in (low, high)
+                if name and _number(thresholds.get(name)) is not None
+            ]
+            out.append(
+                (f"fig-{key}", histogram(numbers[key], f"Filter score: {title}", title, marks, log=(key == "ppl")))
+            )
     if numbers.get("top1"):
         out.append(("fig-top1", histogram(numbers["top1"], "Retrieval score, best text", "cosine(image, text)")))
     if numbers.get("topk"):
@@ -541,8 +592,9 @@ def figures(numbers: dict, stats: list[dict]) -> list[tuple[str, str]]:
         window = last.get("balance", {}).get("stage", {}).get("sim_window")
         span = (_number(window.get("lo")), _number(window.get("hi"))) if isinstance(window, dict) else None
         span = span if span and None not in span else None
-        out.append(("fig-sim", histogram(numbers["sim"], "Image vs synthetic text", "cosine(image, syn_text)",
-                                         window=span)))
+        out.append(
+            ("fig-sim", histogram(numbers["sim"], "Image vs synthetic text", "cosine(image, syn_text)", window=span))
+        )
     for stat in stats:
         before, after = cluster_sizes(stat)
         if before:
@@ -582,8 +634,12 @@ def _card(item: dict) -> str:
         picture = f"<img class='thumb' src='{uri}' width='{w}' height='{h}' alt='sample image'>"
     else:
         picture = f"<div class='noimg'>no image: {esc(item.get('missing', 'unknown'))}</div>"
-    texts = "".join(f"<li><span class='score'>{t['score']:.3f}</span> {esc(t['text'])}</li>" if t["score"] is not None
-                    else f"<li>{esc(t['text'])}</li>" for t in item["texts"])
+    texts = "".join(
+        f"<li><span class='score'>{t['score']:.3f}</span> {esc(t['text'])}</li>"
+        if t["score"] is not None
+        else f"<li>{esc(t['text'])}</li>"
+        for t in item["texts"]
+    )
     lines = [f"<ol class='texts'>{texts}</ol>" if texts else "<p class='none'>no retrieved texts</p>"]
     if item["caption"]:
         lines.append(f"<p><b>caption</b> {esc(item['caption'])}</p>")
@@ -593,8 +649,10 @@ def _card(item: dict) -> str:
         sim = f" <span class='score'>cos {item['sim']:.3f}</span>" if item["sim"] is not None else ""
         lines.append(f"<p><b>syn_text</b>{sim} {esc(item['syn_text'])}</p>")
     where = item["source"].get("url") or item["source"].get("path") or ""
-    return (f"<figure class='card'>{picture}<figcaption><p class='src'>{esc(_text(where, FIELD_CHARS['url']))}</p>"
-            f"{''.join(lines)}</figcaption></figure>")
+    return (
+        f"<figure class='card'>{picture}<figcaption><p class='src'>{esc(_text(where, FIELD_CHARS['url']))}</p>"
+        f"{''.join(lines)}</figcaption></figure>"
+    )
 
 
 def settings(stats: list[dict], models: dict) -> tuple[list[dict], list[dict]]:
@@ -648,41 +706,78 @@ def render(stats: list[dict], scan: dict | None, text_rows: list[dict] | None, t
     versions = sorted({str(s.get("version")) for s in stats if s.get("version")})
     newest = max((s["_mtime"] for s in stats), default=None)
     date = dt.datetime.fromtimestamp(newest, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if newest else "unknown"
-    run_rows = [{"run by rsyn": ", ".join(versions) or "unknown", "report by rsyn": __version__,
-                 "last stats written": date, "seeds": ", ".join(sorted({str(s.get('seed')) for s in stats}))}]
+    run_rows = [
+        {
+            "run by rsyn": ", ".join(versions) or "unknown",
+            "report by rsyn": __version__,
+            "last stats written": date,
+            "seeds": ", ".join(sorted({str(s.get("seed")) for s in stats})),
+        }
+    ]
     parts = [f"<h1>{esc(title)}</h1>", _table(run_rows, "run")]
     if scan and scan["gallery"]:
-        parts += [f"<h2>Sample pairs ({len(scan['gallery'])} drawn at random)</h2>",
-                  "<div class='gallery' id='gallery'>" + "".join(_card(i) for i in scan["gallery"]) + "</div>"]
+        parts += [
+            f"<h2>Sample pairs ({len(scan['gallery'])} drawn at random)</h2>",
+            "<div class='gallery' id='gallery'>" + "".join(_card(i) for i in scan["gallery"]) + "</div>",
+        ]
     parts += ["<h2>From documents to pairs</h2>", _funnel_html(funnel(stats))]
     figs = figures(scan["numbers"], stats) if scan else []
     if figs:
-        parts += ["<h2>Scores</h2>", "<div class='figures'>" +
-                  "".join(f"<div class='figure' id='{fid}'>{svg}</div>" for fid, svg in figs) + "</div>"]
+        parts += [
+            "<h2>Scores</h2>",
+            "<div class='figures'>"
+            + "".join(f"<div class='figure' id='{fid}'>{svg}</div>" for fid, svg in figs)
+            + "</div>",
+        ]
     model_rows, threshold_rows = settings(stats, scan["models"] if scan else {})
-    parts += ["<h2>Models and settings</h2>", _table(model_rows, "models") or "<p>No model named in the inputs.</p>",
-              _table(threshold_rows, "settings")]
-    overview = [{"stage": s["command"], "file": s["_file"], "in": s["in"], "out": s["out"],
-                 "dropped": {k: v for k, v in s.get("dropped", {}).items() if v},
-                 "errors": {k: v for k, v in s.get("errors", {}).items() if v},
-                 "seconds": s.get("seconds"), "device": s.get("device")} for s in stats]
+    parts += [
+        "<h2>Models and settings</h2>",
+        _table(model_rows, "models") or "<p>No model named in the inputs.</p>",
+        _table(threshold_rows, "settings"),
+    ]
+    overview = [
+        {
+            "stage": s["command"],
+            "file": s["_file"],
+            "in": s["in"],
+            "out": s["out"],
+            "dropped": {k: v for k, v in s.get("dropped", {}).items() if v},
+            "errors": {k: v for k, v in s.get("errors", {}).items() if v},
+            "seconds": s.get("seconds"),
+            "device": s.get("device"),
+        }
+        for s in stats
+    ]
     parts += ["<h2>Stages</h2>", _table(overview, "stages")]
     for stat in stats:
         stage = stat.get("stage", {})
-        rows = [{"": key, **{k: v for k, v in stage[key].items() if not isinstance(v, (list, dict))}}
-                for key in ("before", "after") if isinstance(stage.get(key), dict)]
+        rows = [
+            {"": key, **{k: v for k, v in stage[key].items() if not isinstance(v, (list, dict))}}
+            for key in ("before", "after")
+            if isinstance(stage.get(key), dict)
+        ]
         if rows:
             parts += ["<h2>Semantic balance</h2>", _table(rows)]
     if text_rows:
         parts += ["<h2>Packed texts (paper's Table 15)</h2>", _table(text_rows)]
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
-def run_report(run: Run, records: list[str], packed: str | None, images: str | None, title: str,
-               gallery: int = 12, path_root: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+def run_report(
+    run: Run,
+    records: list[str],
+    packed: str | None,
+    images: str | None,
+    title: str,
+    gallery: int = 12,
+    path_root: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -705,7 +800,11 @@ def run_report(run: Run, records: list[str], packed: str | None, images: str | N
     text_rows = packed_text_stats(packed) if packed else None
     page = render(stats, scan, text_rows, title)
     write_bytes_atomic(run.output, page.encode())
-    run.extra.update(stats_files=len(stats), records_files=len(records), packed=packed,
-                     gallery=len(scan["gallery"]) if scan else 0,
-                     thumbnails=sum("thumb" in i for i in scan["gallery"]) if scan else 0)
+    run.extra.update(
+        stats_files=len(stats),
+        records_files=len(records),
+        packed=packed,
+        gallery=len(scan["gallery"]) if scan else 0,
+        thumbnails=sum("thumb" in i for i in scan["gallery"]) if scan else 0,
+    )
     run.note(f"wrote {run.output}")

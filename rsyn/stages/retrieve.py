@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from rsyn.command import Run, RsynError
+from rsyn.errors import RsynError
 from rsyn.records import decode_embeddings
 from rsyn.stages.index import (
     CENTROIDS,
@@ -30,6 +31,9 @@ from rsyn.stages.index import (
     unit_rows,
 )
 from rsyn.vectors import faiss_stdout_silenced, use_faiss_gpu
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 BATCH = 4096  # images searched per faiss call
 SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 keeps ties visible
@@ -69,8 +73,10 @@ class IndexDirectory:
         if not isinstance(index, faiss.IndexIVF):
             self._corrupt(f"{IVF} holds a {type(index).__name__}, not an IVF index")
         if index.ntotal != self.count or index.d != self.dim or index.nlist != self.meta["clusters"]:
-            self._corrupt(f"{IVF} holds {index.ntotal} vectors of dim {index.d} in {index.nlist} lists, "
-                          f"meta.json says {self.count} of dim {self.dim} in {self.meta['clusters']}")
+            self._corrupt(
+                f"{IVF} holds {index.ntotal} vectors of dim {index.d} in {index.nlist} lists, "
+                f"meta.json says {self.count} of dim {self.dim} in {self.meta['clusters']}"
+            )
         self.cpu_index = index
         self.index = index
         if use_faiss_gpu(device):
@@ -100,8 +106,9 @@ class IndexDirectory:
         if file.stat().st_size != size:
             self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
         if verify and checksum is not None and file_checksum(file) != checksum:
-            self._corrupt(f"{name} does not match its checksum in meta.json (the file is damaged; "
-                          f"--no-verify skips this check)")
+            self._corrupt(
+                f"{name} does not match its checksum in meta.json (the file is damaged; --no-verify skips this check)"
+            )
 
     # ------------------------------------------------------------------ opening
     def _read_meta(self) -> dict:
@@ -122,8 +129,11 @@ class IndexDirectory:
             self._corrupt(f"{META}: unknown index type {meta['index_type']!r}")
         if not isinstance(meta["files"], dict) or not set(meta["files"]) <= INDEX_FILES:
             self._corrupt(f"{META}: 'files' must map the index's own file names to their sizes and checksums")
-        needed = (IVF, CENTROIDS, SENTENCES) + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ()) + (
-            (ONDISK_LISTS,) if meta.get("lists") == "on_disk" else ())
+        needed = (
+            (IVF, CENTROIDS, SENTENCES)
+            + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ())
+            + ((ONDISK_LISTS,) if meta.get("lists") == "on_disk" else ())
+        )
         for name in needed:
             if name not in meta["files"]:
                 self._corrupt(f"{META} does not list {name}")
@@ -196,10 +206,9 @@ class IndexDirectory:
         wanted = np.unique(rows[rows >= 0]).tolist()
         found: dict[int, tuple[str, str]] = {}
         for start in range(0, len(wanted), 30000):  # below SQLite's bound on query parameters
-            chunk = wanted[start:start + 30000]
+            chunk = wanted[start : start + 30000]
             marks = ",".join("?" * len(chunk))
-            for row, sid, text in self.db.execute(f"SELECT row, id, text FROM sentences WHERE row IN ({marks})",
-                                                  chunk):
+            for row, sid, text in self.db.execute(f"SELECT row, id, text FROM sentences WHERE row IN ({marks})", chunk):
                 found[row] = (sid, text)
         if len(found) != len(wanted):
             self._corrupt(f"{SENTENCES} lacks rows that {IVF} returns")
@@ -214,8 +223,9 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def distinct_choice(scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int,
-                    max_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+def distinct_choice(
+    scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int, max_similarity: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy, best first: skip a candidate whose cosine to a text already taken is >= max_similarity."""
     pair = np.einsum("qid,qjd->qij", vectors, vectors)  # candidate-to-candidate cosines per query
     out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
@@ -229,19 +239,22 @@ def distinct_choice(scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k
                 taken.append(j)
                 if len(taken) == k:
                     break
-        out_rows[q, :len(taken)] = rows[q, taken]
-        out_scores[q, :len(taken)] = scores[q, taken]
+        out_rows[q, : len(taken)] = rows[q, taken]
+        out_scores[q, : len(taken)] = scores[q, taken]
     return out_scores, out_rows
 
 
 # --------------------------------------------------------------------------- the command
 
 
-def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None,
-                 verify: bool = True) -> None:
+def run_retrieve(
+    run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None, verify: bool = True
+) -> None:
     index = IndexDirectory(index_dir, device=run.faiss_device, verify=verify)
-    run.note(f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "
-             f"({index.index_type}), model {index.model}, nprobe {min(nprobe, index.meta['clusters'])}")
+    run.note(
+        f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "
+        f"({index.index_type}), model {index.model}, nprobe {min(nprobe, index.meta['clusters'])}"
+    )
     run.extra.update({"nprobe": nprobe, "k": k, "images": 0, "passed_through": 0})
     pending: list[dict | None] = []  # every record in input order; images wait for their batch's search
     queries: list[tuple[int, str, str]] = []  # (position in pending, emb, where)
@@ -272,19 +285,36 @@ def run_retrieve(run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, 
 def _usable_image(run: Run, record: dict, index: IndexDirectory, index_dir: str) -> bool:
     emb, model = record.get("emb"), record.get("emb_model")
     if type(emb) is not str or type(model) is not str:
-        run.error(run.where, "image record has no embedding 'emb' with its 'emb_model' (run rsyn embed first)",
-                  record=record, reason="missing_emb")
+        run.error(
+            run.where,
+            "image record has no embedding 'emb' with its 'emb_model' (run rsyn embed first)",
+            record=record,
+            reason="missing_emb",
+        )
         return False
     if model != index.model:
-        run.error(run.where, f"image embedding from model {model!r}, but the index {index_dir} was built "
-                             f"with {index.model!r}: embed both with the same model",
-                  record=record, reason="model_mismatch")
+        run.error(
+            run.where,
+            f"image embedding from model {model!r}, but the index {index_dir} was built "
+            f"with {index.model!r}: embed both with the same model",
+            record=record,
+            reason="model_mismatch",
+        )
         return False
     return True
 
 
-def _search_batch(run: Run, index: IndexDirectory, pending: list, queries: list, *, k: int, nprobe: int,
-                  rerank: int, distinct: float | None) -> None:
+def _search_batch(
+    run: Run,
+    index: IndexDirectory,
+    pending: list,
+    queries: list,
+    *,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    distinct: float | None,
+) -> None:
     if not queries:
         return
     matrix, queries = _decode_queries(run, index, pending, queries)
@@ -293,14 +323,19 @@ def _search_batch(run: Run, index: IndexDirectory, pending: list, queries: list,
     pool = k * DISTINCT_POOL if distinct is not None else k
     scores, rows = index.search(matrix, pool, nprobe=nprobe, rerank=rerank)
     if distinct is not None:
-        chosen = [distinct_choice(scores[i:i + CHUNK], rows[i:i + CHUNK], index.sentence_vectors(rows[i:i + CHUNK]),
-                                  k, distinct) for i in range(0, len(rows), CHUNK)]
+        chosen = [
+            distinct_choice(
+                scores[i : i + CHUNK], rows[i : i + CHUNK], index.sentence_vectors(rows[i : i + CHUNK]), k, distinct
+            )
+            for i in range(0, len(rows), CHUNK)
+        ]
         scores, rows = np.concatenate([c[0] for c in chosen]), np.concatenate([c[1] for c in chosen])
     found = index.sentences(rows)
     rounded = np.round(scores.astype(np.float64), SCORE_DECIMALS).tolist()
     for (position, _, _), q_rows, q_scores in zip(queries, rows.tolist(), rounded):
-        pending[position]["texts"] = [{"id": found[r][0], "text": found[r][1], "score": s}
-                                      for r, s in zip(q_rows, q_scores) if r >= 0]
+        pending[position]["texts"] = [
+            {"id": found[r][0], "text": found[r][1], "score": s} for r, s in zip(q_rows, q_scores) if r >= 0
+        ]
     run.extra["images"] += len(queries)
 
 

@@ -24,25 +24,35 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from rsyn.command import RsynError, Run
+from rsyn.errors import RsynError
 from rsyn.image_limits import DEFAULT_MAX_BYTES
 from rsyn.stages.dedup.work import ROW_BITS, ROW_MASK, Shards, Work
 from rsyn.stream import iter_lines
 
+if TYPE_CHECKING:
+    from rsyn.command import Run
+
 MODES = ("exact", "near", "perceptual", "semantic")
-REASONS = {"exact": "exact_duplicate", "near": "near_duplicate", "perceptual": "perceptual_duplicate",
-           "semantic": "semantic_duplicate"}
+REASONS = {
+    "exact": "exact_duplicate",
+    "near": "near_duplicate",
+    "perceptual": "perceptual_duplicate",
+    "semantic": "semantic_duplicate",
+}
 _REASON_CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 _CODE_REASON = {code: REASONS[name] for name, code in _REASON_CODE.items()}
 KINDS = ("text", "image")
 BATCH = 8192
-PASSES = ("dedup-scan --shard K/N, dedup-exact --part M/P, dedup-settle --mode exact, dedup-near --part M/P, "
-          "dedup-settle --mode near, dedup-train, dedup-assign --shard K/N, dedup-pairs --part M/P, dedup-select, "
-          "dedup-filter --shard K/N")
+PASSES = (
+    "dedup-scan --shard K/N, dedup-exact --part M/P, dedup-settle --mode exact, dedup-near --part M/P, "
+    "dedup-settle --mode near, dedup-train, dedup-assign --shard K/N, dedup-pairs --part M/P, dedup-select, "
+    "dedup-filter --shard K/N"
+)
 SCORE_DIGITS = 4  # similarities written to records; f16 embeddings carry about 3 digits
 
 
@@ -86,8 +96,10 @@ def parse_modes(text: str) -> tuple[str, ...]:
 
 def check_options(options: DedupOptions) -> None:
     if options.embedding_threshold is not None and options.semantic_threshold > options.perceptual_threshold:
-        raise RsynError(f"--semantic-threshold {options.semantic_threshold} is above --perceptual-threshold "
-                        f"{options.perceptual_threshold}: perceptual duplicates are the most similar ones")
+        raise RsynError(
+            f"--semantic-threshold {options.semantic_threshold} is above --perceptual-threshold "
+            f"{options.perceptual_threshold}: perceptual duplicates are the most similar ones"
+        )
 
 
 def declare_reasons(run: Run, modes) -> None:
@@ -102,8 +114,10 @@ def declare_reasons(run: Run, modes) -> None:
 def run_dedup(run: Run, options: DedupOptions) -> None:
     """`rsyn dedup`: every pass, in order, in one process, over a temporary work directory."""
     if run.shard is not None:
-        raise RsynError("`rsyn dedup` compares every record with every other one and cannot run on a --shard; "
-                        f"split it into passes instead: {PASSES} (see docs/dedup.md)")
+        raise RsynError(
+            "`rsyn dedup` compares every record with every other one and cannot run on a --shard; "
+            f"split it into passes instead: {PASSES} (see docs/dedup.md)"
+        )
     check_options(options)
     declare_reasons(run, options.modes)
     with tempfile.TemporaryDirectory(prefix="rsyn-dedup-", dir=options.tmp_dir) as tmp:
@@ -220,8 +234,9 @@ def assign_pass(run: Run, work: Work, shard: tuple[int, int]) -> dict:
 
 def _check_shard(shards: Shards, shard: tuple[int, int]) -> None:
     if shard[1] != len(shards):
-        raise RsynError(f"--shard {shard[0]}/{shard[1]}: the scan has {len(shards)} shard(s); use --shard K/"
-                        f"{len(shards)}")
+        raise RsynError(
+            f"--shard {shard[0]}/{shard[1]}: the scan has {len(shards)} shard(s); use --shard K/{len(shards)}"
+        )
 
 
 # --------------------------------------------------------------------------- filter
@@ -277,12 +292,32 @@ def filter_pass(run: Run, work: Work, shard: tuple[int, int], count_in: bool = T
     dropped = np.flatnonzero(reason)
     dup_ids = dict(zip(dropped.tolist(), shards.ids(dup[dropped])))
     order = np.asarray(shards.array(k, "order"))
-    run.write(_survivors(run, work.part("scan", *shard).file(RECORDS), info["files"], order, reason, dup_ids, sim,
-                         near_best, semantic_best))
+    run.write(
+        _survivors(
+            run,
+            work.part("scan", *shard).file(RECORDS),
+            info["files"],
+            order,
+            reason,
+            dup_ids,
+            sim,
+            near_best,
+            semantic_best,
+        )
+    )
 
 
-def _survivors(run: Run, spill, files: list[str], order: np.ndarray, reason: np.ndarray, dup_ids: dict,
-               sim: np.ndarray, near_best: np.ndarray, semantic_best: np.ndarray):
+def _survivors(
+    run: Run,
+    spill,
+    files: list[str],
+    order: np.ndarray,
+    reason: np.ndarray,
+    dup_ids: dict,
+    sim: np.ndarray,
+    near_best: np.ndarray,
+    semantic_best: np.ndarray,
+):
     loads = orjson.loads
     lines = (line for _, line in iter_lines(str(spill)) if line)
     n = len(reason)
@@ -306,7 +341,12 @@ def _survivors(run: Run, spill, files: list[str], order: np.ndarray, reason: np.
             if code:
                 i = lo + offset
                 key = int(order[i])
-                run.drop(record, _CODE_REASON[code], where=f"{files[key >> ROW_BITS]}:{key & ROW_MASK}",
-                         dup_of=dup_ids[i], similarity=round(float(sim[i]), SCORE_DIGITS))
+                run.drop(
+                    record,
+                    _CODE_REASON[code],
+                    where=f"{files[key >> ROW_BITS]}:{key & ROW_MASK}",
+                    dup_of=dup_ids[i],
+                    similarity=round(float(sim[i]), SCORE_DIGITS),
+                )
             else:
                 yield record

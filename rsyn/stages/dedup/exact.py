@@ -61,8 +61,11 @@ def exact_part(shards, part, m: int, n_parts: int) -> dict:
     keys, orders, gids = [], [], []
     for s in range(len(shards)):
         kind, order = shards.array(s, "kind"), shards.array(s, "order")
-        families = (("text_keys", np.flatnonzero(kind == 0)), ("url_keys", np.flatnonzero(kind == 1)),
-                    ("content_keys", np.asarray(shards.array(s, "content_rows"))))
+        families = (
+            ("text_keys", np.flatnonzero(kind == 0)),
+            ("url_keys", np.flatnonzero(kind == 1)),
+            ("content_keys", np.asarray(shards.array(s, "content_rows"))),
+        )
         for name, rows in families:
             k = np.asarray(shards.array(s, name)).view(np.uint64).reshape(-1, 2)
             take = np.flatnonzero(k[:, 0] % np.uint64(n_parts) == np.uint64(m))
@@ -91,11 +94,15 @@ def exact_settle(shards, work, part) -> dict:
     from rsyn.stages.dedup.work import first_of_components, save_per_shard
 
     parts = work.parts("exact", "dedup-exact --part M/P")
-    a, b, a_order, b_order = (np.concatenate([np.asarray(p.load(name)) for p in parts])
-                              for name in ("a", "b", "a_order", "b_order"))
+    a, b, a_order, b_order = (
+        np.concatenate([np.asarray(p.load(name)) for p in parts]) for name in ("a", "b", "a_order", "b_order")
+    )
     nodes, first, _ = first_of_components(a, b, a_order, b_order)
     dropped = nodes != first
-    save_per_shard(part, "drop", len(shards), nodes[dropped],
-                   {"dup": first[dropped], "sim": np.ones(int(dropped.sum()))})
-    return {"dropped": int(dropped.sum()),
-            "images_with_content_hash": sum(info["images_with_content_hash"] for info in shards.infos)}
+    save_per_shard(
+        part, "drop", len(shards), nodes[dropped], {"dup": first[dropped], "sim": np.ones(int(dropped.sum()))}
+    )
+    return {
+        "dropped": int(dropped.sum()),
+        "images_with_content_hash": sum(info["images_with_content_hash"] for info in shards.infos),
+    }

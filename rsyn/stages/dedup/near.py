@@ -47,9 +47,19 @@ _FMIX64 = (_U64(33), _U64(0xFF51AFD7ED558CCD), _U64(0xC4CEB9FE1A85EC53))
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
 _POLY = _U64(0x100000001B3)  # odd: invertible mod 2^64
 _POLY_INV = _U64(pow(0x100000001B3, -1, 1 << 64))
-_POSITION = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                      0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
-                     dtype=np.uint64)
+_POSITION = np.array(
+    [
+        0x9E3779B97F4A7C15,
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0xD6E8FEB86659FD93,
+        0xFF51AFD7ED558CCD,
+        0xC4CEB9FE1A85EC53,
+        0x27D4EB2F165667C5,
+        0x94D049BB133111EB,
+    ],
+    dtype=np.uint64,
+)
 _PAD = _U64(0x5BD1E9955BD1E995)  # the missing words of a sentence shorter than n
 
 
@@ -104,8 +114,9 @@ def shingle_sets(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
         np.cumsum(buf[ends[:-1]] == 0x0A, out=newline_before[1:])
         nonempty = ends > starts
         starts, ends, sentence = starts[nonempty], ends[nonempty], newline_before[nonempty]
-        words = fmix64((prefix[ends] - prefix[starts]) * _powers(_POLY_INV, size)[starts]
-                       + (ends - starts).astype(np.uint64))
+        words = fmix64(
+            (prefix[ends] - prefix[starts]) * _powers(_POLY_INV, size)[starts] + (ends - starts).astype(np.uint64)
+        )
     counts = np.bincount(sentence, minlength=n)
     first_word = np.zeros(n, dtype=np.int64)
     np.cumsum(counts[:-1], out=first_word[1:])
@@ -185,9 +196,9 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     best = None
     for rows in range(1, num_perm + 1):
         for bands in range(1, num_perm // rows + 1):
-            if 1 - (1 - threshold ** rows) ** bands < RECALL_AT_THRESHOLD:
+            if 1 - (1 - threshold**rows) ** bands < RECALL_AT_THRESHOLD:
                 continue
-            false_area = float(np.mean(1 - (1 - s ** rows) ** bands)) * threshold
+            false_area = float(np.mean(1 - (1 - s**rows) ** bands)) * threshold
             if best is None or false_area < best[0]:
                 best = (false_area, bands, rows)
             break  # more bands with the same rows only add false candidates
@@ -203,7 +214,7 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     multipliers = fmix64(np.arange(1, rows + 1, dtype=np.uint64) * _POSITION[0]) | _U64(1)
     with np.errstate(over="ignore"):
         for band in range(bands):
-            block = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
+            block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
             out[:, band] = fmix64((block * multipliers[None, :]).sum(axis=1, dtype=np.uint64) + _U64(band))
     return out
 
@@ -283,7 +294,7 @@ def _drain(batches: list, out: np.ndarray) -> np.ndarray:
     batches.reverse()
     while batches:
         block = batches.pop()
-        out[..., at:at + block.shape[-1]] = block
+        out[..., at : at + block.shape[-1]] = block
         at += block.shape[-1]
     return out
 
@@ -375,8 +386,9 @@ def near_part(shards, work, part, m: int, n_parts: int) -> dict:
     Band by band, so memory holds one band's entries of this partition and the candidate pairs."""
     from rsyn.stages.dedup.work import gid_of, save_per_shard
 
-    exact_settled = work.require("exact/settled", "dedup-settle --mode exact") if "exact" in shards.options["modes"] \
-        else None
+    exact_settled = (
+        work.require("exact/settled", "dedup-settle --mode exact") if "exact" in shards.options["modes"] else None
+    )
     alive = []  # per shard: text ranks, order keys and gids of the sentences to bucket
     for s in range(len(shards)):
         ranks, rows = _alive_texts(shards, s, exact_settled)
@@ -423,8 +435,9 @@ def near_settle(shards, work, part) -> dict:
     from rsyn.stages.dedup.work import first_of_components, save_per_shard
 
     parts = work.parts("near", "dedup-near --part M/P")
-    a, b, a_order, b_order = (np.concatenate([np.asarray(p.load(name)) for p in parts])
-                              for name in ("a", "b", "a_order", "b_order"))
+    a, b, a_order, b_order = (
+        np.concatenate([np.asarray(p.load(name)) for p in parts]) for name in ("a", "b", "a_order", "b_order")
+    )
     unique = unique_pairs(a, b)
     nodes, first, sizes = first_of_components(a[unique], b[unique], a_order[unique], b_order[unique])
     dropped = nodes != first
@@ -433,8 +446,14 @@ def near_settle(shards, work, part) -> dict:
     opts = shards.options
     bands, rows = lsh_params(opts["near_threshold"], opts["num_perm"])
     any_text = any(info["texts"] for info in shards.infos)
-    return {"threshold": opts["near_threshold"], "ngram": opts["ngram"], "num_perm": opts["num_perm"],
-            "bands": bands, "rows": rows,
-            "candidate_pairs": sum(p.info()["candidate_pairs"] for p in parts),
-            "verified_pairs": len(unique), "largest_group": int(sizes.max()) if len(sizes) else int(any_text),
-            "dropped": int(dropped.sum())}
+    return {
+        "threshold": opts["near_threshold"],
+        "ngram": opts["ngram"],
+        "num_perm": opts["num_perm"],
+        "bands": bands,
+        "rows": rows,
+        "candidate_pairs": sum(p.info()["candidate_pairs"] for p in parts),
+        "verified_pairs": len(unique),
+        "largest_group": int(sizes.max()) if len(sizes) else int(any_text),
+        "dropped": int(dropped.sum()),
+    }

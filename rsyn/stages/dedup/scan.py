@@ -13,14 +13,18 @@ import base64
 import binascii
 import hashlib
 from array import array
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rsyn.command import RsynError, Run
+from rsyn.errors import RsynError
 from rsyn.localfiles import LocalFileError, allowed_root, read_local_file
 from rsyn.records import EMB_DTYPE
 from rsyn.stages.dedup.work import ROW_BITS, Part
 from rsyn.stream import STDIO, RecordWriter, StreamError, expand_inputs
+
+if TYPE_CHECKING:
+    from rsyn.command import Run
 
 KINDS = ("text", "image")
 BATCH = 8192
@@ -92,8 +96,9 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
                     run.error(run.where, "image record has no 'url' string", record=record, reason="missing_field")
                     continue
             else:
-                run.error(run.where, f"'kind' is {kind!r}, expected 'text' or 'image'", record=record,
-                          reason="bad_kind")
+                run.error(
+                    run.where, f"'kind' is {kind!r}, expected 'text' or 'image'", record=record, reason="bad_kind"
+                )
                 continue
             vector = _embedding(run, record, kind, emb_width, emb_model) if needs_emb else None
             if vector is False:
@@ -162,12 +167,18 @@ def scan(run: Run, options, part: Part, shard: tuple[int, int]) -> dict:
     digest = hashlib.blake2b(bytes(kinds), digest_size=16)  # what was read: a rescan of other data differs
     for data in (order, id_bytes, text_keys, url_keys, content_keys):
         digest.update(memoryview(data).cast("B"))
-    return {"shard": list(shard), "options": options.recorded(run.seed), "files": files.names, "records": n,
-            "digest": digest.hexdigest(),
-            "texts": int((kind_array == 0).sum()), "images": int((kind_array == 1).sum()),
-            "images_with_content_hash": len(content_rows),
-            "embedding_model": {k: emb_model[k] for k in KINDS if k in emb_model},
-            "embedding_dim": {k: emb_width[k] // 2 for k in KINDS if k in emb_width}}
+    return {
+        "shard": list(shard),
+        "options": options.recorded(run.seed),
+        "files": files.names,
+        "records": n,
+        "digest": digest.hexdigest(),
+        "texts": int((kind_array == 0).sum()),
+        "images": int((kind_array == 1).sum()),
+        "images_with_content_hash": len(content_rows),
+        "embedding_model": {k: emb_model[k] for k in KINDS if k in emb_model},
+        "embedding_dim": {k: emb_width[k] // 2 for k in KINDS if k in emb_width},
+    }
 
 
 def _content_hash(run: Run, record: dict, root, max_bytes: int):
@@ -197,8 +208,12 @@ def _embedding(run: Run, record: dict, kind: str, widths: dict, models: dict):
     """The record's embedding as float16 bytes, after checking it; False after an input error."""
     emb = record.get("emb")
     if type(emb) is not str:
-        run.error(run.where, f"{kind} record has no 'emb' (semantic modes need `rsyn embed` first)",
-                  record=record, reason="missing_field")
+        run.error(
+            run.where,
+            f"{kind} record has no 'emb' (semantic modes need `rsyn embed` first)",
+            record=record,
+            reason="missing_field",
+        )
         return False
     try:
         raw = base64.b64decode(emb, validate=True)
@@ -207,18 +222,26 @@ def _embedding(run: Run, record: dict, kind: str, widths: dict, models: dict):
         return False
     width = widths.setdefault(kind, len(raw))
     if len(raw) != width or width == 0 or width % 2:
-        run.error(run.where, f"'emb' has {len(raw) // 2} dimensions, earlier {kind} records have {width // 2}",
-                  record=record, reason="bad_embedding")
+        run.error(
+            run.where,
+            f"'emb' has {len(raw) // 2} dimensions, earlier {kind} records have {width // 2}",
+            record=record,
+            reason="bad_embedding",
+        )
         return False
     model = record.get("emb_model")
     first_model = models.setdefault(kind, model)
     if model != first_model:
-        run.error(run.where, f"'emb_model' is {model!r} but earlier {kind} records used {first_model!r}: "
-                  "embeddings of different models cannot be compared", record=record, reason="bad_embedding")
+        run.error(
+            run.where,
+            f"'emb_model' is {model!r} but earlier {kind} records used {first_model!r}: "
+            "embeddings of different models cannot be compared",
+            record=record,
+            reason="bad_embedding",
+        )
         return False
     vector = np.frombuffer(raw, dtype=EMB_DTYPE)
     if not np.isfinite(vector).all() or not vector.any():
         run.error(run.where, "'emb' is zero or not finite", record=record, reason="bad_embedding")
         return False
     return raw
-

@@ -42,9 +42,7 @@ import math
 
 import numpy as np
 
-from rsyn.command import RsynError
-
-
+from rsyn.errors import RsynError
 from rsyn.stages.dedup.near import fmix64, unique_pairs
 from rsyn.stages.dedup.work import gid_of, save_per_shard, split_gid
 
@@ -121,11 +119,16 @@ def exact_cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _check_models(shards, kind: str) -> None:
-    seen = {(repr(info["embedding_model"].get(kind)), info["embedding_dim"].get(kind)) for info in shards.infos
-            if kind in info["embedding_dim"]}
+    seen = {
+        (repr(info["embedding_model"].get(kind)), info["embedding_dim"].get(kind))
+        for info in shards.infos
+        if kind in info["embedding_dim"]
+    }
     if len(seen) > 1:
-        raise RsynError(f"{kind} embeddings of different models or sizes in different shards ({sorted(seen)}): "
-                        "they cannot be compared")
+        raise RsynError(
+            f"{kind} embeddings of different models or sizes in different shards ({sorted(seen)}): "
+            "they cannot be compared"
+        )
 
 
 def train(shards, work, part, device: str) -> dict:
@@ -159,8 +162,14 @@ def train(shards, work, part, device: str) -> dict:
         chosen = chosen[np.argsort(order[chosen])]  # training input in input order
         sample = _vectors(shards, kind, gid[chosen], rank[chosen]).astype(np.float32)
         with _OneThread():
-            centroids = train_kmeans(sample, k, seed=opts["seed"], device=device, niter=KMEANS_ITERATIONS,
-                                     max_points_per_centroid=SAMPLE_PER_CENTROID)
+            centroids = train_kmeans(
+                sample,
+                k,
+                seed=opts["seed"],
+                device=device,
+                niter=KMEANS_ITERATIONS,
+                max_points_per_centroid=SAMPLE_PER_CENTROID,
+            )
         part.save(f"centroids-{kind}", centroids)
         info[kind]["clusters"] = len(centroids)
     return info
@@ -192,12 +201,12 @@ def assign(shards, work, part, s: int, device: str) -> dict:
             matrix = shards.array(s, f"emb-{kind}", keep=False)
             labels = np.empty((len(rows), p), dtype=np.int64)
             for lo in range(0, len(rows), RERANK_BATCH):
-                x = np.asarray(matrix[ranks[lo:lo + RERANK_BATCH]])
+                x = np.asarray(matrix[ranks[lo : lo + RERANK_BATCH]])
                 with _OneThread():
                     candidates = index.search(np.ascontiguousarray(x, dtype=np.float32), top)[1]
                 x64 = x.astype(np.float64)
                 sims = np.stack([(x64 * c64[candidates[:, t]]).sum(axis=1) for t in range(top)], axis=1)
-                labels[lo:lo + len(x)] = _rank(sims, candidates, p)
+                labels[lo : lo + len(x)] = _rank(sims, candidates, p)
         part.save(f"labels-{kind}", labels)
         info[kind] = {"records": len(rows)}
     return info
@@ -228,8 +237,9 @@ def pairs(shards, work, part, m: int, n_parts: int, device: str) -> dict:
             order.append(np.asarray(shards.array(s, "order"))[rows[r]])
             gid.append(gid_of(s, rows[r]))
             rank.append(ranks[r])
-        cluster, primary, order, gid, rank = (np.concatenate(x) if x else np.zeros(0, np.int64)
-                                              for x in (cluster, primary, order, gid, rank))
+        cluster, primary, order, gid, rank = (
+            np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cluster, primary, order, gid, rank)
+        )
         by_cluster = np.lexsort((order, cluster))
         cluster, primary, order, gid, rank = (x[by_cluster] for x in (cluster, primary, order, gid, rank))
         bounds = np.flatnonzero(np.diff(cluster)) + 1
@@ -241,7 +251,7 @@ def pairs(shards, work, part, m: int, n_parts: int, device: str) -> dict:
             xd = _unit32(_vectors(shards, kind, gid[lo:hi], rank[lo:hi]))
             xq = xd[queries - lo]
             for start, sims in products(xq, xd):
-                q = queries[start:start + len(sims)]
+                q = queries[start : start + len(sims)]
                 sims[(q - lo)[:, None] == np.arange(hi - lo)[None, :]] = -2.0  # a record is not its own duplicate
                 floor = np.minimum(sims.max(axis=1), threshold) - MARGIN
                 qi, di = np.nonzero(sims >= floor[:, None])
@@ -275,9 +285,10 @@ def _pair_cosine(shards, kind: str, gid: np.ndarray, rank: np.ndarray, i: np.nda
     """exact_cosine of the records at positions i[k] and j[k], in chunks (bounded memory)."""
     out = np.empty(len(i), dtype=np.float64)
     for lo in range(0, len(i), RERANK_BATCH * 4):
-        a, b = i[lo:lo + RERANK_BATCH * 4], j[lo:lo + RERANK_BATCH * 4]
-        out[lo:lo + len(a)] = exact_cosine(_vectors(shards, kind, gid[a], rank[a]),
-                                           _vectors(shards, kind, gid[b], rank[b]))
+        a, b = i[lo : lo + RERANK_BATCH * 4], j[lo : lo + RERANK_BATCH * 4]
+        out[lo : lo + len(a)] = exact_cosine(
+            _vectors(shards, kind, gid[a], rank[a]), _vectors(shards, kind, gid[b], rank[b])
+        )
     return out
 
 
@@ -303,8 +314,10 @@ def select(shards, work, part) -> dict:
     for kind in KINDS:
         if kind not in trained:
             continue
-        a, b, a_order, b_order, sim = (np.concatenate([np.asarray(p.load(f"{name}-{kind}")) for p in parts])
-                                       for name in ("a", "b", "a_order", "b_order", "sim"))
+        a, b, a_order, b_order, sim = (
+            np.concatenate([np.asarray(p.load(f"{name}-{kind}")) for p in parts])
+            for name in ("a", "b", "a_order", "b_order", "sim")
+        )
         keep = unique_pairs(a, b)  # one pair found in several clusters: identical float64 scores
         a, b, a_order, b_order, sim = (x[keep] for x in (a, b, a_order, b_order, sim))
         node_order, index = np.unique(np.concatenate([a_order, b_order]), return_index=True)
@@ -323,15 +336,21 @@ def select(shards, work, part) -> dict:
         sizes = np.zeros(trained[kind]["clusters"], dtype=np.int64)
         for p in assigned:
             labels = p.load(f"labels-{kind}")
-            sizes += np.bincount(np.asarray(labels[:, 0]), minlength=len(sizes))[:len(sizes)]
-        info[kind] = {"records": trained[kind]["records"], "clusters": trained[kind]["clusters"],
-                      "probes": int(assigned[0].load(f"labels-{kind}").shape[1]) if len(assigned) else 0,
-                      "largest_cluster": int(sizes.max()) if len(sizes) else 0, "pairs_over_threshold": len(a),
-                      "embedding_model": next((i["embedding_model"][kind] for i in shards.infos
-                                               if kind in i["embedding_model"]), None)}
+            sizes += np.bincount(np.asarray(labels[:, 0]), minlength=len(sizes))[: len(sizes)]
+        info[kind] = {
+            "records": trained[kind]["records"],
+            "clusters": trained[kind]["clusters"],
+            "probes": int(assigned[0].load(f"labels-{kind}").shape[1]) if len(assigned) else 0,
+            "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+            "pairs_over_threshold": len(a),
+            "embedding_model": next(
+                (i["embedding_model"][kind] for i in shards.infos if kind in i["embedding_model"]), None
+            ),
+        }
     gids, dups, sims = (np.concatenate(x) if x else np.zeros(0) for x in (drop_gid, drop_dup, drop_sim))
-    save_per_shard(part, "drop", len(shards), gids.astype(np.int64),
-                   {"dup": dups.astype(np.int64), "sim": sims.astype(np.float64)})
+    save_per_shard(
+        part, "drop", len(shards), gids.astype(np.int64), {"dup": dups.astype(np.int64), "sim": sims.astype(np.float64)}
+    )
     info["dropped"] = len(gids)
     return info
 
@@ -345,14 +364,14 @@ class _Products:
     def __call__(self, queries: np.ndarray, database: np.ndarray):
         if self.device is None:
             for lo in range(0, len(queries), self._block(len(database))):
-                yield lo, queries[lo:lo + self._block(len(database))] @ database.T
+                yield lo, queries[lo : lo + self._block(len(database))] @ database.T
             return
         import torch
 
         db = torch.from_numpy(database).to(self.device)
         q = torch.from_numpy(queries).to(self.device)
         for lo in range(0, len(queries), self._block(len(database))):
-            yield lo, (q[lo:lo + self._block(len(database))] @ db.T).cpu().numpy()
+            yield lo, (q[lo : lo + self._block(len(database))] @ db.T).cpu().numpy()
 
     @staticmethod
     def _block(width: int) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from rsyn.command import RsynError
+from rsyn.errors import RsynError
 from rsyn.stream import AtomicFile, write_bytes_atomic
 
 DONE = "DONE"
@@ -89,8 +89,10 @@ class Part:
         return self.path / name
 
     def finish(self, info: dict) -> None:
-        write_bytes_atomic(self.path / DONE, orjson.dumps(info, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
-                                                          | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        write_bytes_atomic(
+            self.path / DONE,
+            orjson.dumps(info, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n",
+        )
 
     # reading
     @property
@@ -118,8 +120,10 @@ class Work:
     def _check_stamp(self, part: Part, command: str) -> None:
         stamp = part.info().get("scan")
         if self.scan_stamp is not None and stamp != self.scan_stamp:
-            raise RsynError(f"{part.path}: computed from an earlier scan, not the current one; rerun "
-                            f"`rsyn {command}` (and the passes after it)")
+            raise RsynError(
+                f"{part.path}: computed from an earlier scan, not the current one; rerun "
+                f"`rsyn {command}` (and the passes after it)"
+            )
 
     def part(self, stage: str, k: int, n: int) -> Part:
         return Part(self.root / stage / part_name(k, n), self.durable)
@@ -130,20 +134,26 @@ class Work:
     def parts(self, stage: str, command: str) -> list[Part]:
         """Every part of a per-shard or per-partition pass, all done and of one count, in order."""
         directory = self.root / stage
-        found = sorted((int(m.group(1)), int(m.group(2))) for p in (directory.iterdir() if directory.is_dir() else [])
-                       if (m := _PART.match(p.name)))
+        found = sorted(
+            (int(m.group(1)), int(m.group(2)))
+            for p in (directory.iterdir() if directory.is_dir() else [])
+            if (m := _PART.match(p.name))
+        )
         counts = {n for _, n in found}
         if not found:
             raise RsynError(f"{directory}: no parts yet; run `rsyn {command}` first")
         if len(counts) > 1:
-            raise RsynError(f"{directory}: parts of different counts ({', '.join(map(str, sorted(counts)))}) from "
-                            "earlier runs; remove the directory and rerun the pass")
+            raise RsynError(
+                f"{directory}: parts of different counts ({', '.join(map(str, sorted(counts)))}) from "
+                "earlier runs; remove the directory and rerun the pass"
+            )
         n = counts.pop()
         parts = [self.part(stage, k, n) for k in range(n)]
         missing = [str(k) for k, p in enumerate(parts) if not p.done]
         if missing:
-            raise RsynError(f"{directory}: part(s) {', '.join(missing[:8])} of {n} not done; run "
-                            f"`rsyn {command}` for them")
+            raise RsynError(
+                f"{directory}: part(s) {', '.join(missing[:8])} of {n} not done; run `rsyn {command}` for them"
+            )
         if stage != "scan":
             for p in parts:
                 self._check_stamp(p, command)
@@ -167,8 +177,10 @@ class Shards:
         self.options = self.infos[0]["options"]
         for k, info in enumerate(self.infos):
             if info["options"] != self.options or info["shard"] != [k, len(self.parts)]:
-                raise RsynError(f"{self.parts[k].path}: scanned with other options or another shard count than "
-                                f"{self.parts[0].path}; rescan every shard with the same options")
+                raise RsynError(
+                    f"{self.parts[k].path}: scanned with other options or another shard count than "
+                    f"{self.parts[0].path}; rescan every shard with the same options"
+                )
         self._cache: dict[tuple[int, str], np.ndarray] = {}
         digest = hashlib.blake2b(digest_size=16)
         for info in self.infos:
@@ -248,7 +260,7 @@ def first_of_components(a: np.ndarray, b: np.ndarray, a_order: np.ndarray, b_ord
     node_order = np.concatenate([a_order, b_order])[index]
     position = np.searchsorted(nodes, np.concatenate([a, b]))
     m = len(nodes)
-    graph = sp.coo_matrix((np.ones(len(a), dtype=np.int8), (position[:len(a)], position[len(a):])), shape=(m, m))
+    graph = sp.coo_matrix((np.ones(len(a), dtype=np.int8), (position[: len(a)], position[len(a) :])), shape=(m, m))
     _, component = connected_components(graph, directed=False)
     by_component = np.lexsort((node_order, component))
     starts = np.ones(m, dtype=bool)

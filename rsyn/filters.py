@@ -1,4 +1,4 @@
-"""The filter units of `rsyn extract` (RealSyn §3.1; DESIGN.md §1 steps 2, 4, 5).
+"""The filter units of `rsyn extract` (RealSyn §3.1; docs/design.md, steps 2, 4, 5).
 
 Each filter is a small class, datatrove style: it scores the records of one
 kind, keeps every score it computes on `record["scores"]`, and answers keep

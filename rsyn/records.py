@@ -1,4 +1,4 @@
-"""The record contract of DESIGN.md section 3: stable content ids and the inline embedding codec."""
+"""The record contract (docs/design.md, "Records"): stable content ids and the inline embedding codec."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def mine_tags(
         note(f"mining tags from {len(texts):,} sentences of {sqlite_file} (cached afterwards)")
     nlp = load_spacy(spacy_model)
     counts: Counter[str] = Counter()
-    # the parser is the cost (~300 sentences/s per core): spread a large sample over processes; each process
+    # the parser is the cost (its rate: docs/caption.md): spread a large sample over processes; each process
     # loads the model once (seconds), which only a large sample repays
     processes = min(8, os.cpu_count() or 1) if len(texts) >= 20_000 else 1
     for doc in nlp.pipe(texts, batch_size=256, n_process=processes):

@@ -107,7 +107,8 @@ def clip_bpe_tokenizer():
     """open_clip's SimpleTokenizer (CLIP's BPE), for counting tokens, without torch when it is not loaded.
 
     Its module imports torch only for tensor-returning helpers and annotations; `encode` is plain
-    Python. Loading just that file with a placeholder for torch spares a report seconds and a GiB.
+    Python. Loading just that file with a placeholder for torch spares a report the import of torch
+    (what that saves: README, "Start-up").
     """
     if "torch" in sys.modules:
         return import_open_clip().tokenizer.SimpleTokenizer()

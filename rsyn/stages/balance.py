@@ -1,4 +1,4 @@
-"""Semantic balance sampling (DESIGN.md section 1, step 10), as five passes.
+"""Semantic balance sampling (docs/design.md, step 10), as five passes.
 
 1. sim = cosine(image `emb`, `syn_emb`); keep pairs whose sim lies in a closed
    window [LO, HI] (paper: 0.51..0.61, valid for EVA02-CLIP E/14-plus only).

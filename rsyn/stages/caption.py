@@ -1,4 +1,4 @@
-"""rsyn caption: image semantic augmented generation (DESIGN.md section 1, step 9).
+"""rsyn caption: image semantic augmented generation (docs/design.md, step 9).
 
 For each image record from `rsyn retrieve`, in batches:
 1. semantic tags: zero-shot, the record's image embedding against the CLIP

@@ -1,4 +1,4 @@
-"""rsyn embed: CLIP embeddings for image and text records (DESIGN.md §1 steps 3 and 7, §3).
+"""rsyn embed: CLIP embeddings for image and text records (docs/design.md, steps 3 and 7, and "Records").
 
 The records are read in chunks of a few batches. As soon as a chunk is read,
 its images go to a thread pool (fetch or read, decode, preprocess) and an
@@ -80,7 +80,7 @@ def emb_field_for(text_field: str) -> str:
 
 
 def model_field_for(emb_field: str) -> str:
-    """emb -> emb_model (DESIGN.md §3); syn_emb -> syn_emb_model."""
+    """emb -> emb_model (docs/design.md, "Records"); syn_emb -> syn_emb_model."""
     return emb_field + "_model"
 
 

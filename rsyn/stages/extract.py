@@ -1,4 +1,4 @@
-"""`rsyn extract`: documents in, filtered image and sentence records out (DESIGN.md §1 steps 1, 2, 4, 5).
+"""`rsyn extract`: documents in, filtered image and sentence records out (docs/design.md, steps 1, 2, 4, 5).
 
 Flow: read documents (rsyn.documents) -> candidate records in reading order
 (images; paragraphs split into sentences by Punkt) -> a window of candidates

@@ -1,6 +1,6 @@
 """rsyn index: k-means the sentence embeddings into text semantic clusters and build the IVF index.
 
-DESIGN.md section 1, step 7. The index is built by four passes, each its own process on a cluster
+docs/design.md, step 7. The index is built by four passes, each its own process on a cluster
 (`rsyn index collect | train | add | merge`); plain `rsyn index` runs the same four functions in one
 process, one after the other:
 

@@ -1,4 +1,4 @@
-"""Pack image records into the RealSyn release format (DESIGN.md section 1, step 11).
+"""Pack image records into the RealSyn release format (docs/design.md, step 11).
 
 parquet (default): shards `00000.parquet`, ... with exactly the released
 columns raw_image_url, text1, text2, text3, syn_text (all strings; a missing

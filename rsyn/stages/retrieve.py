@@ -1,4 +1,4 @@
-"""rsyn retrieve: hierarchical retrieval of the realistic texts of each image (DESIGN.md section 1, step 8).
+"""rsyn retrieve: hierarchical retrieval of the realistic texts of each image (docs/design.md, step 8).
 
 For each image embedding: the `nprobe` nearest text semantic clusters first
 (inter-cluster, over the k-means centroids), then the nearest sentences inside

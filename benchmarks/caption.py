@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of `rsyn caption` on CPU: orchestration overhead, and the server backend as concurrency grows.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bin/bench_caption.py [--records 192] [--repeat 2] [--latency 0.05]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/caption.py [--records 192] [--repeat 2] [--latency 0.05]
 
 1. Overhead: `rsyn caption` (the real command, in this process, reading and
    writing zstd JSONL) against a bare loop that calls the same tiny random
@@ -12,12 +12,13 @@
    Records/s of each, best of --repeat alternating runs, and the ratio
    rsyn / bare (target >= 0.9).
 2. Server backend: records/s of `rsyn caption --llm-backend openai` against a
-   loopback OpenAI-compatible server (tests/test_llm.py) that answers every
-   request after a fixed --latency, as --llm-concurrency grows; the ideal is
-   concurrency / latency. The server runs in its own process.
+   loopback OpenAI-compatible server (benchmarks/loopback.py, its own process)
+   that answers every request after a fixed --latency, as --llm-concurrency
+   grows; the ideal is concurrency / latency. The reference is a bare thread
+   pool of httpx clients sending the same requests.
 
-Inputs are real: raw texts are LAION alt-texts and images the JPEGs of
-/work/shared/data (cycled). The models are tiny and random, so this measures
+Inputs are real: raw texts are LAION alt-texts and images the web JPEGs of the
+sample data (cycled; benchmarks/harness.py says where it is). The models are tiny and random, so this measures
 the pipeline around the models, not caption quality.
 """
 
@@ -25,17 +26,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RSYN_SAMPLE_DATA", "/work/shared/data"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the loopback server lives with the tests
+import harness  # benchmarks/harness.py
+import loopback  # benchmarks/loopback.py
 
 
 def build_inputs(work: Path, n: int):
@@ -55,10 +50,10 @@ def build_inputs(work: Path, n: int):
     }
     texts = [
         t
-        for t in pq.read_table(DATA / "laion-10k.parquet", columns=["TEXT"]).column("TEXT").to_pylist()
+        for t in pq.read_table(harness.sample_data("laion-10k.parquet"), columns=["TEXT"]).column("TEXT").to_pylist()
         if t and 5 <= len(t.split()) <= 40
     ][:n]
-    images = sorted(str(p) for p in (DATA / "images").glob("*.jpg"))
+    images = sorted(str(p) for p in harness.sample_data("images").glob("*.jpg"))
     clip = load_clip(models["clip"], None, "cpu")
     embeddings = encode_embeddings(clip.encode_images([Image.open(p).convert("RGB") for p in images]))
     records = []
@@ -78,7 +73,7 @@ def build_inputs(work: Path, n: int):
         )
     source = work / "retrieved.jsonl"
     source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    tags = DATA / "ram_tag_list.txt"
+    tags = harness.sample_data("ram_tag_list.txt")
     return models, records, str(source), str(tags)
 
 
@@ -152,16 +147,12 @@ def bare_loop(models, records, tags_file, cache_dir):
     return out
 
 
-def bare_client(url: str, records: list[dict], count: int, concurrency: int) -> float:
-    """Seconds for a bare thread pool of httpx clients to send the same chat requests (no stream, no cleaning)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
-
+def chat_requests(records: list[dict], count: int) -> list[dict]:
+    """The chat requests rsyn's server backend sends for `count` records (no caption, no tags)."""
     from rsyn.prompts import PromptTemplate
 
     template = PromptTemplate()
-    bodies = [
+    return [
         {
             "model": "m",
             "max_tokens": 160,
@@ -171,35 +162,20 @@ def bare_client(url: str, records: list[dict], count: int, concurrency: int) -> 
         }
         for i in range(count)
     ]
-    start = time.perf_counter()
+
+
+def bare_client(url: str, bodies: list[dict], concurrency: int) -> None:
+    """A bare thread pool of httpx clients sending the requests (no stream, no cleaning): the reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
     with (
         httpx.Client(limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)) as client,
         ThreadPoolExecutor(concurrency) as pool,
     ):
         replies = list(pool.map(lambda body: client.post(f"{url}/chat/completions", json=body).json(), bodies))
     assert all(r["choices"][0]["message"]["content"] for r in replies)
-    return time.perf_counter() - start
-
-
-SERVER = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from test_llm import LoopbackLLMServer
-server = LoopbackLLMServer(latency=float(sys.argv[2])).__enter__()
-print(server.url, flush=True)
-time.sleep(1e9)
-"""
-
-
-@contextmanager
-def loopback_server(latency: float):
-    """The tests' loopback server in its own process, so its Python work does not share rsyn's GIL."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "tests"), str(latency)], stdout=subprocess.PIPE)
-    try:
-        yield proc.stdout.readline().decode().strip()
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def main() -> None:
@@ -258,42 +234,28 @@ def main() -> None:
         ]
         rsyn_caption(local)  # warm-up: loads the models, fills the tag-embedding cache
         bare_loop(models, records[:32], tags, cache)
-        best = {"rsyn": float("inf"), "bare": float("inf")}
-        for _ in range(opts.repeat):
-            start = time.perf_counter()
-            rsyn_caption(local)
-            best["rsyn"] = min(best["rsyn"], time.perf_counter() - start)
-            start = time.perf_counter()
-            bare_loop(models, records, tags, cache)
-            best["bare"] = min(best["bare"], time.perf_counter() - start)
+        best = harness.best_of(
+            {
+                "rsyn caption (CLI)": lambda: rsyn_caption(local),
+                "bare model loop": lambda: bare_loop(models, records, tags, cache),
+            },
+            opts.repeat,
+        )
         n = len(records)
         print(
             f"\n1. orchestration overhead, CPU ({torch.get_num_threads()} torch threads), {n} records, "
-            f"{len(Path(tags).read_text().splitlines())} tags, best of {opts.repeat}"
+            f"{len(Path(tags).read_text().splitlines())} tags, best of {opts.repeat}; {harness.machine()}"
         )
-        print(f"{'':24}{'seconds':>10}{'records/s':>12}")
-        for name in ("rsyn", "bare"):
-            label = "rsyn caption (CLI)" if name == "rsyn" else "bare model loop"
-            print(f"{label:24}{best[name]:>10.2f}{n / best[name]:>12.1f}")
-        print(f"{'ratio rsyn / bare':24}{best['bare'] / best['rsyn']:>22.2f}   (target >= 0.9)")
+        harness.print_table(
+            ["", "seconds", "records/s", "ratio to bare"],
+            [[name, s, n / s, harness.ratio(best["bare model loop"], s)] for name, s in best.items()],
+        )
+        print("target: rsyn caption >= 0.9x the bare loop")
 
         print(f"\n2. server backend against a loopback server answering after {opts.latency * 1000:.0f} ms")
-        print(
-            f"{'concurrency':>12}{'records':>9}{'rsyn rec/s':>12}{'bare rec/s':>12}{'ideal':>8}"
-            f"{'rsyn/ideal':>12}{'rsyn/bare':>11}"
-        )
-        light = [
-            "--max-tags",
-            "0",
-            "--captioner",
-            "none",
-            "--llm-backend",
-            "openai",
-            "--llm-model",
-            "m",
-            "--llm-timeout",
-            "30",
-        ]
+        light = ["--max-tags", "0", "--captioner", "none", "--llm-backend", "openai", "--llm-model", "m"]
+        light += ["--llm-timeout", "30"]
+        rows = []
         for concurrency in map(int, opts.concurrency.split(",")):
             count = max(256, 64 * concurrency)  # 64+ latencies of work: fixed start-up costs fade
             server_input = work / f"server-{count}.jsonl"
@@ -303,30 +265,26 @@ def main() -> None:
                 server_input.write_bytes(
                     b"".join(orjson.dumps({**records[i % n], "id": f"s{i}"}) + b"\n" for i in range(count))
                 )
-            seconds = {"rsyn": float("inf"), "bare": float("inf")}
-            with loopback_server(opts.latency) as url:
-                for _ in range(opts.repeat):
-                    start = time.perf_counter()
-                    rsyn_caption(
-                        [
-                            server_input,
-                            "-o",
-                            work / "server.jsonl.zst",
-                            *light,
-                            "--llm-url",
-                            url,
-                            "--llm-concurrency",
-                            concurrency,
-                        ]
-                    )
-                    seconds["rsyn"] = min(seconds["rsyn"], time.perf_counter() - start)
-                    seconds["bare"] = min(seconds["bare"], bare_client(url, records, count, concurrency))
+            bodies = chat_requests(records, count)
+            with loopback.serve("llm", opts.latency) as url:
+                rsyn_args = [server_input, "-o", work / "server.jsonl.zst", *light]
+                rsyn_args += ["--llm-url", url, "--llm-concurrency", concurrency]
+                seconds = harness.best_of(
+                    {
+                        "rsyn": lambda args=rsyn_args: rsyn_caption(args),
+                        "bare": lambda url=url, bodies=bodies, c=concurrency: bare_client(url, bodies, c),
+                    },
+                    opts.repeat,
+                )
             ideal = concurrency / opts.latency
             rate, bare = count / seconds["rsyn"], count / seconds["bare"]
-            print(
-                f"{concurrency:>12}{count:>9}{rate:>12.1f}{bare:>12.1f}{ideal:>8.0f}{rate / ideal:>12.0%}"
-                f"{rate / bare:>11.2f}"
+            rows.append(
+                [concurrency, count, rate, bare, ideal, f"{rate / ideal:.0%}", harness.ratio(1 / bare, 1 / rate)]
             )
+        harness.print_table(
+            ["concurrency", "records", "rsyn records/s", "bare records/s", "ideal", "rsyn / ideal", "rsyn / bare"],
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Throughput of `rsyn extract` on real web captions, CPU, with the CAT reference measured in the same run.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bin/bench_extract.py [--captions 10000] [--cat-sample 1000]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extract.py [--captions 10000] [--cat-sample 1000]
         [--processes 2] [--ppl-model DIR]
 
-Each caption of ../shared/data/laion-10k.parquet is treated as one paragraph.
+Each caption of the sample data's laion-10k.parquet is treated as one paragraph.
 Prints sentences/s for the Punkt splitter, each filter unit, and the whole
 stage (`rsyn extract` on an OBELICS parquet built from the captions, one image
 per caption, perplexity off), and compares the CAT filter against the naive
@@ -20,27 +20,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "laion-10k.parquet"
-sys.path.insert(0, str(ROOT))
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
+import harness  # benchmarks/harness.py
+from harness import timed
 
 
 def row(name: str, n: int, seconds: float, reference: float | None = None, note: str = "") -> None:
+    """One row of the table, printed as soon as it is measured (the whole run takes minutes)."""
     rate = n / seconds if seconds else float("inf")
-    ratio = f"{reference / seconds:6.1f}x" if reference else "      "
+    ratio = f"{harness.ratio(reference, seconds):>6}" if reference else "      "
     print(f"| {name:<44} | {n:>7} | {seconds:8.2f} | {rate:>10,.0f} | {ratio} | {note}")
 
 
@@ -69,13 +59,10 @@ def main() -> None:
     )
     from rsyn.stages.extract import _sentence_splitter
 
-    table = pq.read_table(DATA, columns=["URL", "TEXT"]).slice(0, args.captions)
+    table = pq.read_table(harness.sample_data("laion-10k.parquet"), columns=["URL", "TEXT"]).slice(0, args.captions)
     captions = [c or "" for c in table.column("TEXT").to_pylist()]
     urls = table.column("URL").to_pylist()
-    print(
-        f"bench_extract: {len(captions)} real LAION captions, each a paragraph; CPU, {os.cpu_count()} cores "
-        f"(load average {os.getloadavg()[0]:.1f})\n"
-    )
+    print(f"benchmarks/extract.py: {len(captions)} real LAION captions, each a paragraph; CPU, {harness.machine()}\n")
     print(f"| {'step':<44} | {'items':>7} | {'seconds':>8} | {'items/s':>10} | ratio  | note")
     print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|{'-' * 12}|{'-' * 8}|------")
 
@@ -150,10 +137,7 @@ def main() -> None:
         for processes in (1, args.processes):
             stats_path = Path(tmp) / f"stats-{processes}.json"
             out = Path(tmp) / f"out-{processes}.jsonl.zst"
-            cmd = [
-                sys.executable,
-                "-m",
-                "rsyn",
+            cmd = harness.rsyn(
                 "extract",
                 str(parquet),
                 "--ppl-model",
@@ -167,8 +151,8 @@ def main() -> None:
                 "--stats",
                 str(stats_path),
                 "--quiet",
-            ]
-            _, seconds = timed(subprocess.run, cmd)
+            )
+            seconds = harness.measure(cmd)[0]
             stats = orjson.loads(stats_path.read_bytes())
             stats_by_processes[processes] = (stats, out.read_bytes())
             row(
@@ -186,10 +170,7 @@ def main() -> None:
         outputs = {}
         for order in ("size,emoji,url,words,cat,entropy", "size,emoji,url,words,entropy,cat"):
             out = Path(tmp) / f"out-{len(outputs)}-paper.jsonl.zst"
-            cmd = [
-                sys.executable,
-                "-m",
-                "rsyn",
+            cmd = harness.rsyn(
                 "extract",
                 str(parquet),
                 "--ppl-model",
@@ -199,8 +180,8 @@ def main() -> None:
                 "-o",
                 str(out),
                 "--quiet",
-            ]
-            _, seconds = timed(subprocess.run, cmd)
+            )
+            seconds = harness.measure(cmd)[0]
             outputs[order] = list(read_records([str(out)]))
             row(
                 f"whole stage, entropy >= 0.3, {order.split(',')[4]} before {order.split(',')[5]}",

@@ -1,22 +1,23 @@
 #!/usr/bin/env python
 """Throughput of `rsyn cat` against a bare zstandard+orjson read/write loop, in one run.
 
-    .venv/bin/python bin/bench_io.py [--records 1000000] [--repeat 3]
+    .venv/bin/python benchmarks/stream_io.py [--records 1000000] [--repeat 3]
 
 Both read the same zstd JSONL file of ~250-byte records, parse every record
-and write it back zstd-compressed to a file. Prints records/s, MB/s (of
-uncompressed JSONL) and the ratio rsyn / bare (target >= 0.8). Best of
---repeat runs each, alternating, so a noisy neighbour hurts both alike.
+and write it back zstd-compressed to a file, each as its own process. Prints
+records/s, MB/s (of uncompressed JSONL), peak RSS and the ratio rsyn / bare
+(target >= 0.8). Best of --repeat runs each, alternating, so a noisy neighbour
+hurts both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
+
+import harness  # benchmarks/harness.py
 
 BARE_LOOP = r"""
 import io, sys, orjson, zstandard
@@ -57,12 +58,6 @@ def make_input(path: str, n: int) -> int:
     return raw
 
 
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
@@ -75,17 +70,25 @@ def main() -> None:
             f"input: {args.records:,} records, {raw / args.records:.0f} bytes each, "
             f"{raw / 1e6:.0f} MB uncompressed, {os.path.getsize(src) / 1e6:.0f} MB zstd"
         )
-        bare_cmd = [sys.executable, "-c", BARE_LOOP, src, os.path.join(tmp, "bare.zst")]
-        rsyn_cmd = [sys.executable, "-m", "rsyn", "cat", src, "-o", os.path.join(tmp, "rsyn.jsonl.zst"), "--quiet"]
-        bare, rsyn = [], []
+        commands = {
+            "bare zstandard+orjson loop": [sys.executable, "-c", BARE_LOOP, src, os.path.join(tmp, "bare.zst")],
+            "rsyn cat": harness.rsyn("cat", src, "-o", os.path.join(tmp, "rsyn.jsonl.zst"), "--quiet"),
+        }
+        best = dict.fromkeys(commands, (float("inf"), 0.0))
         for _ in range(args.repeat):
-            bare.append(timed(bare_cmd))
-            rsyn.append(timed(rsyn_cmd))
-        b, r = min(bare), min(rsyn)
-        print(f"{'':14}{'seconds':>9}{'records/s':>12}{'MB/s':>8}")
-        for name, t in (("bare loop", b), ("rsyn cat", r)):
-            print(f"{name:14}{t:9.2f}{args.records / t:12,.0f}{raw / 1e6 / t:8.1f}")
-        print(f"ratio rsyn/bare: {b / r:.2f}x (target >= 0.8x)")
+            for name, cmd in commands.items():
+                wall, _cpu, rss = harness.measure(cmd)
+                best[name] = min(best[name], (wall, rss))
+        print(f"best of {args.repeat}, {harness.machine()}")
+        reference = best["bare zstandard+orjson loop"][0]
+        harness.print_table(
+            ["", "seconds", "records/s", "MB/s", "peak RSS MiB", "ratio to bare"],
+            [
+                [name, wall, round(args.records / wall), raw / 1e6 / wall, rss, harness.ratio(reference, wall)]
+                for name, (wall, rss) in best.items()
+            ],
+        )
+        print("target: rsyn cat >= 0.8x the bare loop")
 
 
 if __name__ == "__main__":

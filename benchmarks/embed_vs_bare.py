@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Benchmark `rsyn embed` against a bare open_clip loop, in one run, on the same data and model.
 
-    .venv/bin/python bin/bench_embed.py [--images 512] [--texts 2048] [--model ViT-B-32] [--device cpu]
+    .venv/bin/python benchmarks/embed_vs_bare.py [--images 512] [--texts 2048] [--model ViT-B-32] [--device cpu]
 
 Reference: the model alone (open_clip's encode_image / encode_text), called on
 batches that were decoded, preprocessed (or tokenized, padded to the full
 context) and stacked before the clock starts. For images that is the most a
 pipeline could reach; for texts rsyn beats it by cutting the padding. Measured: the `rsyn embed` command line on image records pointing to
-JPEG files (real web photos from /work/shared/data/images, copied under
+JPEG files (real web photos from the sample data's images/, copied under
 distinct names) and on text records (real LAION captions), timed by its own
 --stats (`embed_seconds`: reading, loading, decoding, preprocessing,
 tokenizing, model, encoding and writing; not the process start or the model
@@ -22,22 +22,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data")
+import harness  # benchmarks/harness.py
 
 
 def make_inputs(work: Path, n_images: int, n_texts: int) -> tuple[Path, Path, list[Path], list[str]]:
     import pyarrow.parquet as pq
 
-    photos = sorted((DATA / "images").glob("*.jpg"))
-    if not photos:
-        sys.exit(f"no sample photos in {DATA / 'images'}")
+    photos = sorted(harness.sample_data("images").glob("*.jpg"))
     image_dir = work / "images"
     image_dir.mkdir()
     paths = []
@@ -48,7 +43,9 @@ def make_inputs(work: Path, n_images: int, n_texts: int) -> tuple[Path, Path, li
         shutil.copyfile(photo, path)
         paths.append(path)
         sizes.append(tuple(int(x) for x in photo.stem.split("_")))  # the sample photos are named W_H.jpg
-    captions = [t for t in pq.read_table(DATA / "laion-10k.parquet", columns=["TEXT"])["TEXT"].to_pylist() if t]
+    captions = [
+        t for t in pq.read_table(harness.sample_data("laion-10k.parquet"), columns=["TEXT"])["TEXT"].to_pylist() if t
+    ]
     texts = [captions[i % len(captions)] for i in range(n_texts)]
     image_records = work / "images.jsonl"
     with open(image_records, "w") as fh:
@@ -106,48 +103,34 @@ def bare_loop(model_name: str, device: str, batch: int, paths: list[Path], texts
         model.encode_image(image_batches[0][:2].to(device, dtype=clip.dtype))
         model.encode_text(token_batches[0][:2].to(device))
 
-    def timed(fn, n):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return n / (time.perf_counter() - t)
+    def rate(fn, n):
+        """Items/s of fn, the GPU's queue drained before and after."""
 
-    return timed(run_images, len(paths)), timed(run_texts, len(texts))
+        def synced():
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return n / harness.timed(synced)[1]
+
+    return rate(run_images, len(paths)), rate(run_texts, len(texts))
 
 
 def rsyn_embed(records: Path, out: Path, model_name: str, device: str, batch: int) -> dict:
+    """The command's --stats "stage" numbers, with its wall seconds and peak RSS (MiB) as a process."""
     stats = out.with_suffix(".stats.json")
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rsyn",
-            "embed",
-            str(records),
-            "--model",
-            model_name,
-            "--pretrained",
-            "random",
-            "--device",
-            device,
-            "--batch-size",
-            str(batch),
-            "-o",
-            str(out),
-            "--stats",
-            str(stats),
-            "--quiet",
-        ],
-        check=True,
-        cwd=ROOT,
-    )
-    wall = time.perf_counter() - start
+    wall, _cpu, rss = harness.measure(
+        harness.rsyn(
+            "embed", records, "--model", model_name, "--pretrained", "random", "--device", device,
+            "--batch-size", batch, "--path-root", records.parent, "-o", out, "--stats", stats, "--quiet",
+        )
+    )  # fmt: skip
     summary = json.loads(stats.read_text())
-    return {**summary["stage"], "wall": wall}
+    if summary["out"] != summary["in"]:
+        sys.exit(f"rsyn embed dropped records of {records}: {summary['dropped']} {summary['errors']}")
+    return {**summary["stage"], "wall": wall, "rss": rss}
 
 
 def main() -> None:
@@ -161,7 +144,6 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from rsyn.models.device import resolve_device
 
     device = resolve_device(args.device)
@@ -179,33 +161,43 @@ def main() -> None:
             r = rsyn_embed(image_records, work / "images.out.zst", args.model, device, batch)
             best["rsyn_images"] = max(best["rsyn_images"], r["images_per_second"])
             best["share_images"] = max(best.get("share_images", 0), r["model_seconds"] / r["embed_seconds"])
-            walls["images"] = (r["wall"], r["model_load_seconds"])
+            walls["images"] = (r["wall"], r["model_load_seconds"], r["rss"])
             r = rsyn_embed(text_records, work / "texts.out.zst", args.model, device, batch)
             best["rsyn_texts"] = max(best["rsyn_texts"], r["texts_per_second"])
             best["share_texts"] = max(best.get("share_texts", 0), r["model_seconds"] / r["embed_seconds"])
-            walls["texts"] = (r["wall"], r["model_load_seconds"])
+            walls["texts"] = (r["wall"], r["model_load_seconds"], r["rss"])
     print(
         f"rsyn embed benchmark: {args.model} (random weights), {card}, device {device}, batch {batch}, "
-        f"torch {torch.__version__}, best of {args.rounds}"
+        f"torch {torch.__version__}, best of {args.rounds}; {harness.machine()}"
     )
     print()
     # "in model calls": the share of rsyn's embed time spent inside the model; the rest is what the
     # pipeline failed to hide (reading, decoding, tokenizing, writing)
-    print("| workload | bare open_clip loop (items/s) | rsyn embed (items/s) | ratio | rsyn time in model calls |")
-    print("|---|---:|---:|---:|---:|")
-    print(
-        f"| {args.images} images: JPEG files -> decode, preprocess, embed | {best['bare_images']:.1f} | "
-        f"{best['rsyn_images']:.1f} | {best['rsyn_images'] / best['bare_images']:.2f}x | "
-        f"{100 * best['share_images']:.0f}% |"
-    )
-    print(
-        f"| {args.texts} texts: LAION captions -> tokenize, embed | {best['bare_texts']:.1f} | "
-        f"{best['rsyn_texts']:.1f} | {best['rsyn_texts'] / best['bare_texts']:.2f}x | "
-        f"{100 * best['share_texts']:.0f}% |"
+    harness.print_table(
+        ["workload", "bare open_clip loop (items/s)", "rsyn embed (items/s)", "ratio", "rsyn time in model calls"],
+        [
+            [
+                f"{args.images} images: JPEG files -> decode, preprocess, embed",
+                best["bare_images"],
+                best["rsyn_images"],
+                harness.ratio(1 / best["bare_images"], 1 / best["rsyn_images"]),
+                f"{best['share_images']:.0%}",
+            ],
+            [
+                f"{args.texts} texts: LAION captions -> tokenize, embed",
+                best["bare_texts"],
+                best["rsyn_texts"],
+                harness.ratio(1 / best["bare_texts"], 1 / best["rsyn_texts"]),
+                f"{best['share_texts']:.0%}",
+            ],
+        ],
     )
     print()
-    for kind, (wall, load) in walls.items():
-        print(f"{kind}: whole command {wall:.1f}s, of which model load {load:.1f}s (process start and imports apart)")
+    for kind, (wall, load, rss) in walls.items():
+        print(
+            f"{kind}: whole command {wall:.1f}s, of which model load {load:.1f}s (process start and imports apart), "
+            f"peak RSS {rss:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

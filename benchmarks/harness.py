@@ -33,15 +33,52 @@ def rsyn(*args: object) -> list[str]:
     return [sys.executable, "-m", "rsyn", *map(str, args)]
 
 
+# Runs the command (argv[2:]) as its child and writes that child's wall seconds, CPU seconds and peak RSS
+# (KiB) to the pipe whose fd is argv[1]. The launcher is a small process between the benchmark and the
+# command because Linux carries a process's peak RSS across fork and exec: a command started straight from
+# a benchmark that holds 1.5 GiB (a model, a corpus) reports at least 1.5 GiB, whatever it used itself.
+_LAUNCHER = r"""
+import os, sys, time
+report = int(sys.argv[1])
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        os.write(2, f"cannot run {sys.argv[2]}: {exc}".encode())
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+os.write(report, f"{wall} {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}".encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds, peak RSS in MiB) of one child process; exits with its stderr if it fails."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    """(wall seconds, CPU seconds, peak RSS in MiB) of one child process; exits with its stderr if it fails.
+
+    Wall time runs from the command's start to its exit (the launcher's own start is not counted)."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(write_end), *cmd],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            pass_fds=(write_end,),
+        )
+    finally:
+        os.close(write_end)
     err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{err.decode()[-2000:]}")
-    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    proc.wait()
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().split()
+    if proc.returncode != 0 or len(report) != 3:
+        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err.decode(errors='replace')[-2000:]}")
+    wall, cpu, maxrss_kib = map(float, report)
+    return wall, cpu, maxrss_kib / 1024
 
 
 def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:

@@ -78,13 +78,22 @@ def build_inputs(work: Path, n: int):
 
 
 def rsyn_caption(args: list[str]) -> None:
+    """`rsyn caption ARGS` in this process; exits unless every record came out (a skipped record is not work
+    done, and would flatter rsyn)."""
+    import json
+
     from typer.testing import CliRunner
 
     from rsyn.cli import app
 
-    result = CliRunner().invoke(app, ["caption", *map(str, args), "--quiet"], catch_exceptions=False)
-    if result.exit_code != 0:
-        raise SystemExit(f"rsyn caption failed: {result.output}")
+    with tempfile.NamedTemporaryFile(suffix=".json") as stats:
+        argv = ["caption", *map(str, args), "--stats", stats.name, "--quiet"]
+        result = CliRunner().invoke(app, argv, catch_exceptions=False)
+        if result.exit_code != 0:
+            raise SystemExit(f"rsyn caption failed: {result.output}")
+        summary = json.loads(Path(stats.name).read_text())
+    if summary["out"] != summary["in"] or summary["errors"]:
+        raise SystemExit(f"rsyn caption lost records: {summary['dropped']} {summary['errors']}")
 
 
 def _open(path: str, side: int | None):
@@ -227,6 +236,8 @@ def main() -> None:
             cache,
             "--device",
             "cpu",
+            "--path-root",
+            harness.sample_data("images"),
             "--on-error",
             "skip",
             "--temperature",

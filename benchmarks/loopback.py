@@ -4,15 +4,18 @@ measured side's interpreter lock.
     python benchmarks/loopback.py images DIR      # GET /N.jpg -> the N-th (mod count) JPEG of DIR
     python benchmarks/loopback.py llm LATENCY     # an OpenAI-compatible chat/completions server
 
-Each prints its base URL on the first line of stdout, then serves until killed. `serve(...)` below starts one
-and yields that URL. HTTP/1.1 keep-alive, threaded, a backlog large enough for a burst of clients.
+Each prints its base URL on the first line of stdout, then serves until killed or until its stdin closes
+(so a server started by `serve(...)` below, which yields that URL, ends with the benchmark that started it,
+however that ends). HTTP/1.1 keep-alive, threaded, a backlog large enough for a burst of clients.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,7 +83,9 @@ def llm_handler(latency: float) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def serve(kind: str, arg: object) -> Iterator[str]:
     """Start `loopback.py KIND ARG` in its own process; yield its base URL; stop it on exit."""
-    proc = subprocess.Popen([sys.executable, __file__, kind, str(arg)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, kind, str(arg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         url = proc.stdout.readline().strip()
         if not url:
@@ -100,6 +105,7 @@ def main() -> None:
     else:
         sys.exit(f"unknown server {kind!r}: images or llm")
     server = _Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     print(f"http://127.0.0.1:{server.server_address[1]}{suffix}", flush=True)
     server.serve_forever()
 

@@ -10,3 +10,15 @@ from __future__ import annotations
 
 class RsynError(Exception):
     """A user-facing failure: printed as one line `rsyn: error: ...`, exit status 2."""
+
+
+def first_line(exc: BaseException | str) -> str:
+    """The first non-blank line of an exception's message (stripped), or its type name when it says nothing.
+
+    Library and model errors often carry a stack of lines (transformers, faiss, pyarrow); a one-line
+    `rsyn: error: ...` shows only the first.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -39,6 +39,7 @@ from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them a
     MAX_ASPECT,
     MAX_REDIRECTS,
     MIN_SIDE,
+    size_rule,
 )
 from rsyn.localfiles import LocalFileError, allowed_root, read_local_file, resolve_under
 
@@ -62,19 +63,6 @@ class ImageError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-# --------------------------------------------------------------------------- the size rule
-
-
-def size_rule(
-    width: int, height: int, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
-) -> tuple[bool, int, float]:
-    """(passes, shorter side, aspect w/h) under the paper's rule (or the given thresholds)."""
-    shorter = min(width, height)
-    aspect = width / height if height else float("inf")
-    ok = shorter >= min_side and 1 / max_aspect <= aspect <= max_aspect
-    return ok, shorter, aspect
 
 
 # --------------------------------------------------------------------------- decoding

@@ -22,6 +22,7 @@ import tarfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import orjson
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from rsyn.errors import CountedError, RsynError
 from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them as rsyn.images.*
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -56,13 +58,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-class ImageError(Exception):
+class ImageError(CountedError):
     """An image that cannot be had; `reason` is the drop reason (fetch_failed, http_404, decode_failed...)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 # --------------------------------------------------------------------------- decoding
@@ -509,18 +506,25 @@ class ImageFolder:
             self._cached_bytes = 0
 
 
-def open_image_folder(root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageFolder:
-    """The --images folder, refused (ValueError, one line) when it indexes no image and lists no failed download:
-    a wrong folder would otherwise drop every record as not_downloaded."""
+def open_image_folder(
+    root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, note: Callable[[str], None] | None = None
+) -> ImageFolder:
+    """The --images folder of every command that takes one (embed, caption, pack), announced through `note`.
+
+    Refused (RsynError, one line) when it indexes no image and lists no failed download: a wrong folder
+    would otherwise drop every record as not_downloaded.
+    """
     try:
         folder = ImageFolder(root, max_bytes)
     except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+        raise RsynError(str(exc)) from None
     if not folder.index and not folder.failed:
         folder.close()
-        raise ValueError(
+        raise RsynError(
             f"--images {root}: no img2dataset output found in it (expected {EXPECTED_LAYOUTS}, each image with its url)"
         )
+    if note is not None:
+        note(f"--images {root}: {len(folder):,} images indexed by URL")
     return folder
 
 

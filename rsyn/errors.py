@@ -22,3 +22,13 @@ def first_line(exc: BaseException | str) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+class CountedError(Exception):
+    """One item (an image, a download) that failed in a way a run counts: `reason` is the drop or
+    --on-error key (http_404, too_large, decode_failed...), `detail` a short line for the log."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

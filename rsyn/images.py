@@ -424,11 +424,12 @@ class ImageFolder:
         for stem, member in images.items():
             key = os.path.basename(stem)
             info = (meta or {}).get(key) if meta is not None else json_meta.get(stem)
-            if not info or not isinstance(info, dict) or not isinstance(info.get("url"), str):
+            url = _url_of(info)
+            if url is None:
                 continue
             if member.offset_data + member.size > size:
                 continue  # cut off by the truncation
-            self.index[info["url"]] = _Stored(
+            self.index[url] = _Stored(
                 source,
                 member.offset_data,
                 member.size,
@@ -446,9 +447,10 @@ class ImageFolder:
             info = orjson.loads(read_local_file(str(json_path), root=self.real_root, max_bytes=METADATA_MAX_BYTES))
         except (orjson.JSONDecodeError, LocalFileError):
             return
-        if isinstance(info, dict) and isinstance(info.get("url"), str):
+        url = _url_of(info)
+        if url is not None:
             self.index.setdefault(
-                info["url"],
+                url,
                 _Stored(
                     -1,
                     str(image_path),
@@ -526,6 +528,14 @@ def open_image_folder(
     if note is not None:
         note(f"--images {root}: {len(folder):,} images indexed by URL")
     return folder
+
+
+def _url_of(info) -> str | None:
+    """The image URL an img2dataset KEY.json names (`url`), or an rsyn pack KEY.json (`raw_image_url`)."""
+    if not isinstance(info, dict):
+        return None
+    url = info.get("url", info.get("raw_image_url"))
+    return url if isinstance(url, str) else None
 
 
 def _json_type(value) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from rsyn.errors import first_line
 from rsyn.records import content_id
 from rsyn.stream import STDIO, iter_lines
 
@@ -117,7 +118,7 @@ def _parquet_rows(path: str, fmt: str, batch_rows: int) -> Iterator[tuple[str, d
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DocumentError(f"not a readable parquet file: {_one_line(exc)}", "unreadable_input", where=path) from None
+        raise DocumentError(f"not a readable parquet file: {first_line(exc)}", "unreadable_input", where=path) from None
     names = set(parquet.schema_arrow.names)
     if fmt == "auto":
         fmt = next((name for name, required in REQUIRED_COLUMNS.items() if set(required) <= names), "")
@@ -144,18 +145,13 @@ def _parquet_rows(path: str, fmt: str, batch_rows: int) -> Iterator[tuple[str, d
                 yield f"{path}:{row}", record, fmt
     except (pa.ArrowException, OSError) as exc:
         raise DocumentError(
-            f"unreadable parquet data: {_one_line(exc)}", "unreadable_input", where=f"{path}:{row + 1}"
+            f"unreadable parquet data: {first_line(exc)}", "unreadable_input", where=f"{path}:{row + 1}"
         ) from None
 
 
 def _columns(names: set[str]) -> str:
     shown = sorted(names)
     return repr(shown[:20])[:300] + (f" (+{len(shown) - 20} more)" if len(shown) > 20 else "")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- parsing

@@ -39,6 +39,8 @@ from itertools import chain, repeat
 
 import numpy as np
 
+from rsyn.image_limits import MAX_ASPECT, MIN_SIDE, size_rule
+
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
 
@@ -76,7 +78,7 @@ class ImageSizeFilter(Filter):
     kind = "image"
     reasons = ("image_too_small", "image_bad_aspect")
 
-    def __init__(self, min_side: int = 100, max_aspect: float = 3.0):
+    def __init__(self, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT):
         self.min_side = min_side
         self.max_aspect = max_aspect
 
@@ -89,15 +91,13 @@ class ImageSizeFilter(Filter):
                 scores["size"] = "unknown"
                 out.append(None)
                 continue
-            scores["min_side"] = min(width, height)
-            scores["aspect"] = width / height
-            if min(width, height) < self.min_side:
-                out.append("image_too_small")
-            # multiplied out so that 300x100 is exactly ratio 3 (kept) and 301x100 is not
-            elif width > self.max_aspect * height or height > self.max_aspect * width:
-                out.append("image_bad_aspect")
-            else:
+            ok, shorter, aspect = size_rule(width, height, self.min_side, self.max_aspect)
+            scores["min_side"] = shorter
+            scores["aspect"] = aspect
+            if ok:
                 out.append(None)
+            else:
+                out.append("image_too_small" if shorter < self.min_side else "image_bad_aspect")
         return out
 
 

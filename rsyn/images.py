@@ -22,6 +22,7 @@ import tarfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import orjson
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from rsyn.errors import CountedError, RsynError
 from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them as rsyn.images.*
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -39,6 +41,7 @@ from rsyn.image_limits import (  # noqa: F401 - re-exported: callers know them a
     MAX_ASPECT,
     MAX_REDIRECTS,
     MIN_SIDE,
+    size_rule,
 )
 from rsyn.localfiles import LocalFileError, allowed_root, read_local_file, resolve_under
 
@@ -55,26 +58,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-class ImageError(Exception):
+class ImageError(CountedError):
     """An image that cannot be had; `reason` is the drop reason (fetch_failed, http_404, decode_failed...)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-# --------------------------------------------------------------------------- the size rule
-
-
-def size_rule(
-    width: int, height: int, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
-) -> tuple[bool, int, float]:
-    """(passes, shorter side, aspect w/h) under the paper's rule (or the given thresholds)."""
-    shorter = min(width, height)
-    aspect = width / height if height else float("inf")
-    ok = shorter >= min_side and 1 / max_aspect <= aspect <= max_aspect
-    return ok, shorter, aspect
 
 
 # --------------------------------------------------------------------------- decoding
@@ -439,11 +424,12 @@ class ImageFolder:
         for stem, member in images.items():
             key = os.path.basename(stem)
             info = (meta or {}).get(key) if meta is not None else json_meta.get(stem)
-            if not info or not isinstance(info, dict) or not isinstance(info.get("url"), str):
+            url = _url_of(info)
+            if url is None:
                 continue
             if member.offset_data + member.size > size:
                 continue  # cut off by the truncation
-            self.index[info["url"]] = _Stored(
+            self.index[url] = _Stored(
                 source,
                 member.offset_data,
                 member.size,
@@ -461,9 +447,10 @@ class ImageFolder:
             info = orjson.loads(read_local_file(str(json_path), root=self.real_root, max_bytes=METADATA_MAX_BYTES))
         except (orjson.JSONDecodeError, LocalFileError):
             return
-        if isinstance(info, dict) and isinstance(info.get("url"), str):
+        url = _url_of(info)
+        if url is not None:
             self.index.setdefault(
-                info["url"],
+                url,
                 _Stored(
                     -1,
                     str(image_path),
@@ -521,19 +508,34 @@ class ImageFolder:
             self._cached_bytes = 0
 
 
-def open_image_folder(root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageFolder:
-    """The --images folder, refused (ValueError, one line) when it indexes no image and lists no failed download:
-    a wrong folder would otherwise drop every record as not_downloaded."""
+def open_image_folder(
+    root: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, note: Callable[[str], None] | None = None
+) -> ImageFolder:
+    """The --images folder of every command that takes one (embed, caption, pack), announced through `note`.
+
+    Refused (RsynError, one line) when it indexes no image and lists no failed download: a wrong folder
+    would otherwise drop every record as not_downloaded.
+    """
     try:
         folder = ImageFolder(root, max_bytes)
     except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+        raise RsynError(str(exc)) from None
     if not folder.index and not folder.failed:
         folder.close()
-        raise ValueError(
+        raise RsynError(
             f"--images {root}: no img2dataset output found in it (expected {EXPECTED_LAYOUTS}, each image with its url)"
         )
+    if note is not None:
+        note(f"--images {root}: {len(folder):,} images indexed by URL")
     return folder
+
+
+def _url_of(info) -> str | None:
+    """The image URL an img2dataset KEY.json names (`url`), or an rsyn pack KEY.json (`raw_image_url`)."""
+    if not isinstance(info, dict):
+        return None
+    url = info.get("url", info.get("raw_image_url"))
+    return url if isinstance(url, str) else None
 
 
 def _json_type(value) -> str:

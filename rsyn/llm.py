@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
-from rsyn.errors import RsynError
+from rsyn.errors import RsynError, first_line
 from rsyn.prompts import ANSWER_CUE, Prompt
 
 BACKENDS = ("vllm", "openai", "hf")
@@ -185,7 +185,7 @@ class VLLMBackend(LLMBackend):
         try:
             self.engine = LLM(**engine_args)
         except (OSError, ValueError) as exc:
-            raise RsynError(f"--llm-backend vllm: cannot load {model!r}: {_first_line(exc)}") from None
+            raise RsynError(f"--llm-backend vllm: cannot load {model!r}: {first_line(exc)}") from None
         if api == "auto":
             tokenizer = self.engine.get_tokenizer()
             self.api = "chat" if getattr(tokenizer, "chat_template", None) else "completion"
@@ -217,7 +217,7 @@ class VLLMBackend(LLMBackend):
                 outputs = self.engine.generate([p.completion for p in prompts], params, use_tqdm=False)
         except ValueError as exc:  # e.g. one prompt longer than max_model_len: retry one by one to isolate it
             if len(prompts) == 1:
-                return [Generation(error=f"rejected: {_first_line(exc)}")]
+                return [Generation(error=f"rejected: {first_line(exc)}")]
             return [g for p, seed in zip(prompts, seeds) for g in self._generate([p], [seed])]
         results = []
         for output in outputs:
@@ -302,7 +302,7 @@ class OpenAIBackend(LLMBackend):
             return name
         except (HTTPFailure, ValueError) as exc:
             raise RsynError(
-                f"--llm-url {self.base_url}: no --llm-model given and GET /models did not name one ({_first_line(exc)})"
+                f"--llm-url {self.base_url}: no --llm-model given and GET /models did not name one ({first_line(exc)})"
             ) from None
 
     def _submit(self, prompts: list[Prompt], seeds: list[int]):
@@ -362,7 +362,7 @@ class OpenAIBackend(LLMBackend):
                     last = f"transport: {exc.detail}"
             else:
                 status = reply.status
-                text = _first_line(reply.body.decode("utf-8", "replace"))[:200]
+                text = first_line(reply.body.decode("utf-8", "replace"))[:200]
                 if status == 200:
                     generation = self._parse(reply.body, attempt)
                     if generation.error is None or not generation.error.startswith("malformed"):
@@ -689,8 +689,3 @@ def clean_generation(
             text = text[: text.rfind(" ")]  # not in the middle of a word
     text = text.strip(_QUOTES + " ")
     return text if any(ch.isalnum() for ch in text) else ""
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -35,20 +35,17 @@ import urllib3.util.connection
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from rsyn.errors import CountedError
+
 REDIRECTS = (301, 302, 303, 307, 308)
 ERROR_BODY_BYTES = 4096  # of a 4xx/5xx answer: enough for a message, no more
 LATE = "the whole request took longer than its deadline"
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class HTTPFailure(Exception):
+class HTTPFailure(CountedError):
     """`reason`: timeout, connect_failed, transport, too_large, bad_url, private_address, too_many_redirects or
     bad_redirect."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass

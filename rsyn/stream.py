@@ -37,6 +37,8 @@ from typing import BinaryIO
 import orjson
 import zstandard
 
+from rsyn.errors import RsynError
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # a zstd skippable frame (magic 0x184D2A5E, little endian) of 12 bytes: b"rsyn" and the previous frame's line count
 LINES_MAGIC = b"\x5e\x2a\x4d\x18"
@@ -543,28 +545,58 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-class OutputExists(Exception):
+class OutputExists(RsynError):
     """An output directory is in the way and may not be replaced (the message says why)."""
+
+
+def _fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory by name (a directory's entries: a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(directory: Path) -> None:
     for root, _dirs, files in os.walk(directory):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(root, os.O_RDONLY)
+            _fsync_path(os.path.join(root, name))
+        _fsync_path(root)
+
+
+class _Atomic:
+    """Commit on a clean exit of the `with` body, discard on an exception (KeyboardInterrupt included)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def commit(self) -> None:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self._commit()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
 
 
-class AtomicDirectory:
-    """A directory built under temporary_name(path) and renamed into place by commit(), fsynced first.
+class AtomicDirectory(_Atomic):
+    """A directory built under temporary_name(path) (`.tmp`) and renamed into place by commit().
 
+    `with AtomicDirectory(path, marker=...) as out:` builds in `out.tmp`; a clean exit commits, an
+    exception removes the temporary. commit() fsyncs every file and directory of the tree, renames,
+    then fsyncs the parent, so what appears has its content on disk, also after a crash.
     An existing directory is replaced (with `overwrite`) only when it is empty or
     holds `marker`, the done marker its writer puts there last: never a directory
     rsyn did not write. Opening one removes the temporaries of the same target
@@ -593,13 +625,14 @@ class AtomicDirectory:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         _fsync_tree(self.tmp)
         old = None
         if self.path.exists():
             old = temporary_name(self._replaced)
             os.replace(self.path, old)
         os.replace(self.tmp, self.path)
+        _fsync_path(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -607,14 +640,18 @@ class AtomicDirectory:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class AtomicFile:
-    """A file written under temporary_name(path) and renamed into place by commit().
+class AtomicFile(_Atomic):
+    """A file written under temporary_name(path) (`.fh`, `write()`) and renamed into place by commit().
 
+    `with AtomicFile(path) as out:` commits on a clean exit and removes the temporary on an exception.
+    commit() fsyncs the data, renames, then fsyncs the parent directory; `durable=False` skips both
+    fsyncs, for a private work directory that dies with the run (the rename stays atomic).
     Opening one removes the temporaries of the same target left by dead runs.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, durable: bool = True):
         self.path = Path(path)
+        self.durable = durable
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
         self.tmp = temporary_name(self.path)
@@ -623,11 +660,14 @@ class AtomicFile:
     def write(self, data: bytes) -> None:
         self.fh.write(data)
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        if self.durable:
+            os.fsync(self.fh.fileno())
         self.fh.close()
         os.replace(self.tmp, self.path)
+        if self.durable:
+            _fsync_path(self.path.parent)
 
     def discard(self) -> None:
         if not self.fh.closed:
@@ -639,13 +679,8 @@ class AtomicFile:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    out = AtomicFile(path)
-    try:
+    with AtomicFile(path) as out:
         out.write(data)
-        out.commit()
-    except BaseException:
-        out.discard()
-        raise
 
 
 class _StdoutSink:

@@ -75,7 +75,7 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
     )
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    from rsyn.errors import RsynError
+    from rsyn.errors import RsynError, first_line
     from rsyn.models.identity import model_identity
     from rsyn.models.lm import _torch_dtype
 
@@ -92,7 +92,7 @@ def load_captioner(name_or_path: str, device: str, dtype: str = "auto") -> Capti
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as exc:
         where = "local directory" if Path(name_or_path).is_dir() else "Hugging Face id"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise RsynError(
             f"cannot load captioner {name_or_path!r} ({where}): {reason[:200]}. "
             "Offline, pass a local model directory (see `huggingface-cli download`), or --captioner none"

@@ -62,7 +62,7 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from rsyn.errors import RsynError
+    from rsyn.errors import RsynError, first_line
 
     hf_logging.disable_progress_bar()  # rsyn reports progress itself; keep stderr to one line per event
 
@@ -79,7 +79,7 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         where = "local directory" if Path(name_or_path).is_dir() else "Hugging Face id"
-        reason = str(exc).strip().splitlines()[0].rstrip(". ") if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc).rstrip(". ")
         raise RsynError(
             f"cannot load causal LM {name_or_path!r} ({where}): {reason[:200]}; "
             "offline, pass a local model directory (made e.g. with `hf download`)"

@@ -208,11 +208,7 @@ class CaptionStage:
 
             folder = None
             if self.opts.images:
-                try:
-                    folder = open_image_folder(self.opts.images, self.opts.max_bytes)
-                except ValueError as exc:
-                    raise RsynError(str(exc)) from None
-                self.run.note(f"--images {self.opts.images}: {len(folder):,} images indexed by URL")
+                folder = open_image_folder(self.opts.images, self.opts.max_bytes, note=self.run.note)
             o = self.opts
             fetcher = None
             if o.fetch and folder is None:

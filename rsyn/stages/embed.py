@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
-from rsyn.errors import RsynError
 from rsyn.images import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BYTES,
@@ -129,14 +128,10 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     folder = None
     if not text_only and "image" in opts.kinds:
         if opts.images:
-            try:
-                folder = open_image_folder(opts.images, opts.max_bytes)
-            except ValueError as exc:
-                raise RsynError(str(exc)) from None
-            run.note(f"--images {opts.images}: {len(folder):,} images indexed by URL")
+            folder = open_image_folder(opts.images, opts.max_bytes, note=run.note)
         fetcher = (
             None
-            if folder
+            if folder is not None
             else Fetcher(
                 opts.timeout,
                 opts.deadline,

@@ -28,7 +28,7 @@ import orjson
 
 from rsyn.errors import RsynError
 from rsyn.records import decode_embeddings
-from rsyn.stream import AtomicDirectory, OutputExists, write_bytes_atomic
+from rsyn.stream import AtomicDirectory, write_bytes_atomic
 
 if TYPE_CHECKING:
     from rsyn.command import Run
@@ -169,65 +169,70 @@ def run_export(
         raise RsynError("export writes a directory: give -o DIR")
     if dtype not in DTYPES:
         raise RsynError(f"--dtype {dtype!r}: expected float16 or float32")
-    try:
-        out = AtomicDirectory(run.output, marker=DONE_MARKER, overwrite=overwrite)
-    except OutputExists as exc:
-        raise RsynError(str(exc)) from None
     s = pa.string()
     model_field = f"{emb_field}_model"
-    images = Part(
-        "img_emb",
-        "img_emb",
-        "metadata",
-        "metadata",
-        [pa.field(n, s) for n in ("id", "url", "caption", "doc", "emb_model")],
-        rows_per_shard,
-        out.tmp,
-        dtype,
-    )
-    texts = Part(
-        "text_emb",
-        "text_emb",
-        "text_metadata",
-        "text_metadata",
-        [pa.field(n, s) for n in ("id", "text", "doc", "emb_model")],
-        rows_per_shard,
-        out.tmp,
-        dtype,
-    )
-    urls = Part(
-        "img2dataset", "", None, None, [pa.field(n, s) for n in ("url", "caption", "id")], rows_per_shard, out.tmp
-    )
     run.declare_reasons(["nothing_to_export"])
     models: dict[str, str] = {}
-    try:
-        for record in run.records():
-            kind = record.get("kind")
-            emb = record.get(emb_field)
-            exported = False
-            if emb is not None:
-                part = images if kind == "image" else texts if kind == "text" else None
-                if part is not None and _check_embedding(run, record, emb, part, models, model_field):
-                    meta = {
-                        "id": _str(record.get("id")),
-                        "doc": _str(record.get("doc")),
-                        "emb_model": _str(record.get(model_field)),
-                    }
-                    if kind == "image":
-                        meta.update(url=_str(record.get("url")), caption=caption_of(record, caption_field))
-                    else:
-                        meta["text"] = _str(record.get("text"))
-                    part.add(meta, emb)
+    with AtomicDirectory(run.output, marker=DONE_MARKER, overwrite=overwrite) as out:
+        images = Part(
+            "img_emb",
+            "img_emb",
+            "metadata",
+            "metadata",
+            [pa.field(n, s) for n in ("id", "url", "caption", "doc", "emb_model")],
+            rows_per_shard,
+            out.tmp,
+            dtype,
+        )
+        texts = Part(
+            "text_emb",
+            "text_emb",
+            "text_metadata",
+            "text_metadata",
+            [pa.field(n, s) for n in ("id", "text", "doc", "emb_model")],
+            rows_per_shard,
+            out.tmp,
+            dtype,
+        )
+        urls = Part(
+            "img2dataset", "", None, None, [pa.field(n, s) for n in ("url", "caption", "id")], rows_per_shard, out.tmp
+        )
+        try:
+            for record in run.records():
+                kind = record.get("kind")
+                emb = record.get(emb_field)
+                exported = False
+                if emb is not None:
+                    part = images if kind == "image" else texts if kind == "text" else None
+                    if part is not None and _check_embedding(run, record, emb, part, models, model_field):
+                        meta = {
+                            "id": _str(record.get("id")),
+                            "doc": _str(record.get("doc")),
+                            "emb_model": _str(record.get(model_field)),
+                        }
+                        if kind == "image":
+                            meta.update(url=_str(record.get("url")), caption=caption_of(record, caption_field))
+                        else:
+                            meta["text"] = _str(record.get("text"))
+                        part.add(meta, emb)
+                        exported = True
+                if kind == "image" and isinstance(record.get("url"), str) and record["url"]:
+                    urls.add(
+                        {
+                            "url": record["url"],
+                            "caption": caption_of(record, caption_field),
+                            "id": _str(record.get("id")),
+                        }
+                    )
                     exported = True
-            if kind == "image" and isinstance(record.get("url"), str) and record["url"]:
-                urls.add(
-                    {"url": record["url"], "caption": caption_of(record, caption_field), "id": _str(record.get("id"))}
-                )
-                exported = True
-            if not exported:
-                run.drop(record, "nothing_to_export")
-        for part in (images, texts, urls):
-            part.finish()
+                if not exported:
+                    run.drop(record, "nothing_to_export")
+            for part in (images, texts, urls):
+                part.finish()
+        except BaseException:
+            for part in (images, texts, urls):
+                part.abort()
+            raise
         summary = {
             "dtype": dtype,
             "emb_field": emb_field,
@@ -240,12 +245,6 @@ def run_export(
         }
         write_bytes_atomic(out.tmp / STATS_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
         write_bytes_atomic(out.tmp / DONE_MARKER, b"")
-        out.commit()
-    except BaseException:
-        for part in (images, texts, urls):
-            part.abort()
-        out.discard()
-        raise
     run.extra.update({k: v for k, v in summary.items() if k != "shards"})
     run.count_out(images.rows + texts.rows)
     run.out_parts.update(

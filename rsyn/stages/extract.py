@@ -35,6 +35,7 @@ from rsyn.filters import (
     load_word_counts,
     save_word_counts,
 )
+from rsyn.image_limits import MAX_ASPECT, MIN_SIDE
 from rsyn.records import image_id, text_id
 from rsyn.stream import STDIO, TruncatedStream
 
@@ -50,8 +51,8 @@ class ExtractOptions:
     fmt: str = "auto"
     filters: list[str] = field(default_factory=lambda: list(FILTER_NAMES))  # applied in this order
     disable: set[str] = field(default_factory=set)
-    min_side: int = 100
-    max_aspect: float = 3.0
+    min_side: int = MIN_SIDE
+    max_aspect: float = MAX_ASPECT
     min_words: int = 3
     max_words: int = 81
     min_complexity: int = 1

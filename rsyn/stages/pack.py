@@ -28,7 +28,7 @@ import orjson
 from rsyn.errors import RsynError
 from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from rsyn.localfiles import shown
-from rsyn.stream import AtomicDirectory, OutputExists, write_bytes_atomic
+from rsyn.stream import AtomicDirectory, write_bytes_atomic
 from rsyn.textstyle import apply_text_style
 
 if TYPE_CHECKING:
@@ -325,45 +325,43 @@ def run_pack(
     rows_per_shard = rows_per_shard or DEFAULT_ROWS[fmt]
     run.declare_reasons(["not_image", "not_downloaded"] if images else ["not_image"])
     loader = _image_loader(run, images, path_root, max_bytes) if fmt == "webdataset" else None
-    try:
-        out = AtomicDirectory(run.output, marker=DONE_MARKER, overwrite=overwrite)
-    except OutputExists as exc:
-        raise RsynError(str(exc)) from None
     stats = TextStats()
     schema = release_schema(extra_columns)
-    shards = (WebdatasetShards if fmt == "webdataset" else ParquetShards)(out.tmp, schema, stats, rows_per_shard)
     try:
-        for record in run.records():
-            if record.get("kind") != "image":
-                run.drop(record, "not_image")
-                continue
-            row = release_row(record, extra_columns)
-            if isinstance(row, str):
-                run.error(run.where, row, record=record, reason="bad_record")
-                continue
-            row = apply_text_style(row, text_style)  # --text-style (rsyn/textstyle.py)
-            image = None
-            if loader is not None:
-                image = _jpeg_of(run, loader, record, max_pixels)
-                if image is None:
-                    continue
-                shards.reencoded += image[1]
-                image = image[0]
-            shards.add(row, image)
-        shards.flush()
-        summary = {"format": fmt, "columns": schema.names, "shards": shards.shards, **stats.summary()}
-        if fmt == "webdataset":
-            summary["reencoded_to_jpeg"] = shards.reencoded
-        run.extra.update({k: v for k, v in summary.items() if k != "shards"})
-        run.extra["shards"] = len(shards.shards)
-        write_bytes_atomic(out.tmp / STATS_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-        write_bytes_atomic(out.tmp / DONE_MARKER, b"")
-        out.commit()
+        with AtomicDirectory(run.output, marker=DONE_MARKER, overwrite=overwrite) as out:
+            shards = (WebdatasetShards if fmt == "webdataset" else ParquetShards)(
+                out.tmp, schema, stats, rows_per_shard
+            )
+            try:
+                for record in run.records():
+                    if record.get("kind") != "image":
+                        run.drop(record, "not_image")
+                        continue
+                    row = release_row(record, extra_columns)
+                    if isinstance(row, str):
+                        run.error(run.where, row, record=record, reason="bad_record")
+                        continue
+                    row = apply_text_style(row, text_style)  # --text-style (rsyn/textstyle.py)
+                    image = None
+                    if loader is not None:
+                        image = _jpeg_of(run, loader, record, max_pixels)
+                        if image is None:
+                            continue
+                        shards.reencoded += image[1]
+                        image = image[0]
+                    shards.add(row, image)
+                shards.flush()
+            except BaseException:
+                shards.close()
+                raise
+            summary = {"format": fmt, "columns": schema.names, "shards": shards.shards, **stats.summary()}
+            if fmt == "webdataset":
+                summary["reencoded_to_jpeg"] = shards.reencoded
+            run.extra.update({k: v for k, v in summary.items() if k != "shards"})
+            run.extra["shards"] = len(shards.shards)
+            write_bytes_atomic(out.tmp / STATS_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+            write_bytes_atomic(out.tmp / DONE_MARKER, b"")
         run.count_out(stats.rows)
-    except BaseException:
-        shards.close()
-        out.discard()
-        raise
     finally:
         if loader is not None and loader.images is not None:
             loader.images.close()
@@ -379,11 +377,7 @@ def _image_loader(run: Run, images: str | None, path_root: str | None, max_bytes
 
     folder = None
     if images:
-        try:
-            folder = open_image_folder(images, max_bytes)
-        except ValueError as exc:
-            raise RsynError(str(exc)) from None
-        run.note(f"{len(folder):,} downloaded images in {images}")
+        folder = open_image_folder(images, max_bytes, note=run.note)
     return ImageLoader(folder, None, max_bytes=max_bytes, root=path_root)
 
 

@@ -28,7 +28,6 @@ import io
 import math
 import os
 import random
-import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -322,54 +321,25 @@ def _expand(size_counts: dict) -> list[int]:
 # --------------------------------------------------------------------------- thumbnails
 
 
-def packed_images(directory: str, urls: set[str], max_bytes: int) -> dict[str, bytes]:
-    """Image bytes of the wanted URLs from rsyn pack's webdataset tars (KEY.json names raw_image_url)."""
-    found: dict[str, bytes] = {}
-    for tar_path in sorted(Path(directory).glob("*.tar")):
-        if not tar_path.is_file() or len(found) == len(urls):
-            continue
-        try:
-            with tarfile.open(tar_path, "r:") as tar:
-                members: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for member in tar:
-                    if member.isfile():
-                        stem, suffix = os.path.splitext(member.name)
-                        members.setdefault(stem, {})[suffix.lower()] = member
-                for parts in members.values():
-                    meta, image = parts.get(".json"), parts.get(".jpg")
-                    if meta is None or image is None or meta.size > 1 << 20 or image.size > max_bytes:
-                        continue
-                    try:
-                        info = orjson.loads(tar.extractfile(meta).read())
-                    except orjson.JSONDecodeError:
-                        continue
-                    url = info.get("raw_image_url", info.get("url")) if isinstance(info, dict) else None
-                    if isinstance(url, str) and url in urls and url not in found:
-                        found[url] = tar.extractfile(image).read()
-        except (tarfile.TarError, OSError):
-            continue  # a damaged shard only costs its thumbnails
-    return found
-
-
 def add_thumbnails(
     items: list[dict], images: str | None, packed: str | None, path_root: str | None, max_bytes: int
 ) -> None:
     """Each gallery item gets `thumb` (a JPEG data URI and its size) or `missing` (why there is none)."""
-    from rsyn.images import ImageError, ImageFolder, ImageLoader, decode_image
+    from rsyn.images import ImageError, ImageFolder, ImageLoader, decode_image, open_image_folder
 
-    folder = None
-    if images:
-        try:
-            folder = ImageFolder(images, max_bytes)
-        except (OSError, ValueError) as exc:  # no such folder (or, as other stages may rule, one with no images)
-            raise RsynError(str(exc)) from None
+    folder = open_image_folder(images, max_bytes) if images else None  # refused as in embed, caption and pack
     loader = ImageLoader(folder, None, max_bytes=max_bytes, root=path_root)
-    urls = {i["source"]["url"] for i in items if "url" in i["source"]}
-    from_pack = packed_images(packed, urls, max_bytes) if packed and urls else {}
+    # rsyn pack's webdataset tars hold KEY.jpg + KEY.json naming raw_image_url: the same reader finds them by URL
+    from_pack = ImageFolder(packed, max_bytes) if packed and Path(packed).is_dir() else None
     for item in items:
         try:
             source = item["source"]
-            data = from_pack.get(source.get("url")) if not source.get("path") else None
+            data = None
+            if from_pack is not None and "url" in source and not source.get("path"):
+                try:
+                    data = from_pack.get(source["url"])[0]
+                except ImageError:  # not packed, or unreadable there: try --images / `path`
+                    data = None
             if data is None:
                 if not source:
                     raise ImageError("no_source", "no url or path")
@@ -382,8 +352,9 @@ def add_thumbnails(
         except ImageError as exc:
             # the report never downloads: an image neither at `path` nor in --images / --packed is not shown
             item["missing"] = "not found locally" if exc.reason in ("fetch_failed", "not_downloaded") else exc.reason
-    if folder is not None:
-        folder.close()
+    for opened in (folder, from_pack):
+        if opened is not None:
+            opened.close()
 
 
 # --------------------------------------------------------------------------- the funnel

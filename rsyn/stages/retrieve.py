@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from rsyn.errors import RsynError
+from rsyn.errors import RsynError, first_line
 from rsyn.records import decode_embeddings
 from rsyn.stages.index import (
     CENTROIDS,
@@ -69,7 +69,7 @@ class IndexDirectory:
             with faiss_stdout_silenced():  # it prints where it found the on-disk lists
                 index = faiss.read_index(str(self.path / IVF), flags)
         except RuntimeError as exc:
-            self._corrupt(f"{IVF} cannot be read by faiss ({_first_line(exc)})")
+            self._corrupt(f"{IVF} cannot be read by faiss ({first_line(exc)})")
         if not isinstance(index, faiss.IndexIVF):
             self._corrupt(f"{IVF} holds a {type(index).__name__}, not an IVF index")
         if index.ntotal != self.count or index.d != self.dim or index.nlist != self.meta["clusters"]:
@@ -88,7 +88,7 @@ class IndexDirectory:
             try:
                 self.vectors = np.load(self.path / VECTORS, mmap_mode="r")
             except (ValueError, OSError) as exc:
-                self._corrupt(f"{VECTORS} cannot be read ({_first_line(exc)})")
+                self._corrupt(f"{VECTORS} cannot be read ({first_line(exc)})")
             if self.vectors.shape != (self.count, self.dim):
                 self._corrupt(f"{VECTORS} has shape {self.vectors.shape}, expected {(self.count, self.dim)}")
         self.db = self._open_sentences()
@@ -216,11 +216,6 @@ class IndexDirectory:
 
     def close(self) -> None:
         self.db.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 def distinct_choice(

@@ -73,17 +73,9 @@ class Part:
             raise
 
     def save(self, name: str, array: np.ndarray) -> None:
-        out = AtomicFile(self.path / f"{name}.npy")
-        try:
+        # durable=False: a private temporary work directory, which dies with the run, needs no fsync
+        with AtomicFile(self.path / f"{name}.npy", durable=self.durable) as out:
             np.save(out.fh, np.ascontiguousarray(array), allow_pickle=False)
-            if self.durable:
-                out.commit()
-            else:  # a private temporary work directory: atomic rename, no fsync
-                out.fh.close()
-                os.replace(out.tmp, out.path)
-        except BaseException:
-            out.discard()
-            raise
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -292,5 +292,5 @@ def filter_(
     _no_shard(run, "filter")
     run.declare_reasons(REASONS[1:])
     assign_dir = _dirs(run, "assign", one=True)[0]
-    run.n_in = assign_dir.meta["count"]
+    run.count_in(assign_dir.meta["count"])
     filter_pass(run, assign_dir, PassDir(cap_dir, "cap"))

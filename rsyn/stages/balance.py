@@ -996,11 +996,11 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
     plan = PassDir(assign.meta["plan"], "plan")
     status, sims, labels = filter_status(scan, plan, assign, cap)
     fragment = orjson.Fragment
-    log_drops = bool(run.rejects_path)
+    log_drops = run.logs_rejects
     reason_of = {_BELOW: "sim_below_window", _ABOVE: "sim_above_window", _CAPPED: "over_cluster_cap"}
     if not log_drops:  # count without reading the dropped records again
         for code, reason in reason_of.items():
-            run.dropped[reason] = run.dropped.get(reason, 0) + int((status == code).sum())
+            run.count_dropped(reason, int((status == code).sum()))
     files = [f["name"] for f in scan.meta["files"]]
     file_of, line_of = scan.column("file"), scan.column("line")
 

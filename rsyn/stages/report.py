@@ -793,7 +793,7 @@ def run_report(
         marker = packed_marker(packed)
         if marker is not None:
             stats.append(marker)
-    run.n_in = len(stats)
+    run.count_in(len(stats))
     scan = scan_records(records, gallery, run.seed) if records else None
     if scan:
         add_thumbnails(scan["gallery"], images, packed, path_root, max_bytes)

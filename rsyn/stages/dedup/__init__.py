@@ -255,7 +255,7 @@ def filter_pass(run: Run, work: Work, shard: tuple[int, int], count_in: bool = T
     declare_reasons(run, modes)
     n = info["records"]
     if count_in:
-        run.n_in += n
+        run.count_in(n)
     kind = np.asarray(shards.array(k, "kind"))
     reason = np.zeros(n, np.int8)
     dup = np.full(n, -1, np.int64)

@@ -13,6 +13,7 @@ with `run.error(where, message, record=...)` and writes with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import inspect
@@ -667,7 +668,10 @@ def rsyn_command(app: typer.Typer, name: str, summary: str, options: type | None
                 return
             if aliases:
                 _take_aliases(fields, kwargs, kwargs.pop(_CONTEXT))
-            opts = build_options(options, kwargs)
+            try:
+                opts = build_options(options, kwargs)
+            except RsynError as exc:  # options that contradict each other (checked by the Options class)
+                fail(str(exc))
             run_command(name, lambda run: fn(run, opts), **shared)
 
         wrapper.__signature__ = inspect.Signature(params)
@@ -708,6 +712,8 @@ def _cli_type(f: Field):
 
 
 def _cli_default(f: Field):
+    if f.default is dataclasses.MISSING:
+        return inspect.Parameter.empty  # required
     if f.opt.shown is not None:
         return f.opt.shown(f.default)
     return f.default
@@ -770,7 +776,9 @@ def _parser(parse: Callable, flag: str, none_passes: bool) -> Callable:
             return None
         try:
             return parse(value)
-        except (ValueError, RsynError) as exc:
+        except RsynError as exc:  # a message that names the option itself: one line, exit 2
+            fail(str(exc))
+        except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
 
     return callback

@@ -165,3 +165,21 @@ def build(cls, values: dict):
         elif is_group(hint):
             kwargs[f.name] = build(hint, values)
     return cls(**kwargs)
+
+
+def k_of_n(flag: str) -> Callable[[str | None], tuple[int, int] | None]:
+    """A parser of `K/N` (the K-th of N slices, 0 <= K < N) for `flag`; its errors name the flag."""
+    from rsyn.errors import RsynError
+
+    def parse(value: str | None) -> tuple[int, int] | None:
+        if value in (None, ""):
+            return None
+        try:
+            k, n = (int(x) for x in value.split("/"))
+        except ValueError:
+            raise RsynError(f"{flag} {value!r} is not K/N (e.g. 0/8)") from None
+        if n < 1 or not 0 <= k < n:
+            raise RsynError(f"{flag} {value!r}: need 0 <= K < N")
+        return k, n
+
+    return parse

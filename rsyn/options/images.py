@@ -22,15 +22,6 @@ def _path_text(value: Path | None) -> str | None:
 
 @dataclass
 class LocalFileOptions:
-    max_bytes: Annotated[
-        int,
-        opt(
-            "--max-bytes",
-            min=1,
-            panel=LOCAL,
-            help="Largest image file read, local or downloaded; only regular files are read, never more than this.",
-        ),
-    ] = DEFAULT_MAX_BYTES
     # a record's `path` must lie under it (default: the current directory)
     path_root: Annotated[
         str | None,
@@ -47,6 +38,15 @@ class LocalFileOptions:
             "rejected as outside_root. Default: the current directory.",
         ),
     ] = None
+    max_bytes: Annotated[
+        int,
+        opt(
+            "--max-bytes",
+            min=1,
+            panel=LOCAL,
+            help="Largest image file read, local or downloaded; only regular files are read, never more than this.",
+        ),
+    ] = DEFAULT_MAX_BYTES
 
 
 @dataclass

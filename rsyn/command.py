@@ -699,7 +699,7 @@ def _typer_option(f: Field, flags: tuple[str, ...], hidden: bool = False):
     if o.show_default is not True:
         kwargs["show_default"] = o.show_default
     if o.parse is not None:
-        kwargs["callback"] = _parser(o.parse, flags[0], none_passes=hidden)
+        kwargs["callback"] = _parser(o.parse)
     return typer.Option(*flags, hidden=hidden, **kwargs)
 
 
@@ -714,7 +714,7 @@ def _cli_type(f: Field):
 def _cli_default(f: Field):
     if f.default is dataclasses.MISSING:
         return inspect.Parameter.empty  # required
-    if f.opt.shown is not None:
+    if f.opt.shown is not None and f.default is not None:
         return f.opt.shown(f.default)
     return f.default
 
@@ -770,9 +770,9 @@ def _take_aliases(fields: list[Field], kwargs: dict, ctx: typer.Context) -> None
             kwargs[f.name] = value
 
 
-def _parser(parse: Callable, flag: str, none_passes: bool) -> Callable:
+def _parser(parse: Callable) -> Callable:
     def callback(value):
-        if value is None and none_passes:
+        if value is None:  # not given, and the field's default is None
             return None
         try:
             return parse(value)

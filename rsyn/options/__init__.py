@@ -183,3 +183,13 @@ def k_of_n(flag: str) -> Callable[[str | None], tuple[int, int] | None]:
         return k, n
 
     return parse
+
+
+def flags(cls) -> tuple[str, ...]:
+    """Every flag of `cls`'s options, old names included (`--x/--no-x` as both): what a command line of a
+    command taking `cls` may name."""
+    names = []
+    for f in option_fields(cls):
+        for decl in (*f.opt.flags, *f.opt.aliases):
+            names += [part for part in decl.split("/") if part.startswith("-")]
+    return tuple(names)

@@ -33,7 +33,7 @@ import typer
 
 from rsyn import __version__
 from rsyn.errors import RsynError
-from rsyn.options import Field, option_fields
+from rsyn.options import Field, option_fields, parse_k_of_n
 from rsyn.options import build as build_options
 from rsyn.stream import (
     STDIO,
@@ -59,15 +59,10 @@ class OnError(str, Enum):
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value in (None, ""):
-        return None
     try:
-        k, n = (int(x) for x in value.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not K/N (e.g. 0/8)") from None
-    if n < 1 or not 0 <= k < n:
-        raise typer.BadParameter(f"{value!r}: need 0 <= K < N")
-    return k, n
+        return parse_k_of_n(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 # Shared options, defined once. The decorator appends them to every command's signature.

@@ -167,20 +167,28 @@ def build(cls, values: dict):
     return cls(**kwargs)
 
 
+def parse_k_of_n(value: str | None) -> tuple[int, int] | None:
+    """`K/N`, the K-th of N slices (0 <= K < N), as (K, N); None or "" -> None. ValueError otherwise."""
+    if value in (None, ""):
+        return None
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not K/N (e.g. 0/8)") from None
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"{value!r}: need 0 <= K < N")
+    return k, n
+
+
 def k_of_n(flag: str) -> Callable[[str | None], tuple[int, int] | None]:
-    """A parser of `K/N` (the K-th of N slices, 0 <= K < N) for `flag`; its errors name the flag."""
+    """parse_k_of_n for the option `flag`: its errors are one line naming the flag."""
     from rsyn.errors import RsynError
 
     def parse(value: str | None) -> tuple[int, int] | None:
-        if value in (None, ""):
-            return None
         try:
-            k, n = (int(x) for x in value.split("/"))
-        except ValueError:
-            raise RsynError(f"{flag} {value!r} is not K/N (e.g. 0/8)") from None
-        if n < 1 or not 0 <= k < n:
-            raise RsynError(f"{flag} {value!r}: need 0 <= K < N")
-        return k, n
+            return parse_k_of_n(value)
+        except ValueError as exc:
+            raise RsynError(f"{flag} {exc}") from None
 
     return parse
 

@@ -1,7 +1,9 @@
 """What every command shares: its options, the run context (input, output, stats, errors), the summary.
 
-A command is a function `fn(run: Run, ...own options...)` decorated with
-`@rsyn_command`. The decorator adds the shared options (defined once, here),
+A command is a function `fn(run: Run, opts: SomeOptions)` decorated with
+`@rsyn_command(..., options=SomeOptions)`. The decorator builds the command line
+from the Options dataclass (rsyn/options: each option declared once, on its
+field), adds the shared options (defined once, here), builds the Options object,
 opens a `Run`, and turns bad input into the one-line `rsyn: error: FILE:LINE:
 ...` message with exit status 2.
 

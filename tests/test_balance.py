@@ -377,3 +377,17 @@ def test_ranks_order_each_cluster_by_key(members):
         mine = np.flatnonzero(labels == c)
         assert sorted(ranks[mine].tolist()) == list(range(len(mine)))
         assert ranks[mine[np.argsort(keys[mine])]].tolist() == list(range(len(mine)))
+
+
+def test_old_option_name_still_works_hidden_and_negative_bounds_take_two_words(tmp_path, clustered):
+    records, centres = clustered
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    args = ["--sim-range", "-0.9", "-0.1", "--centroids", centres, "--per-cluster", "5"]
+    new = balance(*args, "--tmp-dir", spill, records=make_records([4], sims=-0.5)[0]).stdout
+    old = balance(*args, "--spill-dir", spill, records=make_records([4], sims=-0.5)[0]).stdout
+    assert new == old and len(decode_stream(new)) == 4  # -0.1 is the upper bound, not an option or an input
+    proc = balance(*args, "--spill-dir", spill, "--tmp-dir", spill, records=records, check=False)
+    assert proc.returncode == 2 and proc.stderr.decode() == (
+        "rsyn: error: --spill-dir is the old name of --tmp-dir: give --tmp-dir only\n"
+    )

@@ -97,7 +97,7 @@ def main() -> None:
                     str(args.per_cluster),
                     "--stats",
                     stats,
-                    "--spill-dir",
+                    "--tmp-dir",
                     tmp,
                 ]
             )

@@ -229,7 +229,7 @@ def main() -> None:
                 str(args.kmeans_sample),
                 "--stats",
                 stats,
-                "--spill-dir",
+                "--tmp-dir",
                 tmp,
             ]
         )

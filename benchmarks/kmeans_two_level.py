@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--clusters", type=int, default=1024)
-    p.add_argument("--points-per-cluster", type=int, default=64, help="as rsyn index (--points-per-cluster)")
+    p.add_argument("--points-per-cluster", type=int, default=64, help="as rsyn index (--kmeans-points-per-cluster)")
     p.add_argument("--niter", type=int, default=20)
     p.add_argument("--eval", type=int, default=100_000, help="held-out points the objective is also measured on")
     p.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,9 @@
 """What every command shares: its options, the run context (input, output, stats, errors), the summary.
 
-A command is a function `fn(run: Run, ...own options...)` decorated with
-`@rsyn_command`. The decorator adds the shared options (defined once, here),
+A command is a function `fn(run: Run, opts: SomeOptions)` decorated with
+`@rsyn_command(..., options=SomeOptions)`. The decorator builds the command line
+from the Options dataclass (rsyn/options: each option declared once, on its
+field), adds the shared options (defined once, here), builds the Options object,
 opens a `Run`, and turns bad input into the one-line `rsyn: error: FILE:LINE:
 ...` message with exit status 2.
 
@@ -13,6 +15,7 @@ with `run.error(where, message, record=...)` and writes with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import inspect
@@ -22,8 +25,9 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
+from types import MappingProxyType
 from typing import Annotated, Any
 
 import orjson
@@ -31,6 +35,8 @@ import typer
 
 from rsyn import __version__
 from rsyn.errors import RsynError
+from rsyn.options import Field, option_fields, parse_k_of_n
+from rsyn.options import build as build_options
 from rsyn.stream import (
     STDIO,
     RecordWriter,
@@ -55,15 +61,10 @@ class OnError(str, Enum):
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value in (None, ""):
-        return None
     try:
-        k, n = (int(x) for x in value.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not K/N (e.g. 0/8)") from None
-    if n < 1 or not 0 <= k < n:
-        raise typer.BadParameter(f"{value!r}: need 0 <= K < N")
-    return k, n
+        return parse_k_of_n(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 # Shared options, defined once. The decorator appends them to every command's signature.
@@ -199,22 +200,22 @@ class Run:
         log_every=30.0,
     ):
         self.command = command
-        self.inputs = list(inputs or [])
+        self._inputs = list(inputs or [])
         self._output = output
         self._output_claimed = False  # a stage that reads run.output writes it itself (a directory, a page)
         self._paths: list[str] | None = None
         self._plan: ShardPlan | None = None
         self.shard = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
         self.skip_errors = OnError(on_error) == OnError.skip
-        self.rejects_path = rejects
-        self.stats_path = stats
+        self._rejects_path = rejects
+        self._stats_path = stats
         self.seed = seed
         self.device_option = device
         self.quiet = quiet
-        self.n_in = 0
+        self._n_in = 0
         self._written_elsewhere = 0
-        self.dropped: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
         self.extra: dict[str, Any] = {}  # stage-specific numbers for --stats
         # `in` and `out` per kind of record, shown in the summary line (extract: images and sentences apart)
         self.in_parts: dict[str, int] = {}
@@ -224,6 +225,7 @@ class Run:
         self._device = None
         self._faiss_device = None  # faiss and torch may see different GPUs (a CPU-only build of either)
         self._writer: RecordWriter | None = None
+        self._compression: str | None = None  # None: the writer's default (zstd)
         self._rejects: RecordWriter | None = None
         self._start = time.perf_counter()
         self.log_every = log_every
@@ -233,6 +235,49 @@ class Run:
         self._in_at_bytes_read = 0  # records read from those bytes
         self._total_bytes: int | None = None
         self._input_complete = False
+
+    # ------------------------------------------------------------------ what stages read
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """INPUT... as given (globs unexpanded); `input_paths()` expands them."""
+        return tuple(self._inputs)
+
+    @property
+    def n_in(self) -> int:
+        return self._n_in
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        """Records dropped so far, per reason (read-only: drop() and count_dropped() count)."""
+        return MappingProxyType(self._dropped)
+
+    @property
+    def errors(self) -> Mapping[str, int]:
+        """Bad input skipped so far, per reason (read-only: error() counts)."""
+        return MappingProxyType(self._errors)
+
+    @property
+    def logs_rejects(self) -> bool:
+        """Whether --rejects was given (a stage may skip building the details of drops nobody reads)."""
+        return bool(self._rejects_path)
+
+    def count_in(self, n: int) -> None:
+        """n more input records that were read other than through records() (documents, pass directories)."""
+        self._n_in += n
+
+    def count_dropped(self, reason: str, n: int) -> None:
+        """n records dropped for `reason` without logging each one (only when not logs_rejects)."""
+        self._dropped[reason] = self._dropped.get(reason, 0) + n
+
+    def plain_output(self) -> None:
+        """Write -o as uncompressed JSONL (before the first record is written)."""
+        if self._writer is not None:
+            raise RuntimeError("plain_output() after the first record was written")
+        self._compression = "plain"
+
+    def read_plan(self, plan: ShardPlan) -> None:
+        """Read what `plan` keeps instead of what --shard would (rsyn cat --range)."""
+        self._plan = plan
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Run:
@@ -255,7 +300,7 @@ class Run:
                 and not self._output_claimed
                 and not self._written_elsewhere
             ):
-                self.writer()  # no record came out: -o is still written (empty), as make expects
+                self._get_writer()  # no record came out: -o is still written (empty), as make expects
             if self._writer is not None:
                 self._writer.close()
             if self._rejects is not None:
@@ -276,9 +321,9 @@ class Run:
                 "(nothing in it runs on one)"
             )
         summary = self.summary()
-        if self.stats_path:
+        if self._stats_path:
             write_bytes_atomic(
-                self.stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                self._stats_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
             )
         if not self.quiet:
             print(self.summary_line(summary), file=sys.stderr)
@@ -287,10 +332,10 @@ class Run:
         return {
             "command": self.command,
             "version": __version__,
-            "in": self.n_in,
+            "in": self._n_in,
             "out": self.n_out,
-            "dropped": dict(self.dropped),
-            "errors": dict(self.errors),
+            "dropped": dict(self._dropped),
+            "errors": dict(self._errors),
             "seconds": round(time.perf_counter() - self._start, 3),
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
             **(
@@ -357,10 +402,10 @@ class Run:
         """All expanded inputs, every shard's (globs expanded here so quoted globs work)."""
         if self._paths is None:
             try:
-                self._paths = expand_inputs(self.inputs)
+                self._paths = expand_inputs(self._inputs)
             except StreamError as exc:
                 raise RsynError(str(exc)) from None
-            if any(glob.has_magic(i) for i in self.inputs):
+            if any(glob.has_magic(i) for i in self._inputs):
                 self.note(f"{len(self._paths)} input file{'s' if len(self._paths) != 1 else ''} matched")
         return list(self._paths)
 
@@ -397,7 +442,7 @@ class Run:
         """All input records of this shard, in input order; bad lines handled per --on-error."""
         for name, first, lines, kept in self._input_blocks():
             for lineno, record in self._parse_lines(name, enumerate(lines, first) if kept is None else kept):
-                self.n_in += 1
+                self._n_in += 1
                 self.where_line = lineno
                 yield record
 
@@ -417,7 +462,7 @@ class Run:
             except ValueError:  # orjson.JSONDecodeError is a ValueError
                 numbered = enumerate(lines, first) if kept is None else kept
                 block = [record for _, record in self._parse_lines(name, numbered)]
-            self.n_in += len(block)
+            self._n_in += len(block)
             if block:
                 self.where_line = first + len(lines) - 1
                 yield block
@@ -439,7 +484,7 @@ class Run:
     def _count_read(self, n_bytes: int) -> None:
         # called between blocks: the records read so far came from exactly these bytes
         self._bytes_read += n_bytes
-        self._in_at_bytes_read = self.n_in
+        self._in_at_bytes_read = self._n_in
 
     def _corrupt_stream(self, exc: TruncatedStream) -> None:
         self.error(
@@ -476,21 +521,18 @@ class Run:
         work in batches (embed, caption), so that progress follows the work rather than the reading."""
         self._advanced = (self._advanced or 0) + n_records
 
-    def tick(self) -> None:
-        """Kept for stages written before the progress thread: it draws the counts by itself."""
-
     def _snapshot(self):
         from rsyn.progress import Snapshot
 
         return Snapshot(
-            done=self.n_in if self._advanced is None else self._advanced,
+            done=self._n_in if self._advanced is None else self._advanced,
             n_out=self.n_out,
-            dropped=sum(self.dropped.values()),
-            errors=sum(self.errors.values()),
+            dropped=sum(self._dropped.values()),
+            errors=sum(self._errors.values()),
             bytes_read=self._bytes_read,
             in_at_bytes_read=self._in_at_bytes_read,
             total_bytes=self._total_bytes,
-            n_in=self.n_in,
+            n_in=self._n_in,
             input_complete=self._input_complete,
             elapsed=time.perf_counter() - self._start,
         )
@@ -503,13 +545,13 @@ class Run:
         self._output_claimed = True
         return self._output
 
-    @output.setter
-    def output(self, value: str | None) -> None:
-        self._output = value
-
-    def writer(self) -> RecordWriter:
+    def _get_writer(self) -> RecordWriter:
         if self._writer is None:
-            self._writer = RecordWriter(self._output)
+            self._writer = (
+                RecordWriter(self._output)
+                if self._compression is None
+                else RecordWriter(self._output, compression=self._compression)
+            )
         return self._writer
 
     @property
@@ -522,10 +564,7 @@ class Run:
 
     def write(self, records: Iterable[dict]) -> None:
         """Write records to the output (a closed pipe, as `| head` makes, ends the run quietly: run_command)."""
-        self.writer().write_many(records)
-
-    def emit(self, record: dict) -> None:
-        self.writer().write(record)
+        self._get_writer().write_many(records)
 
     # ------------------------------------------------------------------ drops and errors
     @property
@@ -539,8 +578,8 @@ class Run:
         `where` defaults to the place of the record last read; a stage that
         batches records passes the place it saved for this one.
         """
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        if self.rejects_path:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        if self._rejects_path:
             self._reject_line(
                 {"reason": reason, "kind": "drop", "where": where or self.where, **details, "record": record}
             )
@@ -558,8 +597,8 @@ class Run:
         """Bad input: raise (exit 2, one line) or, with --on-error skip, count and log it."""
         if not self.skip_errors:
             raise RsynError(f"{where}: {message}")
-        self.errors[reason] = self.errors.get(reason, 0) + 1
-        if self.rejects_path:
+        self._errors[reason] = self._errors.get(reason, 0) + 1
+        if self._rejects_path:
             entry = {"reason": reason, "kind": "error", "where": str(where), "message": message, **(details or {})}
             if record is not None:
                 entry["record"] = record
@@ -569,13 +608,13 @@ class Run:
 
     def _reject_line(self, entry: dict) -> None:
         if self._rejects is None:
-            self._rejects = RecordWriter(self.rejects_path)
+            self._rejects = RecordWriter(self._rejects_path)
         self._rejects.write(entry)
 
     def declare_reasons(self, reasons: Iterable[str]) -> None:
         """Fix the order of drop reasons in the summary (e.g. the filter order, for a funnel)."""
         for reason in reasons:
-            self.dropped.setdefault(reason, 0)
+            self._dropped.setdefault(reason, 0)
 
 
 def _total_size(paths: list[str]) -> int | None:
@@ -592,15 +631,27 @@ def _total_size(paths: list[str]) -> int | None:
     return total
 
 
-def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) -> Callable:
-    """Register `fn(run, **options)` as `rsyn NAME` with the shared options appended."""
+def rsyn_command(app: typer.Typer, name: str, summary: str, options: type | None = None, **command_kwargs) -> Callable:
+    """Register `rsyn NAME` with the shared options appended.
+
+    With `options=SomeOptions` (a dataclass whose fields carry rsyn.options.opt markers) the command line is
+    built from the fields and the command is called as `fn(run, opts)`; without it, as `fn(run, **own options)`
+    from fn's own Typer parameters (only for commands that take none).
+    """
 
     def decorate(fn: Callable) -> Callable:
-        sig = inspect.signature(fn)
-        own = [p for p in sig.parameters.values() if p.name != "run"]
+        if options is None:
+            own = [p for p in inspect.signature(fn).parameters.values() if p.name != "run"]
+            fields, aliases = [], []
+        else:
+            fields = list(option_fields(options))
+            own, aliases = _option_parameters(name, fields)
         common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in _COMMON]
         # inputs is positional: put it first so Typer treats it as the argument list
-        params = [common[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common[1:]
+        params = [common[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common[1:] + aliases
+        _check_unique(name, params)
+        if aliases:  # to tell where a value came from (the command line or a default)
+            params.append(inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
         @functools.wraps(fn)
         def wrapper(**kwargs):
@@ -609,14 +660,182 @@ def rsyn_command(app: typer.Typer, name: str, summary: str, **command_kwargs) ->
                 shared["shard"] = parse_shard(shared["shard"])
             except typer.BadParameter as exc:
                 fail(f"--shard {exc}")
-            run_command(name, lambda run: fn(run, **kwargs), **shared)
+            if options is None:
+                run_command(name, lambda run: fn(run, **kwargs), **shared)
+                return
+            if aliases:
+                _take_aliases(fields, kwargs, kwargs.pop(_CONTEXT))
+            try:
+                opts = build_options(options, kwargs)
+            except RsynError as exc:  # options that contradict each other (checked by the Options class)
+                fail(str(exc))
+            run_command(name, lambda run: fn(run, opts), **shared)
 
-        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__signature__ = inspect.Signature(params)
         doc = (fn.__doc__ or summary).strip()
+        pairs = {flag for f in fields if f.opt.words == 2 for flag in (*f.opt.flags, *f.opt.aliases)}
+        if pairs:
+            command_kwargs.setdefault("cls", _two_word_command(pairs))
         app.command(name, help=doc, short_help=summary, **command_kwargs)(wrapper)
+        fn.options = options  # for tests that walk the commands
         return fn
 
     return decorate
+
+
+def _typer_option(f: Field, flags: tuple[str, ...], hidden: bool = False):
+    o = f.opt
+    kwargs = dict(o.extra)
+    for key, value in (("help", o.help), ("rich_help_panel", o.panel), ("metavar", o.metavar)):
+        if value is not None:
+            kwargs[key] = value
+    if o.min is not None:
+        kwargs["min"] = o.min
+    if o.max is not None:
+        kwargs["max"] = o.max
+    if o.show_default is not True:
+        kwargs["show_default"] = o.show_default
+    if o.parse is not None:
+        kwargs["callback"] = _parser(o.parse)
+    return typer.Option(*flags, hidden=hidden, **kwargs)
+
+
+def _cli_type(f: Field):
+    if f.opt.cli_type is not None:
+        return f.opt.cli_type
+    if f.opt.parse is not None:
+        return str | None if f.default is None else str
+    return f.type
+
+
+def _cli_default(f: Field):
+    if f.default is dataclasses.MISSING:
+        return inspect.Parameter.empty  # required
+    if f.opt.shown is not None and f.default is not None:
+        return f.opt.shown(f.default)
+    return f.default
+
+
+def _option_parameters(name: str, fields: list[Field]) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
+    """The Typer parameters of the Options fields, and a hidden one per old name (alias)."""
+    own, aliases = [], []
+    for f in fields:
+        tp = _cli_type(f)
+        own.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[tp, _typer_option(f, f.opt.flags)],
+                default=_cli_default(f),
+            )
+        )
+        for i, alias in enumerate(f.opt.aliases):
+            if "/" in alias or tp is bool:
+                raise TypeError(f"rsyn {name}: {alias}: a boolean option cannot have an old name")
+            aliases.append(
+                inspect.Parameter(
+                    _alias_name(f, i),
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[tp | None, _typer_option(f, (alias,), hidden=True)],
+                    default=None,
+                )
+            )
+    return own, aliases
+
+
+def _alias_name(f: Field, i: int) -> str:
+    return f"{f.name}__old_name_{i}"
+
+
+_CONTEXT = "typer_context__"
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _take_aliases(fields: list[Field], kwargs: dict, ctx: typer.Context) -> None:
+    """Move the values given under an old name (hidden alias) to the option's own name."""
+    for f in fields:
+        for i, alias in enumerate(f.opt.aliases):
+            value = kwargs.pop(_alias_name(f, i))
+            if not _given(ctx, _alias_name(f, i)):
+                continue
+            if _given(ctx, f.name):
+                fail(f"{alias} is the old name of {f.opt.flags[0]}: give {f.opt.flags[0]} only")
+            kwargs[f.name] = value
+
+
+def _parser(parse: Callable) -> Callable:
+    def callback(value):
+        if value is None:  # not given, and the field's default is None
+            return None
+        try:
+            return parse(value)
+        except RsynError as exc:  # a message that names the option itself: one line, exit 2
+            fail(str(exc))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _check_unique(name: str, params: list[inspect.Parameter]) -> None:
+    """Two parameters with one flag would shadow each other silently: refuse at registration."""
+    seen: dict[str, str] = {}
+    for p in params:
+        info = next((m for m in getattr(p.annotation, "__metadata__", ()) if hasattr(m, "param_decls")), None)
+        decls = [info.default] if isinstance(getattr(info, "default", None), str) else []
+        for decl in [*(getattr(info, "param_decls", None) or ()), *decls]:
+            for flag in str(decl).split("/"):
+                if flag.startswith("-"):
+                    if flag in seen:
+                        raise TypeError(f"rsyn {name}: {flag} is both {seen[flag]} and {p.name}")
+                    seen[flag] = p.name
+
+
+def _two_word_command(flags: set[str]) -> type:
+    """A command class that reads `--flag A B` as `--flag A,B` when A is a bare number (opt(words=2)):
+    a range written as two words, as papers write it, without a second word ever landing in INPUT."""
+    from typer.core import TyperCommand
+
+    class TwoWordCommand(TyperCommand):
+        def parse_args(self, ctx, args):
+            return super().parse_args(ctx, join_two_words(list(args), flags))
+
+    return TwoWordCommand
+
+
+def join_two_words(args: list[str], flags: set[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        flag, eq, value = arg.partition("=")
+        if flag in flags:
+            if not eq and i + 1 < len(args):
+                value, i = args[i + 1], i + 1
+            elif not eq:
+                out.append(arg)
+                i += 1
+                continue
+            if _is_number(value) and i + 1 < len(args):
+                value, i = f"{value},{args[i + 1]}", i + 1
+            arg = f"{flag}={value}"
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _terminate(signum, frame):
@@ -662,10 +881,3 @@ def _silence_stdout() -> None:
 def fail(message: str, status: int = 2):
     print(f"rsyn: error: {message}", file=sys.stderr)
     raise typer.Exit(status)
-
-
-def not_built(name: str, issue: int) -> Callable[[Run], None]:
-    def body(run: Run) -> None:
-        raise RsynError(f"`rsyn {name}` is not built yet (issue {issue})")
-
-    return body

@@ -321,23 +321,33 @@ def test_files_are_read_twice_and_give_the_same_bytes_as_stdin(tmp_path, cluster
         assert orjson.loads(data.split(b"\n")[lineno - 1])["id"] == entry["record"]["id"]
 
 
-def test_sim_range_spellings(tmp_path):
+def test_sim_range_spellings():
+    from rsyn.command import join_two_words
     from rsyn.errors import RsynError
     from rsyn.stages.balance import SimRange, parse_sim_range
 
-    existing = tmp_path / "0.7"
-    existing.write_text("")
-    assert parse_sim_range("0.5", ["a.jsonl", "0.6"]) == (SimRange(lo=0.5, hi=0.6), ["a.jsonl"])
-    assert parse_sim_range("0.5", ["0.6", str(existing)]) == (SimRange(lo=0.5, hi=0.6), [str(existing)])
-    assert parse_sim_range("0.5..0.6", []) == parse_sim_range("0.5,0.6", []) == (SimRange(lo=0.5, hi=0.6), [])
-    assert parse_sim_range("auto", ["x"]) == (SimRange(quantiles=(0.075, 0.925)), ["x"])
-    assert parse_sim_range("auto:0.1,0.9", []) == (SimRange(quantiles=(0.1, 0.9)), [])
-    assert parse_sim_range(None, ["x"]) == (SimRange(), ["x"])
+    assert parse_sim_range("0.5..0.6") == parse_sim_range("0.5,0.6") == SimRange(lo=0.5, hi=0.6)
+    assert parse_sim_range("auto") == SimRange(quantiles=(0.075, 0.925))
+    assert parse_sim_range("auto:0.1,0.9") == SimRange(quantiles=(0.1, 0.9))
+    assert parse_sim_range(None) == SimRange()
     for bad in ["0.6,0.5", "auto:0.9,0.1", "abc", "0.5,x", "2,3"]:
         with pytest.raises(RsynError):
-            parse_sim_range(bad, [])
+            parse_sim_range(bad)
     with pytest.raises(RsynError, match="give the upper bound too"):
-        parse_sim_range("0.5", ["a.jsonl"])
+        parse_sim_range("0.5")
+    # `--sim-range LO HI` is read as one two-word option: HI never lands among the inputs, even when a file of
+    # that name exists or HI is negative; a range given in one word takes one word
+    flags = {"--sim-range"}
+    assert join_two_words(["a.jsonl", "--sim-range", "0.5", "0.6", "b"], flags) == [
+        "a.jsonl",
+        "--sim-range=0.5,0.6",
+        "b",
+    ]
+    assert join_two_words(["--sim-range", "-0.2", "-0.1"], flags) == ["--sim-range=-0.2,-0.1"]
+    assert join_two_words(["--sim-range=0.5", "0.6"], flags) == ["--sim-range=0.5,0.6"]
+    assert join_two_words(["--sim-range", "0.5,0.6", "0.7"], flags) == ["--sim-range=0.5,0.6", "0.7"]
+    assert join_two_words(["--sim-range", "auto", "0.7"], flags) == ["--sim-range=auto", "0.7"]
+    assert join_two_words(["--", "--sim-range", "1", "2"], flags) == ["--", "--sim-range", "1", "2"]
 
 
 @settings(max_examples=200, deadline=None)
@@ -367,3 +377,17 @@ def test_ranks_order_each_cluster_by_key(members):
         mine = np.flatnonzero(labels == c)
         assert sorted(ranks[mine].tolist()) == list(range(len(mine)))
         assert ranks[mine[np.argsort(keys[mine])]].tolist() == list(range(len(mine)))
+
+
+def test_old_option_name_still_works_hidden_and_negative_bounds_take_two_words(tmp_path, clustered):
+    records, centres = clustered
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    args = ["--sim-range", "-0.9", "-0.1", "--centroids", centres, "--per-cluster", "5"]
+    new = balance(*args, "--tmp-dir", spill, records=make_records([4], sims=-0.5)[0]).stdout
+    old = balance(*args, "--spill-dir", spill, records=make_records([4], sims=-0.5)[0]).stdout
+    assert new == old and len(decode_stream(new)) == 4  # -0.1 is the upper bound, not an option or an input
+    proc = balance(*args, "--spill-dir", spill, "--tmp-dir", spill, records=records, check=False)
+    assert proc.returncode == 2 and proc.stderr.decode() == (
+        "rsyn: error: --spill-dir is the old name of --tmp-dir: give --tmp-dir only\n"
+    )

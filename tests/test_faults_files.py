@@ -353,7 +353,7 @@ def test_embed_accounts_for_bad_images_hostile_paths_and_wrong_types(files, tiny
         root,
         "--on-error",
         "skip",
-        "--workers",
+        "--image-workers",
         "4",
         "-o",
         out,

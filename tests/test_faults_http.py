@@ -92,7 +92,7 @@ def test_embed_through_http_faults(server, tiny_models, tmp_path):
         out,
         "--model",
         tiny_models["clip"],
-        "--workers",
+        "--image-workers",
         "16",
         "--allow-private-urls",
         *NET,

@@ -16,7 +16,7 @@ import rsyn
 PACKAGE = pathlib.Path(rsyn.__file__).parent
 # The CLI frame and what is allowed to use it: the command modules, the entry point, and the whole-pipeline driver,
 # which runs commands as subprocesses but shares their option parsing.
-CLI_LAYER = {"cli.py", "command.py", "__main__.py", "doctor.py", "image_options.py"}
+CLI_LAYER = {"cli.py", "command.py", "__main__.py", "doctor.py"}
 CLI_PACKAGES = {"commands"}
 
 

@@ -242,11 +242,25 @@ def test_head_ends_quietly():
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
 
 
-def test_unbuilt_stage_says_so():
-    from rsyn.command import RsynError, Run, not_built
+def test_run_counters_change_only_through_its_methods(tmp_path):
+    """Stages count through Run's methods; the counters they can read cannot be written behind its back."""
+    from rsyn.command import Run
 
-    with pytest.raises(RsynError, match="not built yet"):
-        not_built("x", 1)(Run("x", quiet=True))
+    run = Run("x", inputs=["a"], output=str(tmp_path / "out.jsonl"), quiet=True)
+    with pytest.raises(TypeError):
+        run.dropped["over_cluster_cap"] = 1
+    with pytest.raises(AttributeError):
+        run.inputs = ["b"]
+    run.count_dropped("over_cluster_cap", 3)
+    run.drop({"id": "1"}, "over_cluster_cap")
+    run.count_in(5)
+    assert dict(run.dropped) == {"over_cluster_cap": 4} and run.n_in == 5 and run.inputs == ("a",)
+    run.plain_output()
+    run.write([{"id": "2"}])
+    with pytest.raises(RuntimeError):
+        run.plain_output()
+    run.__exit__(None, None, None)
+    assert (tmp_path / "out.jsonl").read_bytes() == b'{"id":"2"}\n'
 
 
 def test_missing_input_file():

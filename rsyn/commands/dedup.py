@@ -1,91 +1,16 @@
 """`rsyn dedup` and its passes (`rsyn dedup-scan`, ... `rsyn dedup-filter`); see docs/dedup.md."""
 
-import inspect
 from typing import Annotated
 
 import typer
 
 from rsyn.cli import app
 from rsyn.command import Run, parse_shard, rsyn_command, run_command
-from rsyn.image_limits import DEFAULT_MAX_BYTES
-from rsyn.image_options import MaxBytesOption, PathRootOption
-
-WORK_HELP = "The work directory the passes share (part files and done markers)."
+from rsyn.options.dedup import WORK_HELP, DedupOptions, DedupScanOptions, WorkOptions
 
 
-@rsyn_command(app, "dedup", "Remove exact, near (MinHash LSH) and semantic duplicates.")
-def dedup(
-    run: Run,
-    mode: Annotated[
-        str,
-        typer.Option(
-            "--mode",
-            help="Comma list of: exact (normalised text, image URL or content hash), near (sentences: "
-            "MinHash LSH + exact Jaccard), perceptual (embeddings at --perceptual-threshold), semantic (embeddings "
-            "at --semantic-threshold; needs `emb`).",
-        ),
-    ] = "exact,near",
-    near_threshold: Annotated[
-        float,
-        typer.Option(
-            "--near-threshold",
-            min=0.0,
-            max=1.0,
-            help="near: word n-gram Jaccard at or above which two sentences are duplicates.",
-        ),
-    ] = 0.8,
-    ngram: Annotated[
-        int, typer.Option("--ngram", min=1, max=8, help="near: words per shingle (shorter sentences are one shingle).")
-    ] = 2,
-    num_perm: Annotated[int, typer.Option("--num-perm", min=16, max=1024, help="near: MinHash permutations.")] = 128,
-    perceptual_threshold: Annotated[
-        float,
-        typer.Option(
-            "--perceptual-threshold",
-            min=-1.0,
-            max=1.0,
-            help="Cosine at or above which two embeddings are perceptual (near-identical) duplicates.",
-        ),
-    ] = 0.95,
-    semantic_threshold: Annotated[
-        float,
-        typer.Option(
-            "--semantic-threshold",
-            min=-1.0,
-            max=1.0,
-            help="Cosine at or above which two embeddings are semantic duplicates (used by --mode semantic).",
-        ),
-    ] = 0.90,
-    cluster_size: Annotated[
-        int,
-        typer.Option(
-            "--cluster-size",
-            min=1,
-            help="semantic: mean records per k-means cluster (k = records / this); "
-            "records are only compared within clusters (see --probes).",
-        ),
-    ] = 1000,
-    probes: Annotated[
-        int,
-        typer.Option(
-            "--probes",
-            min=1,
-            help="semantic: compare a record with every record of its nearest cluster that has "
-            "that cluster among its N nearest (1 = SemDeDup's one cluster per record, which misses duplicates split "
-            "by a cluster boundary).",
-        ),
-    ] = 3,
-    path_root: PathRootOption = None,
-    max_bytes: MaxBytesOption = DEFAULT_MAX_BYTES,
-    tmp_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--tmp-dir",
-            help="Where the work directory of the passes goes (spilled records, keys, embeddings; "
-            "default: the system temporary directory).",
-        ),
-    ] = None,
-) -> None:
+@rsyn_command(app, "dedup", "Remove exact, near (MinHash LSH) and semantic duplicates.", options=DedupOptions)
+def dedup(run: Run, opts: DedupOptions) -> None:
     """Remove duplicate sentences and images; each kind is compared only with its own kind.
 
     The first record of a group (in input order) is kept; the others are dropped
@@ -97,102 +22,40 @@ def dedup(
     """
     from rsyn.stages.dedup import run_dedup
 
-    run_dedup(
-        run,
-        _options(
-            mode,
-            near_threshold,
-            ngram,
-            num_perm,
-            perceptual_threshold,
-            semantic_threshold,
-            cluster_size,
-            probes,
-            path_root,
-            max_bytes,
-            tmp_dir,
-        ),
-    )
+    run_dedup(run, opts)
 
 
-def _options(
-    mode,
-    near_threshold,
-    ngram,
-    num_perm,
-    perceptual_threshold,
-    semantic_threshold,
-    cluster_size,
-    probes,
-    path_root,
-    max_bytes,
-    tmp_dir,
-):
-    from rsyn.stages.dedup import DedupOptions, check_options, parse_modes
-
-    options = DedupOptions(
-        modes=parse_modes(mode),
-        near_threshold=near_threshold,
-        ngram=ngram,
-        num_perm=num_perm,
-        perceptual_threshold=perceptual_threshold,
-        semantic_threshold=semantic_threshold,
-        cluster_size=cluster_size,
-        probes=probes,
-        tmp_dir=tmp_dir,
-        path_root=None if path_root is None else str(path_root),
-        max_bytes=max_bytes,
-    )
-    check_options(options)
-    return options
-
-
-def dedup_scan(run: Run, work: str, **options) -> None:
-    from rsyn.errors import RsynError
-    from rsyn.stages.dedup import Work, scan_pass
-
-    if run.output is not None:
-        raise RsynError("dedup-scan writes its part to --work; the records come out of dedup-filter (-o there)")
-
-    scan_pass(run, _options(**options, tmp_dir=None), Work(work), run.shard or (0, 1))
-
-
-# dedup-scan takes dedup's options (they are stored with the scan and used by every later pass) plus --work
-_dedup_params = [
-    p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-    for name, p in inspect.signature(dedup).parameters.items()
-    if name not in ("run", "tmp_dir")
-]
-_work_param = inspect.Parameter(
-    "work",
-    inspect.Parameter.KEYWORD_ONLY,
-    annotation=Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)],
+@rsyn_command(
+    app,
+    "dedup-scan",
+    "dedup pass 1 (per shard): validate records, write keys, shingles, embeddings.",
+    options=DedupScanOptions,
 )
-dedup_scan.__signature__ = inspect.Signature(
-    [inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD), _work_param, *_dedup_params]
+def dedup_scan(run: Run, opts: DedupScanOptions) -> None:
+    """Pass 1 of dedup (per input shard, --shard K/N): validate the records and write what every
+    mode needs to WORK/scan/part-K-of-N (records, order keys, exact keys, shingles and LSH bands, embeddings).
+
+    Bad input is handled here (--on-error, --rejects). The dedup options given here are stored with the scan and used
+    by every later pass. See docs/dedup.md for the order of the passes.
+    """
+    from rsyn.stages.dedup import run_scan
+
+    run_scan(run, opts)
+
+
+@rsyn_command(
+    app,
+    "dedup-filter",
+    "dedup last pass (per shard): write survivors with scores, drop duplicates.",
+    options=WorkOptions,
 )
-dedup_scan.__doc__ = """Pass 1 of dedup (per input shard, --shard K/N): validate the records and write what every
-mode needs to WORK/scan/part-K-of-N (records, order keys, exact keys, shingles and LSH bands, embeddings).
-
-Bad input is handled here (--on-error, --rejects). The dedup options given here are stored with the scan and used
-by every later pass. See docs/dedup.md for the order of the passes.
-"""
-rsyn_command(app, "dedup-scan", "dedup pass 1 (per shard): validate records, write keys, shingles, embeddings.")(
-    dedup_scan
-)
-
-
-@rsyn_command(app, "dedup-filter", "dedup last pass (per shard): write survivors with scores, drop duplicates.")
-def dedup_filter(run: Run, work: Annotated[str, typer.Option("--work", metavar="DIR", help=WORK_HELP)]) -> None:
+def dedup_filter(run: Run, opts: WorkOptions) -> None:
     """Last pass of dedup (per scan shard, --shard K/N, as scanned): re-read the shard's records from WORK and
     write the survivors (with `scores.dup_jaccard`, `scores.dup_sim`) to -o; duplicates go to --rejects with
     their reason, `dup_of` and `similarity`. Takes no INPUT: the records come from the scan."""
-    from rsyn.errors import RsynError
-    from rsyn.stages.dedup import Work, filter_pass
+    from rsyn.stages.dedup import run_filter
 
-    if run.inputs:
-        raise RsynError("dedup-filter reads the records of its shard from --work; it takes no INPUT")
-    filter_pass(run, Work(work), run.shard or (0, 1))
+    run_filter(run, opts)
 
 
 # --------------------------------------------------------------------------- the passes between scan and filter

@@ -1,17 +1,9 @@
-from enum import Enum
-from typing import Annotated
-
 import typer
 from typer.core import TyperGroup
 
 from rsyn.cli import app
-from rsyn.command import Run, parse_shard, rsyn_command
-
-
-class IndexType(str, Enum):
-    auto = "auto"
-    flat = "flat"
-    pq = "pq"
+from rsyn.command import Run, rsyn_command
+from rsyn.options.index import IndexAddOptions, IndexMergeOptions, IndexTrainOptions
 
 
 class _WholeOrPasses(TyperGroup):
@@ -36,57 +28,14 @@ app.add_typer(
     help="Cluster sentence embeddings (k-means) and build the retrieval index (or run one of its passes).",
 )
 
-Clusters = Annotated[
-    int | None,
-    typer.Option(
-        "--clusters",
-        min=1,
-        show_default="sentences / 420",
-        help="Number of text semantic clusters (k-means centroids). The default keeps the paper's cluster "
-        "size: 0.84B sentences in 2M clusters is about 420 sentences per cluster. From 4096 clusters on, "
-        "k-means trains in two levels (sqrt(clusters) coarse clusters, then each one's share independently).",
-    ),
-]
-MaxMemory = Annotated[
-    str,
-    typer.Option(
-        "--max-memory",
-        metavar="SIZE",
-        help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit, "
-        "else product-quantized lists (largest code that fits) re-ranked exactly from float16 vectors "
-        "on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
-        "recorded in meta.json (layout); give a size to make it the same everywhere.",
-    ),
-]
-IndexTypeOption = Annotated[IndexType, typer.Option("--index-type", help="auto (chosen by --max-memory), flat or pq.")]
-PqBytes = Annotated[
-    int | None,
-    typer.Option("--pq-bytes", min=1, help="PQ code size in bytes per vector (must divide the dimension); implies pq."),
-]
-PointsPerCluster = Annotated[
-    int,
-    typer.Option(
-        "--points-per-cluster",
-        min=1,
-        help="k-means trains on a seeded random sample of this many sentences per cluster (faiss advises at least 39).",
-    ),
-]
-Niter = Annotated[int, typer.Option("--niter", min=1, help="k-means iterations.")]
-Trained = Annotated[
-    str, typer.Option("--trained", metavar="DIR", help="The directory written by rsyn index train.", show_default=False)
-]
 
-
-@rsyn_command(index_app, "build", "Build the whole index in one process (what plain `rsyn index` runs).")
-def build(
-    run: Run,
-    clusters: Clusters = None,
-    max_memory: MaxMemory = "auto",
-    index_type: IndexTypeOption = IndexType.auto,
-    pq_bytes: PqBytes = None,
-    points_per_cluster: PointsPerCluster = 64,
-    niter: Niter = 20,
-) -> None:
+@rsyn_command(
+    index_app,
+    "build",
+    "Build the whole index in one process (what plain `rsyn index` runs).",
+    options=IndexTrainOptions,
+)
+def build(run: Run, opts: IndexTrainOptions) -> None:
     """Read sentence records with embeddings (from `rsyn embed`) and write an index directory (-o DIR).
 
     The directory holds the k-means centroids (centroids.npy: the text semantic clusters), a faiss IVF index
@@ -101,15 +50,7 @@ def build(
     """
     from rsyn.stages.index import run_index
 
-    run_index(
-        run,
-        clusters=clusters,
-        max_memory=max_memory,
-        index_type="pq" if pq_bytes else index_type.value,
-        pq_bytes=pq_bytes,
-        points_per_cluster=points_per_cluster,
-        niter=niter,
-    )
+    run_index(run, opts)
 
 
 @rsyn_command(index_app, "collect", "Pass 1, per shard: sentences and their vectors into a part directory.")
@@ -122,83 +63,44 @@ def collect(run: Run) -> None:
     run_collect(run)
 
 
-@rsyn_command(index_app, "train", "Pass 2, once: k-means on a sample of the parts, the trained empty index.")
-def train(
-    run: Run,
-    clusters: Clusters = None,
-    max_memory: MaxMemory = "auto",
-    index_type: IndexTypeOption = IndexType.auto,
-    pq_bytes: PqBytes = None,
-    points_per_cluster: PointsPerCluster = 64,
-    niter: Niter = 20,
-) -> None:
+@rsyn_command(
+    index_app,
+    "train",
+    "Pass 2, once: k-means on a sample of the parts, the trained empty index.",
+    options=IndexTrainOptions,
+)
+def train(run: Run, opts: IndexTrainOptions) -> None:
     """Inputs: every collect part directory, in order. Writes a train directory (-o DIR): centroids.npy,
     trained.faiss (the empty IVF index, its PQ trained), train.json last. Memory: the sample
     (clusters x points per cluster x dim x 4 bytes), not the corpus."""
     from rsyn.stages.index import run_train
 
-    run_train(
-        run,
-        clusters=clusters,
-        max_memory=max_memory,
-        index_type="pq" if pq_bytes else index_type.value,
-        pq_bytes=pq_bytes,
-        points_per_cluster=points_per_cluster,
-        niter=niter,
-    )
+    run_train(run, opts)
 
 
-def _part(value: str | None):
-    from rsyn.command import fail
-
-    try:
-        return parse_shard(value)
-    except typer.BadParameter as exc:
-        fail(f"--part {exc}")
-
-
-@rsyn_command(index_app, "add", "Pass 3, per part: add the vectors of a range of parts to the trained index.")
-def add(
-    run: Run,
-    trained: Trained,
-    part: Annotated[
-        str | None,
-        typer.Option(
-            "--part", metavar="K/N", help="Add the K-th of N contiguous ranges of the parts given (all without it)."
-        ),
-    ] = None,
-) -> None:
+@rsyn_command(
+    index_app,
+    "add",
+    "Pass 3, per part: add the vectors of a range of parts to the trained index.",
+    options=IndexAddOptions,
+)
+def add(run: Run, opts: IndexAddOptions) -> None:
     """Inputs: every collect part directory, in order (for the global rows). Writes an add directory (-o DIR):
     lists.faiss (those parts' vectors under their global rows) and add.json last."""
     from rsyn.stages.index import run_add
 
-    run_add(run, trained=trained, part=_part(part))
+    run_add(run, opts)
 
 
-@rsyn_command(index_app, "merge", "Pass 4, once: the index directory from the parts, train and add outputs.")
-def merge(
-    run: Run,
-    trained: Trained,
-    added: Annotated[
-        list[str],
-        typer.Option(
-            "--added",
-            metavar="DIR",
-            help="An add directory; repeat it for every --part K/N, in order.",
-            show_default=False,
-        ),
-    ],
-    on_disk: Annotated[
-        bool,
-        typer.Option(
-            "--on-disk",
-            help="Write the inverted lists to lists.ivfdata with faiss's on-disk lists, one list in "
-            "memory at a time, for indexes larger than RAM (otherwise merged in RAM).",
-        ),
-    ] = False,
-) -> None:
+@rsyn_command(
+    index_app,
+    "merge",
+    "Pass 4, once: the index directory from the parts, train and add outputs.",
+    options=IndexMergeOptions,
+)
+def merge(run: Run, opts: IndexMergeOptions) -> None:
     """Inputs: every collect part directory, in order. Writes the index directory (-o DIR), the same one
     `rsyn index` writes, with meta.json last."""
     from rsyn.stages.index import run_merge
 
-    run_merge(run, trained=trained, added=added, on_disk=on_disk)
+    run_merge(run, opts)

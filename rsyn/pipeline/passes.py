@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rsyn.options import flags
+from rsyn.options.balance import BalancePlanOptions, CapOptions
 from rsyn.pipeline.config import Pipeline, PipelineError, StageSettings
 from rsyn.pipeline.graph import Graph, Part, Pass, part_name
 
@@ -172,7 +174,7 @@ SPLIT_STAGES: dict[str, tuple[SplitPass, ...]] = {
             "plan",
             common=True,
             device=True,
-            takes=("--sim-range", "--clusters", "--kmeans-iters", "--kmeans-sample", "--centroids", "--save-centroids"),
+            takes=flags(BalancePlanOptions),
         ),
         SplitPass(
             "assign",
@@ -182,9 +184,7 @@ SPLIT_STAGES: dict[str, tuple[SplitPass, ...]] = {
             common=True,
             device=True,
         ),
-        SplitPass(
-            "cap", ("balance", "cap", "{assign*}"), "once", "cap", common=True, takes=("--per-cluster", "--target")
-        ),
+        SplitPass("cap", ("balance", "cap", "{assign*}"), "once", "cap", common=True, takes=flags(CapOptions)),
         # filter re-reads the records of its scan from the input files: {inputs} is only fingerprinted, not passed
         SplitPass(
             "filter",

@@ -45,6 +45,7 @@ import numpy as np
 import orjson
 
 from rsyn.errors import RsynError
+from rsyn.options.balance import BalanceOptions
 from rsyn.records import decode_embeddings
 from rsyn.stream import STDIO, RecordWriter, StreamError, expand_inputs, iter_line_blocks, write_bytes_atomic
 
@@ -107,17 +108,11 @@ class SimRange:
         return self.lo is None and self.quantiles is None
 
 
-def parse_sim_range(value: str | None, inputs: list[str]) -> tuple[SimRange, list[str]]:
-    """Parse --sim-range; returns the window and the inputs left.
-
-    Accepts `LO HI` (two words, as the paper states it), `LO,HI`, `LO..HI`,
-    `auto` or `auto:QLO,QHI`. A command-line option takes a fixed number of
-    words, so for `--sim-range LO HI` the parser hands HI over as an input
-    file; it is taken back here: a word that reads as a number and names no
-    existing file can never be an input.
-    """
+def parse_sim_range(value: str | None) -> SimRange:
+    """Parse --sim-range: `LO,HI`, `LO..HI`, `auto` or `auto:QLO,QHI`. The command line also takes
+    `--sim-range LO HI` (two words, as the paper states it) and hands it over as `LO,HI` (opt(words=2))."""
     if value is None:
-        return SimRange(), inputs
+        return SimRange()
     text = value.strip().lower()
     if text.startswith("auto"):
         quantiles = AUTO_QUANTILES
@@ -128,29 +123,17 @@ def parse_sim_range(value: str | None, inputs: list[str]) -> tuple[SimRange, lis
         qlo, qhi = quantiles
         if not 0.0 <= qlo < qhi <= 1.0:
             raise RsynError(f"--sim-range {value!r}: need 0 <= QLO < QHI <= 1")
-        return SimRange(quantiles=(qlo, qhi)), inputs
+        return SimRange(quantiles=(qlo, qhi))
     for sep in ("..", ","):
         if sep in text:
             lo, hi = _two_numbers(text.replace("..", ","), value)
             break
     else:
-        lo = _number(text, value)
-        numeric = [i for i, item in enumerate(inputs) if _is_number(item) and not os.path.exists(item)]
-        if len(numeric) != 1:
-            raise RsynError(f"--sim-range {value}: give the upper bound too (--sim-range LO HI, or LO,HI)")
-        hi = float(inputs[numeric[0]])
-        inputs = inputs[: numeric[0]] + inputs[numeric[0] + 1 :]
+        _number(text, value)
+        raise RsynError(f"--sim-range {value}: give the upper bound too (--sim-range LO HI, or LO,HI)")
     if not -1.0 <= lo <= hi <= 1.0:
         raise RsynError(f"--sim-range {lo} {hi}: need -1 <= LO <= HI <= 1")
-    return SimRange(lo=lo, hi=hi), inputs
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return SimRange(lo=lo, hi=hi)
 
 
 def _number(text: str, original: str) -> float:
@@ -996,11 +979,11 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
     plan = PassDir(assign.meta["plan"], "plan")
     status, sims, labels = filter_status(scan, plan, assign, cap)
     fragment = orjson.Fragment
-    log_drops = bool(run.rejects_path)
+    log_drops = run.logs_rejects
     reason_of = {_BELOW: "sim_below_window", _ABOVE: "sim_above_window", _CAPPED: "over_cluster_cap"}
     if not log_drops:  # count without reading the dropped records again
         for code, reason in reason_of.items():
-            run.dropped[reason] = run.dropped.get(reason, 0) + int((status == code).sum())
+            run.count_dropped(reason, int((status == code).sum()))
     files = [f["name"] for f in scan.meta["files"]]
     file_of, line_of = scan.column("file"), scan.column("line")
 
@@ -1031,19 +1014,10 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
 # --------------------------------------------------------------------------- the one-process composition
 
 
-def run_balance(
-    run: Run,
-    *,
-    sim_range: str | None = None,
-    clusters: int | None = None,
-    per_cluster: int | None = None,
-    target: int | None = None,
-    kmeans_iters: int = 20,
-    kmeans_sample: int | None = None,
-    centroids_path: str | None = None,
-    save_centroids: str | None = None,
-    spill_dir: str | None = None,
-) -> None:
+def run_balance(run: Run, opts: BalanceOptions) -> None:
+    sim_range, clusters, per_cluster, target = opts.sim_range, opts.clusters, opts.per_cluster, opts.target
+    kmeans_iters, kmeans_sample, centroids_path = opts.kmeans_iters, opts.kmeans_sample, opts.centroids
+    save_centroids, spill_dir = opts.save_centroids, opts.tmp_dir
     if run.shard is not None:
         raise RsynError(
             f"--shard: `rsyn balance` balances the whole corpus at once; to split it, run its passes "
@@ -1051,7 +1025,7 @@ def run_balance(
         )
     if (per_cluster is None) == (target is None):
         raise RsynError("give exactly one of --per-cluster T (paper: 20, 35, 180) or --target N")
-    window, run.inputs = parse_sim_range(sim_range, run.inputs)
+    window = parse_sim_range(sim_range)
     run.declare_reasons(REASONS)
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="rsyn-balance-", dir=spill_dir) as work:

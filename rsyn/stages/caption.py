@@ -25,71 +25,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.error_rate import ErrorRate
 from rsyn.errors import RsynError
-from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT
-from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 from rsyn.localfiles import shown
 from rsyn.models.identity import model_identity
+from rsyn.options.caption import CaptionOptions
 from rsyn.records import decode_embeddings, stable_hash
 
 if TYPE_CHECKING:
     from rsyn.command import Run
 
 NONE = "none"
-
-
-@dataclass
-class CaptionOptions:
-    # tags
-    tags_file: str | None = None
-    mine_tags_from: str | None = None
-    mined_tags: int = 4000
-    mine_sample: int = 100_000
-    mine_min_count: int = 3
-    save_tags: str | None = None
-    max_tags: int = 10
-    tag_threshold: float = 0.25
-    tag_template: str = "a photo of {}."
-    clip_model: str | None = None
-    clip_pretrained: str | None = None
-    # caption
-    captioner: str = "Salesforce/blip-image-captioning-base"
-    images: str | None = None  # img2dataset output folder, images found by URL
-    fetch: bool = True  # download by URL an image found neither at `path` nor in `images`
-    image_workers: int = 16
-    path_root: str | None = None  # a record's `path` must lie under it (default: the current directory)
-    max_bytes: int = DEFAULT_MAX_BYTES
-    caption_max_tokens: int = 30
-    caption_beams: int = 3
-    # fusion
-    llm_backend: str = "hf"
-    llm_model: str | None = None
-    llm_url: str | None = None
-    llm_api: str = "auto"
-    llm_concurrency: int = 16
-    llm_timeout: float = 60.0
-    llm_retries: int = 3
-    llm_max_tokens: int = 160
-    temperature: float = 0.0
-    top_p: float = 1.0
-    llm_batch_size: int = 16
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.6
-    max_model_len: int | None = None
-    prompt_file: str | None = None
-    max_syn_words: int = 80
-    max_syn_chars: int = DEFAULT_MAX_SYN_CHARS
-    llm_max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
-    timeout: float = DEFAULT_TIMEOUT  # image downloads, as in rsyn embed
-    deadline: float = DEFAULT_DEADLINE
-    retries: int = DEFAULT_RETRIES
-    allow_private_urls: bool = False  # fetching images from loopback/private addresses
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
-    # run
-    batch_size: int = 64
-    cache_dir: str | None = None
-    api_key: str | None = None
 
 
 @dataclass

@@ -19,22 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, ErrorRate
+from rsyn.error_rate import ErrorRate
 from rsyn.images import (
-    DEFAULT_DEADLINE,
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    DEFAULT_USER_AGENT,
-    MAX_ASPECT,
-    MIN_SIDE,
     Fetcher,
     ImageError,
     ImageLoader,
     open_image_folder,
     size_rule,
 )
+from rsyn.options.embed import EmbedOptions
 from rsyn.records import encode_embeddings
 
 if TYPE_CHECKING:
@@ -42,31 +35,6 @@ if TYPE_CHECKING:
 
 CHUNK_BATCHES = 4  # batches per chunk: partial batches only at chunk ends
 PREFETCH_CHUNKS = 2  # chunks loading while one is on the model
-
-
-@dataclass
-class EmbedOptions:
-    model: str
-    pretrained: str | None = None
-    precision: str = "auto"
-    batch_size: int = 0  # 0: by device
-    text_field: str = "text"
-    emb_field: str | None = None
-    kinds: tuple[str, ...] = ("image", "text")
-    images: str | None = None
-    workers: int = 0  # 0: by CPU count
-    timeout: float = DEFAULT_TIMEOUT
-    deadline: float = DEFAULT_DEADLINE
-    retries: int = DEFAULT_RETRIES
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    user_agent: str = DEFAULT_USER_AGENT
-    draft: bool = True
-    min_side: int = MIN_SIDE
-    max_aspect: float = MAX_ASPECT
-    allow_private_urls: bool = False
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
-    path_root: str | None = None  # a record's `path` must lie under it (default: the current directory)
 
 
 def emb_field_for(text_field: str) -> str:

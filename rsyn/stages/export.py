@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from rsyn.errors import RsynError
+from rsyn.options.export import CAPTION_FIELDS, Dtype, ExportOptions
 from rsyn.records import decode_embeddings
 from rsyn.stream import AtomicDirectory, write_bytes_atomic
 
@@ -37,7 +38,6 @@ STATS_FILE = "_stats.json"
 DONE_MARKER = "_SUCCESS"
 DTYPES = {"float16": "<f2", "float32": "<f4"}
 NPY_HEADER_BYTES = 128  # magic, version, length and the dict padded: room for any (rows, dim) shape
-CAPTION_FIELDS = ("syn_text", "text1", "caption")
 
 
 class NpyShardWriter:
@@ -160,9 +160,9 @@ def caption_of(record: dict, caption_field: str) -> str | None:
     return None
 
 
-def run_export(
-    run: Run, *, dtype: str, rows_per_shard: int, emb_field: str, caption_field: str, overwrite: bool
-) -> None:
+def run_export(run: Run, opts: ExportOptions) -> None:
+    dtype, rows_per_shard, emb_field = Dtype(opts.dtype).value, opts.rows_per_shard, opts.emb_field
+    caption_field, overwrite = opts.caption_field, opts.overwrite
     import pyarrow as pa
 
     if not run.output or run.output == "-":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rsyn.documents import Document, DocumentError, ImagePart, parse_document, raw_documents
@@ -35,43 +34,14 @@ from rsyn.filters import (
     load_word_counts,
     save_word_counts,
 )
-from rsyn.image_limits import MAX_ASPECT, MIN_SIDE
+from rsyn.options.extract import FILTER_NAMES, ExtractOptions
 from rsyn.records import image_id, text_id
 from rsyn.stream import STDIO, TruncatedStream
 
 if TYPE_CHECKING:
     from rsyn.command import Run
 
-FILTER_NAMES = ("size", "emoji", "url", "words", "cat", "entropy", "ppl")
 REPEATED_IMAGE = "image_repeated_in_doc"
-
-
-@dataclass
-class ExtractOptions:
-    fmt: str = "auto"
-    filters: list[str] = field(default_factory=lambda: list(FILTER_NAMES))  # applied in this order
-    disable: set[str] = field(default_factory=set)
-    min_side: int = MIN_SIDE
-    max_aspect: float = MAX_ASPECT
-    min_words: int = 3
-    max_words: int = 81
-    min_complexity: int = 1
-    require_action: bool = True
-    spacy_model: str = "auto"
-    spacy_processes: int = 1
-    spacy_batch_size: int = 256
-    min_entropy: float = 0.3
-    entropy_log_base: str = "e"
-    word_counts: str | None = None
-    save_word_counts: str | None = None
-    count_only: bool = False
-    ppl_model: str = "gpt2-large"
-    min_ppl: float = 30.0
-    max_ppl: float = 200.0
-    ppl_batch_size: int = 32
-    ppl_dtype: str = "auto"
-    window: int = 4096  # sentences filtered together
-    parquet_batch_rows: int = 512
 
 
 def thresholds(opts: ExtractOptions, enabled: list[str]) -> dict:
@@ -317,7 +287,7 @@ def _extract(run: Run, paths: list[str], opts: ExtractOptions, filters: list[Fil
         stats["documents"] += 1
         stats["end_markers_removed"] += document.markers_removed
         for record, repeated in _candidates(document, split):
-            run.n_in += 1
+            run.count_in(1)
             if record["kind"] == "image":
                 stats["images_in"] += 1
                 if repeated:
@@ -331,7 +301,6 @@ def _extract(run: Run, paths: list[str], opts: ExtractOptions, filters: list[Fil
         if sentences >= opts.window:
             yield from _filter_window(run, window, filters)
             window, sentences = [], 0
-            run.tick()
     yield from _filter_window(run, window, filters)
 
 

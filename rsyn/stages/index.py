@@ -49,6 +49,7 @@ import orjson
 
 from rsyn import __version__
 from rsyn.errors import RsynError
+from rsyn.options.index import IndexAddOptions, IndexMergeOptions, IndexTrainOptions
 from rsyn.records import decode_embeddings
 from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs, write_bytes_atomic
 from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
@@ -795,17 +796,10 @@ def merge_vectors(parts: list[Part], path: Path) -> None:
 # --------------------------------------------------------------------------- plain `rsyn index`
 
 
-def run_index(
-    run: Run,
-    *,
-    clusters: int | None,
-    max_memory: str | None,
-    index_type: str,
-    pq_bytes: int | None,
-    points_per_cluster: int,
-    niter: int,
-) -> None:
+def run_index(run: Run, opts: IndexTrainOptions) -> None:
     """The four passes in one process, on the whole stream."""
+    clusters, max_memory, index_type, pq_bytes = opts.clusters, opts.max_memory, opts.layout, opts.pq_bytes
+    points_per_cluster, niter = opts.points_per_cluster, opts.niter
     if run.shard is not None:
         raise RsynError(
             f"rsyn index builds one index from the whole corpus and takes no --shard; "
@@ -865,16 +859,9 @@ def _pass_inputs(run: Run, what: str) -> list[Part]:
     return open_parts(run.inputs)
 
 
-def run_train(
-    run: Run,
-    *,
-    clusters: int | None,
-    max_memory: str | None,
-    index_type: str,
-    pq_bytes: int | None,
-    points_per_cluster: int,
-    niter: int,
-) -> None:
+def run_train(run: Run, opts: IndexTrainOptions) -> None:
+    clusters, max_memory, index_type, pq_bytes = opts.clusters, opts.max_memory, opts.layout, opts.pq_bytes
+    points_per_cluster, niter = opts.points_per_cluster, opts.niter
     parts = _pass_inputs(run, "train")
     budget = Budget.from_option(max_memory)
     with building_directory(run.output) as building:
@@ -894,7 +881,8 @@ def run_train(
     run.extra.update({"clusters": info["clusters"], "index_type": info["index_type"], **info["seconds"]})
 
 
-def run_add(run: Run, *, trained: str, part: tuple[int, int] | None) -> None:
+def run_add(run: Run, opts: IndexAddOptions) -> None:
+    trained, part = opts.trained, opts.part
     parts = _pass_inputs(run, "add")
     which = part_range(len(parts), part)
     with building_directory(run.output) as building:
@@ -903,7 +891,8 @@ def run_add(run: Run, *, trained: str, part: tuple[int, int] | None) -> None:
     run.count_out(info["count"])
 
 
-def run_merge(run: Run, *, trained: str, added: list[str], on_disk: bool) -> None:
+def run_merge(run: Run, opts: IndexMergeOptions) -> None:
+    trained, added, on_disk = opts.trained, opts.added, opts.on_disk
     parts = _pass_inputs(run, "merge")
     with building_directory(run.output) as building:
         meta = merge_index(parts, Path(trained), [Path(a) for a in added], building, on_disk=on_disk, note=run.note)

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import orjson
 
 from rsyn.errors import RsynError
-from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from rsyn.localfiles import shown
+from rsyn.options.pack import PackOptions
 from rsyn.stream import AtomicDirectory, write_bytes_atomic
-from rsyn.textstyle import apply_text_style
+from rsyn.textstyle import TextStyle, apply_text_style
 
 if TYPE_CHECKING:
     from rsyn.command import Run
@@ -303,19 +303,10 @@ class WebdatasetShards(Shards):
 # --------------------------------------------------------------------------- the stage
 
 
-def run_pack(
-    run: Run,
-    *,
-    fmt: str = "parquet",
-    rows_per_shard: int | None = None,
-    extra_columns: bool = False,
-    overwrite: bool = False,
-    images: str | None = None,
-    path_root: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    text_style: str = "original",
-) -> None:
+def run_pack(run: Run, opts: PackOptions) -> None:
+    fmt, rows_per_shard, extra_columns, overwrite = opts.fmt, opts.rows_per_shard, opts.extra_columns, opts.overwrite
+    images, path_root, max_bytes, max_pixels = opts.images, opts.path_root, opts.max_bytes, opts.max_pixels
+    text_style = TextStyle(opts.text_style).value
     if not run.output or run.output == "-":
         raise RsynError("pack writes a directory: give -o DIR")
     if fmt not in DEFAULT_ROWS:

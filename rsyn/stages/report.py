@@ -36,7 +36,8 @@ import orjson
 
 from rsyn import __version__
 from rsyn.errors import RsynError
-from rsyn.image_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from rsyn.image_limits import DEFAULT_MAX_PIXELS
+from rsyn.options.report import ReportOptions
 from rsyn.records import decode_embeddings
 from rsyn.stream import StreamError, read_records, write_bytes_atomic
 
@@ -739,16 +740,9 @@ def render(stats: list[dict], scan: dict | None, text_rows: list[dict] | None, t
     )
 
 
-def run_report(
-    run: Run,
-    records: list[str],
-    packed: str | None,
-    images: str | None,
-    title: str,
-    gallery: int = 12,
-    path_root: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> None:
+def run_report(run: Run, opts: ReportOptions) -> None:
+    records, packed, images, title, gallery = opts.records, opts.packed, opts.images, opts.title, opts.gallery
+    path_root, max_bytes = opts.path_root, opts.max_bytes
     import matplotlib
 
     matplotlib.use("Agg")
@@ -764,7 +758,7 @@ def run_report(
         marker = packed_marker(packed)
         if marker is not None:
             stats.append(marker)
-    run.n_in = len(stats)
+    run.count_in(len(stats))
     scan = scan_records(records, gallery, run.seed) if records else None
     if scan:
         add_thumbnails(scan["gallery"], images, packed, path_root, max_bytes)

@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from rsyn.errors import RsynError, first_line
+from rsyn.options.retrieve import RetrieveOptions
 from rsyn.records import decode_embeddings
 from rsyn.stages.index import (
     CENTROIDS,
@@ -242,9 +243,9 @@ def distinct_choice(
 # --------------------------------------------------------------------------- the command
 
 
-def run_retrieve(
-    run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None, verify: bool = True
-) -> None:
+def run_retrieve(run: Run, opts: RetrieveOptions) -> None:
+    index_dir, k, nprobe, rerank, distinct = opts.index_dir, opts.k, opts.nprobe, opts.rerank, opts.distinct
+    verify = opts.verify
     index = IndexDirectory(index_dir, device=run.faiss_device, verify=verify)
     run.note(
         f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "

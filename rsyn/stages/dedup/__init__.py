@@ -23,21 +23,19 @@ counts.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
 from rsyn.errors import RsynError
-from rsyn.image_limits import DEFAULT_MAX_BYTES
+from rsyn.options.dedup import MODES, DedupOptions, DedupScanOptions, WorkOptions, parse_modes  # noqa: F401
 from rsyn.stages.dedup.work import ROW_BITS, ROW_MASK, Shards, Work
 from rsyn.stream import iter_lines
 
 if TYPE_CHECKING:
     from rsyn.command import Run
 
-MODES = ("exact", "near", "perceptual", "semantic")
 REASONS = {
     "exact": "exact_duplicate",
     "near": "near_duplicate",
@@ -56,52 +54,6 @@ PASSES = (
 SCORE_DIGITS = 4  # similarities written to records; f16 embeddings carry about 3 digits
 
 
-@dataclass(frozen=True)
-class DedupOptions:
-    modes: tuple[str, ...] = ("exact", "near")
-    near_threshold: float = 0.8
-    ngram: int = 2
-    num_perm: int = 128
-    perceptual_threshold: float = 0.95
-    semantic_threshold: float = 0.90
-    cluster_size: int = 1000
-    probes: int = 3
-    tmp_dir: str | None = None
-    path_root: str | None = None
-    max_bytes: int = DEFAULT_MAX_BYTES
-
-    @property
-    def embedding_threshold(self) -> float | None:
-        if "semantic" in self.modes:
-            return self.semantic_threshold
-        if "perceptual" in self.modes:
-            return self.perceptual_threshold
-        return None
-
-    def recorded(self, seed: int) -> dict:
-        """What the later passes need, stored with every scan part (so they take no options of their own)."""
-        kept = asdict(self)
-        for local in ("tmp_dir", "path_root", "max_bytes"):  # only scan uses them
-            kept.pop(local)
-        return {**kept, "modes": list(self.modes), "seed": seed}
-
-
-def parse_modes(text: str) -> tuple[str, ...]:
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODES]
-    if unknown or not names:
-        raise RsynError(f"--mode {text!r}: expected a comma list of {', '.join(MODES)}")
-    return tuple(m for m in MODES if m in names)
-
-
-def check_options(options: DedupOptions) -> None:
-    if options.embedding_threshold is not None and options.semantic_threshold > options.perceptual_threshold:
-        raise RsynError(
-            f"--semantic-threshold {options.semantic_threshold} is above --perceptual-threshold "
-            f"{options.perceptual_threshold}: perceptual duplicates are the most similar ones"
-        )
-
-
 def declare_reasons(run: Run, modes) -> None:
     reasons = [REASONS[m] for m in modes if m in ("exact", "near")]
     if "semantic" in modes:  # semantic drops the perceptual band too, with its own reason
@@ -118,7 +70,6 @@ def run_dedup(run: Run, options: DedupOptions) -> None:
             "`rsyn dedup` compares every record with every other one and cannot run on a --shard; "
             f"split it into passes instead: {PASSES} (see docs/dedup.md)"
         )
-    check_options(options)
     declare_reasons(run, options.modes)
     with tempfile.TemporaryDirectory(prefix="rsyn-dedup-", dir=options.tmp_dir) as tmp:
         work = Work(tmp, durable=False)
@@ -160,6 +111,20 @@ def scan_pass(run: Run, options: DedupOptions, work: Work, shard: tuple[int, int
         part.finish(info)  # its content digest identifies this scan to every later pass
     run.extra.update({"scanned": info["records"]})
     return info
+
+
+def run_scan(run: Run, options: DedupScanOptions) -> None:
+    """`rsyn dedup-scan`: pass 1 of this --shard into --work."""
+    if run.output is not None:
+        raise RsynError("dedup-scan writes its part to --work; the records come out of dedup-filter (-o there)")
+    scan_pass(run, options, Work(options.work), run.shard or (0, 1))
+
+
+def run_filter(run: Run, options: WorkOptions) -> None:
+    """`rsyn dedup-filter`: the last pass of this --shard, from --work."""
+    if run.inputs:
+        raise RsynError("dedup-filter reads the records of its shard from --work; it takes no INPUT")
+    filter_pass(run, Work(options.work), run.shard or (0, 1))
 
 
 def group_pass(run: Run, work: Work, mode: str, partition: tuple[int, int]) -> dict:
@@ -255,7 +220,7 @@ def filter_pass(run: Run, work: Work, shard: tuple[int, int], count_in: bool = T
     declare_reasons(run, modes)
     n = info["records"]
     if count_in:
-        run.n_in += n
+        run.count_in(n)
     kind = np.asarray(shards.array(k, "kind"))
     reason = np.zeros(n, np.int8)
     dup = np.full(n, -1, np.int64)

@@ -36,9 +36,7 @@ def models(tmp_path_factory):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rsyn.models.captioner import build_tiny_captioner
-    from rsyn.models.clip import build_tiny_clip
-    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.testing import build_tiny_captioner, build_tiny_clip, build_tiny_gpt2
 
     root = tmp_path_factory.mktemp("models")
     gpt2 = build_tiny_gpt2(root / "gpt2")
@@ -552,8 +550,9 @@ def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
 
 def test_tag_embedding_cache_notices_other_weights_under_the_same_name(tmp_path):
     import rsyn.models.clip as clip_models
-    from rsyn.models.clip import build_tiny_clip, load_clip
+    from rsyn.models.clip import load_clip
     from rsyn.tags import tag_embeddings
+    from rsyn.testing import build_tiny_clip
 
     spec = build_tiny_clip(tmp_path / "clip", seed=0)
     first = tag_embeddings(["dog", "red car"], load_clip(spec, None, "cpu"), "a photo of {}.", tmp_path / "cache")

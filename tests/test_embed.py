@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsyn.errors import RsynError
-from rsyn.models.clip import build_tiny_clip, load_clip, model_spec
+from rsyn.models.clip import load_clip, model_spec
+from rsyn.testing import build_tiny_clip
 
 
 @pytest.fixture(scope="session")

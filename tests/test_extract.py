@@ -319,8 +319,9 @@ def rsyn_in_process(*args):
 
 def test_perplexity_with_a_tiny_local_gpt2(tmp_path):
     from rsyn.models import lm
+    from rsyn.testing import build_tiny_gpt2
 
-    model_dir = lm.build_tiny_gpt2(tmp_path / "tiny-gpt2", seed=0)
+    model_dir = build_tiny_gpt2(tmp_path / "tiny-gpt2", seed=0)
     texts = [
         KEEP_1,
         KEEP_2,

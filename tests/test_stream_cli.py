@@ -209,19 +209,22 @@ def _writer_mid_stream(out):
     proc = subprocess.Popen(
         [sys.executable, "-m", "rsyn", "cat", "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    proc.stdin.write(BIG_INPUT)  # stdin stays open: the run is mid-stream
-    proc.stdin.flush()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        temporaries = [p for p in out.parent.glob(f".{out.name}.rsyn-tmp-*") if p.stat().st_size > 0]
-        if temporaries:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    else:
-        raise AssertionError("no temporary with data appeared: the writer is not atomic, or wrote nothing")
-    assert not out.exists()  # written under the temporary name only
-    return proc, temporaries[0]
+    try:
+        proc.stdin.write(BIG_INPUT)  # stdin stays open: the run is mid-stream
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while True:
+            assert not out.exists(), "the output appeared under its final name mid-stream: the writer is not atomic"
+            temporaries = [p for p in out.parent.glob(f".{out.name}.rsyn-tmp-*") if p.stat().st_size > 0]
+            if temporaries and not out.exists():
+                return proc, temporaries[0]
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no temporary with data appeared: the writer wrote nothing"
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
 
 
 def test_killed_write_leaves_no_output_file_and_the_next_run_cleans_up(tmp_path):

@@ -129,6 +129,6 @@ def example_work(tmp_path_factory) -> Path:
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     work = tmp_path_factory.mktemp("example") / "work"
-    proc = example_make(work)
+    proc = example_make(work, "-j2")  # what can run side by side (the corpus and the models) does
     assert proc.returncode == 0, f"example Makefile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return work

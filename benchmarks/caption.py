@@ -38,10 +38,9 @@ def build_inputs(work: Path, n: int):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from rsyn.models.captioner import build_tiny_captioner
-    from rsyn.models.clip import build_tiny_clip, load_clip
-    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.models.clip import load_clip
     from rsyn.records import encode_embeddings
+    from rsyn.testing import build_tiny_captioner, build_tiny_clip, build_tiny_gpt2
 
     models = {
         "clip": build_tiny_clip(work / "clip"),

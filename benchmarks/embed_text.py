@@ -147,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rsyn-bench-embed-text-") as tmp:
         work = Path(tmp)
         if args.model == "tiny":
-            from rsyn.models.clip import build_tiny_clip
+            from rsyn.testing import build_tiny_clip
 
             spec = build_tiny_clip(work / "tiny")
         else:

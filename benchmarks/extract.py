@@ -102,7 +102,8 @@ def main() -> None:
     same = naive == batched == pooled
     print(f"|   CAT scores identical across the three ways: {same}")
 
-    from rsyn.models.lm import build_tiny_gpt2, load_causal_lm, perplexities
+    from rsyn.models.lm import load_causal_lm, perplexities
+    from rsyn.testing import build_tiny_gpt2
 
     with tempfile.TemporaryDirectory() as tmp:
         lm_path = args.ppl_model or build_tiny_gpt2(Path(tmp) / "tiny-gpt2")

@@ -417,9 +417,7 @@ def check_vllm(device: str, work: Path, sizes: Sizes, models: dict) -> list[dict
 
 
 def build_models(work: Path) -> dict:
-    from rsyn.models.captioner import build_tiny_captioner
-    from rsyn.models.clip import build_tiny_clip
-    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.testing import build_tiny_captioner, build_tiny_clip, build_tiny_gpt2
 
     return {
         "clip": build_tiny_clip(work / "clip", seed=0),

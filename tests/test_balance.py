@@ -98,14 +98,22 @@ def test_caps_big_clusters_and_keeps_small_ones_whole(tmp_path, clustered):
         "clusters": 4,
         "largest": 50,
         "max_share": round(50 / 66, 6),
-        "gini": s["stage"]["before"]["gini"],
+        "gini": 0.590909,
         "singletons": 1,
         "median": 7.5,
         "mean": 16.5,
         "size_counts": {"1": 1, "3": 1, "12": 1, "50": 1},
     }
     assert s["stage"]["after"]["largest"] == 10 and s["stage"]["after"]["singletons"] == 1
-    assert s["stage"]["after"]["gini"] < s["stage"]["before"]["gini"]
+    assert s["stage"]["after"]["gini"] == 0.354167
+    # the pinned values, by the other definition of Gini: mean absolute difference over all pairs / (2 * mean)
+    assert round(gini_by_pairs([1, 3, 12, 50]), 6) == 0.590909
+    assert round(gini_by_pairs([1, 3, 10, 10]), 6) == 0.354167
+
+
+def gini_by_pairs(sizes: list[int]) -> float:
+    n = len(sizes)
+    return sum(abs(a - b) for a in sizes for b in sizes) / (2 * n * n * (sum(sizes) / n))
 
 
 def test_window_drops_outside_pairs_and_logs_them(tmp_path, clustered):
@@ -175,6 +183,7 @@ def test_cap_for_target_and_ranks_directly():
     assert rank_in_cluster(labels, keys, 2).tolist() == [2, 1, 0, 1, 0]
     d = size_distribution(np.array([1, 1, 1, 1]))
     assert d["gini"] == 0.0 and d["singletons"] == 4 and d["max_share"] == 0.25
+    assert size_distribution(np.array([50, 1, 12, 3]))["gini"] == round(gini_by_pairs([50, 1, 12, 3]), 6) == 0.590909
 
 
 def test_same_seed_same_bytes_and_order_and_split_do_not_matter(tmp_path):

@@ -10,11 +10,8 @@ import sqlite3
 import numpy as np
 import orjson
 import pytest
-from conftest import jsonl, read_stream_file, rsyn
+from conftest import jsonl, read_stream_file, rsyn, rsyn_here
 from test_llm import LoopbackLLMServer, expected_syn_text
-from typer.testing import CliRunner
-
-from rsyn.cli import app
 
 TAGS = ["dog", "cat", "red car", "old house", "beach", "tree", "city street", "ball"]
 N_IMAGES = 6
@@ -36,9 +33,7 @@ def models(tmp_path_factory):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rsyn.models.captioner import build_tiny_captioner
-    from rsyn.models.clip import build_tiny_clip
-    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.testing import build_tiny_captioner, build_tiny_clip, build_tiny_gpt2
 
     root = tmp_path_factory.mktemp("models")
     gpt2 = build_tiny_gpt2(root / "gpt2")
@@ -100,11 +95,6 @@ def corpus(models, tmp_path_factory):
     source = root / "retrieved.jsonl"
     source.write_bytes(jsonl(records))
     return {"records": records, "input": str(source), "tags": str(tags), "root": root}
-
-
-def invoke(*args):
-    """`rsyn ARGS` in this process (real option parsing, stage and writer; models stay loaded)."""
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def local_args(models, corpus, out, *extra):
@@ -176,8 +166,8 @@ def test_local_models_end_to_end_and_byte_identical_across_processes(models, cor
     assert stage["llm"]["prompts"] == N_IMAGES and stage["llm"]["generated_tokens"] > 0
     assert stage["counts"]["captioned"] == N_IMAGES
     # the same input and seed in another process (this one): the same bytes
-    result = invoke("caption", *local_args(models, corpus, second, "--quiet", *sampling))
-    assert result.exit_code == 0, result.output
+    result = rsyn_here("caption", *local_args(models, corpus, second, "--quiet", *sampling), text=True)
+    assert result.returncode == 0, result.stderr
     assert second.read_bytes() == first.read_bytes()
 
 
@@ -189,10 +179,12 @@ def test_progress_follows_finished_batches(models, corpus, tmp_path, monkeypatch
     advance = Run.advance
     monkeypatch.setattr(Run, "advance", lambda self, n: (calls.append((n, self.n_in)), advance(self, n)))
     sampling = ["--temperature", "0.9", "--top-p", "0.9", "--seed", "5"]  # as above: usable random-model text
-    result = invoke(
-        "caption", *local_args(models, corpus, tmp_path / "out.jsonl", "--quiet", "--batch-size", "2", *sampling)
+    result = rsyn_here(
+        "caption",
+        *local_args(models, corpus, tmp_path / "out.jsonl", "--quiet", "--batch-size", "2", *sampling),
+        text=True,
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     # one call per batch of 2 images (texts ride along with the batch they were read in)
     images = sum(r["kind"] == "image" for r in corpus["records"])
     assert len(calls) == -(-images // 2) and sum(n for n, _ in calls) == len(corpus["records"])
@@ -221,10 +213,10 @@ def test_tags_are_cosine_scores_of_the_records_model_best_first(models, corpus, 
         "--quiet",
     ]
     with LoopbackLLMServer() as server:
-        result = invoke("caption", *args, "--llm-backend", "openai", "--llm-url", server.url)
-        assert result.exit_code == 0, result.output
+        result = rsyn_here("caption", *args, "--llm-backend", "openai", "--llm-url", server.url, text=True)
+        assert result.returncode == 0, result.stderr
         assert len(list(cache.glob("tag-embeddings-*.npy"))) == 1  # computed once, then read from the disk cache
-        again = invoke(
+        again = rsyn_here(
             "caption",
             *args[:2],
             tmp_path / "again.jsonl",
@@ -233,8 +225,9 @@ def test_tags_are_cosine_scores_of_the_records_model_best_first(models, corpus, 
             "openai",
             "--llm-url",
             server.url,
+            text=True,
         )
-        assert again.exit_code == 0 and len(list(cache.glob("tag-embeddings-*.npy"))) == 1
+        assert again.returncode == 0 and len(list(cache.glob("tag-embeddings-*.npy"))) == 1
     records = [r for r in read_stream_file(out) if r["kind"] == "image"]
     assert read_stream_file(tmp_path / "again.jsonl") == read_stream_file(out)
     clip = load_clip(models["clip"], None, "cpu")
@@ -256,7 +249,7 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
     prompt_file.write_text("Fuse these.\n---\nRaw text: {raw_text}\nCaption: {caption}\nTags: {tags}\n")
     out = tmp_path / "out.jsonl"
     with LoopbackLLMServer(latency=0.05) as server:
-        result = invoke(
+        result = rsyn_here(
             "caption",
             corpus["input"],
             "-o",
@@ -286,8 +279,9 @@ def test_server_backend_with_captioner_tags_and_a_prompt_file(models, corpus, tm
             "--cache-dir",
             tmp_path,
             "--quiet",
+            text=True,
         )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     records = read_stream_file(out)
     assert_captioned(records, corpus, models["captioner"], "served-model")
     images = [r for r in records if r["kind"] == "image"]
@@ -417,19 +411,19 @@ def test_empty_generation_and_bad_images_fail_per_record(models, corpus, tmp_pat
     args[0] = path
     with LoopbackLLMServer() as server:
         served = [*args, "--llm-backend", "openai", "--llm-url", server.url]
-        result = invoke("caption", *served)
+        result = rsyn_here("caption", *served, text=True)
         # records are checked first, images read after: the record without any image source fails first
-        assert result.exit_code == 2 and f"{path}:6: image record has no image for the captioner" in result.output
-        result = invoke("caption", *served, "--on-error", "skip", "--rejects", tmp_path / "rejects.jsonl")
-    assert result.exit_code == 0, result.output
+        assert result.returncode == 2 and f"{path}:6: image record has no image for the captioner" in result.stderr
+        result = rsyn_here("caption", *served, "--on-error", "skip", "--rejects", tmp_path / "rejects.jsonl", text=True)
+    assert result.returncode == 0, result.stderr
     assert orjson.loads(stats.read_bytes())["errors"] == {"bad_image": 2, "missing_image": 1}
     logged = {e["where"]: e["message"] for e in read_stream_file(tmp_path / "rejects.jsonl")}
     assert logged[f"{path}:1"].startswith(f"cannot read image {str(broken)!r}: decode_failed")
     assert logged[f"{path}:4"] == f"cannot read image {records[3]['path']!r}: fetch_failed: fetching is switched off"
     mute = [*args, "--on-error", "skip"]
     mute[mute.index(models["gpt2"])] = models["mute_gpt2"]
-    result = invoke("caption", *mute)
-    assert result.exit_code == 0, result.output
+    result = rsyn_here("caption", *mute, text=True)
+    assert result.returncode == 0, result.stderr
     assert orjson.loads(stats.read_bytes())["errors"] == {"bad_image": 2, "missing_image": 1, "empty_generation": 3}
     assert [r["kind"] for r in read_stream_file(out)] == ["text", "text"]  # no image record without a syn_text
 
@@ -468,7 +462,7 @@ def test_tags_mined_from_the_index_sentence_store(models, corpus, tmp_path):
 
     saved, out = tmp_path / "vocabulary.txt", tmp_path / "out.jsonl"
     with LoopbackLLMServer() as server:
-        result = invoke(
+        result = rsyn_here(
             "caption",
             corpus["input"],
             "-o",
@@ -494,8 +488,9 @@ def test_tags_mined_from_the_index_sentence_store(models, corpus, tmp_path):
             "--cache-dir",
             tmp_path / "cache",
             "--quiet",
+            text=True,
         )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     vocabulary = saved.read_text().splitlines()
     assert vocabulary[: len(TAGS)] == TAGS and "red car" in vocabulary and "old lighthouse" in vocabulary
     assert len(vocabulary) == len(set(vocabulary)) == len(TAGS) + 6  # "red car" was given already
@@ -525,7 +520,7 @@ def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_bytes(jsonl(records))
     with LoopbackLLMServer() as server:
-        result = invoke(
+        result = rsyn_here(
             "caption",
             source,
             "-o",
@@ -543,8 +538,9 @@ def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
             "--llm-url",
             server.url,
             "--quiet",
+            text=True,
         )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     captioned = [r for r in read_stream_file(out) if r["kind"] == "image"]
     assert len(captioned) == N_IMAGES and all(r["caption"] and r["syn_text"] for r in captioned)
     assert all("path" not in r for r in captioned)
@@ -552,8 +548,9 @@ def test_images_found_by_url_in_an_img2dataset_folder(models, corpus, tmp_path):
 
 def test_tag_embedding_cache_notices_other_weights_under_the_same_name(tmp_path):
     import rsyn.models.clip as clip_models
-    from rsyn.models.clip import build_tiny_clip, load_clip
+    from rsyn.models.clip import load_clip
     from rsyn.tags import tag_embeddings
+    from rsyn.testing import build_tiny_clip
 
     spec = build_tiny_clip(tmp_path / "clip", seed=0)
     first = tag_embeddings(["dog", "red car"], load_clip(spec, None, "cpu"), "a photo of {}.", tmp_path / "cache")

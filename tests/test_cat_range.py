@@ -1,23 +1,9 @@
 """`rsyn cat --range K/N`: contiguous ranges of one stream, so that N split passes line up with N files."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def rsyn(*args, stdin=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rsyn", *map(str, args)],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+from conftest import rsyn_here
 
 
 def records(path: Path) -> list[str]:
@@ -35,8 +21,20 @@ def test_ranges_are_contiguous_nearly_equal_and_concatenate_to_the_input(tmp_pat
     parts = []
     for k in range(3):
         out = tmp_path / f"part-{k}.jsonl.zst"
-        proc = rsyn(
-            "cat", a, b, "--range", f"{k}/3", "--on-error", "skip", "--stats", tmp_path / f"s{k}.json", "-q", "-o", out
+        proc = rsyn_here(
+            "cat",
+            a,
+            b,
+            "--range",
+            f"{k}/3",
+            "--on-error",
+            "skip",
+            "--stats",
+            tmp_path / f"s{k}.json",
+            "-q",
+            "-o",
+            out,
+            text=True,
         )
         assert proc.returncode == 0, proc.stderr
         parts.append(records(out))
@@ -51,12 +49,12 @@ def test_ranges_are_contiguous_nearly_equal_and_concatenate_to_the_input(tmp_pat
 def test_range_refuses_shard_and_stdin(tmp_path):
     src = tmp_path / "a.jsonl"
     src.write_text('{"id": "1"}\n')
-    proc = rsyn("cat", src, "--range", "0/2", "--shard", "0/2")
+    proc = rsyn_here("cat", src, "--range", "0/2", "--shard", "0/2", text=True)
     assert (
         proc.returncode == 2
         and proc.stderr == "rsyn: error: --range and --shard are two ways to slice the input: give one\n"
     )
-    proc = rsyn("cat", "-", "--range", "0/2", stdin='{"id": "1"}\n')
+    proc = rsyn_here("cat", "-", "--range", "0/2", input=b'{"id": "1"}\n', text=True)
     assert proc.returncode == 2 and "give files, not stdin" in proc.stderr and "Traceback" not in proc.stderr
-    proc = rsyn("cat", src, "--range", "2/2")
+    proc = rsyn_here("cat", src, "--range", "2/2", text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsyn.errors import RsynError
-from rsyn.models.clip import build_tiny_clip, load_clip, model_spec
+from rsyn.models.clip import load_clip, model_spec
+from rsyn.testing import build_tiny_clip
 
 
 @pytest.fixture(scope="session")
@@ -113,22 +114,13 @@ def test_default_model_offline_fails_with_one_helpful_line(monkeypatch):
 
 
 import orjson  # noqa: E402
-from conftest import jsonl, read_stream_file, rsyn  # noqa: E402
+from conftest import jsonl, read_stream_file, rsyn, rsyn_here  # noqa: E402
 from test_images import ImageServer, jpeg_bytes, png_bytes, write_img2dataset_tar  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 from rsyn.images import decode_image  # noqa: E402
 from rsyn.records import decode_embeddings  # noqa: E402
 
 FAST_NET = ["--timeout", "0.5", "--deadline", "2", "--retries", "1", "--max-bytes", "1000000", "--allow-private-urls"]
-
-
-def rsyn_here(*args):
-    """The same command line, in this process (the model stays loaded between calls)."""
-    from rsyn.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +245,8 @@ def test_embed_mixed_stream_end_to_end(mixed_stream, tiny_clip, tmp_path):
 
     # same input, same bytes: again, in this process this time
     out2 = tmp_path / "again.jsonl.zst"
-    code, err2 = rsyn_here(*args[:7], out2, *args[8:])
-    assert code == 0, err2
+    proc = rsyn_here(*args[:7], out2, *args[8:], text=True)
+    assert proc.returncode == 0, proc.stderr
     assert out2.read_bytes() == out.read_bytes()
 
 
@@ -272,7 +264,7 @@ def test_embed_images_from_an_img2dataset_folder(tmp_path, tiny_clip):
     records.insert(5, _text(51, "The gardener is building a stone wall beside the old church."))
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
     out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
-    code, err = rsyn_here(
+    proc = rsyn_here(
         "embed",
         tmp_path / "in.jsonl",
         "--model",
@@ -283,9 +275,10 @@ def test_embed_images_from_an_img2dataset_folder(tmp_path, tiny_clip):
         out,
         "--rejects",
         rejects,
+        text=True,
     )
-    assert code == 0, err
-    assert "8 images indexed by URL" in err
+    assert proc.returncode == 0, proc.stderr
+    assert "8 images indexed by URL" in proc.stderr
     got = {r["id"]: r for r in read_stream_file(out)}
     assert set(got) == {r["id"] for r in records} - {"img050", "img007"}
     assert (got["img006"]["width"], got["img006"]["height"]) == (1024, 2000)  # img2dataset's original size
@@ -306,8 +299,10 @@ def test_embed_another_text_field(tmp_path, tiny_clip):
     records[-1]["syn_text"] = "A street musician is holding a big drum."
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
     out = tmp_path / "out.jsonl"
-    code, err = rsyn_here("embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--text-field", "syn_text", "-o", out)
-    assert code == 0, err
+    proc = rsyn_here(
+        "embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--text-field", "syn_text", "-o", out, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
     got = read_stream_file(out)
     assert [r["id"] for r in got] == [r["id"] for r in records]
     clip = load_clip(tiny_clip, None, "cpu")
@@ -326,10 +321,13 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, tiny_clip):
     ]
     src = tmp_path / "in.jsonl"
     src.write_bytes(jsonl(records))
-    code, err = rsyn_here("embed", src, "--model", tiny_clip, "-o", tmp_path / "out.jsonl")
-    assert code == 2 and err.strip().splitlines()[-1] == f"rsyn: error: {src}:2: text record t1 has no string `text`"
+    proc = rsyn_here("embed", src, "--model", tiny_clip, "-o", tmp_path / "out.jsonl", text=True)
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip().splitlines()[-1] == f"rsyn: error: {src}:2: text record t1 has no string `text`"
+    )
     assert not (tmp_path / "out.jsonl").exists()
-    code, err = rsyn_here(
+    proc = rsyn_here(
         "embed",
         src,
         "--model",
@@ -340,26 +338,29 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, tiny_clip):
         "skip",
         "--stats",
         tmp_path / "stats.json",
+        text=True,
     )
-    assert code == 0, err
+    assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["txt000", "txt003"]
     assert orjson.loads((tmp_path / "stats.json").read_bytes())["errors"] == {"missing_field": 2}
 
 
 def test_model_errors_are_one_line(tmp_path):
-    code, err = rsyn_here("embed", "--model", "ViT-B-32", "-o", tmp_path / "out.jsonl")
-    assert code == 2 and err.strip().splitlines()[-1].startswith("rsyn: error: --model ViT-B-32 needs --pretrained")
-    code, err = rsyn_here("embed", "--model", f"local-dir:{tmp_path}/none", "-o", tmp_path / "out.jsonl")
-    assert code == 2 and "cannot load CLIP model" in err and "Traceback" not in err
+    proc = rsyn_here("embed", "--model", "ViT-B-32", "-o", tmp_path / "out.jsonl", text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "rsyn: error: --model ViT-B-32 needs --pretrained"
+    )
+    proc = rsyn_here("embed", "--model", f"local-dir:{tmp_path}/none", "-o", tmp_path / "out.jsonl", text=True)
+    assert proc.returncode == 2 and "cannot load CLIP model" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_kinds_limits_what_is_embedded(tmp_path, tiny_clip):
     records = [_image(0, url="http://127.0.0.1:9/never-fetched.jpg"), _text(1, "The chef opened the red door.")]
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
-    code, err = rsyn_here(
-        "embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--kinds", "text", "-o", tmp_path / "out.jsonl"
+    proc = rsyn_here(
+        "embed", tmp_path / "in.jsonl", "--model", tiny_clip, "--kinds", "text", "-o", tmp_path / "out.jsonl", text=True
     )
-    assert code == 0, err
+    assert proc.returncode == 0, proc.stderr
     image, text = read_stream_file(tmp_path / "out.jsonl")
     assert image == records[0] and text["emb_model"] == load_clip(tiny_clip, None, "cpu").name
 
@@ -377,7 +378,7 @@ def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
         (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(200, 150))
         records = [_text(0, "The farmer fed the horses."), _image(1, path=str(tmp_path / "photo.jpg"))]
         (tmp_path / "in.jsonl").write_bytes(jsonl(records))
-        code, err = rsyn_here(
+        proc = rsyn_here(
             "embed",
             tmp_path / "in.jsonl",
             "--model",
@@ -388,8 +389,9 @@ def test_a_nan_embedding_is_a_drop_not_a_crash(tmp_path):
             tmp_path / "rejects.jsonl",
             "--path-root",
             tmp_path,
+            text=True,
         )
-        assert code == 0, err
+        assert proc.returncode == 0, proc.stderr
         assert [r["id"] for r in read_stream_file(tmp_path / "out.jsonl")] == ["img001"]
         assert read_stream_file(tmp_path / "rejects.jsonl")[0]["reason"] == "bad_embedding"
     finally:
@@ -414,15 +416,15 @@ def test_model_identity_is_the_same_from_a_relative_and_an_absolute_path(tmp_pat
             f"{tiny_clip}/../{os.path.basename(tiny_clip)}",
         ]
     ):
-        code, err = rsyn_here("embed", "in.jsonl", "--model", model, "-o", f"out{i}.jsonl")
-        assert code == 0, err
+        proc = rsyn_here("embed", "in.jsonl", "--model", model, "-o", f"out{i}.jsonl", text=True)
+        assert proc.returncode == 0, proc.stderr
         outputs.append(read_stream_file(tmp_path / f"out{i}.jsonl")[0]["emb_model"])
     hash_part = outputs[0].partition("#")[2]
     assert outputs[:3] == [f"clip#{hash_part}"] * 3 and outputs[3] == f"{os.path.basename(tiny_clip)}#{hash_part}"
     # other weights in the same folder: another identity
     clear_clip_cache()
     build_tiny_clip(tmp_path / "models" / "clip", seed=5)
-    code, err = rsyn_here("embed", "in.jsonl", "--model", "models/clip", "-o", "out9.jsonl")
-    assert code == 0, err
+    proc = rsyn_here("embed", "in.jsonl", "--model", "models/clip", "-o", "out9.jsonl", text=True)
+    assert proc.returncode == 0, proc.stderr
     assert read_stream_file(tmp_path / "out9.jsonl")[0]["emb_model"] not in outputs
     clear_clip_cache()

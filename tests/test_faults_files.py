@@ -131,7 +131,7 @@ def assert_clean(stderr: str, code: int, *, fail_mode: bool = False):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("faults-clip"), seed=0)
 

@@ -34,8 +34,7 @@ def server():
 def tiny_models(tmp_path_factory):
     import torch
 
-    from rsyn.models.captioner import build_tiny_captioner
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_captioner, build_tiny_clip
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("models")

@@ -88,7 +88,7 @@ def test_parquet_folder_reads_beyond_its_row_group_cache(downloads, monkeypatch)
 
 
 def test_embed_and_pack_take_images_from_a_parquet_download(downloads, tmp_path):
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "clip", seed=0)
     folder, urls, _ = downloads

@@ -60,7 +60,7 @@ LAYOUTS = {"webdataset": _webdataset, "parquet": _parquet, "files": _files}
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=0)
 

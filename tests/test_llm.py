@@ -444,7 +444,7 @@ def test_vllm_backend_refuses_cpu_with_one_line():
 def tiny_gpt2(tmp_path_factory):
     import torch
 
-    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.testing import build_tiny_gpt2
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads; on a shared machine they wait for each other

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rsyn.errors import RsynError
-from rsyn.models.lm import build_tiny_gpt2, load_causal_lm, perplexities
+from rsyn.models.lm import load_causal_lm, perplexities
+from rsyn.testing import build_tiny_gpt2
 
 
 @pytest.fixture(scope="module")

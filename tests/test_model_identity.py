@@ -54,8 +54,7 @@ def test_big_files_are_sampled_not_read_whole(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from rsyn.models.captioner import build_tiny_captioner
-    from rsyn.models.lm import build_tiny_gpt2
+    from rsyn.testing import build_tiny_captioner, build_tiny_gpt2
 
     root = tmp_path_factory.mktemp("identity-models")
     return build_tiny_captioner(root / "blip"), build_tiny_gpt2(root / "gpt2")

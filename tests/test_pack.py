@@ -121,12 +121,15 @@ def test_dataset_readers_load_the_directory_itself(tmp_path):
     table = pq.read_table(out)
     assert table.num_rows == 12 and table.column_names == RELEASE
     assert table.column("raw_image_url").to_pylist() == [r["url"] for r in records]
-    try:
-        import datasets
-    except ImportError:
-        return  # not a dependency of rsyn; pyarrow's directory reading is what it builds on
+
+
+def test_hugging_face_datasets_loads_the_directory_itself(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="not a dependency of rsyn; pyarrow's reading is tested above")
+    records = [image_record(i) for i in range(12)]
+    out = tmp_path / "release"
+    pack("-o", out, "--rows-per-shard", "5", records=records)
     loaded = datasets.load_dataset("parquet", data_dir=str(out), split="train")
-    assert loaded.num_rows == 12
+    assert loaded.num_rows == 12 and loaded["raw_image_url"] == [r["url"] for r in records]
 
 
 def _jpeg(width, height, value):

@@ -46,7 +46,7 @@ def test_progress_line_has_total_rate_and_eta():
 
 def test_embed_reports_progress_per_finished_batch(tmp_path, monkeypatch):
     from rsyn.command import Run
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "clip", seed=0)
     calls = []

@@ -1,9 +1,11 @@
 """rsyn plan / rsyn run: every engine gives the example Makefile's release, byte for byte; resume, retries, signals.
 
-The corpus, the tiny models and the Makefile's release are built once (module fixture); the local
-run is done once and reused; the kill test then shards one cheap pass of that run's output.
+The corpus, the tiny models and the Makefile's release are built once (conftest.example_work, shared with
+tests/test_pipeline.py); the whole run of every engine is started once, side by side, and each test checks one
+(whole_runs); the local run is reused by the rerun tests; the kill test then shards one cheap pass of its output.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -15,42 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BIN, ROOT, rsyn, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipeline.toml"
 PAPER = ROOT / "examples" / "pipeline-paper.toml"
 GOLDEN = ROOT / "tests" / "golden" / "slurm-paper"
 FAKE_STAGE = ROOT / "tests" / "runner_fake_stage.py"
-BIN = Path(sys.executable).parent
-
-
-def _env(**extra) -> dict:
-    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {
-        **os.environ,
-        "PATH": path,
-        "PYTHONPATH": pythonpath,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        **extra,
-    }
-
-
-def rsyn(*args, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "rsyn", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env or _env(),
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    if check:
-        assert proc.returncode == 0, f"rsyn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    return proc
 
 
 def example_settings(work: Path, out: Path) -> list[str]:
@@ -101,35 +73,74 @@ def leftovers(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    """The test corpus, the tiny models and examples/Makefile's release on them (the reference)."""
-    if shutil.which("make") is None:
-        pytest.skip("GNU make is not installed")
-    work = tmp_path_factory.mktemp("runner") / "work"
-    cmd = [
-        "make",
-        "-C",
-        str(ROOT / "examples"),
-        f"W={work}",
-        "DOCS=15",
-        "MMC4=3",
-        "CLUSTERS=4",
-        "PER_CLUSTER=3",
-        f"PYTHON={sys.executable}",
-        f"RSYN={BIN / 'rsyn'}",
-        "DEVICE=cpu",
-        f"{work}/packed/_SUCCESS",
-    ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"example Makefile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return work
+def example(example_work):
+    """The test corpus, the tiny models and examples/Makefile's release on them (the reference; conftest.py)."""
+    return example_work
 
 
 @pytest.fixture(scope="module")
-def local_run(example):
-    out = example.parent / "local"
-    proc = rsyn("run", EXAMPLE, *example_settings(example, out), "--engine", "local", "--workers", "2")
-    return out, proc.stderr  # the one whole run with the report; the other engines stop at the release (pack)
+def whole_runs(example) -> dict[str, subprocess.CompletedProcess]:
+    """Every engine's whole run of the example, each in its own directory beside the Makefile's, started side by
+    side (their passes that run once leave a core idle that another run's split passes fill): `rsyn run` with the
+    local engine (to the report) and with Ray (to the release, where Ray is installed), and the emitted Makefile
+    under `make -j2` and the emitted Slurm scripts under the fake sbatch (to the release). Each test checks one."""
+    root = example.parent
+    make_plan = ["--emit", "make", "-o", root / "make-plan"]
+    rsyn("plan", EXAMPLE, *make_plan, *example_settings(example, root / "make"), check=True)
+    rsyn(
+        "plan",
+        EXAMPLE,
+        *("--emit", "slurm", "-o", root / "slurm-plan", "--until", "pack"),
+        *example_settings(example, root / "slurm"),
+        check=True,
+    )
+    run = [sys.executable, "-m", "rsyn", "run", EXAMPLE]
+    shim_path = f"{ROOT / 'tests' / 'slurm_shim'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"
+    commands = {
+        "local": (run + example_settings(example, root / "local") + ["--engine", "local", "--workers", "2"], {}),
+        "make": (["make", "-C", root / "make-plan", "-j2", "pack", f"RSYN={sys.executable} -m rsyn"], {}),
+        "slurm": (
+            ["bash", root / "slurm-plan" / "submit.sh"],
+            {"PATH": shim_path, "SHIM_DIR": str(root / "slurm-shim"), "RSYN": f"{sys.executable} -m rsyn"},
+        ),
+    }
+    if importlib.util.find_spec("ray") is not None:
+        ray_options = ["--engine", "ray", "--workers", "2", "--until", "pack"]
+        commands["ray"] = (run + example_settings(example, root / "ray") + ray_options, {})
+    started = {}
+    for name, (command, env) in commands.items():
+        with open(root / f"{name}.stdout", "w") as out, open(root / f"{name}.stderr", "w") as err:
+            started[name] = subprocess.Popen(
+                [str(c) for c in command],
+                env=subprocess_env(**env),
+                cwd=ROOT,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # a timeout ends the run's whole process group
+            )
+    done = {}
+    deadline = time.monotonic() + 1800
+    for name, proc in started.items():
+        try:
+            status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            status = proc.wait()
+        stdout, stderr = (root / f"{name}.stdout").read_text(), (root / f"{name}.stderr").read_text()
+        done[name] = subprocess.CompletedProcess(proc.args, status, stdout, stderr)
+    return done
+
+
+def finished(whole_runs, engine: str) -> subprocess.CompletedProcess:
+    proc = whole_runs[engine]
+    assert proc.returncode == 0, f"the {engine} run exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def local_run(example, whole_runs):
+    # the one whole run with the report; the other engines stop at the release (pack)
+    return example.parent / "local", finished(whole_runs, "local").stderr
 
 
 def test_local_engine_gives_the_makefile_release(example, local_run):
@@ -177,50 +188,51 @@ def test_local_engine_gives_the_makefile_release(example, local_run):
 def test_rerun_skips_every_done_part_and_redoes_a_changed_one(example, local_run):
     out, _ = local_run
     n = len(part_names(graph_of(example, out), "pack"))
-    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
+    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack", check=True, text=True)
     assert f"{n}/{n} parts done (0 run, {n} already done)" in again.stderr
     # a different option for one pass: that pass and everything after it run again, nothing before it
     # (per_cluster is an option of balance's cap pass: not of its scan, plan or assign)
     changed = rsyn(
-        "run", EXAMPLE, *example_settings(example, out), "--until", "pack", "--set", "thresholds.per_cluster=2"
+        "run",
+        EXAMPLE,
+        *example_settings(example, out),
+        "--until",
+        "pack",
+        "--set",
+        "thresholds.per_cluster=2",
+        check=True,
+        text=True,
     )
     started = re.findall(r"rsyn run: (\S+): started", changed.stderr)
     assert sorted(started) == ["balance-cap", "balance-filter-00000-of-00002", "balance-filter-00001-of-00002", "pack"]
-    rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")  # back to the reference settings
+    # back to the reference settings
+    rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack", check=True, text=True)
     assert release(out / "packed") == release(example / "packed")
 
 
-def test_ray_engine_gives_the_makefile_release(example):
+def test_ray_engine_gives_the_makefile_release(example, whole_runs):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'rsyn[ray]')")
     out = example.parent / "ray"
-    proc = rsyn("run", EXAMPLE, *example_settings(example, out), "--engine", "ray", "--workers", "2", "--until", "pack")
+    proc = finished(whole_runs, "ray")
     n = len(part_names(graph_of(example, out), "pack"))
     assert f"{n}/{n} parts done ({n} run" in proc.stderr
     assert release(out / "packed") == release(example / "packed")
     assert leftovers(out) == []
 
 
-def test_emitted_makefile_with_make_j2_gives_the_same_release(example, tmp_path):
-    out = example.parent / "make"
-    rsyn("plan", EXAMPLE, "--emit", "make", "-o", tmp_path, *example_settings(example, out))
-    makefile = (tmp_path / "Makefile").read_text()
+def test_emitted_makefile_with_make_j2_gives_the_same_release(example, whole_runs):
+    out, plan = example.parent / "make", example.parent / "make-plan"
+    makefile = (plan / "Makefile").read_text()
     filters = " ".join(f"{out}/.done/dedup-filter-{k:05d}-of-00003.json" for k in range(3))
     assert f"{out}/.done/embed.json: {filters}\n" in makefile
-    proc = subprocess.run(
-        ["make", "-C", str(tmp_path), "-j2", "pack", f"RSYN={sys.executable} -m rsyn"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    finished(whole_runs, "make")
     assert release(out / "packed") == release(example / "packed")
     # every part ran through `rsyn run --part`: its marker and log are there, and make now has nothing to do
     n = len(part_names(graph_of(example, out), "pack"))
     assert len(list((out / ".done").glob("*.json"))) == n
-    assert subprocess.run(["make", "-C", str(tmp_path), "-q", "pack"], env=_env()).returncode == 0
+    assert subprocess.run(["make", "-C", str(plan), "-q", "pack"], env=subprocess_env()).returncode == 0
     # and the markers make's parts wrote are the ones `rsyn run` resumes from
-    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack")
+    again = rsyn("run", EXAMPLE, *example_settings(example, out), "--until", "pack", check=True, text=True)
     assert f"{n}/{n} parts done (0 run, {n} already done)" in again.stderr
 
 
@@ -229,7 +241,7 @@ def _normalised(text: str) -> str:
 
 
 def test_emitted_sbatch_scripts_match_the_golden_files(tmp_path):
-    rsyn("plan", PAPER, "--emit", "slurm", "-o", tmp_path)
+    rsyn("plan", PAPER, "--emit", "slurm", "-o", tmp_path, check=True, text=True)
     emitted = {p.name: _normalised(p.read_text()) for p in sorted(tmp_path.iterdir())}
     if os.environ.get("RSYN_UPDATE_GOLDEN"):
         shutil.rmtree(GOLDEN, ignore_errors=True)
@@ -258,18 +270,9 @@ def test_emitted_sbatch_scripts_match_the_golden_files(tmp_path):
     assert "--dependency=afterok:$job_split_image:$job_index_merge 22-retrieve.sbatch" in emitted["submit.sh"]
 
 
-def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, tmp_path):
-    out = example.parent / "slurm"
-    plan = tmp_path / "plan"
-    rsyn("plan", EXAMPLE, "--emit", "slurm", "-o", plan, "--until", "pack", *example_settings(example, out))
-    shim = tmp_path / "shim"
-    env = _env(
-        PATH=f"{ROOT / 'tests' / 'slurm_shim'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
-        SHIM_DIR=str(shim),
-        RSYN=f"{sys.executable} -m rsyn",
-    )
-    proc = subprocess.run(["bash", str(plan / "submit.sh")], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_slurm_scripts_under_a_fake_sbatch_give_the_same_release(example, whole_runs):
+    out, shim = example.parent / "slurm", example.parent / "slurm-shim"
+    finished(whole_runs, "slurm")
     jobs = [json.loads(line) for line in (shim / "jobs.jsonl").read_text().splitlines()]
     graph = graph_of(example, out)
     assert len(jobs) == len(graph.upstream(["pack"])) and all(job["ok"] for job in jobs), jobs
@@ -294,8 +297,19 @@ def _fake_settings(tmp_path: Path, out: Path, shards: int = 2) -> list[str]:
 
 def test_a_part_that_fails_twice_is_retried_and_succeeds(tmp_path):
     out = tmp_path / "out"
-    env = _env(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="2", FAKE_FAIL_SHARD="1/2")
-    proc = rsyn("run", EXAMPLE, *_fake_settings(tmp_path, out), "--until", "extract", "--retries", "2", env=env)
+    env = dict(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="2", FAKE_FAIL_SHARD="1/2")
+    proc = rsyn(
+        "run",
+        EXAMPLE,
+        *_fake_settings(tmp_path, out),
+        "--until",
+        "extract",
+        "--retries",
+        "2",
+        env=env,
+        check=True,
+        text=True,
+    )
     assert proc.stderr.count("extract-00001-of-00002: failed (exit 3), retrying") == 2
     log = (out / "logs" / "extract-00001-of-00002.log").read_text()
     assert log.count("failing on purpose") == 2 and "attempt 3: done" in log
@@ -305,9 +319,18 @@ def test_a_part_that_fails_twice_is_retried_and_succeeds(tmp_path):
 
 def test_a_part_that_always_fails_ends_the_run_with_exit_2_naming_it_and_its_log(tmp_path):
     out = tmp_path / "out"
-    env = _env(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="99", FAKE_FAIL_SHARD="1/2")
+    env = dict(FAKE_STATE=str(tmp_path / "state"), FAKE_FAIL="99", FAKE_FAIL_SHARD="1/2")
     proc = rsyn(
-        "run", EXAMPLE, *_fake_settings(tmp_path, out), "--until", "extract", "--retries", "2", env=env, check=False
+        "run",
+        EXAMPLE,
+        *_fake_settings(tmp_path, out),
+        "--until",
+        "extract",
+        "--retries",
+        "2",
+        env=env,
+        check=False,
+        text=True,
     )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -320,7 +343,7 @@ def test_a_part_that_always_fails_ends_the_run_with_exit_2_naming_it_and_its_log
 
 def test_local_engine_gives_each_gpu_part_its_own_gpu(tmp_path):
     out, state = tmp_path / "out", tmp_path / "state"
-    env = _env(FAKE_STATE=str(state), FAKE_SLEEP="0.5", CUDA_VISIBLE_DEVICES="0,1")
+    env = dict(FAKE_STATE=str(state), FAKE_SLEEP="0.5", CUDA_VISIBLE_DEVICES="0,1")
     rsyn(
         "run",
         EXAMPLE,
@@ -332,6 +355,8 @@ def test_local_engine_gives_each_gpu_part_its_own_gpu(tmp_path):
         "--workers",
         "4",
         env=env,
+        check=True,
+        text=True,
     )
     runs = [(p.read_text().split()) for p in sorted(state.glob("ran-*-4"))]
     assert len(runs) == 4 and all(gpu in ("0", "1") for gpu, _, _ in runs)
@@ -346,7 +371,7 @@ def test_local_engine_gives_each_gpu_part_its_own_gpu(tmp_path):
 def test_sigterm_and_sigint_stop_the_parts_and_leave_no_temporaries(tmp_path, signum, status):
     out = tmp_path / "out"
     state = tmp_path / "state"
-    env = _env(FAKE_STATE=str(state), FAKE_HANG="1", FAKE_FAIL_SHARD="1/2")
+    env = subprocess_env(FAKE_STATE=str(state), FAKE_HANG="1", FAKE_FAIL_SHARD="1/2")
     run = subprocess.Popen(
         [
             sys.executable,
@@ -401,7 +426,10 @@ def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_pa
     first = out / ".done" / f"{parts[0]}.json"
     first.unlink()  # the program changed, so the whole pass reruns: wait for its first new marker
     run = subprocess.Popen(
-        [sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets], env=_env(), cwd=ROOT, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "rsyn", "run", str(EXAMPLE), *sets],
+        env=subprocess_env(),
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while not first.exists():
@@ -419,7 +447,7 @@ def test_killed_run_resumes_only_its_unfinished_parts(example, local_run, tmp_pa
     (out / "shards" / ".dedup-00002-of-00003.jsonl.zst.rsyn-tmp-999999").write_bytes(b"half")
     (out / ".tmp" / parts[2] / "rsyn-dedup-x").mkdir(parents=True)
 
-    again = rsyn("run", EXAMPLE, *sets)
+    again = rsyn("run", EXAMPLE, *sets, check=True, text=True)
     started = re.findall(r"rsyn run: (\S+): started", again.stderr)
     expected = sorted(set(parts) - done_before)
     assert sorted(started) == expected  # nothing before the split pass, none of its finished parts
@@ -451,12 +479,12 @@ def test_bad_pipeline_files_fail_with_one_line(tmp_path):
         ("[stages.dedup-nope]\ncpus = 2", "[stages.dedup-nope] is not a stage or a pass"),
     ):
         bad.write_text(f"{head}[stages.dedup]\nshards = 2\n{table}\n")
-        proc = rsyn("plan", bad, "--emit", "make", check=False)
+        proc = rsyn("plan", bad, "--emit", "make", check=False, text=True)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     bad.write_text('[pipeline]\noutput = "x"\n[inputs]\ndocuments = ["a"]\n[thresholds]\nmax_pp = 3\n')
-    proc = rsyn("run", bad, check=False)
+    proc = rsyn("run", bad, check=False, text=True)
     assert proc.returncode == 2 and "[thresholds] has no 'max_pp'" in proc.stderr and "Traceback" not in proc.stderr
-    proc = rsyn("run", EXAMPLE, "--part", "embed/7", check=False)
+    proc = rsyn("run", EXAMPLE, "--part", "embed/7", check=False, text=True)
     assert proc.returncode == 2 and "--part 'embed/7': no such part" in proc.stderr
 
 
@@ -466,6 +494,8 @@ def test_ray_engine_without_ray_says_how_to_install(tmp_path):
         f"sys.argv = ['rsyn', 'run', {str(EXAMPLE)!r}, '--engine', 'ray', '--set', 'pipeline.output={tmp_path}']; "
         "main()"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr == "rsyn: error: the ray engine needs Ray: pip install 'rsyn[ray]'\n"

@@ -172,7 +172,7 @@ def test_within_one_float16_ulp_is_what_it_says():
 
 
 def test_sharded_embed_equals_the_single_run_within_one_float16_ulp(tmp_path):
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_clip
 
     model = build_tiny_clip(tmp_path / "clip", seed=0)
     words = "a dog runs across the green field while two children play with red kites near the old river".split()

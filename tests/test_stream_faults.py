@@ -188,7 +188,7 @@ def test_empty_input_still_writes_the_output(tmp_path):
 
 
 def test_empty_input_embed_writes_the_output(tmp_path):
-    from rsyn.models.clip import build_tiny_clip
+    from rsyn.testing import build_tiny_clip
 
     model = build_tiny_clip(tmp_path / "tiny-clip", seed=0)
     empty = tmp_path / "none.jsonl"

@@ -1,4 +1,4 @@
-"""CLIP models through open_clip: one loader for every stage, and a tiny random model for tests.
+"""CLIP models through open_clip: one loader for every stage.
 
 A model is loaded from one *spec* string (`Clip.spec`):
 
@@ -21,7 +21,6 @@ machine, e.g. `tiny-clip#0123456789abcdef` or `ViT-B-32@ckpt.pt#0123...`.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -36,48 +35,6 @@ RANDOM_SEED = 0
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
-
-# A few small layers: big enough to be a real CLIP (both towers, projection,
-# the standard BPE tokenizer), small enough to load and run in a test in well
-# under a second.
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def build_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> str:
-    """Write a tiny random-weight open_clip model to `directory`; return the spec that loads it.
-
-    The folder is open_clip's `local-dir:` format, so the model loads through
-    the same path as any downloaded model, from a fresh process and from the
-    command line (`rsyn embed --model local-dir:DIR`). Same seed, same weights.
-    """
-    import open_clip
-    import torch
-
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_cfg": TINY_CONFIG,
-        "preprocess_cfg": {
-            "mean": list(OPENAI_MEAN),
-            "std": list(OPENAI_STD),
-            "interpolation": "bicubic",
-            "resize_mode": "shortest",
-        },
-        "rsyn_note": f"tiny CLIP with RANDOM weights (seed {seed}) for tests; its embeddings mean nothing",
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.CLIP(**TINY_CONFIG)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    torch.save(state, directory / "open_clip_pytorch_model.bin")
-    return LOCAL_DIR + str(directory)
 
 
 # --------------------------------------------------------------------------- the loaded model

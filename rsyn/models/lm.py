@@ -1,4 +1,4 @@
-"""Causal language models (Hugging Face transformers): loading, perplexity, a tiny GPT-2 for tests.
+"""Causal language models (Hugging Face transformers): loading, perplexity.
 
 Used by `rsyn extract` (the perplexity filter, paper default `gpt2-large`) and by
 `rsyn caption` (the CPU LLM backend). Models load through transformers' normal
@@ -142,73 +142,3 @@ def perplexities(texts: list[str], model, tokenizer, batch_size: int = 32) -> np
             mean_nll = (nll * target_mask).sum(1) / target_mask.sum(1)
             result[batch] = torch.exp(mean_nll).double().cpu().numpy()
     return result
-
-
-# --------------------------------------------------------------------------- a tiny random GPT-2 for tests
-
-_TRAINING_SENTENCES = [
-    "A dog runs across the green field in the morning.",
-    "Two children are playing with a red ball on the beach.",
-    "The chef cooks pasta in a large kitchen.",
-    "A woman rides her bicycle through the busy city street.",
-    "Snow covers the mountains behind the small wooden house.",
-    "The cat sleeps on a sofa next to the window.",
-    "People walk along the river while the sun sets.",
-    "An old man reads a newspaper at the train station.",
-    "Birds fly over the lake and the trees move in the wind.",
-    "The team celebrates after winning the football match.",
-    "Visit our website for more information about prices and offers.",
-    "Click here to download the free guide, 100% guaranteed!",
-]
-
-
-def build_tiny_gpt2(directory, seed: int = 0) -> str:
-    """Save a tiny GPT-2 (random weights, labelled as such) and a locally trained BPE tokenizer.
-
-    Nothing is downloaded: the tokenizer is a byte-level BPE trained with
-    `tokenizers` on a dozen built-in sentences, wrapped as a GPT2TokenizerFast.
-    Returns the directory, loadable with `load_causal_lm(directory, ...)` or
-    `--ppl-model DIRECTORY`. Its perplexities are meaningless but deterministic.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    special = "<|endoftext|>"
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[special],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(_TRAINING_SENTENCES, trainer=trainer)
-    tokenizer = GPT2TokenizerFast(
-        tokenizer_object=bpe, bos_token=special, eos_token=special, unk_token=special, pad_token=special
-    )
-    tokenizer.model_max_length = 128
-    tokenizer.save_pretrained(directory)
-
-    special_id = tokenizer.convert_tokens_to_ids(special)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=special_id,
-        eos_token_id=special_id,
-        pad_token_id=special_id,
-        name_or_path="rsyn-tiny-gpt2-random-weights",
-    )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    model.save_pretrained(directory)
-    (directory / "README.md").write_text(
-        "Tiny GPT-2 with RANDOM weights, built by rsyn for tests. Its perplexities mean nothing.\n"
-    )
-    return str(directory)

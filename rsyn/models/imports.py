@@ -141,9 +141,11 @@ def clip_bpe_tokenizer():
 
     Its module imports torch only for tensor-returning helpers and annotations; `encode` is plain
     Python. Loading just that file with a placeholder for torch spares a report seconds and a GiB.
+    The module builds a default SimpleTokenizer when it loads (its `tokenize` function uses it):
+    that one is returned rather than a second (each holds about 25 MiB of BPE tables).
     """
     if "torch" in sys.modules:
-        return import_open_clip().tokenizer.SimpleTokenizer()
+        return _default_simple_tokenizer(import_open_clip().tokenizer)
     found = importlib.util.find_spec("open_clip")
     if found is None or not found.submodule_search_locations:
         raise ImportError("open_clip is not installed")
@@ -158,7 +160,12 @@ def clip_bpe_tokenizer():
     finally:
         if sys.modules.get("torch") is placeholder:
             del sys.modules["torch"]
-    return module.SimpleTokenizer()
+    return _default_simple_tokenizer(module)
+
+
+def _default_simple_tokenizer(module):
+    built = getattr(module, "_tokenizer", None)
+    return built if type(built) is module.SimpleTokenizer else module.SimpleTokenizer()
 
 
 def import_datasketch():

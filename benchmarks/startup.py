@@ -130,6 +130,8 @@ def stages(work: Path, tmp: Path) -> list[tuple[str, bool, list[str], str]]:
                 "-1",
                 "--max-tags",
                 "5",
+                "--model",
+                clip,
                 "--captioner",
                 str(m / "captioner"),
                 "--llm-backend",
@@ -168,7 +170,7 @@ def stages(work: Path, tmp: Path) -> list[tuple[str, bool, list[str], str]]:
                 "-o",
                 str(tmp / "report.html"),
             ],
-            "numpy, matplotlib.pyplot, pyarrow.parquet",
+            "numpy, pyarrow.parquet",  # no figure to draw from one stats file: no matplotlib
         ),
     ]
 

@@ -232,3 +232,13 @@ def test_torchvision_for_open_clip_skips_torch_dynamo_which_stays_usable(tmp_pat
     assert before is False
     assert "torch._dynamo" in out["modules"]  # roi_align asked the real one
     assert supported is True and len(pooled) == 4
+
+
+def test_report_tokenizer_builds_one_bpe_table():
+    # open_clip's tokenizer module builds a default SimpleTokenizer as it loads: that one is used, not a second
+    out = fresh(
+        "import gc\nfrom rsyn.models.imports import clip_bpe_tokenizer\n"
+        "tok = clip_bpe_tokenizer()\n"
+        "result = sum(type(o).__name__ == 'SimpleTokenizer' for o in gc.get_objects())"
+    )
+    assert out["result"] == 1

@@ -145,3 +145,100 @@ def test_report_tokenizer_counts_like_open_clip_without_torch():
     from open_clip.tokenizer import SimpleTokenizer
 
     assert out["result"] == [SimpleTokenizer().encode(t) for t in texts]
+
+
+def run_cli(argv: list, env: dict | None = None) -> dict:
+    """Run `rsyn ARGV` in a fresh interpreter (in-process there, through the CLI); its exit code and modules."""
+    out = fresh(
+        "import sys\nfrom rsyn.cli import app\n"
+        f"sys.argv = ['rsyn', *{[str(a) for a in argv]!r}]\n"
+        "try:\n    app()\nexcept SystemExit as exc:\n    result = exc.code\n",
+        env,
+    )
+    assert out["result"] in (0, None)
+    return out
+
+
+def image_record(i: int) -> dict:
+    return {
+        "id": f"img{i}",
+        "kind": "image",
+        "doc": "https://doc/0",
+        "url": f"http://example.org/{i}.jpg",
+        "texts": [{"id": f"t{i}", "text": f"a retrieved text {i}", "score": 0.25 + i}],
+        "caption": "a photo",
+        "tags": ["photo"],
+        "syn_text": f"a synthetic text {i}",
+        "sim": 0.5,
+        "cluster": i,
+    }
+
+
+def test_pack_and_a_report_without_figures_import_neither_pandas_nor_matplotlib_nor_torch(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(jsonl([image_record(i) for i in range(3)]))
+    packed = tmp_path / "packed"
+    out = run_cli(
+        ["pack", tmp_path / "in.jsonl", "--extra-columns", "-q", "--stats", tmp_path / "pack.json", "-o", packed],
+        NO_GPU,
+    )
+    assert "pyarrow.parquet" in out["modules"]
+    assert not {"pandas", "torch"} & out["modules"]
+    out = run_cli(["report", tmp_path / "pack.json", "--packed", packed, "-q", "-o", tmp_path / "r.html"], NO_GPU)
+    assert "pyarrow" in out["modules"]
+    assert not {"pandas", "matplotlib", "torch", "open_clip"} & out["modules"]
+    assert "Packed texts" in (tmp_path / "r.html").read_text()
+
+
+def test_pack_table_equals_pyarrow_from_pylist():
+    import pyarrow as pa
+
+    from rsyn.stages.pack import release_row, release_schema, rows_table
+
+    schema = release_schema(extra_columns=True)
+    records = [image_record(i) for i in range(3)]
+    records[0].update(sim=1e300, cluster=2**63 - 1, syn_text='nul \x00, é, \U0001f600, \\ " quotes')
+    records[1].update(sim=0.1, cluster=-(2**63), tags=[], texts=[], caption=None, syn_text=None)
+    records[2].update(sim=1.0000000596046448, tags=None)  # halfway between two float32: rounds to even
+    rows = [release_row(r, True) for r in records]
+    assert all(isinstance(r, dict) for r in rows)
+    assert rows_table(rows, schema).equals(pa.Table.from_pylist(rows, schema=schema))
+    assert rows_table([], schema).equals(pa.Table.from_pylist([], schema=schema))
+
+
+def test_near_dedup_skips_scipy_integrate_and_datasketch_lsh_still_gets_the_same_parameters(tmp_path):
+    records = [{"id": f"t{i}", "kind": "text", "doc": "d", "pos": i, "text": "the same words here"} for i in range(3)]
+    (tmp_path / "t.jsonl").write_bytes(jsonl(records))
+    out = run_cli(["dedup", tmp_path / "t.jsonl", "--mode", "near", "-q", "-o", tmp_path / "d.jsonl"], NO_GPU)
+    assert "datasketch" in out["modules"] and "scipy.integrate" not in out["modules"]
+    lsh = "lsh = datasketch.MinHashLSH(threshold=0.7, num_perm=64)\nresult = [lsh.b, lsh.r]"
+    after = fresh(f"from rsyn.models.imports import import_datasketch\ndatasketch = import_datasketch()\n{lsh}")
+    plain = fresh(f"import datasketch\n{lsh}")
+    assert after["result"] == plain["result"]
+    assert "scipy.integrate" in after["modules"]  # imported for real when the search ran
+
+
+def test_torchvision_for_open_clip_skips_torch_dynamo_which_stays_usable(tmp_path):
+    out = fresh(
+        "import sys\nfrom rsyn.models.imports import import_open_clip\n"
+        "import_open_clip()\n"
+        "before = 'torch._dynamo' in sys.modules or 'torch._dynamo.utils' in sys.modules\n"
+        "import torch, torchvision\n"
+        "boxes = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])\n"
+        "pooled = torchvision.ops.roi_align(torch.arange(16.0).reshape(1, 1, 4, 4), boxes, output_size=2)\n"
+        "import torch._dynamo.utils\n"
+        "result = [before, pooled.flatten().tolist(), torch._dynamo.utils.is_compile_supported('cpu')]"
+    )
+    before, pooled, supported = out["result"]
+    assert before is False
+    assert "torch._dynamo" in out["modules"]  # roi_align asked the real one
+    assert supported is True and len(pooled) == 4
+
+
+def test_report_tokenizer_builds_one_bpe_table():
+    # open_clip's tokenizer module builds a default SimpleTokenizer as it loads: that one is used, not a second
+    out = fresh(
+        "import gc\nfrom rsyn.models.imports import clip_bpe_tokenizer\n"
+        "tok = clip_bpe_tokenizer()\n"
+        "result = sum(type(o).__name__ == 'SimpleTokenizer' for o in gc.get_objects())"
+    )
+    assert out["result"] == 1

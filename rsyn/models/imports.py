@@ -1,4 +1,4 @@
-"""Import the heavy model libraries without the optional parts a run does not use.
+"""Import the heavy libraries (models, datasketch) without the optional parts a run does not use.
 
 open_clip imports timm and transformers (if installed) at its own import, for the few model
 families that need them (timm vision towers, Hugging Face text towers and tokenizers, CoCa
@@ -70,6 +70,7 @@ def import_open_clip(spec: str | None = None):
             for module in _OPTIONAL[library]:
                 importlib.reload(sys.modules[module])
         return sys.modules["open_clip"]
+    import_torchvision()  # first, and alone: the stand-in it uses must not be seen by timm or transformers
     hide = [lib for lib in _OPTIONAL if lib not in needs and lib not in sys.modules]
     for library in hide:
         sys.modules[library] = None
@@ -81,6 +82,38 @@ def import_open_clip(spec: str | None = None):
                 del sys.modules[library]
     _hidden_at_import.update(hide)
     return open_clip
+
+
+def import_torchvision():
+    """torchvision, imported without torch._dynamo when that is not loaded yet.
+
+    Most of torchvision's import time (about as long as torch's own) and some 150 MiB are
+    torch._dynamo, which its package import loads for one function, `is_compile_supported`, that only
+    its detection ops (roi_align) call; open_clip needs torchvision's transforms. The import sees a
+    stand-in `torch._dynamo.utils` whose function imports the real one when first called: the real
+    torch._dynamo stays importable (transformers imports it), and roi_align works as before.
+    """
+    name = "torch._dynamo.utils"
+    if "torchvision" in sys.modules or "torch._dynamo" in sys.modules:
+        import torchvision
+
+        return torchvision
+    import torch  # noqa: F401 - loaded before the stand-in goes in, so that only torchvision's import sees it
+
+    def is_compile_supported(*args, **kwargs):
+        from torch._dynamo.utils import is_compile_supported as dynamo_is_compile_supported
+
+        return dynamo_is_compile_supported(*args, **kwargs)
+
+    stand_in = types.ModuleType(name)
+    stand_in.is_compile_supported = is_compile_supported
+    sys.modules[name] = stand_in
+    try:
+        import torchvision
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+    return torchvision
 
 
 def import_spacy():
@@ -108,10 +141,11 @@ def clip_bpe_tokenizer():
 
     Its module imports torch only for tensor-returning helpers and annotations; `encode` is plain
     Python. Loading just that file with a placeholder for torch spares a report the import of torch
-    (what that saves: README, "Start-up").
+    (what that saves: README, "Start-up"). The module builds a default SimpleTokenizer when it loads (its
+    `tokenize` function uses it): that one is returned rather than a second (each holds its own BPE tables).
     """
     if "torch" in sys.modules:
-        return import_open_clip().tokenizer.SimpleTokenizer()
+        return _default_simple_tokenizer(import_open_clip().tokenizer)
     found = importlib.util.find_spec("open_clip")
     if found is None or not found.submodule_search_locations:
         raise ImportError("open_clip is not installed")
@@ -126,4 +160,39 @@ def clip_bpe_tokenizer():
     finally:
         if sys.modules.get("torch") is placeholder:
             del sys.modules["torch"]
-    return module.SimpleTokenizer()
+    return _default_simple_tokenizer(module)
+
+
+def _default_simple_tokenizer(module):
+    built = getattr(module, "_tokenizer", None)
+    return built if type(built) is module.SimpleTokenizer else module.SimpleTokenizer()
+
+
+def import_datasketch():
+    """datasketch, imported without scipy.integrate when that is not loaded yet.
+
+    datasketch's package import loads its LSH index classes, which import scipy.integrate (about 0.4 s
+    and 55 MiB) for the parameter search a MinHashLSH runs when it is built. rsyn uses MinHash alone
+    and picks its own banding (rsyn.stages.dedup.near.lsh_params). So the import sees a stand-in whose
+    `quad` imports the real one when first called: a MinHashLSH built later in the process still
+    gets scipy's integration, and the same parameters.
+    """
+    if "datasketch" in sys.modules or "scipy.integrate" in sys.modules:
+        import datasketch
+
+        return datasketch
+    stand_in = types.ModuleType("scipy.integrate")
+
+    def quad(*args, **kwargs):
+        from scipy.integrate import quad as scipy_quad
+
+        return scipy_quad(*args, **kwargs)
+
+    stand_in.quad = quad
+    sys.modules["scipy.integrate"] = stand_in
+    try:
+        import datasketch
+    finally:
+        if sys.modules.get("scipy.integrate") is stand_in:
+            del sys.modules["scipy.integrate"]
+    return datasketch

@@ -206,6 +206,32 @@ def as_jpeg(data: bytes, max_pixels: int) -> tuple[bytes, bool]:
 # --------------------------------------------------------------------------- writers
 
 
+def rows_table(rows: list[dict], schema):
+    """The Arrow table of `rows` (dicts with the schema's keys), equal to `Table.from_pylist(rows, schema=schema)`.
+
+    pyarrow imports pandas (about 60 MiB, most of pack's start-up) the first time it converts a Python
+    list, only to ask whether it is a pandas object. Its JSON reader builds the same columns without
+    that. float32 columns are read as float64 and cast, the rounding from_pylist does (Python float ->
+    float32), so the values are bit for bit the same as converting the floats directly.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    if not rows:
+        return schema.empty_table()
+    read_as = pa.schema(
+        [pa.field(f.name, pa.float64()) if pa.types.is_float32(f.type) else f for f in schema], schema.metadata
+    )
+    data = b"\n".join(orjson.dumps(row) for row in rows)
+    table = pa_json.read_json(
+        io.BytesIO(data),
+        # one block for the whole shard (up to 1 GiB of JSON): one chunk per column, as from_pylist makes
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=min(len(data), 1 << 30)),
+        parse_options=pa_json.ParseOptions(explicit_schema=read_as, unexpected_field_behavior="ignore"),
+    )
+    return table.cast(schema, safe=False)  # safe=False: a float beyond float32 becomes inf, as in from_pylist
+
+
 class Shards:
     """Numbered shards in a directory, `rows_per_shard` rows each; `shards` lists what was written."""
 
@@ -230,12 +256,11 @@ class Shards:
 
 class ParquetShards(Shards):
     def flush(self) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not self.rows:
             return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        table = rows_table(self.rows, self.schema)
         name = f"{len(self.shards):05d}.parquet"
         pq.write_table(table, self.directory / name)
         self.stats.add(table)
@@ -272,13 +297,11 @@ class WebdatasetShards(Shards):
         super().add(row)
 
     def flush(self) -> None:
-        import pyarrow as pa
-
         if self._tar is None:
             return
         name = f"{len(self.shards):05d}.tar"
         self._close_tar()
-        self.stats.add(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.stats.add(rows_table(self.rows, self.schema))
         self.shards.append({"name": name, "rows": len(self.rows)})
         self.rows = []
 

@@ -266,7 +266,9 @@ def packed_text_stats(directory: str) -> list[dict]:
         return []
     columns: dict[str, list[str]] = {c: [] for c in TEXT_COLUMNS}
     for file in files:
-        table = pq.read_table(file, columns=[c for c in TEXT_COLUMNS if c in pq.read_schema(file).names])
+        # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, which imports pandas
+        with pq.ParquetFile(file) as parquet:
+            table = parquet.read(columns=[c for c in TEXT_COLUMNS if c in parquet.schema_arrow.names])
         for name in table.column_names:
             columns[name].extend(x for x in table.column(name).to_pylist())
     count_tokens = _bpe_counter()
@@ -444,6 +446,16 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]
 
 
+def _pyplot():
+    """pyplot, drawing without a display; imported only when the report has a figure to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _style():
     import matplotlib
 
@@ -470,8 +482,7 @@ def histogram(
     window: tuple[float, float] | None = None,
     log: bool = False,
 ) -> str:
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     with _style():
         fig, ax = plt.subplots(figsize=(5.4, 3.3))
         data = np.asarray(values, dtype=float)
@@ -520,8 +531,7 @@ def _plain_ticks(axis) -> None:
 
 
 def plot_cluster_sizes(before: list[int], after: list[int] | None) -> str:
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     with _style():
         fig, ax = plt.subplots(figsize=(5.4, 3.3))
         for sizes, label, color in ((before, "before balancing", "#c44e52"), (after, "after balancing", "#4c72b0")):
@@ -743,9 +753,6 @@ def render(stats: list[dict], scan: dict | None, text_rows: list[dict] | None, t
 def run_report(run: Run, opts: ReportOptions) -> None:
     records, packed, images, title, gallery = opts.records, opts.packed, opts.images, opts.title, opts.gallery
     path_root, max_bytes = opts.path_root, opts.max_bytes
-    import matplotlib
-
-    matplotlib.use("Agg")
     if not run.inputs:
         raise RsynError("give the --stats JSON files of a run, e.g. rsyn report 'work/*.stats.json' -o report.html")
     if not run.output or run.output == "-":

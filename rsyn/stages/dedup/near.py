@@ -147,9 +147,9 @@ class MinHasher:
     """Vectorised datasketch MinHash ("affine32" scheme) over 32-bit shingle hashes."""
 
     def __init__(self, num_perm: int = 128, seed: int = 1):
-        from datasketch import MinHash
+        from rsyn.models.imports import import_datasketch
 
-        template = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
+        template = import_datasketch().MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
         a, b = template.permutations
         self.a = np.asarray(a, dtype=np.uint32)
         self.b = np.asarray(b, dtype=np.uint32)

@@ -73,6 +73,14 @@ KMEANS_SAMPLE_MAX = 1 << 16
 KMEANS_MIN_PER_CLUSTER = 8
 # Nearest centroid: faiss proposes this many candidates, which are re-scored exactly (float64).
 CANDIDATES = 4
+# From this many clusters on, the nearest centroid is searched among the centroids of the CELL_PROBES
+# nearest of about sqrt(k) cells (an IVF over the centroids): per image sqrt(k) x (1 + CELL_PROBES)
+# comparisons instead of k. The best of CELL_CANDIDATES proposals is re-scored in float64, as above.
+# Chosen by measurement (docs/balance_pack.md, benchmarks/balance_assign.py).
+CELLS_FROM = 2048
+CELL_PROBES = 16
+CELL_CANDIDATES = 8
+CELLS = "cells.faiss"
 BATCH = 4096  # records per scan batch
 ROWS = 16384  # rows per chunk in assign / filter / plan
 
@@ -627,6 +635,7 @@ def plan_pass(
         "sim_quantiles": hist_quantiles(hist),
         "clusters": 0,
         "kmeans": None,
+        "assign": {"search": "exact"},
         "seconds": {},
     }
     centroids = np.zeros((0, dim or 0), dtype=np.float32)
@@ -656,6 +665,16 @@ def plan_pass(
         meta["clusters"] = len(centroids)
         if save_centroids:
             _save_npy(save_centroids, centroids)
+        if len(centroids) >= CELLS_FROM:
+            clock = time.perf_counter()
+            write_bytes_atomic(out / CELLS, build_cells(centroids, run.seed))
+            meta["seconds"]["cells"] = round(time.perf_counter() - clock, 3)
+            meta["assign"] = {
+                "search": "cells",
+                "cells": max(1, round(math.sqrt(len(centroids)))),
+                "probes": CELL_PROBES,
+                "candidates": CELL_CANDIDATES,
+            }
     _save_npy(out / "centroids.npy", centroids)
     _write_done(out, meta)
     return meta
@@ -727,6 +746,89 @@ class NearestCentroid:
         return label
 
 
+def build_cells(centroids: np.ndarray, seed: int) -> bytes:
+    """An IVF over the centroids (about sqrt(k) cells from a spherical k-means of the centroids), serialized.
+
+    Built once, in plan, and read by every assign: all shards search the same cells.
+    """
+    import faiss
+
+    from rsyn.vectors import train_kmeans
+
+    k, dim = centroids.shape
+    cells = max(1, round(math.sqrt(k)))
+    coarse = train_kmeans(centroids, cells, seed=seed, max_points_per_centroid=max(256, -(-k // cells)))
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(coarse)
+    index = faiss.IndexIVFFlat(quantizer, dim, len(coarse), faiss.METRIC_INNER_PRODUCT)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return faiss.serialize_index(index).tobytes()
+
+
+class _RowByRowKernels:
+    """faiss's flat search in float32 row by row (its SIMD kernel), never BLAS, while inside.
+
+    From distance_compute_blas_threshold queries on, faiss computes scores as one matrix product, whose
+    last bits depend on the batch; row by row, a score depends only on the row and the centroid, so the
+    cells an image probes, and so its candidates, are the same in any batch, shard or thread count.
+    """
+
+    def __enter__(self):
+        import faiss
+
+        self.saved = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 2**31 - 1  # a C int
+        return self
+
+    def __exit__(self, *exc):
+        import faiss
+
+        faiss.cvar.distance_compute_blas_threshold = self.saved
+
+
+class CellSearch:
+    """The nearest centroid among the centroids of the CELL_PROBES nearest cells (approximate, deterministic).
+
+    faiss proposes CELL_CANDIDATES centroids per row (from the IVF over the centroids, scored row by row:
+    `_RowByRowKernels`); the best of them in float64 (row by row, the lowest index on ties) is the label.
+    A row's label is a function of the row alone: the same in a split run as in the one-process run. It
+    is the exact nearest centroid unless the exact one lies outside the probed cells (docs/balance_pack.md
+    gives the measured agreement).
+    """
+
+    def __init__(self, centroids: np.ndarray, cells: bytes):
+        import faiss
+
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.k, self.dim = centroids.shape
+        self.index = faiss.deserialize_index(np.frombuffer(cells, dtype=np.uint8))
+        self.index.nprobe = min(CELL_PROBES, self.index.nlist)
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        m = min(CELL_CANDIDATES, self.k)
+        with _RowByRowKernels():
+            _, candidates = self.index.search(np.ascontiguousarray(x, dtype=np.float32), m)
+        missing = candidates < 0  # the probed cells held fewer than m centroids
+        candidates = np.sort(np.where(missing, self.k, candidates), axis=1)  # ascending: missing last
+        missing = candidates == self.k
+        candidates[missing] = 0
+        labels = np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), 1024):  # float64 in slices: memory stays a few MiB
+            rows = slice(start, start + 1024)
+            x64 = x[rows].astype(np.float64)
+            scores = (x64[:, None, :] * self.centroids[candidates[rows]].astype(np.float64)).sum(axis=2)
+            scores[missing[rows]] = -np.inf
+            labels[rows] = candidates[rows][np.arange(len(scores)), np.argmax(scores, axis=1)]
+        return labels
+
+
+def centroid_search(plan: PassDir, centroids: np.ndarray, device: str) -> NearestCentroid | CellSearch:
+    """The nearest-centroid search the plan chose (`assign` in its done.json)."""
+    if plan.meta.get("assign", {}).get("search") == "cells":
+        return CellSearch(centroids, Path(plan.file(CELLS)).read_bytes())
+    return NearestCentroid(centroids, device)
+
+
 def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
     """Label every in-window row of `scan` with its nearest centroid (-1 outside the window)."""
     if str(scan.path.resolve()) not in plan.meta["scans"]:
@@ -736,7 +838,7 @@ def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
     centroids = np.load(plan.file("centroids.npy"), allow_pickle=False)
     sizes = np.zeros(k, dtype=np.int64)
     count = scan.meta["count"]
-    nearest = NearestCentroid(centroids, run.faiss_device) if k else None
+    nearest = centroid_search(plan, centroids, run.faiss_device) if k else None
     with open(out / "labels.i4", "wb") as fh:
         for start in range(0, count, ROWS):
             stop = min(start + ROWS, count)
@@ -1101,6 +1203,7 @@ def stage_summary(plan: dict | None, cap: dict | None) -> dict:
         )
         if plan["kmeans"]:
             stage["kmeans"] = plan["kmeans"]
+        stage["assign"] = plan.get("assign", {"search": "exact"})
         stage["clusters"] = plan["clusters"]
     if cap is not None:
         stage.update(

@@ -92,13 +92,13 @@ def assign_table(dim: int, clusters: list[int], images: int) -> None:
         )
         exact_cpu = cpu() - clock
         clock = cpu()
-        search = CellSearch(centroids, build_cells(centroids, seed=0))
+        search = CellSearch(centroids, *build_cells(centroids, seed=0))
         build = cpu() - clock
         clock = cpu()
         labels = np.concatenate([search.labels(x[i : i + 16384]) for i in range(0, images, 16384)])
         cells_cpu = cpu() - clock
         print(
-            f"{k:7,} {search.index.nlist:6} {exact_cpu / images * 1e6:13.1f} {cells_cpu / images * 1e6:13.1f} "
+            f"{k:7,} {len(search.coarse):6} {exact_cpu / images * 1e6:13.1f} {cells_cpu / images * 1e6:13.1f} "
             f"{exact_cpu / cells_cpu:9.2f} {np.mean(labels == exact):10.5f}   (cells built in {build:.1f}s)",
             flush=True,
         )

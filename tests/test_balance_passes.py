@@ -302,17 +302,20 @@ def test_nearest_centroid_is_exact_and_batch_invariant():
 
 
 def test_cell_search_is_batch_invariant_on_near_ties_of_cells():
-    """An image midway between two cells probes the same cell in any batch: its label is a function of the row."""
+    """Images midway between two cells or two centroids get the same label in any batch: a function of the row."""
     rng = np.random.default_rng(0)
     dim, k = 64, 400
     centroids = rng.standard_normal((k, dim)).astype(np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(balance_stage, "CELL_PROBES", 1)  # one cell: which one decides the label
-        search = CellSearch(centroids, build_cells(centroids, seed=0))
-        cells = search.index.quantizer.reconstruct_n(0, search.index.nlist)
-        pairs = rng.integers(0, len(cells), (3000, 2))
-        x = cells[pairs[:, 0]] + cells[pairs[:, 1]] + 1e-6 * rng.standard_normal((3000, dim))
+        search = CellSearch(centroids, *build_cells(centroids, seed=0))
+        cells = search.coarse
+        x = []
+        for vectors in (cells, centroids):  # near-ties between cells, and between centroids
+            pairs = rng.integers(0, len(vectors), (1500, 2))
+            x.append(vectors[pairs[:, 0]] + vectors[pairs[:, 1]] + 1e-6 * rng.standard_normal((1500, dim)))
+        x = np.concatenate(x)
         x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
         batch = search.labels(x)
         one_by_one = np.concatenate([search.labels(x[i : i + 1]) for i in range(len(x))])
@@ -340,7 +343,7 @@ def test_cell_search_agrees_with_the_exact_nearest_centroid():
     assert k >= balance_stage.CELLS_FROM  # the default plan would choose the cells at this k
     x = points(4000)
     exact = NearestCentroid(centroids, "cpu").labels(x)
-    approximate = CellSearch(centroids, build_cells(centroids, seed=0)).labels(x)
+    approximate = CellSearch(centroids, *build_cells(centroids, seed=0)).labels(x)
     agreement = float((approximate == exact).mean())
     assert agreement >= CELL_AGREEMENT, agreement
     assert agreement < 1.0  # the search is approximate here: the bound above is what the test checks

@@ -80,7 +80,7 @@ CANDIDATES = 4
 CELLS_FROM = 2048
 CELL_PROBES = 16
 CELL_CANDIDATES = 8
-CELLS = "cells.faiss"
+COARSE, CELL_OF = "cells.npy", "cell_of.npy"  # plan files of the cell search
 BATCH = 4096  # records per scan batch
 ROWS = 16384  # rows per chunk in assign / filter / plan
 
@@ -667,11 +667,13 @@ def plan_pass(
             _save_npy(save_centroids, centroids)
         if len(centroids) >= CELLS_FROM:
             clock = time.perf_counter()
-            write_bytes_atomic(out / CELLS, build_cells(centroids, run.seed))
+            coarse, cell_of = build_cells(centroids, run.seed)
+            _save_npy(out / COARSE, coarse)
+            _save_npy(out / CELL_OF, cell_of)
             meta["seconds"]["cells"] = round(time.perf_counter() - clock, 3)
             meta["assign"] = {
                 "search": "cells",
-                "cells": max(1, round(math.sqrt(len(centroids)))),
+                "cells": len(coarse),
                 "probes": CELL_PROBES,
                 "candidates": CELL_CANDIDATES,
             }
@@ -712,12 +714,7 @@ class NearestCentroid:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # float32 -> float64 is exact, per use
         self.k, self.dim = centroids.shape
         self.index = flat_ip_index(self.centroids, device)
-        # |float32 dot - exact| <= gamma_d * |x| * |c| (any summation order); doubled for the float64 side and margin
-        largest = max(
-            float(np.sqrt((self.centroids[i : i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
-            for i in range(0, self.k, 4096)
-        )
-        self.error = 2.0 * self.dim * 2.0**-24 / (1 - self.dim * 2.0**-24) * largest
+        self.error = float32_error(self.dim, _largest_norm(self.centroids))
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         m = min(CANDIDATES, self.k)
@@ -746,86 +743,127 @@ class NearestCentroid:
         return label
 
 
-def build_cells(centroids: np.ndarray, seed: int) -> bytes:
-    """An IVF over the centroids (about sqrt(k) cells from a spherical k-means of the centroids), serialized.
+def float32_error(dim: int, largest_norm: float) -> float:
+    """A bound on |float32 dot product - exact| per unit of |x|, for vectors of norm <= largest_norm.
+
+    gamma_d * |x| * |c| holds for any summation order (BLAS or SIMD); doubled for the float64 side and margin.
+    """
+    return 2.0 * dim * 2.0**-24 / (1 - dim * 2.0**-24) * largest_norm
+
+
+def _largest_norm(vectors: np.ndarray) -> float:
+    return max(
+        (
+            float(np.sqrt((vectors[i : i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
+            for i in range(0, len(vectors), 4096)
+        ),
+        default=0.0,
+    )
+
+
+def _row_dots(x64: np.ndarray, rows: np.ndarray, vectors: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """float64 x64[rows[i]] . vectors[columns[i]] for each i, each one computed on its own (batch-independent)."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), 4096):  # memory: a few MiB
+        part = slice(start, start + 4096)
+        out[part] = (x64[rows[part]] * vectors[columns[part]].astype(np.float64)).sum(axis=1)
+    return out
+
+
+def build_cells(centroids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cell centroids, cell of each centroid): about sqrt(k) cells, a spherical k-means of the centroids.
 
     Built once, in plan, and read by every assign: all shards search the same cells.
     """
-    import faiss
+    from rsyn.vectors import nearest_centroid, train_kmeans
 
-    from rsyn.vectors import train_kmeans
-
-    k, dim = centroids.shape
+    k = len(centroids)
     cells = max(1, round(math.sqrt(k)))
     coarse = train_kmeans(centroids, cells, seed=seed, max_points_per_centroid=max(256, -(-k // cells)))
-    quantizer = faiss.IndexFlatIP(dim)
-    quantizer.add(coarse)
-    index = faiss.IndexIVFFlat(quantizer, dim, len(coarse), faiss.METRIC_INNER_PRODUCT)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    return faiss.serialize_index(index).tobytes()
-
-
-class _RowByRowKernels:
-    """faiss's flat search in float32 row by row (its SIMD kernel), never BLAS, while inside.
-
-    From distance_compute_blas_threshold queries on, faiss computes scores as one matrix product, whose
-    last bits depend on the batch; row by row, a score depends only on the row and the centroid, so the
-    cells an image probes, and so its candidates, are the same in any batch, shard or thread count.
-    """
-
-    def __enter__(self):
-        import faiss
-
-        self.saved = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = 2**31 - 1  # a C int
-        return self
-
-    def __exit__(self, *exc):
-        import faiss
-
-        faiss.cvar.distance_compute_blas_threshold = self.saved
+    cell_of, _ = nearest_centroid(centroids, coarse)
+    return coarse, cell_of.astype(np.int32)
 
 
 class CellSearch:
     """The nearest centroid among the centroids of the CELL_PROBES nearest cells (approximate, deterministic).
 
-    faiss proposes CELL_CANDIDATES centroids per row (from the IVF over the centroids, scored row by row:
-    `_RowByRowKernels`); the best of them in float64 (row by row, the lowest index on ties) is the label.
-    A row's label is a function of the row alone: the same in a split run as in the one-process run. It
-    is the exact nearest centroid unless the exact one lies outside the probed cells (docs/balance_pack.md
-    gives the measured agreement).
+    Both levels are float32 matrix products (BLAS: fast, but their last bits depend on the batch), made
+    exact where rounding could matter: the probed cells are the CELL_PROBES best cells in exact arithmetic
+    (float64 for the rows where float32 cannot tell the last probed cell from the next one), and the label
+    is the float64 argmax (lowest index on ties) over every probed centroid that float32 cannot rule out.
+    So a row's label is a function of the row alone: the same in a split run as in the one-process run. It
+    is the exact nearest centroid unless that one lies outside the probed cells (docs/balance_pack.md gives
+    the measured agreement).
     """
 
-    def __init__(self, centroids: np.ndarray, cells: bytes):
-        import faiss
-
+    def __init__(self, centroids: np.ndarray, coarse: np.ndarray, cell_of: np.ndarray):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.coarse = np.ascontiguousarray(coarse, dtype=np.float32)
         self.k, self.dim = centroids.shape
-        self.index = faiss.deserialize_index(np.frombuffer(cells, dtype=np.uint8))
-        self.index.nprobe = min(CELL_PROBES, self.index.nlist)
+        self.probes = min(CELL_PROBES, len(coarse))
+        order = np.argsort(cell_of, kind="stable")
+        self.members = np.split(order, np.cumsum(np.bincount(cell_of, minlength=len(coarse)))[:-1])
+        self.fine_error = float32_error(self.dim, _largest_norm(self.centroids))
+        self.coarse_error = float32_error(self.dim, _largest_norm(self.coarse))
 
     def labels(self, x: np.ndarray) -> np.ndarray:
-        m = min(CELL_CANDIDATES, self.k)
-        with _RowByRowKernels():
-            _, candidates = self.index.search(np.ascontiguousarray(x, dtype=np.float32), m)
-        missing = candidates < 0  # the probed cells held fewer than m centroids
-        candidates = np.sort(np.where(missing, self.k, candidates), axis=1)  # ascending: missing last
-        missing = candidates == self.k
-        candidates[missing] = 0
-        labels = np.empty(len(x), dtype=np.int64)
-        for start in range(0, len(x), 1024):  # float64 in slices: memory stays a few MiB
-            rows = slice(start, start + 1024)
-            x64 = x[rows].astype(np.float64)
-            scores = (x64[:, None, :] * self.centroids[candidates[rows]].astype(np.float64)).sum(axis=2)
-            scores[missing[rows]] = -np.inf
-            labels[rows] = candidates[rows][np.arange(len(scores)), np.argmax(scores, axis=1)]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        x64 = x.astype(np.float64)
+        norms = np.sqrt((x64 * x64).sum(axis=1))
+        probes = self._probes(x, x64, norms)
+        # fine level, cell by cell: the rows that probe a cell x that cell's centroids, as one matrix product
+        n = len(x)
+        best = np.full(n, -np.inf, dtype=np.float32)
+        margin = (2 * self.fine_error * norms).astype(np.float32)
+        found_rows, found_members, found_scores = [], [], []
+        pair_cells = probes.ravel()
+        pairs = np.argsort(pair_cells, kind="stable")
+        bounds = np.searchsorted(pair_cells[pairs], np.arange(len(self.coarse) + 1))
+        for cell, members in enumerate(self.members):
+            rows = pairs[bounds[cell] : bounds[cell + 1]] // self.probes
+            if not len(rows) or not len(members):
+                continue
+            scores = x[rows] @ self.centroids[members].T
+            best[rows] = np.maximum(best[rows], scores.max(axis=1))
+            # keep what could still be the best: a superset of the final candidates (best only grows)
+            r, m = np.nonzero(scores >= (best[rows] - margin[rows])[:, None])
+            found_rows.append(rows[r])
+            found_members.append(members[m])
+            found_scores.append(scores[r, m])
+        rows, members, scores = (np.concatenate(part) for part in (found_rows, found_members, found_scores))
+        keep = scores >= best[rows] - margin[rows]
+        rows, members = rows[keep], members[keep]
+        exact = _row_dots(x64, rows, self.centroids, members)
+        order = np.lexsort((members, -exact, rows))  # per row: highest float64 score, then lowest index
+        first = order[np.concatenate(([True], rows[order][1:] != rows[order][:-1]))]
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[rows[first]] = members[first]
+        for i in np.flatnonzero(labels < 0):  # every probed cell empty (k-means left a cell without centroids)
+            exact = _row_dots(x64, np.full(self.k, i), self.centroids, np.arange(self.k))
+            labels[i] = int(np.argmax(exact))
         return labels
+
+    def _probes(self, x: np.ndarray, x64: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """(n, CELL_PROBES) the cells with the highest exact scores (lowest index on ties), per row."""
+        p, cells = self.probes, len(self.coarse)
+        if p == cells:
+            return np.tile(np.arange(cells), (len(x), 1))
+        scores = x @ self.coarse.T
+        probes = np.argpartition(-scores, p - 1, axis=1)[:, :p]
+        # unambiguous when every other cell scores below the p-th by more than twice the float32 error
+        pth = np.take_along_axis(scores, probes, axis=1).min(axis=1)
+        near = (scores >= (pth - 2 * self.coarse_error * norms)[:, None]).sum(axis=1)
+        unsure = np.flatnonzero(near > p)  # a few %: decide in float64 (each score on its own)
+        if len(unsure):
+            exact = _row_dots(x64, np.repeat(unsure, cells), self.coarse, np.tile(np.arange(cells), len(unsure)))
+            probes[unsure] = np.argsort(-exact.reshape(len(unsure), cells), axis=1, kind="stable")[:, :p]
+        return probes
 
 
 def centroid_search(plan: PassDir, centroids: np.ndarray, device: str) -> NearestCentroid | CellSearch:
     """The nearest-centroid search the plan chose (`assign` in its done.json)."""
     if plan.meta.get("assign", {}).get("search") == "cells":
-        return CellSearch(centroids, Path(plan.file(CELLS)).read_bytes())
+        return CellSearch(centroids, np.load(plan.file(COARSE), allow_pickle=False), np.load(plan.file(CELL_OF)))
     return NearestCentroid(centroids, device)
 
 
@@ -1037,23 +1075,27 @@ def _scan_lines(scan: PassDir):
             changed = True
         if changed:
             raise RsynError(f"{f['name']}: changed since `rsyn balance scan` read it")
-    files = scan.column("file")
-    lines = scan.column("line")
-    # the scan numbered files in the order it read them, one after the other: each file's rows are one run
-    bounds = np.searchsorted(files, np.arange(len(scan.meta["files"]) + 1), side="left")
-    for number, f in enumerate(scan.meta["files"]):
-        wanted = lines[bounds[number] : bounds[number + 1]]  # ascending: the scan read them in this order
-        j = 0
-        for start, block in iter_line_blocks(f["path"]):
-            stop = start + len(block)
-            end = int(np.searchsorted(wanted, stop, side="left"))
-            for lineno in wanted[j:end].tolist():
-                yield block[lineno - start]
-            j = end
-            if j == len(wanted):
-                break
-        if j != len(wanted):
-            raise RsynError(f"{f['name']}: shorter than when `rsyn balance scan` read it")
+    # the scan numbered files in the order it read them, one after the other, each file's lines ascending:
+    # one walk through the (file, line) columns, read in chunks, picks the lines out of the files' blocks
+    count = scan.meta["count"]
+    current, blocks, first, block = -1, None, 0, []
+    for start in range(0, count, ROWS * 16):
+        stop = min(start + ROWS * 16, count)
+        for number, lineno in zip(scan.column("file", start, stop).tolist(), scan.column("line", start, stop).tolist()):
+            if number != current:
+                if blocks is not None:
+                    blocks.close()
+                current, blocks, first, block = number, iter_line_blocks(scan.meta["files"][number]["path"]), 0, []
+            while lineno >= first + len(block):
+                step = next(blocks, None)
+                if step is None:
+                    raise RsynError(
+                        f"{scan.meta['files'][number]['name']}: shorter than when `rsyn balance scan` read it"
+                    )
+                first, block = step
+            yield block[lineno - first]
+    if blocks is not None:
+        blocks.close()
 
 
 def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
@@ -1066,28 +1108,33 @@ def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
     return orjson.dumps(record)
 
 
-def filter_status(scan: PassDir, plan: PassDir, assign: PassDir, cap: PassDir):
-    """(status int8, sims float64, labels int64) of every row of the scan."""
+def filter_status(scan: PassDir, plan: PassDir, assign: PassDir, cap: PassDir) -> np.ndarray:
+    """The status (int8: kept, below or above the window, over the cap) of every row of the scan.
+
+    Computed in chunks: one byte per row is all filter holds for the whole shard.
+    """
     table = window_table(plan.meta["sim_window"]["lo"], plan.meta["sim_window"]["hi"])
-    codes = scan.column("sim").astype(np.int64)
-    status = table[codes + SIM_SCALE]
-    labels = read_rows(assign.file("labels.i4"), "<i4", 0, scan.meta["count"]).astype(np.int64)
     full = np.load(cap.file("full.npy"), allow_pickle=False)
-    rows = np.flatnonzero(labels >= 0)
-    rows = rows[full[labels[rows]]]
-    if len(rows):
-        ranked = {name: i for i, name in enumerate(plan.meta["files"])}
-        ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
-        cluster = labels[rows]
-        key = scan.column("keep_key")[rows]
-        rank = ranks[scan.column("file")[rows]]
-        line = scan.column("line")[rows]
-        ck = np.load(cap.file("cut_key.npy"))[cluster]
-        cr = np.load(cap.file("cut_file.npy"))[cluster]
-        cl = np.load(cap.file("cut_line.npy"))[cluster]
-        after = (key > ck) | ((key == ck) & ((rank > cr) | ((rank == cr) & (line > cl))))
-        status[rows[after]] = _CAPPED
-    return status, code_values(codes), labels
+    cut_key, cut_file, cut_line = (np.load(cap.file(f"{name}.npy")) for name in ("cut_key", "cut_file", "cut_line"))
+    ranked = {name: i for i, name in enumerate(plan.meta["files"])}
+    ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
+    count = scan.meta["count"]
+    status = np.empty(count, dtype=np.int8)
+    for start in range(0, count, ROWS * 16):
+        stop = min(start + ROWS * 16, count)
+        status[start:stop] = table[scan.column("sim", start, stop).astype(np.int64) + SIM_SCALE]
+        labels = read_rows(assign.file("labels.i4"), "<i4", start, stop).astype(np.int64)
+        rows = np.flatnonzero(labels >= 0)
+        rows = rows[full[labels[rows]]]
+        if len(rows):
+            cluster = labels[rows]
+            key = scan.column("keep_key", start, stop)[rows]
+            rank = ranks[scan.column("file", start, stop)[rows]]
+            line = scan.column("line", start, stop)[rows]
+            ck, cr, cl = cut_key[cluster], cut_file[cluster], cut_line[cluster]
+            after = (key > ck) | ((key == ck) & ((rank > cr) | ((rank == cr) & (line > cl))))
+            status[start + rows[after]] = _CAPPED
+    return status
 
 
 def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
@@ -1096,7 +1143,7 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
         raise RsynError(f"{assign.path}: not one of the assign directories the cap {cap.path} was made from")
     scan = PassDir(assign.meta["scan"], "scan")
     plan = PassDir(assign.meta["plan"], "plan")
-    status, sims, labels = filter_status(scan, plan, assign, cap)
+    status = filter_status(scan, plan, assign, cap)
     fragment = orjson.Fragment
     log_drops = bool(run.rejects_path)
     reason_of = {_BELOW: "sim_below_window", _ABOVE: "sim_above_window", _CAPPED: "over_cluster_cap"}
@@ -1104,14 +1151,15 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
         for code, reason in reason_of.items():
             run.dropped[reason] = run.dropped.get(reason, 0) + int((status == code).sum())
     files = [f["name"] for f in scan.meta["files"]]
-    file_of, line_of = scan.column("file"), scan.column("line")
 
     def survivors():
         lines = _scan_lines(scan)
-        for start in range(0, len(status), ROWS):  # Python objects for one chunk at a time
+        for start in range(0, len(status), ROWS):  # the other columns, as Python objects, one chunk at a time
             stop = min(start + ROWS, len(status))
-            status_list, sim_list = status[start:stop].tolist(), sims[start:stop].tolist()
-            label_list = labels[start:stop].tolist()
+            status_list = status[start:stop].tolist()
+            sim_list = code_values(scan.column("sim", start, stop)).tolist()
+            label_list = read_rows(assign.file("labels.i4"), "<i4", start, stop).tolist()
+            file_of, line_of = scan.column("file", start, stop), scan.column("line", start, stop)
             for j, line in zip(range(stop - start), lines):
                 code = status_list[j]
                 if code == _KEEP:
@@ -1123,7 +1171,7 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
                     run.drop(
                         orjson.loads(line),
                         reason_of[code],
-                        where=f"{files[file_of[start + j]]}:{line_of[start + j]}",
+                        where=f"{files[file_of[j]]}:{line_of[j]}",
                         **details,
                     )
 

@@ -8,10 +8,12 @@ Zipf-sized true clusters), written as files of --file-records records; size N re
 files, so every size is a prefix of the next.
 
 Options are the defaults: `--sim-range auto --per-cluster 35` and nothing else, so clusters = images in the
-window / 168 and the k-means sample is the default (capped). For every N the table gives CPU seconds (user +
+window / 168, the k-means sample is the default (capped) and the nearest-centroid search is the plan's choice
+(exact below 2,048 clusters, through cells from there). For every N the table gives CPU seconds (user +
 system, os.wait4 of the child) and peak RSS of the whole `rsyn balance`, per record, and their ratio to the
-smallest N (flat = 1.00). The reference is `rsyn cat` over the same files (one streaming read-parse-write pass,
-the floor of any stage), measured in the same run.
+smallest N (flat = 1.00). The baseline is the same command on a 1-record input (interpreter, imports, faiss):
+"net" columns subtract it before dividing by N. The reference is `rsyn cat` over the same files (one streaming
+read-parse-write pass, the floor of any stage), measured in the same run.
 
 --passes also runs the five passes as separate processes (one shard) and prints each one's CPU seconds and peak
 RSS; the marginal bytes per record of a pass is the RSS slope between the smallest and the largest N.
@@ -75,43 +77,40 @@ def main() -> None:
             f"{time.perf_counter() - clock:.0f}s",
             flush=True,
         )
+        one = os.path.join(tmp, "one.jsonl.zst")
+        subprocess.run(
+            [
+                py,
+                os.path.join(HERE, "balance_vs_bare.py"),
+                "--make-input",
+                one,
+                "--records",
+                "1",
+                "--dim",
+                str(args.dim),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        base = balance(rsyn, [one], tmp, args.per_cluster)[0]
+        print(f"baseline (1 record): {base[1]:.2f}s CPU, {base[2]:.0f} MiB", flush=True)
         rows, pass_rows = [], {}
         for n in sizes:
             inputs = files[: n // args.file_records]
-            out, stats = os.path.join(tmp, "out.jsonl.zst"), os.path.join(tmp, "stats.json")
+            whole, stage = balance(rsyn, inputs, tmp, args.per_cluster)
             cat = measure([*rsyn, "cat", *inputs, "-o", os.path.join(tmp, "cat.zst"), "--quiet"])
             os.unlink(os.path.join(tmp, "cat.zst"))
-            whole = measure(
-                [
-                    *rsyn,
-                    "balance",
-                    *inputs,
-                    "-o",
-                    out,
-                    "--quiet",
-                    "--device",
-                    "cpu",
-                    "--sim-range",
-                    "auto",
-                    "--per-cluster",
-                    str(args.per_cluster),
-                    "--stats",
-                    stats,
-                    "--spill-dir",
-                    tmp,
-                ]
-            )
-            stage = json.loads(open(stats).read())["stage"]
             rows.append((n, cat, whole, stage))
             print(
                 f"N={n:,}: balance {whole[0]:.0f}s wall, {whole[1]:.0f}s CPU, {whole[2]:.0f} MiB; "
-                f"k={stage['clusters']}, sample={stage['kmeans']['train_points']:,}; phases (s) "
+                f"k={stage['clusters']}, sample={stage['kmeans']['train_points']:,}, "
+                f"search={stage['assign']['search']}; phases (s) "
                 + ", ".join(f"{k} {v:.1f}" for k, v in stage["phase_seconds"].items()),
                 flush=True,
             )
             if args.passes:
                 pass_rows[n] = run_passes(rsyn, inputs, tmp, args.per_cluster)
-        print_table(rows)
+        print_table(rows, base)
         if pass_rows:
             print_passes(pass_rows)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (CPU count {os.cpu_count()})")
@@ -150,19 +149,37 @@ def run_passes(rsyn: list[str], inputs: list[str], tmp: str, per_cluster: int) -
     return result
 
 
-def print_table(rows) -> None:
-    n0, cat0, whole0, _ = rows[0]
-    cpu0, rss0 = whole0[1] / n0, whole0[2] / n0
+def balance(rsyn: list[str], inputs: list[str], tmp: str, per_cluster: int):
+    """(wall, CPU, peak RSS MiB) and the --stats `stage` of one `rsyn balance` with default options."""
+    out, stats = os.path.join(tmp, "out.jsonl.zst"), os.path.join(tmp, "stats.json")
+    cmd = [*rsyn, "balance", *inputs, "-o", out, "--quiet", "--device", "cpu", "--sim-range", "auto"]
+    result = measure([*cmd, "--per-cluster", str(per_cluster), "--stats", stats, "--spill-dir", tmp])
+    return result, json.loads(open(stats).read())["stage"]
+
+
+def print_table(rows, base) -> None:
+    n0, _, whole0, _ = rows[0]
+
+    def per_record(whole, n):  # CPU us, RSS KB: raw, then net of the 1-record baseline
+        return (
+            whole[1] / n * 1e6,
+            (whole[1] - base[1]) / n * 1e6,
+            whole[2] * 1024 / n,
+            (whole[2] - base[2]) * 1024 / n,
+        )
+
+    first = per_record(whole0, n0)
     print(
-        f"\n{'N':>9} {'k':>6} {'sample':>7} {'CPU s':>8} {'peak RSS MiB':>13} {'CPU us/rec':>11} "
-        f"{'x N0':>6} {'RSS B/rec':>10} {'x N0':>6} {'cat CPU us/rec':>15} {'balance/cat':>12}"
+        f"\nbaseline (1 record): {base[1]:.2f} CPU s, {base[2]:.0f} MiB peak RSS\n"
+        f"{'records':>9} {'clusters':>8} {'search':>6} {'CPU s':>7} {'us/rec':>7} {'x':>5} {'net us/rec':>10} "
+        f"{'x':>5} {'RSS MiB':>8} {'KB/rec':>7} {'x':>5} {'net KB/rec':>10} {'x':>5} {'cat us/rec':>10}"
     )
     for n, cat, whole, stage in rows:
-        cpu, rss = whole[1] / n, whole[2] / n
+        cpu, cpu_net, rss, rss_net = per_record(whole, n)
         print(
-            f"{n:9,} {stage['clusters']:6,} {stage['kmeans']['train_points']:7,} {whole[1]:8.1f} {whole[2]:13.0f} "
-            f"{cpu * 1e6:11.1f} {cpu / cpu0:6.2f} {rss * 2**20:10,.0f} {rss / rss0:6.2f} "
-            f"{cat[1] / n * 1e6:15.1f} {whole[1] / cat[1]:12.2f}"
+            f"{n:9,} {stage['clusters']:8,} {stage['assign']['search']:>6} {whole[1]:7.1f} {cpu:7.1f} "
+            f"{cpu / first[0]:5.2f} {cpu_net:10.1f} {cpu_net / first[1]:5.2f} {whole[2]:8.0f} {rss:7.2f} "
+            f"{rss / first[2]:5.2f} {rss_net:10.2f} {rss_net / first[3]:5.2f} {cat[1] / n * 1e6:10.1f}"
         )
 
 

@@ -325,7 +325,7 @@ def test_cell_search_is_batch_invariant_on_near_ties_of_cells():
 # The documented tolerance (docs/balance_pack.md): with the default CELL_PROBES, at least this share of the
 # images get the exact nearest centroid. Clustered data whose true clusters are split over several centroids,
 # so many images lie near a border between centroids.
-CELL_AGREEMENT = 0.99
+CELL_AGREEMENT = 0.985
 
 
 def test_cell_search_agrees_with_the_exact_nearest_centroid():

@@ -14,8 +14,11 @@ The passes (docs/balance_pack.md), each writing a directory with `done.json` las
   is appended to column files as it streams by; memory is one batch. A
   histogram of the sim codes makes `--sim-range auto` exact when merged.
 - plan (once): the window from the merged histograms, the training sample
-  (the rows with the smallest training key, at most a fixed number), k-means.
-- assign (per shard): the nearest centroid of every row in the window.
+  (the rows with the smallest training key, at most a fixed number), k-means
+  (two-level for many clusters) and, from CELLS_FROM clusters on, cells of the
+  centroids for assign.
+- assign (per shard): the nearest centroid of every row in the window (exact,
+  or among the centroids of the row's nearest cells).
 - cap (once): the cut-off t (given, or from `--target`) and, per full
   cluster, the sort key of its t-th member.
 - filter (per shard): the survivors in input order with `sim` and `cluster`
@@ -73,13 +76,11 @@ KMEANS_SAMPLE_MAX = 1 << 16
 KMEANS_MIN_PER_CLUSTER = 8
 # Nearest centroid: faiss proposes this many candidates, which are re-scored exactly (float64).
 CANDIDATES = 4
-# From this many clusters on, the nearest centroid is searched among the centroids of the CELL_PROBES
-# nearest of about sqrt(k) cells (an IVF over the centroids): per image sqrt(k) x (1 + CELL_PROBES)
-# comparisons instead of k. The best of CELL_CANDIDATES proposals is re-scored in float64, as above.
-# Chosen by measurement (docs/balance_pack.md, benchmarks/balance_assign.py).
+# From this many clusters on, assign searches the nearest centroid among the centroids of the CELL_PROBES
+# nearest of about sqrt(k) cells (CellSearch): per image 17 x sqrt(k) comparisons instead of k. Chosen by
+# measurement: below it the exact search is faster (docs/balance_pack.md, benchmarks/balance_kmeans_assign.py).
 CELLS_FROM = 2048
 CELL_PROBES = 16
-CELL_CANDIDATES = 8
 COARSE, CELL_OF = "cells.npy", "cell_of.npy"  # plan files of the cell search
 BATCH = 4096  # records per scan batch
 ROWS = 16384  # rows per chunk in assign / filter / plan
@@ -675,7 +676,6 @@ def plan_pass(
                 "search": "cells",
                 "cells": len(coarse),
                 "probes": CELL_PROBES,
-                "candidates": CELL_CANDIDATES,
             }
     _save_npy(out / "centroids.npy", centroids)
     _write_done(out, meta)

@@ -139,9 +139,11 @@ def assert_same_records(single: list[bytes], parts: list[list[bytes]]):
 )
 def test_four_shards_equal_the_single_run(corpus, scans, window, search, monkeypatch):
     root, paths = corpus
-    if search == "cells":  # the assignment through the IVF over the centroids, used from CELLS_FROM clusters on
+    if search == "cells":  # the assignment through cells of the centroids, used from CELLS_FROM clusters on
         monkeypatch.setattr(balance_stage, "CELLS_FROM", 2)
         monkeypatch.setattr(balance_stage, "CELL_PROBES", 1)
+        # and a capped training sample (the default cap is 65,536): the same rows whichever shard holds them
+        monkeypatch.setattr(balance_stage, "KMEANS_SAMPLE_MAX", 100)
     work = root / "work" / f"{window.replace(',', '-')}-{search}"
     plan = work / "plan"
     call(
@@ -198,6 +200,9 @@ def test_four_shards_equal_the_single_run(corpus, scans, window, search, monkeyp
         plan_stage = json.loads((work / "plan.stats.json").read_text())["stage"]
         assert plan_stage["sim_window"] == single_stats["stage"]["sim_window"]
         assert plan_stage["assign"]["search"] == single_stats["stage"]["assign"]["search"] == search
+        assert plan_stage["kmeans"] == single_stats["stage"]["kmeans"]
+        if search == "cells":
+            assert plan_stage["kmeans"]["train_points"] == 100
         if name == "target":
             assert len(single) <= 130 and single_stats["stage"]["per_cluster"] > 1
 
@@ -347,3 +352,10 @@ def test_cell_search_agrees_with_the_exact_nearest_centroid():
     agreement = float((approximate == exact).mean())
     assert agreement >= CELL_AGREEMENT, agreement
     assert agreement < 1.0  # the search is approximate here: the bound above is what the test checks
+
+
+def test_default_sample_is_capped_but_keeps_a_floor_per_cluster():
+    """256 per cluster, at most 65,536 in all (training cost stops growing with N), at least 8 per cluster."""
+    assert balance_stage.default_kmeans_sample(100) == 25_600
+    assert balance_stage.default_kmeans_sample(506) == balance_stage.default_kmeans_sample(4049) == 65_536
+    assert balance_stage.default_kmeans_sample(1_000_000) == 8_000_000

@@ -761,12 +761,12 @@ def _largest_norm(vectors: np.ndarray) -> float:
     )
 
 
-def _row_dots(x64: np.ndarray, rows: np.ndarray, vectors: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """float64 x64[rows[i]] . vectors[columns[i]] for each i, each one computed on its own (batch-independent)."""
+def _row_dots(x: np.ndarray, rows: np.ndarray, vectors: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """float64 x[rows[i]] . vectors[columns[i]] for each i, each one computed on its own (batch-independent)."""
     out = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), 4096):  # memory: a few MiB
         part = slice(start, start + 4096)
-        out[part] = (x64[rows[part]] * vectors[columns[part]].astype(np.float64)).sum(axis=1)
+        out[part] = (x[rows[part]].astype(np.float64) * vectors[columns[part]].astype(np.float64)).sum(axis=1)
     return out
 
 
@@ -808,9 +808,8 @@ class CellSearch:
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        x64 = x.astype(np.float64)
-        norms = np.sqrt((x64 * x64).sum(axis=1))
-        probes = self._probes(x, x64, norms)
+        norms = np.sqrt(_row_dots(x, np.arange(len(x)), x, np.arange(len(x))))
+        probes = self._probes(x, norms)
         # fine level, cell by cell: the rows that probe a cell x that cell's centroids, as one matrix product
         n = len(x)
         best = np.full(n, -np.inf, dtype=np.float32)
@@ -833,17 +832,17 @@ class CellSearch:
         rows, members, scores = (np.concatenate(part) for part in (found_rows, found_members, found_scores))
         keep = scores >= best[rows] - margin[rows]
         rows, members = rows[keep], members[keep]
-        exact = _row_dots(x64, rows, self.centroids, members)
+        exact = _row_dots(x, rows, self.centroids, members)
         order = np.lexsort((members, -exact, rows))  # per row: highest float64 score, then lowest index
         first = order[np.concatenate(([True], rows[order][1:] != rows[order][:-1]))]
         labels = np.full(n, -1, dtype=np.int64)
         labels[rows[first]] = members[first]
         for i in np.flatnonzero(labels < 0):  # every probed cell empty (k-means left a cell without centroids)
-            exact = _row_dots(x64, np.full(self.k, i), self.centroids, np.arange(self.k))
+            exact = _row_dots(x, np.full(self.k, i), self.centroids, np.arange(self.k))
             labels[i] = int(np.argmax(exact))
         return labels
 
-    def _probes(self, x: np.ndarray, x64: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    def _probes(self, x: np.ndarray, norms: np.ndarray) -> np.ndarray:
         """(n, CELL_PROBES) the cells with the highest exact scores (lowest index on ties), per row."""
         p, cells = self.probes, len(self.coarse)
         if p == cells:
@@ -855,7 +854,7 @@ class CellSearch:
         near = (scores >= (pth - 2 * self.coarse_error * norms)[:, None]).sum(axis=1)
         unsure = np.flatnonzero(near > p)  # a few %: decide in float64 (each score on its own)
         if len(unsure):
-            exact = _row_dots(x64, np.repeat(unsure, cells), self.coarse, np.tile(np.arange(cells), len(unsure)))
+            exact = _row_dots(x, np.repeat(unsure, cells), self.coarse, np.tile(np.arange(cells), len(unsure)))
             probes[unsure] = np.argsort(-exact.reshape(len(unsure), cells), axis=1, kind="stable")[:, :p]
         return probes
 

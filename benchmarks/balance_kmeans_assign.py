@@ -8,6 +8,7 @@ plan calls it: flat below 4,096 clusters, two-level from there) trained on S poi
 flat k-means on the full 256 points per cluster (faiss's default, the old default of balance). Quality is
 the k-means objective on held-out points: the mean of 1 - cos(point, nearest centroid), exact (flat search),
 so lower is better; the table gives its increase over the reference, and the training CPU seconds.
+--two-level adds, below 4,096 clusters, the same samples through two-level k-means.
 
 --assign: the nearest-centroid search. For each k, CPU microseconds per image of the exact search
 (NearestCentroid: faiss flat + float64 re-scoring) and of the search through cells (CellSearch: an IVF over
@@ -55,7 +56,9 @@ def cpu() -> float:
     return time.process_time()
 
 
-def sample_table(dim: int, clusters: list[int], sizes: list[int], held_out: int, niter: int) -> None:
+def sample_table(
+    dim: int, clusters: list[int], sizes: list[int], held_out: int, niter: int, two_level_too: bool
+) -> None:
     pool_size = max(max(sizes), 256 * max(clusters))
     pool = make_points(pool_size, dim, seed=10)
     test = make_points(held_out, dim, seed=11)
@@ -70,13 +73,18 @@ def sample_table(dim: int, clusters: list[int], sizes: list[int], held_out: int,
         for s in sizes:
             if s >= 256 * k:
                 continue
-            clock = cpu()
-            # as plan_pass calls it: auto two-level, every sampled point used
-            centroids = train_kmeans(pool[:s], k, seed=0, niter=niter, max_points_per_centroid=max(256, -(-s // k)))
-            spent = cpu() - clock
-            kind = "two-level" if k >= 4096 else "flat"
-            value = objective(test, centroids)
-            print(f"{k:6,} {s:9,} {s / k:6.1f} {kind:>9} {spent:12.1f} {value:10.5f} {value / ref:8.4f}", flush=True)
+            # as plan_pass calls it (auto: two-level from 4,096 clusters), and forced two-level
+            for two_level in [None] + ([True] if two_level_too and k < 4096 else []):
+                clock = cpu()
+                centroids = train_kmeans(
+                    pool[:s], k, seed=0, niter=niter, max_points_per_centroid=max(256, -(-s // k)), two_level=two_level
+                )
+                spent = cpu() - clock
+                kind = "two-level" if k >= 4096 or two_level else "flat"
+                value = objective(test, centroids)
+                print(
+                    f"{k:6,} {s:9,} {s / k:6.1f} {kind:>9} {spent:12.1f} {value:10.5f} {value / ref:8.4f}", flush=True
+                )
 
 
 def assign_table(dim: int, clusters: list[int], images: int) -> None:
@@ -113,6 +121,7 @@ def main() -> None:
     p.add_argument("--sample-sizes", default="16384,32768,65536,131072")
     p.add_argument("--held-out", type=int, default=50_000)
     p.add_argument("--niter", type=int, default=20)
+    p.add_argument("--two-level", action="store_true", help="also two-level k-means below 4,096 clusters")
     p.add_argument("--assign-clusters", default="512,1024,2048,4096,8192,16384")
     p.add_argument("--images", type=int, default=50_000)
     args = p.parse_args()
@@ -127,6 +136,7 @@ def main() -> None:
             [int(s) for s in args.sample_sizes.split(",")],
             args.held_out,
             args.niter,
+            args.two_level,
         )
 
 

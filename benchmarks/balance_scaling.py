@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--per-cluster", type=int, default=35)
     ap.add_argument("--passes", action="store_true", help="also run the five passes as separate processes")
     ap.add_argument("--tmp", default=None, help="scratch directory (about 3.2 KB per record)")
+    ap.add_argument("--input-dir", default=None, help="keep the input files here, and reuse them when they exist")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(n % args.file_records for n in sizes):
@@ -51,8 +52,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="bench-balance-scaling-") as tmp:
         files = []
         clock = time.perf_counter()
+        where = args.input_dir or tmp
+        os.makedirs(where, exist_ok=True)
         for f in range(max(sizes) // args.file_records):
-            path = os.path.join(tmp, f"in{f:03d}.jsonl.zst")
+            path = os.path.join(where, f"in{f:03d}.jsonl.zst")
+            files.append(path)
+            if os.path.exists(path):
+                continue
             # a child per file: this process stays small, and each file has its own seed (records differ)
             subprocess.run(
                 [
@@ -70,14 +76,13 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            files.append(path)
         print(
             f"input: {len(files)} files x {args.file_records:,} records ({args.dim}-d), "
             f"{sum(os.path.getsize(p) for p in files) / 1e9:.2f} GB zstd, made in "
             f"{time.perf_counter() - clock:.0f}s",
             flush=True,
         )
-        one = os.path.join(tmp, "one.jsonl.zst")
+        one = os.path.join(where, "one.jsonl.zst")
         subprocess.run(
             [
                 py,
@@ -104,6 +109,7 @@ def main() -> None:
             print(
                 f"N={n:,}: balance {whole[0]:.0f}s wall, {whole[1]:.0f}s CPU, {whole[2]:.0f} MiB; "
                 f"k={stage['clusters']}, sample={stage['kmeans']['train_points']:,}, "
+                f"two-level={stage['kmeans'].get('two_level')}, "
                 f"search={stage['assign']['search']}; phases (s) "
                 + ", ".join(f"{k} {v:.1f}" for k, v in stage["phase_seconds"].items()),
                 flush=True,
@@ -171,13 +177,14 @@ def print_table(rows, base) -> None:
     first = per_record(whole0, n0)
     print(
         f"\nbaseline (1 record): {base[1]:.2f} CPU s, {base[2]:.0f} MiB peak RSS\n"
-        f"{'records':>9} {'clusters':>8} {'search':>6} {'CPU s':>7} {'us/rec':>7} {'x':>5} {'net us/rec':>10} "
+        f"{'records':>9} {'clusters':>8} {'sample':>7} {'search':>6} {'CPU s':>7} {'us/rec':>7} {'x':>5} {'net us/rec':>10} "
         f"{'x':>5} {'RSS MiB':>8} {'KB/rec':>7} {'x':>5} {'net KB/rec':>10} {'x':>5} {'cat us/rec':>10}"
     )
     for n, cat, whole, stage in rows:
         cpu, cpu_net, rss, rss_net = per_record(whole, n)
         print(
-            f"{n:9,} {stage['clusters']:8,} {stage['assign']['search']:>6} {whole[1]:7.1f} {cpu:7.1f} "
+            f"{n:9,} {stage['clusters']:8,} {stage['kmeans']['train_points']:7,} {stage['assign']['search']:>6} "
+            f"{whole[1]:7.1f} {cpu:7.1f} "
             f"{cpu / first[0]:5.2f} {cpu_net:10.1f} {cpu_net / first[1]:5.2f} {whole[2]:8.0f} {rss:7.2f} "
             f"{rss / first[2]:5.2f} {rss_net:10.2f} {rss_net / first[3]:5.2f} {cat[1] / n * 1e6:10.1f}"
         )

@@ -74,6 +74,9 @@ HIST_BINS = 2 * SIM_SCALE + 1
 KMEANS_POINTS_PER_CLUSTER = 256
 KMEANS_SAMPLE_MAX = 1 << 16
 KMEANS_MIN_PER_CLUSTER = 8
+# From this many clusters on, plan trains two-level k-means (rsyn.vectors.train_kmeans): on the capped sample
+# it is cheaper than flat k-means and no worse (measured: docs/balance_pack.md).
+KMEANS_TWO_LEVEL_FROM = 256
 # Nearest centroid: faiss proposes this many candidates, which are re-scored exactly (float64).
 CANDIDATES = 4
 # From this many clusters on, assign searches the nearest centroid among the centroids of the CELL_PROBES
@@ -659,9 +662,14 @@ def plan_pass(
                 niter=kmeans_iters,
                 device=run.faiss_device,
                 max_points_per_centroid=max(256, math.ceil(len(sample) / k)),
+                two_level=k >= KMEANS_TWO_LEVEL_FROM,
             )
             meta["seconds"]["kmeans"] = round(time.perf_counter() - clock, 3)
-            meta["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
+            meta["kmeans"] = {
+                "train_points": len(sample),
+                "iterations": kmeans_iters,
+                "two_level": k >= KMEANS_TWO_LEVEL_FROM,
+            }
             del sample
         meta["clusters"] = len(centroids)
         if save_centroids:

@@ -355,7 +355,7 @@ def test_cell_search_agrees_with_the_exact_nearest_centroid():
 
 
 def test_default_sample_is_capped_but_keeps_a_floor_per_cluster():
-    """256 per cluster, at most 65,536 in all (training cost stops growing with N), at least 8 per cluster."""
+    """256 per cluster, at most 262,144 in all (training cost stops growing with N), at least 8 per cluster."""
     assert balance_stage.default_kmeans_sample(100) == 25_600
-    assert balance_stage.default_kmeans_sample(506) == balance_stage.default_kmeans_sample(4049) == 65_536
-    assert balance_stage.default_kmeans_sample(1_000_000) == 8_000_000
+    assert balance_stage.default_kmeans_sample(1024) == balance_stage.default_kmeans_sample(4049) == 262_144
+    assert balance_stage.default_kmeans_sample(1_000_000) == 8_000_000  # the floor: 8 per cluster

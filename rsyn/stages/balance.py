@@ -70,9 +70,10 @@ SIM_SCALE = 10**SIM_DECIMALS
 HIST_BINS = 2 * SIM_SCALE + 1
 # Default k-means training sample: faiss's 256 points per cluster, at most
 # KMEANS_SAMPLE_MAX in all (so the cost of training stops growing with the
-# corpus, docs/balance_pack.md), but never fewer than KMEANS_MIN_PER_CLUSTER per cluster.
+# corpus; the cap was chosen by measuring k-means quality, docs/balance_pack.md), but never fewer than
+# KMEANS_MIN_PER_CLUSTER per cluster.
 KMEANS_POINTS_PER_CLUSTER = 256
-KMEANS_SAMPLE_MAX = 1 << 16
+KMEANS_SAMPLE_MAX = 1 << 18
 KMEANS_MIN_PER_CLUSTER = 8
 # From this many clusters on, plan trains two-level k-means (rsyn.vectors.train_kmeans): on the capped sample
 # it is cheaper than flat k-means and no worse (measured: docs/balance_pack.md).
@@ -566,23 +567,19 @@ def _training_sample(scans: list[PassDir], table: np.ndarray, ranked: dict[str, 
     for s, scan in enumerate(scans):
         mine = np.flatnonzero(where[0] == s)
         if len(mine):
-            sample[mine] = _read_vectors(scan, where[1][mine])
+            _read_vectors(scan, where[1][mine], sample, mine)
     return sample
 
 
-def _read_vectors(scan: PassDir, rows: np.ndarray) -> np.ndarray:
-    """float32 vectors of the given rows (any order), read with one pread per row run."""
-    dim = scan.meta["dim"]
-    size = dim * 2
-    order = np.argsort(rows, kind="stable")
-    out = np.empty((len(rows), dim), dtype=np.float32)
+def _read_vectors(scan: PassDir, rows: np.ndarray, out: np.ndarray, into: np.ndarray) -> None:
+    """out[into[i]] = the float32 vector of rows[i] (any order), one pread per row; no second copy of the sample."""
+    size = scan.meta["dim"] * 2
     fd = os.open(scan.file(VECTORS), os.O_RDONLY)
     try:
-        for i in order.tolist():
-            out[i] = np.frombuffer(os.pread(fd, size, int(rows[i]) * size), dtype="<f2")
+        for i in np.argsort(rows, kind="stable").tolist():
+            out[into[i]] = np.frombuffer(os.pread(fd, size, int(rows[i]) * size), dtype="<f2")
     finally:
         os.close(fd)
-    return out
 
 
 def plan_pass(

@@ -819,7 +819,11 @@ class CellSearch:
         n = len(x)
         best = np.full(n, -np.inf, dtype=np.float32)
         margin = (2 * self.fine_error * norms).astype(np.float32)
-        found_rows, found_members, found_scores = [], [], []
+        found_rows, found_members, found_scores = (
+            [np.zeros(0, np.int64)],
+            [np.zeros(0, np.int64)],
+            [np.zeros(0, np.float32)],
+        )
         pair_cells = probes.ravel()
         pairs = np.argsort(pair_cells, kind="stable")
         bounds = np.searchsorted(pair_cells[pairs], np.arange(len(self.coarse) + 1))

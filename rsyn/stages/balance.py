@@ -595,7 +595,7 @@ def plan_pass(
     save_centroids: str | None = None,
 ) -> dict:
     """Window, training sample and centroids from the scans; writes `out` and returns its done.json."""
-    from rsyn.vectors import train_kmeans
+    from rsyn.vectors import one_faiss_thread, train_kmeans
 
     models = {scan.meta["emb_model"] for scan in scans if scan.meta["count"]}
     dims = {scan.meta["dim"] for scan in scans if scan.meta["count"]}
@@ -652,15 +652,16 @@ def plan_pass(
             meta["seconds"]["sample"] = round(time.perf_counter() - clock, 3)
             run.note(f"k-means: {k} clusters from {len(sample):,} of {in_window:,} image embeddings")
             clock = time.perf_counter()
-            centroids = train_kmeans(
-                sample,
-                k,
-                seed=run.seed,
-                niter=kmeans_iters,
-                device=run.faiss_device,
-                max_points_per_centroid=max(256, math.ceil(len(sample) / k)),
-                two_level=k >= KMEANS_TWO_LEVEL_FROM,
-            )
+            with one_faiss_thread():  # the same centroids whatever the thread count (docs/balance_pack.md)
+                centroids = train_kmeans(
+                    sample,
+                    k,
+                    seed=run.seed,
+                    niter=kmeans_iters,
+                    device=run.faiss_device,
+                    max_points_per_centroid=max(256, math.ceil(len(sample) / k)),
+                    two_level=k >= KMEANS_TWO_LEVEL_FROM,
+                )
             meta["seconds"]["kmeans"] = round(time.perf_counter() - clock, 3)
             meta["kmeans"] = {
                 "train_points": len(sample),
@@ -673,7 +674,8 @@ def plan_pass(
             _save_npy(save_centroids, centroids)
         if len(centroids) >= CELLS_FROM:
             clock = time.perf_counter()
-            coarse, cell_of = build_cells(centroids, run.seed)
+            with one_faiss_thread():
+                coarse, cell_of = build_cells(centroids, run.seed)
             _save_npy(out / COARSE, coarse)
             _save_npy(out / CELL_OF, cell_of)
             meta["seconds"]["cells"] = round(time.perf_counter() - clock, 3)

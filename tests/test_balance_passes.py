@@ -359,3 +359,31 @@ def test_default_sample_is_capped_but_keeps_a_floor_per_cluster():
     assert balance_stage.default_kmeans_sample(100) == 25_600
     assert balance_stage.default_kmeans_sample(1024) == balance_stage.default_kmeans_sample(4049) == 262_144
     assert balance_stage.default_kmeans_sample(1_000_000) == 8_000_000  # the floor: 8 per cluster
+
+
+def test_plan_trains_with_faiss_on_one_thread(tmp_path, monkeypatch):
+    """faiss's float32 products change in the last bits with its thread count; plan pins it while it trains."""
+    import faiss
+
+    import rsyn.vectors
+
+    records, _ = make_records([30, 10], sims=0.55)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(records))
+    call("balance", "scan", src, "-o", tmp_path / "scan")
+    seen = []
+    train = rsyn.vectors.train_kmeans
+
+    def spy(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(rsyn.vectors, "train_kmeans", spy)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        call("balance", "plan", tmp_path / "scan", "--sim-range", "auto", "--clusters", 2, "-o", tmp_path / "plan")
+        assert faiss.omp_get_max_threads() == 2  # restored afterwards
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert seen == [1]

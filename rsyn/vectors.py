@@ -335,3 +335,17 @@ def faiss_stdout_silenced():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def one_faiss_thread():
+    """faiss on one thread inside: its BLAS products (k-means assignments, searches) then give the same bits
+    whatever the machine's thread count, so k-means near-ties fall the same way and the centroids are the same."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -16,11 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_balance import make_records
 
+import rsyn.stages.balance as balance_stage
 from rsyn.stages.balance import (
     HIST_BINS,
     SIM_SCALE,
+    CellSearch,
     NearestCentroid,
     SimRange,
+    build_cells,
     hist_value_at,
     quantile_position,
     window_bounds,
@@ -131,10 +134,17 @@ def assert_same_records(single: list[bytes], parts: list[list[bytes]]):
         assert places == sorted(places)
 
 
-@pytest.mark.parametrize("window", ["0.5,0.6", "auto"])
-def test_four_shards_equal_the_single_run(corpus, scans, window):
+@pytest.mark.parametrize(
+    "window, search", [("0.5,0.6", "exact"), ("auto", "exact"), ("auto", "cells"), ("0.5,0.6", "cells")]
+)
+def test_four_shards_equal_the_single_run(corpus, scans, window, search, monkeypatch):
     root, paths = corpus
-    work = root / "work" / window.replace(",", "-")
+    if search == "cells":  # the assignment through cells of the centroids, used from CELLS_FROM clusters on
+        monkeypatch.setattr(balance_stage, "CELLS_FROM", 2)
+        monkeypatch.setattr(balance_stage, "CELL_PROBES", 1)
+        # and a capped training sample (the default cap is 65,536): the same rows whichever shard holds them
+        monkeypatch.setattr(balance_stage, "KMEANS_SAMPLE_MAX", 100)
+    work = root / "work" / f"{window.replace(',', '-')}-{search}"
     plan = work / "plan"
     call(
         "balance",
@@ -189,6 +199,10 @@ def test_four_shards_equal_the_single_run(corpus, scans, window):
             assert cap_stage[key] == single_stats["stage"][key], key
         plan_stage = json.loads((work / "plan.stats.json").read_text())["stage"]
         assert plan_stage["sim_window"] == single_stats["stage"]["sim_window"]
+        assert plan_stage["assign"]["search"] == single_stats["stage"]["assign"]["search"] == search
+        assert plan_stage["kmeans"] == single_stats["stage"]["kmeans"]
+        if search == "cells":
+            assert plan_stage["kmeans"]["train_points"] == 100
         if name == "target":
             assert len(single) <= 130 and single_stats["stage"]["per_cluster"] > 1
 
@@ -290,3 +304,86 @@ def test_nearest_centroid_is_exact_and_batch_invariant():
     exact = np.argmax(scores >= best - 1e-12, axis=1)
     assert (batch == exact).all() and (one_by_one == batch).all()
     assert 7 not in set(batch.tolist())
+
+
+def test_cell_search_is_batch_invariant_on_near_ties_of_cells():
+    """Images midway between two cells or two centroids get the same label in any batch: a function of the row."""
+    rng = np.random.default_rng(0)
+    dim, k = 64, 400
+    centroids = rng.standard_normal((k, dim)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(balance_stage, "CELL_PROBES", 1)  # one cell: which one decides the label
+        search = CellSearch(centroids, *build_cells(centroids, seed=0))
+        cells = search.coarse
+        x = []
+        for vectors in (cells, centroids):  # near-ties between cells, and between centroids
+            pairs = rng.integers(0, len(vectors), (1500, 2))
+            x.append(vectors[pairs[:, 0]] + vectors[pairs[:, 1]] + 1e-6 * rng.standard_normal((1500, dim)))
+        x = np.concatenate(x)
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        batch = search.labels(x)
+        one_by_one = np.concatenate([search.labels(x[i : i + 1]) for i in range(len(x))])
+    assert (batch == one_by_one).all()
+
+
+# The documented tolerance (docs/balance_pack.md): with the default CELL_PROBES, at least this share of the
+# images get the exact nearest centroid. Clustered data whose true clusters are split over several centroids,
+# so many images lie near a border between centroids.
+CELL_AGREEMENT = 0.985
+
+
+def test_cell_search_agrees_with_the_exact_nearest_centroid():
+    rng = np.random.default_rng(1)
+    dim, k, true_clusters = 64, 2500, 600
+    centres = rng.standard_normal((true_clusters, dim)).astype(np.float32)
+
+    def points(n):
+        x = centres[rng.integers(0, true_clusters, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+
+    from rsyn.vectors import train_kmeans
+
+    centroids = train_kmeans(points(4 * k), k, seed=0, niter=4, max_points_per_centroid=4, two_level=False)
+    assert k >= balance_stage.CELLS_FROM  # the default plan would choose the cells at this k
+    x = points(4000)
+    exact = NearestCentroid(centroids, "cpu").labels(x)
+    approximate = CellSearch(centroids, *build_cells(centroids, seed=0)).labels(x)
+    agreement = float((approximate == exact).mean())
+    assert agreement >= CELL_AGREEMENT, agreement
+    assert agreement < 1.0  # the search is approximate here: the bound above is what the test checks
+
+
+def test_default_sample_is_capped_but_keeps_a_floor_per_cluster():
+    """256 per cluster, at most 262,144 in all (training cost stops growing with N), at least 8 per cluster."""
+    assert balance_stage.default_kmeans_sample(100) == 25_600
+    assert balance_stage.default_kmeans_sample(1024) == balance_stage.default_kmeans_sample(4049) == 262_144
+    assert balance_stage.default_kmeans_sample(1_000_000) == 8_000_000  # the floor: 8 per cluster
+
+
+def test_plan_trains_with_faiss_on_one_thread(tmp_path, monkeypatch):
+    """faiss's float32 products change in the last bits with its thread count; plan pins it while it trains."""
+    import faiss
+
+    import rsyn.vectors
+
+    records, _ = make_records([30, 10], sims=0.55)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(records))
+    call("balance", "scan", src, "-o", tmp_path / "scan")
+    seen = []
+    train = rsyn.vectors.train_kmeans
+
+    def spy(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(rsyn.vectors, "train_kmeans", spy)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        call("balance", "plan", tmp_path / "scan", "--sim-range", "auto", "--clusters", 2, "-o", tmp_path / "plan")
+        assert faiss.omp_get_max_threads() == 2  # restored afterwards
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert seen == [1]

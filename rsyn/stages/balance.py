@@ -14,8 +14,11 @@ The passes (docs/balance_pack.md), each writing a directory with `done.json` las
   is appended to column files as it streams by; memory is one batch. A
   histogram of the sim codes makes `--sim-range auto` exact when merged.
 - plan (once): the window from the merged histograms, the training sample
-  (the rows with the smallest training key, at most a fixed number), k-means.
-- assign (per shard): the nearest centroid of every row in the window.
+  (the rows with the smallest training key, at most a fixed number), k-means
+  (two-level for many clusters) and, from CELLS_FROM clusters on, cells of the
+  centroids for assign.
+- assign (per shard): the nearest centroid of every row in the window (exact,
+  or among the centroids of the row's nearest cells).
 - cap (once): the cut-off t (given, or from `--target`) and, per full
   cluster, the sort key of its t-th member.
 - filter (per shard): the survivors in input order with `sim` and `cluster`
@@ -68,12 +71,22 @@ SIM_SCALE = 10**SIM_DECIMALS
 HIST_BINS = 2 * SIM_SCALE + 1
 # Default k-means training sample: faiss's 256 points per cluster, at most
 # KMEANS_SAMPLE_MAX in all (so the cost of training stops growing with the
-# corpus, docs/balance_pack.md), but never fewer than KMEANS_MIN_PER_CLUSTER per cluster.
+# corpus; the cap was chosen by measuring k-means quality, docs/balance_pack.md), but never fewer than
+# KMEANS_MIN_PER_CLUSTER per cluster.
 KMEANS_POINTS_PER_CLUSTER = 256
-KMEANS_SAMPLE_MAX = 1 << 16
+KMEANS_SAMPLE_MAX = 1 << 18
 KMEANS_MIN_PER_CLUSTER = 8
+# From this many clusters on, plan trains two-level k-means (rsyn.vectors.train_kmeans): on the capped sample
+# it is cheaper than flat k-means and no worse (measured: docs/balance_pack.md).
+KMEANS_TWO_LEVEL_FROM = 256
 # Nearest centroid: faiss proposes this many candidates, which are re-scored exactly (float64).
 CANDIDATES = 4
+# From this many clusters on, assign searches the nearest centroid among the centroids of the CELL_PROBES
+# nearest of about sqrt(k) cells (CellSearch): per image 17 x sqrt(k) comparisons instead of k. Chosen by
+# measurement: below it the exact search is faster (docs/balance_pack.md, benchmarks/balance_kmeans_assign.py).
+CELLS_FROM = 2048
+CELL_PROBES = 16
+COARSE, CELL_OF = "cells.npy", "cell_of.npy"  # plan files of the cell search
 BATCH = 4096  # records per scan batch
 ROWS = 16384  # rows per chunk in assign / filter / plan
 
@@ -537,23 +550,19 @@ def _training_sample(scans: list[PassDir], table: np.ndarray, ranked: dict[str, 
     for s, scan in enumerate(scans):
         mine = np.flatnonzero(where[0] == s)
         if len(mine):
-            sample[mine] = _read_vectors(scan, where[1][mine])
+            _read_vectors(scan, where[1][mine], sample, mine)
     return sample
 
 
-def _read_vectors(scan: PassDir, rows: np.ndarray) -> np.ndarray:
-    """float32 vectors of the given rows (any order), read with one pread per row run."""
-    dim = scan.meta["dim"]
-    size = dim * 2
-    order = np.argsort(rows, kind="stable")
-    out = np.empty((len(rows), dim), dtype=np.float32)
+def _read_vectors(scan: PassDir, rows: np.ndarray, out: np.ndarray, into: np.ndarray) -> None:
+    """out[into[i]] = the float32 vector of rows[i] (any order), one pread per row; no second copy of the sample."""
+    size = scan.meta["dim"] * 2
     fd = os.open(scan.file(VECTORS), os.O_RDONLY)
     try:
-        for i in order.tolist():
-            out[i] = np.frombuffer(os.pread(fd, size, int(rows[i]) * size), dtype="<f2")
+        for i in np.argsort(rows, kind="stable").tolist():
+            out[into[i]] = np.frombuffer(os.pread(fd, size, int(rows[i]) * size), dtype="<f2")
     finally:
         os.close(fd)
-    return out
 
 
 def plan_pass(
@@ -569,7 +578,7 @@ def plan_pass(
     save_centroids: str | None = None,
 ) -> dict:
     """Window, training sample and centroids from the scans; writes `out` and returns its done.json."""
-    from rsyn.vectors import train_kmeans
+    from rsyn.vectors import one_faiss_thread, train_kmeans
 
     models = {scan.meta["emb_model"] for scan in scans if scan.meta["count"]}
     dims = {scan.meta["dim"] for scan in scans if scan.meta["count"]}
@@ -610,6 +619,7 @@ def plan_pass(
         "sim_quantiles": hist_quantiles(hist),
         "clusters": 0,
         "kmeans": None,
+        "assign": {"search": "exact"},
         "seconds": {},
     }
     centroids = np.zeros((0, dim or 0), dtype=np.float32)
@@ -625,20 +635,38 @@ def plan_pass(
             meta["seconds"]["sample"] = round(time.perf_counter() - clock, 3)
             run.note(f"k-means: {k} clusters from {len(sample):,} of {in_window:,} image embeddings")
             clock = time.perf_counter()
-            centroids = train_kmeans(
-                sample,
-                k,
-                seed=run.seed,
-                niter=kmeans_iters,
-                device=run.faiss_device,
-                max_points_per_centroid=max(256, math.ceil(len(sample) / k)),
-            )
+            with one_faiss_thread():  # the same centroids whatever the thread count (docs/balance_pack.md)
+                centroids = train_kmeans(
+                    sample,
+                    k,
+                    seed=run.seed,
+                    niter=kmeans_iters,
+                    device=run.faiss_device,
+                    max_points_per_centroid=max(256, math.ceil(len(sample) / k)),
+                    two_level=k >= KMEANS_TWO_LEVEL_FROM,
+                )
             meta["seconds"]["kmeans"] = round(time.perf_counter() - clock, 3)
-            meta["kmeans"] = {"train_points": len(sample), "iterations": kmeans_iters}
+            meta["kmeans"] = {
+                "train_points": len(sample),
+                "iterations": kmeans_iters,
+                "two_level": k >= KMEANS_TWO_LEVEL_FROM,
+            }
             del sample
         meta["clusters"] = len(centroids)
         if save_centroids:
             _save_npy(save_centroids, centroids)
+        if len(centroids) >= CELLS_FROM:
+            clock = time.perf_counter()
+            with one_faiss_thread():
+                coarse, cell_of = build_cells(centroids, run.seed)
+            _save_npy(out / COARSE, coarse)
+            _save_npy(out / CELL_OF, cell_of)
+            meta["seconds"]["cells"] = round(time.perf_counter() - clock, 3)
+            meta["assign"] = {
+                "search": "cells",
+                "cells": len(coarse),
+                "probes": CELL_PROBES,
+            }
     _save_npy(out / "centroids.npy", centroids)
     _write_done(out, meta)
     return meta
@@ -676,12 +704,7 @@ class NearestCentroid:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # float32 -> float64 is exact, per use
         self.k, self.dim = centroids.shape
         self.index = flat_ip_index(self.centroids, device)
-        # |float32 dot - exact| <= gamma_d * |x| * |c| (any summation order); doubled for the float64 side and margin
-        largest = max(
-            float(np.sqrt((self.centroids[i : i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
-            for i in range(0, self.k, 4096)
-        )
-        self.error = 2.0 * self.dim * 2.0**-24 / (1 - self.dim * 2.0**-24) * largest
+        self.error = float32_error(self.dim, _largest_norm(self.centroids))
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         m = min(CANDIDATES, self.k)
@@ -710,6 +733,133 @@ class NearestCentroid:
         return label
 
 
+def float32_error(dim: int, largest_norm: float) -> float:
+    """A bound on |float32 dot product - exact| per unit of |x|, for vectors of norm <= largest_norm.
+
+    gamma_d * |x| * |c| holds for any summation order (BLAS or SIMD); doubled for the float64 side and margin.
+    """
+    return 2.0 * dim * 2.0**-24 / (1 - dim * 2.0**-24) * largest_norm
+
+
+def _largest_norm(vectors: np.ndarray) -> float:
+    return max(
+        (
+            float(np.sqrt((vectors[i : i + 4096].astype(np.float64) ** 2).sum(axis=1)).max())
+            for i in range(0, len(vectors), 4096)
+        ),
+        default=0.0,
+    )
+
+
+def _row_dots(x: np.ndarray, rows: np.ndarray, vectors: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """float64 x[rows[i]] . vectors[columns[i]] for each i, each one computed on its own (batch-independent)."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), 4096):  # memory: a few MiB
+        part = slice(start, start + 4096)
+        out[part] = (x[rows[part]].astype(np.float64) * vectors[columns[part]].astype(np.float64)).sum(axis=1)
+    return out
+
+
+def build_cells(centroids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cell centroids, cell of each centroid): about sqrt(k) cells, a spherical k-means of the centroids.
+
+    Built once, in plan, and read by every assign: all shards search the same cells.
+    """
+    from rsyn.vectors import nearest_centroid, train_kmeans
+
+    k = len(centroids)
+    cells = max(1, round(math.sqrt(k)))
+    coarse = train_kmeans(centroids, cells, seed=seed, max_points_per_centroid=max(256, -(-k // cells)))
+    cell_of, _ = nearest_centroid(centroids, coarse)
+    return coarse, cell_of.astype(np.int32)
+
+
+class CellSearch:
+    """The nearest centroid among the centroids of the CELL_PROBES nearest cells (approximate, deterministic).
+
+    Both levels are float32 matrix products (BLAS: fast, but their last bits depend on the batch), made
+    exact where rounding could matter: the probed cells are the CELL_PROBES best cells in exact arithmetic
+    (float64 for the rows where float32 cannot tell the last probed cell from the next one), and the label
+    is the float64 argmax (lowest index on ties) over every probed centroid that float32 cannot rule out.
+    So a row's label is a function of the row alone: the same in a split run as in the one-process run. It
+    is the exact nearest centroid unless that one lies outside the probed cells (docs/balance_pack.md gives
+    the measured agreement).
+    """
+
+    def __init__(self, centroids: np.ndarray, coarse: np.ndarray, cell_of: np.ndarray):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+        self.k, self.dim = centroids.shape
+        self.probes = min(CELL_PROBES, len(coarse))
+        order = np.argsort(cell_of, kind="stable")
+        self.members = np.split(order, np.cumsum(np.bincount(cell_of, minlength=len(coarse)))[:-1])
+        self.fine_error = float32_error(self.dim, _largest_norm(self.centroids))
+        self.coarse_error = float32_error(self.dim, _largest_norm(self.coarse))
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        norms = np.sqrt(_row_dots(x, np.arange(len(x)), x, np.arange(len(x))))
+        probes = self._probes(x, norms)
+        # fine level, cell by cell: the rows that probe a cell x that cell's centroids, as one matrix product
+        n = len(x)
+        best = np.full(n, -np.inf, dtype=np.float32)
+        margin = (2 * self.fine_error * norms).astype(np.float32)
+        found_rows, found_members, found_scores = (
+            [np.zeros(0, np.int64)],
+            [np.zeros(0, np.int64)],
+            [np.zeros(0, np.float32)],
+        )
+        pair_cells = probes.ravel()
+        pairs = np.argsort(pair_cells, kind="stable")
+        bounds = np.searchsorted(pair_cells[pairs], np.arange(len(self.coarse) + 1))
+        for cell, members in enumerate(self.members):
+            rows = pairs[bounds[cell] : bounds[cell + 1]] // self.probes
+            if not len(rows) or not len(members):
+                continue
+            scores = x[rows] @ self.centroids[members].T
+            best[rows] = np.maximum(best[rows], scores.max(axis=1))
+            # keep what could still be the best: a superset of the final candidates (best only grows)
+            r, m = np.nonzero(scores >= (best[rows] - margin[rows])[:, None])
+            found_rows.append(rows[r])
+            found_members.append(members[m])
+            found_scores.append(scores[r, m])
+        rows, members, scores = (np.concatenate(part) for part in (found_rows, found_members, found_scores))
+        keep = scores >= best[rows] - margin[rows]
+        rows, members = rows[keep], members[keep]
+        exact = _row_dots(x, rows, self.centroids, members)
+        order = np.lexsort((members, -exact, rows))  # per row: highest float64 score, then lowest index
+        first = order[np.concatenate(([True], rows[order][1:] != rows[order][:-1]))]
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[rows[first]] = members[first]
+        for i in np.flatnonzero(labels < 0):  # every probed cell empty (k-means left a cell without centroids)
+            exact = _row_dots(x, np.full(self.k, i), self.centroids, np.arange(self.k))
+            labels[i] = int(np.argmax(exact))
+        return labels
+
+    def _probes(self, x: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """(n, CELL_PROBES) the cells with the highest exact scores (lowest index on ties), per row."""
+        p, cells = self.probes, len(self.coarse)
+        if p == cells:
+            return np.tile(np.arange(cells), (len(x), 1))
+        scores = x @ self.coarse.T
+        probes = np.argpartition(-scores, p - 1, axis=1)[:, :p]
+        # unambiguous when every other cell scores below the p-th by more than twice the float32 error
+        pth = np.take_along_axis(scores, probes, axis=1).min(axis=1)
+        near = (scores >= (pth - 2 * self.coarse_error * norms)[:, None]).sum(axis=1)
+        unsure = np.flatnonzero(near > p)  # a few %: decide in float64 (each score on its own)
+        if len(unsure):
+            exact = _row_dots(x, np.repeat(unsure, cells), self.coarse, np.tile(np.arange(cells), len(unsure)))
+            probes[unsure] = np.argsort(-exact.reshape(len(unsure), cells), axis=1, kind="stable")[:, :p]
+        return probes
+
+
+def centroid_search(plan: PassDir, centroids: np.ndarray, device: str) -> NearestCentroid | CellSearch:
+    """The nearest-centroid search the plan chose (`assign` in its done.json)."""
+    if plan.meta.get("assign", {}).get("search") == "cells":
+        return CellSearch(centroids, np.load(plan.file(COARSE), allow_pickle=False), np.load(plan.file(CELL_OF)))
+    return NearestCentroid(centroids, device)
+
+
 def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
     """Label every in-window row of `scan` with its nearest centroid (-1 outside the window)."""
     if str(scan.path.resolve()) not in plan.meta["scans"]:
@@ -719,7 +869,7 @@ def assign_pass(run: Run, scan: PassDir, plan: PassDir, out: Path) -> dict:
     centroids = np.load(plan.file("centroids.npy"), allow_pickle=False)
     sizes = np.zeros(k, dtype=np.int64)
     count = scan.meta["count"]
-    nearest = NearestCentroid(centroids, run.faiss_device) if k else None
+    nearest = centroid_search(plan, centroids, run.faiss_device) if k else None
     with open(out / "labels.i4", "wb") as fh:
         for start in range(0, count, ROWS):
             stop = min(start + ROWS, count)
@@ -918,23 +1068,27 @@ def _scan_lines(scan: PassDir):
             changed = True
         if changed:
             raise RsynError(f"{f['name']}: changed since `rsyn balance scan` read it")
-    files = scan.column("file")
-    lines = scan.column("line")
-    # the scan numbered files in the order it read them, one after the other: each file's rows are one run
-    bounds = np.searchsorted(files, np.arange(len(scan.meta["files"]) + 1), side="left")
-    for number, f in enumerate(scan.meta["files"]):
-        wanted = lines[bounds[number] : bounds[number + 1]]  # ascending: the scan read them in this order
-        j = 0
-        for start, block in iter_line_blocks(f["path"]):
-            stop = start + len(block)
-            end = int(np.searchsorted(wanted, stop, side="left"))
-            for lineno in wanted[j:end].tolist():
-                yield block[lineno - start]
-            j = end
-            if j == len(wanted):
-                break
-        if j != len(wanted):
-            raise RsynError(f"{f['name']}: shorter than when `rsyn balance scan` read it")
+    # the scan numbered files in the order it read them, one after the other, each file's lines ascending:
+    # one walk through the (file, line) columns, read in chunks, picks the lines out of the files' blocks
+    count = scan.meta["count"]
+    current, blocks, first, block = -1, None, 0, []
+    for start in range(0, count, ROWS * 16):
+        stop = min(start + ROWS * 16, count)
+        for number, lineno in zip(scan.column("file", start, stop).tolist(), scan.column("line", start, stop).tolist()):
+            if number != current:
+                if blocks is not None:
+                    blocks.close()
+                current, blocks, first, block = number, iter_line_blocks(scan.meta["files"][number]["path"]), 0, []
+            while lineno >= first + len(block):
+                step = next(blocks, None)
+                if step is None:
+                    raise RsynError(
+                        f"{scan.meta['files'][number]['name']}: shorter than when `rsyn balance scan` read it"
+                    )
+                first, block = step
+            yield block[lineno - first]
+    if blocks is not None:
+        blocks.close()
 
 
 def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
@@ -947,28 +1101,33 @@ def _with_sim_and_cluster(line: bytes, sim: float, cluster: int) -> bytes:
     return orjson.dumps(record)
 
 
-def filter_status(scan: PassDir, plan: PassDir, assign: PassDir, cap: PassDir):
-    """(status int8, sims float64, labels int64) of every row of the scan."""
+def filter_status(scan: PassDir, plan: PassDir, assign: PassDir, cap: PassDir) -> np.ndarray:
+    """The status (int8: kept, below or above the window, over the cap) of every row of the scan.
+
+    Computed in chunks: one byte per row is all filter holds for the whole shard.
+    """
     table = window_table(plan.meta["sim_window"]["lo"], plan.meta["sim_window"]["hi"])
-    codes = scan.column("sim").astype(np.int64)
-    status = table[codes + SIM_SCALE]
-    labels = read_rows(assign.file("labels.i4"), "<i4", 0, scan.meta["count"]).astype(np.int64)
     full = np.load(cap.file("full.npy"), allow_pickle=False)
-    rows = np.flatnonzero(labels >= 0)
-    rows = rows[full[labels[rows]]]
-    if len(rows):
-        ranked = {name: i for i, name in enumerate(plan.meta["files"])}
-        ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
-        cluster = labels[rows]
-        key = scan.column("keep_key")[rows]
-        rank = ranks[scan.column("file")[rows]]
-        line = scan.column("line")[rows]
-        ck = np.load(cap.file("cut_key.npy"))[cluster]
-        cr = np.load(cap.file("cut_file.npy"))[cluster]
-        cl = np.load(cap.file("cut_line.npy"))[cluster]
-        after = (key > ck) | ((key == ck) & ((rank > cr) | ((rank == cr) & (line > cl))))
-        status[rows[after]] = _CAPPED
-    return status, code_values(codes), labels
+    cut_key, cut_file, cut_line = (np.load(cap.file(f"{name}.npy")) for name in ("cut_key", "cut_file", "cut_line"))
+    ranked = {name: i for i, name in enumerate(plan.meta["files"])}
+    ranks = _file_ranks([f["name"] for f in scan.meta["files"]], ranked)
+    count = scan.meta["count"]
+    status = np.empty(count, dtype=np.int8)
+    for start in range(0, count, ROWS * 16):
+        stop = min(start + ROWS * 16, count)
+        status[start:stop] = table[scan.column("sim", start, stop).astype(np.int64) + SIM_SCALE]
+        labels = read_rows(assign.file("labels.i4"), "<i4", start, stop).astype(np.int64)
+        rows = np.flatnonzero(labels >= 0)
+        rows = rows[full[labels[rows]]]
+        if len(rows):
+            cluster = labels[rows]
+            key = scan.column("keep_key", start, stop)[rows]
+            rank = ranks[scan.column("file", start, stop)[rows]]
+            line = scan.column("line", start, stop)[rows]
+            ck, cr, cl = cut_key[cluster], cut_file[cluster], cut_line[cluster]
+            after = (key > ck) | ((key == ck) & ((rank > cr) | ((rank == cr) & (line > cl))))
+            status[start + rows[after]] = _CAPPED
+    return status
 
 
 def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
@@ -977,7 +1136,7 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
         raise RsynError(f"{assign.path}: not one of the assign directories the cap {cap.path} was made from")
     scan = PassDir(assign.meta["scan"], "scan")
     plan = PassDir(assign.meta["plan"], "plan")
-    status, sims, labels = filter_status(scan, plan, assign, cap)
+    status = filter_status(scan, plan, assign, cap)
     fragment = orjson.Fragment
     log_drops = run.logs_rejects
     reason_of = {_BELOW: "sim_below_window", _ABOVE: "sim_above_window", _CAPPED: "over_cluster_cap"}
@@ -985,14 +1144,15 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
         for code, reason in reason_of.items():
             run.count_dropped(reason, int((status == code).sum()))
     files = [f["name"] for f in scan.meta["files"]]
-    file_of, line_of = scan.column("file"), scan.column("line")
 
     def survivors():
         lines = _scan_lines(scan)
-        for start in range(0, len(status), ROWS):  # Python objects for one chunk at a time
+        for start in range(0, len(status), ROWS):  # the other columns, as Python objects, one chunk at a time
             stop = min(start + ROWS, len(status))
-            status_list, sim_list = status[start:stop].tolist(), sims[start:stop].tolist()
-            label_list = labels[start:stop].tolist()
+            status_list = status[start:stop].tolist()
+            sim_list = code_values(scan.column("sim", start, stop)).tolist()
+            label_list = read_rows(assign.file("labels.i4"), "<i4", start, stop).tolist()
+            file_of, line_of = scan.column("file", start, stop), scan.column("line", start, stop)
             for j, line in zip(range(stop - start), lines):
                 code = status_list[j]
                 if code == _KEEP:
@@ -1004,7 +1164,7 @@ def filter_pass(run: Run, assign: PassDir, cap: PassDir) -> None:
                     run.drop(
                         orjson.loads(line),
                         reason_of[code],
-                        where=f"{files[file_of[start + j]]}:{line_of[start + j]}",
+                        where=f"{files[file_of[j]]}:{line_of[j]}",
                         **details,
                     )
 
@@ -1075,6 +1235,7 @@ def stage_summary(plan: dict | None, cap: dict | None) -> dict:
         )
         if plan["kmeans"]:
             stage["kmeans"] = plan["kmeans"]
+        stage["assign"] = plan.get("assign", {"search": "exact"})
         stage["clusters"] = plan["clusters"]
     if cap is not None:
         stage.update(

@@ -631,12 +631,21 @@ def _total_size(paths: list[str]) -> int | None:
     return total
 
 
-def rsyn_command(app: typer.Typer, name: str, summary: str, options: type | None = None, **command_kwargs) -> Callable:
+def rsyn_command(
+    app: typer.Typer,
+    name: str,
+    summary: str,
+    options: type | None = None,
+    common: tuple[str, ...] | None = None,
+    **command_kwargs,
+) -> Callable:
     """Register `rsyn NAME` with the shared options appended.
 
     With `options=SomeOptions` (a dataclass whose fields carry rsyn.options.opt markers) the command line is
     built from the fields and the command is called as `fn(run, opts)`; without it, as `fn(run, **own options)`
     from fn's own Typer parameters (only for commands that take none).
+    `common` names the shared options the command takes (all by default): a pass that reads its work
+    directory, not a stream, takes no inputs, -o or --on-error; the others keep their defaults.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -646,18 +655,25 @@ def rsyn_command(app: typer.Typer, name: str, summary: str, options: type | None
         else:
             fields = list(option_fields(options))
             own, aliases = _option_parameters(name, fields)
-        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in _COMMON]
+        taken = COMMON_NAMES if common is None else [n for n in COMMON_NAMES if n in common]
+        shared_params = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+            for n, a, d in _COMMON
+            if n in taken
+        ]
         # inputs is positional: put it first so Typer treats it as the argument list
-        params = [common[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common[1:] + aliases
+        first = shared_params[:1] if taken and taken[0] == "inputs" else []
+        own_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        params = first + own_params + shared_params[len(first) :] + aliases
         _check_unique(name, params)
         if aliases:  # to tell where a value came from (the command line or a default)
             params.append(inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
         @functools.wraps(fn)
         def wrapper(**kwargs):
-            shared = {n: kwargs.pop(n) for n in COMMON_NAMES}
+            shared = {n: kwargs.pop(n) for n in taken}
             try:
-                shared["shard"] = parse_shard(shared["shard"])
+                shared["shard"] = parse_shard(shared.get("shard"))
             except typer.BadParameter as exc:
                 fail(f"--shard {exc}")
             if options is None:

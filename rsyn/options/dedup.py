@@ -4,7 +4,7 @@ from dataclasses import dataclass, fields
 from typing import Annotated
 
 from rsyn.errors import RsynError
-from rsyn.options import joined, opt
+from rsyn.options import joined, k_of_n, opt
 from rsyn.options.images import LocalFileOptions
 
 MODES = ("exact", "near", "perceptual", "semantic")
@@ -109,6 +109,31 @@ class DedupModes:
 @dataclass(frozen=True, kw_only=True)
 class WorkOptions:
     work: Annotated[str, opt("--work", metavar="DIR", help=WORK_HELP)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartitionOptions(WorkOptions):
+    """A pass run once per partition of keys, buckets or clusters."""
+
+    part: Annotated[
+        tuple[int, int],
+        opt(
+            "--part",
+            metavar="M/P",
+            parse=k_of_n("--part"),
+            shown=lambda part: f"{part[0]}/{part[1]}",
+            help="This pass's partition M of P; every M from 0 to P-1 must run.",
+        ),
+    ] = (0, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettleOptions(WorkOptions):
+    mode: Annotated[str, opt("--mode", metavar="exact|near", help="Which edges to settle.", show_default=False)]
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exact", "near"):
+            raise RsynError(f"--mode {self.mode!r}: expected exact or near (semantic settles with dedup-select)")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import orjson
 import pytest
 from conftest import decode_stream, jsonl, read_stream_file, rsyn
 
+from rsyn.index_dir import file_checksum
 from rsyn.records import decode_embeddings, encode_embeddings
-from rsyn.stages.index import file_checksum
 
 MODEL = "tiny-clip-test"
 DIM = 64

@@ -5,9 +5,8 @@ import typer
 from rsyn.cli import app
 from rsyn.command import Run, rsyn_command
 
-# Measured by benchmarks/retrieve.py (docs/retrieval.md): the smallest of 1, 4, 8, 16, 64 reaching
-# recall@3 >= 0.95 against exact search on clustered data at the paper's cluster size
-# (1M sentences in 2,381 clusters, 10k queries: recall@3 0.952 at 12x the brute-force speed; nprobe 8: 0.878).
+# The smallest nprobe that reached recall@3 >= 0.95 against exact search in benchmarks/retrieve.py
+# (the measurements are in docs/retrieval.md).
 DEFAULT_NPROBE = 16
 
 
@@ -26,7 +25,7 @@ def retrieve(
             help=f"Clusters visited per image: the nearest centroids first, then the sentences inside them. "
             f"1 is the paper's choice (fastest, misses neighbours across cluster borders); the default "
             f"{DEFAULT_NPROBE} is the smallest value that reached recall@3 >= 0.95 against exact search in "
-            f"benchmarks/retrieve.py (1M sentences: recall@3 0.952 at 12x the brute-force speed).",
+            f"benchmarks/retrieve.py (docs/retrieval.md).",
         ),
     ] = DEFAULT_NPROBE,
     rerank: Annotated[
@@ -35,7 +34,7 @@ def retrieve(
             "--rerank",
             min=1,
             help="ivf_pq indexes only: PQ candidates per image re-scored exactly from the float16 vectors "
-            "(64-byte codes, 512-d: 50 gave recall@3 0.92, 200 gave 0.996 in benchmarks/retrieve.py).",
+            "(a true neighbour outside them is missed; docs/retrieval.md has the measured recall).",
         ),
     ] = 200,
     distinct: Annotated[

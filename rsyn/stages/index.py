@@ -11,18 +11,7 @@ process, one after the other:
   add (per range of parts)            add dir: lists.faiss (those parts' vectors, global row ids), add.json
   merge (once)                        the index directory below
 
-An index directory holds:
-
-  centroids.npy      (clusters, dim) float32 unit vectors: the text semantic clusters
-  ivf.faiss          a faiss IVF index whose coarse quantizer holds exactly those centroids;
-                     its inverted lists hold full vectors (ivf_flat) or PQ codes (ivf_pq)
-  lists.ivfdata      only when merged --on-disk: the inverted lists, which ivf.faiss then refers to
-  vectors.npy        ivf_pq only: the exact float16 vectors, memory-mapped at search time
-                     to re-rank the PQ candidates exactly
-  sentences.sqlite   sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT);
-                     `row` is the faiss id (retrieve and caption read it)
-  meta.json          written last: the done marker (model, dim, counts, clusters, index type, parameters,
-                     size and xxh3-128 checksum of every file)
+The index directory itself (its files, meta.json, how it is opened) is rsyn/index_dir.py.
 
 Rows are numbered in input order (input file, then line), whichever way the stream was split into
 parts, so the passes give the same index, byte for byte, as the one-process run. Every directory is
@@ -49,17 +38,26 @@ import orjson
 
 from rsyn import __version__
 from rsyn.errors import RsynError
+from rsyn.index_dir import (
+    CENTROIDS,
+    IVF,
+    META,
+    ONDISK_LISTS,
+    SENTENCES,
+    VECTORS,
+    create_sentences,
+    file_checksum,
+    publish,
+    reranked,
+    write_json,
+)
 from rsyn.records import decode_embeddings
-from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs, write_bytes_atomic
-from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
+from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs
+from rsyn.vectors import faiss_stdout_silenced, train_kmeans, unit_rows, use_faiss_gpu
 
 if TYPE_CHECKING:
     from rsyn.command import Run
 
-FORMAT = "rsyn-index"
-FORMAT_VERSION = 2  # 2: meta.json "files" hold {bytes, xxh3_128}; "lists" says where the inverted lists are
-META, CENTROIDS, IVF, VECTORS, SENTENCES = "meta.json", "centroids.npy", "ivf.faiss", "vectors.npy", "sentences.sqlite"
-ONDISK_LISTS = "lists.ivfdata"
 PART_MARKER, PART_VECTORS, PART_KEYS = "part.json", "vectors.f16", "keys.i64"
 TRAIN_MARKER, TRAINED = "train.json", "trained.faiss"
 ADD_MARKER, ADDED = "add.json", "lists.faiss"
@@ -81,8 +79,6 @@ MIN_PQ_TRAINING_POINTS = 1000
 ADD_BATCH = 16384  # vectors read, converted to float32 and added to faiss per batch (32 MiB at 512-d)
 ID_BYTES = 8  # faiss stores one int64 id per vector in the inverted lists
 LINE_BITS = 40  # a sentence's input place as one int64: file number << 40 | line number
-HASH_BLOCK = 1 << 20
-CHECKSUM = "xxh3_128"  # the checksum's name in meta.json "files"
 
 
 def default_clusters(count: int) -> int:
@@ -193,22 +189,6 @@ def building_directory(target: Path | str | None) -> Iterator[Path]:
         raise
 
 
-def write_marker(path: Path, content: dict) -> None:
-    write_bytes_atomic(path, orjson.dumps(content, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-
-
-def file_checksum(path: Path) -> str:
-    """xxh3-128 of the file's bytes, read in 1 MiB blocks: a check against damage, not against an attacker,
-    so the fastest well-kept hash (several times blake2b's speed: docs/retrieval.md)."""
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_marker(directory: Path, marker: str, fmt: str, what: str) -> dict:
     try:
         content = orjson.loads((directory / marker).read_bytes())
@@ -260,13 +240,7 @@ class PartWriter:
         self.out = out
         self.count = 0
         self.dim: int | None = None
-        self.db = sqlite3.connect(out / SENTENCES)
-        # a build directory is thrown away whole on failure, so no journal is needed
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute(
-            "CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)"
-        )
+        self.db = create_sentences(out / SENTENCES)
         self.vectors = open(out / PART_VECTORS, "wb")
         self.keys = open(out / PART_KEYS, "wb")
 
@@ -306,7 +280,7 @@ class PartWriter:
             orjson.dumps(info, option=orjson.OPT_SORT_KEYS) + file_checksum(self.out / PART_KEYS).encode(),
             digest_size=8,
         ).hexdigest()
-        write_marker(self.out / PART_MARKER, info)
+        write_json(self.out / PART_MARKER, info)
         return info
 
     def _last_key(self) -> int:
@@ -573,7 +547,7 @@ def train_index(
         "centroids_checksum": file_checksum(out / CENTROIDS),
         "seconds": timer.seconds,
     }
-    write_marker(out / TRAIN_MARKER, info)
+    write_json(out / TRAIN_MARKER, info)
     return info
 
 
@@ -639,7 +613,7 @@ def add_parts(parts: list[Part], which: range, trained: Path, out: Path, *, devi
         "count": int(index.ntotal),
         "centroids_checksum": info["centroids_checksum"],
     }
-    write_marker(out / ADD_MARKER, added)
+    write_json(out / ADD_MARKER, added)
     return added
 
 
@@ -688,22 +662,17 @@ def merge_index(
     shutil.copyfile(trained / CENTROIDS, out / CENTROIDS)
     with timer("sentences_seconds"):
         merge_sentences(parts, out / SENTENCES)
-    if info["index_type"] == "ivf_pq":
+    if reranked(info["index_type"]):
         with timer("vectors_seconds"):
             merge_vectors(parts, out / VECTORS)
 
     sizes = np.array([index.invlists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
-    names = [IVF, CENTROIDS, SENTENCES] + [name for name in (ONDISK_LISTS, VECTORS) if (out / name).exists()]
-    with timer("checksum_seconds"):
-        files = {name: {"bytes": (out / name).stat().st_size, CHECKSUM: file_checksum(out / name)} for name in names}
     ignored: dict[str, int] = {}
     for part in parts:
         for reason, count in part.info["ignored"].items():
             ignored[reason] = ignored.get(reason, 0) + count
     # no times, paths or part counts: the same input and seed give a byte-identical directory
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    description = {
         "rsyn_version": __version__,
         "model": info["model"],
         "dim": info["dim"],
@@ -712,7 +681,6 @@ def merge_index(
         "index_type": info["index_type"],
         "lists": "on_disk" if on_disk else "in_file",
         "metric": "cosine (inner product of unit vectors)",
-        "files": files,
         "layout": info["layout"],
         "parameters": info["parameters"],
         "cluster_sizes": {
@@ -723,7 +691,8 @@ def merge_index(
         },
         "ignored": ignored,
     }
-    write_marker(out / META, meta)
+    with timer("checksum_seconds"):
+        meta = publish(out, description)
     return {**meta, "seconds": {**info["seconds"], **timer.seconds}}
 
 
@@ -748,10 +717,7 @@ def sort_lists_by_row(invlists, nlist: int, code_size: int) -> None:
 def merge_sentences(parts: list[Part], path: Path) -> None:
     """One SQLite table of every part's sentences under global rows, inserted in row order in one
     transaction (the file's bytes then do not depend on how the corpus was split)."""
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)")
+    db = create_sentences(path)
 
     def rows_of(p: int) -> Iterator[tuple]:
         rows = part_rows(parts, p)
@@ -937,13 +903,6 @@ def row_chunks(vectors: np.ndarray, batch: int, dtype=np.float32):
             fh.seek(vectors.offset + start * row_bytes)
             rows = np.frombuffer(fh.read(count * row_bytes), dtype=vectors.dtype).reshape(count, dim)
             yield start, rows.astype(dtype)
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Re-normalise float32 rows in place: float16 storage leaves norms of 1 +- 1e-3, and the
-    index should score exact cosines."""
-    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix
 
 
 def index_to_gpu(index, device: str):

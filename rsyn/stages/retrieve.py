@@ -9,28 +9,14 @@ exactly from the float16 vectors on disk, so every score is a true cosine.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import orjson
 
-from rsyn.errors import RsynError
+from rsyn.index_dir import IVF, SENTENCES, VECTORS, check_files, open_sentences, read_meta, reranked, unusable
 from rsyn.records import decode_embeddings
-from rsyn.stages.index import (
-    CENTROIDS,
-    CHECKSUM,
-    FORMAT,
-    IVF,
-    META,
-    ONDISK_LISTS,
-    SENTENCES,
-    VECTORS,
-    file_checksum,
-    unit_rows,
-)
-from rsyn.vectors import faiss_stdout_silenced, use_faiss_gpu
+from rsyn.vectors import faiss_stdout_silenced, unit_rows, use_faiss_gpu
 
 if TYPE_CHECKING:
     from rsyn.command import Run
@@ -40,7 +26,6 @@ SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 kee
 DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
 # float32 inner products of unit vectors stay within a few ulps of [-1, 1]; anything past this is damage
 COSINE_TOLERANCE = 1 + 1e-4
-INDEX_FILES = {IVF, CENTROIDS, SENTENCES, VECTORS, ONDISK_LISTS}  # meta.json names no other file
 CHUNK = 256  # queries whose candidate vectors are gathered at once (re-ranking, --distinct)
 
 
@@ -56,13 +41,12 @@ class IndexDirectory:
         import faiss
 
         self.path = Path(path)
-        self.meta = self._read_meta()
+        self.meta = read_meta(self.path)
         self.model: str = self.meta["model"]
         self.dim: int = self.meta["dim"]
         self.count: int = self.meta["count"]
         self.index_type: str = self.meta["index_type"]
-        for name, recorded in self.meta["files"].items():
-            self._check_file(name, recorded, verify)
+        check_files(self.path, self.meta, verify=verify)
         # an in-file index is mapped where its lists lie in ivf.faiss; on-disk lists lie in lists.ivfdata
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if self.meta.get("lists") == "on_disk" else faiss.IO_FLAG_MMAP
         try:
@@ -84,73 +68,17 @@ class IndexDirectory:
 
             self.index = index_to_gpu(index, device)
         self.vectors = None
-        if self.index_type == "ivf_pq":
+        if reranked(self.index_type):
             try:
                 self.vectors = np.load(self.path / VECTORS, mmap_mode="r")
             except (ValueError, OSError) as exc:
                 self._corrupt(f"{VECTORS} cannot be read ({_first_line(exc)})")
             if self.vectors.shape != (self.count, self.dim):
                 self._corrupt(f"{VECTORS} has shape {self.vectors.shape}, expected {(self.count, self.dim)}")
-        self.db = self._open_sentences()
-
-    def _check_file(self, name: str, recorded, verify: bool) -> None:
-        file = self.path / name
-        if not file.exists():
-            self._corrupt(f"{name} is missing")
-        if isinstance(recorded, int):  # format 1 recorded sizes only
-            size, checksum = recorded, None
-        elif isinstance(recorded, dict) and type(recorded.get("bytes")) is int and type(recorded.get(CHECKSUM)) is str:
-            size, checksum = recorded["bytes"], recorded[CHECKSUM]
-        else:
-            self._corrupt(f"{META}: the entry for {name} is not {{bytes, {CHECKSUM}}}")
-        if file.stat().st_size != size:
-            self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
-        if verify and checksum is not None and file_checksum(file) != checksum:
-            self._corrupt(
-                f"{name} does not match its checksum in meta.json (the file is damaged; --no-verify skips this check)"
-            )
-
-    # ------------------------------------------------------------------ opening
-    def _read_meta(self) -> dict:
-        if not self.path.is_dir():
-            raise RsynError(f"{self.path}: no such index directory (build one with rsyn index -o DIR)")
-        try:
-            meta = orjson.loads((self.path / META).read_bytes())
-        except FileNotFoundError:
-            self._corrupt(f"{META} is missing: the index is incomplete (its build did not finish)")
-        except orjson.JSONDecodeError as exc:
-            self._corrupt(f"{META} is not valid JSON ({exc})")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            self._corrupt(f"{META} is not an rsyn index description")
-        missing = [key for key in ("model", "dim", "count", "clusters", "index_type", "files") if key not in meta]
-        if missing:
-            self._corrupt(f"{META} lacks {', '.join(missing)}")
-        if meta["index_type"] not in ("ivf_flat", "ivf_pq"):
-            self._corrupt(f"{META}: unknown index type {meta['index_type']!r}")
-        if not isinstance(meta["files"], dict) or not set(meta["files"]) <= INDEX_FILES:
-            self._corrupt(f"{META}: 'files' must map the index's own file names to their sizes and checksums")
-        needed = (
-            (IVF, CENTROIDS, SENTENCES)
-            + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ())
-            + ((ONDISK_LISTS,) if meta.get("lists") == "on_disk" else ())
-        )
-        for name in needed:
-            if name not in meta["files"]:
-                self._corrupt(f"{META} does not list {name}")
-        return meta
-
-    def _open_sentences(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(f"file:{self.path / SENTENCES}?mode=ro", uri=True, check_same_thread=False)
-            (rows,) = db.execute("SELECT count(*) FROM sentences").fetchone()
-        except sqlite3.Error as exc:
-            self._corrupt(f"{SENTENCES} cannot be read ({exc})")
-        if rows != self.count:
-            self._corrupt(f"{SENTENCES} has {rows} sentences, meta.json says {self.count}")
-        return db
+        self.db = open_sentences(self.path, self.count)
 
     def _corrupt(self, message: str):
-        raise RsynError(f"{self.path}: not a usable index: {message}")
+        raise unusable(self.path, message)
 
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int, *, nprobe: int, rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ class IndexType(str, Enum):
     auto = "auto"
     flat = "flat"
     pq = "pq"
+    sq8 = "sq8"
 
 
 class _WholeOrPasses(TyperGroup):
@@ -58,7 +59,12 @@ MaxMemory = Annotated[
         "recorded in meta.json (layout); give a size to make it the same everywhere.",
     ),
 ]
-IndexTypeOption = Annotated[IndexType, typer.Option("--index-type", help="auto (chosen by --max-memory), flat or pq.")]
+IndexTypeOption = Annotated[
+    IndexType,
+    typer.Option(
+        "--index-type", help="auto (chosen by --max-memory), flat, pq, or sq8 (8-bit scalar codes, re-ranked exactly)."
+    ),
+]
 PqBytes = Annotated[
     int | None,
     typer.Option("--pq-bytes", min=1, help="PQ code size in bytes per vector (must divide the dimension); implies pq."),

@@ -124,15 +124,19 @@ class Budget:
 
 @dataclass
 class Layout:
-    """Which inverted lists fit the memory budget: full vectors, or PQ codes of `pq_bytes` bytes."""
+    """Which inverted lists fit the memory budget: full vectors, 8-bit scalar codes, or PQ codes of `pq_bytes` bytes."""
 
-    index_type: str  # "ivf_flat" or "ivf_pq"
+    index_type: str  # "ivf_flat", "ivf_sq8" or "ivf_pq"
     pq_bytes: int | None
     index_bytes: int  # estimated resident size of the faiss index
 
 
 def flat_bytes(count: int, dim: int, clusters: int) -> int:
     return count * (4 * dim + ID_BYTES) + clusters * dim * 4
+
+
+def sq8_bytes(count: int, dim: int, clusters: int) -> int:
+    return count * (dim + ID_BYTES) + clusters * dim * 4
 
 
 def pq_bytes_options(dim: int) -> list[int]:
@@ -143,6 +147,8 @@ def pq_bytes_options(dim: int) -> list[int]:
 def choose_layout(count: int, dim: int, clusters: int, *, budget: int, index_type: str, pq_bytes: int | None) -> Layout:
     """Flat lists when they fit `budget`; else the largest PQ code that does (or what was asked)."""
     flat = flat_bytes(count, dim, clusters)
+    if index_type == "sq8":
+        return Layout("ivf_sq8", None, sq8_bytes(count, dim, clusters))
     if index_type == "flat" or (index_type == "auto" and pq_bytes is None and flat <= budget):
         return Layout("ivf_flat", None, flat)
 
@@ -480,6 +486,7 @@ def train_index(
     note(
         f"{n:,} sentences of dim {dim}, {k:,} clusters; chose {layout.index_type}"
         + (f" ({layout.pq_bytes}-byte PQ codes, exact re-ranking from {VECTORS})" if layout.pq_bytes else "")
+        + (f" (8-bit scalar codes, exact re-ranking from {VECTORS})" if layout.index_type == "ivf_sq8" else "")
         + f": index ~{layout.index_bytes / 2**30:.2f} GiB, budget {budget.bytes / 2**30:.1f} GiB ({budget.source})"
     )
     timer = _Timer()
@@ -506,6 +513,14 @@ def train_index(
     if layout.index_type == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, dim, k, faiss.METRIC_INNER_PRODUCT)
         index.is_trained = True  # the coarse quantizer already holds the k-means centroids
+    elif layout.index_type == "ivf_sq8":
+        # one byte per dimension (a quarter of float32 to scan), the residual to the list's centroid quantized
+        # between per-dimension bounds taken from the sample (deterministic: min and max, no randomness)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, k, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT, True
+        )
+        with timer("sq_train_seconds"):
+            index.train(sample)  # trains only the scalar quantizer: the coarse quantizer is already full
     else:
         if len(sample) < MIN_PQ_TRAINING_POINTS:
             raise RsynError(

@@ -26,6 +26,9 @@ SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 kee
 DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
 # float32 inner products of unit vectors stay within a few ulps of [-1, 1]; anything past this is damage
 COSINE_TOLERANCE = 1 + 1e-4
+# candidates per query re-scored exactly from vectors.npy, by index type: PQ codes rank coarsely, 8-bit scalar
+# codes nearly as float32 does (docs/retrieval.md measures both)
+RERANK = {"ivf_pq": 200, "ivf_sq8": 16}
 CHUNK = 256  # queries whose candidate vectors are gathered at once (re-ranking, --distinct)
 
 
@@ -81,16 +84,21 @@ class IndexDirectory:
         raise unusable(self.path, message)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, *, nprobe: int, rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, nprobe: int, rerank: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of the k best sentences per query, best first; rows are -1 where fewer exist.
 
         Scores are exact cosines: ivf_flat lists hold the vectors themselves; ivf_pq candidates
-        (max(k, rerank) of them) are re-scored from the float16 vectors on disk.
+        (max(k, rerank) of them; `rerank` None: the index type's RERANK) are re-scored from the float16
+        vectors on disk.
         """
         import faiss
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = min(nprobe, self.meta["clusters"])
+        if rerank is None:
+            rerank = RERANK.get(self.index_type, 0)
         pool = max(k, rerank) if self.vectors is not None else k
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         if self.index is self.cpu_index:
@@ -176,7 +184,14 @@ def distinct_choice(
 
 
 def run_retrieve(
-    run: Run, *, index_dir: str, k: int, nprobe: int, rerank: int, distinct: float | None, verify: bool = True
+    run: Run,
+    *,
+    index_dir: str,
+    k: int,
+    nprobe: int,
+    rerank: int | None,
+    distinct: float | None,
+    verify: bool = True,
 ) -> None:
     index = IndexDirectory(index_dir, device=run.faiss_device, verify=verify)
     run.note(
@@ -240,7 +255,7 @@ def _search_batch(
     *,
     k: int,
     nprobe: int,
-    rerank: int,
+    rerank: int | None,
     distinct: float | None,
 ) -> None:
     if not queries:

@@ -191,6 +191,24 @@ def test_ivf_recall_against_exact_search_on_clustered_data(tmp_path):
     assert paper < 0.9  # one cluster misses neighbours across cluster borders
 
 
+def test_the_index_directory_format_has_one_module():
+    # index writes it, retrieve and tags read it: only rsyn/index_dir.py spells the index's file names
+    import pathlib
+
+    import rsyn
+
+    names = ('"ivf.faiss"', '"sentences.sqlite"', '"lists.ivfdata"', '"vectors.npy"', "'sentences.sqlite'")
+    package = pathlib.Path(rsyn.__file__).parent
+    spelled = [
+        f"{path.relative_to(package)}: {name}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "index_dir.py"
+        for name in names
+        if name in path.read_text()
+    ]
+    assert spelled == []
+
+
 def test_rebuild_from_the_same_input_is_byte_identical(planted, tmp_path):
     again = tmp_path / "again"
     rsyn("index", planted["tmp"] / "sentences.jsonl", "-o", again, "--clusters", "30", "-q", check=True)

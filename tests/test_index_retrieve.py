@@ -546,7 +546,16 @@ def test_memory_budget_picks_flat_lists_or_the_largest_pq_code_that_fits():
     assert parse_size("8G") == 8 << 30 and parse_size("512M") == 512 << 20 and parse_size("1.5GiB") == 3 << 29
     assert parse_size("auto") is None
     million = 1_000_000
-    assert choose_layout(million, 512, 2381, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_flat"
+    # flat lists up to 1 GiB, 8-bit scalar codes above (1M x 512-d flat: 1.9 GiB), when they fit the budget
+    assert (
+        choose_layout(million // 4, 512, 595, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_flat"
+    )
+    assert choose_layout(million, 512, 2381, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_sq8"
+    assert choose_layout(million, 512, 2381, budget=600 << 20, index_type="auto", pq_bytes=None).index_type == "ivf_sq8"
+    assert (
+        choose_layout(million // 4, 512, 595, budget=200 << 20, index_type="auto", pq_bytes=None).index_type
+        == "ivf_sq8"
+    )
     pq = choose_layout(million, 512, 2381, budget=100 << 20, index_type="auto", pq_bytes=None)
     assert pq.index_type == "ivf_pq" and pq.pq_bytes == 64 and pq.index_bytes <= 100 << 20
     assert choose_layout(million, 512, 2381, budget=48 << 20, index_type="auto", pq_bytes=None).pq_bytes == 32

@@ -53,9 +53,9 @@ MaxMemory = Annotated[
     typer.Option(
         "--max-memory",
         metavar="SIZE",
-        help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit, "
-        "else product-quantized lists (largest code that fits) re-ranked exactly from float16 vectors "
-        "on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
+        help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit "
+        "and take at most 1 GiB; else 8-bit scalar codes, else product-quantized codes (the largest that fits), "
+        "re-ranked exactly from float16 vectors on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
         "recorded in meta.json (layout); give a size to make it the same everywhere.",
     ),
 ]

@@ -446,8 +446,15 @@ def test_sq8_lists_rerank_to_exact_cosines(planted, tmp_path):
     flat = decode_stream(
         rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries, check=True).stdout
     )
-    sq8 = decode_stream(rsyn("retrieve", "--index", index, "-q", "--device", "cpu", input=queries, check=True).stdout)
-    assert [r["texts"] for r in sq8] == [r["texts"] for r in flat]  # re-ranked: same texts, same exact scores
+    one, three = ({"OMP_NUM_THREADS": n} for n in ("1", "3"))
+    sq8 = rsyn("retrieve", "--index", index, "-q", "--device", "cpu", input=queries, env=one, check=True).stdout
+    assert [r["texts"] for r in decode_stream(sq8)] == [r["texts"] for r in flat]  # same texts, same exact scores
+    # the same bytes whatever faiss's thread count, for the index and for the retrieved stream
+    again = tmp_path / "sq8-3"
+    rsyn("index", sentences, "-o", again, "--clusters", "30", "--index-type", "sq8", "-q", env=three, check=True)
+    for name in meta["files"]:
+        assert (again / name).read_bytes() == (index / name).read_bytes(), name
+    assert rsyn("retrieve", "--index", again, "-q", input=queries, env=three, check=True).stdout == sq8
 
 
 def test_distinct_skips_near_identical_texts(tmp_path):

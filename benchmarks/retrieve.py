@@ -51,6 +51,9 @@ from rsyn.stages.index import (  # noqa: E402
 )
 from rsyn.stages.retrieve import IndexDirectory  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import measure  # noqa: E402
+
 MODEL = "synthetic-512"
 
 
@@ -237,26 +240,25 @@ def whole_commands(
     write_records(tmp / "images.jsonl", queries, "image")
     here = Path(__file__).resolve()
 
-    def brute_command() -> float:
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, str(here), "--brute-force-command", str(tmp)], check=True, cwd=here.parent.parent
-        )
-        return time.perf_counter() - start
+    os.chdir(here.parent.parent)  # `python -m rsyn` imports this checkout
 
-    def retrieve_command(nprobe: int, verify: str) -> float:
+    def brute_command() -> tuple[float, float]:
+        wall, cpu, _ = measure([sys.executable, str(here), "--brute-force-command", str(tmp)])
+        return wall, cpu
+
+    def retrieve_command(nprobe: int, verify: str) -> tuple[float, float]:
         extra = ["--rerank", str(rerank)] if rerank else []
-        _, seconds = timed_command(
-            "retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"), "-o", str(tmp / "out.jsonl.zst"),
-            "--nprobe", str(nprobe), verify, *extra,
+        wall, cpu, _ = measure(
+            [sys.executable, "-m", "rsyn", "retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"),
+             "-o", str(tmp / "out.jsonl.zst"), "--nprobe", str(nprobe), verify, *extra, "-q", "--device", "cpu"]
         )  # fmt: skip
-        return seconds
+        return wall, cpu
 
     def found_rows(path: Path) -> np.ndarray:
         return np.array([[int(t["id"][1:]) for t in r["texts"]] for r in read_records([str(path)])])
 
-    brute_times: list[float] = []
-    times: dict[tuple[int, str], list[float]] = {}
+    brute_times: list[tuple[float, float]] = []
+    times: dict[tuple[int, str], list[tuple[float, float]]] = {}
     recalls: dict[int, float] = {}
     for _ in range(repeat):
         brute_times.append(brute_command())
@@ -264,23 +266,29 @@ def whole_commands(
             for verify in ("--verify", "--no-verify"):
                 times.setdefault((nprobe, verify), []).append(retrieve_command(nprobe, verify))
             recalls[nprobe] = recall_at(found_rows(tmp / "out.jsonl.zst"), truth)
-    brute = float(np.median(brute_times))
+    brute, brute_cpu = np.median(brute_times, axis=0)
     print()
-    print(f"whole commands on {len(queries):,} image records (JSONL in, zstd JSONL out), median of {repeat}:")
     print(
-        f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s "
-        f"(runs: {', '.join(f'{t:.1f}' for t in brute_times)}), "
+        f"whole commands on {len(queries):,} image records (JSONL in, zstd JSONL out), median of {repeat} "
+        f"interleaved runs, wall and CPU (user + system) seconds; load average before: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s wall "
+        f"(runs: {', '.join(f'{t[0]:.1f}' for t in brute_times)}), {brute_cpu:.1f}s CPU, "
         f"recall@3 {recall_at(found_rows(tmp / 'brute.jsonl.zst'), truth):.4f}"
     )
     print()
-    print("| nprobe | recall@3 | rsyn retrieve s | --no-verify s | brute-force command s | speed-up (verified) |")
-    print("|-------:|---------:|----------------:|--------------:|----------------------:|--------------------:|")
+    print(
+        "| nprobe | recall@3 | rsyn retrieve s | --no-verify s | brute-force command s | speed-up (wall) "
+        "| rsyn retrieve CPU s | brute-force CPU s | speed-up (CPU) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for nprobe in nprobes:
-        verified = float(np.median(times[(nprobe, "--verify")]))
-        unverified = float(np.median(times[(nprobe, "--no-verify")]))
+        verified, verified_cpu = np.median(times[(nprobe, "--verify")], axis=0)
+        unverified = float(np.median([t[0] for t in times[(nprobe, "--no-verify")]]))
         print(
             f"| {nprobe} | {recalls[nprobe]:.4f} | {verified:.1f} | {unverified:.1f} | {brute:.1f} "
-            f"| {brute / verified:.1f}x |"
+            f"| {brute / verified:.1f}x | {verified_cpu:.1f} | {brute_cpu:.1f} | {brute_cpu / verified_cpu:.1f}x |"
         )
 
 

@@ -3,7 +3,7 @@
 For each image embedding: the `nprobe` nearest text semantic clusters first
 (inter-cluster, over the k-means centroids), then the nearest sentences inside
 them (intra-cluster). This is exactly a faiss IVF search whose coarse
-quantizer holds the centroids. With PQ lists the candidates are re-scored
+quantizer holds the centroids. With PQ or 8-bit scalar (SQ8) lists the candidates are re-scored
 exactly from the float16 vectors on disk, so every score is a true cosine.
 """
 
@@ -89,7 +89,7 @@ class IndexDirectory:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of the k best sentences per query, best first; rows are -1 where fewer exist.
 
-        Scores are exact cosines: ivf_flat lists hold the vectors themselves; ivf_pq candidates
+        Scores are exact cosines: ivf_flat lists hold the vectors themselves; ivf_pq and ivf_sq8 candidates
         (max(k, rerank) of them; `rerank` None: the index type's RERANK) are re-scored from the float16
         vectors on disk.
         """

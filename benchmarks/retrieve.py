@@ -16,13 +16,18 @@ then train, add, merge), searches through the same IndexDirectory that
   - peak RSS of the real `rsyn index` command (subprocess, JSONL input) per million vectors;
   - an estimate for the paper's scale (198M images x 0.84B sentences) on one GPU.
 
-Full size (the issue's): benchmarks/retrieve.py --sentences 1000000 --queries 10000
+Full size (the issue's): benchmarks/retrieve.py --sentences 1000000 --queries 2000 --dim 1024 --commands
+
+--data-dir DIR keeps the generated data and each built index (by its options) in DIR and reuses them in
+later runs: at 1M x 1024 the data is 2 GiB and the index build takes minutes. Delete DIR after changing
+the generator or the index code.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,9 +46,13 @@ from rsyn.stages.index import (  # noqa: E402
     default_clusters,
     merge_index,
     open_parts,
+    row_chunks,
     train_index,
 )
 from rsyn.stages.retrieve import IndexDirectory  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import measure  # noqa: E402
 
 MODEL = "synthetic-512"
 
@@ -81,9 +90,11 @@ def make_data(n: int, n_queries: int, dim: int, topics: int, zipf: float, seed: 
     return draw(n, 1.0), draw(n_queries, 1.7).astype(np.float32)
 
 
-def build_index(vectors16: np.ndarray, out: Path, *, clusters: int, pq_bytes: int, seed: int) -> tuple[dict, float]:
+def build_index(
+    vectors16: np.ndarray, out: Path, *, clusters: int, index_type: str, pq_bytes: int, seed: int
+) -> tuple[dict, float]:
     """The index of `vectors16` through rsyn index's passes (one part written from the array); meta, seconds."""
-    work = out.parent / "passes"
+    work = out.parent / f"{out.name}.passes"
     for name in ("collect", "train", "add"):
         (work / name).mkdir(parents=True)
     out.mkdir()
@@ -100,7 +111,7 @@ def build_index(vectors16: np.ndarray, out: Path, *, clusters: int, pq_bytes: in
         work / "train",
         clusters=clusters,
         budget=Budget(1 << 40, "benchmark"),
-        index_type="pq" if pq_bytes else "flat",
+        index_type="pq" if pq_bytes else index_type,
         pq_bytes=pq_bytes or None,
         points_per_cluster=64,
         niter=20,
@@ -110,7 +121,9 @@ def build_index(vectors16: np.ndarray, out: Path, *, clusters: int, pq_bytes: in
     )
     add_parts(parts, range(1), work / "train", work / "add", device="cpu")
     meta = merge_index(parts, work / "train", [work / "add"], out, on_disk=False, note=print)
-    return meta, time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    shutil.rmtree(work)
+    return meta, seconds
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
@@ -209,47 +222,87 @@ def brute_force_command(directory: Path) -> None:
 
 
 def whole_commands(
-    tmp: Path, sentences16: np.ndarray, queries: np.ndarray, truth: np.ndarray, nprobes: list[int]
+    tmp: Path,
+    vectors: Path,
+    index_dir: Path,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    nprobes: list[int],
+    rerank: int | None,
+    repeat: int,
 ) -> None:
-    """`rsyn retrieve` and the brute-force command as whole processes (start-up, index open, JSONL in and out)."""
+    """`rsyn retrieve` and the brute-force command as whole processes (start-up, index open, JSONL in and out),
+    interleaved `repeat` times (median seconds of each), so that a change of the machine's load hits both."""
     from rsyn.stream import read_records
 
-    np.save(tmp / "vectors.npy", sentences16)
+    (tmp / "vectors.npy").symlink_to(vectors.resolve())
+    (tmp / "index").symlink_to(index_dir.resolve())
     write_records(tmp / "images.jsonl", queries, "image")
     here = Path(__file__).resolve()
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(here), "--brute-force-command", str(tmp)], check=True, cwd=here.parent.parent)
-    brute = time.perf_counter() - start
+
+    os.chdir(here.parent.parent)  # `python -m rsyn` imports this checkout
+
+    def brute_command() -> tuple[float, float]:
+        wall, cpu, _ = measure([sys.executable, str(here), "--brute-force-command", str(tmp)])
+        return wall, cpu
+
+    def retrieve_command(nprobe: int, verify: str) -> tuple[float, float]:
+        extra = ["--rerank", str(rerank)] if rerank else []
+        wall, cpu, _ = measure(
+            [sys.executable, "-m", "rsyn", "retrieve", "--index", str(tmp / "index"), str(tmp / "images.jsonl"),
+             "-o", str(tmp / "out.jsonl.zst"), "--nprobe", str(nprobe), verify, *extra, "-q", "--device", "cpu"]
+        )  # fmt: skip
+        return wall, cpu
 
     def found_rows(path: Path) -> np.ndarray:
         return np.array([[int(t["id"][1:]) for t in r["texts"]] for r in read_records([str(path)])])
 
+    brute_times: list[tuple[float, float]] = []
+    times: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    recalls: dict[int, float] = {}
+    for _ in range(repeat):
+        brute_times.append(brute_command())
+        for nprobe in nprobes:
+            for verify in ("--verify", "--no-verify"):
+                times.setdefault((nprobe, verify), []).append(retrieve_command(nprobe, verify))
+            recalls[nprobe] = recall_at(found_rows(tmp / "out.jsonl.zst"), truth)
+    brute, brute_cpu = np.median(brute_times, axis=0)
     print()
-    print(f"whole commands on {len(queries):,} image records (JSONL in, zstd JSONL out):")
     print(
-        f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s, "
+        f"whole commands on {len(queries):,} image records (JSONL in, zstd JSONL out), median of {repeat} "
+        f"interleaved runs, wall and CPU (user + system) seconds; load average before: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"brute-force command (IndexFlatIP over the float16 vectors loaded from disk): {brute:.1f}s wall "
+        f"(runs: {', '.join(f'{t[0]:.1f}' for t in brute_times)}), {brute_cpu:.1f}s CPU, "
         f"recall@3 {recall_at(found_rows(tmp / 'brute.jsonl.zst'), truth):.4f}"
     )
     print()
-    print("| nprobe | recall@3 | rsyn retrieve s | --no-verify s | brute-force command s | speed-up (verified) |")
-    print("|-------:|---------:|----------------:|--------------:|----------------------:|--------------------:|")
+    print(
+        "| nprobe | recall@3 | rsyn retrieve s | --no-verify s | brute-force command s | speed-up (wall) "
+        "| rsyn retrieve CPU s | brute-force CPU s | speed-up (CPU) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for nprobe in nprobes:
-        row = []
-        for verify in ("--verify", "--no-verify"):
-            _, seconds = timed_command(
-                "retrieve",
-                "--index",
-                str(tmp / "index"),
-                str(tmp / "images.jsonl"),
-                "-o",
-                str(tmp / "out.jsonl.zst"),
-                "--nprobe",
-                str(nprobe),
-                verify,
-            )
-            row.append(seconds)
-        recall = recall_at(found_rows(tmp / "out.jsonl.zst"), truth)
-        print(f"| {nprobe} | {recall:.4f} | {row[0]:.1f} | {row[1]:.1f} | {brute:.1f} | {brute / row[0]:.1f}x |")
+        verified, verified_cpu = np.median(times[(nprobe, "--verify")], axis=0)
+        unverified = float(np.median([t[0] for t in times[(nprobe, "--no-verify")]]))
+        print(
+            f"| {nprobe} | {recalls[nprobe]:.4f} | {verified:.1f} | {unverified:.1f} | {brute:.1f} "
+            f"| {brute / verified:.1f}x | {verified_cpu:.1f} | {brute_cpu:.1f} | {brute_cpu / verified_cpu:.1f}x |"
+        )
+
+
+def cached_data(store: Path | None, n: int, nq: int, dim: int, topics: int, zipf: float, seed: int):
+    """(float16 sentences, float32 queries, path of the sentences' .npy), generated or read from `store`."""
+    if store is not None and (store / "queries.npy").exists():
+        print(f"# data reused from {store}", flush=True)
+        return np.load(store / "vectors.npy", mmap_mode="r"), np.load(store / "queries.npy"), store / "vectors.npy"
+    t = time.perf_counter()
+    sentences16, queries = make_data(n, nq, dim, topics, zipf, seed)
+    print(f"# data generated in {time.perf_counter() - t:.1f}s", flush=True)
+    np.save(store / "vectors.npy", sentences16)
+    np.save(store / "queries.npy", queries)  # last: it marks the data complete
+    return sentences16, queries, store / "vectors.npy"
 
 
 def main() -> None:
@@ -262,9 +315,14 @@ def main() -> None:
     p.add_argument("--clusters", type=int, default=0, help="k-means clusters (default: rsyn's, sentences / 420)")
     p.add_argument("--nprobe", default="1,4,16,64")
     p.add_argument(
+        "--index-type", default="auto", choices=["auto", "flat", "pq", "sq8"], help="rsyn index --index-type"
+    )
+    p.add_argument(
         "--pq-bytes", type=int, default=0, help="build PQ lists of this many bytes (re-ranked) instead of flat"
     )
-    p.add_argument("--rerank", type=int, default=200, help="PQ candidates re-scored exactly (with --pq-bytes)")
+    p.add_argument("--rerank", type=int, default=None, help="rsyn retrieve --rerank (default: rsyn's)")
+    p.add_argument("--data-dir", help="keep the generated data and built indexes here and reuse them (see above)")
+    p.add_argument("--repeat", type=int, default=1, help="with --commands: interleaved runs of each command (median)")
     p.add_argument(
         "--rss-sentences",
         type=int,
@@ -296,31 +354,47 @@ def main() -> None:
         flush=True,
     )
 
-    t = time.perf_counter()
-    sentences16, queries = make_data(n, nq, dim, topics, args.zipf, args.seed)
-    print(f"# data generated in {time.perf_counter() - t:.1f}s", flush=True)
-
     with tempfile.TemporaryDirectory(prefix="rsyn-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        store = tmp
+        if args.data_dir:
+            store = Path(args.data_dir) / f"n{n}-q{nq}-d{dim}-t{topics}-z{args.zipf}-s{args.seed}"
+            store.mkdir(parents=True, exist_ok=True)
+        sentences16, queries, vectors_file = cached_data(store, n, nq, dim, topics, args.zipf, args.seed)
         k = args.clusters or default_clusters(n)
-        meta, build_seconds = build_index(
-            sentences16, tmp / "index", clusters=k, pq_bytes=args.pq_bytes, seed=args.seed
-        )
-        timings = meta["seconds"]
-        index = IndexDirectory(tmp / "index")
+        index_dir = store / f"index-{args.index_type}-pq{args.pq_bytes}-c{k}-s{args.seed}"
+        build_seconds = None
+        if (index_dir / "meta.json").exists():
+            meta = orjson.loads((index_dir / "meta.json").read_bytes())
+            print(f"# index reused from {index_dir}", flush=True)
+        else:
+            for stale in (index_dir, index_dir.parent / f"{index_dir.name}.passes"):
+                shutil.rmtree(stale, ignore_errors=True)
+            meta, build_seconds = build_index(
+                sentences16,
+                index_dir,
+                clusters=k,
+                index_type=args.index_type,
+                pq_bytes=args.pq_bytes,
+                seed=args.seed,
+            )
+        index = IndexDirectory(index_dir)
 
-        # exact search: brute-force IndexFlatIP over the same float32 vectors
-        sentences = unit(sentences16.astype(np.float32))
-        sentences16_kept = sentences16 if args.commands else None
+        # exact search: brute-force IndexFlatIP over the same float32 vectors (its answers kept in --data-dir)
+        brute_seconds = None
+        if (store / "truth.npy").exists():
+            truth = np.load(store / "truth.npy")
+            print("# exact answers reused: the in-process brute force is not timed in this run", flush=True)
+        else:
+            flat = faiss.IndexFlatIP(dim)
+            for _, chunk in row_chunks(sentences16, 100_000):
+                flat.add(unit(chunk))
+            t = time.perf_counter()
+            _, truth = flat.search(queries, 3)
+            brute_seconds = time.perf_counter() - t
+            del flat
+            np.save(store / "truth.npy", truth)
         del sentences16
-        flat = faiss.IndexFlatIP(dim)
-        flat.add(sentences)
-        del sentences
-        t = time.perf_counter()
-        _, truth = flat.search(queries, 3)
-        brute_seconds = time.perf_counter() - t
-        brute_qps = nq / brute_seconds
-        del flat
 
         rows = []
         for nprobe in [int(x) for x in args.nprobe.split(",")]:
@@ -330,7 +404,7 @@ def main() -> None:
             rows.append((nprobe, recall_at(found, truth), nq / seconds, seconds))
 
         # the coarse step alone (queries x centroids), to split the cost for the estimate below
-        centroids = np.load(tmp / "index" / "centroids.npy")
+        centroids = np.load(index_dir / "centroids.npy")
         coarse = faiss.IndexFlatIP(dim)
         coarse.add(centroids)
         t = time.perf_counter()
@@ -338,7 +412,16 @@ def main() -> None:
         coarse_seconds = time.perf_counter() - t
         index.close()
         if args.commands:
-            whole_commands(tmp, sentences16_kept, queries, truth, [int(x) for x in args.nprobe.split(",")])
+            whole_commands(
+                tmp,
+                vectors_file,
+                index_dir,
+                queries,
+                truth,
+                [int(x) for x in args.nprobe.split(",")],
+                args.rerank,
+                args.repeat,
+            )
 
         print()
         print(
@@ -349,12 +432,15 @@ def main() -> None:
             f"sentences {n:,}  dim {dim}  clusters {meta['clusters']:,} (median list {meta['cluster_sizes']['median']:.0f}, "
             f"max {meta['cluster_sizes']['max']:,})  queries {nq:,}"
         )
-        print(
-            f"k-means {timings['kmeans_seconds']:.1f}s ({meta['parameters']['training_points']:,} training points, "
-            f"{meta['parameters']['niter']} iterations)   merge {timings['lists_seconds']:.1f}s   "
-            f"index build total {build_seconds:.1f}s"
-        )
-        print(f"brute force (faiss IndexFlatIP): {brute_seconds:.1f}s, {brute_qps:,.0f} queries/s")
+        if build_seconds is not None:
+            timings = meta["seconds"]
+            print(
+                f"k-means {timings['kmeans_seconds']:.1f}s ({meta['parameters']['training_points']:,} training "
+                f"points, {meta['parameters']['niter']} iterations)   merge {timings['lists_seconds']:.1f}s   "
+                f"index build total {build_seconds:.1f}s"
+            )
+        brute_qps = nq / brute_seconds if brute_seconds else float("nan")
+        print(f"brute force (faiss IndexFlatIP): {brute_seconds or float('nan'):.1f}s, {brute_qps:,.0f} queries/s")
         print()
         print("| nprobe | recall@3 | IVF queries/s | brute-force queries/s | speed-up |")
         print("|-------:|---------:|--------------:|----------------------:|---------:|")
@@ -384,7 +470,7 @@ def main() -> None:
                 f"  fine step at nprobe {nprobe}: {fine_per_vector * 1e9:.2f} ns per scanned vector "
                 f"-> {images * nprobe * list_len * fine_per_vector / 3600:,.0f} CPU-hours"
             )
-        brute_per_pair = brute_seconds / nq / n
+        brute_per_pair = (brute_seconds or float("nan")) / nq / n
         print(
             f"  brute force on this CPU: {brute_per_pair * 1e9:.3f} ns per query-sentence pair "
             f"-> {images * n_paper * brute_per_pair / 3600:,.0f} CPU-hours"

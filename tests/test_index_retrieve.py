@@ -7,8 +7,8 @@ import orjson
 import pytest
 from conftest import decode_stream, jsonl, read_stream_file, rsyn
 
+from rsyn.index_dir import file_checksum
 from rsyn.records import decode_embeddings, encode_embeddings
-from rsyn.stages.index import file_checksum
 
 MODEL = "tiny-clip-test"
 DIM = 64
@@ -189,6 +189,24 @@ def test_ivf_recall_against_exact_search_on_clustered_data(tmp_path):
     paper, default = recall(tmp_path / "fine", "--nprobe", "1"), recall(tmp_path / "fine")
     assert default >= 0.95  # the default --nprobe
     assert paper < 0.9  # one cluster misses neighbours across cluster borders
+
+
+def test_the_index_directory_format_has_one_module():
+    # index writes it, retrieve and tags read it: only rsyn/index_dir.py spells the index's file names
+    import pathlib
+
+    import rsyn
+
+    names = ('"ivf.faiss"', '"sentences.sqlite"', '"lists.ivfdata"', '"vectors.npy"', "'sentences.sqlite'")
+    package = pathlib.Path(rsyn.__file__).parent
+    spelled = [
+        f"{path.relative_to(package)}: {name}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "index_dir.py"
+        for name in names
+        if name in path.read_text()
+    ]
+    assert spelled == []
 
 
 def test_rebuild_from_the_same_input_is_byte_identical(planted, tmp_path):
@@ -412,6 +430,33 @@ def test_pq_lists_under_a_memory_budget_rerank_to_exact_cosines(planted, tmp_pat
     assert too_small.returncode == 2 and "--max-memory 0.00 GiB is too small" in too_small.stderr.decode()
 
 
+def test_sq8_lists_rerank_to_exact_cosines(planted, tmp_path):
+    # 8-bit scalar codes scan a quarter of the bytes; the candidates are re-scored from the float16 vectors
+    index = tmp_path / "sq8"
+    sentences = planted["tmp"] / "sentences.jsonl"
+    rsyn(
+        "index", sentences, "-o", index, "--clusters", "30", "--index-type", "sq8", "--device", "cpu", "-q", check=True
+    )
+    meta = orjson.loads((index / "meta.json").read_bytes())
+    assert meta["index_type"] == "ivf_sq8" and meta["layout"]["chosen_by"] == "--index-type sq8"
+    assert set(meta["files"]) == {"ivf.faiss", "centroids.npy", "sentences.sqlite", "vectors.npy"}
+    # a quarter of the flat lists' vector bytes, plus the ids
+    assert (index / "ivf.faiss").stat().st_size < 0.4 * (planted["index"] / "ivf.faiss").stat().st_size
+    queries = jsonl(image_records(planted["queries"]))
+    flat = decode_stream(
+        rsyn("retrieve", "--index", planted["index"], "-q", "--device", "cpu", input=queries, check=True).stdout
+    )
+    one, three = ({"OMP_NUM_THREADS": n} for n in ("1", "3"))
+    sq8 = rsyn("retrieve", "--index", index, "-q", "--device", "cpu", input=queries, env=one, check=True).stdout
+    assert [r["texts"] for r in decode_stream(sq8)] == [r["texts"] for r in flat]  # same texts, same exact scores
+    # the same bytes whatever faiss's thread count, for the index and for the retrieved stream
+    again = tmp_path / "sq8-3"
+    rsyn("index", sentences, "-o", again, "--clusters", "30", "--index-type", "sq8", "-q", env=three, check=True)
+    for name in meta["files"]:
+        assert (again / name).read_bytes() == (index / name).read_bytes(), name
+    assert rsyn("retrieve", "--index", again, "-q", input=queries, env=three, check=True).stdout == sq8
+
+
 def test_distinct_skips_near_identical_texts(tmp_path):
     rng = np.random.default_rng(3)
     query = unit(rng.normal(size=DIM))
@@ -508,7 +553,16 @@ def test_memory_budget_picks_flat_lists_or_the_largest_pq_code_that_fits():
     assert parse_size("8G") == 8 << 30 and parse_size("512M") == 512 << 20 and parse_size("1.5GiB") == 3 << 29
     assert parse_size("auto") is None
     million = 1_000_000
-    assert choose_layout(million, 512, 2381, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_flat"
+    # flat lists up to 1 GiB, 8-bit scalar codes above (1M x 512-d flat: 1.9 GiB), when they fit the budget
+    assert (
+        choose_layout(million // 4, 512, 595, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_flat"
+    )
+    assert choose_layout(million, 512, 2381, budget=4 << 30, index_type="auto", pq_bytes=None).index_type == "ivf_sq8"
+    assert choose_layout(million, 512, 2381, budget=600 << 20, index_type="auto", pq_bytes=None).index_type == "ivf_sq8"
+    assert (
+        choose_layout(million // 4, 512, 595, budget=200 << 20, index_type="auto", pq_bytes=None).index_type
+        == "ivf_sq8"
+    )
     pq = choose_layout(million, 512, 2381, budget=100 << 20, index_type="auto", pq_bytes=None)
     assert pq.index_type == "ivf_pq" and pq.pq_bytes == 64 and pq.index_bytes <= 100 << 20
     assert choose_layout(million, 512, 2381, budget=48 << 20, index_type="auto", pq_bytes=None).pq_bytes == 32

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from rsyn.vectors import unit_rows
+
 DEFAULT_MODEL = "EVA02-E-14-plus"
 DEFAULT_PRETRAINED = "laion2b_s9b_b144k"
 RANDOM = "random"  # the --pretrained value for seeded random weights
@@ -95,7 +97,7 @@ class Clip:
             pixels = batch.to(self.device, non_blocking=True)
             if pixels.dtype == torch.uint8:
                 pixels = pixels.to(torch.float32).div_(255).sub_(self._mean).div_(self._std)
-            return _unit_rows(self.model.encode_image(pixels.to(self.dtype)))
+            return _as_unit_array(self.model.encode_image(pixels.to(self.dtype)))
 
     def encode_tokens(self, tokens, trim: bool = True) -> np.ndarray:
         """Token ids -> unit rows. With a causal text tower, the padding after the longest text
@@ -105,8 +107,8 @@ class Clip:
         with torch.inference_mode():
             tokens = tokens.to(self.device, non_blocking=True)
             if trim and getattr(self, "trims_padding", False):
-                return _unit_rows(self._encode_trimmed(tokens))
-            return _unit_rows(self.model.encode_text(tokens))
+                return _as_unit_array(self._encode_trimmed(tokens))
+            return _as_unit_array(self.model.encode_text(tokens))
 
     def token_lengths(self, tokens) -> np.ndarray:
         """Length of each tokenized text up to its end-of-text token (the largest id, by CLIP's BPE)."""
@@ -134,7 +136,7 @@ class Clip:
         probe = self.tokenize(["", "a photo", "a brown dog is carrying a kite near the harbour at dawn"])
         try:
             full = self.encode_tokens(probe, trim=False)
-            trimmed = _unit_rows(self._encode_trimmed(probe.to(self.device)))
+            trimmed = _as_unit_array(self._encode_trimmed(probe.to(self.device)))
         except Exception:  # an architecture this shortcut does not fit
             return False
         tolerance = 1e-4 if self.dtype == torch_float32() else 2e-2
@@ -188,12 +190,9 @@ def _split_preprocess(preprocess):
     return None, None, None
 
 
-def _unit_rows(features) -> np.ndarray:
-
-    features = features.float()
+def _as_unit_array(features) -> np.ndarray:
     # normalise in float32: half-precision norms would leave rows visibly off unit length
-    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return features.cpu().numpy().astype(np.float32, copy=False)
+    return unit_rows(np.ascontiguousarray(features.detach().float().cpu().numpy(), dtype=np.float32))
 
 
 def _image_size(model) -> int:

@@ -11,6 +11,7 @@ class IndexType(str, Enum):
     auto = "auto"
     flat = "flat"
     pq = "pq"
+    sq8 = "sq8"
 
 
 @dataclass
@@ -33,15 +34,19 @@ class IndexTrainOptions:
         opt(
             "--max-memory",
             metavar="SIZE",
-            help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit, "
-            "else product-quantized lists (largest code that fits) re-ranked exactly from float16 vectors "
-            "on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
+            help="Memory budget for the index (e.g. 16G). Inverted lists of full float32 vectors when they fit "
+            "and take at most 1 GiB; else 8-bit scalar codes, else product-quantized codes (the largest that fits), "
+            "re-ranked exactly from float16 vectors on disk. auto = half of this machine's RAM, so the choice depends on the machine: it is printed and "
             "recorded in meta.json (layout); give a size to make it the same everywhere.",
         ),
     ] = "auto"
-    index_type: Annotated[IndexType, opt("--index-type", help="auto (chosen by --max-memory), flat or pq.")] = (
-        IndexType.auto
-    )
+    index_type: Annotated[
+        IndexType,
+        opt(
+            "--index-type",
+            help="auto (chosen by --max-memory), flat, pq, or sq8 (8-bit scalar codes, re-ranked exactly).",
+        ),
+    ] = IndexType.auto
     pq_bytes: Annotated[
         int | None,
         opt("--pq-bytes", min=1, help="PQ code size in bytes per vector (must divide the dimension); implies pq."),

@@ -28,14 +28,15 @@ class RetrieveOptions:
         ),
     ] = DEFAULT_NPROBE
     rerank: Annotated[
-        int,
+        int | None,
         opt(
             "--rerank",
             min=1,
-            help="ivf_pq indexes only: PQ candidates per image re-scored exactly from the float16 vectors; "
-            "more candidates, fewer true neighbours lost to the PQ approximation (docs/retrieval.md).",
+            show_default="200 for ivf_pq, 16 for ivf_sq8",
+            help="ivf_pq and ivf_sq8 indexes: candidates per image re-scored exactly from the float16 vectors "
+            "(a true neighbour outside them is missed; docs/retrieval.md has the measured recall).",
         ),
-    ] = 200
+    ] = None
     distinct: Annotated[
         float | None,
         opt(

@@ -11,18 +11,7 @@ process, one after the other:
   add (per range of parts)            add dir: lists.faiss (those parts' vectors, global row ids), add.json
   merge (once)                        the index directory below
 
-An index directory holds:
-
-  centroids.npy      (clusters, dim) float32 unit vectors: the text semantic clusters
-  ivf.faiss          a faiss IVF index whose coarse quantizer holds exactly those centroids;
-                     its inverted lists hold full vectors (ivf_flat) or PQ codes (ivf_pq)
-  lists.ivfdata      only when merged --on-disk: the inverted lists, which ivf.faiss then refers to
-  vectors.npy        ivf_pq only: the exact float16 vectors, memory-mapped at search time
-                     to re-rank the PQ candidates exactly
-  sentences.sqlite   sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT);
-                     `row` is the faiss id (retrieve and caption read it)
-  meta.json          written last: the done marker (model, dim, counts, clusters, index type, parameters,
-                     size and xxh3-128 checksum of every file)
+The index directory itself (its files, meta.json, how it is opened) is rsyn/index_dir.py.
 
 Rows are numbered in input order (input file, then line), whichever way the stream was split into
 parts, so the passes give the same index, byte for byte, as the one-process run. Every directory is
@@ -49,18 +38,27 @@ import orjson
 
 from rsyn import __version__
 from rsyn.errors import RsynError
+from rsyn.index_dir import (
+    CENTROIDS,
+    IVF,
+    META,
+    ONDISK_LISTS,
+    SENTENCES,
+    VECTORS,
+    create_sentences,
+    file_checksum,
+    publish,
+    reranked,
+    write_json,
+)
 from rsyn.options.index import IndexAddOptions, IndexMergeOptions, IndexTrainOptions
 from rsyn.records import decode_embeddings
-from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs, write_bytes_atomic
-from rsyn.vectors import faiss_stdout_silenced, train_kmeans, use_faiss_gpu
+from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs
+from rsyn.vectors import faiss_stdout_silenced, train_kmeans, unit_rows, use_faiss_gpu
 
 if TYPE_CHECKING:
     from rsyn.command import Run
 
-FORMAT = "rsyn-index"
-FORMAT_VERSION = 2  # 2: meta.json "files" hold {bytes, xxh3_128}; "lists" says where the inverted lists are
-META, CENTROIDS, IVF, VECTORS, SENTENCES = "meta.json", "centroids.npy", "ivf.faiss", "vectors.npy", "sentences.sqlite"
-ONDISK_LISTS = "lists.ivfdata"
 PART_MARKER, PART_VECTORS, PART_KEYS = "part.json", "vectors.f16", "keys.i64"
 TRAIN_MARKER, TRAINED = "train.json", "trained.faiss"
 ADD_MARKER, ADDED = "add.json", "lists.faiss"
@@ -80,10 +78,11 @@ BATCH = 8192  # records decoded per batch while reading
 PQ_TRAINING_POINTS = 65536
 MIN_PQ_TRAINING_POINTS = 1000
 ADD_BATCH = 16384  # vectors read, converted to float32 and added to faiss per batch (32 MiB at 512-d)
+# auto: flat lists larger than this become 8-bit scalar codes (re-ranked exactly): scanning a quarter of the bytes
+# made whole retrieve commands about twice as fast at 1M x 1024 with the same recall (docs/retrieval.md)
+SQ8_FROM_BYTES = 1 << 30
 ID_BYTES = 8  # faiss stores one int64 id per vector in the inverted lists
 LINE_BITS = 40  # a sentence's input place as one int64: file number << 40 | line number
-HASH_BLOCK = 1 << 20
-CHECKSUM = "xxh3_128"  # the checksum's name in meta.json "files"
 
 
 def default_clusters(count: int) -> int:
@@ -129,9 +128,9 @@ class Budget:
 
 @dataclass
 class Layout:
-    """Which inverted lists fit the memory budget: full vectors, or PQ codes of `pq_bytes` bytes."""
+    """Which inverted lists fit the memory budget: full vectors, 8-bit scalar codes, or PQ codes of `pq_bytes` bytes."""
 
-    index_type: str  # "ivf_flat" or "ivf_pq"
+    index_type: str  # "ivf_flat", "ivf_sq8" or "ivf_pq"
     pq_bytes: int | None
     index_bytes: int  # estimated resident size of the faiss index
 
@@ -140,16 +139,27 @@ def flat_bytes(count: int, dim: int, clusters: int) -> int:
     return count * (4 * dim + ID_BYTES) + clusters * dim * 4
 
 
+def sq8_bytes(count: int, dim: int, clusters: int) -> int:
+    return count * (dim + ID_BYTES) + clusters * dim * 4
+
+
 def pq_bytes_options(dim: int) -> list[int]:
     """Code sizes faiss IVFPQ accepts for `dim` (the code size must divide the dimension), largest first."""
     return [m for m in (128, 96, 64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if m <= dim and dim % m == 0]
 
 
 def choose_layout(count: int, dim: int, clusters: int, *, budget: int, index_type: str, pq_bytes: int | None) -> Layout:
-    """Flat lists when they fit `budget`; else the largest PQ code that does (or what was asked)."""
+    """auto: flat lists up to SQ8_FROM_BYTES (when they fit `budget`), 8-bit scalar codes above it (when they fit),
+    else the largest PQ code that fits. Or the type that was asked for."""
     flat = flat_bytes(count, dim, clusters)
-    if index_type == "flat" or (index_type == "auto" and pq_bytes is None and flat <= budget):
+    sq8 = sq8_bytes(count, dim, clusters)
+    if index_type == "sq8":
+        return Layout("ivf_sq8", None, sq8)
+    auto = index_type == "auto" and pq_bytes is None
+    if index_type == "flat" or (auto and flat <= min(budget, SQ8_FROM_BYTES)):
         return Layout("ivf_flat", None, flat)
+    if auto and sq8 <= budget:
+        return Layout("ivf_sq8", None, sq8)
 
     def pq_size(m: int) -> int:
         return count * (m + ID_BYTES) + clusters * dim * 4
@@ -192,22 +202,6 @@ def building_directory(target: Path | str | None) -> Iterator[Path]:
     except BaseException:
         out.discard()
         raise
-
-
-def write_marker(path: Path, content: dict) -> None:
-    write_bytes_atomic(path, orjson.dumps(content, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-
-
-def file_checksum(path: Path) -> str:
-    """xxh3-128 of the file's bytes, read in 1 MiB blocks: a check against damage, not against an attacker,
-    so the fastest well-kept hash (several times blake2b's speed: docs/retrieval.md)."""
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_marker(directory: Path, marker: str, fmt: str, what: str) -> dict:
@@ -261,13 +255,7 @@ class PartWriter:
         self.out = out
         self.count = 0
         self.dim: int | None = None
-        self.db = sqlite3.connect(out / SENTENCES)
-        # a build directory is thrown away whole on failure, so no journal is needed
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute(
-            "CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)"
-        )
+        self.db = create_sentences(out / SENTENCES)
         self.vectors = open(out / PART_VECTORS, "wb")
         self.keys = open(out / PART_KEYS, "wb")
 
@@ -307,7 +295,7 @@ class PartWriter:
             orjson.dumps(info, option=orjson.OPT_SORT_KEYS) + file_checksum(self.out / PART_KEYS).encode(),
             digest_size=8,
         ).hexdigest()
-        write_marker(self.out / PART_MARKER, info)
+        write_json(self.out / PART_MARKER, info)
         return info
 
     def _last_key(self) -> int:
@@ -507,6 +495,13 @@ def train_index(
     note(
         f"{n:,} sentences of dim {dim}, {k:,} clusters; chose {layout.index_type}"
         + (f" ({layout.pq_bytes}-byte PQ codes, exact re-ranking from {VECTORS})" if layout.pq_bytes else "")
+        + (f" (8-bit scalar codes, exact re-ranking from {VECTORS})" if layout.index_type == "ivf_sq8" else "")
+        + (
+            f" instead of ivf_flat (flat lists ~{flat_bytes(n, dim, k) / 2**30:.2f} GiB, over "
+            f"{SQ8_FROM_BYTES / 2**30:.0f} GiB)"
+            if layout.index_type == "ivf_sq8" and index_type == "auto"
+            else ""
+        )
         + f": index ~{layout.index_bytes / 2**30:.2f} GiB, budget {budget.bytes / 2**30:.1f} GiB ({budget.source})"
     )
     timer = _Timer()
@@ -533,6 +528,14 @@ def train_index(
     if layout.index_type == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, dim, k, faiss.METRIC_INNER_PRODUCT)
         index.is_trained = True  # the coarse quantizer already holds the k-means centroids
+    elif layout.index_type == "ivf_sq8":
+        # one byte per dimension (a quarter of float32 to scan), the residual to the list's centroid quantized
+        # between per-dimension bounds taken from the sample (deterministic: min and max, no randomness)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, k, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT, True
+        )
+        with timer("sq_train_seconds"):
+            index.train(sample)  # trains only the scalar quantizer: the coarse quantizer is already full
     else:
         if len(sample) < MIN_PQ_TRAINING_POINTS:
             raise RsynError(
@@ -574,7 +577,7 @@ def train_index(
         "centroids_checksum": file_checksum(out / CENTROIDS),
         "seconds": timer.seconds,
     }
-    write_marker(out / TRAIN_MARKER, info)
+    write_json(out / TRAIN_MARKER, info)
     return info
 
 
@@ -640,7 +643,7 @@ def add_parts(parts: list[Part], which: range, trained: Path, out: Path, *, devi
         "count": int(index.ntotal),
         "centroids_checksum": info["centroids_checksum"],
     }
-    write_marker(out / ADD_MARKER, added)
+    write_json(out / ADD_MARKER, added)
     return added
 
 
@@ -689,22 +692,17 @@ def merge_index(
     shutil.copyfile(trained / CENTROIDS, out / CENTROIDS)
     with timer("sentences_seconds"):
         merge_sentences(parts, out / SENTENCES)
-    if info["index_type"] == "ivf_pq":
+    if reranked(info["index_type"]):
         with timer("vectors_seconds"):
             merge_vectors(parts, out / VECTORS)
 
     sizes = np.array([index.invlists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
-    names = [IVF, CENTROIDS, SENTENCES] + [name for name in (ONDISK_LISTS, VECTORS) if (out / name).exists()]
-    with timer("checksum_seconds"):
-        files = {name: {"bytes": (out / name).stat().st_size, CHECKSUM: file_checksum(out / name)} for name in names}
     ignored: dict[str, int] = {}
     for part in parts:
         for reason, count in part.info["ignored"].items():
             ignored[reason] = ignored.get(reason, 0) + count
     # no times, paths or part counts: the same input and seed give a byte-identical directory
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    description = {
         "rsyn_version": __version__,
         "model": info["model"],
         "dim": info["dim"],
@@ -713,7 +711,6 @@ def merge_index(
         "index_type": info["index_type"],
         "lists": "on_disk" if on_disk else "in_file",
         "metric": "cosine (inner product of unit vectors)",
-        "files": files,
         "layout": info["layout"],
         "parameters": info["parameters"],
         "cluster_sizes": {
@@ -724,7 +721,8 @@ def merge_index(
         },
         "ignored": ignored,
     }
-    write_marker(out / META, meta)
+    with timer("checksum_seconds"):
+        meta = publish(out, description)
     return {**meta, "seconds": {**info["seconds"], **timer.seconds}}
 
 
@@ -749,10 +747,7 @@ def sort_lists_by_row(invlists, nlist: int, code_size: int) -> None:
 def merge_sentences(parts: list[Part], path: Path) -> None:
     """One SQLite table of every part's sentences under global rows, inserted in row order in one
     transaction (the file's bytes then do not depend on how the corpus was split)."""
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("CREATE TABLE sentences(row INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, doc TEXT)")
+    db = create_sentences(path)
 
     def rows_of(p: int) -> Iterator[tuple]:
         rows = part_rows(parts, p)
@@ -926,13 +921,6 @@ def row_chunks(vectors: np.ndarray, batch: int, dtype=np.float32):
             fh.seek(vectors.offset + start * row_bytes)
             rows = np.frombuffer(fh.read(count * row_bytes), dtype=vectors.dtype).reshape(count, dim)
             yield start, rows.astype(dtype)
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Re-normalise float32 rows in place: float16 storage leaves norms of 1 +- 1e-3, and the
-    index should score exact cosines."""
-    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix
 
 
 def index_to_gpu(index, device: str):

@@ -3,35 +3,22 @@
 For each image embedding: the `nprobe` nearest text semantic clusters first
 (inter-cluster, over the k-means centroids), then the nearest sentences inside
 them (intra-cluster). This is exactly a faiss IVF search whose coarse
-quantizer holds the centroids. With PQ lists the candidates are re-scored
+quantizer holds the centroids. With PQ or 8-bit scalar (SQ8) lists the candidates are re-scored
 exactly from the float16 vectors on disk, so every score is a true cosine.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import orjson
 
-from rsyn.errors import RsynError, first_line
+from rsyn.errors import first_line
+from rsyn.index_dir import IVF, SENTENCES, VECTORS, check_files, open_sentences, read_meta, reranked, unusable
 from rsyn.options.retrieve import RetrieveOptions
 from rsyn.records import decode_embeddings
-from rsyn.stages.index import (
-    CENTROIDS,
-    CHECKSUM,
-    FORMAT,
-    IVF,
-    META,
-    ONDISK_LISTS,
-    SENTENCES,
-    VECTORS,
-    file_checksum,
-    unit_rows,
-)
-from rsyn.vectors import faiss_stdout_silenced, use_faiss_gpu
+from rsyn.vectors import faiss_stdout_silenced, unit_rows, use_faiss_gpu
 
 if TYPE_CHECKING:
     from rsyn.command import Run
@@ -41,7 +28,9 @@ SCORE_DECIMALS = 5  # float16 embeddings carry about 3 significant digits; 5 kee
 DISTINCT_POOL = 4  # with --distinct, look at this many candidates per requested text
 # float32 inner products of unit vectors stay within a few ulps of [-1, 1]; anything past this is damage
 COSINE_TOLERANCE = 1 + 1e-4
-INDEX_FILES = {IVF, CENTROIDS, SENTENCES, VECTORS, ONDISK_LISTS}  # meta.json names no other file
+# candidates per query re-scored exactly from vectors.npy, by index type: PQ codes rank coarsely, 8-bit scalar
+# codes nearly as float32 does (docs/retrieval.md measures both)
+RERANK = {"ivf_pq": 200, "ivf_sq8": 16}
 CHUNK = 256  # queries whose candidate vectors are gathered at once (re-ranking, --distinct)
 
 
@@ -57,13 +46,12 @@ class IndexDirectory:
         import faiss
 
         self.path = Path(path)
-        self.meta = self._read_meta()
+        self.meta = read_meta(self.path)
         self.model: str = self.meta["model"]
         self.dim: int = self.meta["dim"]
         self.count: int = self.meta["count"]
         self.index_type: str = self.meta["index_type"]
-        for name, recorded in self.meta["files"].items():
-            self._check_file(name, recorded, verify)
+        check_files(self.path, self.meta, verify=verify)
         # an in-file index is mapped where its lists lie in ivf.faiss; on-disk lists lie in lists.ivfdata
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if self.meta.get("lists") == "on_disk" else faiss.IO_FLAG_MMAP
         try:
@@ -85,85 +73,34 @@ class IndexDirectory:
 
             self.index = index_to_gpu(index, device)
         self.vectors = None
-        if self.index_type == "ivf_pq":
+        if reranked(self.index_type):
             try:
                 self.vectors = np.load(self.path / VECTORS, mmap_mode="r")
             except (ValueError, OSError) as exc:
                 self._corrupt(f"{VECTORS} cannot be read ({first_line(exc)})")
             if self.vectors.shape != (self.count, self.dim):
                 self._corrupt(f"{VECTORS} has shape {self.vectors.shape}, expected {(self.count, self.dim)}")
-        self.db = self._open_sentences()
-
-    def _check_file(self, name: str, recorded, verify: bool) -> None:
-        file = self.path / name
-        if not file.exists():
-            self._corrupt(f"{name} is missing")
-        if isinstance(recorded, int):  # format 1 recorded sizes only
-            size, checksum = recorded, None
-        elif isinstance(recorded, dict) and type(recorded.get("bytes")) is int and type(recorded.get(CHECKSUM)) is str:
-            size, checksum = recorded["bytes"], recorded[CHECKSUM]
-        else:
-            self._corrupt(f"{META}: the entry for {name} is not {{bytes, {CHECKSUM}}}")
-        if file.stat().st_size != size:
-            self._corrupt(f"{name} has {file.stat().st_size} bytes, meta.json says {size}")
-        if verify and checksum is not None and file_checksum(file) != checksum:
-            self._corrupt(
-                f"{name} does not match its checksum in meta.json (the file is damaged; --no-verify skips this check)"
-            )
-
-    # ------------------------------------------------------------------ opening
-    def _read_meta(self) -> dict:
-        if not self.path.is_dir():
-            raise RsynError(f"{self.path}: no such index directory (build one with rsyn index -o DIR)")
-        try:
-            meta = orjson.loads((self.path / META).read_bytes())
-        except FileNotFoundError:
-            self._corrupt(f"{META} is missing: the index is incomplete (its build did not finish)")
-        except orjson.JSONDecodeError as exc:
-            self._corrupt(f"{META} is not valid JSON ({exc})")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            self._corrupt(f"{META} is not an rsyn index description")
-        missing = [key for key in ("model", "dim", "count", "clusters", "index_type", "files") if key not in meta]
-        if missing:
-            self._corrupt(f"{META} lacks {', '.join(missing)}")
-        if meta["index_type"] not in ("ivf_flat", "ivf_pq"):
-            self._corrupt(f"{META}: unknown index type {meta['index_type']!r}")
-        if not isinstance(meta["files"], dict) or not set(meta["files"]) <= INDEX_FILES:
-            self._corrupt(f"{META}: 'files' must map the index's own file names to their sizes and checksums")
-        needed = (
-            (IVF, CENTROIDS, SENTENCES)
-            + ((VECTORS,) if meta["index_type"] == "ivf_pq" else ())
-            + ((ONDISK_LISTS,) if meta.get("lists") == "on_disk" else ())
-        )
-        for name in needed:
-            if name not in meta["files"]:
-                self._corrupt(f"{META} does not list {name}")
-        return meta
-
-    def _open_sentences(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(f"file:{self.path / SENTENCES}?mode=ro", uri=True, check_same_thread=False)
-            (rows,) = db.execute("SELECT count(*) FROM sentences").fetchone()
-        except sqlite3.Error as exc:
-            self._corrupt(f"{SENTENCES} cannot be read ({exc})")
-        if rows != self.count:
-            self._corrupt(f"{SENTENCES} has {rows} sentences, meta.json says {self.count}")
-        return db
+        self.db = open_sentences(self.path, self.count)
 
     def _corrupt(self, message: str):
-        raise RsynError(f"{self.path}: not a usable index: {message}")
+        raise unusable(self.path, message)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, *, nprobe: int, rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, nprobe: int, rerank: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of the k best sentences per query, best first; rows are -1 where fewer exist.
 
-        Scores are exact cosines: ivf_flat lists hold the vectors themselves; ivf_pq candidates
-        (max(k, rerank) of them) are re-scored from the float16 vectors on disk.
+        Scores are exact cosines: ivf_flat lists hold the vectors themselves; ivf_pq and ivf_sq8 candidates
+        (max(k, rerank) of them; `rerank` None: the index type's RERANK) are re-scored from the float16
+        vectors on disk.
         """
         import faiss
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = min(nprobe, self.meta["clusters"])
+        if rerank is None:
+            rerank = RERANK.get(self.index_type, 0)
         pool = max(k, rerank) if self.vectors is not None else k
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         if self.index is self.cpu_index:
@@ -246,6 +183,7 @@ def distinct_choice(
 def run_retrieve(run: Run, opts: RetrieveOptions) -> None:
     index_dir, k, nprobe, rerank, distinct = opts.index_dir, opts.k, opts.nprobe, opts.rerank, opts.distinct
     verify = opts.verify
+
     index = IndexDirectory(index_dir, device=run.faiss_device, verify=verify)
     run.note(
         f"index {index_dir}: {index.count:,} sentences in {index.meta['clusters']:,} clusters "
@@ -308,7 +246,7 @@ def _search_batch(
     *,
     k: int,
     nprobe: int,
-    rerank: int,
+    rerank: int | None,
     distinct: float | None,
 ) -> None:
     if not queries:

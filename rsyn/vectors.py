@@ -201,7 +201,10 @@ def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
     total = int(sizes.sum())
     k = min(k, total)
     exact = sizes * (k / total)
-    shares = np.minimum(np.maximum(np.floor(exact).astype(np.int64), (sizes > 0).astype(np.int64)), sizes)
+    shares = np.floor(exact).astype(np.int64)
+    if k >= int((sizes > 0).sum()):  # one each can be afforded: every non-empty group gets at least one
+        shares = np.minimum(np.maximum(shares, (sizes > 0).astype(np.int64)), sizes)
+    # else no minimum: the shares go by size alone, so a large group is never starved for singletons
     # hand out (or take back) the difference one at a time, by remainder: ties go to the lower group number
     remainder = exact - shares
     while shares.sum() < k:
@@ -209,9 +212,8 @@ def split_clusters(sizes: np.ndarray, k: int) -> np.ndarray:
         i = int(np.argmax(np.where(open_, remainder, -np.inf)))
         shares[i] += 1
         remainder[i] -= 1
-    while shares.sum() > k:  # more non-empty groups than centroids: the least deserving get none
-        closable = shares > 1 if (shares > 1).any() else shares > 0
-        i = int(np.argmin(np.where(closable, remainder, np.inf)))
+    while shares.sum() > k:  # the minimums overshot: take back from groups above one, least deserving first
+        i = int(np.argmin(np.where(shares > 1, remainder, np.inf)))
         shares[i] -= 1
         remainder[i] += 1
     return shares

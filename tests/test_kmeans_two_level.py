@@ -43,5 +43,7 @@ def test_split_clusters_shares_k_by_size_with_at_least_one_and_at_most_the_point
     assert shares.sum() == 20 and shares[2] == 0 and shares[1] == 1
     assert list(shares) == [10, 1, 0, 5, 4]
     assert list(split_clusters(np.array([3, 3, 994]), 1000)) == [3, 3, 994]  # no group gets more than its points
-    tiny = split_clusters(np.array([1] * 10 + [1000]), 5)  # more groups than clusters: some get none
-    assert tiny.sum() == 5 and tiny.min() >= 0 and tiny[-1] >= 1
+    # more groups than clusters: no minimum, the shares go by size (1000 of 1010 points: 4.95 of 5 centroids)
+    assert list(split_clusters(np.array([1] * 10 + [1000]), 5)) == [0] * 10 + [5]
+    assert list(split_clusters(np.array([1] * 10 + [1000]), 11)) == [1] * 10 + [1]  # one each when k allows
+    assert list(split_clusters(np.array([1] * 10 + [1000]), 15)) == [1] * 10 + [5]

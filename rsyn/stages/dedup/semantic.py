@@ -45,6 +45,7 @@ import numpy as np
 from rsyn.errors import RsynError
 from rsyn.stages.dedup.near import fmix64, unique_pairs
 from rsyn.stages.dedup.work import gid_of, save_per_shard, split_gid
+from rsyn.vectors import one_faiss_thread
 
 KINDS = ("text", "image")
 SIM_BYTES = 1 << 26  # one block of the similarity matrix: 64 MiB of float32
@@ -57,21 +58,6 @@ KMEANS_ITERATIONS = 10
 # to the threshold (or to a row's best) is a candidate, and float64 decides
 MARGIN = 1e-4
 _SAMPLE_SALT = np.uint64(0x2545F4914F6CDD1D)
-
-
-class _OneThread:
-    """faiss on one thread (k-means sums and searches then do not depend on the machine's thread count)."""
-
-    def __enter__(self):
-        import faiss
-
-        self.before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import faiss
-
-        faiss.omp_set_num_threads(self.before)
 
 
 def _alive(shards, work, s: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +147,7 @@ def train(shards, work, part, device: str) -> dict:
         chosen = np.lexsort((order, key))[:n_train]
         chosen = chosen[np.argsort(order[chosen])]  # training input in input order
         sample = _vectors(shards, kind, gid[chosen], rank[chosen]).astype(np.float32)
-        with _OneThread():
+        with one_faiss_thread():
             centroids = train_kmeans(
                 sample,
                 k,
@@ -202,7 +188,7 @@ def assign(shards, work, part, s: int, device: str) -> dict:
             labels = np.empty((len(rows), p), dtype=np.int64)
             for lo in range(0, len(rows), RERANK_BATCH):
                 x = np.asarray(matrix[ranks[lo : lo + RERANK_BATCH]])
-                with _OneThread():
+                with one_faiss_thread():
                     candidates = index.search(np.ascontiguousarray(x, dtype=np.float32), top)[1]
                 x64 = x.astype(np.float64)
                 sims = np.stack([(x64 * c64[candidates[:, t]]).sum(axis=1) for t in range(top)], axis=1)

@@ -67,9 +67,13 @@ def train_kmeans(
         x = np.ascontiguousarray(vectors, dtype=np.float32)
     if two_level is None:
         two_level = k >= TWO_LEVEL_FROM
-    if not two_level or k < 4:
-        return _flat_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
-    return _two_level_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+    # On one faiss thread: BLAS products split over a different number of threads round differently, a
+    # near-tie then falls to another centroid and every later iteration differs. One thread gives the same
+    # centroids on every machine; a run gets its parallelism from the passes (parts), not from threads here.
+    with one_faiss_thread():
+        if not two_level or k < 4:
+            return _flat_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
+        return _two_level_kmeans(x, k, seed=seed, niter=niter, device=device, spherical=spherical, nredo=nredo)
 
 
 def _flat_kmeans(

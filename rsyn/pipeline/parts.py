@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,12 +229,18 @@ class OutputLock:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def _die_with_parent(runner: int) -> Callable[[], None]:
     """Linux: the part gets SIGKILL when the runner dies, even by SIGKILL, so no orphan races a rerun."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+
+    def arm() -> None:  # pragma: no cover - runs in the child between fork and exec
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != runner:  # the runner died between the fork and the line above: no signal will come
+            os._exit(128 + signal.SIGKILL)
+
+    return arm
 
 
 class PartProcess:
@@ -277,7 +284,7 @@ class PartProcess:
                     cwd=part.cwd,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
                 )
             except OSError as exc:
                 log.write(f"=== cannot start: {exc.strerror}\n".encode())

@@ -132,3 +132,11 @@ def example_work(tmp_path_factory) -> Path:
     proc = example_make(work, "-j2")  # what can run side by side (the corpus and the models) does
     assert proc.returncode == 0, f"example Makefile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return work
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs a whole run of the example pipeline is `slow` (about 2 of the suite's minutes):
+    `./bin/test -m "not slow"` is the quick loop while working; `./bin/test` and CI run everything."""
+    for item in items:
+        if "example_work" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

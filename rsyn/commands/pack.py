@@ -13,6 +13,9 @@ def pack(run: Run, opts: PackOptions) -> None:
     _stats.json (rows, texts per image, mean tokens per text) and the empty done marker _SUCCESS are written last,
     and the directory appears under its name only then; readers such as pq.read_table(DIR) and `datasets` skip
     both (leading underscore). Non-image records are dropped (counted as not_image).
+
+    --format webdataset takes each record's image from its `path`, else from --images DIR by URL; a record
+    whose image is in neither is dropped (not_downloaded).
     """
     from rsyn.stages.pack import run_pack
 

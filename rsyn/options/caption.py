@@ -7,7 +7,7 @@ from typing import Annotated
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
 from rsyn.llm import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_SYN_CHARS
 from rsyn.options import INTERNAL, opt
-from rsyn.options.images import DownloadOptions, LocalFileOptions
+from rsyn.options.images import DownloadOptions, ImageFolderOptions, ImageWorkerOptions, LocalFileOptions
 
 TAGS = "Semantic tags"
 CAPTION = "Caption"
@@ -15,7 +15,7 @@ LLM = "LLM fusion"
 
 
 @dataclass
-class CaptionOptions(LocalFileOptions, DownloadOptions):
+class CaptionOptions(ImageFolderOptions, ImageWorkerOptions, LocalFileOptions, DownloadOptions):
     # tags
     tags_file: Annotated[
         str | None,
@@ -69,16 +69,6 @@ class CaptionOptions(LocalFileOptions, DownloadOptions):
             panel=CAPTION,
         ),
     ] = "Salesforce/blip-image-captioning-base"
-    images: Annotated[
-        str | None,
-        opt(
-            "--images",
-            metavar="DIR",
-            panel=CAPTION,
-            help="img2dataset output folder (webdataset, parquet or files output_format): images without a `path` "
-            "are found there by URL. A folder with no img2dataset output in it is refused.",
-        ),
-    ] = None
     fetch: Annotated[
         bool,
         opt(
@@ -87,9 +77,6 @@ class CaptionOptions(LocalFileOptions, DownloadOptions):
             help="Download by URL an image found neither at `path` nor in --images.",
         ),
     ] = True
-    image_workers: Annotated[
-        int, opt("--image-workers", min=1, panel=CAPTION, help="Threads reading, fetching and decoding images.")
-    ] = 16
     caption_max_tokens: Annotated[
         int, opt("--caption-max-tokens", min=1, panel=CAPTION, help="Longest caption, in tokens.")
     ] = 30

@@ -6,7 +6,7 @@ from typing import Annotated
 from rsyn.error_rate import DEFAULT_MAX_ERROR_RATE, MIN_RECORDS
 from rsyn.image_limits import DEFAULT_MAX_PIXELS, DEFAULT_USER_AGENT, MAX_ASPECT, MIN_SIDE
 from rsyn.options import comma_list, joined, opt
-from rsyn.options.images import DownloadOptions, LocalFileOptions
+from rsyn.options.images import DownloadOptions, ImageFolderOptions, ImageWorkerOptions, LocalFileOptions
 
 _MODEL = "Model"
 _IMAGES = "Images"
@@ -23,7 +23,7 @@ def parse_kinds(value: str) -> tuple[str, ...]:
 
 
 @dataclass
-class EmbedOptions(LocalFileOptions, DownloadOptions):
+class EmbedOptions(ImageFolderOptions, ImageWorkerOptions, LocalFileOptions, DownloadOptions):
     model: Annotated[
         str,
         opt(
@@ -78,26 +78,6 @@ class EmbedOptions(LocalFileOptions, DownloadOptions):
             help="Comma-separated record kinds to embed (image, text); other records pass through untouched.",
         ),
     ] = KINDS
-    images: Annotated[
-        str | None,
-        opt(
-            "--images",
-            metavar="DIR",
-            panel=_IMAGES,
-            help="img2dataset output folder (any output_format: webdataset, parquet or files): images are "
-            "found there by URL, never fetched. A folder with no img2dataset output in it is refused.",
-        ),
-    ] = None
-    workers: Annotated[
-        int,
-        opt(
-            "--image-workers",
-            min=0,
-            panel=_IMAGES,
-            aliases=("--workers",),
-            help="Threads fetching and decoding images; 0: 4 per CPU core, 8 to 64.",
-        ),
-    ] = 0
     max_pixels: Annotated[
         int,
         opt(

@@ -5,6 +5,7 @@ large they may be; DownloadOptions bound each download (rsyn/net.py). A stage's 
 the groups it needs, so each option is declared here only.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from rsyn.image_limits import DEFAULT_DEADLINE, DEFAULT_MAX_BYTES, DEFAULT_RETRI
 from rsyn.options import opt
 
 LOCAL = "Local files"
+IMAGES = "Images"
 DOWNLOADS = "Downloads"
 
 
@@ -89,3 +91,35 @@ class DownloadOptions:
             "intranets). By default such a URL fails its record as private_address.",
         ),
     ] = False
+
+
+@dataclass
+class ImageFolderOptions:
+    images: Annotated[
+        str | None,
+        opt(
+            "--images",
+            metavar="DIR",
+            panel=IMAGES,
+            help="img2dataset output folder (any output_format: webdataset, parquet or files): a record's image is "
+            "found there by its URL (a record's own `path` comes first). A folder with no img2dataset output in "
+            "it is refused.",
+        ),
+    ] = None
+
+
+@dataclass
+class ImageWorkerOptions:
+    image_workers: Annotated[
+        int,
+        opt(
+            "--image-workers",
+            min=0,
+            panel=IMAGES,
+            aliases=("--workers",),
+            help="Threads reading, fetching and decoding images; 0: 4 per CPU core, 8 to 64.",
+        ),
+    ] = 0
+
+    def image_worker_count(self) -> int:
+        return self.image_workers or max(8, min(64, 4 * (os.cpu_count() or 1)))

@@ -5,12 +5,12 @@ from typing import Annotated
 
 from rsyn.image_limits import DEFAULT_MAX_PIXELS
 from rsyn.options import INTERNAL, opt
-from rsyn.options.images import LocalFileOptions
+from rsyn.options.images import ImageFolderOptions, LocalFileOptions
 from rsyn.textstyle import TextStyle
 
 
 @dataclass
-class PackOptions(LocalFileOptions):
+class PackOptions(ImageFolderOptions, LocalFileOptions):
     fmt: Annotated[
         str,
         opt(
@@ -31,16 +31,6 @@ class PackOptions(LocalFileOptions):
             help="Add provenance: id, doc, text1..3_id, text1..3_score, caption, tags, cluster, sim.",
         ),
     ] = False
-    images: Annotated[
-        str | None,
-        opt(
-            "--images",
-            metavar="DIR",
-            help="For --format webdataset: take each record's image from this img2dataset output (webdataset, "
-            "parquet or files output_format), matched by URL; records whose URL it could not download are dropped "
-            "(not_downloaded). A record's own `path` comes first.",
-        ),
-    ] = None
     text_style: Annotated[
         TextStyle,
         opt(

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from rsyn.options import opt
-from rsyn.options.images import LocalFileOptions
+from rsyn.options.images import ImageFolderOptions, LocalFileOptions
 
 
 def _folder(value: str) -> str | None:
@@ -12,7 +12,7 @@ def _folder(value: str) -> str | None:
 
 
 @dataclass
-class ReportOptions(LocalFileOptions):
+class ReportOptions(ImageFolderOptions, LocalFileOptions):
     records: Annotated[
         list[str],
         opt(
@@ -30,10 +30,6 @@ class ReportOptions(LocalFileOptions):
             shown=lambda value: value or "",
             help="Output directory of `rsyn pack`: text lengths, and thumbnails from its webdataset tars.",
         ),
-    ] = None
-    images: Annotated[
-        str | None,
-        opt("--images", metavar="DIR", help="img2dataset output folder to find gallery images in by URL."),
     ] = None
     gallery: Annotated[
         int, opt("--gallery", min=0, max=500, help="Number of sample pairs shown, drawn at random (--seed).")

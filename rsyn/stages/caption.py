@@ -163,14 +163,14 @@ class CaptionStage:
                     o.deadline,
                     o.retries,
                     o.max_bytes,
-                    pool_size=o.image_workers,
+                    pool_size=o.image_worker_count(),
                     allow_private=o.allow_private_urls,
                 )
             # the captioner shrinks every image to its input size: a JPEG may decode at 1/2..1/8 scale above it
             self._loader = ImageLoader(
                 folder, fetcher, max_bytes=o.max_bytes, draft_side=self.captioner.input_side, root=o.path_root
             )
-            self._image_pool = ThreadPoolExecutor(self.opts.image_workers, thread_name_prefix="rsyn-image")
+            self._image_pool = ThreadPoolExecutor(self.opts.image_worker_count(), thread_name_prefix="rsyn-image")
         return self._loader
 
     @property

@@ -10,7 +10,6 @@ from run to run, so the same input gives the same bytes.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -85,7 +84,7 @@ def run_embed(run: Run, opts: EmbedOptions) -> None:
     load_seconds = time.perf_counter() - started
     on_cuda = device.startswith("cuda")
     batch_size = opts.batch_size or (256 if on_cuda else 32)
-    workers = opts.workers or max(8, min(64, 4 * (os.cpu_count() or 1)))
+    workers = opts.image_worker_count()
     random_note = " (RANDOM weights: embeddings mean nothing)" if clip.name.endswith("@random") else ""
     run.note(
         f"model {clip.name}, {clip.dim} dims, {str(clip.dtype).replace('torch.', '')}, "

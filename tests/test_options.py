@@ -78,6 +78,8 @@ def test_the_renamed_options_keep_their_old_names_hidden():
     help_of = {"-".join(path): command for path, command in COMMANDS}
     renamed = {
         "embed": (["embed"], "--image-workers", "--workers"),
+        "caption": (["caption"], "--image-workers", "--workers"),
+        "extract": (["extract"], "--ppl-precision", "--ppl-dtype"),
         "balance-balance": (["balance"], "--tmp-dir", "--spill-dir"),
         "index-build": (["index"], "--kmeans-iters", "--niter"),
         "index-train": (["index", "train"], "--kmeans-points-per-cluster", "--points-per-cluster"),

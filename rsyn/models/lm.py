@@ -43,7 +43,7 @@ def _torch_dtype(dtype: str, device: str):
     except KeyError:
         from rsyn.errors import RsynError
 
-        raise RsynError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
+        raise RsynError(f"precision {dtype!r}: expected auto, fp32, bf16 or fp16") from None
 
 
 def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto"):

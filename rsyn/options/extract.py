@@ -121,11 +121,13 @@ class ExtractOptions:
     min_ppl: Annotated[float, opt("--min-ppl", panel=_TEXT)] = 30.0
     max_ppl: Annotated[float, opt("--max-ppl", panel=_TEXT)] = 200.0
     ppl_batch_size: Annotated[int, opt("--ppl-batch-size", min=1, panel=_TEXT)] = 32
-    ppl_dtype: Annotated[
+    ppl_precision: Annotated[
         str,
         opt(
-            "--ppl-dtype",
-            help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, bfloat16 or float16.",
+            "--ppl-precision",
+            aliases=("--ppl-dtype",),
+            help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (as embed's --precision; float32, "
+            "bfloat16 and float16 are read too).",
             panel=_TEXT,
         ),
     ] = "auto"

@@ -232,7 +232,7 @@ def _load_lm(run: Run, opts: ExtractOptions):
     from rsyn.models.lm import load_causal_lm
 
     try:
-        return load_causal_lm(opts.ppl_model, run.device, opts.ppl_dtype)
+        return load_causal_lm(opts.ppl_model, run.device, opts.ppl_precision)
     except RsynError as exc:
         raise RsynError(f"perplexity filter: {exc}, or turn the filter off with --ppl-model none") from None
 

@@ -793,33 +793,19 @@ def merge_vectors(parts: list[Part], path: Path) -> None:
 
 def run_index(run: Run, opts: IndexTrainOptions) -> None:
     """The four passes in one process, on the whole stream."""
-    clusters, max_memory, index_type, pq_bytes = opts.clusters, opts.max_memory, opts.layout, opts.pq_bytes
-    points_per_cluster, niter = opts.points_per_cluster, opts.niter
     if run.shard is not None:
         raise RsynError(
             f"rsyn index builds one index from the whole corpus and takes no --shard; "
             f"to split the work, run the passes: {PASSES}"
         )
-    budget = Budget.from_option(max_memory)
+    budget = Budget.from_option(opts.max_memory)  # a bad size is refused before the stream is read
     with building_directory(run.output) as building:
         work = building / ".passes"
         for name in ("collect", "train", "add"):
             (work / name).mkdir(parents=True)
         collect_part(run, work / "collect")
         parts = open_parts([work / "collect"])
-        train_index(
-            parts,
-            work / "train",
-            clusters=clusters,
-            budget=budget,
-            index_type=index_type,
-            pq_bytes=pq_bytes,
-            points_per_cluster=points_per_cluster,
-            niter=niter,
-            seed=run.seed,
-            device=run.faiss_device,
-            note=run.note,
-        )
+        _train(run, opts, budget, parts, work / "train")
         start = time.perf_counter()
         add_parts(parts, part_range(1, None), work / "train", work / "add", device=run.faiss_device)
         add_seconds = round(time.perf_counter() - start, 3)
@@ -854,25 +840,28 @@ def _pass_inputs(run: Run, what: str) -> list[Part]:
     return open_parts(run.inputs)
 
 
+def _train(run: Run, opts: IndexTrainOptions, budget: Budget, parts: list[Part], out: Path) -> dict:
+    """The train pass with the command's options: what `rsyn index` and `rsyn index train` both run."""
+    return train_index(
+        parts,
+        out,
+        clusters=opts.clusters,
+        budget=budget,
+        index_type=opts.layout,
+        pq_bytes=opts.pq_bytes,
+        points_per_cluster=opts.points_per_cluster,
+        niter=opts.niter,
+        seed=run.seed,
+        device=run.faiss_device,
+        note=run.note,
+    )
+
+
 def run_train(run: Run, opts: IndexTrainOptions) -> None:
-    clusters, max_memory, index_type, pq_bytes = opts.clusters, opts.max_memory, opts.layout, opts.pq_bytes
-    points_per_cluster, niter = opts.points_per_cluster, opts.niter
     parts = _pass_inputs(run, "train")
-    budget = Budget.from_option(max_memory)
+    budget = Budget.from_option(opts.max_memory)
     with building_directory(run.output) as building:
-        info = train_index(
-            parts,
-            building,
-            clusters=clusters,
-            budget=budget,
-            index_type=index_type,
-            pq_bytes=pq_bytes,
-            points_per_cluster=points_per_cluster,
-            niter=niter,
-            seed=run.seed,
-            device=run.faiss_device,
-            note=run.note,
-        )
+        info = _train(run, opts, budget, parts, building)
     run.extra.update({"clusters": info["clusters"], "index_type": info["index_type"], **info["seconds"]})
 
 

@@ -12,6 +12,7 @@ open_clip modules that looked for it are re-executed so they see it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -22,6 +23,30 @@ from pathlib import Path
 # open_clip module -> the optional library it looks for at import
 _OPTIONAL = {"timm": ("open_clip.timm_model",), "transformers": ("open_clip.hf_model", "open_clip.coca_model")}
 _hidden_at_import: set[str] = set()
+
+
+@contextlib.contextmanager
+def _standing_in(entries: dict[str, object]):
+    """sys.modules entries for the imports inside only: a module object stands in for the real one, None
+    makes `import NAME` raise ImportError. Each is taken out after, unless an import replaced it."""
+    sys.modules.update(entries)
+    try:
+        yield
+    finally:
+        for name, value in entries.items():
+            if name in sys.modules and sys.modules[name] is value:
+                del sys.modules[name]
+
+
+def _calls_through(module: str, function: str):
+    """A stand-in for `module.function` that imports the real one when first called (after the stand-in
+    module is gone), so that what skipped the import still works."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+    call.__name__ = function
+    return call
 
 
 def open_clip_needs(config: dict | None) -> set[str]:
@@ -72,14 +97,8 @@ def import_open_clip(spec: str | None = None):
         return sys.modules["open_clip"]
     import_torchvision()  # first, and alone: the stand-in it uses must not be seen by timm or transformers
     hide = [lib for lib in _OPTIONAL if lib not in needs and lib not in sys.modules]
-    for library in hide:
-        sys.modules[library] = None
-    try:
+    with _standing_in(dict.fromkeys(hide)):
         import open_clip
-    finally:
-        for library in hide:
-            if sys.modules.get(library, 0) is None:
-                del sys.modules[library]
     _hidden_at_import.update(hide)
     return open_clip
 
@@ -100,19 +119,10 @@ def import_torchvision():
         return torchvision
     import torch  # noqa: F401 - loaded before the stand-in goes in, so that only torchvision's import sees it
 
-    def is_compile_supported(*args, **kwargs):
-        from torch._dynamo.utils import is_compile_supported as dynamo_is_compile_supported
-
-        return dynamo_is_compile_supported(*args, **kwargs)
-
     stand_in = types.ModuleType(name)
-    stand_in.is_compile_supported = is_compile_supported
-    sys.modules[name] = stand_in
-    try:
+    stand_in.is_compile_supported = _calls_through(name, "is_compile_supported")
+    with _standing_in({name: stand_in}):
         import torchvision
-    finally:
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]
     return torchvision
 
 
@@ -127,12 +137,8 @@ def import_spacy():
         import spacy
 
         return spacy
-    sys.modules["torch"] = None
-    try:
+    with _standing_in({"torch": None}):
         import spacy
-    finally:
-        if sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
     return spacy
 
 
@@ -154,12 +160,8 @@ def clip_bpe_tokenizer():
     module = importlib.util.module_from_spec(spec)
     placeholder = types.ModuleType("torch")
     placeholder.__getattr__ = lambda name: object  # torch.LongTensor etc. in annotations
-    sys.modules["torch"] = placeholder
-    try:
+    with _standing_in({"torch": placeholder}):
         spec.loader.exec_module(module)
-    finally:
-        if sys.modules.get("torch") is placeholder:
-            del sys.modules["torch"]
     return _default_simple_tokenizer(module)
 
 
@@ -182,17 +184,7 @@ def import_datasketch():
 
         return datasketch
     stand_in = types.ModuleType("scipy.integrate")
-
-    def quad(*args, **kwargs):
-        from scipy.integrate import quad as scipy_quad
-
-        return scipy_quad(*args, **kwargs)
-
-    stand_in.quad = quad
-    sys.modules["scipy.integrate"] = stand_in
-    try:
+    stand_in.quad = _calls_through("scipy.integrate", "quad")
+    with _standing_in({"scipy.integrate": stand_in}):
         import datasketch
-    finally:
-        if sys.modules.get("scipy.integrate") is stand_in:
-            del sys.modules["scipy.integrate"]
     return datasketch

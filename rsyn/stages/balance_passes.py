@@ -22,30 +22,18 @@ from rsyn.stages.balance import (
     scan_pass,
     stage_summary,
 )
-from rsyn.stream import AtomicDirectory, OutputExists
+from rsyn.stream import AtomicDirectory
 
 if TYPE_CHECKING:
     from rsyn.command import Run
 
 
-def _out_dir(run: Run, name: str) -> AtomicDirectory:
+def _run_into(run: Run, name: str, body) -> dict:
+    """body(directory) builds the pass's output in a temporary directory, renamed to -o when it returns."""
     if not run.output or run.output == "-":
         raise RsynError(f"rsyn balance {name}: give the output directory with -o DIR")
-    try:
-        return AtomicDirectory(run.output, marker=DONE, overwrite=True)
-    except OutputExists as exc:
-        raise RsynError(str(exc)) from None
-
-
-def _run_into(run: Run, name: str, body) -> dict:
-    directory = _out_dir(run, name)
-    try:
-        meta = body(Path(directory.tmp))
-    except BaseException:
-        directory.discard()
-        raise
-    directory.commit()
-    return meta
+    with AtomicDirectory(run.output, marker=DONE, overwrite=True) as directory:  # OutputExists is an RsynError
+        return body(Path(directory.tmp))
 
 
 def _no_shard(run: Run, name: str) -> None:

@@ -53,7 +53,7 @@ from rsyn.index_dir import (
 )
 from rsyn.options.index import IndexAddOptions, IndexMergeOptions, IndexTrainOptions
 from rsyn.records import decode_embeddings
-from rsyn.stream import STDIO, AtomicDirectory, OutputExists, expand_inputs
+from rsyn.stream import STDIO, AtomicDirectory, expand_inputs
 from rsyn.vectors import faiss_stdout_silenced, train_kmeans, unit_rows, use_faiss_gpu
 
 if TYPE_CHECKING:
@@ -192,16 +192,8 @@ def building_directory(target: Path | str | None) -> Iterator[Path]:
     """
     if target in (None, STDIO):
         raise RsynError("this command writes a directory: give it with -o DIR")
-    try:
-        out = AtomicDirectory(target, marker=MARKERS, overwrite=True)
-    except OutputExists as exc:
-        raise RsynError(str(exc)) from None
-    try:
+    with AtomicDirectory(target, marker=MARKERS, overwrite=True) as out:  # OutputExists is an RsynError
         yield out.tmp
-        out.commit()
-    except BaseException:
-        out.discard()
-        raise
 
 
 def _read_marker(directory: Path, marker: str, fmt: str, what: str) -> dict:
